@@ -664,8 +664,9 @@ pub struct ServerHandshake {
 }
 
 impl ServerHandshake {
-    /// `require_auth`: accept only username/password; otherwise accept only
-    /// "no authentication".
+    /// `require_auth`: accept only username/password. Otherwise "no
+    /// authentication" is chosen when offered, and username/password (still
+    /// checked) when it is the only method offered.
     pub fn new(require_auth: bool) -> ServerHandshake {
         ServerHandshake {
             state: ServerState::Greeting,
@@ -695,26 +696,22 @@ impl ServerHandshake {
                 ServerState::Greeting => match Greeting::parse(rest)? {
                     Progress::NeedMore => return Ok(Progress::NeedMore),
                     Progress::Done(greeting, used) => {
-                        let wanted = if self.require_auth {
+                        let offers = |m| greeting.methods.contains(&m);
+                        let chosen = if !self.require_auth && offers(METHOD_NO_AUTH) {
+                            METHOD_NO_AUTH
+                        } else if offers(METHOD_USER_PASS) {
                             METHOD_USER_PASS
                         } else {
-                            METHOD_NO_AUTH
-                        };
-                        if !greeting.methods.contains(&wanted) {
                             out.extend_from_slice(&[VERSION, METHOD_NONE_ACCEPTABLE]);
                             self.state = ServerState::Finished;
                             return Err(Error {
                                 reply: ReplyCode::NotAllowed,
-                                reason: if self.require_auth {
-                                    "client does not offer username/password authentication"
-                                } else {
-                                    "client does not offer the no-authentication method"
-                                },
+                                reason: "client offers no acceptable authentication method",
                             });
-                        }
-                        out.extend_from_slice(&[VERSION, wanted]);
+                        };
+                        out.extend_from_slice(&[VERSION, chosen]);
                         self.consumed += used;
-                        self.state = if self.require_auth {
+                        self.state = if chosen == METHOD_USER_PASS {
                             ServerState::Auth
                         } else {
                             ServerState::Request
