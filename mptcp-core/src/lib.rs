@@ -11,6 +11,8 @@ pub mod socket;
 pub mod socks5;
 
 #[cfg(feature = "pm")]
+pub mod diag;
+#[cfg(feature = "pm")]
 pub mod paths;
 #[cfg(feature = "pm")]
 pub mod pm;

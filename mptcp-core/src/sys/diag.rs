@@ -1,0 +1,1 @@
+//! Socket diagnostics (inet_diag / sock_diag) ABI: owned by the CLI helper.
