@@ -1,1 +1,29 @@
-//! TODO: owned by a helper
+//! A network test bed made of Linux network namespaces, for the tests,
+//! benches, examples and the `mptcp demo` command of the MPTCP toolkit.
+//!
+//! A [`Host`] is an anonymous network namespace held by a file descriptor: it
+//! has no global name, so parallel test runs never collide, and it vanishes
+//! when the last handle is dropped (also on panic). Hosts are joined by
+//! [`Link`]s (veth pairs) that can be rate limited with `tc tbf`, taken down
+//! and brought back while traffic flows. [`two_links`] and [`relay_path`]
+//! build ready topologies with MPTCP limits, endpoints and per-source routing,
+//! all on addresses from 198.18.0.0/15.
+//!
+//! Needs `CAP_SYS_ADMIN` and `CAP_NET_ADMIN` in the current user namespace:
+//! root, or an unprivileged user namespace (see [`enter_user_namespace`]).
+//! `ip` and `tc` from iproute2 must be installed.
+#![deny(missing_docs)]
+
+pub mod data;
+mod host;
+mod link;
+mod privilege;
+mod topology;
+pub mod transfer;
+
+pub use data::Meter;
+pub use host::Host;
+pub use link::{Link, Side};
+pub use privilege::{enter_user_namespace, in_initial_user_namespace, require_privileges};
+pub use topology::{RelayPath, TwoLinks, relay_path, two_links};
+pub use transfer::{Proto, Transfer, TransferReport};

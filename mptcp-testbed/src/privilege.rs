@@ -1,0 +1,119 @@
+//! What the test bed needs from the system, and clear errors when it lacks it.
+
+use std::fs;
+use std::io;
+use std::process::{Command, Stdio};
+
+/// The part of every privilege error that says how to get the privilege.
+const HOW_TO_ENABLE: &str = "The test bed creates network namespaces, which needs CAP_SYS_ADMIN \
+and CAP_NET_ADMIN: run as root (e.g. with sudo), or allow unprivileged user namespaces \
+(`sysctl -w kernel.unprivileged_userns_clone=1` on Debian-based kernels, \
+`sysctl -w user.max_user_namespaces=15000` if it is 0, and on Ubuntu 23.10+ \
+`sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`) and run inside \
+`unshare --user --map-root-user --net`.";
+
+/// Builds the error returned when a namespace cannot be created.
+pub(crate) fn missing_privilege_error(cause: &io::Error) -> io::Error {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("not running as root".to_owned());
+    }
+    missing.extend(user_namespace_blockers());
+    let what = if missing.is_empty() {
+        String::from("no CAP_SYS_ADMIN in this user namespace")
+    } else {
+        missing.join("; ")
+    };
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!("cannot create a network namespace ({cause}): {what}. {HOW_TO_ENABLE}"),
+    )
+}
+
+/// Reads the sysctls that can forbid unprivileged user namespaces and says
+/// which of them do.
+fn user_namespace_blockers() -> Vec<String> {
+    let read = |path: &str| fs::read_to_string(path).ok().map(|s| s.trim().to_owned());
+    let mut blockers = Vec::new();
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        blockers.push("kernel.unprivileged_userns_clone is 0".to_owned());
+    }
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        blockers.push("user.max_user_namespaces is 0".to_owned());
+    }
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+        blockers.push("AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns is 1)".to_owned());
+    }
+    blockers
+}
+
+/// Checks that this process can build a test bed: it may create network
+/// namespaces, and `ip` and `tc` (iproute2) are installed.
+///
+/// The error says exactly what is missing and how to get it. A test calls
+/// this first so that it fails with that message rather than a bare EPERM.
+pub fn require_privileges() -> io::Result<()> {
+    for tool in ["ip", "tc"] {
+        let found = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "`{tool}` is not installed or not in PATH: install iproute2 \
+                     (e.g. `apt-get install iproute2`)"
+                ),
+            ));
+        }
+    }
+    crate::Host::new("privilege-check").map(drop)
+}
+
+/// Moves the whole process into a new user namespace (mapping the current
+/// user to root there) and a new network namespace, so that a program run
+/// without root can build a test bed.
+///
+/// Must be called while the process has a single thread (at the start of
+/// `main`): the kernel refuses CLONE_NEWUSER in a multithreaded process.
+/// The process keeps its files and its view of the file system, and the
+/// outside network is out of reach afterwards. The error says what is
+/// missing when user namespaces are not allowed.
+pub fn enter_user_namespace() -> io::Result<()> {
+    // SAFETY: getuid/getgid have no arguments and cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    // SAFETY: unshare takes no pointers; on success the process is in new
+    // user and network namespaces and nothing else changes.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot enter a user namespace: the process already has several threads \
+                 (call enter_user_namespace at the very start of main)",
+            ));
+        }
+        return Err(missing_privilege_error(&e));
+    }
+    // An unprivileged process must deny setgroups before it may write gid_map.
+    fs::write("/proc/self/setgroups", "deny")?;
+    fs::write("/proc/self/uid_map", format!("0 {uid} 1"))?;
+    fs::write("/proc/self/gid_map", format!("0 {gid} 1"))?;
+    Ok(())
+}
+
+/// Whether this process runs in the initial user namespace (the one of the
+/// machine), judged from its identity map in `/proc/self/uid_map`.
+pub fn in_initial_user_namespace() -> io::Result<bool> {
+    let map = fs::read_to_string("/proc/self/uid_map")?;
+    // The initial namespace maps all 2^32-1 ids onto themselves.
+    let mut fields = map.split_whitespace();
+    Ok(fields.next() == Some("0")
+        && fields.next() == Some("0")
+        && fields.next() == Some("4294967295")
+        && fields.next().is_none())
+}

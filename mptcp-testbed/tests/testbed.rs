@@ -1,0 +1,233 @@
+//! The test bed against the real kernel, as root (CI) or in a user namespace.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use mptcp_testbed::transfer::{self, Proto};
+use mptcp_testbed::{Host, Side, Transfer, relay_path, require_privileges, two_links};
+
+const TRANSFER: Duration = Duration::from_secs(4);
+
+fn privileges() {
+    require_privileges().expect("the test bed needs privileges");
+}
+
+#[test]
+fn host_is_isolated_and_sysctls_hit_its_namespace() {
+    privileges();
+    let a = Host::new("a").unwrap();
+    let b = Host::new("b").unwrap();
+    a.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    assert_eq!(a.read_sysctl("net.ipv4.ip_forward").unwrap(), "1");
+    assert_eq!(b.read_sysctl("net.ipv4.ip_forward").unwrap(), "0");
+    // The same value as seen by a program started in the namespace.
+    let seen = a.exec("cat", &["/proc/sys/net/ipv4/ip_forward"]).unwrap();
+    assert_eq!(seen.trim(), "1");
+    // A fresh namespace has only loopback, and it is up.
+    let links = a.ip(&["-o", "link", "show"]).unwrap();
+    assert_eq!(links.lines().count(), 1, "{links}");
+    assert!(links.contains("lo:") && links.contains("UP"), "{links}");
+}
+
+#[test]
+fn host_command_and_closure_run_inside() {
+    privileges();
+    let bed = two_links(1, None).unwrap();
+    let out = bed
+        .client
+        .command("ip")
+        .args(["-4", "-o", "addr", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("198.18.0.1/24"));
+    // A listener made in the server's namespace, reached from the client's.
+    let listener = bed
+        .server
+        .run(|| {
+            transfer::listen(
+                Proto::Tcp,
+                SocketAddr::V4(SocketAddrV4::new(bed.server_addr(), 0)),
+            )
+        })
+        .unwrap();
+    let target = listener.local_addr().unwrap();
+    let peer = bed
+        .client
+        .spawn(move || transfer::connect(Proto::Tcp, target).map(|s| s.local_addr().unwrap()))
+        .join()
+        .unwrap()
+        .unwrap();
+    let (_, accepted_peer) = listener.accept().unwrap();
+    assert_eq!(peer, accepted_peer);
+    assert_eq!(peer.ip().to_string(), "198.18.0.1");
+}
+
+#[test]
+fn mptcp_opens_one_subflow_per_link_and_uses_both() {
+    privileges();
+    let bed = two_links(2, Some(50)).unwrap();
+    let before: Vec<_> = bed.links.iter().map(|l| l.bytes().unwrap()).collect();
+    let transfer = Transfer::start(
+        &bed.client,
+        &bed.server,
+        bed.server_addr(),
+        Proto::Mptcp,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let subflows = bed.client.established_tcp(transfer.port()).unwrap();
+    let report = transfer.wait().unwrap();
+    assert!(report.intact(), "{report:?}");
+    let sources: Vec<_> = subflows.iter().map(|(local, _)| *local.ip()).collect();
+    assert!(
+        sources.contains(&bed.client_addr(0)) && sources.contains(&bed.client_addr(1)),
+        "expected a subflow from each client address, got {subflows:?}"
+    );
+    for (link, (tx0, _)) in bed.links.iter().zip(before) {
+        let (tx, _) = link.bytes().unwrap();
+        let carried = tx - tx0;
+        assert!(
+            carried > report.received_bytes / 5,
+            "link {:?} carried only {carried} of {} bytes",
+            link.addr(Side::A),
+            report.received_bytes
+        );
+    }
+}
+
+/// The acceptance test of the test bed: MPTCP over 2 × 20 Mbit/s gives at
+/// least 1.7 times one TCP connection (target 1.9).
+#[test]
+fn mptcp_aggregates_two_20_mbit_links() {
+    privileges();
+    let bed = two_links(2, Some(20)).unwrap();
+    let run = |proto| {
+        let report = Transfer::start(&bed.client, &bed.server, bed.server_addr(), proto, TRANSFER)
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert!(report.intact(), "{proto:?}: {report:?}");
+        report.mbit_per_s()
+    };
+    let tcp = run(Proto::Tcp);
+    let mptcp = run(Proto::Mptcp);
+    let ratio = mptcp / tcp;
+    println!(
+        "2 x 20 Mbit/s: single TCP {tcp:.1} Mbit/s, MPTCP {mptcp:.1} Mbit/s, ratio {ratio:.2} (sum of links 40)"
+    );
+    assert!(
+        tcp > 15.0,
+        "single TCP only {tcp:.1} Mbit/s on a 20 Mbit/s link"
+    );
+    assert!(
+        ratio >= 1.7,
+        "MPTCP {mptcp:.1} / TCP {tcp:.1} = {ratio:.2} < 1.7"
+    );
+}
+
+#[test]
+fn transfer_survives_a_link_going_down_and_back() {
+    privileges();
+    let bed = two_links(2, Some(20)).unwrap();
+    let transfer = Transfer::start(
+        &bed.client,
+        &bed.server,
+        bed.server_addr(),
+        Proto::Mptcp,
+        TRANSFER,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // Link 1 carries a subflow (link 0 carries the initial one).
+    bed.links[1].down().unwrap();
+    let at_down = transfer.meter().sample();
+    std::thread::sleep(Duration::from_millis(1500));
+    let while_down = transfer.meter().sample();
+    bed.links[1].up().unwrap();
+    let report = transfer.wait().unwrap();
+    assert!(report.intact(), "{report:?}");
+    assert!(
+        while_down.bytes > at_down.bytes,
+        "no data moved while link 1 was down"
+    );
+    // Routes through the link are back.
+    let table = bed.client.ip(&["route", "show", "table", "101"]).unwrap();
+    assert!(table.contains("default via 198.18.1.2"), "{table}");
+}
+
+#[test]
+fn link_rate_can_change_and_be_removed() {
+    privileges();
+    let bed = two_links(1, Some(20)).unwrap();
+    let link = &bed.links[0];
+    let (server, dev) = link.end(Side::B);
+    assert!(
+        server
+            .tc(&["qdisc", "show", "dev", dev])
+            .unwrap()
+            .contains("rate 20Mbit")
+    );
+    link.set_rate(Some(5)).unwrap();
+    let slow = Transfer::start(
+        &bed.client,
+        &bed.server,
+        bed.server_addr(),
+        Proto::Tcp,
+        Duration::from_secs(2),
+    )
+    .unwrap()
+    .wait()
+    .unwrap();
+    assert!(slow.intact());
+    assert!(
+        (3.5..5.5).contains(&slow.mbit_per_s()),
+        "{} Mbit/s at 5 Mbit/s",
+        slow.mbit_per_s()
+    );
+    link.set_rate(None).unwrap();
+    link.set_rate(None).unwrap();
+    assert!(
+        !server
+            .tc(&["qdisc", "show", "dev", dev])
+            .unwrap()
+            .contains("tbf")
+    );
+}
+
+#[test]
+fn relay_path_routes_lan_to_dest_and_mptcp_uses_every_wan_link() {
+    privileges();
+    let rp = relay_path(2, Some(50)).unwrap();
+    // Plain routing, lan -> dest and back, over WAN link 0.
+    let plain = Transfer::start(
+        &rp.lan,
+        &rp.dest,
+        rp.dest_addr(),
+        Proto::Tcp,
+        Duration::from_millis(500),
+    )
+    .unwrap()
+    .wait()
+    .unwrap();
+    assert!(plain.intact() && plain.received_bytes > 0, "{plain:?}");
+    // MPTCP from local to remote over both WAN links.
+    let transfer = Transfer::start(
+        &rp.local,
+        &rp.remote,
+        rp.remote_addr(),
+        Proto::Mptcp,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let subflows = rp.local.established_tcp(transfer.port()).unwrap();
+    assert!(transfer.wait().unwrap().intact());
+    assert_eq!(subflows.len(), 2, "{subflows:?}");
+}
+
+#[test]
+fn invalid_link_count_is_refused() {
+    let err = two_links(9, None).unwrap_err();
+    assert!(err.to_string().contains("1 to 8"), "{err}");
+}
