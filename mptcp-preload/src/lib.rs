@@ -1,1 +1,397 @@
-//! TODO: owned by a helper
+//! `libmptcp_preload.so`: put it in `LD_PRELOAD` under a program you cannot
+//! rebuild, and its TCP sockets become Multipath TCP sockets (with a
+//! fallback to TCP whenever MPTCP is refused), or, in relay-hop mode, its
+//! connections go through a SOCKS5 relay over MPTCP. See the README for the
+//! environment variables.
+//!
+//! Layout: [`real`] finds the libc functions behind the hooks, [`config`]
+//! parses the environment once at load time, [`fdtable`] keeps lock-free
+//! per-descriptor state, [`compat`] rebuilds a socket as plain TCP when the
+//! kernel refuses an option on MPTCP, [`relay`] does the relay hop, [`log`]
+//! writes allocation-free log lines. The exported C symbols are the hooks
+//! below and nothing else.
+//!
+//! Every hook body runs inside `catch_unwind`: a bug here turns into the
+//! plain libc call, never into a panic across the C boundary.
+
+pub mod compat;
+pub mod config;
+pub mod fdtable;
+pub mod log;
+pub mod real;
+pub mod relay;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use libc::{c_int, c_uint, c_void, sockaddr, socklen_t};
+use mptcp_core::sys::socket::{IPPROTO_MPTCP, SOL_MPTCP};
+
+use config::{Config, LogLevel, Mode};
+use fdtable::flag;
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+/// The configuration, parsed on first use (normally by the constructor,
+/// while the process is single-threaded, so no hook ever waits on it).
+pub fn config() -> &'static Config {
+    CONFIG.get_or_init(|| {
+        match config::parse(|name| std::env::var(name).ok()) {
+            Ok(config) => config,
+            Err(e) => {
+                // Always on standard error, whatever the log settings.
+                log::write_line(None, format_args!("{e}"));
+                Config::off()
+            }
+        }
+    })
+}
+
+/// Runs at load time: resolves the real functions and parses the
+/// configuration before the program can start threads.
+extern "C" fn init() {
+    let _ = catch_unwind(|| {
+        real::resolve_all();
+        config();
+    });
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static INIT: extern "C" fn() = init;
+
+/// The kernel has no MPTCP at all (`EPROTONOSUPPORT`): stop asking.
+static MPTCP_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+fn errno() -> c_int {
+    // SAFETY: errno is a thread-local int, always readable.
+    unsafe { *libc::__errno_location() }
+}
+
+fn set_errno(value: c_int) {
+    // SAFETY: errno is a thread-local int, always writable.
+    unsafe { *libc::__errno_location() = value };
+}
+
+/// Log-once kinds.
+const ONCE_MPTCP_REFUSED: u32 = 0;
+const ONCE_OPTION_BASE: u32 = 8;
+
+/// Defines an exported hook whose body runs in `catch_unwind`, falling back
+/// to the real function if it panics.
+macro_rules! hooks {
+    ($( $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty => $body:ident; )*) => {
+        $(
+            $(#[$doc])*
+            ///
+            /// # Safety
+            ///
+            /// The contract of the libc function of the same name.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
+                // SAFETY: the body upholds the libc contract the caller
+                // promised.
+                match catch_unwind(AssertUnwindSafe(|| unsafe { $body($($arg),*) })) {
+                    Ok(result) => result,
+                    // SAFETY: the caller's arguments, unchanged.
+                    Err(_) => unsafe { real::$name($($arg),*) },
+                }
+            }
+        )*
+    };
+}
+
+hooks! {
+    /// `socket(2)`: TCP stream sockets become MPTCP sockets.
+    fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int => socket_hook;
+    /// `setsockopt(2)`: records options, rebuilds as TCP on refusal.
+    fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) -> c_int => setsockopt_hook;
+    /// `getsockopt(2)`: rebuilds as TCP on refusal; relay-hop `SO_ERROR`.
+    fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_void, len: *mut socklen_t) -> c_int => getsockopt_hook;
+    /// `connect(2)`: relay hop for matching destinations.
+    fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int => connect_hook;
+    /// `getpeername(2)`: the original destination of a relayed socket.
+    fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int => getpeername_hook;
+    /// `accept(2)`: forgets stale state for the new descriptor.
+    fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int => accept_hook;
+    /// `accept4(2)`: forgets stale state for the new descriptor.
+    fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int => accept4_hook;
+    /// `close(2)`: forgets the descriptor.
+    fn close(fd: c_int) -> c_int => close_hook;
+    /// `dup2(2)`: the target descriptor takes the source's state.
+    fn dup2(old: c_int, new: c_int) -> c_int => dup2_hook;
+    /// `dup3(2)`: the target descriptor takes the source's state.
+    fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int => dup3_hook;
+    /// `close_range(2)`: forgets the closed descriptors.
+    fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int => close_range_hook;
+}
+
+fn is_tcp_request(domain: c_int, ty: c_int, protocol: c_int) -> bool {
+    (domain == libc::AF_INET || domain == libc::AF_INET6)
+        && ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) == libc::SOCK_STREAM
+        && (protocol == 0 || protocol == libc::IPPROTO_TCP)
+}
+
+unsafe fn socket_hook(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    let config = config();
+    if config.mode == Mode::Off || !is_tcp_request(domain, ty, protocol) {
+        // SAFETY: the caller's arguments.
+        let fd = unsafe { real::socket(domain, ty, protocol) };
+        if let Some(cell) = fdtable::get(fd) {
+            cell.clear();
+        }
+        return fd;
+    }
+    if !MPTCP_UNSUPPORTED.load(Ordering::Relaxed) {
+        // SAFETY: the caller's arguments with another protocol.
+        let fd = unsafe { real::socket(domain, ty, IPPROTO_MPTCP) };
+        if fd >= 0 {
+            if let Some(cell) = fdtable::get_or_create(fd) {
+                cell.reset(flag::INET_STREAM | flag::CONVERTED, domain, ty);
+            }
+            return fd;
+        }
+        let e = errno();
+        if e == libc::EPROTONOSUPPORT {
+            MPTCP_UNSUPPORTED.store(true, Ordering::Relaxed);
+        }
+        log::once(
+            ONCE_MPTCP_REFUSED,
+            LogLevel::Info,
+            format_args!(
+                "the kernel refused an MPTCP socket (errno {e}{}); using plain TCP",
+                if e == libc::ENOPROTOOPT {
+                    ", sysctl net.mptcp.enabled=0"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+    // What the program asked for: its result and errno are the program's.
+    // SAFETY: the caller's arguments.
+    let fd = unsafe { real::socket(domain, ty, protocol) };
+    if let Some(cell) = fdtable::get_or_create(fd) {
+        cell.reset(flag::INET_STREAM, domain, ty);
+    }
+    fd
+}
+
+/// The cell of a converted socket that may still be rebuilt as TCP.
+fn replaceable_cell(fd: c_int, level: c_int) -> Option<&'static fdtable::Cell> {
+    let cell = fdtable::get(fd)?;
+    let flags = cell.flags();
+    (flags & flag::CONVERTED != 0 && flags & flag::CONNECT_CALLED == 0 && level != SOL_MPTCP)
+        .then_some(cell)
+}
+
+fn refused(e: c_int) -> bool {
+    e == libc::EOPNOTSUPP || e == libc::ENOPROTOOPT
+}
+
+/// Rebuilds the converted socket `fd` as plain TCP because the kernel
+/// refused `level`/`name` on it. Returns whether it did.
+fn fall_back_to_tcp(
+    fd: c_int,
+    cell: &fdtable::Cell,
+    level: c_int,
+    name: c_int,
+    what: &str,
+) -> bool {
+    if !compat::replaceable(fd, cell) {
+        return false;
+    }
+    let (domain, _) = cell.socket_args();
+    match compat::rebuild(fd, cell, domain, libc::IPPROTO_TCP) {
+        Ok(()) => {
+            cell.update(0, flag::CONVERTED);
+            let option = compat::option_name(level, name);
+            log::once(
+                ONCE_OPTION_BASE + (name as u32 % 48),
+                LogLevel::Info,
+                format_args!(
+                    "{what}({option}) is not supported on MPTCP sockets: fd {fd} now uses plain TCP"
+                ),
+            );
+            true
+        }
+        Err(e) => {
+            log::line(
+                LogLevel::Error,
+                format_args!("fd {fd}: could not rebuild as TCP (errno {e})"),
+            );
+            false
+        }
+    }
+}
+
+unsafe fn setsockopt_hook(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    value: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    // SAFETY: the caller's arguments.
+    let r = unsafe { real::setsockopt(fd, level, name, value, len) };
+    let Some(cell) = replaceable_cell(fd, level) else {
+        return r;
+    };
+    if r == 0 {
+        if value.is_null() || len as usize > fdtable::OPTION_MAX_LEN {
+            cell.record_option(level, name, &[0u8; fdtable::OPTION_MAX_LEN + 1]);
+        } else {
+            // SAFETY: the kernel just read `len` bytes from `value`.
+            let bytes = unsafe { std::slice::from_raw_parts(value.cast::<u8>(), len as usize) };
+            cell.record_option(level, name, bytes);
+        }
+        return 0;
+    }
+    let e = errno();
+    if refused(e) && fall_back_to_tcp(fd, cell, level, name, "setsockopt") {
+        // SAFETY: the caller's arguments, now on a TCP socket.
+        return unsafe { real::setsockopt(fd, level, name, value, len) };
+    }
+    set_errno(e);
+    r
+}
+
+unsafe fn getsockopt_hook(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    value: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    // SAFETY: the caller's arguments.
+    let r = unsafe { real::getsockopt(fd, level, name, value, len) };
+    if r == 0 {
+        if level == libc::SOL_SOCKET && name == libc::SO_ERROR {
+            let config = config();
+            if config.mode == Mode::Relay
+                && let Some(cell) = fdtable::get(fd)
+                && cell.flags() & (flag::RELAY_PENDING | flag::RELAY_FAILED) != 0
+            {
+                // SAFETY: the kernel just wrote an int there.
+                unsafe {
+                    let kernel = value.cast::<c_int>().read_unaligned();
+                    value
+                        .cast::<c_int>()
+                        .write_unaligned(relay::so_error(config, fd, cell, kernel));
+                }
+            }
+        }
+        return 0;
+    }
+    let e = errno();
+    if let Some(cell) = replaceable_cell(fd, level)
+        && refused(e)
+        && fall_back_to_tcp(fd, cell, level, name, "getsockopt")
+    {
+        // SAFETY: the caller's arguments, now on a TCP socket.
+        return unsafe { real::getsockopt(fd, level, name, value, len) };
+    }
+    set_errno(e);
+    r
+}
+
+unsafe fn connect_hook(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let config = config();
+    if config.mode == Mode::Relay {
+        // SAFETY: the caller's arguments.
+        if let Some(result) = unsafe { relay::connect(config, fd, addr, len) } {
+            return result;
+        }
+    }
+    if let Some(cell) = fdtable::get(fd)
+        && cell.flags() & flag::INET_STREAM != 0
+    {
+        cell.update(flag::CONNECT_CALLED, 0);
+    }
+    // SAFETY: the caller's arguments.
+    unsafe { real::connect(fd, addr, len) }
+}
+
+unsafe fn getpeername_hook(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    if let Some(cell) = fdtable::get(fd) {
+        // SAFETY: the caller's arguments.
+        if let Some(result) = unsafe { relay::getpeername(config(), fd, cell, addr, len) } {
+            return result;
+        }
+    }
+    // SAFETY: the caller's arguments.
+    unsafe { real::getpeername(fd, addr, len) }
+}
+
+fn forget(fd: c_int) {
+    if let Some(cell) = fdtable::get(fd) {
+        cell.clear();
+    }
+}
+
+unsafe fn accept_hook(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: the caller's arguments.
+    let new = unsafe { real::accept(fd, addr, len) };
+    forget(new);
+    new
+}
+
+unsafe fn accept4_hook(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    // SAFETY: the caller's arguments.
+    let new = unsafe { real::accept4(fd, addr, len, flags) };
+    forget(new);
+    new
+}
+
+unsafe fn close_hook(fd: c_int) -> c_int {
+    forget(fd);
+    // SAFETY: the caller's argument.
+    unsafe { real::close(fd) }
+}
+
+/// After `dup2`/`dup3` succeeded: `new` is another name for `old`'s socket.
+/// It keeps the relay destination and the MPTCP flag but is never rebuilt
+/// (the other descriptor would keep the old socket).
+fn copy_state(old: c_int, new: c_int) {
+    if old == new {
+        return;
+    }
+    let source = fdtable::get(old).map(|c| (c.flags(), c.socket_args(), c.dest()));
+    match source {
+        Some((flags, (domain, ty), (dest, dest_len))) if flags != 0 => {
+            if let Some(cell) = fdtable::get_or_create(new) {
+                cell.reset(flags | flag::OPTIONS_INCOMPLETE, domain, ty);
+                cell.set_dest(&dest[..dest_len]);
+            }
+        }
+        _ => forget(new),
+    }
+}
+
+unsafe fn dup2_hook(old: c_int, new: c_int) -> c_int {
+    // SAFETY: the caller's arguments.
+    let r = unsafe { real::dup2(old, new) };
+    if r >= 0 {
+        copy_state(old, r);
+    }
+    r
+}
+
+unsafe fn dup3_hook(old: c_int, new: c_int, flags: c_int) -> c_int {
+    // SAFETY: the caller's arguments.
+    let r = unsafe { real::dup3(old, new, flags) };
+    if r >= 0 {
+        copy_state(old, r);
+    }
+    r
+}
+
+unsafe fn close_range_hook(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    // SAFETY: the caller's arguments.
+    let r = unsafe { real::close_range(first, last, flags) };
+    if r == 0 && flags as c_uint & libc::CLOSE_RANGE_CLOEXEC == 0 {
+        fdtable::clear_range(first, last);
+    }
+    r
+}

@@ -1,0 +1,156 @@
+//! Rebuilding a socket on the same descriptor number: with plain TCP when
+//! the kernel refuses an option on MPTCP, or in another address family when
+//! the relay needs it.
+//!
+//! The replacement is only done while the socket is neither connected nor
+//! listening: nothing but its options and its bound address exist yet, and
+//! both are carried over (the options from the cell's record, the address
+//! from `getsockname`). `dup3` puts the new socket on the old number
+//! atomically, so other threads never see a closed descriptor.
+
+use libc::c_int;
+
+use crate::fdtable::{Cell, flag};
+use crate::real;
+
+fn errno() -> c_int {
+    // SAFETY: errno is a thread-local int, always readable.
+    unsafe { *libc::__errno_location() }
+}
+
+fn int_option(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
+    let mut value: c_int = 0;
+    let mut len = size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writes of the sizes given.
+    let r = unsafe { real::getsockopt(fd, level, name, (&raw mut value).cast(), &mut len) };
+    (r == 0).then_some(value)
+}
+
+/// Whether a socket may still be rebuilt: not listening, not connected
+/// (the caller checks `CONNECT_CALLED`), and every option recorded.
+pub fn replaceable(fd: c_int, cell: &Cell) -> bool {
+    cell.flags() & (flag::OPTIONS_INCOMPLETE | flag::CONNECT_CALLED) == 0
+        && int_option(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0)
+}
+
+/// Puts a new `domain` stream socket of `protocol` on descriptor `fd`,
+/// carrying over `O_NONBLOCK`, `FD_CLOEXEC`, the recorded options (those
+/// the new socket refuses are skipped) and the bound address. Returns the
+/// errno of the step that failed; the old socket is untouched unless the
+/// final `bind` fails.
+pub fn rebuild(fd: c_int, cell: &Cell, domain: c_int, protocol: c_int) -> Result<(), c_int> {
+    // SAFETY: fcntl on a descriptor number only reads its flags.
+    let status = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    let fd_flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if status < 0 || fd_flags < 0 {
+        return Err(errno());
+    }
+    let mut bound: libc::sockaddr_storage = zeroed_storage();
+    let mut bound_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `bound` is a writable sockaddr_storage of `bound_len` bytes.
+    let named = unsafe { libc::getsockname(fd, (&raw mut bound).cast(), &mut bound_len) } == 0;
+    let rebind = named && c_int::from(bound.ss_family) == domain && is_bound(&bound);
+
+    let mut ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
+    if status & libc::O_NONBLOCK != 0 {
+        ty |= libc::SOCK_NONBLOCK;
+    }
+    // SAFETY: plain socket creation.
+    let mut new = unsafe { real::socket(domain, ty, protocol) };
+    if new < 0 && protocol != libc::IPPROTO_TCP {
+        // SAFETY: as above (MPTCP refused: fall back to TCP).
+        new = unsafe { real::socket(domain, ty, libc::IPPROTO_TCP) };
+    }
+    if new < 0 {
+        return Err(errno());
+    }
+    cell.for_each_option(|level, name, value| {
+        // SAFETY: `value` is a live slice of the given length.
+        let r = unsafe {
+            real::setsockopt(
+                new,
+                level,
+                name,
+                value.as_ptr().cast(),
+                value.len() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            crate::log::line(
+                crate::config::LogLevel::Debug,
+                format_args!(
+                    "fd {fd}: option {level}/{name} not carried over (errno {})",
+                    errno()
+                ),
+            );
+        }
+    });
+    let cloexec = if fd_flags & libc::FD_CLOEXEC != 0 {
+        libc::O_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: both are open descriptors; dup3 atomically replaces `fd`.
+    let r = unsafe { real::dup3(new, fd, cloexec) };
+    let dup_errno = errno();
+    // SAFETY: `new` is our own descriptor; `fd` now holds the socket.
+    unsafe { real::close(new) };
+    if r < 0 {
+        return Err(dup_errno);
+    }
+    cell.forget_options();
+    if rebind {
+        // SAFETY: `bound` holds `bound_len` bytes of the old local address.
+        if unsafe { libc::bind(fd, (&raw const bound).cast(), bound_len) } != 0 {
+            return Err(errno());
+        }
+    }
+    Ok(())
+}
+
+fn zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain integers; all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Whether a local address was chosen (a port or a specific address).
+fn is_bound(addr: &libc::sockaddr_storage) -> bool {
+    match c_int::from(addr.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in.
+            let a =
+                unsafe { &*(addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            a.sin_port != 0 || a.sin_addr.s_addr != 0
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this storage holds a sockaddr_in6.
+            let a =
+                unsafe { &*(addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            a.sin6_port != 0 || a.sin6_addr.s6_addr != [0; 16]
+        }
+        _ => false,
+    }
+}
+
+/// Names of the options users meet most, for the log line.
+pub fn option_name(level: c_int, name: c_int) -> &'static str {
+    match (level, name) {
+        (libc::IPPROTO_TCP, libc::TCP_MD5SIG) => "TCP_MD5SIG",
+        (libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT) => "TCP_DEFER_ACCEPT",
+        (libc::IPPROTO_TCP, libc::TCP_MAXSEG) => "TCP_MAXSEG",
+        (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT) => "TCP_NOTSENT_LOWAT",
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) => "TCP_KEEPIDLE",
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL) => "TCP_KEEPINTVL",
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT) => "TCP_KEEPCNT",
+        (libc::IPPROTO_TCP, libc::TCP_ULP) => "TCP_ULP",
+        (libc::IPPROTO_TCP, libc::TCP_REPAIR) => "TCP_REPAIR",
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT) => "TCP_USER_TIMEOUT",
+        (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP) => "TCP_WINDOW_CLAMP",
+        (libc::IPPROTO_TCP, libc::TCP_QUICKACK) => "TCP_QUICKACK",
+        (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) => "IPV6_V6ONLY",
+        (libc::IPPROTO_IP, libc::IP_TOS) => "IP_TOS",
+        (libc::SOL_SOCKET, libc::SO_ATTACH_FILTER) => "SO_ATTACH_FILTER",
+        _ => "an option",
+    }
+}

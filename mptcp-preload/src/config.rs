@@ -1,0 +1,476 @@
+//! Configuration from environment variables, parsed once at load time.
+//! Pure code: no unsafe, no I/O besides reading the variables, so every
+//! rule is unit-tested.
+#![forbid(unsafe_code)]
+
+use std::ffi::CString;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+/// What the library does to the program's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Nothing: every hook calls straight through.
+    Off,
+    /// TCP stream sockets become MPTCP sockets (with fallback to TCP).
+    Mptcp,
+    /// MPTCP mode, plus matching `connect()`s go through a SOCKS5 relay.
+    Relay,
+}
+
+/// How much the library reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Nothing, not even errors.
+    Off,
+    /// Failures the program sees (relay unreachable, refused handshake).
+    Error,
+    /// Also one line per fallback kind (a socket replaced by plain TCP).
+    Info,
+    /// Also every relayed connection.
+    Debug,
+}
+
+/// The SOCKS5 relay of relay-hop mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// Where the relay listens (an IP literal: the library never resolves
+    /// names itself).
+    pub addr: SocketAddr,
+    /// Username and password (RFC 1929), if the relay wants them.
+    pub credentials: Option<(String, String)>,
+    /// Bound on the SOCKS5 handshake (connecting to the relay included).
+    pub timeout: Duration,
+}
+
+/// An address block and an optional port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// Network address (`None`: any address of either family).
+    net: Option<(IpAddr, u8)>,
+    /// Inclusive port range (`None`: any port).
+    ports: Option<(u16, u16)>,
+}
+
+impl Rule {
+    /// Whether `dest` is inside this rule. IPv4-mapped IPv6 addresses
+    /// count as IPv4.
+    pub fn matches(&self, dest: &SocketAddr) -> bool {
+        if let Some((lo, hi)) = self.ports
+            && (dest.port() < lo || dest.port() > hi)
+        {
+            return false;
+        }
+        match self.net {
+            None => true,
+            Some((net, prefix)) => match (net, dest.ip().to_canonical()) {
+                (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(
+                    u128::from(n.to_bits()) << 96,
+                    u128::from(a.to_bits()) << 96,
+                    prefix,
+                ),
+                (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(n.to_bits(), a.to_bits(), prefix),
+                _ => false,
+            },
+        }
+    }
+}
+
+fn prefix_eq(a: u128, b: u128, prefix: u8) -> bool {
+    prefix == 0 || (a ^ b) >> (128 - u32::from(prefix)) == 0
+}
+
+/// Which destinations relay-hop mode sends through the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// A destination must match one of these (empty: every destination).
+    pub include: Vec<Rule>,
+    /// ... and none of these.
+    pub exclude: Vec<Rule>,
+}
+
+impl Rules {
+    /// Whether `dest` goes through the relay.
+    pub fn matches(&self, dest: &SocketAddr) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|r| r.matches(dest)))
+            && !self.exclude.iter().any(|r| r.matches(dest))
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// What to do.
+    pub mode: Mode,
+    /// The relay (relay-hop mode only).
+    pub relay: Option<Relay>,
+    /// Which connects go through the relay.
+    pub rules: Rules,
+    /// How much to log.
+    pub log_level: LogLevel,
+    /// Append log lines to this file instead of standard error.
+    pub log_file: Option<CString>,
+}
+
+impl Config {
+    /// The configuration of a library that does nothing.
+    pub fn off() -> Config {
+        Config {
+            mode: Mode::Off,
+            relay: None,
+            rules: Rules {
+                include: Vec::new(),
+                exclude: Vec::new(),
+            },
+            log_level: LogLevel::Error,
+            log_file: None,
+        }
+    }
+}
+
+/// A variable with a value the library does not understand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The variable's name.
+    pub var: &'static str,
+    /// Its value.
+    pub value: String,
+    /// What it should look like.
+    pub expected: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}={:?} is invalid: {}; the library is disabled for this program",
+            self.var, self.value, self.expected
+        )
+    }
+}
+
+/// Variable names (documented in the crate's README).
+pub const VAR_MODE: &str = "MPTCP_PRELOAD_MODE";
+/// Relay address, `host:port` or `[v6]:port`.
+pub const VAR_RELAY: &str = "MPTCP_PRELOAD_RELAY";
+/// Relay username.
+pub const VAR_USER: &str = "MPTCP_PRELOAD_USER";
+/// Relay password.
+pub const VAR_PASSWORD: &str = "MPTCP_PRELOAD_PASSWORD";
+/// Destinations to relay.
+pub const VAR_INCLUDE: &str = "MPTCP_PRELOAD_INCLUDE";
+/// Destinations not to relay.
+pub const VAR_EXCLUDE: &str = "MPTCP_PRELOAD_EXCLUDE";
+/// Handshake timeout in seconds.
+pub const VAR_TIMEOUT: &str = "MPTCP_PRELOAD_TIMEOUT";
+/// Log level.
+pub const VAR_LOG: &str = "MPTCP_PRELOAD_LOG";
+/// Log file.
+pub const VAR_LOG_FILE: &str = "MPTCP_PRELOAD_LOG_FILE";
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Parses the configuration from `var` (the environment, or a map in tests).
+/// Unset and empty variables take their defaults.
+pub fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let err = |var: &'static str, value: &str, expected: &str| ConfigError {
+        var,
+        value: value.to_owned(),
+        expected: expected.to_owned(),
+    };
+
+    let mut config = Config::off();
+    config.log_level = match get(VAR_LOG).as_deref().map(str::trim) {
+        None | Some("error") => LogLevel::Error,
+        Some("off") => LogLevel::Off,
+        Some("info") => LogLevel::Info,
+        Some("debug") => LogLevel::Debug,
+        Some(other) => return Err(err(VAR_LOG, other, "expected off, error, info or debug")),
+    };
+    if let Some(path) = get(VAR_LOG_FILE) {
+        config.log_file = Some(CString::new(path.clone()).map_err(|_| {
+            err(
+                VAR_LOG_FILE,
+                &path,
+                "expected a file path without NUL bytes",
+            )
+        })?);
+    }
+    config.mode = match get(VAR_MODE).as_deref().map(str::trim) {
+        None | Some("mptcp") => Mode::Mptcp,
+        Some("relay") => Mode::Relay,
+        Some("off") => Mode::Off,
+        Some(other) => return Err(err(VAR_MODE, other, "expected mptcp, relay or off")),
+    };
+
+    let relay_addr = match get(VAR_RELAY) {
+        None => None,
+        Some(text) => Some(text.trim().parse::<SocketAddr>().map_err(|_| {
+            err(
+                VAR_RELAY,
+                &text,
+                "expected an IP address and port, like 192.0.2.1:1080 or [2001:db8::1]:1080",
+            )
+        })?),
+    };
+    let credentials = match (get(VAR_USER), get(VAR_PASSWORD)) {
+        (None, None) => None,
+        (Some(user), Some(pass)) if user.len() <= 255 && pass.len() <= 255 => Some((user, pass)),
+        (Some(user), Some(_)) if user.len() > 255 => {
+            return Err(err(VAR_USER, &user, "at most 255 bytes (RFC 1929)"));
+        }
+        (Some(_), Some(_)) => {
+            return Err(err(
+                VAR_PASSWORD,
+                "<hidden>",
+                "at most 255 bytes (RFC 1929)",
+            ));
+        }
+        (Some(user), None) => {
+            return Err(err(VAR_USER, &user, "set MPTCP_PRELOAD_PASSWORD too"));
+        }
+        (None, Some(_)) => {
+            return Err(err(VAR_PASSWORD, "<hidden>", "set MPTCP_PRELOAD_USER too"));
+        }
+    };
+    let timeout = match get(VAR_TIMEOUT) {
+        None => DEFAULT_TIMEOUT,
+        Some(text) => match text.trim().parse::<f64>() {
+            Ok(secs) if secs > 0.0 && secs <= 3600.0 => Duration::from_secs_f64(secs),
+            _ => {
+                return Err(err(
+                    VAR_TIMEOUT,
+                    &text,
+                    "expected seconds, more than 0 and at most 3600",
+                ));
+            }
+        },
+    };
+    if config.mode == Mode::Relay {
+        let Some(addr) = relay_addr else {
+            return Err(err(
+                VAR_MODE,
+                "relay",
+                "relay mode needs MPTCP_PRELOAD_RELAY=host:port",
+            ));
+        };
+        config.relay = Some(Relay {
+            addr,
+            credentials,
+            timeout,
+        });
+    }
+
+    config.rules.include = match get(VAR_INCLUDE) {
+        None => Vec::new(),
+        Some(text) => parse_rules(&text).map_err(|bad| err(VAR_INCLUDE, &bad, RULE_SYNTAX))?,
+    };
+    config.rules.exclude = match get(VAR_EXCLUDE) {
+        None => vec![
+            Rule {
+                net: Some((IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8)),
+                ports: None,
+            },
+            Rule {
+                net: Some((IpAddr::V6(Ipv6Addr::LOCALHOST), 128)),
+                ports: None,
+            },
+        ],
+        Some(text) => parse_rules(&text).map_err(|bad| err(VAR_EXCLUDE, &bad, RULE_SYNTAX))?,
+    };
+    Ok(config)
+}
+
+const RULE_SYNTAX: &str = "expected a comma-separated list of CIDR[:port[-port]] \
+    ([v6CIDR]:port for IPv6 with a port, *:port for any address)";
+
+/// Parses a comma-separated rule list; the error is the first bad item.
+fn parse_rules(text: &str) -> Result<Vec<Rule>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| parse_rule(item).ok_or_else(|| item.to_owned()))
+        .collect()
+}
+
+fn parse_rule(item: &str) -> Option<Rule> {
+    // Split "address part" and "port part".
+    let (net_text, port_text) = if let Some(rest) = item.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']')?;
+        match after {
+            "" => (inner, None),
+            _ => (inner, Some(after.strip_prefix(':')?)),
+        }
+    } else if item.matches(':').count() >= 2 {
+        (item, None) // bare IPv6 CIDR
+    } else {
+        match item.split_once(':') {
+            Some((net, port)) => (net, Some(port)),
+            None => (item, None),
+        }
+    };
+    let net = if net_text == "*" {
+        None
+    } else {
+        let (addr_text, prefix_text) = match net_text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (net_text, None),
+        };
+        let addr: IpAddr = addr_text.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix_text {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max)?,
+            None => max,
+        };
+        Some((addr, prefix))
+    };
+    let ports = match port_text {
+        None => None,
+        Some(p) => {
+            let (lo, hi) = match p.split_once('-') {
+                Some((lo, hi)) => (lo.parse().ok()?, hi.parse().ok()?),
+                None => {
+                    let port = p.parse().ok()?;
+                    (port, port)
+                }
+            };
+            if lo > hi {
+                return None;
+            }
+            Some((lo, hi))
+        }
+    };
+    if net.is_none() && port_text.is_none() {
+        return Some(Rule {
+            net: None,
+            ports: None,
+        });
+    }
+    Some(Rule { net, ports })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(|k| map.get(k).cloned())
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn defaults_are_mptcp_without_relay() {
+        let c = parse_env(&[]).unwrap();
+        assert_eq!(c.mode, Mode::Mptcp);
+        assert_eq!(c.relay, None);
+        assert_eq!(c.log_level, LogLevel::Error);
+    }
+
+    #[test]
+    fn relay_mode_needs_an_address_and_both_credentials() {
+        let e = parse_env(&[(VAR_MODE, "relay")]).unwrap_err();
+        assert!(e.to_string().contains("MPTCP_PRELOAD_RELAY"), "{e}");
+        let e = parse_env(&[
+            (VAR_MODE, "relay"),
+            (VAR_RELAY, "198.18.0.2:1080"),
+            (VAR_USER, "u"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, VAR_USER);
+        let c = parse_env(&[
+            (VAR_MODE, "relay"),
+            (VAR_RELAY, "[2001:db8::1]:1080"),
+            (VAR_USER, "u"),
+            (VAR_PASSWORD, "p"),
+            (VAR_TIMEOUT, "2.5"),
+        ])
+        .unwrap();
+        let relay = c.relay.unwrap();
+        assert_eq!(relay.addr, sa("[2001:db8::1]:1080"));
+        assert_eq!(relay.credentials, Some(("u".into(), "p".into())));
+        assert_eq!(relay.timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, value) in [
+            (VAR_MODE, "fast"),
+            (VAR_LOG, "loud"),
+            (VAR_RELAY, "relay.example:1080"),
+            (VAR_INCLUDE, "10.0.0.0/33"),
+            (VAR_EXCLUDE, "10.0.0.0/8:99999"),
+            (VAR_TIMEOUT, "-1"),
+        ] {
+            let e = parse_env(&[
+                (VAR_MODE, "relay"),
+                (VAR_RELAY, "198.18.0.2:1080"),
+                (var, value),
+            ])
+            .unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(e.to_string().starts_with(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn default_rules_relay_everything_but_loopback() {
+        let c = parse_env(&[]).unwrap();
+        assert!(c.rules.matches(&sa("198.18.1.2:80")));
+        assert!(c.rules.matches(&sa("[2001:db8::1]:80")));
+        assert!(!c.rules.matches(&sa("127.0.0.1:80")));
+        assert!(!c.rules.matches(&sa("127.9.9.9:80")));
+        assert!(!c.rules.matches(&sa("[::1]:80")));
+        assert!(!c.rules.matches(&sa("[::ffff:127.0.0.1]:80")));
+    }
+
+    #[test]
+    fn include_and_exclude_with_ports() {
+        let c = parse_env(&[
+            (
+                VAR_INCLUDE,
+                "198.18.0.0/15, [2001:db8::/32]:443, *:8000-8100",
+            ),
+            (VAR_EXCLUDE, "198.18.5.0/24:22, ::1"),
+        ])
+        .unwrap();
+        let r = &c.rules;
+        assert!(r.matches(&sa("198.19.2.2:80")));
+        assert!(r.matches(&sa("[::ffff:198.19.2.2]:80")));
+        assert!(!r.matches(&sa("198.20.0.1:80")));
+        assert!(r.matches(&sa("198.20.0.1:8050")));
+        assert!(r.matches(&sa("198.18.5.1:23")));
+        assert!(!r.matches(&sa("198.18.5.1:22")));
+        assert!(r.matches(&sa("[2001:db8:1::5]:443")));
+        assert!(!r.matches(&sa("[2001:db8:1::5]:80")));
+        assert!(!r.matches(&sa("[::1]:8000")));
+        assert!(
+            r.matches(&sa("127.0.0.1:8000")),
+            "EXCLUDE replaces the loopback default"
+        );
+    }
+
+    #[test]
+    fn prefix_edges() {
+        let all = parse_rule("0.0.0.0/0").unwrap();
+        assert!(all.matches(&sa("255.255.255.255:1")));
+        assert!(!all.matches(&sa("[2001:db8::1]:1")));
+        let host = parse_rule("198.18.0.2").unwrap();
+        assert!(host.matches(&sa("198.18.0.2:9")));
+        assert!(!host.matches(&sa("198.18.0.3:9")));
+        let v6 = parse_rule("2001:db8::/127").unwrap();
+        assert!(v6.matches(&sa("[2001:db8::1]:1")));
+        assert!(!v6.matches(&sa("[2001:db8::2]:1")));
+        assert!(parse_rule("[::1]x").is_none());
+        assert!(parse_rule("1.2.3.4:20-10").is_none());
+    }
+}

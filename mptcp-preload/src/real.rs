@@ -1,0 +1,99 @@
+//! The real libc functions behind the hooks, found with
+//! `dlsym(RTLD_NEXT, name)` and cached in atomics.
+//!
+//! Never call `libc::socket`, `libc::connect`, ... for a hooked name inside
+//! this crate: the call would bind to our own exported hook. Use the
+//! functions of this module instead.
+//!
+//! [`resolve_all`] runs from the load-time constructor, while the process is
+//! still single-threaded, so the hooks never enter the dynamic linker (and its
+//! lock) later, in particular not in the child of a multithreaded `fork()`.
+//! A hook that runs before the constructor (another library's constructor)
+//! resolves its function on first use.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use libc::{c_int, c_uint, c_void, sockaddr, socklen_t};
+
+/// Looks up the next definition of `name` after this library.
+fn lookup(name: &std::ffi::CStr) -> usize {
+    // SAFETY: `name` is NUL-terminated; RTLD_NEXT is a valid pseudo-handle
+    // for a call made from a shared object.
+    unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) as usize }
+}
+
+/// A NUL-terminated literal as a `CStr`, without allocating.
+const fn symbol_name(with_nul: &'static str) -> &'static std::ffi::CStr {
+    match std::ffi::CStr::from_bytes_with_nul(with_nul.as_bytes()) {
+        Ok(name) => name,
+        Err(_) => panic!("symbol names are NUL-terminated literals"),
+    }
+}
+
+macro_rules! real_functions {
+    ($( $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty; )*) => {
+        #[allow(non_upper_case_globals)]
+        mod slots {
+            use super::AtomicUsize;
+            $( pub static $name: AtomicUsize = AtomicUsize::new(0); )*
+        }
+
+        /// Resolves every real function now (from the constructor).
+        pub fn resolve_all() {
+            $( slots::$name.store(lookup(const { symbol_name(concat!(stringify!($name), "\0")) }), Ordering::Relaxed); )*
+        }
+
+        $(
+            $(#[$doc])*
+            ///
+            /// # Safety
+            ///
+            /// The same contract as the libc function of this name.
+            #[inline]
+            pub unsafe fn $name($($arg: $ty),*) -> $ret {
+                let mut addr = slots::$name.load(Ordering::Relaxed);
+                if addr == 0 {
+                    addr = lookup(const { symbol_name(concat!(stringify!($name), "\0")) });
+                    if addr == 0 {
+                        // No libc below us: behave like a missing syscall.
+                        // SAFETY: errno is thread-local and always writable.
+                        unsafe { *libc::__errno_location() = libc::ENOSYS };
+                        return -1;
+                    }
+                    slots::$name.store(addr, Ordering::Relaxed);
+                }
+                // SAFETY: `addr` is the address dlsym returned for this
+                // libc function, whose C prototype is exactly this
+                // signature; a function address fits a usize.
+                let real: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { std::mem::transmute(addr) };
+                // SAFETY: forwarded under the caller's contract.
+                unsafe { real($($arg),*) }
+            }
+        )*
+    };
+}
+
+real_functions! {
+    /// `socket(2)`.
+    fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
+    /// `connect(2)`.
+    fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    /// `setsockopt(2)`.
+    fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) -> c_int;
+    /// `getsockopt(2)`.
+    fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_void, len: *mut socklen_t) -> c_int;
+    /// `getpeername(2)`.
+    fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    /// `accept(2)`.
+    fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    /// `accept4(2)`.
+    fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
+    /// `close(2)`.
+    fn close(fd: c_int) -> c_int;
+    /// `dup2(2)`.
+    fn dup2(old: c_int, new: c_int) -> c_int;
+    /// `dup3(2)`.
+    fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int;
+    /// `close_range(2)`.
+    fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int;
+}
