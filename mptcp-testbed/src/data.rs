@@ -2,46 +2,62 @@
 //!
 //! The byte at stream offset `i` is a pure function of `i`, so the sink
 //! detects a lost, duplicated or reordered byte at the first wrong offset,
-//! and both ends compute the same 64-bit checksum (FNV-1a) of what passed.
+//! and both ends compute the same 64-bit checksum of what passed.
 
 use std::io::{self, Read, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 const CHUNK: usize = 64 * 1024;
+/// Length of the pattern's period: a prime, so that no write or read size
+/// lines up with it, and large enough that a lost or repeated piece of data
+/// shows at once (a piece of exactly k periods still changes the byte count).
+const PERIOD: usize = 1_048_573;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
-/// The test pattern: byte `i` of the stream is byte `i % 8` of
-/// splitmix64(`i / 8`), little endian.
+/// The test pattern: byte `i` of the stream is byte `i % PERIOD` of a
+/// pseudo-random table (splitmix64 words). Sending and checking are copies
+/// and comparisons of slices, fast even in debug builds.
 #[derive(Debug, Default, Clone)]
 struct Pattern {
     offset: u64,
 }
 
+fn pattern_table() -> &'static [u8] {
+    static TABLE: OnceLock<Vec<u8>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..PERIOD.div_ceil(8) as u64)
+            .flat_map(|i| splitmix64(i).to_le_bytes())
+            .take(PERIOD)
+            .collect()
+    })
+}
+
 impl Pattern {
-    /// Calls `f` with each next byte of the stream, `len` times, computing
-    /// each 8-byte word once.
-    fn for_next(&mut self, len: usize, mut f: impl FnMut(usize, u8) -> bool) -> bool {
-        let mut word = splitmix64(self.offset / 8).to_le_bytes();
-        for i in 0..len {
-            let lane = (self.offset % 8) as usize;
-            if lane == 0 {
-                word = splitmix64(self.offset / 8).to_le_bytes();
-            }
-            if !f(i, word[lane]) {
+    /// Calls `f` with consecutive pieces of the table that make up the next
+    /// `len` bytes of the stream, and their position in the caller's buffer;
+    /// stops early when `f` returns false.
+    fn walk(&mut self, len: usize, mut f: impl FnMut(usize, &[u8]) -> bool) -> bool {
+        let table = pattern_table();
+        let mut done = 0;
+        while done < len {
+            let at = (self.offset % PERIOD as u64) as usize;
+            let piece = &table[at..(at + len - done).min(PERIOD)];
+            if !f(done, piece) {
                 return false;
             }
-            self.offset += 1;
+            done += piece.len();
+            self.offset += piece.len() as u64;
         }
         true
     }
 
     /// Fills `buf` with the next bytes of the stream.
     fn fill(&mut self, buf: &mut [u8]) {
-        self.for_next(buf.len(), |i, b| {
-            buf[i] = b;
+        self.walk(buf.len(), |at, piece| {
+            buf[at..at + piece.len()].copy_from_slice(piece);
             true
         });
     }
@@ -49,11 +65,18 @@ impl Pattern {
     /// Checks that `buf` holds the next bytes of the stream; on a mismatch,
     /// returns the stream offset of the first wrong byte.
     fn check(&mut self, buf: &[u8]) -> Result<(), u64> {
-        if self.for_next(buf.len(), |i, b| buf[i] == b) {
-            Ok(())
-        } else {
-            Err(self.offset)
-        }
+        let mut bad = None;
+        let offset = self.offset;
+        self.walk(buf.len(), |at, piece| {
+            let got = &buf[at..at + piece.len()];
+            if got == piece {
+                return true;
+            }
+            let first = got.iter().zip(piece).position(|(a, b)| a != b);
+            bad = Some(offset + (at + first.unwrap_or(0)) as u64);
+            false
+        });
+        bad.map_or(Ok(()), Err)
     }
 }
 
@@ -64,19 +87,60 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// FNV-1a 64 of a stream, fed piece by piece.
+/// FNV-1a over the stream's 64-bit little-endian words (a final partial
+/// word is zero-padded, and the length is mixed in), fed piece by piece.
 #[derive(Debug, Clone, Copy)]
-struct Checksum(u64);
+struct Checksum {
+    hash: u64,
+    pending: [u8; 8],
+    n_pending: usize,
+    len: u64,
+}
 
 impl Checksum {
     fn new() -> Checksum {
-        Checksum(FNV_OFFSET)
+        Checksum {
+            hash: FNV_OFFSET,
+            pending: [0; 8],
+            n_pending: 0,
+            len: 0,
+        }
     }
 
-    fn update(&mut self, buf: &[u8]) {
-        for &b in buf {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(FNV_PRIME);
+    fn mix(&mut self, word: [u8; 8]) {
+        self.hash = (self.hash ^ u64::from_le_bytes(word)).wrapping_mul(FNV_PRIME);
+    }
+
+    fn update(&mut self, mut buf: &[u8]) {
+        self.len += buf.len() as u64;
+        if self.n_pending > 0 {
+            let take = buf.len().min(8 - self.n_pending);
+            self.pending[self.n_pending..self.n_pending + take].copy_from_slice(&buf[..take]);
+            self.n_pending += take;
+            buf = &buf[take..];
+            if self.n_pending < 8 {
+                return;
+            }
+            self.mix(self.pending);
+            self.n_pending = 0;
         }
+        let mut words = buf.chunks_exact(8);
+        for word in &mut words {
+            self.mix(word.try_into().expect("8 bytes"));
+        }
+        let rest = words.remainder();
+        self.pending[..rest.len()].copy_from_slice(rest);
+        self.n_pending = rest.len();
+    }
+
+    fn finish(mut self) -> u64 {
+        if self.n_pending > 0 {
+            let mut last = [0; 8];
+            last[..self.n_pending].copy_from_slice(&self.pending[..self.n_pending]);
+            self.mix(last);
+        }
+        self.mix(self.len.to_le_bytes());
+        self.hash
     }
 }
 
@@ -111,7 +175,7 @@ fn send(
         sent += len as u64;
     }
     w.flush()?;
-    Ok((sent, sum.0))
+    Ok((sent, sum.finish()))
 }
 
 /// Reads `r` to its end, checking that it carries the test pattern; returns
@@ -126,7 +190,7 @@ pub fn receive_and_check(r: &mut impl Read) -> io::Result<(u64, u64)> {
     let mut received = 0u64;
     loop {
         let n = match r.read(&mut buf) {
-            Ok(0) => return Ok((received, sum.0)),
+            Ok(0) => return Ok((received, sum.finish())),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -250,6 +314,38 @@ mod tests {
         assert_eq!(wire.len(), 200_001);
         let (n, recv_sum) = receive_and_check(&mut wire.as_slice()).unwrap();
         assert_eq!((n, recv_sum), (200_001, sum));
+    }
+
+    #[test]
+    fn checksum_does_not_depend_on_how_the_stream_is_cut() {
+        let mut wire = Vec::new();
+        let whole = send_pattern(&mut wire, 3 * PERIOD as u64 + 5).unwrap();
+        let mut pieces = Checksum::new();
+        for (i, piece) in wire.chunks(1 + 13 * 7).enumerate() {
+            let (a, b) = piece.split_at(i % piece.len());
+            pieces.update(a);
+            pieces.update(b);
+        }
+        assert_eq!(pieces.finish(), whole);
+        // Reading in odd sizes across the period boundary checks the same way.
+        struct Dribble<'a>(&'a [u8], usize);
+        impl Read for Dribble<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.1 = self.1 % 9973 + 7919;
+                let n = self.0.len().min(buf.len()).min(self.1);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let (n, sum) = receive_and_check(&mut Dribble(&wire, 0)).unwrap();
+        assert_eq!((n, sum), (wire.len() as u64, whole));
+        // A different length has a different checksum, even with zero bytes.
+        assert_ne!(Checksum::new().finish(), {
+            let mut c = Checksum::new();
+            c.update(&[0]);
+            c.finish()
+        });
     }
 
     #[test]

@@ -4,46 +4,74 @@ use std::fs;
 use std::io;
 use std::process::{Command, Stdio};
 
-/// The part of every privilege error that says how to get the privilege.
-const HOW_TO_ENABLE: &str = "The test bed creates network namespaces, which needs CAP_SYS_ADMIN \
-and CAP_NET_ADMIN: run as root (e.g. with sudo), or allow unprivileged user namespaces \
-(`sysctl -w kernel.unprivileged_userns_clone=1` on Debian-based kernels, \
-`sysctl -w user.max_user_namespaces=15000` if it is 0, and on Ubuntu 23.10+ \
-`sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`) and run inside \
-`unshare --user --map-root-user --net`.";
-
-/// Builds the error returned when a namespace cannot be created.
+/// Builds the error returned when a namespace cannot be created: what is
+/// missing on this machine, and how to get it.
 pub(crate) fn missing_privilege_error(cause: &io::Error) -> io::Error {
-    let mut missing = Vec::new();
     // SAFETY: geteuid has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("not running as root".to_owned());
-    }
-    missing.extend(user_namespace_blockers());
-    let what = if missing.is_empty() {
-        String::from("no CAP_SYS_ADMIN in this user namespace")
+    let root = unsafe { libc::geteuid() } == 0;
+    let blockers = user_namespace_blockers();
+    let in_user_ns = crate::in_initial_user_namespace().is_ok_and(|initial| !initial);
+    let advice = if root && !in_user_ns {
+        "running as root but without CAP_SYS_ADMIN/CAP_NET_ADMIN (a container?): \
+         give the container those capabilities (e.g. `docker run --privileged` or \
+         `--cap-add SYS_ADMIN --cap-add NET_ADMIN`)"
+            .to_owned()
+    } else if in_user_ns {
+        "this user namespace gives no CAP_SYS_ADMIN: enter it as its root \
+         (`unshare --user --map-root-user --net`)"
+            .to_owned()
+    } else if blockers.is_empty() {
+        "not running as root: run with sudo, or inside \
+         `unshare --user --map-root-user --net` (unprivileged user namespaces are \
+         allowed on this machine)"
+            .to_owned()
     } else {
-        missing.join("; ")
+        format!(
+            "not running as root, and unprivileged user namespaces are disabled ({}): \
+             run with sudo, or enable them{} and run inside \
+             `unshare --user --map-root-user --net`",
+            blockers
+                .iter()
+                .map(|(what, _)| *what)
+                .collect::<Vec<_>>()
+                .join("; "),
+            blockers
+                .iter()
+                .map(|(_, fix)| format!(" with `{fix}`"))
+                .collect::<String>()
+        )
     };
     io::Error::new(
         io::ErrorKind::PermissionDenied,
-        format!("cannot create a network namespace ({cause}): {what}. {HOW_TO_ENABLE}"),
+        format!(
+            "cannot create a network namespace ({cause}): {advice}. The test bed needs \
+             CAP_SYS_ADMIN and CAP_NET_ADMIN in its user namespace."
+        ),
     )
 }
 
-/// Reads the sysctls that can forbid unprivileged user namespaces and says
-/// which of them do.
-fn user_namespace_blockers() -> Vec<String> {
+/// Reads the sysctls that can forbid unprivileged user namespaces; returns
+/// each one that does, with the command that lifts it.
+fn user_namespace_blockers() -> Vec<(&'static str, &'static str)> {
     let read = |path: &str| fs::read_to_string(path).ok().map(|s| s.trim().to_owned());
     let mut blockers = Vec::new();
     if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
-        blockers.push("kernel.unprivileged_userns_clone is 0".to_owned());
+        blockers.push((
+            "kernel.unprivileged_userns_clone is 0",
+            "sysctl -w kernel.unprivileged_userns_clone=1",
+        ));
     }
     if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
-        blockers.push("user.max_user_namespaces is 0".to_owned());
+        blockers.push((
+            "user.max_user_namespaces is 0",
+            "sysctl -w user.max_user_namespaces=15000",
+        ));
     }
     if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
-        blockers.push("AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns is 1)".to_owned());
+        blockers.push((
+            "AppArmor restricts them (kernel.apparmor_restrict_unprivileged_userns is 1)",
+            "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0",
+        ));
     }
     blockers
 }

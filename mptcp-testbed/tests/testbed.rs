@@ -1,6 +1,7 @@
 //! The test bed against the real kernel, as root (CI) or in a user namespace.
 
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use mptcp_testbed::transfer::{self, Proto};
@@ -10,6 +11,19 @@ const TRANSFER: Duration = Duration::from_secs(4);
 
 fn privileges() {
     require_privileges().expect("the test bed needs privileges");
+}
+
+/// Tests that assert a throughput run alone (write lock); the other tests of
+/// this file that move data share the read lock, so that their CPU use does
+/// not skew the measured rates on a small machine.
+static THROUGHPUT: RwLock<()> = RwLock::new(());
+
+fn shared_cpu() -> RwLockReadGuard<'static, ()> {
+    THROUGHPUT.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn exclusive_cpu() -> RwLockWriteGuard<'static, ()> {
+    THROUGHPUT.write().unwrap_or_else(|e| e.into_inner())
 }
 
 #[test]
@@ -65,6 +79,7 @@ fn host_command_and_closure_run_inside() {
 #[test]
 fn mptcp_opens_one_subflow_per_link_and_uses_both() {
     privileges();
+    let _cpu = shared_cpu();
     let bed = two_links(2, Some(50)).unwrap();
     let before: Vec<_> = bed.links.iter().map(|l| l.bytes().unwrap()).collect();
     let transfer = Transfer::start(
@@ -101,6 +116,7 @@ fn mptcp_opens_one_subflow_per_link_and_uses_both() {
 #[test]
 fn mptcp_aggregates_two_20_mbit_links() {
     privileges();
+    let _cpu = exclusive_cpu();
     let bed = two_links(2, Some(20)).unwrap();
     let run = |proto| {
         let report = Transfer::start(&bed.client, &bed.server, bed.server_addr(), proto, TRANSFER)
@@ -129,6 +145,7 @@ fn mptcp_aggregates_two_20_mbit_links() {
 #[test]
 fn transfer_survives_a_link_going_down_and_back() {
     privileges();
+    let _cpu = shared_cpu();
     let bed = two_links(2, Some(20)).unwrap();
     let transfer = Transfer::start(
         &bed.client,
@@ -159,6 +176,7 @@ fn transfer_survives_a_link_going_down_and_back() {
 #[test]
 fn link_rate_can_change_and_be_removed() {
     privileges();
+    let _cpu = exclusive_cpu();
     let bed = two_links(1, Some(20)).unwrap();
     let link = &bed.links[0];
     let (server, dev) = link.end(Side::B);
@@ -198,6 +216,7 @@ fn link_rate_can_change_and_be_removed() {
 #[test]
 fn relay_path_routes_lan_to_dest_and_mptcp_uses_every_wan_link() {
     privileges();
+    let _cpu = shared_cpu();
     let rp = relay_path(2, Some(50)).unwrap();
     // Plain routing, lan -> dest and back, over WAN link 0.
     let plain = Transfer::start(
