@@ -369,7 +369,11 @@ pub fn mptcp_info(fd: BorrowedFd<'_>) -> Result<MptcpInfo> {
 /// [`Error::Unsupported`] on kernels before 6.5 ([`subflows`] still works
 /// there).
 pub fn full_info(fd: BorrowedFd<'_>) -> Result<FullInfo> {
-    let mut capacity = INITIAL_SUBFLOWS;
+    full_info_from(fd, INITIAL_SUBFLOWS)
+}
+
+/// [`full_info`] with room for `capacity` subflows on the first try.
+fn full_info_from(fd: BorrowedFd<'_>, mut capacity: usize) -> Result<FullInfo> {
     for attempt in 1..=LISTING_ATTEMPTS {
         let mut sfinfo = vec![0u8; capacity * size_of::<mptcp_subflow_info>()];
         let mut tcpinfo = vec![0u8; capacity * size_of::<tcp_info>()];
@@ -437,31 +441,36 @@ pub fn full_info(fd: BorrowedFd<'_>) -> Result<FullInfo> {
 pub fn subflows(fd: BorrowedFd<'_>) -> Result<Vec<Subflow>> {
     match full_info(fd) {
         Ok(full) => Ok(full.subflows),
-        Err(Error::Unsupported { .. }) => {
-            let (addrs, _) = subflow_array::<mptcp_subflow_addrs>(
-                fd,
-                MPTCP_SUBFLOW_ADDRS,
-                "MPTCP_SUBFLOW_ADDRS",
-            )?;
-            let (tcp, tcp_len) = subflow_array::<tcp_info>(fd, MPTCP_TCPINFO, "MPTCP_TCPINFO")?;
-            addrs
-                .iter()
-                .zip(&tcp)
-                .map(|(addrs, tcp)| {
-                    let (local, remote) = addresses(addrs)?;
-                    let tcp = TcpInfo::from_raw(tcp, tcp_len)?;
-                    Ok(Subflow {
-                        id: None,
-                        local,
-                        remote,
-                        tcp,
-                    })
-                })
-                .collect::<io::Result<Vec<_>>>()
-                .map_err(Error::Io)
-        }
+        Err(Error::Unsupported { .. }) => subflows_by_parts(fd, INITIAL_SUBFLOWS),
         Err(err) => Err(err),
     }
+}
+
+/// The subflows from `MPTCP_SUBFLOW_ADDRS` and `MPTCP_TCPINFO` (5.16+),
+/// with room for `capacity` subflows on the first try.
+fn subflows_by_parts(fd: BorrowedFd<'_>, capacity: usize) -> Result<Vec<Subflow>> {
+    let (addrs, _) = subflow_array::<mptcp_subflow_addrs>(
+        fd,
+        MPTCP_SUBFLOW_ADDRS,
+        "MPTCP_SUBFLOW_ADDRS",
+        capacity,
+    )?;
+    let (tcp, tcp_len) = subflow_array::<tcp_info>(fd, MPTCP_TCPINFO, "MPTCP_TCPINFO", capacity)?;
+    let subflows = addrs
+        .iter()
+        .zip(&tcp)
+        .map(|(addrs, tcp)| {
+            let (local, remote) = addresses(addrs)?;
+            let tcp = TcpInfo::from_raw(tcp, tcp_len)?;
+            Ok(Subflow {
+                id: None,
+                local,
+                remote,
+                tcp,
+            })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok(subflows)
 }
 
 /// Reads an `MPTCP_TCPINFO` / `MPTCP_SUBFLOW_ADDRS` answer: a
@@ -473,9 +482,9 @@ fn subflow_array<T: Pod>(
     fd: BorrowedFd<'_>,
     optname: libc::c_int,
     option: &'static str,
+    mut capacity: usize,
 ) -> Result<(Vec<T>, usize)> {
     const HEADER: usize = size_of::<mptcp_subflow_data>();
-    let mut capacity = INITIAL_SUBFLOWS;
     for attempt in 1..=LISTING_ATTEMPTS {
         let mut buf = vec![0u8; HEADER + capacity * size_of::<T>()];
         let request = mptcp_subflow_data {
@@ -578,4 +587,129 @@ fn sol_mptcp_error(
 
 fn invalid_data(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socket::{Fallback, bind_listener, connect};
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::os::fd::AsFd;
+    use std::time::Instant;
+
+    /// The first 104 bytes of `tcp_info` (up to `total_retrans`), to make
+    /// the kernel write shorter elements than it has.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct TcpInfoPrefix([u32; 26]);
+    // SAFETY: an array of integers.
+    unsafe impl Pod for TcpInfoPrefix {}
+
+    /// A connection over two links of the test bed, with both subflows up.
+    fn two_subflows() -> (mptcp_testbed::TwoLinks, TcpStream, TcpStream) {
+        let bed = mptcp_testbed::two_links(2, None).expect("the test bed (needs root)");
+        let listener = bed
+            .server
+            .run(|| bind_listener((bed.server_addr(), 0), Fallback::Fail))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = bed.client.run(|| connect(addr, Fallback::Fail)).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        // The client's path manager adds subflows once the connection is
+        // fully established, which takes a data exchange.
+        let mut byte = [0u8; 1];
+        (&client).write_all(b"x").unwrap();
+        server.read_exact(&mut byte).unwrap();
+        server.write_all(b"y").unwrap();
+        (&client).read_exact(&mut byte).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while subflows(client.as_fd()).unwrap().len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the second subflow never came up"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (bed, client, server)
+    }
+
+    #[test]
+    fn listings_grow_past_the_first_buffer_and_use_the_kernel_stride() {
+        let (_bed, client, _server) = two_subflows();
+        let fd = client.as_fd();
+        let full = full_info_from(fd, 1).unwrap();
+        assert_eq!(full.subflows.len(), 2);
+        let by_parts = subflows_by_parts(fd, 1).unwrap();
+        let addrs = |list: &[Subflow]| list.iter().map(|s| (s.local, s.remote)).collect::<Vec<_>>();
+        assert_eq!(addrs(&by_parts), addrs(&full.subflows));
+        assert!(by_parts.iter().all(|s| s.id.is_none()));
+        assert!(full.subflows.iter().all(|s| s.id.is_some()));
+
+        // Elements shorter than the kernel's: it writes them at our size,
+        // packed; the second one is read from the right place.
+        let (prefixes, stride) =
+            subflow_array::<TcpInfoPrefix>(fd, MPTCP_TCPINFO, "MPTCP_TCPINFO", 1).unwrap();
+        assert_eq!(stride, size_of::<TcpInfoPrefix>());
+        assert_eq!(prefixes.len(), 2);
+        for (prefix, subflow) in prefixes.iter().zip(&full.subflows) {
+            assert_eq!(
+                prefix.0[0] & 0xff,
+                u32::from(subflow.tcp.state),
+                "tcpi_state"
+            );
+            assert_eq!(
+                prefix.0[4], subflow.tcp.snd_mss,
+                "tcpi_snd_mss at offset 16"
+            );
+            assert_eq!(prefix.0[15], subflow.tcp.pmtu, "tcpi_pmtu at offset 60");
+        }
+    }
+
+    #[test]
+    fn by_parts_agrees_with_full_info_on_loopback() {
+        let listener = bind_listener("[::1]:0", Fallback::Fail).unwrap();
+        let client = connect(listener.local_addr().unwrap(), Fallback::Fail).unwrap();
+        let _server = listener.accept().unwrap();
+        let by_parts = subflows_by_parts(client.as_fd(), INITIAL_SUBFLOWS).unwrap();
+        let full = full_info(client.as_fd()).unwrap();
+        assert_eq!(by_parts.len(), 1);
+        assert_eq!(by_parts[0].local, client.local_addr().unwrap());
+        assert_eq!(by_parts[0].remote, client.peer_addr().unwrap());
+        assert_eq!(full.subflows[0].local, by_parts[0].local);
+        assert_eq!(full.subflows[0].remote, by_parts[0].remote);
+    }
+
+    #[test]
+    fn mptcp_info_fields_follow_the_returned_length() {
+        let mut raw = mptcp_info::zeroed();
+        raw.mptcpi_retransmits = 7;
+        raw.mptcpi_subflows_total = 2;
+        raw.mptcpi_last_data_sent = 5;
+        let old = MptcpInfo::from_raw(&raw, MPTCP_INFO_SIZE_5_16);
+        assert_eq!(
+            (old.retransmits, old.bytes_sent, old.subflows_total),
+            (None, None, None)
+        );
+        let v6_5 = MptcpInfo::from_raw(&raw, MPTCP_INFO_SIZE_6_5);
+        assert_eq!((v6_5.retransmits, v6_5.subflows_total), (Some(7), None));
+        let v6_8 = MptcpInfo::from_raw(&raw, MPTCP_INFO_SIZE_6_8);
+        assert_eq!((v6_8.subflows_total, v6_8.last_data_sent), (Some(2), None));
+        let v6_10 = MptcpInfo::from_raw(&raw, MPTCP_INFO_SIZE_6_10);
+        assert_eq!(v6_10.last_data_sent, Some(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn tcp_info_fields_follow_the_returned_length() {
+        let mut raw = tcp_info::zeroed();
+        raw.tcpi_rcv_wnd = 1000;
+        raw.tcpi_total_rto = 3;
+        assert!(TcpInfo::from_raw(&raw, TCP_INFO_SIZE_5_5 - 4).is_err());
+        let old = TcpInfo::from_raw(&raw, TCP_INFO_SIZE_5_5).unwrap();
+        assert_eq!((old.rcv_wnd, old.total_rto), (None, None));
+        let v6_2 = TcpInfo::from_raw(&raw, TCP_INFO_SIZE_6_2).unwrap();
+        assert_eq!((v6_2.rcv_wnd, v6_2.total_rto), (Some(1000), None));
+        let v6_7 = TcpInfo::from_raw(&raw, TCP_INFO_SIZE_6_7).unwrap();
+        assert_eq!(v6_7.total_rto, Some(3));
+    }
 }

@@ -310,19 +310,39 @@ fn each_addr<A: ToSocketAddrs, T>(
 /// usable on a raw descriptor from an `LD_PRELOAD` hook
 /// (`BorrowedFd::borrow_raw`).
 pub fn is_mptcp(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    match getsockopt_int(fd, libc::SOL_TCP, TCP_IS_MPTCP) {
-        Ok(value) => return Ok(value != 0),
-        Err(err) if is_unknown_option(&err) => {}
-        Err(err) => return Err(err),
+    if let Some(answer) = by_tcp_is_mptcp(fd)? {
+        return Ok(answer);
     }
     if kernel_has_mptcp_info() {
-        let mut info = <mptcp_info as crate::sys::Pod>::zeroed();
-        return match getsockopt(fd, SOL_MPTCP, MPTCP_INFO, &mut info) {
-            Ok(_) => Ok(true),
-            Err(err) if is_unknown_option(&err) => Ok(false),
-            Err(err) => Err(err),
-        };
+        return by_mptcp_info(fd);
     }
+    by_protocol(fd)
+}
+
+/// `TCP_IS_MPTCP`; `None` when the kernel does not know it (before 6.10).
+fn by_tcp_is_mptcp(fd: BorrowedFd<'_>) -> io::Result<Option<bool>> {
+    match getsockopt_int(fd, libc::SOL_TCP, TCP_IS_MPTCP) {
+        Ok(value) => Ok(Some(value != 0)),
+        Err(err) if is_unknown_option(&err) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// `MPTCP_INFO` succeeds on MPTCP connections; after a fallback (or on a
+/// plain TCP socket) the IPv4 layer answers `EOPNOTSUPP`, the IPv6 layer
+/// `ENOPROTOOPT`. Meaningful on 5.16+ only.
+fn by_mptcp_info(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut info = <mptcp_info as crate::sys::Pod>::zeroed();
+    match getsockopt(fd, SOL_MPTCP, MPTCP_INFO, &mut info) {
+        Ok(_) => Ok(true),
+        Err(err) if is_unknown_option(&err) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// `SO_PROTOCOL`: whether the socket was created as MPTCP (blind to a
+/// fallback; the best answer kernels before 5.16 give).
+fn by_protocol(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)? == IPPROTO_MPTCP)
 }
 
@@ -390,3 +410,44 @@ pub trait MptcpExt: AsFd {
 }
 
 impl<T: AsFd + ?Sized> MptcpExt for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every step of the `is_mptcp` chain agrees with the others where
+    /// they can tell (this kernel has all three options).
+    #[test]
+    fn each_is_mptcp_step_agrees_on_loopback() {
+        for (bind, mptcp_server) in [
+            ("127.0.0.1:0", true),
+            ("127.0.0.1:0", false),
+            ("[::1]:0", false),
+        ] {
+            let fallback = if mptcp_server {
+                Fallback::Fail
+            } else {
+                Fallback::Tcp
+            };
+            let listener: TcpListener = if mptcp_server {
+                bind_listener(bind, fallback).unwrap()
+            } else {
+                TcpListener::bind(bind).unwrap()
+            };
+            let client = connect(listener.local_addr().unwrap(), Fallback::Fail).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            for (end, created_mptcp) in [(&client, true), (&server, mptcp_server)] {
+                let fd = end.as_fd();
+                assert_eq!(by_tcp_is_mptcp(fd).unwrap(), Some(mptcp_server), "{bind}");
+                assert_eq!(by_mptcp_info(fd).unwrap(), mptcp_server, "{bind}");
+                assert_eq!(by_protocol(fd).unwrap(), created_mptcp, "{bind}");
+                assert_eq!(is_mptcp(fd).unwrap(), mptcp_server, "{bind}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_running_kernel_has_mptcp_info() {
+        assert!(kernel_has_mptcp_info());
+    }
+}
