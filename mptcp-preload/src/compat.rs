@@ -33,6 +33,26 @@ pub fn replaceable(fd: c_int, cell: &Cell) -> bool {
         && int_option(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0)
 }
 
+/// Whether `call` succeeds on a fresh plain TCP socket of `domain`: tells
+/// an error caused by MPTCP from one the program would get anyway.
+pub fn tcp_accepts(domain: c_int, call: impl FnOnce(c_int) -> bool) -> bool {
+    // SAFETY: plain socket creation.
+    let probe = unsafe {
+        real::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_TCP,
+        )
+    };
+    if probe < 0 {
+        return false;
+    }
+    let accepted = call(probe);
+    // SAFETY: `probe` is our own descriptor.
+    unsafe { real::close(probe) };
+    accepted
+}
+
 /// Puts a new `domain` stream socket of `protocol` on descriptor `fd`,
 /// carrying over `O_NONBLOCK`, `FD_CLOEXEC`, the recorded options (those
 /// the new socket refuses are skipped) and the bound address. Returns the

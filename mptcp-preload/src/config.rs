@@ -263,11 +263,12 @@ pub fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError
         });
     }
 
-    config.rules.include = match get(VAR_INCLUDE) {
+    // Rule lists: unset takes the default, set but empty means "none".
+    config.rules.include = match var(VAR_INCLUDE) {
         None => Vec::new(),
         Some(text) => parse_rules(&text).map_err(|bad| err(VAR_INCLUDE, &bad, RULE_SYNTAX))?,
     };
-    config.rules.exclude = match get(VAR_EXCLUDE) {
+    config.rules.exclude = match var(VAR_EXCLUDE) {
         None => vec![
             Rule {
                 net: Some((IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8)),

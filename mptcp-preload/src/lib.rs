@@ -191,18 +191,22 @@ fn refused(e: c_int) -> bool {
 }
 
 /// Rebuilds the converted socket `fd` as plain TCP because the kernel
-/// refused `level`/`name` on it. Returns whether it did.
+/// refused `level`/`name` on it, if `accepted_by_tcp` says a fresh TCP
+/// socket of the same family takes the same call (otherwise the error has
+/// nothing to do with MPTCP: an IPv6 option on an IPv4 socket, a bad
+/// value). Returns whether it did.
 fn fall_back_to_tcp(
     fd: c_int,
     cell: &fdtable::Cell,
     level: c_int,
     name: c_int,
     what: &str,
+    accepted_by_tcp: impl FnOnce(c_int) -> bool,
 ) -> bool {
-    if !compat::replaceable(fd, cell) {
+    let (domain, _) = cell.socket_args();
+    if !compat::replaceable(fd, cell) || !compat::tcp_accepts(domain, accepted_by_tcp) {
         return false;
     }
-    let (domain, _) = cell.socket_args();
     match compat::rebuild(fd, cell, domain, libc::IPPROTO_TCP) {
         Ok(()) => {
             cell.update(0, flag::CONVERTED);
@@ -249,7 +253,11 @@ unsafe fn setsockopt_hook(
         return 0;
     }
     let e = errno();
-    if refused(e) && fall_back_to_tcp(fd, cell, level, name, "setsockopt") {
+    let probe = |tcp: c_int| {
+        // SAFETY: the caller's value, which the kernel just read.
+        unsafe { real::setsockopt(tcp, level, name, value, len) == 0 }
+    };
+    if refused(e) && fall_back_to_tcp(fd, cell, level, name, "setsockopt", probe) {
         // SAFETY: the caller's arguments, now on a TCP socket.
         return unsafe { real::setsockopt(fd, level, name, value, len) };
     }
@@ -285,9 +293,17 @@ unsafe fn getsockopt_hook(
         return 0;
     }
     let e = errno();
+    let probe = |tcp: c_int| {
+        let mut buf = [0u8; 256];
+        // SAFETY: `len` is the caller's length pointer, which the kernel
+        // just read; null is handled by `as_ref`.
+        let mut probe_len = unsafe { len.as_ref() }.map_or(0, |l| (*l).min(256));
+        // SAFETY: `buf` is writable for `probe_len` bytes.
+        unsafe { real::getsockopt(tcp, level, name, buf.as_mut_ptr().cast(), &mut probe_len) == 0 }
+    };
     if let Some(cell) = replaceable_cell(fd, level)
         && refused(e)
-        && fall_back_to_tcp(fd, cell, level, name, "getsockopt")
+        && fall_back_to_tcp(fd, cell, level, name, "getsockopt", probe)
     {
         // SAFETY: the caller's arguments, now on a TCP socket.
         return unsafe { real::getsockopt(fd, level, name, value, len) };

@@ -1,0 +1,513 @@
+//! Real, unmodified programs under `LD_PRELOAD=libmptcp_preload.so`, in
+//! network namespaces of the test bed: iperf3, curl, wget, Python (asyncio,
+//! http.server, a TCP_MD5SIG user) and dante.
+//!
+//! Needs root (or CAP_SYS_ADMIN + CAP_NET_ADMIN) and the Debian packages
+//! iperf3, curl, wget, python3 and dante-server.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use mptcp_testbed::{Host, require_privileges};
+use support::{Daemon, TestRelay, preloaded, python, wait_listening};
+
+fn privileged() {
+    require_privileges().expect("these tests need root: run them as root (CI does)");
+}
+
+fn check(out: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("mptcp-preload-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Pseudo-random bytes (xorshift), so corruption cannot hide in a pattern.
+fn payload(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `python3 -m http.server` serving `dir` on `bind`:`port` in `host`.
+fn http_server(host: &Host, dir: &Path, bind: &str, port: u16, preload: bool) -> Daemon {
+    let py = python();
+    let mut cmd = if preload {
+        preloaded(host, &py, &[])
+    } else {
+        host.command(&py)
+    };
+    cmd.args([
+        "-m",
+        "http.server",
+        "--bind",
+        bind,
+        &port.to_string(),
+        "--directory",
+    ])
+    .arg(dir);
+    Daemon::spawn(&mut cmd)
+}
+
+/// `bits_per_second` of the receiver summary of `iperf3 --json`.
+fn iperf3_received_bps(json: &str) -> f64 {
+    let at = json
+        .find("\"sum_received\"")
+        .expect("iperf3 JSON has sum_received");
+    let rest = &json[at..];
+    let key = "\"bits_per_second\":";
+    let start = rest.find(key).expect("bits_per_second") + key.len();
+    let number: String = rest[start..]
+        .trim_start()
+        .chars()
+        .take_while(|c| {
+            c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == 'E' || *c == '+' || *c == '-'
+        })
+        .collect();
+    number.parse().expect("a number")
+}
+
+fn iperf3_run(bed: &mptcp_testbed::TwoLinks, preload: bool) -> f64 {
+    let server_addr = bed.server_addr().to_string();
+    let mut server = if preload {
+        preloaded(&bed.server, "iperf3", &[])
+    } else {
+        bed.server.command("iperf3")
+    };
+    server.args(["-s", "-1", "-B", &server_addr]);
+    let server = Daemon::spawn(&mut server);
+    // iperf3 -s -1 serves exactly one client: retry instead of probing.
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        let mut client = if preload {
+            preloaded(&bed.client, "iperf3", &[])
+        } else {
+            bed.client.command("iperf3")
+        };
+        let out = client
+            .args(["-c", &server_addr, "-t", "3", "-O", "1", "--json"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            drop(server);
+            return iperf3_received_bps(&String::from_utf8_lossy(&out.stdout));
+        }
+    }
+    panic!(
+        "iperf3 client never connected; server said: {}",
+        server.stop()
+    );
+}
+
+#[test]
+fn iperf3_both_ends_preloaded_uses_both_links() {
+    privileged();
+    let bed = mptcp_testbed::two_links(2, Some(20)).unwrap();
+    let tcp = iperf3_run(&bed, false);
+    let mptcp = iperf3_run(&bed, true);
+    let ratio = mptcp / tcp;
+    eprintln!(
+        "iperf3 over 2 x 20 Mbit/s: plain {:.1} Mbit/s, preloaded {:.1} Mbit/s, ratio {ratio:.2}",
+        tcp / 1e6,
+        mptcp / 1e6
+    );
+    assert!(
+        ratio >= 1.7,
+        "preloaded iperf3 reached only {ratio:.2} x single TCP"
+    );
+}
+
+/// dante (`danted`) as the relay, itself preloaded so that it accepts MPTCP.
+fn dante(host: &Host, dir: &Path, internal: &str, external: &str) -> Daemon {
+    let conf = dir.join("danted.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "logoutput: stderr\ninternal: {internal} port = 1080\nexternal: {external}\n\
+             clientmethod: none\nsocksmethod: none\nuser.privileged: root\nuser.unprivileged: root\n\
+             client pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\n\
+             socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}\n"
+        ),
+    )
+    .unwrap();
+    let pid = dir.join("danted.pid");
+    let mut cmd = preloaded(host, "/usr/sbin/danted", &[]);
+    cmd.arg("-f")
+        .arg(&conf)
+        .arg("-p")
+        .arg(&pid)
+        .arg("-N")
+        .arg("1");
+    Daemon::spawn(&mut cmd)
+}
+
+#[test]
+fn curl_and_wget_reach_a_destination_behind_the_relay() {
+    privileged();
+    let rp = mptcp_testbed::relay_path(2, None).unwrap();
+    let files = TempDir::new("www");
+    let body = payload(3 << 20);
+    std::fs::write(files.0.join("blob"), &body).unwrap();
+    let dest = SocketAddr::new(IpAddr::V4(rp.dest_addr()), 8000);
+    let server = http_server(&rp.dest, &files.0, &rp.dest_addr().to_string(), 8000, false);
+    wait_listening(&rp.dest, dest);
+    let conf = TempDir::new("dante");
+    let relay_addr = rp.remote_addr();
+    let relay = dante(&rp.remote, &conf.0, &relay_addr.to_string(), "198.19.2.1");
+    wait_listening(&rp.remote, SocketAddr::new(IpAddr::V4(relay_addr), 1080));
+
+    let relay_env = format!("{relay_addr}:1080");
+    let env = [
+        ("MPTCP_PRELOAD_MODE", "relay"),
+        ("MPTCP_PRELOAD_RELAY", relay_env.as_str()),
+    ];
+    let url = format!("http://{dest}/blob");
+    let out_dir = TempDir::new("downloads");
+    let curl_out = out_dir.0.join("curl");
+    let out = preloaded(&rp.local, "curl", &env)
+        .args(["-sS", "--max-time", "20", "-o"])
+        .arg(&curl_out)
+        .arg(&url)
+        .output()
+        .unwrap();
+    check(&out, "curl");
+    assert!(
+        std::fs::read(&curl_out).unwrap() == body,
+        "curl's download differs"
+    );
+
+    let wget_out = out_dir.0.join("wget");
+    let out = preloaded(&rp.local, "wget", &env)
+        .args(["-q", "--tries=1", "--timeout=20", "-O"])
+        .arg(&wget_out)
+        .arg(&url)
+        .output()
+        .unwrap();
+    check(&out, "wget");
+    assert!(
+        std::fs::read(&wget_out).unwrap() == body,
+        "wget's download differs"
+    );
+
+    // Both requests reached the destination from the relay's side, not
+    // directly from the client.
+    let log = server.stop();
+    let hits: Vec<&str> = log.lines().filter(|l| l.contains("GET /blob")).collect();
+    assert_eq!(hits.len(), 2, "http.server log: {log}");
+    assert!(
+        hits.iter().all(|l| l.starts_with("198.19.2.1 ")),
+        "not relayed: {log}"
+    );
+    let relay_log = relay.stop();
+    assert!(!relay_log.contains("error"), "dante: {relay_log}");
+}
+
+const ASYNCIO_CLIENT: &str = r#"
+import asyncio, hashlib, sys
+async def main(host, port):
+    try:
+        r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+    except OSError as e:
+        print("error", e.errno)
+        return
+    peer = w.get_extra_info("peername")
+    w.write(b"GET /blob HTTP/1.0\r\nHost: x\r\n\r\n")
+    await w.drain()
+    data = await asyncio.wait_for(r.read(), 10)
+    head, _, body = data.partition(b"\r\n\r\n")
+    print("peer", peer[0], peer[1])
+    print("status", head.split(b" ")[1].decode())
+    print("sha256", hashlib.sha256(body).hexdigest())
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"#;
+
+fn sha256_hex(host: &Host, data: &[u8]) -> String {
+    let out = host
+        .command(&python())
+        .args([
+            "-c",
+            "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(data)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn asyncio_connects_through_an_authenticating_relay_to_ipv4_and_ipv6() {
+    privileged();
+    let bed = mptcp_testbed::two_links(2, None).unwrap();
+    let files = TempDir::new("asyncio");
+    let body = payload(256 << 10);
+    std::fs::write(files.0.join("blob"), &body).unwrap();
+    // The destinations are the server's own loopback: reachable only
+    // through the relay that runs there.
+    let _www = http_server(&bed.server, &files.0, "::", 8000, false);
+    wait_listening(&bed.server, "127.0.0.1:8000".parse().unwrap());
+    let relay_addr = SocketAddr::new(IpAddr::V4(bed.server_addr()), 1081);
+    let relay = TestRelay::start(&bed.server, relay_addr, "alice", "s3cret");
+    let relay_env = relay_addr.to_string();
+    let env = |password: &'static str| {
+        vec![
+            ("MPTCP_PRELOAD_MODE", "relay"),
+            ("MPTCP_PRELOAD_RELAY", relay_env.as_str()),
+            ("MPTCP_PRELOAD_USER", "alice"),
+            ("MPTCP_PRELOAD_PASSWORD", password),
+            ("MPTCP_PRELOAD_INCLUDE", "127.0.0.0/8,::1"),
+            ("MPTCP_PRELOAD_EXCLUDE", ""),
+            ("MPTCP_PRELOAD_LOG", "debug"),
+        ]
+    };
+    let want = sha256_hex(&bed.client, &body);
+    for host in ["127.0.0.1", "::1"] {
+        let out = preloaded(&bed.client, &python(), &env("s3cret"))
+            .args(["-c", ASYNCIO_CLIENT, host, "8000"])
+            .output()
+            .unwrap();
+        let stdout = check(&out, "asyncio client");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stdout.contains(&format!("peer {host} 8000")),
+            "{stdout}\n{stderr}"
+        );
+        assert!(stdout.contains("status 200"), "{stdout}");
+        assert!(stdout.contains(&format!("sha256 {want}")), "{stdout}");
+    }
+    assert_eq!(
+        relay.mptcp_connections(),
+        2,
+        "the hops to the relay use MPTCP"
+    );
+
+    let out = preloaded(&bed.client, &python(), &env("wrong"))
+        .args(["-c", ASYNCIO_CLIENT, "127.0.0.1", "8000"])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "asyncio client with a wrong password");
+    assert!(
+        stdout.contains(&format!("error {}", libc::EACCES)),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn preloaded_http_server_accepts_mptcp() {
+    privileged();
+    let bed = mptcp_testbed::two_links(2, None).unwrap();
+    let files = TempDir::new("server");
+    std::fs::write(files.0.join("index.html"), b"hello over MPTCP\n").unwrap();
+    let addr = SocketAddr::new(IpAddr::V4(bed.server_addr()), 8000);
+    let plain = SocketAddr::new(IpAddr::V4(bed.server_addr()), 8001);
+    let _preloaded = http_server(&bed.server, &files.0, &addr.ip().to_string(), 8000, true);
+    let _plain = http_server(&bed.server, &files.0, &addr.ip().to_string(), 8001, false);
+    wait_listening(&bed.server, addr);
+    wait_listening(&bed.server, plain);
+    let fetch = |addr: SocketAddr| {
+        bed.client.run(move || {
+            let mut stream = mptcp_core::socket::connect(addr, mptcp_core::socket::Fallback::Fail)
+                .expect("MPTCP connect");
+            let mptcp = mptcp_core::socket::is_mptcp(stream.as_fd()).unwrap();
+            stream
+                .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+                .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            (mptcp, response)
+        })
+    };
+    let (mptcp, response) = fetch(addr);
+    assert!(
+        response.starts_with("HTTP/1.0 200") && response.ends_with("hello over MPTCP\n"),
+        "{response}"
+    );
+    assert!(mptcp, "the preloaded server did not accept MPTCP");
+    let (mptcp, _) = fetch(plain);
+    assert!(!mptcp, "control: the plain server falls back to TCP");
+}
+
+/// A server and a client on loopback that both protect their connection
+/// with TCP_MD5SIG (BGP daemons do), then exchange a line. Prints the
+/// protocols of both sockets.
+const MD5_PROGRAM: &str = r#"
+import socket, struct
+def md5(sock):
+    addr = struct.pack("=HH4s120x", socket.AF_INET, 0, socket.inet_aton("127.0.0.1"))
+    key = b"bgp-secret"
+    sock.setsockopt(socket.IPPROTO_TCP, 14, addr + struct.pack("=BBHI", 0, 0, len(key), 0) + key.ljust(80, b"\0"))
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0))
+md5(srv)
+srv.listen()
+cli = socket.socket()
+cli.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+md5(cli)
+cli.settimeout(5)
+cli.connect(srv.getsockname())
+conn, _ = srv.accept()
+cli.sendall(b"open\n")
+assert conn.recv(5) == b"open\n"
+assert cli.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+print("protocols", srv.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL), cli.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
+"#;
+
+#[test]
+fn a_program_that_sets_tcp_md5sig_still_works() {
+    privileged();
+    let host = Host::new("md5").unwrap();
+    let out = preloaded(&host, &python(), &[("MPTCP_PRELOAD_LOG", "info")])
+        .args(["-c", MD5_PROGRAM])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "TCP_MD5SIG program");
+    assert!(stdout.contains("protocols 6 6"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("TCP_MD5SIG").count(),
+        1,
+        "logged once: {stderr}"
+    );
+}
+
+/// Listener and client on loopback; prints both protocols.
+const LOOPBACK_PROGRAM: &str = r#"
+import socket
+srv = socket.socket(socket.AF_INET6)
+srv.bind(("::1", 0)); srv.listen()
+cli = socket.create_connection(srv.getsockname()[:2], timeout=5)
+conn, _ = srv.accept()
+cli.sendall(b"x"); assert conn.recv(1) == b"x"
+print("protocols", srv.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL), cli.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
+"#;
+
+#[test]
+fn programs_work_over_tcp_when_mptcp_is_disabled() {
+    privileged();
+    let host = Host::new("no-mptcp").unwrap();
+    let run = |host: &Host| {
+        let out = preloaded(host, &python(), &[("MPTCP_PRELOAD_LOG", "info")])
+            .args(["-c", LOOPBACK_PROGRAM])
+            .output()
+            .unwrap();
+        (
+            check(&out, "loopback program"),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (stdout, _) = run(&host);
+    assert!(
+        stdout.contains("protocols 262 262"),
+        "control, MPTCP on: {stdout}"
+    );
+    host.sysctl("net.mptcp.enabled", "0").unwrap();
+    let (stdout, stderr) = run(&host);
+    assert!(stdout.contains("protocols 6 6"), "{stdout}");
+    assert!(stderr.contains("net.mptcp.enabled=0"), "{stderr}");
+}
+
+#[test]
+fn a_bad_environment_value_leaves_the_program_working() {
+    privileged();
+    let host = Host::new("bad-env").unwrap();
+    for (var, value) in [
+        ("MPTCP_PRELOAD_MODE", "turbo"),
+        ("MPTCP_PRELOAD_INCLUDE", "10.0.0.0/40"),
+    ] {
+        let out = preloaded(
+            &host,
+            &python(),
+            &[(var, value), ("MPTCP_PRELOAD_RELAY", "198.18.0.2:1080")],
+        )
+        .args(["-c", LOOPBACK_PROGRAM])
+        .output()
+        .unwrap();
+        let stdout = check(&out, "program with a bad variable");
+        assert!(
+            stdout.contains("protocols 6 6"),
+            "the library must be off: {stdout}"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("mptcp-preload: {var}=")),
+            "{stderr}"
+        );
+    }
+}
+
+/// Threads create and close sockets while the main thread forks; each
+/// child creates a socket and exits. A lock held across fork would hang a
+/// child (caught by the timeout).
+const FORK_PROGRAM: &str = r#"
+import os, socket, threading, time
+stop = False
+def churn():
+    while not stop:
+        socket.socket().close()
+threads = [threading.Thread(target=churn) for _ in range(4)]
+for t in threads: t.start()
+for _ in range(200):
+    pid = os.fork()
+    if pid == 0:
+        s = socket.socket()
+        os._exit(0 if s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) == 262 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, status
+stop = True
+for t in threads: t.join()
+print("forks ok")
+"#;
+
+#[test]
+fn fork_from_a_multithreaded_program_does_not_hang() {
+    privileged();
+    let host = Host::new("fork").unwrap();
+    let out = preloaded(&host, "timeout", &[])
+        .args(["20", &python(), "-c", FORK_PROGRAM])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "fork program");
+    assert!(stdout.contains("forks ok"), "{stdout}");
+}
