@@ -1,0 +1,590 @@
+//! Relay configuration: a TOML file (see `examples/relay.toml`) or the same
+//! structure built in code. Unknown keys are errors, and every error names
+//! the key and, for files, the line.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::policy::Cidr;
+
+/// The whole configuration: engine settings and one or both roles.
+///
+/// ```
+/// use mptcp_core::relay::Config;
+/// let config = Config::from_toml(r#"
+///     [remote]
+///     listen = ["127.0.0.1:0"]
+///     allow_unauthenticated_loopback = true
+/// "#).unwrap();
+/// assert!(config.remote.is_some());
+/// let err = Config::from_toml("[remote]\nlisten = [\"x\"]\n").unwrap_err();
+/// assert!(err.to_string().contains("line 2"), "{err}");
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Threads, limits, timeouts.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// The local role (on the LAN's router).
+    pub local: Option<LocalConfig>,
+    /// The remote role (on the far server).
+    pub remote: Option<RemoteConfig>,
+}
+
+/// Settings shared by all listeners (`[engine]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Worker threads, each with its own epoll; 0 means one per core.
+    pub workers: usize,
+    /// Relayed connections at most, over all listeners; more are refused.
+    pub max_connections: usize,
+    /// Connections at most from one client IP address.
+    pub max_connections_per_client: usize,
+    /// Seconds a connection may take from accept until data flows (request,
+    /// authentication, DNS, connect, upstream handshake).
+    pub handshake_timeout_secs: u64,
+    /// Seconds without any byte in either direction before a connection is
+    /// closed; 0 disables.
+    pub idle_timeout_secs: u64,
+    /// Bytes per pipe of the splice data path (rounded up by the kernel to
+    /// a power of two pages).
+    pub pipe_size: usize,
+    /// Raise the soft `RLIMIT_NOFILE` to the hard limit at start (each
+    /// relayed connection needs 2 sockets plus pipes while data is in
+    /// flight).
+    pub raise_fd_limit: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: 0,
+            max_connections: 20_000,
+            max_connections_per_client: 2_000,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 600,
+            pipe_size: 64 * 1024,
+            raise_fd_limit: true,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The handshake timeout as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+
+    /// The idle timeout, `None` when disabled.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
+    }
+}
+
+/// The local role (`[local]`): accept plain TCP from the LAN and carry it
+/// to the remote relay over MPTCP, speaking SOCKS5.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// The remote relay (or any SOCKS5 server, e.g. dante), `host:port`.
+    pub remote: String,
+    /// Username for the remote relay; with `password`.
+    pub username: Option<String>,
+    /// Password for the remote relay.
+    pub password: Option<String>,
+    /// Connect to the remote with MPTCP (falls back to TCP if the kernel
+    /// refuses MPTCP sockets).
+    #[serde(default = "yes")]
+    pub mptcp: bool,
+    /// Listeners for connections redirected by nftables/iptables `REDIRECT`
+    /// (original destination from `SO_ORIGINAL_DST`).
+    #[serde(default)]
+    pub redirect: Vec<SocketAddr>,
+    /// Listeners for `TPROXY` (socket option `IP_TRANSPARENT`, needs
+    /// CAP_NET_ADMIN; the original destination is the local address).
+    #[serde(default)]
+    pub tproxy: Vec<SocketAddr>,
+    /// SOCKS5 listeners for LAN clients (no authentication).
+    #[serde(default)]
+    pub socks5: Vec<SocketAddr>,
+    /// HTTP proxy listeners (CONNECT and absolute-URI requests).
+    #[serde(default)]
+    pub http: Vec<SocketAddr>,
+    /// LAN clients allowed to connect (CIDRs); empty means all.
+    #[serde(default)]
+    pub allowed_clients: Vec<Cidr>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A SOCKS5 user of the remote relay.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// 1 to 255 bytes.
+    pub username: String,
+    /// 1 to 255 bytes.
+    pub password: String,
+}
+
+/// The remote role (`[remote]`): a SOCKS5 server on MPTCP that connects
+/// onward to destinations.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// Listen addresses (`ip:port`).
+    pub listen: Vec<SocketAddr>,
+    /// Listen with MPTCP (plain TCP clients are served too).
+    #[serde(default = "yes")]
+    pub mptcp: bool,
+    /// Connect onward to destinations with MPTCP (falls back to TCP).
+    #[serde(default)]
+    pub onward_mptcp: bool,
+    /// Accepted users; authentication is required on every listener unless
+    /// `allow_unauthenticated_loopback` and the listener is on loopback.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// Serve clients without authentication on loopback listeners.
+    #[serde(default)]
+    pub allow_unauthenticated_loopback: bool,
+    /// Clients allowed to connect (CIDRs); empty means all.
+    #[serde(default)]
+    pub allowed_clients: Vec<Cidr>,
+    /// Destinations allowed even if in a default-denied range (loopback,
+    /// link-local, private).
+    #[serde(default)]
+    pub allow_destinations: Vec<Cidr>,
+    /// Destinations always denied.
+    #[serde(default)]
+    pub deny_destinations: Vec<Cidr>,
+}
+
+/// A configuration problem, naming the key (and the line, for files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key, e.g. `remote.users`, when known.
+    pub key: Option<String>,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("relay configuration")?;
+        if let Some(line) = self.line {
+            write!(f, ", line {line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ", key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            let key = e.span().and_then(|s| key_at(text, s.start));
+            ConfigError {
+                key,
+                line,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        config.validate().map_err(|mut e| {
+            if let Some(key) = &e.key {
+                e.line = find_key_line(text, key);
+            }
+            e
+        })?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a TOML file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            key: None,
+            line: None,
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        Config::from_toml(&text).map_err(|mut e| {
+            e.message = format!("{} ({})", e.message, path.display());
+            e
+        })
+    }
+
+    /// An empty configuration to fill with the builder methods.
+    pub fn new() -> Config {
+        Config::default()
+    }
+
+    /// Sets the local role.
+    pub fn local(mut self, local: LocalConfig) -> Config {
+        self.local = Some(local);
+        self
+    }
+
+    /// Sets the remote role.
+    pub fn remote(mut self, remote: RemoteConfig) -> Config {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// Sets the engine settings.
+    pub fn engine(mut self, engine: EngineConfig) -> Config {
+        self.engine = engine;
+        self
+    }
+
+    /// Checks what the types cannot: at least one listener, credentials
+    /// where needed, sane limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key: &str, message: String| {
+            Err(ConfigError {
+                key: Some(key.to_owned()),
+                line: None,
+                message,
+            })
+        };
+        if self.local.is_none() && self.remote.is_none() {
+            return err(
+                "local",
+                "configure a [local] or a [remote] section (or both)".into(),
+            );
+        }
+        let e = &self.engine;
+        if e.max_connections == 0 {
+            return err("engine.max_connections", "must be at least 1".into());
+        }
+        if e.max_connections_per_client == 0 {
+            return err(
+                "engine.max_connections_per_client",
+                "must be at least 1".into(),
+            );
+        }
+        if e.handshake_timeout_secs == 0 {
+            return err(
+                "engine.handshake_timeout_secs",
+                "must be at least 1 second".into(),
+            );
+        }
+        if !(4096..=(1 << 30)).contains(&e.pipe_size) {
+            return err(
+                "engine.pipe_size",
+                "must be between 4096 and 1073741824 bytes".into(),
+            );
+        }
+        if let Some(l) = &self.local {
+            if l.redirect.is_empty()
+                && l.tproxy.is_empty()
+                && l.socks5.is_empty()
+                && l.http.is_empty()
+            {
+                return err(
+                    "local",
+                    "no listener: set at least one of redirect, tproxy, socks5, http".into(),
+                );
+            }
+            if l.remote.trim().is_empty() {
+                return err(
+                    "local.remote",
+                    "set the remote relay as \"host:port\"".into(),
+                );
+            }
+            match (&l.username, &l.password) {
+                (Some(u), Some(p)) => {
+                    if u.is_empty() || u.len() > 255 || p.is_empty() || p.len() > 255 {
+                        return err(
+                            "local.username",
+                            "username and password must be 1 to 255 bytes".into(),
+                        );
+                    }
+                }
+                (None, None) => {}
+                (Some(_), None) => {
+                    return err("local.password", "username given without password".into());
+                }
+                (None, Some(_)) => {
+                    return err("local.username", "password given without username".into());
+                }
+            }
+        }
+        if let Some(r) = &self.remote {
+            if r.listen.is_empty() {
+                return err(
+                    "remote.listen",
+                    "give at least one address, e.g. [\"0.0.0.0:1080\"]".into(),
+                );
+            }
+            for u in &r.users {
+                if u.username.is_empty()
+                    || u.username.len() > 255
+                    || u.password.is_empty()
+                    || u.password.len() > 255
+                {
+                    return err(
+                        "remote.users",
+                        "usernames and passwords must be 1 to 255 bytes".into(),
+                    );
+                }
+            }
+            if r.users.is_empty()
+                && let Some(open) = r.listen.iter().find(|a| !r.serves_unauthenticated(a))
+            {
+                return err(
+                    "remote.users",
+                    format!(
+                        "listener {open} would be an open proxy: add a [[remote.users]] entry \
+                             (username, password){}",
+                        if open.ip().is_loopback() {
+                            ", or set allow_unauthenticated_loopback = true"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LocalConfig {
+    /// A local role carrying traffic to the SOCKS5 server `remote`
+    /// (`host:port`), with no listener yet.
+    pub fn new(remote: impl Into<String>) -> LocalConfig {
+        LocalConfig {
+            remote: remote.into(),
+            username: None,
+            password: None,
+            mptcp: true,
+            redirect: Vec::new(),
+            tproxy: Vec::new(),
+            socks5: Vec::new(),
+            http: Vec::new(),
+            allowed_clients: Vec::new(),
+        }
+    }
+
+    /// Credentials for the remote.
+    pub fn credentials(mut self, username: &str, password: &str) -> LocalConfig {
+        self.username = Some(username.to_owned());
+        self.password = Some(password.to_owned());
+        self
+    }
+
+    /// Adds a REDIRECT listener.
+    pub fn redirect(mut self, addr: SocketAddr) -> LocalConfig {
+        self.redirect.push(addr);
+        self
+    }
+
+    /// Adds a TPROXY listener.
+    pub fn tproxy(mut self, addr: SocketAddr) -> LocalConfig {
+        self.tproxy.push(addr);
+        self
+    }
+
+    /// Adds a SOCKS5 listener.
+    pub fn socks5(mut self, addr: SocketAddr) -> LocalConfig {
+        self.socks5.push(addr);
+        self
+    }
+
+    /// Adds an HTTP proxy listener.
+    pub fn http(mut self, addr: SocketAddr) -> LocalConfig {
+        self.http.push(addr);
+        self
+    }
+
+    /// Connect to the remote with MPTCP (default) or plain TCP.
+    pub fn mptcp(mut self, on: bool) -> LocalConfig {
+        self.mptcp = on;
+        self
+    }
+}
+
+impl RemoteConfig {
+    /// A remote role listening on `listen`, with no users yet.
+    pub fn new(listen: SocketAddr) -> RemoteConfig {
+        RemoteConfig {
+            listen: vec![listen],
+            mptcp: true,
+            onward_mptcp: false,
+            users: Vec::new(),
+            allow_unauthenticated_loopback: false,
+            allowed_clients: Vec::new(),
+            allow_destinations: Vec::new(),
+            deny_destinations: Vec::new(),
+        }
+    }
+
+    /// Adds a user.
+    pub fn user(mut self, username: &str, password: &str) -> RemoteConfig {
+        self.users.push(User {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        });
+        self
+    }
+
+    /// Serve loopback listeners without authentication.
+    pub fn allow_unauthenticated_loopback(mut self, on: bool) -> RemoteConfig {
+        self.allow_unauthenticated_loopback = on;
+        self
+    }
+
+    /// Allows a destination network that the defaults deny.
+    pub fn allow_destination(mut self, net: Cidr) -> RemoteConfig {
+        self.allow_destinations.push(net);
+        self
+    }
+
+    /// Denies a destination network.
+    pub fn deny_destination(mut self, net: Cidr) -> RemoteConfig {
+        self.deny_destinations.push(net);
+        self
+    }
+
+    /// Restricts clients to this network (may be called several times).
+    pub fn allow_client(mut self, net: Cidr) -> RemoteConfig {
+        self.allowed_clients.push(net);
+        self
+    }
+
+    /// Connect onward with MPTCP.
+    pub fn onward_mptcp(mut self, on: bool) -> RemoteConfig {
+        self.onward_mptcp = on;
+        self
+    }
+
+    /// Whether the listener on `addr` serves clients without credentials.
+    pub fn serves_unauthenticated(&self, addr: &SocketAddr) -> bool {
+        self.allow_unauthenticated_loopback && addr.ip().is_loopback()
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The dotted key whose line contains `offset`: the innermost `[table]`
+/// header above it and the `key =` on that line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split_once('=').map(|(k, _)| k.trim().to_owned());
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    match (table, key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (None, Some(k)) => Some(k),
+        (Some(t), None) => Some(t),
+        (None, None) => None,
+    }
+}
+
+/// The line of `key` (dotted: `remote.users`) in `text`: the `[[remote.users]]`
+/// or `[remote]` ... `users =` line, else the table header.
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+    let mut in_table = table.is_empty();
+    let mut table_line = None;
+    for (i, raw) in text.lines().enumerate() {
+        let l = raw.trim();
+        if l.starts_with('[') {
+            let name = l.trim_matches(|c| c == '[' || c == ']').trim();
+            if name == key {
+                return Some(i + 1);
+            }
+            in_table = name == table;
+            if in_table {
+                table_line.get_or_insert(i + 1);
+            }
+        } else if in_table && l.split_once('=').is_some_and(|(k, _)| k.trim() == leaf) {
+            return Some(i + 1);
+        }
+    }
+    table_line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named_with_line() {
+        let text =
+            "[engine]\nworkers = 2\n\n[remote]\nlisten = [\"0.0.0.0:1080\"]\nlisten_mptcp = true\n";
+        let e = Config::from_toml(text).unwrap_err();
+        assert_eq!(e.line, Some(6), "{e}");
+        assert_eq!(e.key.as_deref(), Some("remote.listen_mptcp"), "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_is_named_with_line() {
+        let text = "[remote]\nlisten = [\"127.0.0.1:1\"]\nallow_unauthenticated_loopback = true\ndeny_destinations = [\"10.0.0.0/99\"]\n";
+        let e = Config::from_toml(text).unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(4), Some("remote.deny_destinations")),
+            "{e}"
+        );
+        assert!(e.message.contains("prefix"), "{e}");
+    }
+
+    #[test]
+    fn open_proxy_refused() {
+        let text = "[remote]\nlisten = [\"0.0.0.0:1080\"]\n";
+        let e = Config::from_toml(text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("remote.users"));
+        assert_eq!(e.line, Some(1), "{e}");
+        let text =
+            "[remote]\nlisten = [\"127.0.0.1:1080\"]\nallow_unauthenticated_loopback = true\n";
+        Config::from_toml(text).unwrap();
+        let text = "[remote]\nlisten = [\"0.0.0.0:1080\"]\n[[remote.users]]\nusername = \"a\"\npassword = \"\"\n";
+        let e = Config::from_toml(text).unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../../../examples/relay.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert!(c.local.is_some() && c.remote.is_some());
+    }
+
+    #[test]
+    fn builder_mirrors_file() {
+        let built = Config::new()
+            .remote(RemoteConfig::new("0.0.0.0:1080".parse().unwrap()).user("alice", "secret"));
+        built.validate().unwrap();
+        let parsed = Config::from_toml(
+            "[remote]\nlisten = [\"0.0.0.0:1080\"]\n[[remote.users]]\nusername = \"alice\"\npassword = \"secret\"\n",
+        )
+        .unwrap();
+        assert_eq!(format!("{built:?}"), format!("{parsed:?}"));
+    }
+}

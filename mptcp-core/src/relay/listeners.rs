@@ -1,0 +1,95 @@
+//! Sockets of the relay: listeners (plain, MPTCP, transparent), outgoing
+//! non-blocking connects with MPTCP and TCP fallback, and the original
+//! destination of redirected connections.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+
+/// `IPPROTO_MPTCP`.
+const IPPROTO_MPTCP: i32 = 262;
+
+/// Errors of `socket(…, IPPROTO_MPTCP)` meaning "this kernel will not do
+/// MPTCP" (too old, not built, `net.mptcp.enabled=0`), where TCP is the
+/// fallback.
+fn mptcp_unavailable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EPROTONOSUPPORT) | Some(libc::ENOPROTOOPT)
+    )
+}
+
+/// A stream socket for `addr`'s family: MPTCP if `mptcp` and the kernel
+/// allows it, else TCP.
+fn stream_socket(addr: &SocketAddr, mptcp: bool) -> io::Result<Socket> {
+    let domain = Domain::for_address(*addr);
+    if mptcp {
+        match Socket::new(domain, Type::STREAM, Some(Protocol::from(IPPROTO_MPTCP))) {
+            Ok(s) => return Ok(s),
+            Err(e) if mptcp_unavailable(&e) => {
+                tracing::warn!(error = %e, "MPTCP socket refused, using TCP (check sysctl net.mptcp.enabled)");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+}
+
+/// A non-blocking listener on `addr`. `transparent` sets `IP_TRANSPARENT`
+/// for TPROXY (needs CAP_NET_ADMIN).
+pub(crate) fn listen(addr: SocketAddr, mptcp: bool, transparent: bool) -> io::Result<TcpListener> {
+    let socket = stream_socket(&addr, mptcp)?;
+    socket.set_reuse_address(true)?;
+    if transparent {
+        let r = if addr.is_ipv4() {
+            socket.set_ip_transparent_v4(true)
+        } else {
+            socket.set_ip_transparent_v6(true)
+        };
+        r.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("IP_TRANSPARENT on the TPROXY listener {addr}: {e} (needs CAP_NET_ADMIN)"),
+            )
+        })?;
+    }
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    socket.listen(4096)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Starts a non-blocking connect to `addr`; completion shows as
+/// writability.
+pub(crate) fn connect(addr: SocketAddr, mptcp: bool) -> io::Result<mio::net::TcpStream> {
+    let socket = stream_socket(&addr, mptcp)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(mio::net::TcpStream::from_std(socket.into()))
+}
+
+/// Where a connection redirected by nftables/iptables `REDIRECT` was going:
+/// `SO_ORIGINAL_DST` (IPv4) or `IP6T_SO_ORIGINAL_DST` (IPv6).
+pub(crate) fn original_destination(stream: &mio::net::TcpStream) -> io::Result<SocketAddr> {
+    let sock = SockRef::from(stream);
+    let local = stream.local_addr()?;
+    let v4 = match local {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+    };
+    let dst = if v4 {
+        sock.original_dst_v4()?
+    } else {
+        sock.original_dst_v6()?
+    };
+    dst.as_socket()
+        .ok_or_else(|| io::Error::other("original destination is not an IP address"))
+}

@@ -1,0 +1,395 @@
+//! The relay engine: carries unmodified TCP from hosts that cannot speak
+//! MPTCP over MPTCP, in two roles.
+//!
+//! - **local** (on the LAN's router): accepts plain TCP redirected by
+//!   nftables/iptables (`REDIRECT`, `TPROXY`) or sent to its SOCKS5 or HTTP
+//!   proxy listeners, and carries each connection over MPTCP to the remote
+//!   relay, speaking SOCKS5 (greeting, authentication and request in one
+//!   packet). Any SOCKS5 server (dante) can be the remote.
+//! - **remote** (on a server): a SOCKS5 server on an MPTCP listener that
+//!   authenticates clients, applies a destination policy and connects onward.
+//!
+//! Data flows through `splice(2)` (zero copy). A few worker threads each run
+//! an epoll loop (mio) over their connections; a small pool of threads
+//! resolves domain names so that no worker ever blocks.
+//!
+//! ```no_run
+//! use mptcp_core::relay::{Config, RemoteConfig, Relay};
+//! use std::time::Duration;
+//! let config = Config::new()
+//!     .remote(RemoteConfig::new("0.0.0.0:1080".parse().unwrap()).user("alice", "secret"));
+//! let relay = Relay::start(config).unwrap();
+//! println!("{}", relay.stats());
+//! relay.shutdown(Duration::from_secs(5));
+//! ```
+
+mod config;
+mod engine;
+mod listeners;
+mod policy;
+mod splice;
+mod stats;
+
+pub use config::{Config, ConfigError, EngineConfig, LocalConfig, RemoteConfig, User};
+pub use policy::{Cidr, ClientAllowlist, DEFAULT_DENIED, DestinationPolicy};
+pub use stats::{ErrorKind, Stats};
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use stats::Counters;
+
+/// What a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerKind {
+    /// Connections redirected by `REDIRECT` (local role).
+    Redirect,
+    /// Connections diverted by `TPROXY` (local role).
+    Tproxy,
+    /// SOCKS5 clients on the LAN (local role).
+    LocalSocks5,
+    /// HTTP proxy clients on the LAN (local role).
+    Http,
+    /// SOCKS5 clients of the remote role.
+    RemoteSocks5,
+}
+
+/// How connections of a listener leave the relay.
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// Connect to the destination (remote role).
+    Direct {
+        mptcp: bool,
+        policy: DestinationPolicy,
+        users: Vec<User>,
+    },
+    /// Through a SOCKS5 server (local role).
+    Upstream {
+        addr: SocketAddr,
+        credentials: Option<(String, String)>,
+        mptcp: bool,
+    },
+}
+
+/// One listening socket and what to do with its connections.
+#[derive(Debug)]
+pub(crate) struct ListenerSpec {
+    pub kind: ListenerKind,
+    pub addr: SocketAddr,
+    pub route: Arc<Route>,
+    pub clients: ClientAllowlist,
+    pub require_auth: bool,
+}
+
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const STOPPING: u8 = 2;
+
+/// State shared by the workers and the handle.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub engine: EngineConfig,
+    pub state: AtomicU8,
+    pub open: AtomicUsize,
+    pub per_client: Mutex<HashMap<IpAddr, usize>>,
+    pub counters: Box<[Counters]>,
+}
+
+/// A domain name to resolve for a connection.
+#[derive(Debug)]
+pub(crate) struct ResolveRequest {
+    pub worker: usize,
+    pub conn: usize,
+    pub serial: u64,
+    pub name: String,
+    pub port: u16,
+}
+
+/// The answer, sent back to the worker.
+#[derive(Debug)]
+pub(crate) struct Resolved {
+    pub conn: usize,
+    pub serial: u64,
+    pub addrs: io::Result<Vec<SocketAddr>>,
+}
+
+/// The relay engine. Start it with [`Relay::start`].
+#[derive(Debug)]
+pub struct Relay;
+
+/// A running relay: its listening addresses, live counters, and shutdown.
+/// Dropping it stops the relay at once (use [`RelayHandle::shutdown`] to
+/// drain).
+#[derive(Debug)]
+pub struct RelayHandle {
+    shared: Arc<Shared>,
+    wakers: Vec<Arc<mio::Waker>>,
+    workers: Vec<JoinHandle<()>>,
+    listeners: Vec<(ListenerKind, SocketAddr)>,
+}
+
+/// Threads resolving domain names (getaddrinfo blocks).
+const RESOLVER_THREADS: usize = 2;
+
+impl Relay {
+    /// Validates `config`, opens every listener, and starts the workers.
+    /// Errors name the failing listener or setting.
+    pub fn start(config: Config) -> io::Result<RelayHandle> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if config.engine.raise_fd_limit {
+            raise_fd_limit();
+        }
+        let (specs, sockets): (Vec<_>, Vec<_>) = open_listeners(&config)?.into_iter().unzip();
+        let listeners = specs.iter().map(|s| (s.kind, s.addr)).collect();
+        let workers = match config.engine.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let shared = Arc::new(Shared {
+            engine: config.engine.clone(),
+            state: AtomicU8::new(RUNNING),
+            open: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
+            counters: (0..workers).map(|_| Counters::default()).collect(),
+        });
+        let specs: Arc<[ListenerSpec]> = specs.into();
+
+        let (resolve_tx, resolve_rx) = mpsc::channel::<ResolveRequest>();
+        let mut polls = Vec::new();
+        let mut wakers = Vec::new();
+        let mut answer_txs = Vec::new();
+        let mut answer_rxs = Vec::new();
+        for _ in 0..workers {
+            let poll = mio::Poll::new()?;
+            wakers.push(Arc::new(mio::Waker::new(poll.registry(), engine::WAKER)?));
+            polls.push(poll);
+            let (tx, rx) = mpsc::channel::<Resolved>();
+            answer_txs.push(tx);
+            answer_rxs.push(rx);
+        }
+        let resolve_rx = Arc::new(Mutex::new(resolve_rx));
+        for i in 0..RESOLVER_THREADS {
+            let rx = Arc::clone(&resolve_rx);
+            let txs = answer_txs.clone();
+            let wakers = wakers.clone();
+            std::thread::Builder::new()
+                .name(format!("relay-dns-{i}"))
+                .spawn(move || resolver(&rx, &txs, &wakers))?;
+        }
+        drop(answer_txs);
+
+        let mut handles = Vec::new();
+        for (idx, (poll, answers)) in polls.into_iter().zip(answer_rxs).enumerate() {
+            let worker = engine::Worker::new(
+                idx,
+                poll,
+                Arc::clone(&shared),
+                Arc::clone(&specs),
+                &sockets,
+                resolve_tx.clone(),
+                answers,
+            )?;
+            let handle = std::thread::Builder::new()
+                .name(format!("relay-{idx}"))
+                .spawn(move || worker.run())?;
+            handles.push(handle);
+        }
+        // Only the workers' descriptors stay open, so that the listening
+        // sockets close when the workers drop them at shutdown.
+        drop(sockets);
+        tracing::info!(?listeners, workers, "relay started");
+        Ok(RelayHandle {
+            shared,
+            wakers,
+            workers: handles,
+            listeners,
+        })
+    }
+}
+
+impl RelayHandle {
+    /// The listening addresses (with the actual port when 0 was asked).
+    pub fn listeners(&self) -> &[(ListenerKind, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// The first listening address of a kind.
+    pub fn listener(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, a)| *a)
+    }
+
+    /// A snapshot of the live counters.
+    pub fn stats(&self) -> Stats {
+        Counters::sum(&self.shared.counters)
+    }
+
+    /// Stops accepting, lets open connections finish for up to
+    /// `drain_timeout`, then closes what is left. Returns the final counters.
+    pub fn shutdown(mut self, drain_timeout: Duration) -> Stats {
+        self.shared.state.store(DRAINING, Ordering::SeqCst);
+        self.wake_all();
+        let deadline = Instant::now() + drain_timeout;
+        while Instant::now() < deadline && !self.workers.iter().all(|w| w.is_finished()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.stop();
+        self.stats()
+    }
+
+    fn wake_all(&self) {
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+    }
+
+    fn stop(&mut self) {
+        self.shared.state.store(STOPPING, Ordering::SeqCst);
+        self.wake_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::TcpListener)>> {
+    let mut specs = Vec::new();
+    let mut add = |kind, addr: SocketAddr, mptcp, route: &Arc<Route>, clients: &[Cidr], auth| {
+        let socket = listeners::listen(addr, mptcp, kind == ListenerKind::Tproxy)?;
+        let addr = socket.local_addr()?;
+        let spec = ListenerSpec {
+            kind,
+            addr,
+            route: Arc::clone(route),
+            clients: ClientAllowlist(clients.to_vec()),
+            require_auth: auth,
+        };
+        specs.push((spec, socket));
+        io::Result::Ok(())
+    };
+    if let Some(l) = &config.local {
+        let addr = l
+            .remote
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "local.remote: cannot resolve `{}` (expected host:port)",
+                        l.remote
+                    ),
+                )
+            })?;
+        let credentials = l.username.clone().zip(l.password.clone());
+        let route = Arc::new(Route::Upstream {
+            addr,
+            credentials,
+            mptcp: l.mptcp,
+        });
+        let c = &l.allowed_clients;
+        for a in &l.redirect {
+            add(ListenerKind::Redirect, *a, false, &route, c, false)?;
+        }
+        for a in &l.tproxy {
+            add(ListenerKind::Tproxy, *a, false, &route, c, false)?;
+        }
+        for a in &l.socks5 {
+            add(ListenerKind::LocalSocks5, *a, false, &route, c, false)?;
+        }
+        for a in &l.http {
+            add(ListenerKind::Http, *a, false, &route, c, false)?;
+        }
+    }
+    if let Some(r) = &config.remote {
+        let policy =
+            DestinationPolicy::new(r.allow_destinations.clone(), r.deny_destinations.clone());
+        let route = Arc::new(Route::Direct {
+            mptcp: r.onward_mptcp,
+            policy,
+            users: r.users.clone(),
+        });
+        for a in &r.listen {
+            let auth = !r.serves_unauthenticated(a);
+            add(
+                ListenerKind::RemoteSocks5,
+                *a,
+                r.mptcp,
+                &route,
+                &r.allowed_clients,
+                auth,
+            )?;
+        }
+    }
+    Ok(specs)
+}
+
+fn resolver(
+    requests: &Mutex<mpsc::Receiver<ResolveRequest>>,
+    answers: &[mpsc::Sender<Resolved>],
+    wakers: &[Arc<mio::Waker>],
+) {
+    loop {
+        let req = match requests.lock() {
+            Ok(rx) => match rx.recv() {
+                Ok(r) => r,
+                Err(_) => return,
+            },
+            Err(_) => return,
+        };
+        let addrs = (req.name.as_str(), req.port)
+            .to_socket_addrs()
+            .map(Iterator::collect);
+        let answer = Resolved {
+            conn: req.conn,
+            serial: req.serial,
+            addrs,
+        };
+        if answers[req.worker].send(answer).is_ok() {
+            let _ = wakers[req.worker].wake();
+        }
+    }
+}
+
+/// Raises the soft limit on open files as far as allowed: relaying needs 2
+/// descriptors per connection plus pipes in flight.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    // With CAP_SYS_RESOURCE the hard limit may rise too (up to fs.nr_open).
+    let wanted = lim.rlim_max.max(1 << 20);
+    for max in [wanted, lim.rlim_max] {
+        let new = libc::rlimit {
+            rlim_cur: max,
+            rlim_max: max,
+        };
+        // SAFETY: `new` is a valid rlimit; failure leaves the limit as is.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+            tracing::debug!(limit = max, "raised RLIMIT_NOFILE");
+            return;
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Who may use the relay and where it may connect: CIDR lists, the client
+//! allowlist, and the destination policy that keeps the remote relay from
+//! being an open door into its own host and networks.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+/// An IP network such as `10.0.0.0/8` or `fe80::/10`; a bare address means
+/// that single host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// The network `addr/prefix`; host bits of `addr` are cleared.
+    /// Returns `None` if the prefix is longer than the address.
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<Cidr> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then(|| Cidr {
+            addr: mask(addr, prefix),
+            prefix,
+        })
+    }
+
+    /// Whether `ip` is inside this network. IPv4-mapped IPv6 addresses
+    /// (`::ffff:a.b.c.d`) match IPv4 networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
+                mask(ip, self.prefix) == self.addr
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Maps `::ffff:a.b.c.d` to `a.b.c.d` so that policies cannot be bypassed
+/// by spelling an IPv4 address as IPv6.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let m = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix))
+            };
+            IpAddr::V4(Ipv4Addr::from(bits & m))
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let m = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix))
+            };
+            IpAddr::V6(Ipv6Addr::from(bits & m))
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP network (like 10.0.0.0/8)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(|| format!("`{s}`: prefix length must be 0 to {max}"))?,
+        };
+        Ok(Cidr::new(addr, prefix).expect("prefix checked"))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Cidr, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Networks the remote relay refuses to connect to unless allowed
+/// explicitly: its own loopback, link-local, private and unspecified ranges
+/// (and the same spelled as IPv4-mapped IPv6, through [`canonical`]).
+pub const DEFAULT_DENIED: [&str; 11] = [
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+    "::/128",
+    "::1/128",
+    "fe80::/10",
+    "fc00::/7",
+];
+
+/// Where the remote relay may connect.
+///
+/// Order of decision: `deny` wins, then `allow`, then the default denied
+/// ranges ([`DEFAULT_DENIED`]), else allowed.
+#[derive(Debug, Clone)]
+pub struct DestinationPolicy {
+    allow: Vec<Cidr>,
+    deny: Vec<Cidr>,
+    default_denied: Vec<Cidr>,
+}
+
+impl DestinationPolicy {
+    /// A policy with these explicit lists on top of the defaults.
+    pub fn new(allow: Vec<Cidr>, deny: Vec<Cidr>) -> DestinationPolicy {
+        let default_denied = DEFAULT_DENIED
+            .iter()
+            .map(|s| s.parse().expect("valid built-in CIDR"))
+            .collect();
+        DestinationPolicy {
+            allow,
+            deny,
+            default_denied,
+        }
+    }
+
+    /// Whether connecting to `ip` is allowed.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        if self.deny.iter().any(|c| c.contains(ip)) {
+            return false;
+        }
+        if self.allow.iter().any(|c| c.contains(ip)) {
+            return true;
+        }
+        !self.default_denied.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// Which client addresses may connect; empty means everyone.
+#[derive(Debug, Clone, Default)]
+pub struct ClientAllowlist(pub Vec<Cidr>);
+
+impl ClientAllowlist {
+    /// Whether a client at `ip` may use the relay.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.0.is_empty() || self.0.iter().any(|c| c.contains(ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_parsing_and_matching() {
+        let c: Cidr = "10.1.2.3/8".parse().unwrap();
+        assert_eq!(c.to_string(), "10.0.0.0/8");
+        assert!(c.contains(ip("10.255.0.1")));
+        assert!(c.contains(ip("::ffff:10.0.0.1")));
+        assert!(!c.contains(ip("11.0.0.1")));
+        assert!("1.2.3.4/33".parse::<Cidr>().is_err());
+        assert!("nope".parse::<Cidr>().is_err());
+        assert!("::/0".parse::<Cidr>().unwrap().contains(ip("2001:db8::1")));
+        assert!(
+            "198.18.0.2"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains(ip("198.18.0.2"))
+        );
+    }
+
+    #[test]
+    fn default_policy_denies_local_ranges() {
+        let p = DestinationPolicy::new(vec![], vec![]);
+        for denied in [
+            "127.0.0.1",
+            "::1",
+            "10.0.0.1",
+            "192.168.1.1",
+            "169.254.1.1",
+            "fe80::1",
+        ] {
+            assert!(!p.allows(ip(denied)), "{denied}");
+        }
+        assert!(!p.allows(ip("::ffff:127.0.0.1")));
+        assert!(p.allows(ip("198.19.2.2")));
+        let p = DestinationPolicy::new(
+            vec!["127.0.0.1".parse().unwrap()],
+            vec!["198.19.0.0/16".parse().unwrap()],
+        );
+        assert!(p.allows(ip("127.0.0.1")));
+        assert!(!p.allows(ip("127.0.0.2")));
+        assert!(!p.allows(ip("198.19.2.2")));
+    }
+}

@@ -1,0 +1,363 @@
+//! The zero-copy data path: `splice(2)` from a socket into a pipe and from
+//! the pipe into the other socket, one [`Flow`] per direction.
+//!
+//! Pipes are taken from a per-worker [`PipePool`] only while data is in
+//! flight and handed back as soon as they are empty, so an idle connection
+//! holds no pipe (2 file descriptors instead of 6). A pipe that still holds
+//! data when its connection closes is closed, never pooled.
+//!
+//! If the kernel refuses splice on a socket (EINVAL), or no pipe can be
+//! created (EMFILE), the flow switches to a buffered copy; the caller counts
+//! and logs each switch (`splice_fallbacks`).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// One pipe: its read and write ends.
+#[derive(Debug)]
+pub(crate) struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new(size: usize) -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` is a valid, writable array of two ints, as pipe2
+        // requires.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody
+        // else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+        // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory.
+        // Failure (EPERM above pipe-max-size for unprivileged users) leaves
+        // the default size, which works too.
+        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+        Ok(Pipe { read, write })
+    }
+}
+
+/// Empty pipes kept for reuse by one worker.
+#[derive(Debug)]
+pub(crate) struct PipePool {
+    free: Vec<Pipe>,
+    size: usize,
+    max_free: usize,
+}
+
+impl PipePool {
+    pub(crate) fn new(size: usize, max_free: usize) -> PipePool {
+        PipePool {
+            free: Vec::new(),
+            size,
+            max_free,
+        }
+    }
+
+    fn get(&mut self) -> io::Result<Pipe> {
+        match self.free.pop() {
+            Some(p) => Ok(p),
+            None => Pipe::new(self.size),
+        }
+    }
+
+    /// Takes back a pipe that holds no data.
+    fn put(&mut self, pipe: Pipe) {
+        if self.free.len() < self.max_free {
+            self.free.push(pipe);
+        }
+    }
+}
+
+/// How a flow moves bytes.
+#[derive(Debug)]
+enum Path {
+    /// Zero-copy; `pipe` is held only while `in_pipe > 0`.
+    Splice { pipe: Option<Pipe>, in_pipe: usize },
+    /// Buffered copy (fallback): bytes `start..end` of `buf` are pending.
+    Copy {
+        buf: Box<[u8]>,
+        start: usize,
+        end: usize,
+    },
+}
+
+/// One direction of a relayed connection.
+#[derive(Debug)]
+pub(crate) struct Flow {
+    /// Bytes to send before relaying (handshake leftovers, replies).
+    prefix: Vec<u8>,
+    prefix_pos: usize,
+    path: Path,
+    /// The source reached EOF.
+    eof: bool,
+    /// EOF was passed on: the destination's write side is shut down.
+    shut: bool,
+}
+
+/// What one call to [`Flow::pump`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Pumped {
+    /// Bytes written to the destination.
+    pub bytes: u64,
+    /// Stopped because the read budget ran out, not because a socket would
+    /// block: call again soon (edge-triggered readiness will not).
+    pub budget_exhausted: bool,
+    /// The flow switched to a buffered copy during this call (why).
+    pub fell_back: Option<&'static str>,
+}
+
+const COPY_BUF: usize = 64 * 1024;
+
+impl Flow {
+    pub(crate) fn new(prefix: Vec<u8>) -> Flow {
+        Flow {
+            prefix,
+            prefix_pos: 0,
+            path: Path::Splice {
+                pipe: None,
+                in_pipe: 0,
+            },
+            eof: false,
+            shut: false,
+        }
+    }
+
+    /// The source ended and the destination was told (write side shut).
+    pub(crate) fn done(&self) -> bool {
+        self.shut
+    }
+
+    /// Moves bytes from `src` to `dst` until one would block, the source
+    /// ends, or `budget` reads were made.
+    pub(crate) fn pump(
+        &mut self,
+        src: RawFd,
+        dst: RawFd,
+        pool: &mut PipePool,
+        budget: usize,
+    ) -> io::Result<Pumped> {
+        let mut result = Pumped::default();
+        let mut reads = 0;
+        let outcome: io::Result<()> = (|| loop {
+            if self.shut {
+                return Ok(());
+            }
+            if self.prefix_pos < self.prefix.len() {
+                let n = send(dst, &self.prefix[self.prefix_pos..])?;
+                self.prefix_pos += n;
+                result.bytes += n as u64;
+                if self.prefix_pos == self.prefix.len() {
+                    self.prefix = Vec::new();
+                    self.prefix_pos = 0;
+                }
+                continue;
+            }
+            if self.pending() > 0 {
+                result.bytes += self.write_pending(dst)? as u64;
+                continue;
+            }
+            if self.eof {
+                shutdown_write(dst)?;
+                self.shut = true;
+                return Ok(());
+            }
+            if reads == budget {
+                result.budget_exhausted = true;
+                return Ok(());
+            }
+            reads += 1;
+            if self.read(src, pool, &mut result)? == 0 {
+                self.eof = true;
+            }
+        })();
+        // An empty pipe goes back to the pool, so idle connections hold none.
+        if let Path::Splice { pipe, in_pipe: 0 } = &mut self.path
+            && let Some(p) = pipe.take()
+        {
+            pool.put(p);
+        }
+        match outcome {
+            Ok(()) => Ok(result),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(result),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn pending(&self) -> usize {
+        match &self.path {
+            Path::Splice { in_pipe, .. } => *in_pipe,
+            Path::Copy { start, end, .. } => end - start,
+        }
+    }
+
+    fn write_pending(&mut self, dst: RawFd) -> io::Result<usize> {
+        match &mut self.path {
+            Path::Splice { pipe, in_pipe } => {
+                let p = pipe.as_ref().expect("a pipe holds the pending bytes");
+                let n = splice(p.read.as_raw_fd(), dst, *in_pipe)?;
+                *in_pipe -= n;
+                Ok(n)
+            }
+            Path::Copy { buf, start, end } => {
+                let n = send(dst, &buf[*start..*end])?;
+                *start += n;
+                Ok(n)
+            }
+        }
+    }
+
+    /// Reads once from `src`; 0 means EOF.
+    fn read(&mut self, src: RawFd, pool: &mut PipePool, result: &mut Pumped) -> io::Result<usize> {
+        if let Path::Splice { pipe, in_pipe } = &mut self.path {
+            let p = match pipe {
+                Some(p) => p,
+                None => match pool.get() {
+                    Ok(p) => pipe.insert(p),
+                    Err(e) if is_fd_exhaustion(&e) => {
+                        return self.fall_back(src, result, "no file descriptor for a pipe");
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            return match splice(src, p.write.as_raw_fd(), pool.size) {
+                Ok(n) => {
+                    *in_pipe = n;
+                    Ok(n)
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.fall_back(src, result, "splice() refused with EINVAL")
+                }
+                Err(e) => Err(e),
+            };
+        }
+        let Path::Copy { buf, start, end } = &mut self.path else {
+            unreachable!()
+        };
+        let n = recv(src, buf)?;
+        (*start, *end) = (0, n);
+        Ok(n)
+    }
+
+    fn fall_back(
+        &mut self,
+        src: RawFd,
+        result: &mut Pumped,
+        why: &'static str,
+    ) -> io::Result<usize> {
+        result.fell_back = Some(why);
+        // Only reached with an empty pipe: nothing is lost by dropping it.
+        self.path = Path::Copy {
+            buf: vec![0; COPY_BUF].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        };
+        let Path::Copy { buf, start, end } = &mut self.path else {
+            unreachable!()
+        };
+        let n = recv(src, buf)?;
+        (*start, *end) = (0, n);
+        Ok(n)
+    }
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM)
+    )
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: both fds are open for the duration of the call (owned by the
+    // connection or the flow); null offsets are valid for pipes and sockets.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes. MSG_NOSIGNAL:
+    // a closed peer gives EPIPE, not a signal.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown takes an fd and a flag, no memory.
+    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
+        let e = io::Error::last_os_error();
+        // The peer may already be gone; the other direction will notice.
+        if e.raw_os_error() != Some(libc::ENOTCONN) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn flow_moves_prefix_then_data_then_eof() {
+        // client -> (a_far, a_near) relay (b_near, b_far) -> server
+        let (mut client, relay_in) = pair();
+        let (relay_out, mut server) = pair();
+        relay_in.set_nonblocking(true).unwrap();
+        relay_out.set_nonblocking(true).unwrap();
+        let mut pool = PipePool::new(64 * 1024, 4);
+        let mut flow = Flow::new(b"hello ".to_vec());
+        client.write_all(b"world").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !flow.done() {
+            assert!(std::time::Instant::now() < deadline, "flow did not finish");
+            flow.pump(relay_in.as_raw_fd(), relay_out.as_raw_fd(), &mut pool, 4)
+                .unwrap();
+        }
+        let mut got = String::new();
+        server.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "hello world");
+        assert_eq!(pool.free.len(), 1, "the empty pipe went back to the pool");
+    }
+}

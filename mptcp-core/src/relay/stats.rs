@@ -1,0 +1,164 @@
+//! Live counters. Each worker thread owns one cache-line-aligned block of
+//! atomics (no sharing on the hot path); [`Stats`] is their sum.
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a connection failed; counted in [`Stats::errors`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum ErrorKind {
+    /// The client sent a malformed or unsupported SOCKS5/HTTP request.
+    Protocol,
+    /// Wrong username or password, or no acceptable method.
+    Auth,
+    /// The client address is not in the allowlist.
+    ClientDenied,
+    /// The destination policy refused the destination.
+    DestinationDenied,
+    /// The destination name did not resolve.
+    Resolve,
+    /// Connecting to the destination or the remote relay failed.
+    Connect,
+    /// The remote relay (SOCKS5 upstream) refused or failed the handshake.
+    Upstream,
+    /// The handshake did not finish in time.
+    HandshakeTimeout,
+    /// No data flowed for the idle timeout.
+    IdleTimeout,
+    /// A socket error while relaying (reset, broken pipe).
+    Io,
+    /// Refused: the global or per-client connection limit was reached.
+    Limit,
+    /// accept() failed (for example EMFILE: out of file descriptors).
+    Accept,
+    /// The original destination of a redirected connection was unknown.
+    OriginalDestination,
+}
+
+impl ErrorKind {
+    /// All kinds, in counter order.
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::Protocol,
+        ErrorKind::Auth,
+        ErrorKind::ClientDenied,
+        ErrorKind::DestinationDenied,
+        ErrorKind::Resolve,
+        ErrorKind::Connect,
+        ErrorKind::Upstream,
+        ErrorKind::HandshakeTimeout,
+        ErrorKind::IdleTimeout,
+        ErrorKind::Io,
+        ErrorKind::Limit,
+        ErrorKind::Accept,
+        ErrorKind::OriginalDestination,
+    ];
+
+    /// A short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Auth => "auth",
+            ErrorKind::ClientDenied => "client_denied",
+            ErrorKind::DestinationDenied => "destination_denied",
+            ErrorKind::Resolve => "resolve",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Upstream => "upstream",
+            ErrorKind::HandshakeTimeout => "handshake_timeout",
+            ErrorKind::IdleTimeout => "idle_timeout",
+            ErrorKind::Io => "io",
+            ErrorKind::Limit => "limit",
+            ErrorKind::Accept => "accept",
+            ErrorKind::OriginalDestination => "original_destination",
+        }
+    }
+}
+
+/// A snapshot of the counters of a running relay.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Connections open now (handshaking or relaying).
+    pub active: u64,
+    /// Connections that reached the data phase since start.
+    pub relayed: u64,
+    /// Bytes from clients towards destinations.
+    pub bytes_up: u64,
+    /// Bytes from destinations towards clients.
+    pub bytes_down: u64,
+    /// Times splice() was refused (EINVAL) and a buffered copy took over.
+    pub splice_fallbacks: u64,
+    /// Failures by kind, indexed like [`ErrorKind::ALL`].
+    pub errors: [u64; ErrorKind::ALL.len()],
+}
+
+impl Stats {
+    /// The count of one kind of error.
+    pub fn error(&self, kind: ErrorKind) -> u64 {
+        self.errors[kind as usize]
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "accepted={} active={} relayed={} bytes_up={} bytes_down={} splice_fallbacks={}",
+            self.accepted,
+            self.active,
+            self.relayed,
+            self.bytes_up,
+            self.bytes_down,
+            self.splice_fallbacks
+        )?;
+        for kind in ErrorKind::ALL {
+            let n = self.error(kind);
+            if n > 0 {
+                write!(f, " err_{}={n}", kind.name())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One worker's counters.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Counters {
+    pub accepted: AtomicU64,
+    pub closed: AtomicU64,
+    pub relayed: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    pub splice_fallbacks: AtomicU64,
+    pub errors: [AtomicU64; ErrorKind::ALL.len()],
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn sum(all: &[Counters]) -> Stats {
+        let mut s = Stats::default();
+        let mut closed = 0;
+        for c in all {
+            s.accepted += c.accepted.load(Relaxed);
+            closed += c.closed.load(Relaxed);
+            s.relayed += c.relayed.load(Relaxed);
+            s.bytes_up += c.bytes_up.load(Relaxed);
+            s.bytes_down += c.bytes_down.load(Relaxed);
+            s.splice_fallbacks += c.splice_fallbacks.load(Relaxed);
+            for (total, e) in s.errors.iter_mut().zip(&c.errors) {
+                *total += e.load(Relaxed);
+            }
+        }
+        s.active = s.accepted.saturating_sub(closed);
+        s
+    }
+}

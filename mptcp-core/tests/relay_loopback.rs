@@ -1,0 +1,302 @@
+//! The relay engine on loopback: both roles, SOCKS5 and HTTP proxy
+//! listeners, half-close, refusals (wrong password, denied destination,
+//! malformed requests) and that they do not disturb other connections.
+#![cfg(feature = "relay")]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mptcp_core::relay::{
+    Config, EngineConfig, ErrorKind, ListenerKind, LocalConfig, Relay, RelayHandle, RemoteConfig,
+};
+use mptcp_core::socks5::{self, ClientHandshake, Progress, ReplyCode, TargetAddr};
+
+const USER: &str = "alice";
+const PASS: &str = "s3cret";
+
+/// An echo server on loopback: echoes everything, closes after the client's
+/// EOF (so a half-closing client must still receive all of it).
+fn echo_server() -> (SocketAddr, JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+                let _ = s.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    (addr, h)
+}
+
+fn engine() -> EngineConfig {
+    EngineConfig {
+        workers: 2,
+        handshake_timeout_secs: 3,
+        ..EngineConfig::default()
+    }
+}
+
+fn remote_relay() -> RelayHandle {
+    let remote = RemoteConfig::new("127.0.0.1:0".parse().unwrap())
+        .user(USER, PASS)
+        .allow_destination("127.0.0.1".parse().unwrap());
+    Relay::start(Config::new().engine(engine()).remote(remote)).unwrap()
+}
+
+fn local_relay(remote: SocketAddr) -> RelayHandle {
+    let local = LocalConfig::new(remote.to_string())
+        .credentials(USER, PASS)
+        .socks5("127.0.0.1:0".parse().unwrap())
+        .http("127.0.0.1:0".parse().unwrap());
+    Relay::start(Config::new().engine(engine()).local(local)).unwrap()
+}
+
+fn timeouts(s: &TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+}
+
+/// Connects through a SOCKS5 server with the crate's own pipelined client.
+fn socks_connect(
+    proxy: SocketAddr,
+    creds: Option<(&str, &str)>,
+    dest: &TargetAddr,
+) -> Result<TcpStream, ReplyCode> {
+    let mut s = TcpStream::connect(proxy).unwrap();
+    timeouts(&s);
+    let mut hello = Vec::new();
+    socks5::encode_client_hello_auth_request(creds, dest, &mut hello).unwrap();
+    s.write_all(&hello).unwrap();
+    let mut hs = ClientHandshake::new(creds.is_some());
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 512];
+        let n = s.read(&mut chunk).unwrap();
+        buf.extend_from_slice(&chunk[..n]);
+        match hs.advance(&buf) {
+            Ok(Progress::NeedMore) if n == 0 => panic!("proxy closed during handshake"),
+            Ok(Progress::NeedMore) => {}
+            Ok(Progress::Done(_, used)) => {
+                assert_eq!(
+                    used,
+                    buf.len(),
+                    "no early bytes expected from an echo server"
+                );
+                return Ok(s);
+            }
+            Err(e) => return Err(e.reply),
+        }
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// Sends `data`, shuts down writing, and reads everything back.
+fn echo_round_trip(mut s: TcpStream, data: &[u8]) -> Vec<u8> {
+    let mut w = s.try_clone().unwrap();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&data).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    writer.join().unwrap();
+    got
+}
+
+#[test]
+fn remote_role_relays_with_half_close() {
+    let (echo, _e) = echo_server();
+    let relay = remote_relay();
+    let proxy = relay.listener(ListenerKind::RemoteSocks5).unwrap();
+    let data = pattern(3 << 20);
+    let s = socks_connect(proxy, Some((USER, PASS)), &TargetAddr::Ip(echo)).unwrap();
+    assert_eq!(echo_round_trip(s, &data), data);
+    // By name, resolved by the relay.
+    let s = socks_connect(
+        proxy,
+        Some((USER, PASS)),
+        &TargetAddr::Domain("localhost".into(), echo.port()),
+    );
+    // "localhost" may resolve to ::1 first; the policy only allows 127.0.0.1,
+    // and the relay tries the allowed addresses only.
+    match s {
+        Ok(s) => assert_eq!(echo_round_trip(s, b"by name"), b"by name"),
+        Err(code) => assert_eq!(code, ReplyCode::NotAllowed),
+    }
+    let stats = relay.shutdown(Duration::from_secs(2));
+    assert!(
+        stats.bytes_up >= data.len() as u64 && stats.bytes_down >= data.len() as u64,
+        "{stats}"
+    );
+    assert_eq!(stats.active, 0, "{stats}");
+    assert_eq!(stats.splice_fallbacks, 0, "{stats}");
+}
+
+#[test]
+fn local_role_carries_socks5_and_http_through_remote() {
+    let (echo, _e) = echo_server();
+    let remote = remote_relay();
+    let local = local_relay(remote.listener(ListenerKind::RemoteSocks5).unwrap());
+
+    let data = pattern(1 << 20);
+    let s = socks_connect(
+        local.listener(ListenerKind::LocalSocks5).unwrap(),
+        None,
+        &TargetAddr::Ip(echo),
+    )
+    .unwrap();
+    assert_eq!(echo_round_trip(s, &data), data);
+
+    // HTTP CONNECT through the local relay.
+    let mut s = TcpStream::connect(local.listener(ListenerKind::Http).unwrap()).unwrap();
+    timeouts(&s);
+    write!(s, "CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n").unwrap();
+    let mut head = [0u8; 39];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head[..], b"HTTP/1.1 200 Connection established\r\n\r\n");
+    assert_eq!(echo_round_trip(s, b"tunnelled"), b"tunnelled");
+
+    // Absolute-URI request: forwarded in origin form (the echo shows it).
+    let s = TcpStream::connect(local.listener(ListenerKind::Http).unwrap()).unwrap();
+    timeouts(&s);
+    let req =
+        format!("GET http://{echo}/file?x=1 HTTP/1.1\r\nProxy-Connection: keep-alive\r\n\r\n");
+    let got = echo_round_trip(s, req.as_bytes());
+    let got = String::from_utf8(got).unwrap();
+    assert_eq!(
+        got,
+        format!("GET /file?x=1 HTTP/1.1\r\nHost: {echo}\r\nConnection: close\r\n\r\n")
+    );
+
+    let l = local.shutdown(Duration::from_secs(2));
+    let r = remote.shutdown(Duration::from_secs(2));
+    assert_eq!((l.relayed, r.relayed), (3, 3), "local: {l}\nremote: {r}");
+}
+
+#[test]
+fn refusals_get_the_right_answer_and_spare_other_connections() {
+    let (echo, _e) = echo_server();
+    let relay = remote_relay();
+    let proxy = relay.listener(ListenerKind::RemoteSocks5).unwrap();
+    // A connection in the data phase that must survive everything below.
+    let mut bystander = socks_connect(proxy, Some((USER, PASS)), &TargetAddr::Ip(echo)).unwrap();
+
+    let wrong = socks_connect(proxy, Some((USER, "wrong")), &TargetAddr::Ip(echo));
+    assert_eq!(wrong.unwrap_err(), ReplyCode::NotAllowed);
+    let no_auth = socks_connect(proxy, None, &TargetAddr::Ip(echo));
+    assert_eq!(no_auth.unwrap_err(), ReplyCode::NotAllowed);
+    for denied in [
+        "127.0.0.2:80",
+        "10.1.2.3:80",
+        "[::1]:80",
+        "[::ffff:127.0.0.9]:80",
+        "169.254.1.1:80",
+    ] {
+        let r = socks_connect(
+            proxy,
+            Some((USER, PASS)),
+            &TargetAddr::Ip(denied.parse().unwrap()),
+        );
+        assert_eq!(r.unwrap_err(), ReplyCode::NotAllowed, "{denied}");
+    }
+    // Refused connection: nothing listens there.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let r = socks_connect(proxy, Some((USER, PASS)), &TargetAddr::Ip(closed));
+    assert_eq!(r.unwrap_err(), ReplyCode::ConnectionRefused);
+
+    // Malformed requests: an unknown address type, a BIND, garbage.
+    let cases: [(&[u8], &[u8]); 3] = [
+        (
+            b"\x05\x01\x02\x01\x05alice\x06s3cret\x05\x01\x00\x09\x00\x00",
+            &[5, 2, 1, 0, 5, 8],
+        ),
+        (
+            b"\x05\x01\x02\x01\x05alice\x06s3cret\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50",
+            &[5, 2, 1, 0, 5, 7],
+        ),
+        (b"GET / HTTP/1.1\r\n\r\n", &[]),
+    ];
+    for (bytes, expect) in cases {
+        let mut s = TcpStream::connect(proxy).unwrap();
+        timeouts(&s);
+        s.write_all(bytes).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        assert!(got.starts_with(expect), "{bytes:?} -> {got:?}");
+    }
+    // A client that never finishes its greeting is cut at the handshake timeout.
+    let mut slow = TcpStream::connect(proxy).unwrap();
+    timeouts(&slow);
+    slow.write_all(&[5]).unwrap();
+
+    bystander.write_all(b"still here").unwrap();
+    let mut buf = [0u8; 10];
+    bystander.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here");
+
+    let mut got = Vec::new();
+    let _ = slow.read_to_end(&mut got);
+    let stats = relay.stats();
+    assert!(stats.error(ErrorKind::HandshakeTimeout) >= 1, "{stats}");
+    assert_eq!(stats.error(ErrorKind::Auth), 2, "{stats}");
+    assert_eq!(stats.error(ErrorKind::DestinationDenied), 5, "{stats}");
+    assert_eq!(stats.error(ErrorKind::Protocol), 3, "{stats}");
+    assert_eq!(stats.error(ErrorKind::Connect), 1, "{stats}");
+    drop(bystander);
+}
+
+#[test]
+fn http_listener_statuses() {
+    let remote = remote_relay();
+    let local = local_relay(remote.listener(ListenerKind::RemoteSocks5).unwrap());
+    let proxy = local.listener(ListenerKind::Http).unwrap();
+    let status = |req: &str| {
+        let mut s = TcpStream::connect(proxy).unwrap();
+        timeouts(&s);
+        s.write_all(req.as_bytes()).unwrap();
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        got.get(9..12).unwrap_or("").to_owned()
+    };
+    assert_eq!(status("GET /x HTTP/1.1\r\n\r\n"), "400");
+    assert_eq!(status("GET ftp://a.test/ HTTP/1.1\r\n\r\n"), "501");
+    // Denied by the remote's policy: the SOCKS refusal becomes 403.
+    assert_eq!(status("CONNECT 10.0.0.1:443 HTTP/1.1\r\n\r\n"), "403");
+    assert_eq!(
+        status("CONNECT no-such-host.invalid:443 HTTP/1.1\r\n\r\n"),
+        "502"
+    );
+}
+
+#[test]
+fn graceful_shutdown_drains_open_connections() {
+    let (echo, _e) = echo_server();
+    let relay = remote_relay();
+    let proxy = relay.listener(ListenerKind::RemoteSocks5).unwrap();
+    let mut s = socks_connect(proxy, Some((USER, PASS)), &TargetAddr::Ip(echo)).unwrap();
+    let closer = std::thread::spawn(move || relay.shutdown(Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(200));
+    // Not accepting any more...
+    assert!(TcpStream::connect(proxy).is_err());
+    // ...but the open connection still works until it ends.
+    s.write_all(b"drain").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"drain");
+    let stats = closer.join().unwrap();
+    assert_eq!((stats.active, stats.relayed), (0, 1), "{stats}");
+}
