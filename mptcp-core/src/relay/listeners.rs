@@ -7,33 +7,20 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
-/// `IPPROTO_MPTCP`.
-const IPPROTO_MPTCP: i32 = 262;
+use crate::socket::{self, Fallback};
 
-/// Errors of `socket(…, IPPROTO_MPTCP)` meaning "this kernel will not do
-/// MPTCP" (too old, not built, `net.mptcp.enabled=0`), where TCP is the
-/// fallback.
-fn mptcp_unavailable(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EINVAL) | Some(libc::EPROTONOSUPPORT) | Some(libc::ENOPROTOOPT)
-    )
-}
-
-/// A stream socket for `addr`'s family: MPTCP if `mptcp` and the kernel
-/// allows it, else TCP.
+/// A stream socket for `addr`'s family: MPTCP if `mptcp` (TCP when the
+/// kernel refuses MPTCP, with a warning), else TCP.
 fn stream_socket(addr: &SocketAddr, mptcp: bool) -> io::Result<Socket> {
     let domain = Domain::for_address(*addr);
-    if mptcp {
-        match Socket::new(domain, Type::STREAM, Some(Protocol::from(IPPROTO_MPTCP))) {
-            Ok(s) => return Ok(s),
-            Err(e) if mptcp_unavailable(&e) => {
-                tracing::warn!(error = %e, "MPTCP socket refused, using TCP (check sysctl net.mptcp.enabled)");
-            }
-            Err(e) => return Err(e),
-        }
+    if !mptcp {
+        return Socket::new(domain, Type::STREAM, Some(Protocol::TCP));
     }
-    Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+    let created = socket::new(domain, Fallback::Tcp)?;
+    if let Some(reason) = created.fallback {
+        tracing::warn!(%reason, "relay: MPTCP socket refused, using TCP");
+    }
+    Ok(created.socket)
 }
 
 /// A non-blocking listener on `addr`. `transparent` sets `IP_TRANSPARENT`

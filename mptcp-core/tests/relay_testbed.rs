@@ -1,0 +1,369 @@
+//! The relay engine in the test bed with real programs: LAN host → local
+//! relay (nftables REDIRECT) → two rate-limited WAN links (MPTCP) → remote
+//! relay → destination; curl with `--socks5-hostname`, proxychains4, and
+//! dante as the remote.
+#![cfg(feature = "relay")]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use mptcp_core::relay::{
+    Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig,
+};
+use mptcp_testbed::{Host, RelayPath};
+
+const USER: &str = "alice";
+const PASS: &str = "s3cret";
+const HTTP_PORT: u16 = 8000;
+const SOCKS_PORT: u16 = 1080;
+const REDIRECT_PORT: u16 = 12345;
+
+/// Kills and reaps a child process when dropped, also on panic.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("relay-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn file_bytes(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_u32;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn wait_for_port(host: &Host, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    host.run(|| {
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "nothing listens on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+}
+
+/// `python3 -m http.server` in `dest`, serving `dir`.
+fn http_server(rp: &RelayPath, dir: &Path) -> Guard {
+    let child = rp
+        .dest
+        .command("python3")
+        .args([
+            "-m",
+            "http.server",
+            &HTTP_PORT.to_string(),
+            "--bind",
+            &rp.dest_addr().to_string(),
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 (for http.server) must be installed");
+    let guard = Guard(child);
+    wait_for_port(&rp.dest, SocketAddr::new(rp.dest_addr().into(), HTTP_PORT));
+    guard
+}
+
+fn engine() -> EngineConfig {
+    EngineConfig {
+        workers: 2,
+        handshake_timeout_secs: 5,
+        ..EngineConfig::default()
+    }
+}
+
+fn start_remote(rp: &RelayPath) -> RelayHandle {
+    let listen = SocketAddr::new([0, 0, 0, 0].into(), SOCKS_PORT);
+    let config = Config::new()
+        .engine(engine())
+        .remote(RemoteConfig::new(listen).user(USER, PASS));
+    rp.remote.run(|| Relay::start(config)).unwrap()
+}
+
+/// A local relay with a REDIRECT listener, and the nftables rule sending
+/// the LAN's TCP to `port` into it.
+fn start_local(rp: &RelayPath, remote: SocketAddr, with_auth: bool, port: u16) -> RelayHandle {
+    let mut local = LocalConfig::new(remote.to_string())
+        .redirect(SocketAddr::new([0, 0, 0, 0].into(), REDIRECT_PORT));
+    if with_auth {
+        local = local.credentials(USER, PASS);
+    }
+    let handle = rp
+        .local
+        .run(|| Relay::start(Config::new().engine(engine()).local(local)))
+        .unwrap();
+    let rules = format!(
+        "table ip relaytest {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  \
+         iifname \"lan0\" tcp dport {port} redirect to :{REDIRECT_PORT}\n }}\n}}\n"
+    );
+    let mut nft = rp
+        .local
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(nft.wait().unwrap().success(), "nft rule");
+    handle
+}
+
+/// Downloads `url` with curl in `host` into `out`; returns Mbit/s.
+fn curl(host: &Host, extra: &[&str], url: &str, out: &Path) -> f64 {
+    let started = Instant::now();
+    let status = host
+        .command("curl")
+        .args(["-sS", "--fail", "--max-time", "30", "-o"])
+        .arg(out)
+        .args(extra)
+        .arg(url)
+        .status()
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert!(status.success(), "curl {extra:?} {url}: {status}");
+    std::fs::metadata(out).unwrap().len() as f64 * 8.0 / secs / 1e6
+}
+
+fn assert_same_file(got: &Path, want: &[u8]) {
+    let got = std::fs::read(got).unwrap();
+    assert!(
+        got.len() == want.len() && got == want,
+        "downloaded file differs ({} bytes)",
+        got.len()
+    );
+}
+
+#[test]
+fn lan_download_through_both_relays_uses_both_links() {
+    mptcp_testbed::require_privileges().unwrap();
+    let rp = mptcp_testbed::relay_path(2, Some(20)).unwrap();
+    let dir = TempDir::new("chain");
+    let content = file_bytes(6 << 20);
+    std::fs::write(dir.0.join("file"), &content).unwrap();
+    let _http = http_server(&rp, &dir.0);
+    let url = format!("http://{}:{HTTP_PORT}/file", rp.dest_addr());
+
+    // Baseline: plain routing over WAN link 0 (no relay yet).
+    let single = curl(&rp.lan, &[], &url, &dir.0.join("direct"));
+    assert_same_file(&dir.0.join("direct"), &content);
+
+    let remote = start_remote(&rp);
+    let local = start_local(
+        &rp,
+        SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT),
+        true,
+        HTTP_PORT,
+    );
+    let chained = curl(&rp.lan, &[], &url, &dir.0.join("chained"));
+    assert_same_file(&dir.0.join("chained"), &content);
+
+    // Half-close through the whole chain: the request ends with a shutdown
+    // of the client's write side (HTTP/1.0 style); the response still
+    // arrives in full.
+    let lan_addr = SocketAddr::new(rp.dest_addr().into(), HTTP_PORT);
+    let body = rp.lan.run(|| {
+        let mut s = TcpStream::connect(lan_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(b"GET /file HTTP/1.0\r\n\r\n").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let start = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head")
+        + 4;
+    assert!(body[start..] == content[..], "half-closed download differs");
+
+    let (l, r) = (local.stats(), remote.stats());
+    let ratio = chained / single;
+    eprintln!(
+        "single link {single:.1} Mbit/s, relay chain {chained:.1} Mbit/s ({ratio:.2}x)\nlocal: {l}\nremote: {r}"
+    );
+    assert!(
+        ratio >= 1.7,
+        "relay chain {chained:.1} Mbit/s is only {ratio:.2}x one link ({single:.1})"
+    );
+    assert_eq!((l.relayed, r.relayed), (2, 2), "local: {l}\nremote: {r}");
+    assert_eq!(l.splice_fallbacks + r.splice_fallbacks, 0);
+}
+
+#[test]
+fn curl_socks5_hostname_and_proxychains_to_remote() {
+    mptcp_testbed::require_privileges().unwrap();
+    let rp = mptcp_testbed::relay_path(1, None).unwrap();
+    let dir = TempDir::new("interop");
+    let content = file_bytes(1 << 20);
+    std::fs::write(dir.0.join("file"), &content).unwrap();
+    let _http = http_server(&rp, &dir.0);
+    let remote = start_remote(&rp);
+    let proxy = format!("{}:{SOCKS_PORT}", rp.remote_addr());
+    let url = format!("http://{}:{HTTP_PORT}/file", rp.dest_addr());
+
+    // curl, the name resolved by the relay: "localhost" names the remote's
+    // own loopback, which the destination policy denies (curl exit 97:
+    // proxy handshake failed).
+    let out = dir.0.join("curl");
+    let auth = format!("{USER}:{PASS}");
+    curl(
+        &rp.local,
+        &["--socks5-hostname", &proxy, "--proxy-user", &auth],
+        &url,
+        &out,
+    );
+    assert_same_file(&out, &content);
+    let denied = rp
+        .local
+        .command("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--socks5-hostname",
+            &proxy,
+            "--proxy-user",
+            &auth,
+        ])
+        .arg(format!("http://localhost:{SOCKS_PORT}/"))
+        .output()
+        .unwrap();
+    assert!(!denied.status.success());
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        stderr.contains("connection not allowed by ruleset") || stderr.contains("(2)"),
+        "{stderr}"
+    );
+    let wrong = rp
+        .local
+        .command("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--socks5-hostname",
+            &proxy,
+            "--proxy-user",
+            "alice:nope",
+        ])
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success(), "wrong password must fail");
+
+    // proxychains4 wrapping curl.
+    let conf = dir.0.join("proxychains.conf");
+    std::fs::write(
+        &conf,
+        format!("strict_chain\ntcp_read_time_out 15000\ntcp_connect_time_out 8000\n[ProxyList]\nsocks5 {} {SOCKS_PORT} {USER} {PASS}\n", rp.remote_addr()),
+    )
+    .unwrap();
+    let out = dir.0.join("proxychains");
+    let status = rp
+        .local
+        .command("proxychains4")
+        .arg("-q")
+        .arg("-f")
+        .arg(&conf)
+        .args(["curl", "-sS", "--fail", "--max-time", "20", "-o"])
+        .arg(&out)
+        .arg(&url)
+        .status()
+        .expect("proxychains4 must be installed");
+    assert!(status.success(), "proxychains4 curl: {status}");
+    assert_same_file(&out, &content);
+    let stats = remote.stats();
+    assert_eq!(stats.relayed, 2, "{stats}");
+}
+
+#[test]
+fn local_relay_with_dante_as_remote() {
+    mptcp_testbed::require_privileges().unwrap();
+    let rp = mptcp_testbed::relay_path(1, None).unwrap();
+    let dir = TempDir::new("dante");
+    let content = file_bytes(1 << 20);
+    std::fs::write(dir.0.join("file"), &content).unwrap();
+    let _http = http_server(&rp, &dir.0);
+
+    let conf = dir.0.join("danted.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "logoutput: stderr\ninternal: {} port = {SOCKS_PORT}\nexternal: 198.19.2.1\n\
+             socksmethod: none\nclientmethod: none\nuser.privileged: root\nuser.unprivileged: nobody\n\
+             client pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\n\
+             socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}\n",
+            rp.remote_addr()
+        ),
+    )
+    .unwrap();
+    let dante = rp
+        .remote
+        .command("/usr/sbin/danted")
+        .arg("-f")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir.0.join("danted.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dante-server (/usr/sbin/danted) must be installed");
+    let _dante = Guard(dante);
+    wait_for_port(
+        &rp.local,
+        SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT),
+    );
+
+    let local = start_local(
+        &rp,
+        SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT),
+        false,
+        HTTP_PORT,
+    );
+    let out = dir.0.join("via-dante");
+    curl(
+        &rp.lan,
+        &[],
+        &format!("http://{}:{HTTP_PORT}/file", rp.dest_addr()),
+        &out,
+    );
+    assert_same_file(&out, &content);
+    let stats = local.stats();
+    assert_eq!(stats.relayed, 1, "{stats}");
+}
