@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -70,11 +71,14 @@ pub fn connect(proto: Proto, addr: SocketAddr) -> io::Result<TcpStream> {
 /// running in the background for a given time.
 ///
 /// The server counts what it receives on [`Transfer::meter`] (sample it for
-/// live progress) and checks every byte against the pattern.
+/// live progress) and checks every byte against the pattern; the client's
+/// socket stays reachable through [`Transfer::client_socket`] (to inspect its
+/// subflows, for instance).
 #[derive(Debug)]
 pub struct Transfer {
     meter: Meter,
     port: u16,
+    client: TcpStream,
     sender: JoinHandle<io::Result<(u64, u64)>>,
     receiver: JoinHandle<io::Result<(u64, u64, Duration)>>,
 }
@@ -131,16 +135,21 @@ impl Transfer {
             })
         };
         let target = SocketAddr::V4(SocketAddrV4::new(server_addr, port));
-        let sender = client.spawn(move || {
-            let mut stream = connect(proto, target)?;
-            stream.set_write_timeout(Some(STALL_TIMEOUT))?;
+        // The socket belongs to the namespace it was made in; the thread
+        // that then writes to it may be anywhere.
+        let mut stream = client.run(|| connect(proto, target))?;
+        stream.set_write_timeout(Some(STALL_TIMEOUT))?;
+        let control = stream.try_clone()?;
+        let sender = thread::spawn(move || {
             let result = data::send_pattern_for(&mut stream, duration)?;
+            // Shut down explicitly: `control` keeps the socket open.
             stream.shutdown(Shutdown::Write)?;
             Ok(result)
         });
         Ok(Transfer {
             meter,
             port,
+            client: control,
             sender,
             receiver,
         })
@@ -149,6 +158,11 @@ impl Transfer {
     /// The meter of received bytes.
     pub fn meter(&self) -> &Meter {
         &self.meter
+    }
+
+    /// The client's socket (a duplicate descriptor of the one that sends).
+    pub fn client_socket(&self) -> BorrowedFd<'_> {
+        self.client.as_fd()
     }
 
     /// The server's port.
