@@ -284,31 +284,10 @@ impl EventListener {
                 return Ok(Some(event));
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if !self.wait_readable(left)? {
+            if !self.transport.wait_readable(left)? {
                 return Ok(None);
             }
             self.receive()?;
-        }
-    }
-
-    fn wait_readable(&self, timeout: Duration) -> Result<bool> {
-        let mut pollfd = libc::pollfd {
-            fd: self.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-        loop {
-            // SAFETY: `pollfd` is a valid, initialised array of one element
-            // that outlives the call.
-            let n = unsafe { libc::poll(&mut pollfd, 1, ms) };
-            if n >= 0 {
-                return Ok(n > 0);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(Error::io("cannot wait for path-manager events", e));
-            }
         }
     }
 

@@ -4,7 +4,7 @@
 //! crates; this file only does sequencing, multipart replies and turning
 //! NLMSG_ERROR (with its extended-ACK TLVs) into [`Error`].
 
-use std::fmt::Debug;
+use std::{fmt::Debug, os::fd::AsRawFd, time::Duration};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkDeserializable, NetlinkHeader,
@@ -117,6 +117,28 @@ impl Transport {
                     NetlinkPayload::Done(_) => return Ok(replies),
                     _ => {}
                 }
+            }
+        }
+    }
+
+    /// Waits at most `timeout` for a datagram to read; false on timeout.
+    pub(crate) fn wait_readable(&self, timeout: Duration) -> Result<bool> {
+        let mut pollfd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+        loop {
+            // SAFETY: `pollfd` is a valid, initialised array of one element
+            // that outlives the call.
+            let n = unsafe { libc::poll(&mut pollfd, 1, ms) };
+            if n >= 0 {
+                return Ok(n > 0);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::io("cannot wait on a netlink socket", e));
             }
         }
     }

@@ -1,1 +1,0 @@
-//! TODO: owned by a helper
