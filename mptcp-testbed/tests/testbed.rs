@@ -250,3 +250,53 @@ fn invalid_link_count_is_refused() {
     let err = two_links(9, None).unwrap_err();
     assert!(err.to_string().contains("1 to 8"), "{err}");
 }
+
+/// The namespace inode of a host, as `net:[N]` (how /proc shows it).
+fn netns_id(host: &Host) -> String {
+    let link = std::fs::read_link(host.netns_path()).unwrap();
+    link.to_string_lossy().into_owned()
+}
+
+/// Whether any task or open file of any process still refers to `id`.
+fn netns_in_use(id: &str) -> bool {
+    let refers = |path: std::path::PathBuf| {
+        std::fs::read_link(path).is_ok_and(|target| target.to_string_lossy() == id)
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|proc_dir| {
+            let tasks = std::fs::read_dir(proc_dir.path().join("task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|task| refers(task.path().join("ns/net")));
+            let fds = std::fs::read_dir(proc_dir.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| refers(fd.path()));
+            tasks || fds
+        })
+}
+
+#[test]
+fn namespaces_vanish_when_a_test_panics() {
+    privileges();
+    let (ids_tx, ids_rx) = std::sync::mpsc::channel();
+    let outcome = std::thread::spawn(move || {
+        let bed = two_links(2, Some(20)).unwrap();
+        ids_tx
+            .send([netns_id(&bed.client), netns_id(&bed.server)])
+            .unwrap();
+        bed.client
+            .run(|| panic!("a test fails inside the test bed"));
+    })
+    .join();
+    assert!(outcome.is_err(), "the closure's panic reaches the caller");
+    let ids = ids_rx.recv().unwrap();
+    assert_ne!(ids[0], ids[1]);
+    for id in ids {
+        assert!(!netns_in_use(&id), "{id} still in use after the panic");
+    }
+}
