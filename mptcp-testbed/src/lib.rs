@@ -12,6 +12,27 @@
 //! Needs `CAP_SYS_ADMIN` and `CAP_NET_ADMIN` in the current user namespace:
 //! root, or an unprivileged user namespace (see [`enter_user_namespace`]).
 //! `ip` and `tc` from iproute2 must be installed.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use mptcp_testbed::{Proto, Transfer, two_links};
+//!
+//! mptcp_testbed::require_privileges()?; // says what is missing, if anything
+//! let bed = two_links(2, Some(20))?; // client and server, 2 x 20 Mbit/s
+//! let transfer = Transfer::start(
+//!     &bed.client,
+//!     &bed.server,
+//!     bed.server_addr(),
+//!     Proto::Mptcp,
+//!     Duration::from_secs(3),
+//! )?;
+//! std::thread::sleep(Duration::from_secs(1));
+//! bed.links[1].down()?; // the transfer goes on over link 0
+//! let report = transfer.wait()?;
+//! assert!(report.intact());
+//! println!("{:.1} Mbit/s", report.mbit_per_s());
+//! # Ok::<(), std::io::Error>(())
+//! ```
 #![deny(missing_docs)]
 
 pub mod data;

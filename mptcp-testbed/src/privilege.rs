@@ -128,9 +128,18 @@ pub fn enter_user_namespace() -> io::Result<()> {
         return Err(missing_privilege_error(&e));
     }
     // An unprivileged process must deny setgroups before it may write gid_map.
-    fs::write("/proc/self/setgroups", "deny")?;
-    fs::write("/proc/self/uid_map", format!("0 {uid} 1"))?;
-    fs::write("/proc/self/gid_map", format!("0 {gid} 1"))?;
+    for (file, content) in [
+        ("/proc/self/setgroups", "deny".to_owned()),
+        ("/proc/self/uid_map", format!("0 {uid} 1")),
+        ("/proc/self/gid_map", format!("0 {gid} 1")),
+    ] {
+        fs::write(file, &content).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("entering a user namespace: writing {content:?} to {file}: {e}"),
+            )
+        })?;
+    }
     Ok(())
 }
 
