@@ -1,6 +1,142 @@
 //! `mptcp`: the command-line tool of the MPTCP toolkit.
+//!
+//! One subcommand per task, in the style of `ip` and `ss`: each module
+//! below holds a subcommand's arguments (clap derive) and its `run`.
 
-fn main() {
-    eprintln!("mptcp: not yet built");
-    std::process::exit(2);
+mod demo;
+mod failure;
+mod preload;
+mod probe;
+mod status;
+mod unit;
+
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
+
+use failure::{CmdResult, EXIT_CODES_HELP};
+
+/// Multipath TCP toolkit: run programs over MPTCP, inspect connections,
+/// manage paths, relay traffic.
+#[derive(Parser, Debug)]
+#[command(name = "mptcp", version, after_help = EXIT_CODES_HELP)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace); RUST_LOG overrides
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a program with its TCP sockets turned into MPTCP sockets
+    /// (LD_PRELOAD; GODEBUG=multipathtcp=1 for Go programs)
+    #[command(
+        after_help = "Example:\n  mptcp run -- curl -o /dev/null http://198.18.0.2/\n  \
+                            mptcp run --relay 203.0.113.5:1080 -- ssh host"
+    )]
+    Run(preload::RunArgs),
+    /// Run a systemd service over MPTCP (writes a drop-in; the unit file is not touched)
+    #[command(after_help = "Example:\n  mptcp enable nginx && systemctl restart nginx")]
+    Enable(unit::EnableArgs),
+    /// Remove the drop-in written by `mptcp enable`
+    Disable(unit::DisableArgs),
+    /// MPTCP connections on this host with their subflows and rates
+    #[command(
+        after_help = "Rates are byte-counter deltas between two samples taken --interval \
+                            apart (1 s).\n--counters prints one sample at once; --watch refreshes \
+                            until Ctrl-C."
+    )]
+    Status(status::StatusArgs),
+    /// What this kernel supports for MPTCP, and how to fix what is missing
+    Probe(probe::ProbeArgs),
+    /// The test-bed demo: aggregation and failover over rate-limited links in
+    /// network namespaces
+    Demo(DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = "Example:\n  mptcp completions bash > /etc/bash_completion.d/mptcp")]
+    Completions {
+        /// The shell
+        shell: Shell,
+    },
+}
+
+/// `mptcp demo`. The ranges are checked by `demo::Options::from_args`.
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Number of links between client and server, 2 to 8
+    #[arg(long, default_value_t = 2)]
+    links: u64,
+    /// Rate limit of each link, Mbit/s
+    #[arg(long, value_name = "MBIT", default_value_t = 20)]
+    rate: u64,
+    /// Length of each transfer, seconds
+    #[arg(long, value_name = "S", default_value_t = 4)]
+    seconds: u64,
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(verbose > 0)
+        .try_init();
+}
+
+fn dispatch(command: Command) -> CmdResult {
+    match command {
+        Command::Run(args) => preload::run(args),
+        Command::Enable(args) => unit::enable(args),
+        Command::Disable(args) => unit::disable(args),
+        Command::Status(args) => status::run(args),
+        Command::Probe(args) => probe::run(args),
+        Command::Demo(args) => {
+            let opts = demo::Options::from_args(&[
+                "--links".to_owned(),
+                args.links.to_string(),
+                "--rate".to_owned(),
+                args.rate.to_string(),
+                "--seconds".to_owned(),
+                args.seconds.to_string(),
+            ])
+            .map_err(failure::Failure::usage)?;
+            // demo::run must be called while the process has a single thread.
+            demo::run(&opts).map_err(|e| failure::Failure::io("mptcp demo", &e))
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "mptcp", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("mptcp: {failure}");
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -1,0 +1,278 @@
+//! `mptcp enable UNIT` / `mptcp disable UNIT`: a systemd drop-in that runs
+//! a service under the preload library. The vendor unit file is never
+//! touched: the drop-in adds `Environment=` lines, and `disable` removes it.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Args;
+
+use crate::failure::{CmdResult, Failure};
+use crate::preload::{PreloadArgs, add_godebug, prepend_preload};
+
+/// File name of our drop-in in `UNIT.d/`.
+const DROP_IN: &str = "50-mptcp.conf";
+
+/// Directories systemd reads units from, most specific first (relative to
+/// the root).
+const UNIT_DIRS: [&str; 4] = [
+    "etc/systemd/system",
+    "run/systemd/system",
+    "usr/lib/systemd/system",
+    "lib/systemd/system",
+];
+
+/// `mptcp enable`.
+#[derive(Args, Debug)]
+pub struct EnableArgs {
+    /// The systemd unit (`nginx` means `nginx.service`)
+    pub unit: String,
+    /// Operate on this root directory instead of / (like systemctl --root);
+    /// no daemon-reload then
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    #[command(flatten)]
+    pub preload: PreloadArgs,
+}
+
+/// `mptcp disable`.
+#[derive(Args, Debug)]
+pub struct DisableArgs {
+    /// The systemd unit (`nginx` means `nginx.service`)
+    pub unit: String,
+    /// Operate on this root directory instead of / (like systemctl --root)
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+}
+
+/// `nginx` -> `nginx.service`; refuses names that are not unit names.
+fn unit_name(unit: &str) -> Result<String, Failure> {
+    if unit.is_empty() || unit.contains('/') || unit.starts_with('.') {
+        return Err(Failure::usage(format!(
+            "{unit:?} is not a systemd unit name (like nginx or nginx.service)"
+        )));
+    }
+    Ok(if unit.contains('.') {
+        unit.to_owned()
+    } else {
+        format!("{unit}.service")
+    })
+}
+
+fn drop_in_path(root: &Path, unit: &str) -> PathBuf {
+    root.join(UNIT_DIRS[0])
+        .join(format!("{unit}.d"))
+        .join(DROP_IN)
+}
+
+/// Splits an `Environment=` value into its assignments (systemd quoting:
+/// double or single quotes group words; the quotes are removed).
+fn environment_assignments(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut quote = None;
+    let mut in_word = false;
+    for c in value.chars() {
+        match (quote, c) {
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (Some(q), c) if c == q => quote = None,
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            (_, c) => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        out.push(word);
+    }
+    out
+}
+
+/// The value of `var` that the unit's files (unit and other drop-ins) set,
+/// the last assignment winning as in systemd.
+fn unit_environment(root: &Path, unit: &str, var: &str) -> Option<String> {
+    let mut files = Vec::new();
+    if let Some(file) = UNIT_DIRS
+        .iter()
+        .map(|dir| root.join(dir).join(unit))
+        .find(|p| p.is_file())
+    {
+        files.push(file);
+    }
+    for dir in UNIT_DIRS.iter().rev() {
+        let Ok(entries) = fs::read_dir(root.join(dir).join(format!("{unit}.d"))) else {
+            continue;
+        };
+        let mut confs: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+            .filter(|p| p.file_name().is_none_or(|n| n != DROP_IN))
+            .collect();
+        confs.sort();
+        files.extend(confs);
+    }
+    let prefix = format!("{var}=");
+    let mut value = None;
+    for file in files {
+        let Ok(text) = fs::read_to_string(&file) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some(rest) = line.trim().strip_prefix("Environment=") else {
+                continue;
+            };
+            for assignment in environment_assignments(rest) {
+                if let Some(v) = assignment.strip_prefix(&prefix) {
+                    value = Some(v.to_owned());
+                }
+            }
+        }
+    }
+    value
+}
+
+/// Quotes one `VAR=value` for an `Environment=` line.
+fn quoted(key: &str, value: &str) -> String {
+    let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("Environment=\"{key}={escaped}\"\n")
+}
+
+fn unit_exists(root: &Path, unit: &str) -> bool {
+    UNIT_DIRS
+        .iter()
+        .any(|dir| root.join(dir).join(unit).exists())
+}
+
+/// Reloads systemd when operating on the live system and systemd runs;
+/// otherwise says why it did not.
+fn daemon_reload(root: &Path) {
+    if root != Path::new("/") {
+        return;
+    }
+    if !Path::new("/run/systemd/system").is_dir() {
+        eprintln!("note: systemd is not running here; no daemon-reload done");
+        return;
+    }
+    match Command::new("systemctl").arg("daemon-reload").status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => eprintln!("warning: systemctl daemon-reload failed ({status})"),
+        Err(e) => eprintln!("warning: could not run systemctl daemon-reload: {e}"),
+    }
+}
+
+/// `mptcp enable`.
+pub fn enable(args: EnableArgs) -> CmdResult {
+    let unit = unit_name(&args.unit)?;
+    let lib = args.preload.library()?;
+    let env = args.preload.library_env()?;
+    let path = drop_in_path(&args.root, &unit);
+    let mut text = format!(
+        "# Written by `mptcp enable {unit}`: runs the service over Multipath TCP.\n\
+         # Remove with `mptcp disable {unit}`. The unit file itself is unchanged.\n\
+         [Service]\n"
+    );
+    let existing_preload = unit_environment(&args.root, &unit, "LD_PRELOAD");
+    text.push_str(&quoted(
+        "LD_PRELOAD",
+        &prepend_preload(&lib, existing_preload.as_deref()),
+    ));
+    if !args.preload.no_go {
+        let existing = unit_environment(&args.root, &unit, "GODEBUG");
+        text.push_str(&quoted("GODEBUG", &add_godebug(existing.as_deref())));
+    }
+    let has_secret = env.iter().any(|(k, _)| *k == "MPTCP_PRELOAD_PASSWORD");
+    for (key, value) in &env {
+        text.push_str(&quoted(key, value));
+    }
+    let write = || -> io::Result<()> {
+        let dir = path.parent().expect("drop-in path has a directory");
+        fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".{DROP_IN}.tmp"));
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mode = if has_secret { 0o600 } else { 0o644 };
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&tmp)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+        }
+        fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| Failure::io(format!("writing {}", path.display()), &e))?;
+    println!("wrote {}", path.display());
+    if !unit_exists(&args.root, &unit) {
+        eprintln!(
+            "note: no unit file for {unit} was found; the drop-in applies once it is installed"
+        );
+    }
+    daemon_reload(&args.root);
+    if args.root == Path::new("/") {
+        println!("restart the service to apply it: systemctl restart {unit}");
+    }
+    Ok(())
+}
+
+/// `mptcp disable`.
+pub fn disable(args: DisableArgs) -> CmdResult {
+    let unit = unit_name(&args.unit)?;
+    let path = drop_in_path(&args.root, &unit);
+    match fs::remove_file(&path) {
+        Ok(()) => println!("removed {}", path.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            println!("{unit} is not enabled (no {})", path.display());
+            return Ok(());
+        }
+        Err(e) => return Err(Failure::io(format!("removing {}", path.display()), &e)),
+    }
+    // The directory goes too when it was only ours.
+    if let Some(dir) = path.parent() {
+        let _ = fs::remove_dir(dir);
+    }
+    daemon_reload(&args.root);
+    if args.root == Path::new("/") {
+        println!("restart the service to apply it: systemctl restart {unit}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_names() {
+        assert_eq!(unit_name("nginx").unwrap(), "nginx.service");
+        assert_eq!(
+            unit_name("getty@tty1.service").unwrap(),
+            "getty@tty1.service"
+        );
+        assert!(unit_name("../etc/passwd").is_err());
+        assert!(unit_name("").is_err());
+    }
+
+    #[test]
+    fn environment_quoting() {
+        assert_eq!(
+            environment_assignments(r#"A=1 "B=two words" 'C=x'"#),
+            ["A=1", "B=two words", "C=x"]
+        );
+        assert_eq!(quoted("K", r#"a"b"#), "Environment=\"K=a\\\"b\"\n");
+    }
+}
