@@ -23,9 +23,16 @@
 //! ```
 //!
 //! Code that already builds its sockets with socket2 or std opts in by
-//! creating them here ([`new`], [`connect`], [`bind_listener`]); everything
-//! else (options, non-blocking mode, conversion into std or mio types) stays
-//! the same.
+//! creating them here; everything else (options, non-blocking mode,
+//! conversion into std or mio types) stays the same:
+//!
+//! | plain TCP | MPTCP, falling back to TCP |
+//! |---|---|
+//! | `TcpStream::connect(addr)` | [`connect`]`(addr, Fallback::Tcp)` |
+//! | `TcpListener::bind(addr)` | [`bind_listener`]`(addr, Fallback::Tcp)` |
+//! | `Socket::new(domain, Type::STREAM, None)` | [`new`]`(domain, Fallback::Tcp)?.socket` |
+//!
+//! The inspection methods ([`MptcpExt`]) work on all of these.
 
 use std::fmt;
 use std::io;
