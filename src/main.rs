@@ -4,7 +4,9 @@
 //! below holds a subcommand's arguments (clap derive) and its `run`.
 
 mod demo;
+mod endpoint;
 mod failure;
+mod monitor;
 mod preload;
 mod probe;
 mod status;
@@ -52,6 +54,13 @@ enum Command {
     Status(status::StatusArgs),
     /// What this kernel supports for MPTCP, and how to fix what is missing
     Probe(probe::ProbeArgs),
+    /// Path-manager endpoints: the local addresses MPTCP may use (like `ip mptcp endpoint`)
+    #[command(subcommand)]
+    Endpoint(endpoint::EndpointCommand),
+    /// Show or set the path-manager limits (like `ip mptcp limits`)
+    Limits(endpoint::LimitsArgs),
+    /// Print path-manager events: connections and subflows opening and closing
+    Monitor(monitor::MonitorArgs),
     /// The test-bed demo: aggregation and failover over rate-limited links in
     /// network namespaces
     Demo(DemoArgs),
@@ -99,6 +108,9 @@ fn dispatch(command: Command) -> CmdResult {
         Command::Disable(args) => unit::disable(args),
         Command::Status(args) => status::run(args),
         Command::Probe(args) => probe::run(args),
+        Command::Endpoint(command) => endpoint::endpoint(command),
+        Command::Limits(args) => endpoint::limits(args),
+        Command::Monitor(args) => monitor::run(args),
         Command::Demo(args) => {
             let opts = demo::Options::from_args(&[
                 "--links".to_owned(),
