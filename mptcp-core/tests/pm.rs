@@ -489,3 +489,29 @@ fn userspace_commands_on_an_unknown_token_say_so() {
         "{text}"
     );
 }
+
+#[test]
+fn laminar_endpoints_on_kernels_that_know_them() {
+    let host = host_with_dummy();
+    let listed = host.run(|| {
+        let mut pm = PathManager::open().unwrap();
+        let laminar = Endpoint::new(addr("198.18.5.1"), EndpointFlags::LAMINAR);
+        match pm.add_endpoint(&laminar) {
+            Ok(()) => Some(pm.endpoints().unwrap()),
+            // Kernels before 6.18 refuse the unknown flag; the error says which request.
+            Err(e) => {
+                assert!(
+                    e.to_string()
+                        .starts_with("add endpoint 198.18.5.1 laminar: "),
+                    "{e}"
+                );
+                None
+            }
+        }
+    });
+    if let Some(listed) = listed {
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].flags, EndpointFlags::LAMINAR);
+        assert_eq!(listed[0].to_string(), "198.18.5.1 id 1 laminar");
+    }
+}

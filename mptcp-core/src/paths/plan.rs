@@ -432,7 +432,7 @@ pub fn plan(config: &Config, now: &Snapshot, owned: &Owned, shutdown: bool) -> V
                         iface,
                         addr,
                         prefix_len,
-                        table: config.table_base + iface.index,
+                        table: config.table_base.saturating_add(iface.index),
                     })
             })
             .collect()
