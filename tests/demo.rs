@@ -1,16 +1,13 @@
 //! `mptcp demo` end to end: the built binary, as root and as an unprivileged
 //! user (which makes it enter a user namespace by itself).
 
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Command, Output};
 
-const NOBODY: u32 = 65534;
+const DEMO_ARGS: [&str; 3] = ["demo", "--seconds", "2"];
 
 fn demo_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mptcp"));
-    cmd.args(["demo", "--seconds", "2"]).current_dir("/");
+    cmd.args(DEMO_ARGS).current_dir("/");
     cmd
 }
 
@@ -60,42 +57,13 @@ fn demo_shows_aggregation_and_failover() {
     assert!(ratio > 1.4, "ratio {ratio}");
 }
 
-/// Whether `nobody` can run the program at `path`.
-fn runnable_by_others(path: &Path) -> bool {
-    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode());
-    path.ancestors()
-        .skip(1)
-        .all(|dir| mode(dir).is_ok_and(|m| m & 0o001 != 0))
-        && mode(path).is_ok_and(|m| m & 0o005 == 0o005)
-}
-
 #[test]
 fn demo_runs_without_root_in_a_user_namespace() {
-    let mut cmd = demo_command();
-    // SAFETY: geteuid has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        let exe = Path::new(env!("CARGO_BIN_EXE_mptcp"));
-        assert!(
-            runnable_by_others(exe),
-            "{} is not readable by others, so this test cannot run it as nobody: \
-             build in a directory that others can read",
-            exe.display()
-        );
-        // SAFETY: runs in the forked child before exec and only makes
-        // async-signal-safe syscalls, allocating nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setgroups(0, std::ptr::null())
-                    | libc::setgid(NOBODY)
-                    | libc::setuid(NOBODY)
-                    != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
+    let copy =
+        mptcp_testbed::UnprivilegedCopy::new(std::path::Path::new(env!("CARGO_BIN_EXE_mptcp")))
+            .expect("copying mptcp for nobody");
+    let mut cmd = copy.command(&[]);
+    cmd.args(DEMO_ARGS);
     let out = cmd.output().expect("running mptcp demo");
     check_demo_output(&out);
 }

@@ -45,6 +45,8 @@ pub mod transfer;
 pub use data::Meter;
 pub use host::Host;
 pub use link::{Link, Side};
-pub use privilege::{enter_user_namespace, in_initial_user_namespace, require_privileges};
+pub use privilege::{
+    NOBODY, UnprivilegedCopy, enter_user_namespace, in_initial_user_namespace, require_privileges,
+};
 pub use topology::{RelayPath, TwoLinks, relay_path, two_links};
 pub use transfer::{Proto, Transfer, TransferReport};

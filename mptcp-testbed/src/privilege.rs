@@ -154,3 +154,90 @@ pub fn in_initial_user_namespace() -> io::Result<bool> {
         && fields.next() == Some("4294967295")
         && fields.next().is_none())
 }
+
+/// The uid and gid of `nobody`, whom tests run as to prove they need no root.
+pub const NOBODY: u32 = 65534;
+
+/// A program copied where any user may run it, with a command that runs the
+/// copy as [`NOBODY`] (when the caller is root; otherwise as the caller).
+///
+/// Tests use it to run a binary without privileges: the build directory may
+/// sit where `nobody` cannot reach it (a checkout under `/root`), so the
+/// program is copied into a fresh world-readable directory under the system
+/// temporary directory. The copy is removed when this value is dropped.
+#[derive(Debug)]
+pub struct UnprivilegedCopy {
+    dir: std::path::PathBuf,
+    program: std::path::PathBuf,
+}
+
+impl UnprivilegedCopy {
+    /// Copies the executable at `program` into a new directory that others
+    /// can search, as a file others can read and execute.
+    pub fn new(program: &std::path::Path) -> io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = program
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+        let dir = std::env::temp_dir().join(format!(
+            "mptcp-testbed-nobody-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir)?;
+        let copy = Self {
+            program: dir.join(name),
+            dir,
+        };
+        fs::set_permissions(&copy.dir, fs::Permissions::from_mode(0o755))?;
+        fs::copy(program, &copy.program)?;
+        fs::set_permissions(&copy.program, fs::Permissions::from_mode(0o755))?;
+        Ok(copy)
+    }
+
+    /// The path of the copy.
+    pub fn path(&self) -> &std::path::Path {
+        &self.program
+    }
+
+    /// A command that runs `wrapper` (for example `unshare` and its
+    /// arguments) followed by the copy, or the copy itself when `wrapper` is
+    /// empty; as [`NOBODY`] when the caller is root. The working directory
+    /// is `/`, which everybody may enter.
+    pub fn command(&self, wrapper: &[&str]) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.program);
+                cmd
+            }
+            None => Command::new(&self.program),
+        };
+        cmd.current_dir("/");
+        // SAFETY: geteuid has no arguments and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            // SAFETY: runs in the forked child before exec and makes only
+            // async-signal-safe syscalls, allocating nothing.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(NOBODY) != 0
+                        || libc::setuid(NOBODY) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd
+    }
+}
+
+impl Drop for UnprivilegedCopy {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

@@ -7,72 +7,31 @@
 //! `nobody` user (65534) so the inner test truly has no privilege in the
 //! machine's namespaces.
 
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
-use mptcp_testbed::{Proto, Transfer, in_initial_user_namespace, relay_path, two_links};
-
-const NOBODY: u32 = 65534;
-
-/// Whether `nobody` can run the program at `path` (every directory above it
-/// searchable by others, the file readable and executable by others).
-fn runnable_by_others(path: &Path) -> bool {
-    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode());
-    let dirs_ok = path
-        .ancestors()
-        .skip(1)
-        .all(|dir| mode(dir).is_ok_and(|m| m & 0o001 != 0));
-    dirs_ok && mode(path).is_ok_and(|m| m & 0o005 == 0o005)
-}
+use mptcp_testbed::{
+    Proto, Transfer, UnprivilegedCopy, in_initial_user_namespace, relay_path, two_links,
+};
 
 /// Runs the inner test `name` of this binary, with `wrapper` (e.g. `unshare`
-/// and its arguments) in front, as `nobody` when we are root and can.
-/// Returns the output and whether privileges were dropped.
-fn run_inner(wrapper: &[&str], name: &str) -> (Output, bool) {
+/// and its arguments) in front, from a copy that `nobody` may run, as
+/// `nobody` when we are root.
+fn run_inner(wrapper: &[&str], name: &str) -> Output {
     let exe = std::env::current_exe().expect("path of the test binary");
-    let (program, args) = match wrapper.split_first() {
-        Some((program, args)) => (*program, args),
-        None => (exe.to_str().expect("UTF-8 path"), &[][..]),
-    };
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    if !wrapper.is_empty() {
-        cmd.arg(&exe);
-    }
-    cmd.args([
-        name,
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .current_dir("/");
-    // SAFETY: geteuid has no arguments and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    let drop_to_nobody = root && runnable_by_others(&exe);
-    if drop_to_nobody {
-        // SAFETY: runs in the forked child before exec and only makes
-        // async-signal-safe syscalls, allocating nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setgroups(0, std::ptr::null())
-                    | libc::setgid(NOBODY)
-                    | libc::setuid(NOBODY)
-                    != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    let out = cmd.output().unwrap_or_else(|e| {
-        panic!("running {program} (is util-linux installed for `unshare`?): {e}")
-    });
-    (out, drop_to_nobody)
+    let copy = UnprivilegedCopy::new(&exe).expect("copying the test binary for nobody");
+    copy.command(wrapper)
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running {wrapper:?} {name} (is util-linux installed for `unshare`?): {e}")
+        })
 }
 
 fn assert_inner_passed(out: &Output, name: &str) {
@@ -89,16 +48,8 @@ fn assert_inner_passed(out: &Output, name: &str) {
 #[test]
 fn test_bed_works_in_an_unprivileged_user_namespace() {
     let name = "inner_two_links_and_relay_path_in_user_namespace";
-    let (out, dropped) = run_inner(&["unshare", "--user", "--map-root-user", "--net"], name);
+    let out = run_inner(&["unshare", "--user", "--map-root-user", "--net"], name);
     assert_inner_passed(&out, name);
-    println!(
-        "ran as uid {}",
-        if dropped {
-            "65534 (nobody)"
-        } else {
-            "of the caller"
-        }
-    );
 }
 
 #[test]
@@ -143,18 +94,8 @@ fn inner_two_links_and_relay_path_in_user_namespace() {
 
 #[test]
 fn without_any_privilege_the_error_says_what_is_missing() {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    let exe = std::env::current_exe().unwrap();
-    if root && !runnable_by_others(&exe) {
-        panic!(
-            "{} is not readable by others, so this test cannot drop to nobody: \
-             build in a directory that others can read",
-            exe.display()
-        );
-    }
     let name = "inner_require_privileges_explains";
-    let (out, _) = run_inner(&[], name);
+    let out = run_inner(&[], name);
     assert_inner_passed(&out, name);
 }
 
