@@ -7,8 +7,10 @@ mod demo;
 mod endpoint;
 mod failure;
 mod monitor;
+mod paths;
 mod preload;
 mod probe;
+mod relay;
 mod status;
 mod unit;
 
@@ -61,6 +63,12 @@ enum Command {
     Limits(endpoint::LimitsArgs),
     /// Print path-manager events: connections and subflows opening and closing
     Monitor(monitor::MonitorArgs),
+    /// Relay plain TCP over MPTCP: `local` on the LAN's router, `remote` on a server
+    #[command(subcommand)]
+    Relay(relay::RelayCommand),
+    /// Automatic paths: endpoints and source routing that follow the interfaces
+    #[command(subcommand)]
+    Paths(paths::PathsCommand),
     /// The test-bed demo: aggregation and failover over rate-limited links in
     /// network namespaces
     Demo(DemoArgs),
@@ -111,6 +119,8 @@ fn dispatch(command: Command) -> CmdResult {
         Command::Endpoint(command) => endpoint::endpoint(command),
         Command::Limits(args) => endpoint::limits(args),
         Command::Monitor(args) => monitor::run(args),
+        Command::Relay(command) => relay::run(command),
+        Command::Paths(command) => paths::run(command),
         Command::Demo(args) => {
             let opts = demo::Options::from_args(&[
                 "--links".to_owned(),
