@@ -99,6 +99,15 @@ fn human(value: f64, unit: &str) -> String {
     }
 }
 
+/// `850us`, `12.3ms`.
+fn rtt(us: u32) -> String {
+    if us < 1000 {
+        format!("{us}us")
+    } else {
+        format!("{:.1}ms", f64::from(us) / 1000.0)
+    }
+}
+
 fn subflow_flags(sf: &Subflow) -> String {
     let mut flags = Vec::new();
     if sf.backup_local || sf.backup_remote {
@@ -115,8 +124,10 @@ fn print_table(
     conns: &[Connection],
     rates: Option<&HashMap<(SocketAddr, SocketAddr), Rate>>,
 ) -> std::io::Result<()> {
-    if conns.is_empty() {
-        return writeln!(out, "no MPTCP connections");
+    match conns.len() {
+        0 => return writeln!(out, "no MPTCP connections"),
+        1 => writeln!(out, "1 MPTCP connection")?,
+        n => writeln!(out, "{n} MPTCP connections")?,
     }
     for conn in conns {
         let total = rates.map(|r| {
@@ -160,13 +171,13 @@ fn print_table(
         for sf in &conn.subflows {
             write!(
                 out,
-                "  subflow {} -> {}  id {}/{}  {}  rtt {:.1}ms  cwnd {}  retrans {}",
+                "  subflow {} -> {}  id {}/{}  {}  rtt {}  cwnd {}  retrans {}",
                 sf.local,
                 sf.remote,
                 sf.local_id,
                 sf.remote_id,
                 diag::state_name(sf.state),
-                f64::from(sf.rtt_us) / 1000.0,
+                rtt(sf.rtt_us),
                 sf.cwnd,
                 sf.total_retrans
             )?;
@@ -295,5 +306,7 @@ mod tests {
         assert_eq!(human(0.0, "B"), "0 B");
         assert_eq!(human(999.0, "B"), "999 B");
         assert_eq!(human(1_500_000.0, "bit/s"), "1.5 Mbit/s");
+        assert_eq!(rtt(850), "850us");
+        assert_eq!(rtt(12_345), "12.3ms");
     }
 }

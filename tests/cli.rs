@@ -575,3 +575,28 @@ fn enable_writes_a_drop_in_and_disable_removes_it() {
     expect_code(&mut mptcp(&["disable", "web", "--root", root_s]), 0);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+// ---------------------------------------------------------------- contrib
+
+/// The systemd units in contrib/ call subcommands and flags that exist.
+#[test]
+fn contrib_units_use_existing_commands() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let unit = std::fs::read_to_string(&path).unwrap();
+        for line in unit.lines() {
+            let Some(exec) = line.strip_prefix("ExecStart=") else {
+                continue;
+            };
+            let mut words = exec.split_whitespace();
+            assert!(words.next().unwrap().ends_with("/mptcp"), "{line}");
+            let mut args: Vec<&str> = words.collect();
+            args.push("--help");
+            expect_code(&mut mptcp(&args), 0);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 3, "three units in {}", dir.display());
+}
