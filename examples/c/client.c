@@ -1,9 +1,14 @@
 /*
  * An MPTCP client: connects with libmptcp (falling back to TCP when the
- * kernel refuses MPTCP), waits for the path manager's extra subflows, sends
- * a pattern, checks the echo, and prints the connection and its subflows.
+ * kernel refuses MPTCP), sends a first part of a pattern, waits for the
+ * path manager's extra subflows (they open once the connection is fully
+ * established, which takes a first data exchange), prints the connection
+ * and its subflows, sends the rest, and checks the echo.
  *
  *   client HOST:PORT [SUBFLOWS [BYTES]]
+ *
+ * The echo is read after everything is sent: keep BYTES within the socket
+ * buffers (a few hundred kB).
  *
  * Output: "client: mptcp=yes subflows=2 ..." then "client: echo ok BYTES".
  */
@@ -19,6 +24,18 @@ static unsigned char pattern_byte(size_t i)
     return (unsigned char)(i * 31 + (i >> 8));
 }
 
+static void write_all(int fd, const unsigned char *data, size_t len)
+{
+    for (size_t sent = 0; sent < len;) {
+        ssize_t n = write(fd, data + sent, len - sent);
+        if (n < 0) {
+            perror("write");
+            exit(1);
+        }
+        sent += (size_t)n;
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -29,9 +46,6 @@ int main(int argc, char **argv)
     size_t total = argc > 3 ? strtoul(argv[3], NULL, 10) : 100000;
 
     int fd = check(mptcp_connect(argv[1], MPTCP_FALLBACK_TCP), "mptcp_connect");
-    if (mptcp_is_mptcp(fd) == 1)
-        wait_for_subflows(fd, want_subflows, 3000);
-    print_connection("client", fd);
 
     unsigned char *out = malloc(total ? total : 1);
     unsigned char *in = malloc(total ? total : 1);
@@ -41,14 +55,12 @@ int main(int argc, char **argv)
     }
     for (size_t i = 0; i < total; i++)
         out[i] = pattern_byte(i);
-    for (size_t sent = 0; sent < total;) {
-        ssize_t n = write(fd, out + sent, total - sent);
-        if (n < 0) {
-            perror("write");
-            return 1;
-        }
-        sent += (size_t)n;
-    }
+    size_t first = total < 16384 ? total : 16384;
+    write_all(fd, out, first);
+    if (mptcp_is_mptcp(fd) == 1)
+        wait_for_subflows(fd, want_subflows, 3000);
+    print_connection("client", fd);
+    write_all(fd, out + first, total - first);
     shutdown(fd, SHUT_WR);
     size_t received = 0;
     for (;;) {
