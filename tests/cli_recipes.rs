@@ -1,0 +1,401 @@
+//! The README's recipes, run for real: every command line below is a string
+//! that appears verbatim in the README, run by `sh -c` inside a test-bed
+//! host with the built `mptcp` first in PATH. Also the long-running
+//! commands (`relay`, `paths auto`) stopped with signals.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use mptcp_testbed::Host;
+use mptcp_testbed::data::{receive_and_check, send_pattern};
+
+const MPTCP: &str = env!("CARGO_BIN_EXE_mptcp");
+
+/// A running `mptcp` daemon whose stderr lines arrive on a channel.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Daemon {
+    fn start(mut cmd: Command) -> Daemon {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Daemon {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits (at most 10 s) for an output line containing `needle`.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {needle:?}; output so far:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (at most 15 s) for the process to end by itself; its exit code.
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running:\n{}",
+                self.log.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then the exit code (within 15 s).
+    fn stop(mut self) -> (i32, Vec<String>) {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.log.extend(self.lines.try_iter());
+                std::thread::sleep(Duration::from_millis(50));
+                self.log.extend(self.lines.try_iter());
+                return (status.code().unwrap_or(-1), std::mem::take(&mut self.log));
+            }
+            assert!(Instant::now() < deadline, "did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mptcp_in(host: &Host, args: &[&str]) -> Command {
+    let mut cmd = host.command(MPTCP);
+    cmd.args(args);
+    cmd
+}
+
+/// `sh -c LINE` inside `host`, with the built `mptcp` (and the preload
+/// library beside it) first in PATH.
+fn sh(host: &Host, line: &str) -> Command {
+    let bin_dir = std::path::Path::new(MPTCP).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = host.command("sh");
+    cmd.args(["-c", line]).env("PATH", path);
+    cmd
+}
+
+/// Runs a README line to completion; returns its stdout, panics on failure.
+fn run_line(host: &Host, line: &str) -> String {
+    let out = sh(host, line).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{line}` failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts a README line that keeps running (`exec env`, so that signals
+/// reach it and variable assignments in front of it work).
+fn start_line(host: &Host, line: &str) -> Daemon {
+    Daemon::start(sh(host, &format!("exec env {line}")))
+}
+
+/// Waits (at most 5 s) until something listens on TCP `port` in `host`.
+fn wait_listening(host: &Host, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let needle = format!(":{port} ");
+    while !host.exec("ss", &["-Hltn"]).unwrap().contains(&needle) {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The README recipe "Two links, one connection": endpoints and limits on
+/// the client, one program over MPTCP, and its subflows in `mptcp status`.
+#[test]
+fn recipe_two_links_one_program() {
+    mptcp_testbed::require_privileges().unwrap();
+    let bed = mptcp_testbed::two_links(2, Some(20)).unwrap();
+    // Client side: which kernel features are there, then the paths.
+    run_line(&bed.client, "mptcp probe");
+    run_line(&bed.client, "mptcp endpoint flush");
+    run_line(
+        &bed.client,
+        "mptcp limits set subflows 2 add_addr_accepted 2",
+    );
+    run_line(
+        &bed.client,
+        "mptcp endpoint add 198.18.1.1 dev eth1 subflow",
+    );
+    let list = run_line(&bed.client, "mptcp endpoint list");
+    assert_eq!(list.trim(), "198.18.1.1 id 1 subflow dev eth1");
+
+    // Server side: any TCP server, under MPTCP too; iperf3 here.
+    let mut server = start_line(&bed.server, "mptcp run -- iperf3 -s -1");
+    wait_listening(&bed.server, 5201);
+    // Client side: the unmodified program over MPTCP.
+    let mut client = start_line(&bed.client, "mptcp run -- iperf3 -c 198.18.0.2 -t 3");
+    // Once the data connection has its second subflow (iperf3's output is
+    // buffered in a pipe, so it cannot tell when it started)...
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !bed
+        .client
+        .run(mptcp_core::diag::connections)
+        .unwrap()
+        .iter()
+        .any(|c| c.subflows.len() == 2)
+    {
+        assert!(Instant::now() < deadline, "no connection with 2 subflows");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ...the README's view of it, with rates.
+    let status = run_line(&bed.client, "mptcp status");
+    client.wait_for("sender");
+    assert!(
+        status.contains("-> 198.18.0.2:5201"),
+        "{status}\n{}",
+        client.log.join("\n")
+    );
+    assert!(status.contains("subflows 2"), "{status}");
+    assert!(status.contains("subflow 198.18.1.1:"), "{status}");
+    assert!(status.contains("Mbit/s"), "{status}");
+    assert_eq!(client.wait_exit(), 0, "{}", client.log.join("\n"));
+    assert_eq!(server.wait_exit(), 0);
+}
+
+/// The README recipe "A LAN over two links through a rented server": the
+/// remote relay on the server, the local relay on the router, the LAN's TCP
+/// redirected into it by nftables, and one program on the router sent
+/// through the relay by `mptcp run --relay`.
+#[test]
+fn recipe_relay_for_a_lan_over_two_links() {
+    mptcp_testbed::require_privileges().unwrap();
+    let rp = mptcp_testbed::relay_path(2, Some(20)).unwrap();
+
+    // The destination, somewhere on the internet: sends 8 MB of the test
+    // pattern to each client on port 8000; a web server on port 8080.
+    let dest_addr = SocketAddr::new(rp.dest_addr().into(), 8000);
+    let listener = rp.dest.run(|| TcpListener::bind(dest_addr).unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        send_pattern(&mut conn, 8 << 20).unwrap()
+    });
+    let _web = start_line(&rp.dest, "python3 -m http.server 8080 --bind 198.19.2.2");
+    wait_listening(&rp.dest, 8080);
+
+    // On the rented server (198.18.0.2).
+    let mut remote = start_line(
+        &rp.remote,
+        "RELAY_PASSWORD='correct horse' mptcp relay remote --listen 198.18.0.2:1080 \
+         --user alice --password-env RELAY_PASSWORD",
+    );
+    remote.wait_for("listening");
+
+    // On the router: the local relay and the redirect of the LAN's TCP.
+    let mut local = start_line(
+        &rp.local,
+        "RELAY_PASSWORD='correct horse' mptcp relay local --remote 198.18.0.2:1080 \
+         --user alice --password-env RELAY_PASSWORD --redirect 0.0.0.0:12345",
+    );
+    local.wait_for("listening");
+    run_line(
+        &rp.local,
+        "nft -f - <<'EOF'
+table ip mptcp_relay {
+    chain prerouting {
+        type nat hook prerouting priority dstnat;
+        iifname \"lan0\" meta l4proto tcp redirect to :12345
+    }
+}
+EOF",
+    );
+
+    // A plain TCP client on the LAN, unaware of any relay.
+    let client = rp.lan.spawn(move || {
+        let mut conn = TcpStream::connect(dest_addr).unwrap();
+        receive_and_check(&mut conn).unwrap()
+    });
+    // While data flows: the relays' connection uses both WAN links.
+    std::thread::sleep(Duration::from_millis(400));
+    let status = run_line(&rp.local, "mptcp status --counters");
+    assert!(status.contains("-> 198.18.0.2:1080"), "{status}");
+    assert!(status.contains("subflows 2"), "{status}");
+    let (bytes, sum) = client.join().unwrap();
+    assert_eq!(bytes, 8 << 20);
+    assert_eq!(sum, server.join().unwrap(), "same bytes at both ends");
+
+    // One program on the router, through the relay without the redirect.
+    let page = run_line(
+        &rp.local,
+        "RELAY_PASSWORD='correct horse' mptcp run --relay 198.18.0.2:1080 --user alice \
+         --password-env RELAY_PASSWORD -- curl -sS http://198.19.2.2:8080/",
+    );
+    assert!(page.contains("Directory listing"), "{page}");
+
+    local.signal("USR1");
+    local.wait_for("counters: accepted=1");
+    let (code, log) = local.stop();
+    assert_eq!(code, 0, "{}", log.join("\n"));
+    assert!(
+        log.iter().any(|l| l.contains("stopped; counters")),
+        "{}",
+        log.join("\n")
+    );
+    let (code, log) = remote.stop();
+    assert_eq!(code, 0, "{}", log.join("\n"));
+    assert!(
+        log.iter().any(|l| l.contains("relayed=2")),
+        "{}",
+        log.join("\n")
+    );
+}
+
+/// The README recipe "A whole service": the drop-in `mptcp enable` writes
+/// (with `--root`, as packaging does; on a live system without it).
+#[test]
+fn recipe_enable_a_service() {
+    let root = std::env::temp_dir().join(format!("mptcp-recipe-enable-{}", std::process::id()));
+    std::fs::create_dir_all(root.join("usr/lib/systemd/system")).unwrap();
+    std::fs::write(
+        root.join("usr/lib/systemd/system/nginx.service"),
+        "[Service]\nExecStart=/usr/sbin/nginx\n",
+    )
+    .unwrap();
+    let host = Host::new("enable").unwrap();
+    let root_s = root.to_str().unwrap();
+    let out = run_line(&host, &format!("mptcp enable nginx --root {root_s}"));
+    assert!(out.contains("50-mptcp.conf"), "{out}");
+    let conf = run_line(
+        &host,
+        &format!("cat {root_s}/etc/systemd/system/nginx.service.d/50-mptcp.conf"),
+    );
+    assert!(conf.contains("libmptcp_preload.so"), "{conf}");
+    assert!(conf.contains("GODEBUG=multipathtcp=1"), "{conf}");
+    run_line(&host, &format!("mptcp disable nginx --root {root_s}"));
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A relay with a configuration error names the key, and exits 1.
+#[test]
+fn relay_config_errors_name_the_key() {
+    let dir = std::env::temp_dir().join(format!("mptcp-cli-relay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    std::fs::write(&file, "[remote]\nlisten = [\"127.0.0.1:0\"]\nbogus = 1\n").unwrap();
+    let out = Command::new(MPTCP)
+        .args(["relay", "remote", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3") && err.contains("bogus"), "{err}");
+    let out = Command::new(MPTCP)
+        .args(["relay", "local"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "no remote named");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn endpoints(host: &Host) -> String {
+    host.ip(&["mptcp", "endpoint", "show"]).unwrap()
+}
+
+/// `mptcp paths auto` adds an endpoint and source routing for each
+/// interface, follows a new one, and removes all it added on SIGTERM.
+#[test]
+fn paths_auto_follows_interfaces_and_cleans_up() {
+    mptcp_testbed::require_privileges().unwrap();
+    let host = Host::new("paths").unwrap();
+    host.ip_batch(&[
+        "link add wan1 type veth peer name wan1peer",
+        "addr add 198.18.5.1/24 dev wan1",
+        "link set wan1 up",
+        "link set wan1peer up",
+    ])
+    .unwrap();
+
+    let dry = mptcp_in(&host, &["paths", "auto", "--include", "wan*", "--dry-run"])
+        .output()
+        .unwrap();
+    let dry = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.contains("ip mptcp endpoint add 198.18.5.1"), "{dry}");
+    assert!(dry.contains("rule add from 198.18.5.1"), "{dry}");
+    assert_eq!(endpoints(&host).trim(), "", "a dry run changes nothing");
+
+    let mut daemon = Daemon::start(mptcp_in(&host, &["paths", "auto", "--include", "wan*"]));
+    daemon.wait_for("ip mptcp endpoint add 198.18.5.1");
+    assert!(endpoints(&host).contains("198.18.5.1"));
+    host.ip_batch(&[
+        "link add wan2 type veth peer name wan2peer",
+        "addr add 198.18.6.1/24 dev wan2",
+        "link set wan2 up",
+        "link set wan2peer up",
+    ])
+    .unwrap();
+    daemon.wait_for("ip mptcp endpoint add 198.18.6.1");
+    assert!(endpoints(&host).contains("198.18.6.1"));
+
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{}", log.join("\n"));
+    assert_eq!(endpoints(&host).trim(), "", "removed on exit");
+    let rules = host.ip(&["rule", "show"]).unwrap();
+    assert!(!rules.contains("198.18.5.1"), "{rules}");
+}
