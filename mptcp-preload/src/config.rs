@@ -111,6 +111,8 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Append log lines to this file instead of standard error.
     pub log_file: Option<CString>,
+    /// Host names resolve to placeholders that the relay resolves.
+    pub remote_dns: bool,
 }
 
 impl Config {
@@ -125,6 +127,7 @@ impl Config {
             },
             log_level: LogLevel::Error,
             log_file: None,
+            remote_dns: false,
         }
     }
 }
@@ -164,6 +167,8 @@ pub const VAR_INCLUDE: &str = "MPTCP_PRELOAD_INCLUDE";
 pub const VAR_EXCLUDE: &str = "MPTCP_PRELOAD_EXCLUDE";
 /// Handshake timeout in seconds.
 pub const VAR_TIMEOUT: &str = "MPTCP_PRELOAD_TIMEOUT";
+/// Where host names are resolved.
+pub const VAR_DNS: &str = "MPTCP_PRELOAD_DNS";
 /// Log level.
 pub const VAR_LOG: &str = "MPTCP_PRELOAD_LOG";
 /// Log file.
@@ -263,6 +268,18 @@ pub fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError
         });
     }
 
+    config.remote_dns = match get(VAR_DNS).as_deref().map(str::trim) {
+        None | Some("local") => false,
+        Some("remote") if config.mode == Mode::Relay => true,
+        Some("remote") => {
+            return Err(err(
+                VAR_DNS,
+                "remote",
+                "remote DNS needs MPTCP_PRELOAD_MODE=relay",
+            ));
+        }
+        Some(other) => return Err(err(VAR_DNS, other, "expected local or remote")),
+    };
     // Rule lists: unset takes the default, set but empty means "none".
     config.rules.include = match var(VAR_INCLUDE) {
         None => Vec::new(),
@@ -400,6 +417,16 @@ mod tests {
         assert_eq!(relay.addr, sa("[2001:db8::1]:1080"));
         assert_eq!(relay.credentials, Some(("u".into(), "p".into())));
         assert_eq!(relay.timeout, Duration::from_millis(2500));
+        assert!(!c.remote_dns);
+        let e = parse_env(&[(VAR_DNS, "remote")]).unwrap_err();
+        assert!(e.to_string().contains("MPTCP_PRELOAD_MODE=relay"), "{e}");
+        let c = parse_env(&[
+            (VAR_MODE, "relay"),
+            (VAR_RELAY, "198.18.0.2:1080"),
+            (VAR_DNS, "remote"),
+        ])
+        .unwrap();
+        assert!(c.remote_dns);
     }
 
     #[test]
@@ -411,6 +438,7 @@ mod tests {
             (VAR_INCLUDE, "10.0.0.0/33"),
             (VAR_EXCLUDE, "10.0.0.0/8:99999"),
             (VAR_TIMEOUT, "-1"),
+            (VAR_DNS, "proxy"),
         ] {
             let e = parse_env(&[
                 (VAR_MODE, "relay"),

@@ -16,6 +16,7 @@
 
 pub mod compat;
 pub mod config;
+pub mod dns;
 pub mod fdtable;
 pub mod log;
 pub mod real;
@@ -25,7 +26,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use libc::{c_int, c_uint, c_void, sockaddr, socklen_t};
+use libc::{addrinfo, c_char, c_int, c_uint, c_void, sockaddr, socklen_t};
 use mptcp_core::sys::socket::{IPPROTO_MPTCP, SOL_MPTCP};
 
 use config::{Config, LogLevel, Mode};
@@ -123,6 +124,8 @@ hooks! {
     fn dup2(old: c_int, new: c_int) -> c_int => dup2_hook;
     /// `dup3(2)`: the target descriptor takes the source's state.
     fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int => dup3_hook;
+    /// `getaddrinfo(3)`: placeholder addresses for remote DNS.
+    fn getaddrinfo(node: *const c_char, service: *const c_char, hints: *const addrinfo, res: *mut *mut addrinfo) -> c_int => getaddrinfo_hook;
     /// `close_range(2)`: forgets the closed descriptors.
     fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int => close_range_hook;
 }
@@ -410,4 +413,83 @@ unsafe fn close_range_hook(first: c_uint, last: c_uint, flags: c_int) -> c_int {
         fdtable::clear_range(first, last);
     }
     r
+}
+
+/// The placeholder for `node` if remote DNS applies to this query: a host
+/// name (not a literal), IPv4 or any family, stream sockets or any type.
+///
+/// # Safety
+///
+/// `node` is null or NUL-terminated; `hints` is null or valid.
+unsafe fn remote_name(node: *const c_char, hints: *const addrinfo) -> Option<std::net::Ipv4Addr> {
+    let config = config();
+    if config.mode != Mode::Relay || !config.remote_dns || node.is_null() {
+        return None;
+    }
+    // SAFETY: non-null and NUL-terminated by the caller's contract.
+    let name = unsafe { std::ffi::CStr::from_ptr(node) }.to_str().ok()?;
+    // SAFETY: null or valid by the caller's contract.
+    if let Some(h) = unsafe { hints.as_ref() } {
+        let family = h.ai_family == libc::AF_UNSPEC || h.ai_family == libc::AF_INET;
+        let stream = h.ai_socktype == 0 || h.ai_socktype == libc::SOCK_STREAM;
+        if !family || !stream || h.ai_flags & libc::AI_NUMERICHOST != 0 {
+            return None;
+        }
+    }
+    if !dns::is_remote_name(name) {
+        return None;
+    }
+    dns::placeholder(name.as_bytes())
+}
+
+unsafe fn getaddrinfo_hook(
+    node: *const c_char,
+    service: *const c_char,
+    hints: *const addrinfo,
+    res: *mut *mut addrinfo,
+) -> c_int {
+    // SAFETY: the caller's arguments.
+    let Some(placeholder) = (unsafe { remote_name(node, hints) }) else {
+        // SAFETY: the caller's arguments.
+        return unsafe { real::getaddrinfo(node, service, hints, res) };
+    };
+    // Let libc build the list (it owns the memory freeaddrinfo releases)
+    // for a numeric IPv4 address and the caller's service, then put the
+    // placeholder in.
+    // SAFETY: null or valid by the caller's contract; addrinfo is plain
+    // data for which all-zero is the "no hints" value.
+    let mut local: addrinfo = unsafe { hints.as_ref() }
+        .copied()
+        .unwrap_or(unsafe { std::mem::zeroed() });
+    local.ai_family = libc::AF_INET;
+    local.ai_socktype = libc::SOCK_STREAM;
+    local.ai_flags = (local.ai_flags | libc::AI_NUMERICHOST) & !libc::AI_ADDRCONFIG;
+    // SAFETY: a literal, the caller's service and result pointer, our hints.
+    let r = unsafe { real::getaddrinfo(c"0.0.0.0".as_ptr(), service, &local, res) };
+    if r != 0 {
+        return r;
+    }
+    // SAFETY: on success `*res` is a valid list whose AF_INET entries
+    // point to sockaddr_in structures we may write (the caller owns them).
+    unsafe {
+        let mut entry = *res;
+        while let Some(ai) = entry.as_mut() {
+            if ai.ai_family == libc::AF_INET && !ai.ai_addr.is_null() {
+                (*ai.ai_addr.cast::<libc::sockaddr_in>()).sin_addr.s_addr =
+                    u32::from(placeholder).to_be();
+            }
+            entry = ai.ai_next;
+        }
+    }
+    log::line(
+        LogLevel::Debug,
+        format_args!(
+            "remote DNS: {} is {placeholder} until the relay resolves it",
+            {
+                // SAFETY: checked non-null and NUL-terminated in `remote_name`.
+                unsafe { std::ffi::CStr::from_ptr(node) }.to_string_lossy()
+            }
+        ),
+    );
+    0
 }

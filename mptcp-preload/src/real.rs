@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use libc::{c_int, c_uint, c_void, sockaddr, socklen_t};
+use libc::{addrinfo, c_char, c_int, c_uint, c_void, sockaddr, socklen_t};
 
 /// Looks up the next definition of `name` after this library.
 fn lookup(name: &std::ffi::CStr) -> usize {
@@ -94,6 +94,8 @@ real_functions! {
     fn dup2(old: c_int, new: c_int) -> c_int;
     /// `dup3(2)`.
     fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int;
+    /// `getaddrinfo(3)`.
+    fn getaddrinfo(node: *const c_char, service: *const c_char, hints: *const addrinfo, res: *mut *mut addrinfo) -> c_int;
     /// `close_range(2)`.
     fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int;
 }

@@ -34,7 +34,7 @@ use mptcp_core::sys::socket::IPPROTO_MPTCP;
 
 use crate::config::{Config, LogLevel, Relay};
 use crate::fdtable::{self, Cell, flag};
-use crate::{compat, log, real};
+use crate::{compat, dns, log, real};
 
 fn errno() -> c_int {
     // SAFETY: errno is a thread-local int, always readable.
@@ -144,7 +144,10 @@ pub unsafe fn connect(
     let relay = config.relay.as_ref()?;
     // SAFETY: forwarded from the caller.
     let dest = unsafe { read_sockaddr(addr, len) }?;
-    if !config.rules.matches(&dest) || same_endpoint(&dest, &relay.addr) {
+    // A placeholder of remote DNS can only be reached through the relay.
+    let placeholder =
+        matches!(dest, SocketAddr::V4(v4) if config.remote_dns && dns::is_placeholder(*v4.ip()));
+    if !placeholder && (!config.rules.matches(&dest) || same_endpoint(&dest, &relay.addr)) {
         return None;
     }
     let cell = stream_cell(fd)?;
@@ -330,8 +333,15 @@ fn handshake(fd: c_int, cell: &Cell, relay: &Relay, deadline: Instant) -> Result
         .credentials
         .as_ref()
         .map(|(u, p)| (u.as_str(), p.as_str()));
-    let mut request = Vec::with_capacity(64 + credentials.map_or(0, |(u, p)| u.len() + p.len()));
-    socks5::encode_client_hello_auth_request(credentials, &TargetAddr::Ip(dest), &mut request)
+    let target = match dest {
+        SocketAddr::V4(v4) if dns::is_placeholder(*v4.ip()) => {
+            let name = dns::name_of(*v4.ip()).ok_or(libc::EHOSTUNREACH)?;
+            TargetAddr::Domain(name, v4.port())
+        }
+        _ => TargetAddr::Ip(dest),
+    };
+    let mut request = Vec::with_capacity(300 + credentials.map_or(0, |(u, p)| u.len() + p.len()));
+    socks5::encode_client_hello_auth_request(credentials, &target, &mut request)
         .map_err(|_| libc::EINVAL)?;
     let mut sent = 0;
     while sent < request.len() {

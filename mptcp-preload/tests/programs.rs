@@ -15,7 +15,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use mptcp_testbed::{Host, require_privileges};
-use support::{Daemon, TestRelay, preloaded, python, wait_listening};
+use support::{Daemon, RELAY_ONLY_NAME, TestRelay, preloaded, python, wait_listening};
 
 fn privileged() {
     require_privileges().expect("these tests need root: run them as root (CI does)");
@@ -276,7 +276,7 @@ fn sha256_hex(host: &Host, data: &[u8]) -> String {
 }
 
 #[test]
-fn asyncio_connects_through_an_authenticating_relay_to_ipv4_and_ipv6() {
+fn asyncio_and_curl_through_an_authenticating_relay_ipv4_ipv6_and_remote_dns() {
     privileged();
     let bed = mptcp_testbed::two_links(2, None).unwrap();
     let files = TempDir::new("asyncio");
@@ -319,6 +319,32 @@ fn asyncio_connects_through_an_authenticating_relay_to_ipv4_and_ipv6() {
         relay.mptcp_connections(),
         2,
         "the hops to the relay use MPTCP"
+    );
+
+    // Remote DNS: the name exists only for the relay.
+    let mut dns_env = env("s3cret");
+    dns_env.push(("MPTCP_PRELOAD_DNS", "remote"));
+    let out = preloaded(&bed.client, &python(), &dns_env)
+        .args(["-c", ASYNCIO_CLIENT, RELAY_ONLY_NAME, "8000"])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "asyncio client with remote DNS");
+    assert!(stdout.contains(&format!("sha256 {want}")), "{stdout}");
+    assert!(
+        stdout.contains("peer 240."),
+        "placeholder address: {stdout}"
+    );
+    let download = TempDir::new("curl-dns");
+    let out = preloaded(&bed.client, "curl", &dns_env)
+        .args(["-sS", "--max-time", "20", "-o"])
+        .arg(download.0.join("blob"))
+        .arg(format!("http://{RELAY_ONLY_NAME}:8000/blob"))
+        .output()
+        .unwrap();
+    check(&out, "curl with remote DNS");
+    assert!(
+        std::fs::read(download.0.join("blob")).unwrap() == body,
+        "curl's download differs"
     );
 
     let out = preloaded(&bed.client, &python(), &env("wrong"))

@@ -105,6 +105,9 @@ pub fn wait_listening(host: &Host, addr: SocketAddr) {
     });
 }
 
+/// The one host name [`TestRelay`] resolves (to its own 127.0.0.1).
+pub const RELAY_ONLY_NAME: &str = "www.behind-relay.test";
+
 /// A SOCKS5 relay with username/password, built on the core's codec, run in
 /// a host for the duration of a test (stops when dropped). It accepts MPTCP
 /// and reports how many connections it relayed.
@@ -200,10 +203,18 @@ fn serve(mut client: TcpStream, user: &str, pass: &str) -> std::io::Result<()> {
             Err(_) => return Ok(()),
         }
     };
-    let TargetAddr::Ip(dest) = request.dest else {
-        let mut out = Vec::new();
-        socks5::encode_reply(ReplyCode::AddressTypeNotSupported, None, &mut out);
-        return client.write_all(&out);
+    // Names: the test's own "DNS", so that nothing depends on the
+    // machine's resolver.
+    let dest = match request.dest {
+        TargetAddr::Ip(dest) => dest,
+        TargetAddr::Domain(name, port) if name == RELAY_ONLY_NAME => {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port)
+        }
+        TargetAddr::Domain(..) => {
+            let mut out = Vec::new();
+            socks5::encode_reply(ReplyCode::HostUnreachable, None, &mut out);
+            return client.write_all(&out);
+        }
     };
     let upstream = match TcpStream::connect_timeout(&dest, Duration::from_secs(5)) {
         Ok(s) => s,
