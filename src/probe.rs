@@ -50,7 +50,24 @@ const VERSIONED: [(KernelVersion, &str, &str); 4] = [
     ),
 ];
 
-fn gaps(probe: &Probe) -> Vec<Gap> {
+/// What the in-kernel path manager is set up with (reading needs no privilege).
+#[derive(Debug, Clone, Copy)]
+struct PathManagerState {
+    limits: mptcp_core::pm::Limits,
+    endpoints: usize,
+}
+
+impl PathManagerState {
+    fn read() -> Option<Self> {
+        let mut pm = mptcp_core::pm::PathManager::open().ok()?;
+        Some(PathManagerState {
+            limits: pm.limits().ok()?,
+            endpoints: pm.endpoints().ok()?.len(),
+        })
+    }
+}
+
+fn gaps(probe: &Probe, path_manager: Option<PathManagerState>) -> Vec<Gap> {
     let mut gaps = Vec::new();
     if probe.enabled == Some(false) {
         gaps.push(Gap {
@@ -91,6 +108,24 @@ fn gaps(probe: &Probe) -> Vec<Gap> {
             fatal: false,
         });
     }
+    if let Some(pm) = path_manager {
+        if pm.limits.subflows == 0 {
+            gaps.push(Gap {
+                what: "limits subflows is 0: connections never open a second subflow",
+                fix: "mptcp limits set subflows 2 add_addr_accepted 2",
+                fatal: false,
+            });
+        }
+        if pm.endpoints == 0 {
+            gaps.push(Gap {
+                what: "no MPTCP endpoints: this host opens no extra subflow as a client and \
+                       announces no extra address as a server",
+                fix: "mptcp endpoint add ADDR dev IFACE subflow (per extra interface, with source \
+                      routing), or let `mptcp paths auto` do both",
+                fatal: false,
+            });
+        }
+    }
     if diag_missing() {
         gaps.push(Gap {
             what: "no MPTCP socket diagnostics (`mptcp status`, `ss -M`)",
@@ -109,7 +144,8 @@ fn diag_missing() -> bool {
 /// `mptcp probe`: exits 3 when MPTCP cannot be used at all.
 pub fn run(args: ProbeArgs) -> CmdResult {
     let probe = Probe::read();
-    let gaps = gaps(&probe);
+    let path_manager = PathManagerState::read();
+    let gaps = gaps(&probe, path_manager);
     if args.json {
         let value = json!({
             "kernel": probe.kernel_release,
@@ -118,12 +154,21 @@ pub fn run(args: ProbeArgs) -> CmdResult {
             "enabled": probe.enabled,
             "path_manager": probe.path_manager,
             "scheduler": probe.scheduler,
+            "limits": path_manager.map(|pm| json!({
+                "subflows": pm.limits.subflows,
+                "add_addr_accepted": pm.limits.add_addr_accepted,
+            })),
+            "endpoints": path_manager.map(|pm| pm.endpoints),
             "sysctls": probe.sysctls.iter().map(|(k, v)| (format!("net.mptcp.{k}"), serde_json::Value::from(v.as_str()))).collect::<serde_json::Map<_, _>>(),
             "gaps": gaps.iter().map(|g| json!({"missing": g.what, "fix": g.fix, "fatal": g.fatal})).collect::<Vec<_>>(),
         });
         println!("{value}");
     } else {
         print!("{probe}");
+        if let Some(pm) = path_manager {
+            println!("limits:       {}", pm.limits);
+            println!("endpoints:    {}", pm.endpoints);
+        }
         if gaps.is_empty() {
             println!("missing:      nothing: MPTCP is ready");
         } else {
@@ -147,10 +192,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unset_limits_and_endpoints_are_gaps_with_their_fixes() {
+        let pm = PathManagerState {
+            limits: mptcp_core::pm::Limits::default(),
+            endpoints: 0,
+        };
+        let gaps = gaps(&Probe::read(), Some(pm));
+        assert!(
+            gaps.iter()
+                .any(|g| g.fix == "mptcp limits set subflows 2 add_addr_accepted 2")
+        );
+        assert!(gaps.iter().any(|g| g.fix.contains("mptcp paths auto")));
+        assert!(gaps.iter().filter(|g| g.fix.starts_with("mptcp")).all(|g| !g.fatal));
+    }
+
+    #[test]
     fn disabled_sysctl_is_a_fatal_gap_with_its_fix() {
         let mut probe = Probe::read();
         probe.enabled = Some(false);
-        let gaps = gaps(&probe);
+        let gaps = gaps(&probe, None);
         assert!(gaps[0].fatal);
         assert_eq!(gaps[0].fix, "sysctl -w net.mptcp.enabled=1");
     }
@@ -159,7 +219,7 @@ mod tests {
     fn old_kernels_lack_the_counters() {
         let mut probe = Probe::read();
         probe.kernel = Some(KernelVersion::new(6, 1, 0));
-        let gaps = gaps(&probe);
+        let gaps = gaps(&probe, None);
         assert!(gaps.iter().any(|g| g.what.contains("byte counters")));
         assert!(!gaps.iter().any(|g| g.what.contains("MPTCP_INFO")));
     }
