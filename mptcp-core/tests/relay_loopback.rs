@@ -300,3 +300,36 @@ fn graceful_shutdown_drains_open_connections() {
     let stats = closer.join().unwrap();
     assert_eq!((stats.active, stats.relayed), (0, 1), "{stats}");
 }
+
+#[test]
+fn limits_and_idle_timeout() {
+    let (echo, _e) = echo_server();
+    let remote = RemoteConfig::new("127.0.0.1:0".parse().unwrap())
+        .user(USER, PASS)
+        .allow_destination("127.0.0.1".parse().unwrap());
+    let engine = EngineConfig {
+        max_connections_per_client: 2,
+        idle_timeout_secs: 1,
+        ..engine()
+    };
+    let relay = Relay::start(Config::new().engine(engine).remote(remote)).unwrap();
+    let proxy = relay.listener(ListenerKind::RemoteSocks5).unwrap();
+    let mut a = socks_connect(proxy, Some((USER, PASS)), &TargetAddr::Ip(echo)).unwrap();
+    let _b = socks_connect(proxy, Some((USER, PASS)), &TargetAddr::Ip(echo)).unwrap();
+    // The third from the same address is closed at once.
+    let mut c = TcpStream::connect(proxy).unwrap();
+    timeouts(&c);
+    let mut buf = [0u8; 1];
+    assert_eq!(c.read(&mut buf).unwrap_or(0), 0);
+    // Idle connections are closed after the idle timeout (swept twice a
+    // second), and their slots free up.
+    let mut got = Vec::new();
+    let started = std::time::Instant::now();
+    a.read_to_end(&mut got).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let stats = relay.stats();
+    assert_eq!(stats.error(ErrorKind::Limit), 1, "{stats}");
+    assert!(stats.error(ErrorKind::IdleTimeout) >= 1, "{stats}");
+    let d = socks_connect(proxy, Some((USER, PASS)), &TargetAddr::Ip(echo)).unwrap();
+    assert_eq!(echo_round_trip(d, b"again"), b"again");
+}

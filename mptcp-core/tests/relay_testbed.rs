@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use mptcp_core::relay::{
-    Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig,
-};
+use mptcp_core::relay::{Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig};
 use mptcp_testbed::{Host, RelayPath};
 
 const USER: &str = "alice";
@@ -366,4 +364,78 @@ fn local_relay_with_dante_as_remote() {
     assert_same_file(&out, &content);
     let stats = local.stats();
     assert_eq!(stats.relayed, 1, "{stats}");
+}
+
+#[test]
+fn tproxy_and_http_proxy_listeners() {
+    mptcp_testbed::require_privileges().unwrap();
+    let rp = mptcp_testbed::relay_path(2, None).unwrap();
+    let dir = TempDir::new("tproxy");
+    let content = file_bytes(1 << 20);
+    std::fs::write(dir.0.join("file"), &content).unwrap();
+    let _http = http_server(&rp, &dir.0);
+    let remote = start_remote(&rp);
+    let tproxy_port = 12346;
+    let http_port = 3128;
+    let local = LocalConfig::new(SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT).to_string())
+        .credentials(USER, PASS)
+        .tproxy(SocketAddr::new([0, 0, 0, 0].into(), tproxy_port))
+        .http(SocketAddr::new(rp.local_lan_addr().into(), http_port));
+    let local = rp
+        .local
+        .run(|| Relay::start(Config::new().engine(engine()).local(local)))
+        .unwrap();
+    // TPROXY: marked packets (table 4242: the test bed's source routing
+    // uses tables from 100) are delivered locally to the transparent
+    // listener, which sees the original destination as its local address.
+    rp.local
+        .ip(&["rule", "add", "fwmark", "0x4242", "lookup", "4242"])
+        .unwrap();
+    rp.local
+        .ip(&[
+            "route",
+            "add",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            "4242",
+        ])
+        .unwrap();
+    let rules = format!(
+        "table ip relaytproxy {{\n chain pre {{\n  type filter hook prerouting priority mangle;\n  \
+         iifname \"lan0\" tcp dport {HTTP_PORT} meta mark set 0x4242 tproxy to :{tproxy_port}\n }}\n}}\n"
+    );
+    let mut nft = rp
+        .local
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(nft.wait().unwrap().success(), "nft tproxy rule");
+
+    let url = format!("http://{}:{HTTP_PORT}/file", rp.dest_addr());
+    let out = dir.0.join("tproxy");
+    curl(&rp.lan, &[], &url, &out);
+    assert_same_file(&out, &content);
+
+    // HTTP proxy: an absolute-URI request (as squid forwards to a parent)
+    // and a CONNECT tunnel (`-p`).
+    let proxy = format!("http://{}:{http_port}", rp.local_lan_addr());
+    let out = dir.0.join("http-forward");
+    curl(&rp.lan, &["-x", &proxy], &url, &out);
+    assert_same_file(&out, &content);
+    let out = dir.0.join("http-connect");
+    curl(&rp.lan, &["-x", &proxy, "-p"], &url, &out);
+    assert_same_file(&out, &content);
+    let stats = local.stats();
+    assert_eq!(stats.relayed, 3, "{stats}");
+    assert_eq!(remote.stats().relayed, 3);
 }
