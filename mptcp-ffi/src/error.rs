@@ -316,3 +316,49 @@ impl NameTable {
         table.get(index).map_or(ptr::null(), |name| name.as_ptr())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last() -> String {
+        with_last_error(|message| message.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn a_panic_becomes_eio_with_a_message() {
+        let rc = call("mptcp_test", || panic!("boom {}", 42));
+        assert_eq!(rc, -libc::EIO);
+        assert!(
+            last().starts_with("mptcp_test: internal error in libmptcp"),
+            "{}",
+            last()
+        );
+        assert!(last().ends_with("boom 42"), "{}", last());
+    }
+
+    #[test]
+    fn errors_keep_their_errno_and_successes_keep_the_message() {
+        assert_eq!(
+            call("f", || Err(Error::new(libc::ENOENT, "gone"))),
+            -libc::ENOENT
+        );
+        assert_eq!(call("g", || Ok(7)), 7);
+        assert_eq!(last(), "f: gone");
+        // An interior NUL does not cut the message short.
+        call("h", || Err(Error::invalid("a\0b")));
+        assert_eq!(last(), "h: a b");
+    }
+
+    #[test]
+    fn texts_are_truncated_and_terminated() {
+        let mut field = [0x55 as c_char; 4];
+        fill_text(&mut field, "abcdef");
+        assert_eq!(field, [b'a' as c_char, b'b' as c_char, b'c' as c_char, 0]);
+        let mut buf = [0x55 as c_char; 3];
+        // SAFETY: `buf` is writable for its length.
+        let full = unsafe { write_str(buf.as_mut_ptr(), buf.len(), b"xyz") };
+        assert_eq!(full.unwrap(), 3);
+        assert_eq!(buf, [b'x' as c_char, b'y' as c_char, 0]);
+    }
+}

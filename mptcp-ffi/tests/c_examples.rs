@@ -405,3 +405,92 @@ fn c_examples_open_one_subflow_per_link_in_a_two_link_test_bed() {
     assert_contains(&events, " SF_ESTABLISHED]");
     assert_contains(&events, "events: 3");
 }
+
+/// Connects through a SOCKS5 server without authentication to
+/// 127.0.0.1:`port`, sends `payload` and returns the echo.
+fn socks5_echo(proxy: &str, port: u16, payload: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut socks = std::net::TcpStream::connect(proxy).expect("connect to the relay");
+    socks.write_all(&[5, 1, 0]).unwrap();
+    let mut reply = [0u8; 2];
+    socks.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, [5, 0], "no authentication accepted");
+    let [hi, lo] = port.to_be_bytes();
+    socks
+        .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, hi, lo])
+        .unwrap();
+    let mut reply = [0u8; 10];
+    socks.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[..2], [5, 0], "CONNECT granted");
+    socks.write_all(payload).unwrap();
+    let mut echo = vec![0u8; payload.len()];
+    socks.read_exact(&mut echo).unwrap();
+    echo
+}
+
+#[test]
+fn c_relay_example_relays_and_counts_under_valgrind() {
+    use std::io::Write;
+    let installed = Installed::new("relay");
+    let relay = installed.compile("relay.c", "mptcp");
+    let config = installed.prefix.join("relay.toml");
+    std::fs::write(
+        &config,
+        "[engine]\nworkers = 1\n[remote]\nlisten = [\"127.0.0.1:0\"]\n\
+         allow_unauthenticated_loopback = true\nallow_destinations = [\"127.0.0.0/8\"]\n",
+    )
+    .unwrap();
+    let mut child = Command::new("valgrind")
+        .args([
+            "-q",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite,indirect,possible",
+            "--error-exitcode=99",
+        ])
+        .arg(&relay)
+        .arg(&config)
+        .arg("2000")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the relay example under valgrind");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("relay output");
+    let proxy = first
+        .strip_prefix("relay: listening remote-socks5 ")
+        .unwrap_or_else(|| panic!("the relay did not start: {first:?}"))
+        .trim()
+        .to_owned();
+
+    let destination = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = destination.local_addr().unwrap().port();
+    let echo = std::thread::spawn(move || {
+        let (mut conn, _) = destination.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let n = conn.read(&mut buf).unwrap();
+        conn.write_all(&buf[..n]).unwrap();
+    });
+    assert_eq!(socks5_echo(&proxy, port, b"via libmptcp"), b"via libmptcp");
+    echo.join().unwrap();
+    // A SOCKS4 greeting: refused, and counted as a protocol error.
+    let mut wrong = std::net::TcpStream::connect(&proxy).unwrap();
+    wrong.write_all(&[4, 1, 0, 80, 127, 0, 0, 1, 0]).unwrap();
+    let mut rest = Vec::new();
+    let _ = wrong.read_to_end(&mut rest);
+
+    drop(child.stdin.take()); // asks the example to stop the relay
+    let mut rest_out = String::new();
+    stdout.read_to_string(&mut rest_out).unwrap();
+    let out = child.wait_with_output().expect("relay exit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "relay failed: {}\n{stderr}",
+        out.status
+    );
+    assert!(stderr.trim().is_empty(), "valgrind reported:\n{stderr}");
+    assert_contains(&rest_out, "relay: accepted=2 relayed=1 bytes_up=12");
+    assert_contains(&rest_out, "relay: errors protocol=1");
+}
