@@ -412,6 +412,23 @@ fn status_shows_the_connection_with_two_subflows_and_rates() {
 }
 
 #[test]
+fn status_watch_prints_a_sample_per_interval() {
+    mptcp_testbed::require_privileges().unwrap();
+    let host = Host::new("watch").unwrap();
+    let mut watch = in_host(&host, &["status", "--watch", "0.2", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    for _ in 0..3 {
+        let line = lines.next().unwrap().unwrap();
+        assert_eq!(line, r#"{"connections":[]}"#);
+    }
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+}
+
+#[test]
 fn monitor_json_shows_the_events_of_a_connection() {
     mptcp_testbed::require_privileges().unwrap();
     let bed = mptcp_testbed::two_links(2, None).unwrap();
