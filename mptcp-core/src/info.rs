@@ -47,6 +47,8 @@ use crate::sys::socket::{SOL_MPTCP, getsockopt, getsockopt_bytes};
 /// Room for this many subflows on the first try (the in-kernel path
 /// manager allows at most 8); grown when the kernel reports more.
 const INITIAL_SUBFLOWS: usize = 8;
+/// Upper bound on the buffer growth, whatever count the kernel reports.
+const MAX_LISTED_SUBFLOWS: usize = 1024;
 /// How many times a subflow listing is retried with a larger buffer when
 /// subflows keep appearing between the calls.
 const LISTING_ATTEMPTS: usize = 4;
@@ -374,7 +376,8 @@ pub fn full_info(fd: BorrowedFd<'_>) -> Result<FullInfo> {
 
 /// [`full_info`] with room for `capacity` subflows on the first try.
 fn full_info_from(fd: BorrowedFd<'_>, mut capacity: usize) -> Result<FullInfo> {
-    for attempt in 1..=LISTING_ATTEMPTS {
+    let mut attempt = 1;
+    loop {
         let mut sfinfo = vec![0u8; capacity * size_of::<mptcp_subflow_info>()];
         let mut tcpinfo = vec![0u8; capacity * size_of::<tcp_info>()];
         let mut request = mptcp_full_info::zeroed();
@@ -391,7 +394,8 @@ fn full_info_from(fd: BorrowedFd<'_>, mut capacity: usize) -> Result<FullInfo> {
 
         let total = request.num_subflows as usize;
         if total > capacity && attempt < LISTING_ATTEMPTS {
-            capacity = total + 2;
+            attempt += 1;
+            capacity = total.min(MAX_LISTED_SUBFLOWS) + 2;
             continue;
         }
         let info_len = len.saturating_sub(MPTCP_FULL_INFO_HEADER_SIZE);
@@ -428,7 +432,6 @@ fn full_info_from(fd: BorrowedFd<'_>, mut capacity: usize) -> Result<FullInfo> {
             .collect::<io::Result<Vec<_>>>()?;
         return Ok(FullInfo { mptcp, subflows });
     }
-    unreachable!("the last attempt always returns")
 }
 
 /// The subflows of a connection, the initial one first: addresses and
@@ -485,7 +488,8 @@ fn subflow_array<T: Pod>(
     mut capacity: usize,
 ) -> Result<(Vec<T>, usize)> {
     const HEADER: usize = size_of::<mptcp_subflow_data>();
-    for attempt in 1..=LISTING_ATTEMPTS {
+    let mut attempt = 1;
+    loop {
         let mut buf = vec![0u8; HEADER + capacity * size_of::<T>()];
         let request = mptcp_subflow_data {
             size_subflow_data: HEADER as u32,
@@ -499,7 +503,8 @@ fn subflow_array<T: Pod>(
         let answer = mptcp_subflow_data::read_prefix(&buf[..len.min(HEADER)]);
         let total = answer.num_subflows as usize;
         if total > capacity && attempt < LISTING_ATTEMPTS {
-            capacity = total + 2;
+            attempt += 1;
+            capacity = total.min(MAX_LISTED_SUBFLOWS) + 2;
             continue;
         }
         let stride = stride::<T>(answer.size_user, option)?;
@@ -512,7 +517,6 @@ fn subflow_array<T: Pod>(
             .collect();
         return Ok((elements, stride));
     }
-    unreachable!("the last attempt always returns")
 }
 
 /// Validates the element size the kernel says it wrote: between 1 and our

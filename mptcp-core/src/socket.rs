@@ -44,6 +44,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::info::{FullInfo, MptcpInfo, Subflow};
 use crate::probe::KernelVersion;
+use crate::sys::Pod;
 use crate::sys::info::{MPTCP_INFO, mptcp_info};
 use crate::sys::socket::{
     ERRNO_DISABLED, ERRNO_KERNEL_TOO_OLD, ERRNO_NOT_BUILT, IPPROTO_MPTCP, SOL_MPTCP, TCP_IS_MPTCP,
@@ -339,7 +340,7 @@ fn by_tcp_is_mptcp(fd: BorrowedFd<'_>) -> io::Result<Option<bool>> {
 /// plain TCP socket) the IPv4 layer answers `EOPNOTSUPP`, the IPv6 layer
 /// `ENOPROTOOPT`. Meaningful on 5.16+ only.
 fn by_mptcp_info(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut info = <mptcp_info as crate::sys::Pod>::zeroed();
+    let mut info = mptcp_info::zeroed();
     match getsockopt(fd, SOL_MPTCP, MPTCP_INFO, &mut info) {
         Ok(_) => Ok(true),
         Err(err) if is_unknown_option(&err) => Ok(false),
