@@ -19,9 +19,10 @@
  *   is the number of elements written.
  * - Ownership: descriptors returned are the caller's (close(2) them);
  *   descriptors passed in are borrowed. Handles (mptcp_pm_t,
- *   mptcp_pm_events_t, mptcp_relay_t) are freed only by mptcp_pm_close,
- *   mptcp_pm_events_close and mptcp_relay_stop. `const char *` results are
- *   static unless stated otherwise; never free them.
+ *   mptcp_pm_events_t, mptcp_relay_t, mptcp_diag_t) are freed only by
+ *   mptcp_pm_close, mptcp_pm_events_close, mptcp_relay_stop and
+ *   mptcp_diag_close. `const char *` results are static unless stated
+ *   otherwise; never free them.
  * - Handles are not thread-safe unless stated; different handles may be
  *   used from different threads.
  */
@@ -41,6 +42,28 @@
  * room for `[ffff:...:255.255.255.255%scope]:65535` and the NUL.
  */
 #define MPTCP_ADDR_TEXT_LEN 64
+
+/**
+ * `mptcp_diag_connection_t.present`: the `bytes_*` counters are set
+ * (Linux 6.5+).
+ */
+#define MPTCP_DIAG_HAS_BYTES (1 << 0)
+
+/**
+ * `mptcp_diag_subflow_t.flags`: this side marked the subflow as backup.
+ */
+#define MPTCP_DIAG_SUBFLOW_BACKUP_LOCAL (1 << 0)
+
+/**
+ * `mptcp_diag_subflow_t.flags`: the peer asked for the subflow to be a
+ * backup.
+ */
+#define MPTCP_DIAG_SUBFLOW_BACKUP_REMOTE (1 << 1)
+
+/**
+ * `mptcp_diag_subflow_t.flags`: the subflow's MPTCP handshake is complete.
+ */
+#define MPTCP_DIAG_SUBFLOW_FULLY_ESTABLISHED (1 << 2)
 
 /**
  * Event kind: a connection was created (not yet established).
@@ -239,6 +262,13 @@
 #define MPTCP_SUBFLOW_HAS_RTO_STATS (1 << 3)
 
 /**
+ * A snapshot of the MPTCP connections of the network namespace of the
+ * thread that took it. Opaque; take with `mptcp_diag_open`, free with
+ * `mptcp_diag_close`. Read-only: may be read from several threads.
+ */
+typedef struct mptcp_diag_t mptcp_diag_t;
+
+/**
  * A subscription to the path-manager events of the network namespace of
  * the thread that opened it. Opaque; create with `mptcp_pm_events_open`,
  * free with `mptcp_pm_events_close`. Not thread-safe.
@@ -259,6 +289,155 @@ typedef struct mptcp_pm_t mptcp_pm_t;
  * but `mptcp_relay_stop` must not race with other calls on it.
  */
 typedef struct mptcp_relay_t mptcp_relay_t;
+
+/**
+ * One MPTCP connection of a snapshot, as listed by
+ * `mptcp_diag_connections` (which takes the caller's
+ * `sizeof(mptcp_diag_connection_t)`).
+ */
+typedef struct mptcp_diag_connection_t {
+  /**
+   * `MPTCP_DIAG_HAS_*` bits: which optional fields are set.
+   */
+  uint32_t present;
+  /**
+   * The local connection token (as in `mptcp_info_t` and events); 0
+   * before the handshake.
+   */
+  uint32_t token;
+  /**
+   * Inode of the socket (`/proc/PID/fd` links to `socket:[INODE]`).
+   */
+  uint32_t inode;
+  /**
+   * Owner of the socket.
+   */
+  uint32_t uid;
+  /**
+   * TCP state of the MPTCP socket (`mptcp_tcp_state_name` names it).
+   */
+  uint8_t state;
+  /**
+   * 1 when the connection fell back to plain TCP.
+   */
+  uint8_t fallback;
+  /**
+   * Extra subflows the path manager opened.
+   */
+  uint8_t extra_subflows;
+  /**
+   * Reserved, 0.
+   */
+  uint8_t reserved;
+  /**
+   * Subflows in the snapshot (`mptcp_diag_subflows` lists them).
+   */
+  uint32_t subflow_count;
+  /**
+   * Local address (the first subflow's).
+   */
+  struct sockaddr_storage local;
+  /**
+   * Peer address.
+   */
+  struct sockaddr_storage remote;
+  /**
+   * `local` as text.
+   */
+  char local_text[MPTCP_ADDR_TEXT_LEN];
+  /**
+   * `remote` as text.
+   */
+  char remote_text[MPTCP_ADDR_TEXT_LEN];
+  /**
+   * Data-level bytes sent (`MPTCP_DIAG_HAS_BYTES`).
+   */
+  uint64_t bytes_sent;
+  /**
+   * Data-level bytes received in sequence (`MPTCP_DIAG_HAS_BYTES`).
+   */
+  uint64_t bytes_received;
+  /**
+   * Data-level bytes acknowledged by the peer (`MPTCP_DIAG_HAS_BYTES`).
+   */
+  uint64_t bytes_acked;
+} mptcp_diag_connection_t;
+
+/**
+ * One subflow of a snapshot's connection, as listed by
+ * `mptcp_diag_subflows` (which takes the caller's
+ * `sizeof(mptcp_diag_subflow_t)`).
+ */
+typedef struct mptcp_diag_subflow_t {
+  /**
+   * The connection token it belongs to.
+   */
+  uint32_t token;
+  /**
+   * Smoothed round-trip time, microseconds.
+   */
+  uint32_t rtt_us;
+  /**
+   * Congestion window, segments.
+   */
+  uint32_t cwnd;
+  /**
+   * Segments retransmitted over the subflow's life.
+   */
+  uint32_t total_retrans;
+  /**
+   * TCP state (`mptcp_tcp_state_name` names it).
+   */
+  uint8_t state;
+  /**
+   * Local address id (endpoint id).
+   */
+  uint8_t local_id;
+  /**
+   * Remote address id.
+   */
+  uint8_t remote_id;
+  /**
+   * `MPTCP_DIAG_SUBFLOW_*` bits.
+   */
+  uint8_t flags;
+  /**
+   * Reserved, 0.
+   */
+  uint32_t reserved;
+  /**
+   * Local address and port.
+   */
+  struct sockaddr_storage local;
+  /**
+   * Remote address and port.
+   */
+  struct sockaddr_storage remote;
+  /**
+   * `local` as text.
+   */
+  char local_text[MPTCP_ADDR_TEXT_LEN];
+  /**
+   * `remote` as text.
+   */
+  char remote_text[MPTCP_ADDR_TEXT_LEN];
+  /**
+   * Bytes sent, retransmissions included.
+   */
+  uint64_t bytes_sent;
+  /**
+   * Bytes acknowledged by the peer.
+   */
+  uint64_t bytes_acked;
+  /**
+   * Bytes received.
+   */
+  uint64_t bytes_received;
+  /**
+   * Delivery-rate estimate, bytes per second.
+   */
+  uint64_t delivery_rate;
+} mptcp_diag_subflow_t;
 
 /**
  * A path-manager endpoint, as listed by `mptcp_pm_endpoints` (which takes
@@ -864,6 +1043,64 @@ const char *mptcp_last_error(void);
  * `buf` is NULL (with `len` 0) or writable for `len` bytes.
  */
 int mptcp_last_error_message(char *buf, size_t len);
+
+/**
+ * Takes a snapshot of the MPTCP connections of the calling thread's
+ * network namespace (two socket-diagnostics dumps per address family; no
+ * privilege needed) and stores it in `*out`. Returns 0 or a negative errno
+ * (`-ENOENT`: the kernel lacks MPTCP socket diagnostics, load the
+ * `mptcp_diag` module).
+ *
+ * # Safety
+ * `out` is NULL or writable.
+ */
+int mptcp_diag_open(struct mptcp_diag_t **out);
+
+/**
+ * Frees a snapshot. NULL is accepted and ignored.
+ *
+ * # Safety
+ * `snapshot` is NULL or a snapshot from `mptcp_diag_open` not freed
+ * before; it is invalid after this call.
+ */
+void mptcp_diag_close(struct mptcp_diag_t *snapshot);
+
+/**
+ * Lists the connections of a snapshot into `connections[0 .. *count]`;
+ * `elem_size`, `*count` and the return value work as for
+ * `mptcp_get_subflows`. Index `i` here is connection `i` of
+ * `mptcp_diag_subflows`.
+ *
+ * # Safety
+ * `snapshot` is NULL or a live snapshot; `count` is NULL or valid;
+ * `connections` is NULL or writable for `*count * elem_size` bytes.
+ */
+int mptcp_diag_connections(const struct mptcp_diag_t *snapshot,
+                           struct mptcp_diag_connection_t *connections,
+                           size_t elem_size,
+                           size_t *count);
+
+/**
+ * Lists the subflows of connection `connection` (an index of
+ * `mptcp_diag_connections`) into `subflows[0 .. *count]`; `elem_size`,
+ * `*count` and the return value work as for `mptcp_get_subflows`.
+ * `-ERANGE` for an index past the last connection.
+ *
+ * # Safety
+ * `snapshot` is NULL or a live snapshot; `count` is NULL or valid;
+ * `subflows` is NULL or writable for `*count * elem_size` bytes.
+ */
+int mptcp_diag_subflows(const struct mptcp_diag_t *snapshot,
+                        size_t connection,
+                        struct mptcp_diag_subflow_t *subflows,
+                        size_t elem_size,
+                        size_t *count);
+
+/**
+ * The name `ss` prints for a TCP state number (`"ESTAB"`, `"SYN-SENT"`,
+ * ..., `"UNKNOWN"`). The string is static: never free it.
+ */
+const char *mptcp_tcp_state_name(uint8_t state);
 
 /**
  * Opens a generic-netlink connection to the path manager of the calling

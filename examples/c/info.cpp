@@ -1,6 +1,7 @@
 // A C++ program using libmptcp: prints the kernel probe, the path manager's
-// limits and endpoints, and optionally the path-manager events that arrive
-// within some milliseconds (needs CAP_NET_ADMIN).
+// limits and endpoints, the MPTCP connections of the host with their
+// subflows, and optionally the path-manager events that arrive within some
+// milliseconds (needs CAP_NET_ADMIN).
 //
 //   info [--events MILLISECONDS [COUNT]]
 //
@@ -8,6 +9,7 @@
 // deleters; errors become exceptions carrying mptcp_last_error().
 #include <poll.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -33,8 +35,24 @@ struct PmClose {
 struct EventsClose {
     void operator()(mptcp_pm_events_t *events) const { mptcp_pm_events_close(events); }
 };
+struct DiagClose {
+    void operator()(mptcp_diag_t *snapshot) const { mptcp_diag_close(snapshot); }
+};
 using PathManager = std::unique_ptr<mptcp_pm_t, PmClose>;
 using Events = std::unique_ptr<mptcp_pm_events_t, EventsClose>;
+using Diag = std::unique_ptr<mptcp_diag_t, DiagClose>;
+
+// Lists into a vector with the library's two-call protocol: ask for the
+// count, then fill.
+template <typename T, typename List> std::vector<T> list_all(List list, const char *what)
+{
+    size_t count = 0;
+    check(list(nullptr, sizeof(T), &count), what);
+    std::vector<T> items(count);
+    check(list(items.data(), sizeof(T), &count), what);
+    items.resize(std::min(count, items.size()));
+    return items;
+}
 
 std::string availability(int code)
 {
@@ -95,6 +113,32 @@ void print_path_manager()
     }
 }
 
+void print_connections()
+{
+    mptcp_diag_t *raw = nullptr;
+    check(mptcp_diag_open(&raw), "mptcp_diag_open");
+    Diag snapshot(raw);
+    auto connections = list_all<mptcp_diag_connection_t>(
+        [&](mptcp_diag_connection_t *out, size_t size, size_t *count) {
+            return mptcp_diag_connections(snapshot.get(), out, size, count);
+        },
+        "mptcp_diag_connections");
+    std::printf("connections: %zu\n", connections.size());
+    for (size_t i = 0; i < connections.size(); i++) {
+        const mptcp_diag_connection_t &c = connections[i];
+        std::printf("connection: %s -> %s %s token %08x%s\n", c.local_text, c.remote_text,
+                    mptcp_tcp_state_name(c.state), c.token, c.fallback ? " fallback" : "");
+        auto subflows = list_all<mptcp_diag_subflow_t>(
+            [&](mptcp_diag_subflow_t *out, size_t size, size_t *count) {
+                return mptcp_diag_subflows(snapshot.get(), i, out, size, count);
+            },
+            "mptcp_diag_subflows");
+        for (const mptcp_diag_subflow_t &sf : subflows)
+            std::printf("  subflow: %s -> %s rtt_us %u cwnd %u\n", sf.local_text, sf.remote_text,
+                        sf.rtt_us, sf.cwnd);
+    }
+}
+
 void print_events(int milliseconds, long wanted)
 {
     mptcp_pm_events_t *raw = nullptr;
@@ -131,6 +175,7 @@ int main(int argc, char **argv)
     try {
         print_probe();
         print_path_manager();
+        print_connections();
         if (argc > 2 && std::string(argv[1]) == "--events")
             print_events(std::atoi(argv[2]), argc > 3 ? std::atol(argv[3]) : 1000);
     } catch (const std::exception &err) {

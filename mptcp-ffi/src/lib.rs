@@ -16,11 +16,13 @@
 //!   `size_t *count` (capacity in, total out).
 //! - Descriptors returned are owned by the caller (`close(2)`); descriptors
 //!   passed in are only borrowed. Handles (`mptcp_pm_t`, `mptcp_pm_events_t`,
-//!   `mptcp_relay_t`) are freed by their `_close`/`_stop` function; strings
-//!   returned as `const char *` are static unless said otherwise.
+//!   `mptcp_relay_t`, `mptcp_diag_t`) are freed by their `_close`/`_stop`
+//!   function; strings returned as `const char *` are static unless said
+//!   otherwise.
 #![allow(non_camel_case_types)]
 
 mod addr;
+mod diag;
 mod error;
 mod pm;
 mod probe;
@@ -30,6 +32,7 @@ mod socket;
 use std::ffi::{c_char, c_int};
 
 pub use addr::MPTCP_ADDR_TEXT_LEN;
+pub use diag::*;
 pub use pm::*;
 pub use probe::*;
 pub use relay::*;

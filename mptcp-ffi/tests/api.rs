@@ -731,3 +731,69 @@ fn relay_carries_a_socks5_connection_and_counts_it() {
         assert!(mptcp_relay_error_name(last.error_kinds).is_null());
     }
 }
+
+#[test]
+fn diag_snapshot_lists_a_connection_and_its_subflow() {
+    let (mut client, mut server) = loopback_pair();
+    // A data exchange completes the MPTCP handshake (fully established).
+    client.write_all(b"x").unwrap();
+    let mut byte = [0u8];
+    server.read_exact(&mut byte).unwrap();
+    server.write_all(b"y").unwrap();
+    client.read_exact(&mut byte).unwrap();
+    let mut info = versioned!(mptcp_info_t);
+    // SAFETY: every call in this test passes valid pointers and sizes; the
+    // snapshot lives until mptcp_diag_close.
+    unsafe {
+        assert_eq!(mptcp_get_info(client.as_raw_fd(), &mut info), 0);
+        let mut snapshot = ptr::null_mut();
+        assert_eq!(mptcp_diag_open(&mut snapshot), 0, "{}", last_error());
+        let mut count = 0usize;
+        assert_eq!(
+            mptcp_diag_connections(snapshot, ptr::null_mut(), 0, &mut count),
+            0
+        );
+        let mut conns: Vec<mptcp_diag_connection_t> = (0..count).map(|_| zeroed()).collect();
+        let size = size_of::<mptcp_diag_connection_t>();
+        let listed = mptcp_diag_connections(snapshot, conns.as_mut_ptr(), size, &mut count);
+        assert_eq!(listed as usize, count);
+        // Other tests' connections may be there too: find ours by token.
+        let index = conns
+            .iter()
+            .position(|conn| conn.token == info.token)
+            .expect("the client connection is in the snapshot");
+        let conn = &conns[index];
+        assert_eq!(
+            text(&conn.local_text),
+            client.local_addr().unwrap().to_string()
+        );
+        assert_eq!(
+            text(&conn.remote_text),
+            client.peer_addr().unwrap().to_string()
+        );
+        assert_eq!((conn.fallback, conn.subflow_count), (0, 1));
+        assert_eq!(
+            static_str(mptcp_tcp_state_name(conn.state)).unwrap(),
+            "ESTAB"
+        );
+
+        let mut subflows: [mptcp_diag_subflow_t; 2] = [zeroed(), zeroed()];
+        count = subflows.len();
+        let size = size_of::<mptcp_diag_subflow_t>();
+        let listed = mptcp_diag_subflows(snapshot, index, subflows.as_mut_ptr(), size, &mut count);
+        assert_eq!((listed, count), (1, 1));
+        assert_eq!(subflows[0].token, info.token);
+        assert_eq!(
+            text(&subflows[0].local_text),
+            client.local_addr().unwrap().to_string()
+        );
+        assert_ne!(subflows[0].flags & MPTCP_DIAG_SUBFLOW_FULLY_ESTABLISHED, 0);
+        count = 0;
+        let past = conns.len();
+        assert_eq!(
+            mptcp_diag_subflows(snapshot, past, ptr::null_mut(), size, &mut count),
+            -libc::ERANGE
+        );
+        mptcp_diag_close(snapshot);
+    }
+}

@@ -10,6 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use mptcp_core::socket::Fallback;
+
 /// The directory holding the libmptcp.so and libmptcp.a that cargo built
 /// for this test run: the test binary's own directory,
 /// `<target>/<profile>/deps` (`cargo test` does not copy them up to
@@ -333,12 +335,21 @@ fn c_and_cpp_examples_run_clean_under_valgrind() {
         "valgrind reported:\n{server_out}"
     );
 
+    // An open MPTCP connection for the C++ program to list.
+    let listener = mptcp_core::socket::bind_listener("127.0.0.1:0", Fallback::Fail).unwrap();
+    let client =
+        mptcp_core::socket::connect(listener.local_addr().unwrap(), Fallback::Fail).unwrap();
+    let (_server, _) = listener.accept().unwrap();
     let out = run(Command::new(valgrind[0]).args(&valgrind[1..]).arg(&info));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.trim().is_empty(), "valgrind reported:\n{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_contains(&stdout, "ipv4: available");
     assert_contains(&stdout, "limits: subflows");
+    let local = client.local_addr().unwrap();
+    let peer = client.peer_addr().unwrap();
+    assert_contains(&stdout, &format!("connection: {local} -> {peer} ESTAB"));
+    assert_contains(&stdout, &format!("  subflow: {local} -> {peer} rtt_us"));
 }
 
 #[test]
