@@ -216,6 +216,23 @@ fn install_gives_a_versioned_shared_library_and_pkg_config_files() {
         PathBuf::from(format!("libmptcp.so.{version}"))
     );
 
+    // The installed header stands alone in strict C99 and C++11.
+    let include = installed.prefix.join("include/mptcp.h");
+    for (compiler, std, lang) in [("cc", "-std=c99", "c"), ("c++", "-std=c++11", "c++")] {
+        run(Command::new(compiler)
+            .args([
+                std,
+                "-Wall",
+                "-Wextra",
+                "-Wpedantic",
+                "-Werror",
+                "-fsyntax-only",
+                "-x",
+                lang,
+            ])
+            .arg(&include));
+    }
+
     let dynamic = stdout_of(
         Command::new("readelf")
             .arg("-d")
