@@ -333,3 +333,110 @@ fn limits_and_idle_timeout() {
     let d = socks_connect(proxy, Some((USER, PASS)), &TargetAddr::Ip(echo)).unwrap();
     assert_eq!(echo_round_trip(d, b"again"), b"again");
 }
+
+/// Runs `name` from this test binary in a child process with `var` set:
+/// for tests that change process-wide state (the file descriptor limit).
+fn run_in_child(name: &str, var: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(var, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn set_fd_limit(soft: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    lim.rlim_cur = soft;
+    // SAFETY: `lim` is a valid rlimit; lowering the soft limit is always allowed.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
+#[test]
+fn out_of_descriptors_pauses_accepting_and_keeps_connections() {
+    run_in_child("emfile_child", "RELAY_EMFILE_CHILD");
+}
+
+#[test]
+#[ignore = "run in a child process by out_of_descriptors_pauses_accepting_and_keeps_connections"]
+fn emfile_child() {
+    assert!(
+        std::env::var_os("RELAY_EMFILE_CHILD").is_some(),
+        "lowers the process's fd limit"
+    );
+    let (echo, _e) = echo_server();
+    let remote = RemoteConfig::new("127.0.0.1:0".parse().unwrap())
+        .user(USER, PASS)
+        .allow_destination("127.0.0.1".parse().unwrap());
+    let engine = EngineConfig {
+        workers: 1,
+        raise_fd_limit: false,
+        ..engine()
+    };
+    let relay = Relay::start(Config::new().engine(engine).remote(remote)).unwrap();
+    let proxy = relay.listener(ListenerKind::RemoteSocks5).unwrap();
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|_| socks_connect(proxy, Some((USER, PASS)), &TargetAddr::Ip(echo)).unwrap())
+        .collect();
+    let ping = |s: &mut TcpStream| {
+        s.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ping");
+    };
+    held.iter_mut().for_each(ping);
+
+    // Use up every descriptor but one, which the next client takes: the
+    // relay's accept() then fails with EMFILE.
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    set_fd_limit(highest + 1);
+    let mut fillers = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        fillers.push(f);
+    }
+    set_fd_limit(highest + 2);
+    let mut hello = Vec::new();
+    socks5::encode_client_hello_auth_request(Some((USER, PASS)), &TargetAddr::Ip(echo), &mut hello)
+        .unwrap();
+    let mut waiting = TcpStream::connect(proxy).expect("the last descriptor");
+    timeouts(&waiting);
+    waiting.write_all(&hello).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = relay.stats();
+    assert!(stats.error(ErrorKind::Accept) >= 1, "{stats}");
+    // Open connections keep working while accepting is paused.
+    held.iter_mut().for_each(ping);
+
+    // Descriptors come back: the waiting client is served.
+    drop(fillers);
+    set_fd_limit(highest + 1000);
+    let mut reply = [0u8; 14];
+    waiting.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[..6], &[5, 2, 1, 0, 5, 0]);
+    ping(&mut waiting);
+    let stats = relay.stats();
+    assert!(
+        stats.error(ErrorKind::Accept) < 20,
+        "accept retried with backoff, not in a busy loop: {stats}"
+    );
+}

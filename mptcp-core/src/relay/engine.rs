@@ -528,6 +528,10 @@ impl Worker {
         self.counters().error(f.kind);
         tracing::debug!(client = %conn.client_ip, kind = f.kind.name(), "relay: {}", f.detail);
         conn.upstream = None;
+        // Once data flows the protocol answers are history: just close.
+        if matches!(conn.phase, Phase::Relay { .. } | Phase::Closing) {
+            return Next::Close;
+        }
         if !f.answered {
             match conn.answer {
                 Answer::Nothing => {}
@@ -536,9 +540,6 @@ impl Worker {
                     .to_client
                     .extend_from_slice(&http::error_response(f.http)),
             }
-        }
-        if matches!(conn.phase, Phase::Closing) {
-            return Next::Close;
         }
         // Best effort: the answer is a few bytes on a fresh socket.
         let _ = flush(&mut conn.client, &mut conn.to_client);
