@@ -65,7 +65,8 @@ struct Installed {
 }
 
 impl Installed {
-    fn new(test: &str) -> Self {
+    /// Installs with `install.sh --from <built libs> [extra args] PREFIX`.
+    fn new(test: &str, extra_args: &[&str]) -> Self {
         static SERIAL: AtomicUsize = AtomicUsize::new(0);
         let prefix = std::env::temp_dir().join(format!(
             "mptcp-ffi-{test}-{}-{}",
@@ -76,6 +77,7 @@ impl Installed {
         run(Command::new(workspace_root().join("mptcp-ffi/install.sh"))
             .arg("--from")
             .arg(built_lib_dir())
+            .args(extra_args)
             .arg(&prefix));
         Installed { prefix }
     }
@@ -190,7 +192,7 @@ fn assert_contains(text: &str, wanted: &str) {
 
 #[test]
 fn install_gives_a_versioned_shared_library_and_pkg_config_files() {
-    let installed = Installed::new("install");
+    let installed = Installed::new("install", &[]);
     assert_eq!(
         installed.pkg_config(&["--modversion", "mptcp"]),
         env!("CARGO_PKG_VERSION")
@@ -309,7 +311,7 @@ fn check_loopback_outputs(client: &str, server: &str) {
 
 #[test]
 fn c_client_and_server_work_with_the_shared_and_the_static_library() {
-    let installed = Installed::new("loopback");
+    let installed = Installed::new("loopback", &[]);
     let shared = (
         installed.compile("server.c", "mptcp"),
         installed.compile("client.c", "mptcp"),
@@ -332,7 +334,7 @@ fn c_client_and_server_work_with_the_shared_and_the_static_library() {
 
 #[test]
 fn c_and_cpp_examples_run_clean_under_valgrind() {
-    let installed = Installed::new("valgrind");
+    let installed = Installed::new("valgrind", &[]);
     let server = installed.compile("server.c", "mptcp");
     let client = installed.compile("client.c", "mptcp");
     let info = installed.compile("info.cpp", "mptcp");
@@ -372,7 +374,7 @@ fn c_and_cpp_examples_run_clean_under_valgrind() {
 #[test]
 fn c_examples_open_one_subflow_per_link_in_a_two_link_test_bed() {
     mptcp_testbed::require_privileges().expect("this test needs root (network namespaces)");
-    let installed = Installed::new("twolinks");
+    let installed = Installed::new("twolinks", &["--strip"]);
     let server_exe = installed.compile("server.c", "mptcp");
     let client_exe = installed.compile("client.c", "mptcp-static");
     let info_exe = installed.compile("info.cpp", "mptcp");
@@ -461,7 +463,7 @@ fn socks5_echo(proxy: &str, port: u16, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn c_relay_example_relays_and_counts_under_valgrind() {
     use std::io::Write;
-    let installed = Installed::new("relay");
+    let installed = Installed::new("relay", &[]);
     let relay = installed.compile("relay.c", "mptcp");
     let config = installed.prefix.join("relay.toml");
     std::fs::write(
