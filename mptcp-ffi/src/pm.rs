@@ -11,8 +11,8 @@ use mptcp_core::pm::{
 
 use crate::addr::{self, MPTCP_ADDR_TEXT_LEN};
 use crate::error::{
-    Error, NameTable, Plain, Result, Versioned, arg_mut, arg_str, call, fill_text, write_array,
-    write_str, write_versioned,
+    Error, NameTable, Plain, Result, Versioned, arg_mut, arg_ref, arg_str, call, fill_text,
+    write_array, write_str, write_versioned,
 };
 
 /// Endpoint flag: announce this address to the peer (`ADD_ADDR`); servers.
@@ -735,7 +735,7 @@ pub unsafe extern "C" fn mptcp_pm_events_open(out: *mut *mut mptcp_pm_events_t) 
 pub unsafe extern "C" fn mptcp_pm_events_fd(events: *const mptcp_pm_events_t) -> c_int {
     call("mptcp_pm_events_fd", || {
         // SAFETY: guaranteed by the caller.
-        let events = unsafe { crate::error::arg_ref(events, "events") }?;
+        let events = unsafe { arg_ref(events, "events") }?;
         Ok(events.inner.as_raw_fd())
     })
 }
