@@ -440,3 +440,37 @@ fn emfile_child() {
         "accept retried with backoff, not in a busy loop: {stats}"
     );
 }
+
+#[test]
+fn ipv6_listeners_and_destinations() {
+    let l = TcpListener::bind("[::1]:0").unwrap();
+    let echo = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut r = s.try_clone().unwrap();
+            let _ = std::io::copy(&mut r, &mut s);
+            let _ = s.shutdown(Shutdown::Write);
+        }
+    });
+    let mut remote = RemoteConfig::new("[::1]:0".parse().unwrap())
+        .user(USER, PASS)
+        .allow_destination("::1".parse().unwrap());
+    // Both families on the same port: IPv6 listeners are IPv6-only.
+    remote.listen.push("127.0.0.1:0".parse().unwrap());
+    let remote = Relay::start(Config::new().engine(engine()).remote(remote)).unwrap();
+    let proxy6 = remote.listener(ListenerKind::RemoteSocks5).unwrap();
+    assert!(proxy6.is_ipv6());
+    let s = socks_connect(proxy6, Some((USER, PASS)), &TargetAddr::Ip(echo)).unwrap();
+    assert_eq!(echo_round_trip(s, b"over v6"), b"over v6");
+    let local = LocalConfig::new(proxy6.to_string())
+        .credentials(USER, PASS)
+        .socks5("[::1]:0".parse().unwrap());
+    let local = Relay::start(Config::new().engine(engine()).local(local)).unwrap();
+    let s = socks_connect(
+        local.listener(ListenerKind::LocalSocks5).unwrap(),
+        None,
+        &TargetAddr::Ip(echo),
+    )
+    .unwrap();
+    assert_eq!(echo_round_trip(s, b"chained v6"), b"chained v6");
+}

@@ -28,6 +28,11 @@ fn stream_socket(addr: &SocketAddr, mptcp: bool) -> io::Result<Socket> {
 pub(crate) fn listen(addr: SocketAddr, mptcp: bool, transparent: bool) -> io::Result<TcpListener> {
     let socket = stream_socket(&addr, mptcp)?;
     socket.set_reuse_address(true)?;
+    // `[::]:port` means IPv6 only, so that `0.0.0.0:port` can be listed
+    // beside it (a dual-stack socket would take both and make that bind fail).
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
     if transparent {
         let r = if addr.is_ipv4() {
             socket.set_ip_transparent_v4(true)
