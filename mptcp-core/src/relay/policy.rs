@@ -41,7 +41,7 @@ impl Cidr {
 
 /// Maps `::ffff:a.b.c.d` to `a.b.c.d` so that policies cannot be bypassed
 /// by spelling an IPv4 address as IPv6.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -110,7 +110,7 @@ impl<'de> serde::Deserialize<'de> for Cidr {
 
 /// Networks the remote relay refuses to connect to unless allowed
 /// explicitly: its own loopback, link-local, private and unspecified ranges
-/// (and the same spelled as IPv4-mapped IPv6, through [`canonical`]).
+/// (and the same spelled as IPv4-mapped IPv6).
 pub const DEFAULT_DENIED: [&str; 11] = [
     "0.0.0.0/8",
     "127.0.0.0/8",
