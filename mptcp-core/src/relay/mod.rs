@@ -131,6 +131,7 @@ pub struct RelayHandle {
     shared: Arc<Shared>,
     wakers: Vec<Arc<mio::Waker>>,
     workers: Vec<JoinHandle<()>>,
+    resolvers: Vec<JoinHandle<()>>,
     listeners: Vec<(ListenerKind, SocketAddr)>,
 }
 
@@ -176,13 +177,16 @@ impl Relay {
             answer_rxs.push(rx);
         }
         let resolve_rx = Arc::new(Mutex::new(resolve_rx));
+        let mut resolvers = Vec::new();
         for i in 0..RESOLVER_THREADS {
             let rx = Arc::clone(&resolve_rx);
             let txs = answer_txs.clone();
             let wakers = wakers.clone();
-            std::thread::Builder::new()
-                .name(format!("relay-dns-{i}"))
-                .spawn(move || resolver(&rx, &txs, &wakers))?;
+            resolvers.push(
+                std::thread::Builder::new()
+                    .name(format!("relay-dns-{i}"))
+                    .spawn(move || resolver(&rx, &txs, &wakers))?,
+            );
         }
         drop(answer_txs);
 
@@ -210,6 +214,7 @@ impl Relay {
             shared,
             wakers,
             workers: handles,
+            resolvers,
             listeners,
         })
     }
@@ -258,6 +263,11 @@ impl RelayHandle {
         self.wake_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+        // With the workers gone their request senders are dropped, so the
+        // resolvers end (after a lookup in progress, if any).
+        for r in self.resolvers.drain(..) {
+            let _ = r.join();
         }
     }
 }
