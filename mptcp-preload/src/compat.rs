@@ -171,6 +171,7 @@ pub fn option_name(level: c_int, name: c_int) -> &'static str {
         (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) => "IPV6_V6ONLY",
         (libc::IPPROTO_IP, libc::IP_TOS) => "IP_TOS",
         (libc::SOL_SOCKET, libc::SO_ATTACH_FILTER) => "SO_ATTACH_FILTER",
+        (libc::SOL_SOCKET, libc::SO_OOBINLINE) => "SO_OOBINLINE",
         _ => "an option",
     }
 }

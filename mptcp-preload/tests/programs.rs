@@ -238,6 +238,32 @@ fn curl_and_wget_reach_a_destination_behind_the_relay() {
     assert!(!relay_log.contains("error"), "dante: {relay_log}");
 }
 
+/// nginx (preloaded with `env`) listening on 127.0.0.1:8080 in `host`,
+/// proxying to `upstream`; everything it writes lives in `dir`.
+fn nginx_proxy(host: &Host, dir: &Path, env: &[(&str, &str)], upstream: &str) -> Daemon {
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log stderr warn;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             server {{ listen 127.0.0.1:8080; location / {{ proxy_pass {upstream}; }} }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = preloaded(host, "/usr/sbin/nginx", env);
+    cmd.arg("-e")
+        .arg("stderr")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf);
+    Daemon::spawn(&mut cmd)
+}
+
 const ASYNCIO_CLIENT: &str = r#"
 import asyncio, hashlib, sys
 async def main(host, port):
@@ -320,6 +346,71 @@ fn asyncio_and_curl_through_an_authenticating_relay_ipv4_ipv6_and_remote_dns() {
         2,
         "the hops to the relay use MPTCP"
     );
+
+    // nginx as a reverse proxy: its upstream connect is non-blocking, on
+    // edge-triggered epoll, and goes through the relay.
+    let nginx_dir = TempDir::new("nginx");
+    let nginx = nginx_proxy(
+        &bed.client,
+        &nginx_dir.0,
+        &env("s3cret"),
+        "http://127.0.0.1:8000",
+    );
+    let proxy = SocketAddr::from(([127, 0, 0, 1], 8080));
+    wait_listening(&bed.client, proxy);
+    let download = TempDir::new("nginx-download");
+    for round in 0..3 {
+        let out = bed
+            .client
+            .command("curl")
+            .args(["-sS", "--max-time", "10", "-o"])
+            .arg(download.0.join("blob"))
+            .arg(format!("http://{proxy}/blob"))
+            .output()
+            .unwrap();
+        check(&out, &format!("curl through nginx, round {round}"));
+        assert!(
+            std::fs::read(download.0.join("blob")).unwrap() == body,
+            "nginx's response differs"
+        );
+    }
+    let nginx_log = nginx.stop();
+    assert!(!nginx_log.contains("[error]"), "nginx: {nginx_log}");
+    assert_eq!(
+        relay.mptcp_connections(),
+        5,
+        "nginx's upstream hops use MPTCP"
+    );
+
+    // An IPv6 relay for IPv4 sockets (rebuilt as IPv6 before connecting);
+    // run on the server, where the relay listens on ::1.
+    let v6_relay = TestRelay::start(
+        &bed.server,
+        "[::1]:1082".parse().unwrap(),
+        "alice",
+        "s3cret",
+    );
+    let server_dest = bed.server_addr().to_string();
+    let out = preloaded(
+        &bed.server,
+        &python(),
+        &[
+            ("MPTCP_PRELOAD_MODE", "relay"),
+            ("MPTCP_PRELOAD_RELAY", "[::1]:1082"),
+            ("MPTCP_PRELOAD_USER", "alice"),
+            ("MPTCP_PRELOAD_PASSWORD", "s3cret"),
+        ],
+    )
+    .args(["-c", ASYNCIO_CLIENT, &server_dest, "8000"])
+    .output()
+    .unwrap();
+    let stdout = check(&out, "asyncio client with an IPv6 relay");
+    assert!(stdout.contains(&format!("sha256 {want}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("peer {server_dest} 8000")),
+        "{stdout}"
+    );
+    assert_eq!(v6_relay.mptcp_connections(), 1);
 
     // Remote DNS: the name exists only for the relay.
     let mut dns_env = env("s3cret");
