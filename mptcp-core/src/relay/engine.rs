@@ -73,9 +73,12 @@ enum Phase {
     Resolving {
         result: Option<io::Result<Vec<SocketAddr>>>,
     },
-    /// Non-blocking connect in progress; `candidates` are the next
+    /// Non-blocking connect to `to` in progress; `candidates` are the next
     /// addresses to try.
-    Connecting { candidates: Vec<SocketAddr> },
+    Connecting {
+        to: SocketAddr,
+        candidates: Vec<SocketAddr>,
+    },
     /// Pipelined SOCKS5 handshake with the remote relay.
     Upstream {
         handshake: ClientHandshake,
@@ -635,7 +638,7 @@ impl Worker {
                     let candidates = self.permitted(conn, addrs)?;
                     self.start_connect(key, conn, candidates)?;
                 }
-                Phase::Connecting { candidates } => {
+                Phase::Connecting { to, candidates } => {
                     let upstream = conn.upstream.as_mut().expect("connecting socket");
                     let err = match upstream.take_error() {
                         Ok(Some(e)) | Err(e) => Some(e),
@@ -648,17 +651,9 @@ impl Worker {
                         },
                     };
                     if let Some(e) = err {
-                        let to = upstream.peer_addr().ok();
                         let rest = std::mem::take(candidates);
                         if rest.is_empty() {
-                            let to = to.or(match &conn.dest {
-                                Some(TargetAddr::Ip(a)) => Some(*a),
-                                _ => None,
-                            });
-                            return Err(Failure::connect(
-                                &e,
-                                to.unwrap_or(([0, 0, 0, 0], 0).into()),
-                            ));
+                            return Err(Failure::connect(&e, *to));
                         }
                         self.start_connect(key, conn, rest)?;
                         continue;
@@ -858,7 +853,10 @@ impl Worker {
                         )
                         .map_err(|e| Failure::new(ErrorKind::Connect, format!("register: {e}")))?;
                     conn.upstream = Some(s);
-                    conn.phase = Phase::Connecting { candidates };
+                    conn.phase = Phase::Connecting {
+                        to: addr,
+                        candidates,
+                    };
                     return Ok(());
                 }
                 Err(e) if candidates.is_empty() => return Err(Failure::connect(&e, addr)),
