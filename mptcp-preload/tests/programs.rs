@@ -438,6 +438,17 @@ fn asyncio_and_curl_through_an_authenticating_relay_ipv4_ipv6_and_remote_dns() {
         "curl's download differs"
     );
 
+    // The relay's answer becomes the errno: nothing listens on port 8999.
+    let out = preloaded(&bed.client, &python(), &env("s3cret"))
+        .args(["-c", ASYNCIO_CLIENT, "127.0.0.1", "8999"])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "asyncio client to a closed port");
+    assert!(
+        stdout.contains(&format!("error {}", libc::ECONNREFUSED)),
+        "{stdout}"
+    );
+
     let out = preloaded(&bed.client, &python(), &env("wrong"))
         .args(["-c", ASYNCIO_CLIENT, "127.0.0.1", "8000"])
         .output()
@@ -627,4 +638,35 @@ fn fork_from_a_multithreaded_program_does_not_hang() {
         .unwrap();
     let stdout = check(&out, "fork program");
     assert!(stdout.contains("forks ok"), "{stdout}");
+}
+
+#[test]
+fn the_library_exports_only_its_hooks() {
+    let out = std::process::Command::new("nm")
+        .args(["-D", "--defined-only", "--format=just-symbols"])
+        .arg(support::preload_lib())
+        .output()
+        .expect("nm (binutils) must be installed");
+    let mut symbols: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    symbols.sort();
+    let mut hooks = [
+        "accept",
+        "accept4",
+        "close",
+        "close_range",
+        "connect",
+        "dup2",
+        "dup3",
+        "getaddrinfo",
+        "getpeername",
+        "getsockopt",
+        "setsockopt",
+        "socket",
+    ];
+    hooks.sort();
+    assert_eq!(symbols, hooks);
 }
