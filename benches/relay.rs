@@ -101,9 +101,13 @@ fn main() {
             idle.count
         );
     }
+    let (one_link, both_links) = limited;
     println!(
-        "{:<34} {:>14} {:>10.1} Mb    (target >= 37)",
-        "chain over 2 x 20 Mbit/s", "-", limited
+        "{:<34} {:>10.1} Mb  {:>10.1} Mb  {:>7.2}   (target >= 37 Mbit/s)",
+        "2 x 20 Mbit/s links, download",
+        one_link,
+        both_links,
+        both_links / one_link
     );
     println!("local relay:  {l}\nremote relay: {r}");
 }
@@ -320,9 +324,13 @@ fn start_chain(rp: &RelayPath) -> (RelayHandle, RelayHandle) {
 }
 
 /// Download throughput through the chain over 2 × 20 Mbit/s WAN links.
-fn limited_chain() -> f64 {
+/// Download throughput over 2 × 20 Mbit/s WAN links: routed TCP (one
+/// link) and the chain (both links).
+fn limited_chain() -> (f64, f64) {
     let rp = mptcp_testbed::relay_path(2, Some(20)).expect("test bed");
     serve(&rp);
+    let to = SocketAddr::new(rp.dest_addr().into(), DOWNLOAD);
+    let routed = download(&rp, to);
     let _relays = start_chain(&rp);
-    download(&rp, SocketAddr::new(rp.dest_addr().into(), DOWNLOAD))
+    (routed, download(&rp, to))
 }
