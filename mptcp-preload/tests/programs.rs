@@ -283,6 +283,18 @@ async def main(host, port):
 asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 "#;
 
+const BLOCKING_CLIENT: &str = r#"
+import hashlib, socket, sys
+s = socket.socket()
+s.connect((sys.argv[1], int(sys.argv[2])))
+print("peer", *s.getpeername())
+s.sendall(b"GET /blob HTTP/1.0\r\nHost: x\r\n\r\n")
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+print("sha256", hashlib.sha256(data.partition(b"\r\n\r\n")[2]).hexdigest())
+"#;
+
 fn sha256_hex(host: &Host, data: &[u8]) -> String {
     let out = host
         .command(&python())
@@ -437,6 +449,15 @@ fn asyncio_and_curl_through_an_authenticating_relay_ipv4_ipv6_and_remote_dns() {
         std::fs::read(download.0.join("blob")).unwrap() == body,
         "curl's download differs"
     );
+
+    // A blocking connect: the whole hop happens inside connect().
+    let out = preloaded(&bed.client, &python(), &env("s3cret"))
+        .args(["-c", BLOCKING_CLIENT, "127.0.0.1", "8000"])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "blocking client");
+    assert!(stdout.contains("peer 127.0.0.1 8000"), "{stdout}");
+    assert!(stdout.contains(&format!("sha256 {want}")), "{stdout}");
 
     // The relay's answer becomes the errno: nothing listens on port 8999.
     let out = preloaded(&bed.client, &python(), &env("s3cret"))
