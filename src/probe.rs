@@ -203,7 +203,11 @@ mod tests {
                 .any(|g| g.fix == "mptcp limits set subflows 2 add_addr_accepted 2")
         );
         assert!(gaps.iter().any(|g| g.fix.contains("mptcp paths auto")));
-        assert!(gaps.iter().filter(|g| g.fix.starts_with("mptcp")).all(|g| !g.fatal));
+        assert!(
+            gaps.iter()
+                .filter(|g| g.fix.starts_with("mptcp"))
+                .all(|g| !g.fatal)
+        );
     }
 
     #[test]
