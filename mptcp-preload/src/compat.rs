@@ -11,14 +11,10 @@
 use libc::c_int;
 
 use crate::fdtable::{Cell, flag};
-use crate::real;
+use crate::{errno, real};
 
-fn errno() -> c_int {
-    // SAFETY: errno is a thread-local int, always readable.
-    unsafe { *libc::__errno_location() }
-}
-
-fn int_option(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
+/// Reads an `int` socket option through the real `getsockopt`.
+pub(crate) fn int_option(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
     let mut value: c_int = 0;
     let mut len = size_of::<c_int>() as libc::socklen_t;
     // SAFETY: `value` and `len` are valid for writes of the sizes given.

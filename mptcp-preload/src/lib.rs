@@ -65,12 +65,14 @@ static INIT: extern "C" fn() = init;
 /// The kernel has no MPTCP at all (`EPROTONOSUPPORT`): stop asking.
 static MPTCP_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
 
-fn errno() -> c_int {
+/// The calling thread's `errno`.
+pub(crate) fn errno() -> c_int {
     // SAFETY: errno is a thread-local int, always readable.
     unsafe { *libc::__errno_location() }
 }
 
-fn set_errno(value: c_int) {
+/// Sets the calling thread's `errno`.
+pub(crate) fn set_errno(value: c_int) {
     // SAFETY: errno is a thread-local int, always writable.
     unsafe { *libc::__errno_location() = value };
 }

@@ -32,18 +32,13 @@ use libc::{c_int, sockaddr, socklen_t};
 use mptcp_core::socks5::{self, ClientHandshake, Progress, ReplyCode, TargetAddr};
 use mptcp_core::sys::socket::IPPROTO_MPTCP;
 
+use crate::compat::int_option;
 use crate::config::{Config, LogLevel, Relay};
 use crate::fdtable::{self, Cell, flag};
-use crate::{compat, dns, log, real};
-
-fn errno() -> c_int {
-    // SAFETY: errno is a thread-local int, always readable.
-    unsafe { *libc::__errno_location() }
-}
+use crate::{compat, dns, errno, log, real};
 
 fn fail(errno: c_int) -> c_int {
-    // SAFETY: errno is a thread-local int, always writable.
-    unsafe { *libc::__errno_location() = errno };
+    crate::set_errno(errno);
     -1
 }
 
@@ -119,14 +114,6 @@ fn bytes_of(addr: &libc::sockaddr_in6, len: socklen_t) -> &[u8] {
             len as usize,
         )
     }
-}
-
-fn int_option(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
-    let mut value: c_int = 0;
-    let mut len = size_of::<c_int>() as socklen_t;
-    // SAFETY: `value` and `len` are valid for writes of the sizes given.
-    let r = unsafe { real::getsockopt(fd, level, name, (&raw mut value).cast(), &mut len) };
-    (r == 0).then_some(value)
 }
 
 /// The hook's relay path. Returns `None` when the connect is not for the
