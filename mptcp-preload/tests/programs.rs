@@ -178,7 +178,7 @@ fn dante(host: &Host, dir: &Path, internal: &str, external: &str) -> Daemon {
 }
 
 #[test]
-fn curl_and_wget_reach_a_destination_behind_the_relay() {
+fn curl_and_wget_reach_a_destination_behind_dante_and_the_project_relay() {
     privileged();
     let rp = mptcp_testbed::relay_path(2, None).unwrap();
     let files = TempDir::new("www");
@@ -225,11 +225,44 @@ fn curl_and_wget_reach_a_destination_behind_the_relay() {
         "wget's download differs"
     );
 
-    // Both requests reached the destination from the relay's side, not
+    // The project's own relay (mptcp_core::relay, remote role, MPTCP
+    // listener, username/password), with curl.
+    let relay_config = mptcp_core::relay::Config::from_toml(&format!(
+        "[remote]\nlisten = [\"{relay_addr}:1081\"]\nallow_destinations = [\"198.19.0.0/16\"]\n\
+         users = [{{ username = \"alice\", password = \"s3cret\" }}]\n"
+    ))
+    .unwrap();
+    let own_relay = rp
+        .remote
+        .run(|| mptcp_core::relay::Relay::start(relay_config))
+        .unwrap();
+    let own_env = format!("{relay_addr}:1081");
+    let env = [
+        ("MPTCP_PRELOAD_MODE", "relay"),
+        ("MPTCP_PRELOAD_RELAY", own_env.as_str()),
+        ("MPTCP_PRELOAD_USER", "alice"),
+        ("MPTCP_PRELOAD_PASSWORD", "s3cret"),
+    ];
+    let own_out = out_dir.0.join("own-relay");
+    let out = preloaded(&rp.local, "curl", &env)
+        .args(["-sS", "--max-time", "20", "-o"])
+        .arg(&own_out)
+        .arg(&url)
+        .output()
+        .unwrap();
+    check(&out, "curl through the project's relay");
+    assert!(
+        std::fs::read(&own_out).unwrap() == body,
+        "curl's download differs"
+    );
+    let stats = own_relay.shutdown(Duration::from_secs(2));
+    assert_eq!(stats.relayed, 1, "{stats}");
+
+    // All requests reached the destination from the relays' side, not
     // directly from the client.
     let log = server.stop();
     let hits: Vec<&str> = log.lines().filter(|l| l.contains("GET /blob")).collect();
-    assert_eq!(hits.len(), 2, "http.server log: {log}");
+    assert_eq!(hits.len(), 3, "http.server log: {log}");
     assert!(
         hits.iter().all(|l| l.starts_with("198.19.2.1 ")),
         "not relayed: {log}"
