@@ -591,6 +591,34 @@ fn a_program_that_sets_tcp_md5sig_still_works() {
         1,
         "logged once: {stderr}"
     );
+
+    // The same line, in a log file instead.
+    let dir = TempDir::new("log");
+    let log_file = dir.0.join("preload.log");
+    let log_path = log_file.to_str().unwrap();
+    let out = preloaded(
+        &host,
+        &python(),
+        &[
+            ("MPTCP_PRELOAD_LOG", "info"),
+            ("MPTCP_PRELOAD_LOG_FILE", log_path),
+        ],
+    )
+    .args(["-c", MD5_PROGRAM])
+    .output()
+    .unwrap();
+    check(&out, "TCP_MD5SIG program logging to a file");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logged = std::fs::read_to_string(&log_file).unwrap();
+    assert!(
+        logged
+            .starts_with("mptcp-preload: setsockopt(TCP_MD5SIG) is not supported on MPTCP sockets"),
+        "{logged}"
+    );
 }
 
 /// Listener and client on loopback; prints both protocols.
