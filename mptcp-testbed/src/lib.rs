@@ -47,6 +47,7 @@ pub use host::Host;
 pub use link::{Link, Side};
 pub use privilege::{
     NOBODY, UnprivilegedCopy, enter_user_namespace, in_initial_user_namespace, require_privileges,
+    run_ignored_test,
 };
 pub use topology::{RelayPath, TwoLinks, relay_path, two_links};
 pub use transfer::{Proto, Transfer, TransferReport};

@@ -241,3 +241,41 @@ impl Drop for UnprivilegedCopy {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Runs the one ignored test `name` of a Rust test binary that `command`
+/// starts (the binary itself, or a wrapper such as `unshare` followed by it,
+/// as [`UnprivilegedCopy::command`] makes) and returns what it printed.
+///
+/// Tests use it for what must happen in a process of its own: in another
+/// user namespace, without privileges, or with process-wide state changed.
+/// The error says whether the command could not start or the test failed,
+/// with everything the test printed.
+pub fn run_ignored_test(mut command: Command, name: &str) -> io::Result<String> {
+    let out = command
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot run {:?} for test {name} (is it installed?): {e}",
+                    command.get_program()
+                ),
+            )
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() && stdout.contains("1 passed") {
+        return Ok(stdout);
+    }
+    Err(io::Error::other(format!(
+        "test {name} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    )))
+}

@@ -5,7 +5,10 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use mptcp_testbed::transfer::{self, Proto};
-use mptcp_testbed::{Host, Side, Transfer, relay_path, require_privileges, two_links};
+use mptcp_testbed::{Host, Side, relay_path, require_privileges, two_links};
+
+mod common;
+use common::{transfer, transfer_with};
 
 const TRANSFER: Duration = Duration::from_secs(4);
 
@@ -82,18 +85,14 @@ fn mptcp_opens_one_subflow_per_link_and_uses_both() {
     let _cpu = shared_cpu();
     let bed = two_links(2, Some(50)).unwrap();
     let before: Vec<_> = bed.links.iter().map(|l| l.bytes().unwrap()).collect();
-    let transfer = Transfer::start(
+    let (report, subflows) = transfer_with(
         &bed.client,
         &bed.server,
         bed.server_addr(),
         Proto::Mptcp,
         Duration::from_secs(2),
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    let subflows = bed.client.established_tcp(transfer.port()).unwrap();
-    let report = transfer.wait().unwrap();
-    assert!(report.intact(), "{report:?}");
+        |running| bed.client.established_tcp(running.port()).unwrap(),
+    );
     let sources: Vec<_> = subflows.iter().map(|(local, _)| *local.ip()).collect();
     assert!(
         sources.contains(&bed.client_addr(0)) && sources.contains(&bed.client_addr(1)),
@@ -118,14 +117,8 @@ fn mptcp_aggregates_two_20_mbit_links() {
     privileges();
     let _cpu = exclusive_cpu();
     let bed = two_links(2, Some(20)).unwrap();
-    let run = |proto| {
-        let report = Transfer::start(&bed.client, &bed.server, bed.server_addr(), proto, TRANSFER)
-            .unwrap()
-            .wait()
-            .unwrap();
-        assert!(report.intact(), "{proto:?}: {report:?}");
-        report.mbit_per_s()
-    };
+    let run =
+        |proto| transfer(&bed.client, &bed.server, bed.server_addr(), proto, TRANSFER).mbit_per_s();
     let tcp = run(Proto::Tcp);
     let mptcp = run(Proto::Mptcp);
     let ratio = mptcp / tcp;
@@ -147,23 +140,22 @@ fn transfer_survives_a_link_going_down_and_back() {
     privileges();
     let _cpu = shared_cpu();
     let bed = two_links(2, Some(20)).unwrap();
-    let transfer = Transfer::start(
+    let (_, (at_down, while_down)) = transfer_with(
         &bed.client,
         &bed.server,
         bed.server_addr(),
         Proto::Mptcp,
         TRANSFER,
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    // Link 1 carries a subflow (link 0 carries the initial one).
-    bed.links[1].down().unwrap();
-    let at_down = transfer.meter().sample();
-    std::thread::sleep(Duration::from_millis(1500));
-    let while_down = transfer.meter().sample();
-    bed.links[1].up().unwrap();
-    let report = transfer.wait().unwrap();
-    assert!(report.intact(), "{report:?}");
+        |running| {
+            // Link 1 carries a subflow (link 0 carries the initial one).
+            bed.links[1].down().unwrap();
+            let at_down = running.meter().sample();
+            std::thread::sleep(Duration::from_millis(1500));
+            let while_down = running.meter().sample();
+            bed.links[1].up().unwrap();
+            (at_down, while_down)
+        },
+    );
     assert!(
         while_down.bytes > at_down.bytes,
         "no data moved while link 1 was down"
@@ -187,17 +179,13 @@ fn link_rate_can_change_and_be_removed() {
             .contains("rate 20Mbit")
     );
     link.set_rate(Some(5)).unwrap();
-    let slow = Transfer::start(
+    let slow = transfer(
         &bed.client,
         &bed.server,
         bed.server_addr(),
         Proto::Tcp,
         Duration::from_secs(2),
-    )
-    .unwrap()
-    .wait()
-    .unwrap();
-    assert!(slow.intact());
+    );
     assert!(
         (3.5..5.5).contains(&slow.mbit_per_s()),
         "{} Mbit/s at 5 Mbit/s",
@@ -219,29 +207,23 @@ fn relay_path_routes_lan_to_dest_and_mptcp_uses_every_wan_link() {
     let _cpu = shared_cpu();
     let rp = relay_path(2, Some(50)).unwrap();
     // Plain routing, lan -> dest and back, over WAN link 0.
-    let plain = Transfer::start(
+    let plain = transfer(
         &rp.lan,
         &rp.dest,
         rp.dest_addr(),
         Proto::Tcp,
         Duration::from_millis(500),
-    )
-    .unwrap()
-    .wait()
-    .unwrap();
-    assert!(plain.intact() && plain.received_bytes > 0, "{plain:?}");
+    );
+    assert!(plain.received_bytes > 0, "{plain:?}");
     // MPTCP from local to remote over both WAN links.
-    let transfer = Transfer::start(
+    let (_, subflows) = transfer_with(
         &rp.local,
         &rp.remote,
         rp.remote_addr(),
         Proto::Mptcp,
         Duration::from_secs(2),
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    let subflows = rp.local.established_tcp(transfer.port()).unwrap();
-    assert!(transfer.wait().unwrap().intact());
+        |running| rp.local.established_tcp(running.port()).unwrap(),
+    );
     assert_eq!(subflows.len(), 2, "{subflows:?}");
 }
 

@@ -7,49 +7,30 @@
 //! `nobody` user (65534) so the inner test truly has no privilege in the
 //! machine's namespaces.
 
-use std::process::Output;
 use std::time::Duration;
 
 use mptcp_testbed::{
-    Proto, Transfer, UnprivilegedCopy, in_initial_user_namespace, relay_path, two_links,
+    Proto, UnprivilegedCopy, in_initial_user_namespace, relay_path, run_ignored_test, two_links,
 };
+
+mod common;
+use common::{transfer, transfer_with};
 
 /// Runs the inner test `name` of this binary, with `wrapper` (e.g. `unshare`
 /// and its arguments) in front, from a copy that `nobody` may run, as
-/// `nobody` when we are root.
-fn run_inner(wrapper: &[&str], name: &str) -> Output {
+/// `nobody` when we are root; panics with its output unless it passed.
+fn run_inner(wrapper: &[&str], name: &str) {
     let exe = std::env::current_exe().expect("path of the test binary");
     let copy = UnprivilegedCopy::new(&exe).expect("copying the test binary for nobody");
-    copy.command(wrapper)
-        .args([
-            name,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("running {wrapper:?} {name} (is util-linux installed for `unshare`?): {e}")
-        })
-}
-
-fn assert_inner_passed(out: &Output, name: &str) {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "inner test {name} failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let stdout = run_ignored_test(copy.command(wrapper), name)
+        .unwrap_or_else(|e| panic!("inner test under {wrapper:?}: {e}"));
     println!("{stdout}");
 }
 
 #[test]
 fn test_bed_works_in_an_unprivileged_user_namespace() {
     let name = "inner_two_links_and_relay_path_in_user_namespace";
-    let out = run_inner(&["unshare", "--user", "--map-root-user", "--net"], name);
-    assert_inner_passed(&out, name);
+    run_inner(&["unshare", "--user", "--map-root-user", "--net"], name);
 }
 
 #[test]
@@ -60,43 +41,38 @@ fn inner_two_links_and_relay_path_in_user_namespace() {
         "expected to run in a user namespace of its own"
     );
     let bed = two_links(2, Some(50)).unwrap();
-    let transfer = Transfer::start(
+    let (report, subflows) = transfer_with(
         &bed.client,
         &bed.server,
         bed.server_addr(),
         Proto::Mptcp,
         Duration::from_secs(2),
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    let subflows = bed.client.established_tcp(transfer.port()).unwrap();
-    bed.links[1].set_rate(Some(30)).unwrap();
-    let report = transfer.wait().unwrap();
-    assert!(report.intact(), "{report:?}");
+        |running| {
+            let subflows = bed.client.established_tcp(running.port()).unwrap();
+            bed.links[1].set_rate(Some(30)).unwrap();
+            subflows
+        },
+    );
     assert_eq!(subflows.len(), 2, "{subflows:?}");
     println!(
         "in a user namespace: MPTCP {:.1} Mbit/s over 2 links, 2 subflows, checksum ok",
         report.mbit_per_s()
     );
     let rp = relay_path(2, None).unwrap();
-    let plain = Transfer::start(
+    let plain = transfer(
         &rp.lan,
         &rp.dest,
         rp.dest_addr(),
         Proto::Tcp,
         Duration::from_millis(200),
-    )
-    .unwrap()
-    .wait()
-    .unwrap();
-    assert!(plain.intact() && plain.received_bytes > 0, "{plain:?}");
+    );
+    assert!(plain.received_bytes > 0, "{plain:?}");
 }
 
 #[test]
 fn without_any_privilege_the_error_says_what_is_missing() {
     let name = "inner_require_privileges_explains";
-    let out = run_inner(&[], name);
-    assert_inner_passed(&out, name);
+    run_inner(&[], name);
 }
 
 #[test]
