@@ -8,7 +8,7 @@ use mptcp_testbed::transfer::{self, Proto};
 use mptcp_testbed::{Host, Side, relay_path, require_privileges, two_links};
 
 mod common;
-use common::{transfer, transfer_with};
+use common::{assert_lan_reaches_dest, mptcp_subflows, transfer, transfer_with};
 
 const TRANSFER: Duration = Duration::from_secs(4);
 
@@ -85,14 +85,7 @@ fn mptcp_opens_one_subflow_per_link_and_uses_both() {
     let _cpu = shared_cpu();
     let bed = two_links(2, Some(50)).unwrap();
     let before: Vec<_> = bed.links.iter().map(|l| l.bytes().unwrap()).collect();
-    let (report, subflows) = transfer_with(
-        &bed.client,
-        &bed.server,
-        bed.server_addr(),
-        Proto::Mptcp,
-        Duration::from_secs(2),
-        |running| bed.client.established_tcp(running.port()).unwrap(),
-    );
+    let (report, subflows) = mptcp_subflows(&bed.client, &bed.server, bed.server_addr(), || ());
     let sources: Vec<_> = subflows.iter().map(|(local, _)| *local.ip()).collect();
     assert!(
         sources.contains(&bed.client_addr(0)) && sources.contains(&bed.client_addr(1)),
@@ -207,23 +200,9 @@ fn relay_path_routes_lan_to_dest_and_mptcp_uses_every_wan_link() {
     let _cpu = shared_cpu();
     let rp = relay_path(2, Some(50)).unwrap();
     // Plain routing, lan -> dest and back, over WAN link 0.
-    let plain = transfer(
-        &rp.lan,
-        &rp.dest,
-        rp.dest_addr(),
-        Proto::Tcp,
-        Duration::from_millis(500),
-    );
-    assert!(plain.received_bytes > 0, "{plain:?}");
+    assert_lan_reaches_dest(&rp, Duration::from_millis(500));
     // MPTCP from local to remote over both WAN links.
-    let (_, subflows) = transfer_with(
-        &rp.local,
-        &rp.remote,
-        rp.remote_addr(),
-        Proto::Mptcp,
-        Duration::from_secs(2),
-        |running| rp.local.established_tcp(running.port()).unwrap(),
-    );
+    let (_, subflows) = mptcp_subflows(&rp.local, &rp.remote, rp.remote_addr(), || ());
     assert_eq!(subflows.len(), 2, "{subflows:?}");
 }
 

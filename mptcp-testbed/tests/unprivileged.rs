@@ -10,11 +10,11 @@
 use std::time::Duration;
 
 use mptcp_testbed::{
-    Proto, UnprivilegedCopy, in_initial_user_namespace, relay_path, run_ignored_test, two_links,
+    UnprivilegedCopy, in_initial_user_namespace, relay_path, run_ignored_test, two_links,
 };
 
 mod common;
-use common::{transfer, transfer_with};
+use common::{assert_lan_reaches_dest, mptcp_subflows};
 
 /// Runs the inner test `name` of this binary, with `wrapper` (e.g. `unshare`
 /// and its arguments) in front, from a copy that `nobody` may run, as
@@ -41,32 +41,16 @@ fn inner_two_links_and_relay_path_in_user_namespace() {
         "expected to run in a user namespace of its own"
     );
     let bed = two_links(2, Some(50)).unwrap();
-    let (report, subflows) = transfer_with(
-        &bed.client,
-        &bed.server,
-        bed.server_addr(),
-        Proto::Mptcp,
-        Duration::from_secs(2),
-        |running| {
-            let subflows = bed.client.established_tcp(running.port()).unwrap();
-            bed.links[1].set_rate(Some(30)).unwrap();
-            subflows
-        },
-    );
+    let (report, subflows) = mptcp_subflows(&bed.client, &bed.server, bed.server_addr(), || {
+        bed.links[1].set_rate(Some(30)).unwrap();
+    });
     assert_eq!(subflows.len(), 2, "{subflows:?}");
     println!(
         "in a user namespace: MPTCP {:.1} Mbit/s over 2 links, 2 subflows, checksum ok",
         report.mbit_per_s()
     );
     let rp = relay_path(2, None).unwrap();
-    let plain = transfer(
-        &rp.lan,
-        &rp.dest,
-        rp.dest_addr(),
-        Proto::Tcp,
-        Duration::from_millis(200),
-    );
-    assert!(plain.received_bytes > 0, "{plain:?}");
+    assert_lan_reaches_dest(&rp, Duration::from_millis(200));
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! Transfers that the tests of the test bed run in several places.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use mptcp_testbed::{Host, Proto, Transfer, TransferReport};
+use mptcp_testbed::{Host, Proto, RelayPath, Transfer, TransferReport};
 
 /// Runs a transfer of `proto` from `from` to `to_addr` (an address of `to`)
 /// for `duration`, and checks that every byte arrived intact.
@@ -38,4 +38,29 @@ pub fn transfer_with<T>(
     let report = transfer.wait().unwrap();
     assert!(report.intact(), "{proto:?}: {report:?}");
     (report, seen)
+}
+
+/// An MPTCP transfer of two seconds from `from` to `to_addr`, checked like
+/// [`transfer_with`]: returns the report and the subflows `from` had
+/// established one second in (local, remote), after which `then` runs while
+/// data still flows.
+pub fn mptcp_subflows(
+    from: &Host,
+    to: &Host,
+    to_addr: Ipv4Addr,
+    then: impl FnOnce(),
+) -> (TransferReport, Vec<(SocketAddrV4, SocketAddrV4)>) {
+    let duration = Duration::from_secs(2);
+    transfer_with(from, to, to_addr, Proto::Mptcp, duration, |running| {
+        let subflows = from.established_tcp(running.port()).unwrap();
+        then();
+        subflows
+    })
+}
+
+/// Checks that plain routing carries a TCP transfer of `duration` from the
+/// relay path's LAN host to its destination host (over WAN link 0).
+pub fn assert_lan_reaches_dest(rp: &RelayPath, duration: Duration) {
+    let plain = transfer(&rp.lan, &rp.dest, rp.dest_addr(), Proto::Tcp, duration);
+    assert!(plain.received_bytes > 0, "{plain:?}");
 }
