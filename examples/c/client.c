@@ -24,18 +24,6 @@ static unsigned char pattern_byte(size_t i)
     return (unsigned char)(i * 31 + (i >> 8));
 }
 
-static void write_all(int fd, const unsigned char *data, size_t len)
-{
-    for (size_t sent = 0; sent < len;) {
-        ssize_t n = write(fd, data + sent, len - sent);
-        if (n < 0) {
-            perror("write");
-            exit(1);
-        }
-        sent += (size_t)n;
-    }
-}
-
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -57,9 +45,7 @@ int main(int argc, char **argv)
         out[i] = pattern_byte(i);
     size_t first = total < 16384 ? total : 16384;
     write_all(fd, out, first);
-    if (mptcp_is_mptcp(fd) == 1)
-        wait_for_subflows(fd, want_subflows, 3000);
-    print_connection("client", fd);
+    print_connection("client", fd, want_subflows);
     write_all(fd, out + first, total - first);
     shutdown(fd, SHUT_WR);
     size_t received = 0;

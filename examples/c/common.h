@@ -1,4 +1,5 @@
-/* Helpers shared by the C examples: report a libmptcp failure and exit. */
+/* Helpers shared by the C examples: report a libmptcp failure and exit,
+ * write a whole buffer, print a connection and its subflows. */
 #ifndef MPTCP_EXAMPLES_COMMON_H
 #define MPTCP_EXAMPLES_COMMON_H
 
@@ -6,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <mptcp.h>
 
@@ -17,6 +19,19 @@ static inline int check(int rc, const char *what)
         exit(1);
     }
     return rc;
+}
+
+/* Writes all `len` bytes of `data` to `fd`; exits on an error. */
+static inline void write_all(int fd, const void *data, size_t len)
+{
+    for (size_t sent = 0; sent < len;) {
+        ssize_t n = write(fd, (const char *)data + sent, len - sent);
+        if (n < 0) {
+            perror("write");
+            exit(1);
+        }
+        sent += (size_t)n;
+    }
 }
 
 /* Waits up to `timeout_ms` for the connection on `fd` to have `want`
@@ -36,14 +51,16 @@ static inline size_t wait_for_subflows(int fd, size_t want, int timeout_ms)
     }
 }
 
-/* Prints "mptcp=yes subflows=N" and one line per subflow. */
-static inline void print_connection(const char *who, int fd)
+/* Prints "mptcp=yes subflows=N" and one line per subflow, once the
+ * connection has `want_subflows` (waiting up to 3 s for them). */
+static inline void print_connection(const char *who, int fd, size_t want_subflows)
 {
     int is_mptcp = check(mptcp_is_mptcp(fd), "mptcp_is_mptcp");
     if (!is_mptcp) {
         printf("%s: mptcp=no\n", who);
         return;
     }
+    wait_for_subflows(fd, want_subflows, 3000);
     mptcp_info_t info = {.struct_size = sizeof info};
     check(mptcp_get_info(fd, &info), "mptcp_get_info");
 

@@ -54,19 +54,10 @@ int main(int argc, char **argv)
         char buf[16384];
         ssize_t n = read(fd, buf, sizeof buf);
         /* The client sends only once its subflows are up; ours follow. */
-        if (mptcp_is_mptcp(fd) == 1)
-            wait_for_subflows(fd, want_subflows, 3000);
-        print_connection("server", fd);
+        print_connection("server", fd, want_subflows);
         size_t echoed = 0;
         while (n > 0) {
-            for (ssize_t done = 0; done < n;) {
-                ssize_t w = write(fd, buf + done, (size_t)(n - done));
-                if (w < 0) {
-                    perror("write");
-                    return 1;
-                }
-                done += w;
-            }
+            write_all(fd, buf, (size_t)n);
             echoed += (size_t)n;
             n = read(fd, buf, sizeof buf);
         }

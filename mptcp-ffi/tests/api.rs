@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use mptcp::*;
 
+mod common;
+use common::{echo_once, socks5_connect};
+
 fn last_error() -> String {
     // SAFETY: mptcp_last_error always returns a valid C string.
     unsafe { CStr::from_ptr(mptcp_last_error()) }
@@ -29,6 +32,13 @@ fn text(field: &[c_char]) -> String {
         .map(|&c| c as u8)
         .collect();
     String::from_utf8(bytes).expect("UTF-8 text")
+}
+
+/// Checks that the `local_text` and `remote_text` of a listed connection
+/// or subflow are the addresses of `stream`.
+fn assert_addr_texts(local_text: &[c_char], remote_text: &[c_char], stream: &TcpStream) {
+    assert_eq!(text(local_text), stream.local_addr().unwrap().to_string());
+    assert_eq!(text(remote_text), stream.peer_addr().unwrap().to_string());
 }
 
 /// A static C string result.
@@ -230,14 +240,7 @@ fn info_and_subflows_write_only_what_the_caller_knows() {
         let written = mptcp_get_subflows(fd, array.as_mut_ptr().cast(), stride, &mut count);
         assert_eq!((written, count), (1, 1));
         let subflow: mptcp_subflow_t = ptr::read_unaligned(array.as_ptr().cast());
-        assert_eq!(
-            text(&subflow.local_text),
-            client.local_addr().unwrap().to_string()
-        );
-        assert_eq!(
-            text(&subflow.remote_text),
-            client.peer_addr().unwrap().to_string()
-        );
+        assert_addr_texts(&subflow.local_text, &subflow.remote_text, &client);
         assert_eq!(subflow.local.ss_family, libc::AF_INET as libc::sa_family_t);
         assert_ne!(subflow.present & MPTCP_SUBFLOW_HAS_ID, 0);
         assert_eq!(subflow.state, 1, "TCP_ESTABLISHED");
@@ -678,29 +681,9 @@ fn relay_carries_a_socks5_connection_and_counts_it() {
         let relay_addr = text(&listeners[0].addr_text);
         assert!(relay_addr.starts_with("127.0.0.1:"), "{relay_addr}");
 
-        // A destination that echoes one connection.
-        let destination = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = destination.local_addr().unwrap().port();
-        let echo = std::thread::spawn(move || {
-            let (mut conn, _) = destination.accept().unwrap();
-            let mut buf = [0u8; 64];
-            let n = conn.read(&mut buf).unwrap();
-            conn.write_all(&buf[..n]).unwrap();
-        });
-
         // SOCKS5 without authentication (allowed on loopback), CONNECT.
-        let mut socks = TcpStream::connect(&relay_addr).unwrap();
-        socks.write_all(&[5, 1, 0]).unwrap();
-        let mut reply = [0u8; 2];
-        socks.read_exact(&mut reply).unwrap();
-        assert_eq!(reply, [5, 0]);
-        let [hi, lo] = port.to_be_bytes();
-        socks
-            .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, hi, lo])
-            .unwrap();
-        let mut reply = [0u8; 10];
-        socks.read_exact(&mut reply).unwrap();
-        assert_eq!(reply[..2], [5, 0], "SOCKS5 request granted");
+        let (port, echo) = echo_once();
+        let mut socks = socks5_connect(&relay_addr, port);
         socks.write_all(b"through the relay").unwrap();
         let mut back = [0u8; 17];
         socks.read_exact(&mut back).unwrap();
@@ -763,14 +746,7 @@ fn diag_snapshot_lists_a_connection_and_its_subflow() {
             .position(|conn| conn.token == info.token)
             .expect("the client connection is in the snapshot");
         let conn = &conns[index];
-        assert_eq!(
-            text(&conn.local_text),
-            client.local_addr().unwrap().to_string()
-        );
-        assert_eq!(
-            text(&conn.remote_text),
-            client.peer_addr().unwrap().to_string()
-        );
+        assert_addr_texts(&conn.local_text, &conn.remote_text, &client);
         assert_eq!((conn.fallback, conn.subflow_count), (0, 1));
         assert_eq!(
             static_str(mptcp_tcp_state_name(conn.state)).unwrap(),

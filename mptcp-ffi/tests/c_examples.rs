@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use mptcp_core::socket::Fallback;
 
+mod common;
+use common::{echo_once, socks5_connect};
+
 /// The directory holding the libmptcp.so and libmptcp.a that cargo built
 /// for this test run: the test binary's own directory,
 /// `<target>/<profile>/deps` (`cargo test` does not copy them up to
@@ -332,21 +335,24 @@ fn c_client_and_server_work_with_the_shared_and_the_static_library() {
     check_loopback_outputs(&client, &server);
 }
 
+/// valgrind, quiet, failing the program (exit code 99) on any memory error
+/// and on any leak, "possibly lost" included.
+const VALGRIND: [&str; 6] = [
+    "valgrind",
+    "-q",
+    "--leak-check=full",
+    "--show-leak-kinds=definite,indirect,possible",
+    "--errors-for-leak-kinds=definite,indirect,possible",
+    "--error-exitcode=99",
+];
+
 #[test]
 fn c_and_cpp_examples_run_clean_under_valgrind() {
     let installed = Installed::new("valgrind", &[]);
     let server = installed.compile("server.c", "mptcp");
     let client = installed.compile("client.c", "mptcp");
     let info = installed.compile("info.cpp", "mptcp");
-    let valgrind = [
-        "valgrind",
-        "-q",
-        "--leak-check=full",
-        "--show-leak-kinds=definite,indirect,possible",
-        "--errors-for-leak-kinds=definite,indirect,possible",
-        "--error-exitcode=99",
-    ];
-    let (client_out, server_out) = loopback_exchange(&server, &client, &valgrind);
+    let (client_out, server_out) = loopback_exchange(&server, &client, &VALGRIND);
     check_loopback_outputs(&client_out, &server_out);
     // `-q` leaves only errors on stderr; the server's stderr is in its output.
     assert!(
@@ -359,7 +365,7 @@ fn c_and_cpp_examples_run_clean_under_valgrind() {
     let client =
         mptcp_core::socket::connect(listener.local_addr().unwrap(), Fallback::Fail).unwrap();
     let (_server, _) = listener.accept().unwrap();
-    let out = run(Command::new(valgrind[0]).args(&valgrind[1..]).arg(&info));
+    let out = run(Command::new(VALGRIND[0]).args(&VALGRIND[1..]).arg(&info));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.trim().is_empty(), "valgrind reported:\n{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -438,28 +444,6 @@ fn c_examples_open_one_subflow_per_link_in_a_two_link_test_bed() {
     assert_contains(&events, "events: 3");
 }
 
-/// Connects through a SOCKS5 server without authentication to
-/// 127.0.0.1:`port`, sends `payload` and returns the echo.
-fn socks5_echo(proxy: &str, port: u16, payload: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut socks = std::net::TcpStream::connect(proxy).expect("connect to the relay");
-    socks.write_all(&[5, 1, 0]).unwrap();
-    let mut reply = [0u8; 2];
-    socks.read_exact(&mut reply).unwrap();
-    assert_eq!(reply, [5, 0], "no authentication accepted");
-    let [hi, lo] = port.to_be_bytes();
-    socks
-        .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, hi, lo])
-        .unwrap();
-    let mut reply = [0u8; 10];
-    socks.read_exact(&mut reply).unwrap();
-    assert_eq!(reply[..2], [5, 0], "CONNECT granted");
-    socks.write_all(payload).unwrap();
-    let mut echo = vec![0u8; payload.len()];
-    socks.read_exact(&mut echo).unwrap();
-    echo
-}
-
 #[test]
 fn c_relay_example_relays_and_counts_under_valgrind() {
     use std::io::Write;
@@ -472,18 +456,8 @@ fn c_relay_example_relays_and_counts_under_valgrind() {
          allow_unauthenticated_loopback = true\nallow_destinations = [\"127.0.0.0/8\"]\n",
     )
     .unwrap();
-    let mut child = Command::new("valgrind")
-        .args([
-            "-q",
-            "--leak-check=full",
-            // Not "possible": mptcp-core's relay does not join its DNS
-            // resolver threads on shutdown (they end by themselves once the
-            // workers are gone), so one may still be exiting when the
-            // program does, and its thread stack then shows as "possibly
-            // lost". Definite and indirect leaks still fail the test.
-            "--errors-for-leak-kinds=definite,indirect",
-            "--error-exitcode=99",
-        ])
+    let mut child = Command::new(VALGRIND[0])
+        .args(&VALGRIND[1..])
         .arg(&relay)
         .arg(&config)
         .arg("2000")
@@ -501,15 +475,13 @@ fn c_relay_example_relays_and_counts_under_valgrind() {
         .trim()
         .to_owned();
 
-    let destination = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = destination.local_addr().unwrap().port();
-    let echo = std::thread::spawn(move || {
-        let (mut conn, _) = destination.accept().unwrap();
-        let mut buf = [0u8; 64];
-        let n = conn.read(&mut buf).unwrap();
-        conn.write_all(&buf[..n]).unwrap();
-    });
-    assert_eq!(socks5_echo(&proxy, port, b"via libmptcp"), b"via libmptcp");
+    let (port, echo) = echo_once();
+    let mut socks = socks5_connect(&proxy, port);
+    socks.write_all(b"via libmptcp").unwrap();
+    let mut back = [0u8; 12];
+    socks.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"via libmptcp");
+    drop(socks);
     echo.join().unwrap();
     // A SOCKS4 greeting: refused, and counted as a protocol error.
     let mut wrong = std::net::TcpStream::connect(&proxy).unwrap();
