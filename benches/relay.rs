@@ -3,8 +3,10 @@
 //! against plain routed TCP on the same topology.
 //!
 //! Prints a side-by-side table: throughput both ways, new connections per
-//! second, memory per idle relayed connection, and the chain's throughput
-//! over 2 × 20 Mbit/s links. Run as root:
+//! second, 10,000 concurrent idle relayed connections (memory per
+//! connection, and whether they all still carry data), and the chain's
+//! throughput over 2 × 20 Mbit/s links beside routed TCP on one link and
+//! direct MPTCP on both. Run as root:
 //!
 //! ```text
 //! cargo bench -p mptcp --bench relay
@@ -12,46 +14,67 @@
 //!
 //! `RELAY_BENCH=connect` measures only the connection rates (for
 //! profiling). Every loop is bounded in time or count (the whole run takes
-//! about 40 s).
+//! about a minute).
+//!
+//! RLIMIT_NOFILE caps a process at 20,000 descriptors here (and root may
+//! lack CAP_SYS_RESOURCE to raise it), while 10,000 connections need 20,000
+//! in each relay. So the concurrency phase runs each role as two relay
+//! processes sharing their ports with `SO_REUSEPORT` (`[engine] reuse_port`),
+//! and the destination as one more process: this binary re-executes itself
+//! with `RELAY_BENCH_CHILD` set to the role.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::Stdio;
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mptcp_core::relay::{Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig};
-use mptcp_testbed::{RelayPath, data};
+use mptcp_core::socket::{self as mptcp_socket, Fallback};
+use mptcp_testbed::{Host, RelayPath, data};
+use socket2::{Domain, SockAddr};
 
 const DOWNLOAD: u16 = 5001;
 const UPLOAD: u16 = 5002;
 const CONNECT: u16 = 5003;
 const HOLD: u16 = 5004;
+/// Direct MPTCP between the local and remote nodes (no relay).
+const DIRECT_MPTCP: u16 = 5010;
 const SOCKS_PORT: u16 = 1080;
 const REDIRECT_PORT: u16 = 12345;
 const THROUGHPUT_TIME: Duration = Duration::from_secs(3);
+/// Long enough over 2 × 20 Mbit/s that slow start and the second subflow's
+/// join weigh little; the steady rate (after the first second) is shown too.
+const LIMITED_TIME: Duration = Duration::from_secs(6);
+const RAMP_UP: Duration = Duration::from_secs(1);
 const CONNECT_TIME: Duration = Duration::from_secs(2);
 const CONNECT_THREADS: usize = 16;
-/// Each idle connection costs this process 6 descriptors (LAN client, two
-/// per relay, destination); 3,000 stay under a hard RLIMIT_NOFILE of 20,000.
-const IDLE_CONNECTIONS: usize = 3_000;
+/// Concurrent idle connections through the chain.
+const CONCURRENT: usize = 10_000;
+/// Relay processes per role in the concurrency phase (each holds 2
+/// descriptors per connection; the cap is 20,000 per process).
+const PROCESSES_PER_ROLE: usize = 2;
+const CHILD_ENV: &str = "RELAY_BENCH_CHILD";
 
 fn main() {
+    if let Ok(role) = std::env::var(CHILD_ENV) {
+        child(&role);
+        return;
+    }
     if let Err(e) = mptcp_testbed::require_privileges() {
         eprintln!("relay bench needs root: {e}");
         std::process::exit(1);
     }
     let rp = mptcp_testbed::relay_path(2, None).expect("test bed");
     tune(&rp);
-    serve(&rp);
+    serve(&rp, THROUGHPUT_TIME);
     let dest = |port| SocketAddr::new(rp.dest_addr().into(), port);
 
     let routed = Row {
-        down: download(&rp, dest(DOWNLOAD)),
+        down: download(&rp.lan, dest(DOWNLOAD)).0,
         up: upload(&rp, dest(UPLOAD)),
         conns: connect_rate(&rp, dest(CONNECT)),
-        idle: None,
     };
     let (local, remote) = start_chain(&rp);
     // `RELAY_BENCH=connect`: only the chain's connection rate, for profiling.
@@ -65,15 +88,15 @@ fn main() {
         return;
     }
     let chain = Row {
-        down: download(&rp, dest(DOWNLOAD)),
+        down: download(&rp.lan, dest(DOWNLOAD)).0,
         up: upload(&rp, dest(UPLOAD)),
         conns: connect_rate(&rp, dest(CONNECT)),
-        idle: Some(idle_memory(&rp, dest(HOLD), &local, &remote)),
     };
     let (l, r) = (local.stats(), remote.stats());
     drop((local, remote));
     drop(rp);
-    let limited = limited_chain();
+    let concurrent = concurrency();
+    let limited = limited_links();
 
     println!();
     println!(
@@ -91,24 +114,8 @@ fn main() {
     row("download (dest -> lan)", routed.down, chain.down, "Mb");
     row("upload (lan -> dest)", routed.up, chain.up, "Mb");
     row("new connections/s", routed.conns, chain.conns, "/s");
-    if let Some(idle) = chain.idle {
-        println!(
-            "{:<34} {:>14} {:>10.0} B/c   (RSS {:+.1} MiB for {} connections, 4 relay sockets each, no pipes)",
-            "memory per idle relayed conn",
-            "-",
-            idle.bytes_per_conn,
-            idle.rss_delta as f64 / (1 << 20) as f64,
-            idle.count
-        );
-    }
-    let (one_link, both_links) = limited;
-    println!(
-        "{:<34} {:>10.1} Mb  {:>10.1} Mb  {:>7.2}   (target >= 37 Mbit/s)",
-        "2 x 20 Mbit/s links, download",
-        one_link,
-        both_links,
-        both_links / one_link
-    );
+    concurrent.print();
+    limited.print();
     println!("local relay:  {l}\nremote relay: {r}");
 }
 
@@ -116,13 +123,6 @@ struct Row {
     down: f64,
     up: f64,
     conns: f64,
-    idle: Option<Idle>,
-}
-
-struct Idle {
-    count: usize,
-    rss_delta: i64,
-    bytes_per_conn: f64,
 }
 
 /// Wide port ranges and TIME_WAIT reuse, so the connection-rate loops do
@@ -135,8 +135,9 @@ fn tune(rp: &RelayPath) {
     }
 }
 
-/// The destination's servers, one thread each, for the life of the bench.
-fn serve(rp: &RelayPath) {
+/// The destination's servers, one thread each, for the life of the bench;
+/// downloads last `download_time`.
+fn serve(rp: &RelayPath, download_time: Duration) {
     let bind = |port| {
         let addr = SocketAddr::new(rp.dest_addr().into(), port);
         rp.dest
@@ -148,7 +149,7 @@ fn serve(rp: &RelayPath) {
         for s in down.incoming().flatten() {
             std::thread::spawn(move || {
                 let mut s = s;
-                let _ = data::send_pattern_for(&mut s, THROUGHPUT_TIME);
+                let _ = data::send_pattern_for(&mut s, download_time);
             });
         }
     });
@@ -169,25 +170,33 @@ fn serve(rp: &RelayPath) {
             let _ = s.write_all(b"x");
         }
     });
-    let hold = bind(HOLD);
-    rp.dest.spawn(move || {
-        let mut held = Vec::new();
-        for mut s in hold.incoming().flatten() {
-            let _ = s.write_all(b"x");
-            held.push(s);
-            if held.len() > IDLE_CONNECTIONS + 100 {
-                held.clear();
-            }
-        }
-    });
 }
 
-fn download(rp: &RelayPath, to: SocketAddr) -> f64 {
-    rp.lan.run(|| {
-        let mut s = TcpStream::connect(to).expect("connect for download");
-        let started = Instant::now();
-        let (n, _) = data::receive_and_check(&mut s).expect("download intact");
-        data::mbit_per_s(n, started.elapsed())
+/// Downloads from `to` in `host`: (average Mbit/s, Mbit/s after
+/// [`RAMP_UP`]).
+fn download(host: &Host, to: SocketAddr) -> (f64, f64) {
+    host.run(|| receive_rates(TcpStream::connect(to).expect("connect for download")))
+}
+
+/// Receives and checks a pattern stream: (average Mbit/s, Mbit/s after
+/// [`RAMP_UP`], or the average for shorter transfers).
+fn receive_rates(mut s: TcpStream) -> (f64, f64) {
+    let meter = data::Meter::new();
+    let ramped = Mutex::new(None);
+    std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            std::thread::sleep(RAMP_UP);
+            *ramped.lock().unwrap() = Some(meter.sample());
+        });
+        data::receive_and_check(&mut meter.reader(&mut s)).expect("download intact");
+        let end = meter.sample();
+        sampler.join().unwrap();
+        let average = data::mbit_per_s(end.bytes, end.elapsed);
+        let steady = match *ramped.lock().unwrap() {
+            Some(r) if r.elapsed < end.elapsed && r.bytes < end.bytes => end.mbit_per_s_since(&r),
+            _ => average,
+        };
+        (average, steady)
     })
 }
 
@@ -230,79 +239,32 @@ fn connect_rate(rp: &RelayPath, to: SocketAddr) -> f64 {
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
-fn rss_bytes() -> i64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// Opens idle connections through the chain (each carried one byte, so all
-/// four relay sockets exist) and measures the process's RSS growth. The
-/// LAN-side client sockets and the destination's sockets hold no user
-/// memory beyond a `Vec` slot.
-fn idle_memory(rp: &RelayPath, to: SocketAddr, local: &RelayHandle, remote: &RelayHandle) -> Idle {
-    let clients = Mutex::new(Vec::with_capacity(IDLE_CONNECTIONS));
-    // Let the connections of earlier phases finish closing first.
-    let settle = Instant::now() + Duration::from_secs(10);
-    while (local.stats().active > 0 || remote.stats().active > 0) && Instant::now() < settle {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let before = rss_bytes();
-    rp.lan.run(|| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut held = clients.lock().unwrap();
-        while held.len() < IDLE_CONNECTIONS && Instant::now() < deadline {
-            let Ok(mut s) = TcpStream::connect(to) else {
-                continue;
-            };
-            let mut b = [0u8; 1];
-            if s.read_exact(&mut b).is_ok() {
-                held.push(s);
-            }
-        }
-    });
-    let count = clients.lock().unwrap().len();
-    let rss_delta = rss_bytes() - before;
-    let active = (local.stats().active, remote.stats().active);
-    eprintln!("idle: {count} connections held by the LAN client; relays hold {active:?}");
-    drop(clients);
-    Idle {
-        count,
-        rss_delta,
-        bytes_per_conn: rss_delta as f64 / count.max(1) as f64,
-    }
-}
-
 fn engine() -> EngineConfig {
     EngineConfig {
         workers: 2,
+        max_connections: 50_000,
         max_connections_per_client: 50_000,
         ..EngineConfig::default()
     }
 }
 
-/// Both relays and the REDIRECT rule for the bench ports.
-fn start_chain(rp: &RelayPath) -> (RelayHandle, RelayHandle) {
+fn remote_config(engine: EngineConfig) -> Config {
     let listen = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), SOCKS_PORT);
-    let remote_cfg = Config::new()
-        .engine(engine())
-        .remote(RemoteConfig::new(listen).user("bench", "bench"));
-    let remote = rp
-        .remote
-        .run(|| Relay::start(remote_cfg))
-        .expect("remote relay");
-    let local_cfg = Config::new().engine(engine()).local(
-        LocalConfig::new(SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT).to_string())
+    Config::new()
+        .engine(engine)
+        .remote(RemoteConfig::new(listen).user("bench", "bench"))
+}
+
+fn local_config(engine: EngineConfig, remote: Ipv4Addr) -> Config {
+    Config::new().engine(engine).local(
+        LocalConfig::new(SocketAddr::new(remote.into(), SOCKS_PORT).to_string())
             .credentials("bench", "bench")
             .redirect(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), REDIRECT_PORT)),
-    );
-    let local = rp
-        .local
-        .run(|| Relay::start(local_cfg))
-        .expect("local relay");
+    )
+}
+
+/// Sends the LAN's TCP to the bench ports into the local relay.
+fn redirect_rule(rp: &RelayPath) {
     let rules = format!(
         "table ip relaybench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  \
          iifname \"lan0\" tcp dport 5001-5009 redirect to :{REDIRECT_PORT}\n }}\n}}\n"
@@ -320,17 +282,356 @@ fn start_chain(rp: &RelayPath) -> (RelayHandle, RelayHandle) {
         .write_all(rules.as_bytes())
         .unwrap();
     assert!(nft.wait().unwrap().success(), "nft rule");
+}
+
+/// Both relays (in this process) and the REDIRECT rule for the bench ports.
+fn start_chain(rp: &RelayPath) -> (RelayHandle, RelayHandle) {
+    let remote_cfg = remote_config(engine());
+    let remote = rp
+        .remote
+        .run(|| Relay::start(remote_cfg))
+        .expect("remote relay");
+    let local_cfg = local_config(engine(), rp.remote_addr());
+    let local = rp
+        .local
+        .run(|| Relay::start(local_cfg))
+        .expect("local relay");
+    redirect_rule(rp);
     (local, remote)
 }
 
-/// Download throughput through the chain over 2 × 20 Mbit/s WAN links.
-/// Download throughput over 2 × 20 Mbit/s WAN links: routed TCP (one
-/// link) and the chain (both links).
-fn limited_chain() -> (f64, f64) {
+/// Over 2 × 20 Mbit/s WAN links, downloads of [`LIMITED_TIME`]: routed TCP
+/// (one link), direct MPTCP from the remote node to the local node (both
+/// links, no relay), and the chain (both links).
+struct Limited {
+    routed: (f64, f64),
+    direct_mptcp: (f64, f64),
+    chain: (f64, f64),
+}
+
+fn limited_links() -> Limited {
     let rp = mptcp_testbed::relay_path(2, Some(20)).expect("test bed");
-    serve(&rp);
+    serve(&rp, LIMITED_TIME);
     let to = SocketAddr::new(rp.dest_addr().into(), DOWNLOAD);
-    let routed = download(&rp, to);
+    let routed = download(&rp.lan, to);
+    let direct_mptcp = direct_mptcp_download(&rp);
     let _relays = start_chain(&rp);
-    (routed, download(&rp, to))
+    Limited {
+        routed,
+        direct_mptcp,
+        chain: download(&rp.lan, to),
+    }
+}
+
+impl Limited {
+    fn print(&self) {
+        let (routed, direct, chain) = (self.routed, self.direct_mptcp, self.chain);
+        println!(
+            "2 x 20 Mbit/s links, {} s download: routed TCP (1 link) {:.1} Mb, \
+             direct MPTCP {:.1} Mb, relay chain {:.1} Mb (chain/direct {:.3}; target >= 37)",
+            LIMITED_TIME.as_secs(),
+            routed.0,
+            direct.0,
+            chain.0,
+            chain.0 / direct.0
+        );
+        println!(
+            "  after the first {} s: routed {:.1} Mb, direct MPTCP {:.1} Mb, relay chain {:.1} Mb \
+             (chain/direct {:.3})",
+            RAMP_UP.as_secs(),
+            routed.1,
+            direct.1,
+            chain.1,
+            chain.1 / direct.1
+        );
+    }
+}
+
+/// An MPTCP server in the remote node sends the pattern to an MPTCP client
+/// in the local node: what MPTCP alone makes of the WAN links.
+fn direct_mptcp_download(rp: &RelayPath) -> (f64, f64) {
+    let at = SocketAddr::new(rp.remote_addr().into(), DIRECT_MPTCP);
+    let listener: TcpListener = rp.remote.run(|| {
+        let s = mptcp_socket::new(Domain::IPV4, Fallback::Fail)
+            .expect("MPTCP socket")
+            .socket;
+        s.set_reuse_address(true).unwrap();
+        s.bind(&SockAddr::from(at)).expect("bind direct MPTCP");
+        s.listen(16).unwrap();
+        s.into()
+    });
+    let server = rp.remote.spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept direct MPTCP");
+        let _ = data::send_pattern_for(&mut s, LIMITED_TIME);
+    });
+    let rates = rp.local.run(|| {
+        let s = mptcp_socket::new(Domain::IPV4, Fallback::Fail)
+            .expect("MPTCP socket")
+            .socket;
+        s.connect(&SockAddr::from(at))
+            .expect("connect direct MPTCP");
+        receive_rates(s.into())
+    });
+    server.join().unwrap();
+    rates
+}
+
+/// The concurrency phase: [`CONCURRENT`] idle connections through relay
+/// processes, their memory, and a byte echoed over each afterwards.
+struct Concurrency {
+    opened: usize,
+    open_time: Duration,
+    echoed: usize,
+    /// RSS growth of all relay processes of a role: (local, remote).
+    rss_delta: (i64, i64),
+    /// What the relays report holding: (local, remote).
+    active: (u64, u64),
+}
+
+impl Concurrency {
+    fn print(&self) {
+        let n = self.opened.max(1) as f64;
+        let mib = |b: i64| b as f64 / (1 << 20) as f64;
+        println!(
+            "{:<34} {:>14} {:>10.0} B/c   (RSS of both relays; {} connections opened in {:.1} s, \
+             relays hold {:?}; RSS local {:+.1} MiB, remote {:+.1} MiB over {} + {} processes)",
+            "memory per idle relayed conn",
+            "-",
+            (self.rss_delta.0 + self.rss_delta.1) as f64 / n,
+            self.opened,
+            self.open_time.as_secs_f64(),
+            self.active,
+            mib(self.rss_delta.0),
+            mib(self.rss_delta.1),
+            PROCESSES_PER_ROLE,
+            PROCESSES_PER_ROLE
+        );
+        println!(
+            "{:<34} {:>14} {:>10} of {}",
+            "idle connections echoing a byte", "-", self.echoed, self.opened
+        );
+    }
+}
+
+fn concurrency() -> Concurrency {
+    let rp = mptcp_testbed::relay_path(2, None).expect("test bed");
+    tune(&rp);
+    let hold_at = SocketAddr::new(rp.dest_addr().into(), HOLD);
+    let mut holder = Process::spawn(&rp.dest, &["hold", &hold_at.to_string()]);
+    let mut remotes: Vec<_> = (0..PROCESSES_PER_ROLE)
+        .map(|_| Process::spawn(&rp.remote, &["remote"]))
+        .collect();
+    let remote_addr = rp.remote_addr().to_string();
+    let mut locals: Vec<_> = (0..PROCESSES_PER_ROLE)
+        .map(|_| Process::spawn(&rp.local, &["local", &remote_addr]))
+        .collect();
+    redirect_rule(&rp);
+    let rss = |ps: &[Process]| ps.iter().map(Process::rss).sum::<i64>();
+    let before = (rss(&locals), rss(&remotes));
+
+    let started = Instant::now();
+    let threads = 8;
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            rp.lan.spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut held = Vec::with_capacity(CONCURRENT / threads);
+                while held.len() < CONCURRENT / threads && Instant::now() < deadline {
+                    let Ok(mut s) = TcpStream::connect(hold_at) else {
+                        continue;
+                    };
+                    let mut b = [0u8; 1];
+                    if s.read_exact(&mut b).is_ok() {
+                        held.push(s);
+                    }
+                }
+                held
+            })
+        })
+        .collect();
+    let mut clients: Vec<TcpStream> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let open_time = started.elapsed();
+    // Let the last handshakes settle, so RSS counts idle connections.
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_delta = (rss(&locals) - before.0, rss(&remotes) - before.1);
+    let active_sum = |ps: &mut [Process]| ps.iter_mut().map(Process::active).sum::<u64>();
+    let active = (active_sum(&mut locals), active_sum(&mut remotes));
+
+    // Every held connection still carries data: a byte there and back.
+    for c in &mut clients {
+        let _ = c.write_all(b"e");
+    }
+    eprintln!("concurrency: {}", holder.ask("echo"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut echoed = 0;
+    for c in &mut clients {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = c.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        let mut b = [0u8; 1];
+        if c.read_exact(&mut b).is_ok() && b == *b"e" {
+            echoed += 1;
+        }
+    }
+    Concurrency {
+        opened: clients.len(),
+        open_time,
+        echoed,
+        rss_delta,
+        active,
+    }
+}
+
+/// A role of the concurrency phase in a child process (this binary again),
+/// driven by lines on its stdin; it ends when stdin closes.
+struct Process {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Process {
+    /// Starts `args` in `host` and waits for its `ready` line.
+    fn spawn(host: &Host, args: &[&str]) -> Process {
+        let exe = std::env::current_exe().expect("own executable");
+        let mut child = host
+            .command(exe.to_str().expect("UTF-8 executable path"))
+            .env(CHILD_ENV, args[0])
+            .args(&args[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("re-executing the bench");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut p = Process {
+            child,
+            stdin,
+            stdout,
+        };
+        let ready = p.line();
+        assert_eq!(ready, "ready", "{} process did not start", args[0]);
+        p
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("child output");
+        line.trim_end().to_owned()
+    }
+
+    fn ask(&mut self, command: &str) -> String {
+        let stdin = self.stdin.as_mut().expect("child input open");
+        writeln!(stdin, "{command}").expect("child input");
+        self.line()
+    }
+
+    /// The relay's `active` counter.
+    fn active(&mut self) -> u64 {
+        let stats = self.ask("stats");
+        stats
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("active="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no active= in {stats:?}"))
+    }
+
+    fn rss(&self) -> i64 {
+        rss_bytes(self.child.id())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Closing stdin ends the child; kill it if it lingers.
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_bytes(pid: u32) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Runs a child role until stdin closes.
+fn child(role: &str) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut engine = engine();
+    engine.reuse_port = true;
+    match role {
+        "hold" => hold(args[0].parse().expect("hold address")),
+        "remote" => relay_child(remote_config(engine)),
+        "local" => relay_child(local_config(
+            engine,
+            args[0].parse().expect("remote relay address"),
+        )),
+        other => panic!("unknown {CHILD_ENV} role {other}"),
+    }
+}
+
+fn relay_child(config: Config) {
+    let relay = Relay::start(config).unwrap_or_else(|e| {
+        eprintln!("relay process: {e}");
+        std::process::exit(1)
+    });
+    println!("ready");
+    for line in std::io::stdin().lines() {
+        match line.as_deref() {
+            Ok("stats") => println!("{}", relay.stats()),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    relay.shutdown(Duration::ZERO);
+}
+
+/// The destination of the concurrency phase: accepts, greets with a byte,
+/// holds every connection; `echo` sends back one byte read from each.
+fn hold(at: SocketAddr) {
+    let listener = TcpListener::bind(at).expect("bind the holder");
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::clone(&held);
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            if s.write_all(b"x").is_ok() {
+                accepted.lock().unwrap().push(s);
+            }
+        }
+    });
+    println!("ready");
+    for line in std::io::stdin().lines() {
+        match line.as_deref() {
+            Ok("echo") => {
+                let mut held = held.lock().unwrap();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut n = 0;
+                for s in held.iter_mut() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let _ = s.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+                    let mut b = [0u8; 1];
+                    if s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {
+                        n += 1;
+                    }
+                }
+                println!("echoed {n} of {}", held.len());
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
 }

@@ -121,24 +121,30 @@ fn start_local(rp: &RelayPath, remote: SocketAddr, with_auth: bool, port: u16) -
         .local
         .run(|| Relay::start(Config::new().engine(engine()).local(local)))
         .unwrap();
-    let rules = format!(
-        "table ip relaytest {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  \
-         iifname \"lan0\" tcp dport {port} redirect to :{REDIRECT_PORT}\n }}\n}}\n"
+    nft(
+        &rp.local,
+        &format!(
+            "table ip relaytest {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  \
+             iifname \"lan0\" tcp dport {port} redirect to :{REDIRECT_PORT}\n }}\n}}\n"
+        ),
     );
-    let mut nft = rp
-        .local
+    handle
+}
+
+/// Loads an nftables ruleset in `host`.
+fn nft(host: &Host, rules: &str) {
+    let mut nft = host
         .command("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .spawn()
-        .unwrap();
+        .expect("nft (nftables) must be installed");
     nft.stdin
         .take()
         .unwrap()
         .write_all(rules.as_bytes())
         .unwrap();
-    assert!(nft.wait().unwrap().success(), "nft rule");
-    handle
+    assert!(nft.wait().unwrap().success(), "nft -f rejected:\n{rules}");
 }
 
 /// Downloads `url` with curl in `host` into `out`; returns Mbit/s.
@@ -403,23 +409,13 @@ fn tproxy_and_http_proxy_listeners() {
             "4242",
         ])
         .unwrap();
-    let rules = format!(
-        "table ip relaytproxy {{\n chain pre {{\n  type filter hook prerouting priority mangle;\n  \
-         iifname \"lan0\" tcp dport {HTTP_PORT} meta mark set 0x4242 tproxy to :{tproxy_port}\n }}\n}}\n"
+    nft(
+        &rp.local,
+        &format!(
+            "table ip relaytproxy {{\n chain pre {{\n  type filter hook prerouting priority mangle;\n  \
+             iifname \"lan0\" tcp dport {HTTP_PORT} meta mark set 0x4242 tproxy to :{tproxy_port}\n }}\n}}\n"
+        ),
     );
-    let mut nft = rp
-        .local
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    nft.stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    assert!(nft.wait().unwrap().success(), "nft tproxy rule");
 
     let url = format!("http://{}:{HTTP_PORT}/file", rp.dest_addr());
     let out = dir.0.join("tproxy");

@@ -60,6 +60,12 @@ pub struct EngineConfig {
     /// relayed connection needs 2 sockets plus pipes while data is in
     /// flight).
     pub raise_fd_limit: bool,
+    /// Set `SO_REUSEPORT` on the listeners, so that several relay processes
+    /// (same user) can listen on the same ports and the kernel spreads new
+    /// connections across them: more connections than one process's
+    /// `RLIMIT_NOFILE` allows, or one process per core. Off by default, so
+    /// that starting a relay twice by mistake fails with "address in use".
+    pub reuse_port: bool,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +78,7 @@ impl Default for EngineConfig {
             idle_timeout_secs: 600,
             pipe_size: 64 * 1024,
             raise_fd_limit: true,
+            reuse_port: false,
         }
     }
 }

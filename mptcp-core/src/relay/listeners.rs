@@ -24,10 +24,18 @@ fn stream_socket(addr: &SocketAddr, mptcp: bool) -> io::Result<Socket> {
 }
 
 /// A non-blocking listener on `addr`. `transparent` sets `IP_TRANSPARENT`
-/// for TPROXY (needs CAP_NET_ADMIN).
-pub(crate) fn listen(addr: SocketAddr, mptcp: bool, transparent: bool) -> io::Result<TcpListener> {
+/// for TPROXY (needs CAP_NET_ADMIN); `reuse_port` sets `SO_REUSEPORT`.
+pub(crate) fn listen(
+    addr: SocketAddr,
+    mptcp: bool,
+    transparent: bool,
+    reuse_port: bool,
+) -> io::Result<TcpListener> {
     let socket = stream_socket(&addr, mptcp)?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     // `[::]:port` means IPv6 only, so that `0.0.0.0:port` can be listed
     // beside it (a dual-stack socket would take both and make that bind fail).
     if addr.is_ipv6() {

@@ -281,7 +281,12 @@ impl Drop for RelayHandle {
 fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::TcpListener)>> {
     let mut specs = Vec::new();
     let mut add = |kind, addr: SocketAddr, mptcp, route: &Arc<Route>, clients: &[Cidr], auth| {
-        let socket = listeners::listen(addr, mptcp, kind == ListenerKind::Tproxy)?;
+        let socket = listeners::listen(
+            addr,
+            mptcp,
+            kind == ListenerKind::Tproxy,
+            config.engine.reuse_port,
+        )?;
         let addr = socket.local_addr()?;
         let spec = ListenerSpec {
             kind,
