@@ -66,6 +66,19 @@ macro_rules! versioned {
     }};
 }
 
+/// Lists the way a C program does, with `list` (one of the library's array
+/// calls with its handle bound: array, element size, count): a size query
+/// (NULL array), then an array of that size; checks that both calls succeed
+/// and agree.
+fn list_all<T>(list: impl Fn(*mut T, usize, &mut usize) -> c_int) -> Vec<T> {
+    let mut count = 0usize;
+    assert_eq!(list(ptr::null_mut(), size_of::<T>(), &mut count), 0);
+    let mut items: Vec<T> = (0..count).map(|_| zeroed()).collect();
+    let written = list(items.as_mut_ptr(), size_of::<T>(), &mut count);
+    assert_eq!(written as usize, count);
+    items
+}
+
 fn c(text: &str) -> CString {
     CString::new(text).unwrap()
 }
@@ -439,27 +452,7 @@ fn path_manager_endpoints_limits_and_flags() {
                 last_error()
             );
 
-            let list = || {
-                let mut count = 0usize;
-                assert_eq!(
-                    mptcp_pm_endpoints(
-                        pm,
-                        ptr::null_mut(),
-                        size_of::<mptcp_endpoint_t>(),
-                        &mut count
-                    ),
-                    0
-                );
-                let mut endpoints: Vec<mptcp_endpoint_t> = (0..count).map(|_| zeroed()).collect();
-                let written = mptcp_pm_endpoints(
-                    pm,
-                    endpoints.as_mut_ptr(),
-                    size_of::<mptcp_endpoint_t>(),
-                    &mut count,
-                );
-                assert_eq!(written as usize, count);
-                endpoints
-            };
+            let list = || list_all(|array, size, count| mptcp_pm_endpoints(pm, array, size, count));
             let endpoints = list();
             let shown: Vec<(String, u8, u32, u16)> = endpoints
                 .iter()
@@ -731,15 +724,8 @@ fn diag_snapshot_lists_a_connection_and_its_subflow() {
         assert_eq!(mptcp_get_info(client.as_raw_fd(), &mut info), 0);
         let mut snapshot = ptr::null_mut();
         assert_eq!(mptcp_diag_open(&mut snapshot), 0, "{}", last_error());
-        let mut count = 0usize;
-        assert_eq!(
-            mptcp_diag_connections(snapshot, ptr::null_mut(), 0, &mut count),
-            0
-        );
-        let mut conns: Vec<mptcp_diag_connection_t> = (0..count).map(|_| zeroed()).collect();
-        let size = size_of::<mptcp_diag_connection_t>();
-        let listed = mptcp_diag_connections(snapshot, conns.as_mut_ptr(), size, &mut count);
-        assert_eq!(listed as usize, count);
+        let conns: Vec<mptcp_diag_connection_t> =
+            list_all(|array, size, count| mptcp_diag_connections(snapshot, array, size, count));
         // Other tests' connections may be there too: find ours by token.
         let index = conns
             .iter()
@@ -754,7 +740,7 @@ fn diag_snapshot_lists_a_connection_and_its_subflow() {
         );
 
         let mut subflows: [mptcp_diag_subflow_t; 2] = [zeroed(), zeroed()];
-        count = subflows.len();
+        let mut count = subflows.len();
         let size = size_of::<mptcp_diag_subflow_t>();
         let listed = mptcp_diag_subflows(snapshot, index, subflows.as_mut_ptr(), size, &mut count);
         assert_eq!((listed, count), (1, 1));
