@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mptcp::*;
 
 mod common;
-use common::{echo_once, socks5_connect};
+use common::{assert_echoes, echo_once, socks5_connect};
 
 fn last_error() -> String {
     // SAFETY: mptcp_last_error always returns a valid C string.
@@ -677,10 +677,7 @@ fn relay_carries_a_socks5_connection_and_counts_it() {
         // SOCKS5 without authentication (allowed on loopback), CONNECT.
         let (port, echo) = echo_once();
         let mut socks = socks5_connect(&relay_addr, port);
-        socks.write_all(b"through the relay").unwrap();
-        let mut back = [0u8; 17];
-        socks.read_exact(&mut back).unwrap();
-        assert_eq!(&back, b"through the relay");
+        assert_echoes(&mut socks, b"through the relay");
         echo.join().unwrap();
 
         let mut stats = versioned!(mptcp_relay_stats_t);

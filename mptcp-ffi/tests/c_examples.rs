@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use mptcp_core::socket::Fallback;
 
 mod common;
-use common::{echo_once, socks5_connect};
+use common::{assert_echoes, echo_once, socks5_connect};
 
 /// The directory holding the libmptcp.so and libmptcp.a that cargo built
 /// for this test run: the test binary's own directory,
@@ -477,10 +477,7 @@ fn c_relay_example_relays_and_counts_under_valgrind() {
 
     let (port, echo) = echo_once();
     let mut socks = socks5_connect(&proxy, port);
-    socks.write_all(b"via libmptcp").unwrap();
-    let mut back = [0u8; 12];
-    socks.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"via libmptcp");
+    assert_echoes(&mut socks, b"via libmptcp");
     drop(socks);
     echo.join().unwrap();
     // A SOCKS4 greeting: refused, and counted as a protocol error.

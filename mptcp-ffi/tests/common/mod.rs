@@ -36,3 +36,11 @@ pub fn socks5_connect(proxy: &str, port: u16) -> TcpStream {
     assert_eq!(reply[..2], [5, 0], "CONNECT granted");
     socks
 }
+
+/// Sends `payload` on `stream` and checks that the same bytes come back.
+pub fn assert_echoes(stream: &mut TcpStream, payload: &[u8]) {
+    stream.write_all(payload).unwrap();
+    let mut back = vec![0u8; payload.len()];
+    stream.read_exact(&mut back).unwrap();
+    assert_eq!(back, payload);
+}
