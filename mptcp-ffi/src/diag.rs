@@ -7,7 +7,7 @@ use std::ffi::{c_char, c_int};
 use mptcp_core::diag::{self, Connection, Subflow};
 
 use crate::addr::{self, MPTCP_ADDR_TEXT_LEN};
-use crate::error::{Error, NameTable, Plain, arg_mut, arg_ref, call, write_array};
+use crate::error::{Error, NameTable, Plain, arg_ref, call, open_handle, take_handle, write_array};
 
 /// A snapshot of the MPTCP connections of the network namespace of the
 /// thread that took it. Opaque; take with `mptcp_diag_open`, free with
@@ -27,11 +27,13 @@ pub struct mptcp_diag_t {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mptcp_diag_open(out: *mut *mut mptcp_diag_t) -> c_int {
     call("mptcp_diag_open", || {
+        let open = || {
+            Ok(mptcp_diag_t {
+                connections: diag::connections()?,
+            })
+        };
         // SAFETY: guaranteed by the caller.
-        let out = unsafe { arg_mut(out, "out") }?;
-        let connections = diag::connections()?;
-        *out = Box::into_raw(Box::new(mptcp_diag_t { connections }));
-        Ok(0)
+        unsafe { open_handle(out, open) }
     })
 }
 
@@ -43,11 +45,8 @@ pub unsafe extern "C" fn mptcp_diag_open(out: *mut *mut mptcp_diag_t) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mptcp_diag_close(snapshot: *mut mptcp_diag_t) {
     call("mptcp_diag_close", || {
-        if !snapshot.is_null() {
-            // SAFETY: the caller passes a pointer from Box::into_raw in
-            // mptcp_diag_open, once.
-            drop(unsafe { Box::from_raw(snapshot) });
-        }
+        // SAFETY: guaranteed by the caller (mptcp_diag_open made it).
+        drop(unsafe { take_handle(snapshot) });
         Ok(0)
     });
 }

@@ -1,7 +1,8 @@
 //! The one path every exported function takes: [`call`] catches panics and
 //! turns errors into a negative `errno` plus a message kept per thread;
 //! the argument helpers check every pointer; the output helpers write
-//! size-versioned structs, arrays and strings into the caller's memory.
+//! size-versioned structs, arrays and strings into the caller's memory;
+//! the handle helpers give opaque handles to C and take them back.
 
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_int};
@@ -155,6 +156,34 @@ pub(crate) unsafe fn arg_str<'a>(ptr: *const c_char, name: &str) -> Result<&'a s
     let text = unsafe { CStr::from_ptr(ptr) };
     text.to_str()
         .map_err(|_| Error::invalid(format!("`{name}` is not valid UTF-8")))
+}
+
+/// Hands a new opaque handle to the caller: checks `out`, then makes the
+/// value with `open` and stores it, boxed, in `*out` (left untouched when
+/// `open` fails). [`take_handle`] takes it back.
+///
+/// # Safety
+/// `out` is NULL or writable.
+pub(crate) unsafe fn open_handle<T>(
+    out: *mut *mut T,
+    open: impl FnOnce() -> Result<T>,
+) -> Result<c_int> {
+    // SAFETY: guaranteed by our caller.
+    let out = unsafe { arg_mut(out, "out") }?;
+    *out = Box::into_raw(Box::new(open()?));
+    Ok(0)
+}
+
+/// Takes back a handle from [`open_handle`] (to free it, or to stop what it
+/// runs first); `None` for NULL.
+///
+/// # Safety
+/// `handle` is NULL or a handle [`open_handle`] stored and not taken back
+/// before; it is invalid after this call.
+pub(crate) unsafe fn take_handle<T>(handle: *mut T) -> Option<Box<T>> {
+    // SAFETY: our caller passes a pointer from Box::into_raw in
+    // open_handle, once.
+    (!handle.is_null()).then(|| unsafe { Box::from_raw(handle) })
 }
 
 /// Structs made of integers and arrays of integers only, so that all-zero

@@ -12,7 +12,7 @@ use mptcp_core::pm::{
 use crate::addr::{self, MPTCP_ADDR_TEXT_LEN};
 use crate::error::{
     Error, NameTable, Plain, Result, Versioned, arg_mut, arg_ref, arg_str, call, fill_text,
-    write_array, write_str, write_versioned,
+    open_handle, take_handle, write_array, write_str, write_versioned,
 };
 
 /// Endpoint flag: announce this address to the peer (`ADD_ADDR`); servers.
@@ -61,11 +61,13 @@ unsafe fn with_pm<T>(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mptcp_pm_open(out: *mut *mut mptcp_pm_t) -> c_int {
     call("mptcp_pm_open", || {
+        let open = || {
+            Ok(mptcp_pm_t {
+                inner: PathManager::open()?,
+            })
+        };
         // SAFETY: the caller guarantees `out` is NULL or writable.
-        let out = unsafe { arg_mut(out, "out") }?;
-        let pm = PathManager::open()?;
-        *out = Box::into_raw(Box::new(mptcp_pm_t { inner: pm }));
-        Ok(0)
+        unsafe { open_handle(out, open) }
     })
 }
 
@@ -77,11 +79,8 @@ pub unsafe extern "C" fn mptcp_pm_open(out: *mut *mut mptcp_pm_t) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mptcp_pm_close(pm: *mut mptcp_pm_t) {
     call("mptcp_pm_close", || {
-        if !pm.is_null() {
-            // SAFETY: the caller passes a pointer from Box::into_raw in
-            // mptcp_pm_open, once.
-            drop(unsafe { Box::from_raw(pm) });
-        }
+        // SAFETY: guaranteed by the caller (mptcp_pm_open made it).
+        drop(unsafe { take_handle(pm) });
         Ok(0)
     });
 }
@@ -715,11 +714,13 @@ pub struct mptcp_pm_events_t {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mptcp_pm_events_open(out: *mut *mut mptcp_pm_events_t) -> c_int {
     call("mptcp_pm_events_open", || {
+        let open = || {
+            Ok(mptcp_pm_events_t {
+                inner: EventListener::subscribe()?,
+            })
+        };
         // SAFETY: the caller guarantees `out` is NULL or writable.
-        let out = unsafe { arg_mut(out, "out") }?;
-        let listener = EventListener::subscribe()?;
-        *out = Box::into_raw(Box::new(mptcp_pm_events_t { inner: listener }));
-        Ok(0)
+        unsafe { open_handle(out, open) }
     })
 }
 
@@ -786,11 +787,8 @@ pub unsafe extern "C" fn mptcp_pm_events_next(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mptcp_pm_events_close(events: *mut mptcp_pm_events_t) {
     call("mptcp_pm_events_close", || {
-        if !events.is_null() {
-            // SAFETY: the caller passes a pointer from Box::into_raw in
-            // mptcp_pm_events_open, once.
-            drop(unsafe { Box::from_raw(events) });
-        }
+        // SAFETY: guaranteed by the caller (mptcp_pm_events_open made it).
+        drop(unsafe { take_handle(events) });
         Ok(0)
     });
 }

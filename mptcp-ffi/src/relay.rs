@@ -8,8 +8,8 @@ use mptcp_core::relay::{Config, ErrorKind, ListenerKind, Relay, RelayHandle, Sta
 
 use crate::addr::{self, MPTCP_ADDR_TEXT_LEN};
 use crate::error::{
-    Error, NameTable, Plain, Result, Versioned, arg_mut, arg_ref, arg_str, call, write_array,
-    write_versioned,
+    Error, NameTable, Plain, Result, Versioned, arg_ref, arg_str, call, open_handle, take_handle,
+    write_array, write_versioned,
 };
 
 /// A running relay. Opaque; create with `mptcp_relay_start` or
@@ -20,10 +20,10 @@ pub struct mptcp_relay_t {
     inner: RelayHandle,
 }
 
-fn start(config: Config, out: &mut *mut mptcp_relay_t) -> Result<c_int> {
-    let handle = Relay::start(config)?;
-    *out = Box::into_raw(Box::new(mptcp_relay_t { inner: handle }));
-    Ok(0)
+fn start(config: Config) -> Result<mptcp_relay_t> {
+    Ok(mptcp_relay_t {
+        inner: Relay::start(config)?,
+    })
 }
 
 /// Starts a relay from TOML text (the format of `examples/relay.toml`:
@@ -41,8 +41,9 @@ pub unsafe extern "C" fn mptcp_relay_start(
 ) -> c_int {
     call("mptcp_relay_start", || {
         // SAFETY: guaranteed by the caller.
-        let (toml, out) = unsafe { (arg_str(toml, "toml")?, arg_mut(out, "out")?) };
-        start(Config::from_toml(toml)?, out)
+        let toml = unsafe { arg_str(toml, "toml") }?;
+        // SAFETY: guaranteed by the caller.
+        unsafe { open_handle(out, || start(Config::from_toml(toml)?)) }
     })
 }
 
@@ -57,8 +58,9 @@ pub unsafe extern "C" fn mptcp_relay_start_file(
 ) -> c_int {
     call("mptcp_relay_start_file", || {
         // SAFETY: guaranteed by the caller.
-        let (path, out) = unsafe { (arg_str(path, "path")?, arg_mut(out, "out")?) };
-        start(Config::from_file(path)?, out)
+        let path = unsafe { arg_str(path, "path") }?;
+        // SAFETY: guaranteed by the caller.
+        unsafe { open_handle(out, || start(Config::from_file(path)?)) }
     })
 }
 
@@ -244,12 +246,9 @@ pub unsafe extern "C" fn mptcp_relay_stop(
     final_stats: *mut mptcp_relay_stats_t,
 ) -> c_int {
     call("mptcp_relay_stop", || {
-        if relay.is_null() {
-            return Err(Error::invalid("`relay` is NULL"));
-        }
-        // SAFETY: the caller passes a pointer from Box::into_raw in
-        // mptcp_relay_start*, once.
-        let relay = unsafe { Box::from_raw(relay) };
+        // SAFETY: guaranteed by the caller (mptcp_relay_start* made it).
+        let relay =
+            unsafe { take_handle(relay) }.ok_or_else(|| Error::invalid("`relay` is NULL"))?;
         let stats = relay
             .inner
             .shutdown(Duration::from_millis(drain_timeout_ms.into()));
