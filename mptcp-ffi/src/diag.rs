@@ -278,15 +278,10 @@ static STATE_NAMES: NameTable = NameTable::new();
 /// ..., `"UNKNOWN"`). The string is static: never free it.
 #[unsafe(no_mangle)]
 pub extern "C" fn mptcp_tcp_state_name(state: u8) -> *const c_char {
-    let mut name = std::ptr::null();
-    call("mptcp_tcp_state_name", || {
-        let names = || {
-            (0..=u8::MAX)
-                .map(|s| diag::state_name(s).to_owned())
-                .collect()
-        };
-        name = STATE_NAMES.get(names, state.into());
-        Ok(0)
-    });
-    name
+    let names = || {
+        (0..=u8::MAX)
+            .map(|s| diag::state_name(s).to_owned())
+            .collect()
+    };
+    STATE_NAMES.name("mptcp_tcp_state_name", names, || Some(state.into()))
 }

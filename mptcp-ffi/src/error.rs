@@ -333,16 +333,30 @@ impl NameTable {
         NameTable(std::sync::OnceLock::new())
     }
 
-    /// The `index`th name of `names`, as a pointer valid for the life of
-    /// the process; NULL when out of range.
-    pub(crate) fn get(&self, names: impl FnOnce() -> Vec<String>, index: usize) -> *const c_char {
-        let table = self.0.get_or_init(|| {
-            names()
-                .into_iter()
-                .map(|name| CString::new(name).unwrap_or_default())
-                .collect()
+    /// The body of the exported function `function` that names things:
+    /// the name of `names` at the index `index` finds, as a pointer valid
+    /// for the life of the process; NULL when `index` finds none or one out
+    /// of range. Runs through [`call`], so a panic stays on this side.
+    pub(crate) fn name(
+        &self,
+        function: &str,
+        names: impl FnOnce() -> Vec<String>,
+        index: impl FnOnce() -> Option<usize>,
+    ) -> *const c_char {
+        let mut name = ptr::null();
+        call(function, || {
+            if let Some(index) = index() {
+                let table = self.0.get_or_init(|| {
+                    names()
+                        .into_iter()
+                        .map(|name| CString::new(name).unwrap_or_default())
+                        .collect()
+                });
+                name = table.get(index).map_or(ptr::null(), |name| name.as_ptr());
+            }
+            Ok(0)
         });
-        table.get(index).map_or(ptr::null(), |name| name.as_ptr())
+        name
     }
 }
 

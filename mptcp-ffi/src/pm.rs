@@ -561,20 +561,14 @@ static EVENT_KIND_NAMES: NameTable = NameTable::new();
 /// The string is static: never free it.
 #[unsafe(no_mangle)]
 pub extern "C" fn mptcp_event_kind_name(kind: u32) -> *const c_char {
-    let mut name = std::ptr::null();
-    call("mptcp_event_kind_name", || {
-        if let Some(index) = EVENT_KINDS.iter().position(|(_, number)| *number == kind) {
-            let names = || {
-                EVENT_KINDS
-                    .iter()
-                    .map(|(k, _)| k.name().to_owned())
-                    .collect()
-            };
-            name = EVENT_KIND_NAMES.get(names, index);
-        }
-        Ok(0)
-    });
-    name
+    let names = || {
+        EVENT_KINDS
+            .iter()
+            .map(|(k, _)| k.name().to_owned())
+            .collect()
+    };
+    let index = || EVENT_KINDS.iter().position(|(_, number)| *number == kind);
+    EVENT_KIND_NAMES.name("mptcp_event_kind_name", names, index)
 }
 
 /// `mptcp_event_t.present`: `token` is set (not on listener events).

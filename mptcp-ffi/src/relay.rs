@@ -218,13 +218,8 @@ static ERROR_NAMES: NameTable = NameTable::new();
 /// static: never free it.
 #[unsafe(no_mangle)]
 pub extern "C" fn mptcp_relay_error_name(index: u32) -> *const c_char {
-    let mut name = std::ptr::null();
-    call("mptcp_relay_error_name", || {
-        let names = || ErrorKind::ALL.iter().map(|k| k.name().to_owned()).collect();
-        name = ERROR_NAMES.get(names, index as usize);
-        Ok(0)
-    });
-    name
+    let names = || ErrorKind::ALL.iter().map(|k| k.name().to_owned()).collect();
+    ERROR_NAMES.name("mptcp_relay_error_name", names, || Some(index as usize))
 }
 
 /// Stops the relay: stops accepting, lets open connections finish for up

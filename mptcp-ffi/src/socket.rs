@@ -139,15 +139,9 @@ pub extern "C" fn mptcp_refusal_advice(refusal: c_int) -> *const c_char {
         FallbackReason::NotBuilt,
         FallbackReason::Disabled,
     ];
-    let mut advice = std::ptr::null();
-    call("mptcp_refusal_advice", || {
-        if let Some(index) = REASONS.iter().position(|r| -r.errno() == refusal) {
-            let names = || REASONS.iter().map(|r| r.advice().to_owned()).collect();
-            advice = REFUSAL_ADVICE.get(names, index);
-        }
-        Ok(0)
-    });
-    advice
+    let names = || REASONS.iter().map(|r| r.advice().to_owned()).collect();
+    let index = || REASONS.iter().position(|r| -r.errno() == refusal);
+    REFUSAL_ADVICE.name("mptcp_refusal_advice", names, index)
 }
 
 /// `mptcp_info_t.present`: `retransmits` and the `bytes_*` counters are
