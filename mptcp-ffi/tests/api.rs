@@ -236,65 +236,33 @@ fn info_and_subflows_write_only_what_the_caller_knows() {
         assert!(last_error().contains("struct_size"), "{}", last_error());
 
         // Size query, then a listing with a larger element (a newer header).
+        let list = |array, elem_size, count| mptcp_get_subflows(fd, array, elem_size, count);
+        let size = size_of::<mptcp_subflow_t>();
         let mut count = 0usize;
-        assert_eq!(
-            mptcp_get_subflows(
-                fd,
-                ptr::null_mut(),
-                size_of::<mptcp_subflow_t>(),
-                &mut count
-            ),
-            0
-        );
+        assert_eq!(list(ptr::null_mut(), size, &mut count), 0);
         assert_eq!(count, 1);
-        let stride = size_of::<mptcp_subflow_t>() + 32;
+        let stride = size + 32;
         let mut array = vec![0xAAu8; 2 * stride];
         count = 2;
-        let written = mptcp_get_subflows(fd, array.as_mut_ptr().cast(), stride, &mut count);
+        let written = list(array.as_mut_ptr().cast(), stride, &mut count);
         assert_eq!((written, count), (1, 1));
         let subflow: mptcp_subflow_t = ptr::read_unaligned(array.as_ptr().cast());
         assert_addr_texts(&subflow.local_text, &subflow.remote_text, &client);
         assert_eq!(subflow.local.ss_family, libc::AF_INET as libc::sa_family_t);
         assert_ne!(subflow.present & MPTCP_SUBFLOW_HAS_ID, 0);
         assert_eq!(subflow.state, 1, "TCP_ESTABLISHED");
-        assert!(
-            array[size_of::<mptcp_subflow_t>()..]
-                .iter()
-                .all(|&b| b == 0xAA)
-        );
+        assert!(array[size..].iter().all(|&b| b == 0xAA));
 
         // Too small an array: nothing lost, the count says how many exist.
         let mut one: [mptcp_subflow_t; 1] = [zeroed()];
         count = 0;
-        assert_eq!(
-            mptcp_get_subflows(
-                fd,
-                one.as_mut_ptr(),
-                size_of::<mptcp_subflow_t>(),
-                &mut count
-            ),
-            0
-        );
+        assert_eq!(list(one.as_mut_ptr(), size, &mut count), 0);
         assert_eq!(count, 1);
         count = 1;
-        assert_eq!(
-            mptcp_get_subflows(
-                fd,
-                ptr::null_mut(),
-                size_of::<mptcp_subflow_t>(),
-                &mut count
-            ),
-            -libc::EINVAL
-        );
+        assert_eq!(list(ptr::null_mut(), size, &mut count), -libc::EINVAL);
         count = 1;
-        assert_eq!(
-            mptcp_get_subflows(fd, one.as_mut_ptr(), 0, &mut count),
-            -libc::EINVAL
-        );
-        assert_eq!(
-            mptcp_get_subflows(fd, one.as_mut_ptr(), 1, ptr::null_mut()),
-            -libc::EINVAL
-        );
+        assert_eq!(list(one.as_mut_ptr(), 0, &mut count), -libc::EINVAL);
+        assert_eq!(list(one.as_mut_ptr(), 1, ptr::null_mut()), -libc::EINVAL);
     }
 }
 
