@@ -257,13 +257,11 @@ impl Rtnl {
     /// `ip route delete ROUTE`; a route already gone is not an error.
     pub(crate) fn remove_route(&mut self, route: &Route) -> Result<()> {
         let request = RouteNetlinkMessage::DelRoute(Self::route_message(route));
-        let what = format!("remove route {route}");
-        match self.transport.request(&what, request, 0, Kind::Do) {
-            Err(Error::Kernel { errno, .. }) if errno == libc::ESRCH || errno == libc::ENODEV => {
-                Ok(())
-            }
-            other => other.map(drop),
-        }
+        self.remove(
+            &format!("remove route {route}"),
+            request,
+            &[libc::ESRCH, libc::ENODEV],
+        )
     }
 
     /// `ip rule add RULE`.
@@ -278,9 +276,14 @@ impl Rtnl {
     /// `ip rule delete RULE`; a rule already gone is not an error.
     pub(crate) fn remove_rule(&mut self, rule: &Rule) -> Result<()> {
         let request = RouteNetlinkMessage::DelRule(Self::rule_message(rule));
-        let what = format!("remove rule {rule}");
-        match self.transport.request(&what, request, 0, Kind::Do) {
-            Err(Error::Kernel { errno, .. }) if errno == libc::ENOENT => Ok(()),
+        self.remove(&format!("remove rule {rule}"), request, &[libc::ENOENT])
+    }
+
+    /// Sends the delete `request`; the kernel errors `gone` mean that what
+    /// it deletes is already gone, which is not an error.
+    fn remove(&mut self, what: &str, request: RouteNetlinkMessage, gone: &[i32]) -> Result<()> {
+        match self.transport.request(what, request, 0, Kind::Do) {
+            Err(Error::Kernel { errno, .. }) if gone.contains(&errno) => Ok(()),
             other => other.map(drop),
         }
     }
