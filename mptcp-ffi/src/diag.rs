@@ -139,13 +139,9 @@ pub unsafe extern "C" fn mptcp_diag_connections(
     call("mptcp_diag_connections", || {
         // SAFETY: guaranteed by the caller.
         let snapshot = unsafe { arg_ref(snapshot, "snapshot") }?;
-        let listed: Vec<mptcp_diag_connection_t> = snapshot
-            .connections
-            .iter()
-            .map(mptcp_diag_connection_t::from)
-            .collect();
+        let listed = &snapshot.connections;
         // SAFETY: guaranteed by the caller.
-        unsafe { write_array(connections, elem_size, count, &listed, "connections") }
+        unsafe { write_array(connections, elem_size, count, listed, "connections") }
     })
 }
 
@@ -262,13 +258,8 @@ pub unsafe extern "C" fn mptcp_diag_subflows(
                 ),
             )
         })?;
-        let listed: Vec<mptcp_diag_subflow_t> = conn
-            .subflows
-            .iter()
-            .map(mptcp_diag_subflow_t::from)
-            .collect();
         // SAFETY: guaranteed by the caller.
-        unsafe { write_array(subflows, elem_size, count, &listed, "subflows") }
+        unsafe { write_array(subflows, elem_size, count, &conn.subflows, "subflows") }
     })
 }
 

@@ -243,9 +243,10 @@ pub(crate) unsafe fn write_versioned<T: Versioned>(
     Ok(())
 }
 
-/// Writes `items` into the caller's array of `*count` elements of
-/// `elem_size` bytes each (the caller's `sizeof`, so that elements can
-/// grow): the first `min(elem_size, sizeof T)` bytes of each. Sets `*count`
+/// Writes `items`, each converted to its C struct `T`, into the caller's
+/// array of `*count` elements of `elem_size` bytes each (the caller's
+/// `sizeof`, so that elements can grow): the first `min(elem_size,
+/// sizeof T)` bytes of each. Sets `*count`
 /// to the number of items there are (more than the capacity when the array
 /// was too small: call again with a larger one) and returns the number
 /// written. With `*count == 0`, `array` may be NULL: a size query.
@@ -253,13 +254,16 @@ pub(crate) unsafe fn write_versioned<T: Versioned>(
 /// # Safety
 /// `count` is NULL or valid for reading and writing; `array` is NULL or
 /// writable for `*count * elem_size` bytes.
-pub(crate) unsafe fn write_array<T: Plain>(
+pub(crate) unsafe fn write_array<S, T>(
     array: *mut T,
     elem_size: usize,
     count: *mut usize,
-    items: &[T],
+    items: &[S],
     name: &str,
-) -> Result<c_int> {
+) -> Result<c_int>
+where
+    T: Plain + for<'a> From<&'a S>,
+{
     // SAFETY: the caller guarantees `count` is NULL or valid.
     let count = unsafe { arg_mut(count, "count") }?;
     let capacity = *count;
@@ -278,12 +282,13 @@ pub(crate) unsafe fn write_array<T: Plain>(
     let written = capacity.min(items.len());
     let bytes = elem_size.min(size_of::<T>());
     for (i, item) in items.iter().take(written).enumerate() {
+        let item = T::from(item);
         // SAFETY: i < capacity, so the destination lies within the
         // `capacity * elem_size` writable bytes the caller guarantees;
         // `item` is readable for size_of::<T>() >= `bytes`; no overlap.
         unsafe {
             let dst = array.cast::<u8>().add(i * elem_size);
-            ptr::copy_nonoverlapping(ptr::from_ref(item).cast::<u8>(), dst, bytes);
+            ptr::copy_nonoverlapping(ptr::from_ref(&item).cast::<u8>(), dst, bytes);
         }
     }
     *count = items.len();

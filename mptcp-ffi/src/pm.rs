@@ -151,10 +151,7 @@ pub unsafe extern "C" fn mptcp_pm_endpoints(
 ) -> c_int {
     call("mptcp_pm_endpoints", || {
         // SAFETY: guaranteed by the caller.
-        let listed: Vec<mptcp_endpoint_t> = unsafe { with_pm(pm, |pm| Ok(pm.endpoints()?)) }?
-            .iter()
-            .map(mptcp_endpoint_t::from)
-            .collect();
+        let listed = unsafe { with_pm(pm, |pm| Ok(pm.endpoints()?)) }?;
         // SAFETY: guaranteed by the caller.
         unsafe { write_array(endpoints, elem_size, count, &listed, "endpoints") }
     })

@@ -2,6 +2,7 @@
 //! and counters, stop it with a drain.
 
 use std::ffi::{c_char, c_int};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use mptcp_core::relay::{Config, ErrorKind, ListenerKind, Relay, RelayHandle, Stats};
@@ -103,6 +104,15 @@ pub struct mptcp_relay_listener_t {
 // SAFETY: repr(C); integers, integer arrays and sockaddr_storage only.
 unsafe impl Plain for mptcp_relay_listener_t {}
 
+impl From<&(ListenerKind, SocketAddr)> for mptcp_relay_listener_t {
+    fn from((kind, bound): &(ListenerKind, SocketAddr)) -> Self {
+        let mut out = mptcp_relay_listener_t::zeroed();
+        out.kind = listener_kind_number(*kind);
+        addr::fill(&mut out.addr, &mut out.addr_text, *bound);
+        out
+    }
+}
+
 /// Lists the relay's listening sockets into `listeners[0 .. *count]`;
 /// `elem_size`, `*count` and the return value work as for
 /// `mptcp_get_subflows`.
@@ -120,19 +130,9 @@ pub unsafe extern "C" fn mptcp_relay_listeners(
     call("mptcp_relay_listeners", || {
         // SAFETY: guaranteed by the caller.
         let relay = unsafe { arg_ref(relay, "relay") }?;
-        let listed: Vec<mptcp_relay_listener_t> = relay
-            .inner
-            .listeners()
-            .iter()
-            .map(|(kind, bound)| {
-                let mut out = mptcp_relay_listener_t::zeroed();
-                out.kind = listener_kind_number(*kind);
-                addr::fill(&mut out.addr, &mut out.addr_text, *bound);
-                out
-            })
-            .collect();
+        let listed = relay.inner.listeners();
         // SAFETY: guaranteed by the caller.
-        unsafe { write_array(listeners, elem_size, count, &listed, "listeners") }
+        unsafe { write_array(listeners, elem_size, count, listed, "listeners") }
     })
 }
 

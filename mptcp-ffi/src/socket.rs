@@ -503,10 +503,7 @@ pub unsafe extern "C" fn mptcp_get_subflows(
     count: *mut usize,
 ) -> c_int {
     call("mptcp_get_subflows", || {
-        let listed: Vec<mptcp_subflow_t> = mptcp_core::info::subflows(arg_fd(fd)?)?
-            .iter()
-            .map(mptcp_subflow_t::from)
-            .collect();
+        let listed = mptcp_core::info::subflows(arg_fd(fd)?)?;
         // SAFETY: the caller guarantees `subflows` and `count` per the
         // contract above.
         unsafe { write_array(subflows, elem_size, count, &listed, "subflows") }
