@@ -7,7 +7,8 @@ use std::hint::black_box;
 use std::net::TcpStream;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mptcp_core::socket::{self, Fallback, MptcpExt};
+use mptcp_core::info::MptcpExt;
+use mptcp_core::socket::{self, Fallback};
 use socket2::{Domain, Protocol, Socket, Type};
 
 fn create_and_close(c: &mut Criterion) {

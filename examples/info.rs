@@ -15,7 +15,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mptcp_core::socket::{self, Fallback, MptcpExt};
+use mptcp_core::info::MptcpExt;
+use mptcp_core::socket::{self, Fallback};
 
 const USAGE: &str = "usage: info server <bind-addr> | info client <addr> [seconds] | info demo";
 

@@ -5,10 +5,11 @@
 //!
 //! The kernel structures grew over versions; fields an older kernel does
 //! not return are `None`, never a made-up zero. The methods of
-//! [`crate::socket::MptcpExt`] call these functions on any socket type.
+//! [`MptcpExt`] call these functions on any socket type.
 //!
 //! ```
-//! use mptcp_core::socket::{self, Fallback, MptcpExt};
+//! use mptcp_core::info::MptcpExt;
+//! use mptcp_core::socket::{self, Fallback};
 //! use std::io::Write;
 //!
 //! let listener = socket::bind_listener("127.0.0.1:0", Fallback::Tcp)?;
@@ -30,7 +31,7 @@ use std::fmt;
 use std::io;
 use std::mem::size_of;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use crate::socket::{Error, Result, is_mptcp, is_unknown_option};
@@ -592,6 +593,48 @@ fn sol_mptcp_error(
 fn invalid_data(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
+
+/// MPTCP queries on anything that holds a socket descriptor:
+/// [`TcpStream`], [`TcpListener`], [`socket2::Socket`], `OwnedFd`,
+/// `BorrowedFd` (for a raw descriptor, `BorrowedFd::borrow_raw`).
+///
+/// ```
+/// use mptcp_core::info::MptcpExt;
+/// use mptcp_core::socket::{self, Fallback};
+///
+/// let listener = socket::bind_listener("127.0.0.1:0", Fallback::Tcp)?;
+/// let client = socket::connect(listener.local_addr()?, Fallback::Tcp)?;
+/// if client.is_mptcp()? {
+///     let info = client.mptcp_info()?;
+///     let subflows = client.subflows()?;
+///     assert_eq!(subflows.len(), usize::from(info.subflows) + 1);
+///     println!("{} -> {}", subflows[0].local, subflows[0].remote);
+/// }
+/// # Ok::<(), mptcp_core::socket::Error>(())
+/// ```
+pub trait MptcpExt: AsFd {
+    /// See [`crate::socket::is_mptcp`].
+    fn is_mptcp(&self) -> io::Result<bool> {
+        is_mptcp(self.as_fd())
+    }
+
+    /// See [`mptcp_info`].
+    fn mptcp_info(&self) -> Result<MptcpInfo> {
+        mptcp_info(self.as_fd())
+    }
+
+    /// See [`subflows`].
+    fn subflows(&self) -> Result<Vec<Subflow>> {
+        subflows(self.as_fd())
+    }
+
+    /// See [`full_info`].
+    fn full_info(&self) -> Result<FullInfo> {
+        full_info(self.as_fd())
+    }
+}
+
+impl<T: AsFd + ?Sized> MptcpExt for T {}
 
 #[cfg(test)]
 mod tests {

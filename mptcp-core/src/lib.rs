@@ -6,6 +6,7 @@
 pub mod sys;
 
 pub mod info;
+pub mod kernel;
 pub mod probe;
 pub mod socket;
 pub mod socks5;

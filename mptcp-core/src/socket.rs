@@ -8,11 +8,12 @@
 //!
 //! Even an MPTCP socket can end up carrying plain TCP: when the peer or a
 //! middlebox does not speak MPTCP the kernel falls back silently.
-//! [`is_mptcp`] (or [`MptcpExt::is_mptcp`]) asks the kernel about the
+//! [`is_mptcp`] (or [`crate::info::MptcpExt::is_mptcp`]) asks the kernel about the
 //! connection as it is now.
 //!
 //! ```
-//! use mptcp_core::socket::{self, Fallback, MptcpExt};
+//! use mptcp_core::info::MptcpExt;
+//! use mptcp_core::socket::{self, Fallback};
 //!
 //! let listener = socket::bind_listener("127.0.0.1:0", Fallback::Tcp)?;
 //! let client = socket::connect(listener.local_addr()?, Fallback::Tcp)?;
@@ -32,18 +33,17 @@
 //! | `TcpListener::bind(addr)` | [`bind_listener`]`(addr, Fallback::Tcp)` |
 //! | `Socket::new(domain, Type::STREAM, None)` | [`new`]`(domain, Fallback::Tcp)?.socket` |
 //!
-//! The inspection methods ([`MptcpExt`]) work on all of these.
+//! The inspection methods ([`crate::info::MptcpExt`]) work on all of these.
 
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::info::{FullInfo, MptcpInfo, Subflow};
-use crate::probe::KernelVersion;
+use crate::kernel::KernelVersion;
 use crate::sys::Pod;
 use crate::sys::info::{MPTCP_INFO, mptcp_info};
 use crate::sys::socket::{
@@ -378,50 +378,10 @@ fn kernel_has_mptcp_info() -> bool {
     packed >= (5 << 16 | 16)
 }
 
-/// MPTCP queries on anything that holds a socket descriptor:
-/// [`TcpStream`], [`TcpListener`], [`socket2::Socket`], `OwnedFd`,
-/// `BorrowedFd` (for a raw descriptor, `BorrowedFd::borrow_raw`).
-///
-/// ```
-/// use mptcp_core::socket::{self, Fallback, MptcpExt};
-///
-/// let listener = socket::bind_listener("127.0.0.1:0", Fallback::Tcp)?;
-/// let client = socket::connect(listener.local_addr()?, Fallback::Tcp)?;
-/// if client.is_mptcp()? {
-///     let info = client.mptcp_info()?;
-///     let subflows = client.subflows()?;
-///     assert_eq!(subflows.len(), usize::from(info.subflows) + 1);
-///     println!("{} -> {}", subflows[0].local, subflows[0].remote);
-/// }
-/// # Ok::<(), mptcp_core::socket::Error>(())
-/// ```
-pub trait MptcpExt: AsFd {
-    /// See [`is_mptcp`].
-    fn is_mptcp(&self) -> io::Result<bool> {
-        is_mptcp(self.as_fd())
-    }
-
-    /// See [`crate::info::mptcp_info`].
-    fn mptcp_info(&self) -> Result<MptcpInfo> {
-        crate::info::mptcp_info(self.as_fd())
-    }
-
-    /// See [`crate::info::subflows`].
-    fn subflows(&self) -> Result<Vec<Subflow>> {
-        crate::info::subflows(self.as_fd())
-    }
-
-    /// See [`crate::info::full_info`].
-    fn full_info(&self) -> Result<FullInfo> {
-        crate::info::full_info(self.as_fd())
-    }
-}
-
-impl<T: AsFd + ?Sized> MptcpExt for T {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     /// Every step of the `is_mptcp` chain agrees with the others where
     /// they can tell (this kernel has all three options).

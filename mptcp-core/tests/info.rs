@@ -7,9 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use mptcp_core::info::MptcpExt;
 use mptcp_core::info::{MptcpInfo, Subflow};
 use mptcp_core::probe::KernelVersion;
-use mptcp_core::socket::{self, Fallback, MptcpExt};
+use mptcp_core::socket::{self, Fallback};
 use mptcp_testbed::data::{receive_and_check, send_pattern};
 
 /// Polls `f` every 10 ms until it returns `Some`, for at most 5 s.

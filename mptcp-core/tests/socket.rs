@@ -6,7 +6,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 
-use mptcp_core::socket::{self, Error, Fallback, FallbackReason, MptcpExt, is_mptcp};
+use mptcp_core::info::MptcpExt;
+use mptcp_core::socket::{self, Error, Fallback, FallbackReason, is_mptcp};
 use socket2::{Domain, Protocol, Socket, Type};
 
 fn plain_tcp_listener(addr: &str) -> TcpListener {
