@@ -509,7 +509,10 @@ mod tests {
                 .filter(|c| c.remote == server_addr)
                 .collect();
             assert_eq!(ours.len(), 1, "one MPTCP connection to {server_addr}");
-            if ours[0].subflows.len() == 2 || Instant::now() > deadline {
+            // write_all returns once the bytes are queued: wait until the
+            // second subflow is up and the peer has acknowledged them all.
+            let acked: u64 = ours[0].subflows.iter().map(|s| s.bytes_acked).sum();
+            if (ours[0].subflows.len() == 2 && acked >= 100_000) || Instant::now() > deadline {
                 break ours.into_iter().next().unwrap();
             }
             std::thread::sleep(Duration::from_millis(50));
