@@ -79,9 +79,11 @@ fn main() {
     let (local, remote) = start_chain(&rp);
     // `RELAY_BENCH=connect`: only the chain's connection rate, for profiling.
     if std::env::var("RELAY_BENCH").as_deref() == Ok("connect") {
+        eprintln!("measuring the chain's connection rate");
         let rate = connect_rate(&rp, dest(CONNECT));
+        let one_subflow = connect_rate_one_subflow(&rp, dest(CONNECT));
         println!(
-            "chain: {rate:.0} connections/s (routed {:.0})\n{}",
+            "chain: {rate}; with one subflow {one_subflow}; routed {}\n{}",
             routed.conns,
             local.stats()
         );
@@ -92,6 +94,7 @@ fn main() {
         up: upload(&rp, dest(UPLOAD)),
         conns: connect_rate(&rp, dest(CONNECT)),
     };
+    let one_subflow = connect_rate_one_subflow(&rp, dest(CONNECT));
     let (l, r) = (local.stats(), remote.stats());
     drop((local, remote));
     drop(rp);
@@ -113,7 +116,30 @@ fn main() {
     };
     row("download (dest -> lan)", routed.down, chain.down, "Mb");
     row("upload (lan -> dest)", routed.up, chain.up, "Mb");
-    row("new connections/s", routed.conns, chain.conns, "/s");
+    row(
+        "new connections/s",
+        routed.conns.per_s,
+        chain.conns.per_s,
+        "/s",
+    );
+    row(
+        "  same, chain without the 2nd subflow",
+        routed.conns.per_s,
+        one_subflow.per_s,
+        "/s",
+    );
+    row(
+        "  CPU us per connection (process)",
+        routed.conns.cpu_us,
+        chain.conns.cpu_us,
+        "us",
+    );
+    row(
+        "  same, chain without the 2nd subflow",
+        routed.conns.cpu_us,
+        one_subflow.cpu_us,
+        "us",
+    );
     concurrent.print();
     limited.print();
     println!("local relay:  {l}\nremote relay: {r}");
@@ -122,7 +148,41 @@ fn main() {
 struct Row {
     down: f64,
     up: f64,
-    conns: f64,
+    conns: Rate,
+}
+
+/// New connections per second, and the CPU time this process (clients,
+/// servers, in-process relays, and the packet processing the kernel does
+/// in their context) spent per connection: less sensitive than the rate to
+/// other load on the machine.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    per_s: f64,
+    cpu_us: f64,
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0} connections/s, {:.0} us CPU each",
+            self.per_s, self.cpu_us
+        )
+    }
+}
+
+/// User + system CPU time of this process so far.
+fn process_cpu() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the rusage it is given; RUSAGE_SELF is valid.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// Wide port ranges and TIME_WAIT reuse, so the connection-rate loops do
@@ -213,9 +273,10 @@ fn upload(rp: &RelayPath, to: SocketAddr) -> f64 {
     })
 }
 
-fn connect_rate(rp: &RelayPath, to: SocketAddr) -> f64 {
+fn connect_rate(rp: &RelayPath, to: SocketAddr) -> Rate {
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let cpu_before = process_cpu();
     let threads: Vec<_> = (0..CONNECT_THREADS)
         .map(|_| {
             let done = Arc::clone(&done);
@@ -236,7 +297,21 @@ fn connect_rate(rp: &RelayPath, to: SocketAddr) -> f64 {
     for t in threads {
         t.join().unwrap();
     }
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    let n = done.load(Ordering::Relaxed) as f64;
+    Rate {
+        per_s: n / started.elapsed().as_secs_f64(),
+        cpu_us: (process_cpu() - cpu_before).as_secs_f64() * 1e6 / n.max(1.0),
+    }
+}
+
+/// The chain's connection rate when the local node opens no extra subflow
+/// (its `subflow` endpoints removed): what joining the second WAN link
+/// costs a short connection.
+fn connect_rate_one_subflow(rp: &RelayPath, to: SocketAddr) -> Rate {
+    rp.local
+        .ip(&["mptcp", "endpoint", "flush"])
+        .expect("removing the subflow endpoints");
+    connect_rate(rp, to)
 }
 
 fn engine() -> EngineConfig {

@@ -727,8 +727,8 @@ impl Worker {
                     let client = conn.client.as_raw_fd();
                     let upstream = conn.upstream.as_ref().expect("upstream socket").as_raw_fd();
                     let counters = &self.shared.counters[self.idx];
-                    let a = up.pump(client, upstream, &mut self.pool, READ_BUDGET);
-                    let b = down.pump(upstream, client, &mut self.pool, READ_BUDGET);
+                    let a = up.pump(client, upstream, &mut self.pool, READ_BUDGET, down.done());
+                    let b = down.pump(upstream, client, &mut self.pool, READ_BUDGET, up.done());
                     let mut requeue = false;
                     for (r, counter) in [(&a, &counters.bytes_up), (&b, &counters.bytes_down)] {
                         if let Ok(p) = r {

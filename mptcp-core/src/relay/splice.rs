@@ -127,19 +127,24 @@ impl Flow {
         }
     }
 
-    /// The source ended and the destination was told (write side shut).
+    /// The source ended and the destination was told (write side shut), or
+    /// will be by the close that follows.
     pub(crate) fn done(&self) -> bool {
         self.shut
     }
 
     /// Moves bytes from `src` to `dst` until one would block, the source
-    /// ends, or `budget` reads were made.
+    /// ends, or `budget` reads were made. `closing_at_eof`: the other
+    /// direction is done, so the caller closes both sockets as soon as this
+    /// one ends, and that close sends the FIN: EOF then costs no
+    /// `shutdown` call.
     pub(crate) fn pump(
         &mut self,
         src: RawFd,
         dst: RawFd,
         pool: &mut PipePool,
         budget: usize,
+        closing_at_eof: bool,
     ) -> io::Result<Pumped> {
         let mut result = Pumped::default();
         let mut reads = 0;
@@ -162,7 +167,9 @@ impl Flow {
                 continue;
             }
             if self.eof {
-                shutdown_write(dst)?;
+                if !closing_at_eof {
+                    shutdown_write(dst)?;
+                }
                 self.shut = true;
                 return Ok(());
             }
@@ -352,8 +359,14 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while !flow.done() {
             assert!(std::time::Instant::now() < deadline, "flow did not finish");
-            flow.pump(relay_in.as_raw_fd(), relay_out.as_raw_fd(), &mut pool, 4)
-                .unwrap();
+            flow.pump(
+                relay_in.as_raw_fd(),
+                relay_out.as_raw_fd(),
+                &mut pool,
+                4,
+                false,
+            )
+            .unwrap();
         }
         let mut got = String::new();
         server.read_to_string(&mut got).unwrap();
