@@ -97,6 +97,24 @@ fn http_server(rp: &RelayPath, dir: &Path) -> Guard {
     guard
 }
 
+/// What every test here starts from: a relay path with `n_wan` WAN links
+/// (at `rate_mbit`), a directory (named after `tag`) holding `file` of
+/// `file_len` bytes, and an HTTP server in `dest` serving it.
+fn site(
+    n_wan: usize,
+    rate_mbit: Option<u32>,
+    tag: &str,
+    file_len: usize,
+) -> (RelayPath, TempDir, Vec<u8>, Guard) {
+    mptcp_testbed::require_privileges().unwrap();
+    let rp = mptcp_testbed::relay_path(n_wan, rate_mbit).unwrap();
+    let dir = TempDir::new(tag);
+    let content = file_bytes(file_len);
+    std::fs::write(dir.0.join("file"), &content).unwrap();
+    let http = http_server(&rp, &dir.0);
+    (rp, dir, content, http)
+}
+
 fn engine() -> EngineConfig {
     EngineConfig {
         workers: 2,
@@ -165,6 +183,22 @@ fn curl(host: &Host, extra: &[&str], url: &str, out: &Path) {
     assert!(status.success(), "curl {extra:?} {url}: {status}");
 }
 
+/// Runs curl through the SOCKS5 proxy `proxy` as `user_pass`, which must
+/// fail; returns curl's error output.
+fn curl_socks5_fails(host: &Host, proxy: &str, user_pass: &str, url: &str) -> String {
+    let out = host
+        .command("curl")
+        .args(["-sS", "--max-time", "10", "--socks5-hostname", proxy])
+        .args(["--proxy-user", user_pass, url])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "curl as {user_pass} to {url} must fail"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// The destination's pattern server: each connection gets
 /// [`STREAM_TIME`] of the test bed's checked byte pattern.
 fn pattern_server(rp: &RelayPath) {
@@ -209,12 +243,7 @@ fn assert_same_file(got: &Path, want: &[u8]) {
 
 #[test]
 fn lan_download_through_both_relays_uses_both_links() {
-    mptcp_testbed::require_privileges().unwrap();
-    let rp = mptcp_testbed::relay_path(2, Some(20)).unwrap();
-    let dir = TempDir::new("chain");
-    let content = file_bytes(2 << 20);
-    std::fs::write(dir.0.join("file"), &content).unwrap();
-    let _http = http_server(&rp, &dir.0);
+    let (rp, dir, content, _http) = site(2, Some(20), "chain", 2 << 20);
     pattern_server(&rp);
     let url = format!("http://{}:{HTTP_PORT}/file", rp.dest_addr());
 
@@ -267,12 +296,7 @@ fn lan_download_through_both_relays_uses_both_links() {
 
 #[test]
 fn curl_socks5_hostname_and_proxychains_to_remote() {
-    mptcp_testbed::require_privileges().unwrap();
-    let rp = mptcp_testbed::relay_path(1, None).unwrap();
-    let dir = TempDir::new("interop");
-    let content = file_bytes(1 << 20);
-    std::fs::write(dir.0.join("file"), &content).unwrap();
-    let _http = http_server(&rp, &dir.0);
+    let (rp, dir, content, _http) = site(1, None, "interop", 1 << 20);
     let remote = start_remote(&rp);
     let proxy = format!("{}:{SOCKS_PORT}", rp.remote_addr());
     let url = format!("http://{}:{HTTP_PORT}/file", rp.dest_addr());
@@ -289,43 +313,17 @@ fn curl_socks5_hostname_and_proxychains_to_remote() {
         &out,
     );
     assert_same_file(&out, &content);
-    let denied = rp
-        .local
-        .command("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "--socks5-hostname",
-            &proxy,
-            "--proxy-user",
-            &auth,
-        ])
-        .arg(format!("http://localhost:{SOCKS_PORT}/"))
-        .output()
-        .unwrap();
-    assert!(!denied.status.success());
-    let stderr = String::from_utf8_lossy(&denied.stderr);
+    let stderr = curl_socks5_fails(
+        &rp.local,
+        &proxy,
+        &auth,
+        &format!("http://localhost:{SOCKS_PORT}/"),
+    );
     assert!(
         stderr.contains("connection not allowed by ruleset") || stderr.contains("(2)"),
         "{stderr}"
     );
-    let wrong = rp
-        .local
-        .command("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "--socks5-hostname",
-            &proxy,
-            "--proxy-user",
-            "alice:nope",
-        ])
-        .arg(&url)
-        .output()
-        .unwrap();
-    assert!(!wrong.status.success(), "wrong password must fail");
+    curl_socks5_fails(&rp.local, &proxy, "alice:nope", &url);
 
     // proxychains4 wrapping curl.
     let conf = dir.0.join("proxychains.conf");
@@ -354,12 +352,7 @@ fn curl_socks5_hostname_and_proxychains_to_remote() {
 
 #[test]
 fn local_relay_with_dante_as_remote() {
-    mptcp_testbed::require_privileges().unwrap();
-    let rp = mptcp_testbed::relay_path(1, None).unwrap();
-    let dir = TempDir::new("dante");
-    let content = file_bytes(1 << 20);
-    std::fs::write(dir.0.join("file"), &content).unwrap();
-    let _http = http_server(&rp, &dir.0);
+    let (rp, dir, content, _http) = site(1, None, "dante", 1 << 20);
 
     let conf = dir.0.join("danted.conf");
     std::fs::write(
@@ -410,12 +403,7 @@ fn local_relay_with_dante_as_remote() {
 
 #[test]
 fn tproxy_and_http_proxy_listeners() {
-    mptcp_testbed::require_privileges().unwrap();
-    let rp = mptcp_testbed::relay_path(2, None).unwrap();
-    let dir = TempDir::new("tproxy");
-    let content = file_bytes(1 << 20);
-    std::fs::write(dir.0.join("file"), &content).unwrap();
-    let _http = http_server(&rp, &dir.0);
+    let (rp, dir, content, _http) = site(2, None, "tproxy", 1 << 20);
     let remote = start_remote(&rp);
     let tproxy_port = 12346;
     let http_port = 3128;
