@@ -461,6 +461,10 @@ struct Concurrency {
     rss_delta: (i64, i64),
     /// What the relays report holding: (local, remote).
     active: (u64, u64),
+    /// Growth of the kernel's unreclaimable slab, machine-wide: the socket
+    /// structures of every host (some ten sockets and subflows per
+    /// connection), plus whatever else runs.
+    kernel_delta: i64,
 }
 
 impl Concurrency {
@@ -480,6 +484,13 @@ impl Concurrency {
             mib(self.rss_delta.1),
             PROCESSES_PER_ROLE,
             PROCESSES_PER_ROLE
+        );
+        println!(
+            "{:<34} {:>14} {:>10.0} B/c   (SUnreclaim {:+.1} MiB machine-wide: all hosts' sockets)",
+            "  kernel memory per connection",
+            "-",
+            self.kernel_delta as f64 / n,
+            mib(self.kernel_delta)
         );
         println!(
             "{:<34} {:>14} {:>10} of {}",
@@ -503,6 +514,7 @@ fn concurrency() -> Concurrency {
     redirect_rule(&rp);
     let rss = |ps: &[Process]| ps.iter().map(Process::rss).sum::<i64>();
     let before = (rss(&locals), rss(&remotes));
+    let kernel_before = unreclaimable_slab();
 
     let started = Instant::now();
     let threads = 8;
@@ -532,6 +544,7 @@ fn concurrency() -> Concurrency {
     // Let the last handshakes settle, so RSS counts idle connections.
     std::thread::sleep(Duration::from_millis(500));
     let rss_delta = (rss(&locals) - before.0, rss(&remotes) - before.1);
+    let kernel_delta = unreclaimable_slab() - kernel_before;
     let active_sum = |ps: &mut [Process]| ps.iter_mut().map(Process::active).sum::<u64>();
     let active = (active_sum(&mut locals), active_sum(&mut remotes));
 
@@ -556,7 +569,16 @@ fn concurrency() -> Concurrency {
         echoed,
         rss_delta,
         active,
+        kernel_delta,
     }
+}
+
+/// `SUnreclaim` of /proc/meminfo, in bytes.
+fn unreclaimable_slab() -> i64 {
+    meminfo_kib(
+        &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
+        "SUnreclaim:",
+    )
 }
 
 /// A role of the concurrency phase in a child process (this binary again),
@@ -636,9 +658,13 @@ impl Drop for Process {
 
 fn rss_bytes(pid: u32) -> i64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+    meminfo_kib(&status, "VmRSS:")
+}
+
+/// A `Key:   123 kB` line of /proc/meminfo or /proc/PID/status, in bytes.
+fn meminfo_kib(text: &str, key: &str) -> i64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
