@@ -474,3 +474,39 @@ fn ipv6_listeners_and_destinations() {
     .unwrap();
     assert_eq!(echo_round_trip(s, b"chained v6"), b"chained v6");
 }
+
+#[test]
+fn reuse_port_lets_two_relays_share_a_port() {
+    let (echo, _e) = echo_server();
+    let remote = |port: u16, reuse_port| {
+        let config = Config::new()
+            .engine(EngineConfig {
+                reuse_port,
+                ..engine()
+            })
+            .remote(
+                RemoteConfig::new(SocketAddr::from(([127, 0, 0, 1], port)))
+                    .user(USER, PASS)
+                    .allow_destination("127.0.0.1".parse().unwrap()),
+            );
+        Relay::start(config)
+    };
+    let first = remote(0, true).unwrap();
+    let port = first.listener(ListenerKind::RemoteSocks5).unwrap().port();
+    let err = remote(port, false).unwrap_err();
+    assert!(err.to_string().contains("cannot listen"), "{err}");
+    let second = remote(port, true).unwrap();
+    // The kernel spreads connections over both (by a hash of the
+    // addresses): with enough of them, each relay gets some.
+    let proxy = SocketAddr::from(([127, 0, 0, 1], port));
+    for i in 0..64u8 {
+        let s = socks_connect(proxy, Some((USER, PASS)), &TargetAddr::Ip(echo)).unwrap();
+        assert_eq!(echo_round_trip(s, &[i]), [i]);
+    }
+    let (a, b) = (
+        first.shutdown(Duration::from_secs(2)),
+        second.shutdown(Duration::from_secs(2)),
+    );
+    assert_eq!(a.relayed + b.relayed, 64, "{a}\n{b}");
+    assert!(a.relayed > 0 && b.relayed > 0, "{a}\n{b}");
+}
