@@ -14,7 +14,7 @@
 //!
 //! `RELAY_BENCH=connect` measures only the connection rates (for
 //! profiling). Every loop is bounded in time or count (the whole run takes
-//! about a minute).
+//! under a minute).
 //!
 //! RLIMIT_NOFILE caps a process at 20,000 descriptors here (and root may
 //! lack CAP_SYS_RESOURCE to raise it), while 10,000 connections need 20,000
@@ -518,14 +518,17 @@ fn concurrency() -> Concurrency {
 
     let started = Instant::now();
     let threads = 8;
+    let per_thread = concurrent_target() / threads;
     let handles: Vec<_> = (0..threads)
         .map(|_| {
             rp.lan.spawn(move || {
                 let deadline = Instant::now() + Duration::from_secs(60);
-                let mut held = Vec::with_capacity(CONCURRENT / threads);
-                while held.len() < CONCURRENT / threads && Instant::now() < deadline {
-                    let Ok(mut s) = TcpStream::connect(hold_at) else {
-                        continue;
+                let mut held = Vec::with_capacity(per_thread);
+                while held.len() < per_thread && Instant::now() < deadline {
+                    let mut s = match TcpStream::connect(hold_at) {
+                        Ok(s) => s,
+                        Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+                        Err(_) => continue,
                     };
                     let mut b = [0u8; 1];
                     if s.read_exact(&mut b).is_ok() {
@@ -571,6 +574,31 @@ fn concurrency() -> Concurrency {
         active,
         kernel_delta,
     }
+}
+
+/// [`CONCURRENT`], or fewer if this process (which holds the LAN side of
+/// every connection) cannot raise its descriptor limit that far.
+fn concurrent_target() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the rlimit it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return CONCURRENT;
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: a valid rlimit; raising the soft limit to the hard one is
+    // always allowed.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let fit = usize::try_from(lim.rlim_max.saturating_sub(256)).unwrap_or(usize::MAX);
+    if fit < CONCURRENT {
+        eprintln!(
+            "concurrency: descriptor limit {}: {fit} connections",
+            lim.rlim_max
+        );
+    }
+    CONCURRENT.min(fit)
 }
 
 /// `SUnreclaim` of /proc/meminfo, in bytes.
