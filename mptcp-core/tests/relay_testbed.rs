@@ -144,6 +144,13 @@ fn start_local(rp: &RelayPath, remote: SocketAddr, with_auth: bool, ports: &str)
         .local
         .run(|| Relay::start(Config::new().engine(engine()).local(local)))
         .unwrap();
+    redirect_lan(rp, ports);
+    handle
+}
+
+/// The nftables rule on the local node that sends the LAN's TCP to `ports`
+/// into whatever listens on `REDIRECT_PORT` there.
+fn redirect_lan(rp: &RelayPath, ports: &str) {
     nft(
         &rp.local,
         &format!(
@@ -151,7 +158,6 @@ fn start_local(rp: &RelayPath, remote: SocketAddr, with_auth: bool, ports: &str)
              iifname \"lan0\" tcp dport {ports} redirect to :{REDIRECT_PORT}\n }}\n}}\n"
         ),
     );
-    handle
 }
 
 /// Loads an nftables ruleset in `host`.
@@ -399,6 +405,53 @@ fn local_relay_with_dante_as_remote() {
     assert_same_file(&out, &content);
     let stats = local.stats();
     assert_eq!(stats.relayed, 1, "{stats}");
+}
+
+#[test]
+fn redsocks_as_local_with_the_remote_relay() {
+    let (rp, dir, content, _http) = site(2, None, "redsocks", 1 << 20);
+    let remote = start_remote(&rp);
+
+    // redsocks on the router, as people run it today: transparent redirect
+    // in, SOCKS5 with a password out to our remote relay.
+    let conf = dir.0.join("redsocks.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "base {{ log_debug = off; log_info = on; log = stderr; daemon = off; \
+             redirector = iptables; }}\n\
+             redsocks {{ local_ip = 0.0.0.0; local_port = {REDIRECT_PORT}; ip = {}; \
+             port = {SOCKS_PORT}; type = socks5; login = \"{USER}\"; password = \"{PASS}\"; }}\n",
+            rp.remote_addr()
+        ),
+    )
+    .unwrap();
+    let redsocks = rp
+        .local
+        .command("redsocks")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redsocks must be installed");
+    let _redsocks = Guard(redsocks);
+    wait_for_port(
+        &rp.local,
+        SocketAddr::new(rp.local_lan_addr().into(), REDIRECT_PORT),
+    );
+    redirect_lan(&rp, &HTTP_PORT.to_string());
+
+    let out = dir.0.join("via-redsocks");
+    curl(
+        &rp.lan,
+        &[],
+        &format!("http://{}:{HTTP_PORT}/file", rp.dest_addr()),
+        &out,
+    );
+    assert_same_file(&out, &content);
+    let stats = remote.stats();
+    assert!(stats.relayed >= 1, "the remote relay carried it: {stats}");
 }
 
 #[test]
