@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mptcp_core::relay::{Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig};
@@ -25,6 +25,18 @@ const RAMP_UP: Duration = Duration::from_secs(1);
 
 /// Kills and reaps a child process when dropped, also on panic.
 struct Guard(Child);
+
+impl Guard {
+    /// Starts a daemon from Debian's packages (`package`), quietly.
+    fn spawn(cmd: &mut Command, package: &str) -> Guard {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{package} must be installed: {e}"));
+        Guard(child)
+    }
+}
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -77,22 +89,19 @@ fn wait_for_port(host: &Host, addr: SocketAddr) {
 
 /// `python3 -m http.server` in `dest`, serving `dir`.
 fn http_server(rp: &RelayPath, dir: &Path) -> Guard {
-    let child = rp
-        .dest
-        .command("python3")
-        .args([
-            "-m",
-            "http.server",
-            &HTTP_PORT.to_string(),
-            "--bind",
-            &rp.dest_addr().to_string(),
-        ])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 (for http.server) must be installed");
-    let guard = Guard(child);
+    let guard = Guard::spawn(
+        rp.dest
+            .command("python3")
+            .args([
+                "-m",
+                "http.server",
+                &HTTP_PORT.to_string(),
+                "--bind",
+                &rp.dest_addr().to_string(),
+            ])
+            .current_dir(dir),
+        "python3 (for http.server)",
+    );
     wait_for_port(&rp.dest, SocketAddr::new(rp.dest_addr().into(), HTTP_PORT));
     guard
 }
@@ -176,8 +185,9 @@ fn nft(host: &Host, rules: &str) {
     assert!(nft.wait().unwrap().success(), "nft -f rejected:\n{rules}");
 }
 
-/// Downloads `url` with curl in `host` into `out`.
-fn curl(host: &Host, extra: &[&str], url: &str, out: &Path) {
+/// Downloads `url` with curl in `host` into `out`, which must then hold
+/// exactly `want`.
+fn download_matches(host: &Host, extra: &[&str], url: &str, out: &Path, want: &[u8]) {
     let status = host
         .command("curl")
         .args(["-sS", "--fail", "--max-time", "30", "-o"])
@@ -187,6 +197,7 @@ fn curl(host: &Host, extra: &[&str], url: &str, out: &Path) {
         .status()
         .unwrap();
     assert!(status.success(), "curl {extra:?} {url}: {status}");
+    assert_same_file(out, want);
 }
 
 /// Runs curl through the SOCKS5 proxy `proxy` as `user_pass`, which must
@@ -264,8 +275,7 @@ fn lan_download_through_both_relays_uses_both_links() {
         &format!("{{ {HTTP_PORT}, {PATTERN_PORT} }}"),
     );
     let chained = steady_download(&rp);
-    curl(&rp.lan, &[], &url, &dir.0.join("chained"));
-    assert_same_file(&dir.0.join("chained"), &content);
+    download_matches(&rp.lan, &[], &url, &dir.0.join("chained"), &content);
 
     // Half-close through the whole chain: the request ends with a shutdown
     // of the client's write side (HTTP/1.0 style); the response still
@@ -312,13 +322,13 @@ fn curl_socks5_hostname_and_proxychains_to_remote() {
     // proxy handshake failed).
     let out = dir.0.join("curl");
     let auth = format!("{USER}:{PASS}");
-    curl(
+    download_matches(
         &rp.local,
         &["--socks5-hostname", &proxy, "--proxy-user", &auth],
         &url,
         &out,
+        &content,
     );
-    assert_same_file(&out, &content);
     let stderr = curl_socks5_fails(
         &rp.local,
         &proxy,
@@ -372,18 +382,15 @@ fn local_relay_with_dante_as_remote() {
         ),
     )
     .unwrap();
-    let dante = rp
-        .remote
-        .command("/usr/sbin/danted")
-        .arg("-f")
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir.0.join("danted.pid"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dante-server (/usr/sbin/danted) must be installed");
-    let _dante = Guard(dante);
+    let _dante = Guard::spawn(
+        rp.remote
+            .command("/usr/sbin/danted")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir.0.join("danted.pid")),
+        "dante-server (/usr/sbin/danted)",
+    );
     wait_for_port(
         &rp.local,
         SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT),
@@ -396,13 +403,13 @@ fn local_relay_with_dante_as_remote() {
         &HTTP_PORT.to_string(),
     );
     let out = dir.0.join("via-dante");
-    curl(
+    download_matches(
         &rp.lan,
         &[],
         &format!("http://{}:{HTTP_PORT}/file", rp.dest_addr()),
         &out,
+        &content,
     );
-    assert_same_file(&out, &content);
     let stats = local.stats();
     assert_eq!(stats.relayed, 1, "{stats}");
 }
@@ -426,16 +433,10 @@ fn redsocks_as_local_with_the_remote_relay() {
         ),
     )
     .unwrap();
-    let redsocks = rp
-        .local
-        .command("redsocks")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redsocks must be installed");
-    let _redsocks = Guard(redsocks);
+    let _redsocks = Guard::spawn(
+        rp.local.command("redsocks").arg("-c").arg(&conf),
+        "redsocks",
+    );
     wait_for_port(
         &rp.local,
         SocketAddr::new(rp.local_lan_addr().into(), REDIRECT_PORT),
@@ -443,13 +444,13 @@ fn redsocks_as_local_with_the_remote_relay() {
     redirect_lan(&rp, &HTTP_PORT.to_string());
 
     let out = dir.0.join("via-redsocks");
-    curl(
+    download_matches(
         &rp.lan,
         &[],
         &format!("http://{}:{HTTP_PORT}/file", rp.dest_addr()),
         &out,
+        &content,
     );
-    assert_same_file(&out, &content);
     let stats = remote.stats();
     assert!(stats.relayed >= 1, "the remote relay carried it: {stats}");
 }
@@ -496,18 +497,15 @@ fn tproxy_and_http_proxy_listeners() {
 
     let url = format!("http://{}:{HTTP_PORT}/file", rp.dest_addr());
     let out = dir.0.join("tproxy");
-    curl(&rp.lan, &[], &url, &out);
-    assert_same_file(&out, &content);
+    download_matches(&rp.lan, &[], &url, &out, &content);
 
     // HTTP proxy: an absolute-URI request (as squid forwards to a parent)
     // and a CONNECT tunnel (`-p`).
     let proxy = format!("http://{}:{http_port}", rp.local_lan_addr());
     let out = dir.0.join("http-forward");
-    curl(&rp.lan, &["-x", &proxy], &url, &out);
-    assert_same_file(&out, &content);
+    download_matches(&rp.lan, &["-x", &proxy], &url, &out, &content);
     let out = dir.0.join("http-connect");
-    curl(&rp.lan, &["-x", &proxy, "-p"], &url, &out);
-    assert_same_file(&out, &content);
+    download_matches(&rp.lan, &["-x", &proxy, "-p"], &url, &out, &content);
     let stats = local.stats();
     assert_eq!(stats.relayed, 3, "{stats}");
     assert_eq!(remote.stats().relayed, 3);
