@@ -93,17 +93,24 @@ fn preload_calls() -> Calls {
     }
 }
 
-fn socket_close(calls: Calls) {
-    // SAFETY: plain socket creation and closing of our own descriptor.
-    unsafe {
-        let fd = (calls.socket)(
+/// An IPv4 stream socket made through `calls` (the hook or libc).
+fn new_socket(calls: Calls) -> libc::c_int {
+    // SAFETY: plain socket creation with constant arguments.
+    let fd = unsafe {
+        (calls.socket)(
             libc::AF_INET,
             libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
             calls.protocol,
-        );
-        assert!(fd >= 0, "socket() failed");
-        black_box((calls.close)(fd));
-    }
+        )
+    };
+    assert!(fd >= 0, "socket() failed");
+    fd
+}
+
+fn socket_close(calls: Calls) {
+    let fd = new_socket(calls);
+    // SAFETY: closes the descriptor we just created.
+    black_box(unsafe { (calls.close)(fd) });
 }
 
 fn sockaddr_of(addr: SocketAddr) -> libc::sockaddr_in {
@@ -121,14 +128,9 @@ fn sockaddr_of(addr: SocketAddr) -> libc::sockaddr_in {
 }
 
 fn socket_connect_close(calls: Calls, dest: &libc::sockaddr_in) {
+    let fd = new_socket(calls);
     // SAFETY: `dest` is a valid sockaddr_in; the descriptor is our own.
     unsafe {
-        let fd = (calls.socket)(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            calls.protocol,
-        );
-        assert!(fd >= 0, "socket() failed");
         let r = (calls.connect)(
             fd,
             (dest as *const libc::sockaddr_in).cast(),

@@ -334,28 +334,6 @@ fn limits_and_idle_timeout() {
     assert_eq!(echo_round_trip(d, b"again"), b"again");
 }
 
-/// Runs `name` from this test binary in a child process with `var` set:
-/// for tests that change process-wide state (the file descriptor limit).
-fn run_in_child(name: &str, var: &str) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            name,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(var, "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{name} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn set_fd_limit(soft: u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -370,7 +348,12 @@ fn set_fd_limit(soft: u64) {
 
 #[test]
 fn out_of_descriptors_pauses_accepting_and_keeps_connections() {
-    run_in_child("emfile_child", "RELAY_EMFILE_CHILD");
+    // The descriptor limit is process-wide: change it in a child process.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child.env("RELAY_EMFILE_CHILD", "1");
+    if let Err(e) = mptcp_testbed::run_ignored_test(child, "emfile_child") {
+        panic!("{e}");
+    }
 }
 
 #[test]

@@ -106,6 +106,11 @@ fn http_server(rp: &RelayPath, dir: &Path) -> Guard {
     guard
 }
 
+/// The URL of the file that [`site`] serves from the destination.
+fn file_url(rp: &RelayPath) -> String {
+    format!("http://{}:{HTTP_PORT}/file", rp.dest_addr())
+}
+
 /// What every test here starts from: a relay path with `n_wan` WAN links
 /// (at `rate_mbit`), a directory (named after `tag`) holding `file` of
 /// `file_len` bytes, and an HTTP server in `dest` serving it.
@@ -262,7 +267,7 @@ fn assert_same_file(got: &Path, want: &[u8]) {
 fn lan_download_through_both_relays_uses_both_links() {
     let (rp, dir, content, _http) = site(2, Some(20), "chain", 2 << 20);
     pattern_server(&rp);
-    let url = format!("http://{}:{HTTP_PORT}/file", rp.dest_addr());
+    let url = file_url(&rp);
 
     // Baseline: plain routing over WAN link 0 (no relay yet).
     let single = steady_download(&rp);
@@ -315,7 +320,7 @@ fn curl_socks5_hostname_and_proxychains_to_remote() {
     let (rp, dir, content, _http) = site(1, None, "interop", 1 << 20);
     let remote = start_remote(&rp);
     let proxy = format!("{}:{SOCKS_PORT}", rp.remote_addr());
-    let url = format!("http://{}:{HTTP_PORT}/file", rp.dest_addr());
+    let url = file_url(&rp);
 
     // curl, the name resolved by the relay: "localhost" names the remote's
     // own loopback, which the destination policy denies (curl exit 97:
@@ -403,13 +408,7 @@ fn local_relay_with_dante_as_remote() {
         &HTTP_PORT.to_string(),
     );
     let out = dir.0.join("via-dante");
-    download_matches(
-        &rp.lan,
-        &[],
-        &format!("http://{}:{HTTP_PORT}/file", rp.dest_addr()),
-        &out,
-        &content,
-    );
+    download_matches(&rp.lan, &[], &file_url(&rp), &out, &content);
     let stats = local.stats();
     assert_eq!(stats.relayed, 1, "{stats}");
 }
@@ -444,13 +443,7 @@ fn redsocks_as_local_with_the_remote_relay() {
     redirect_lan(&rp, &HTTP_PORT.to_string());
 
     let out = dir.0.join("via-redsocks");
-    download_matches(
-        &rp.lan,
-        &[],
-        &format!("http://{}:{HTTP_PORT}/file", rp.dest_addr()),
-        &out,
-        &content,
-    );
+    download_matches(&rp.lan, &[], &file_url(&rp), &out, &content);
     let stats = remote.stats();
     assert!(stats.relayed >= 1, "the remote relay carried it: {stats}");
 }
@@ -495,7 +488,7 @@ fn tproxy_and_http_proxy_listeners() {
         ),
     );
 
-    let url = format!("http://{}:{HTTP_PORT}/file", rp.dest_addr());
+    let url = file_url(&rp);
     let out = dir.0.join("tproxy");
     download_matches(&rp.lan, &[], &url, &out, &content);
 
