@@ -595,7 +595,7 @@ fn invalid_data(message: String) -> io::Error {
 }
 
 /// MPTCP queries on anything that holds a socket descriptor:
-/// [`TcpStream`], [`TcpListener`], [`socket2::Socket`], `OwnedFd`,
+/// [`std::net::TcpStream`], [`std::net::TcpListener`], [`socket2::Socket`], `OwnedFd`,
 /// `BorrowedFd` (for a raw descriptor, `BorrowedFd::borrow_raw`).
 ///
 /// ```
@@ -618,17 +618,17 @@ pub trait MptcpExt: AsFd {
         is_mptcp(self.as_fd())
     }
 
-    /// See [`mptcp_info`].
+    /// See [`mptcp_info()`].
     fn mptcp_info(&self) -> Result<MptcpInfo> {
         mptcp_info(self.as_fd())
     }
 
-    /// See [`subflows`].
+    /// See [`subflows()`].
     fn subflows(&self) -> Result<Vec<Subflow>> {
         subflows(self.as_fd())
     }
 
-    /// See [`full_info`].
+    /// See [`full_info()`].
     fn full_info(&self) -> Result<FullInfo> {
         full_info(self.as_fd())
     }

@@ -4,7 +4,7 @@
 //! connections go through a SOCKS5 relay over MPTCP. See the README for the
 //! environment variables.
 //!
-//! Layout: [`real`] finds the libc functions behind the hooks, [`config`]
+//! Layout: [`real`] finds the libc functions behind the hooks, [`mod@config`]
 //! parses the environment once at load time, [`fdtable`] keeps lock-free
 //! per-descriptor state, [`compat`] rebuilds a socket as plain TCP when the
 //! kernel refuses an option on MPTCP, [`relay`] does the relay hop, [`log`]
