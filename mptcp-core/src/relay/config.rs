@@ -53,9 +53,13 @@ pub struct EngineConfig {
     /// Seconds without any byte in either direction before a connection is
     /// closed; 0 disables.
     pub idle_timeout_secs: u64,
-    /// Bytes per pipe of the splice data path (rounded up by the kernel to
-    /// a power of two pages).
+    /// Bytes per pipe of the splice data path when a flow starts (rounded
+    /// up by the kernel to a power of two pages).
     pub pipe_size: usize,
+    /// Bytes a pipe may grow to: a flow that fills its pipe in one read is
+    /// a bulk transfer, and a larger pipe moves it with fewer system calls;
+    /// short connections keep small pipes, which are cheaper to create.
+    pub pipe_max_size: usize,
     /// Raise the soft `RLIMIT_NOFILE` to the hard limit at start (each
     /// relayed connection needs 2 sockets plus pipes while data is in
     /// flight).
@@ -77,6 +81,7 @@ impl Default for EngineConfig {
             handshake_timeout_secs: 10,
             idle_timeout_secs: 600,
             pipe_size: 64 * 1024,
+            pipe_max_size: 1024 * 1024,
             raise_fd_limit: true,
             reuse_port: false,
         }
@@ -295,6 +300,15 @@ impl Config {
             return err(
                 "engine.pipe_size",
                 "must be between 4096 and 1073741824 bytes".into(),
+            );
+        }
+        if !(e.pipe_size..=(1 << 30)).contains(&e.pipe_max_size) {
+            return err(
+                "engine.pipe_max_size",
+                format!(
+                    "must be between pipe_size ({}) and 1073741824 bytes",
+                    e.pipe_size
+                ),
             );
         }
         if let Some(l) = &self.local {
@@ -574,6 +588,15 @@ mod tests {
         let text = "[remote]\nlisten = [\"0.0.0.0:1080\"]\n[[remote.users]]\nusername = \"a\"\npassword = \"\"\n";
         let e = Config::from_toml(text).unwrap_err();
         assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn pipe_max_size_below_pipe_size_is_named() {
+        let text = "[engine]\npipe_size = 262144\npipe_max_size = 65536\n\n[remote]\n\
+                    listen = [\"127.0.0.1:1080\"]\nallow_unauthenticated_loopback = true\n";
+        let e = Config::from_toml(text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("engine.pipe_max_size"), "{e}");
+        assert!(e.message.contains("pipe_size (262144)"), "{e}");
     }
 
     #[test]

@@ -236,7 +236,11 @@ impl Worker {
                 paused_until: None,
             });
         }
-        let pool = PipePool::new(shared.engine.pipe_size, POOL_PIPES);
+        let pool = PipePool::new(
+            shared.engine.pipe_size,
+            shared.engine.pipe_max_size,
+            POOL_PIPES,
+        );
         Ok(Worker {
             idx,
             poll,

@@ -13,11 +13,12 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// One pipe: its read and write ends.
+/// One pipe: its read and write ends, and how many bytes it holds.
 #[derive(Debug)]
 pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    capacity: usize,
 }
 
 impl Pipe {
@@ -32,29 +33,65 @@ impl Pipe {
         // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody
         // else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-        // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory.
+        let mut pipe = Pipe {
+            read,
+            write,
+            capacity: DEFAULT_PIPE_SIZE,
+        };
         // Failure (EPERM above pipe-max-size for unprivileged users) leaves
         // the default size, which works too.
-        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
-        Ok(Pipe { read, write })
+        let _ = pipe.resize(size);
+        Ok(pipe)
+    }
+
+    /// Asks the kernel for `size` bytes of room; on success the pipe's
+    /// capacity is what the kernel granted (a power of two pages).
+    fn resize(&mut self, size: usize) -> io::Result<()> {
+        let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+        // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory.
+        let granted = unsafe { libc::fcntl(self.write.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+        if granted < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.capacity = granted as usize;
+        Ok(())
     }
 }
+
+/// The kernel's default pipe size (16 pages).
+const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 
 /// Empty pipes kept for reuse by one worker.
 #[derive(Debug)]
 pub(crate) struct PipePool {
     free: Vec<Pipe>,
+    /// The size of a new pipe.
     size: usize,
+    /// How far a bulk flow's pipe may grow; lowered to what the kernel
+    /// grants when it refuses more, so a refusal is not asked again.
+    max_size: usize,
     max_free: usize,
 }
 
 impl PipePool {
-    pub(crate) fn new(size: usize, max_free: usize) -> PipePool {
+    pub(crate) fn new(size: usize, max_size: usize, max_free: usize) -> PipePool {
         PipePool {
             free: Vec::new(),
             size,
+            max_size: max_size.max(size),
             max_free,
+        }
+    }
+
+    /// Grows a pipe that a single read filled (a bulk flow), four times at
+    /// a step, up to `max_size`.
+    fn grow(&mut self, pipe: &mut Pipe) {
+        if pipe.capacity >= self.max_size {
+            return;
+        }
+        let want = (pipe.capacity * 4).min(self.max_size);
+        if pipe.resize(want).is_err() {
+            self.max_size = pipe.capacity;
         }
     }
 
@@ -65,9 +102,13 @@ impl PipePool {
         }
     }
 
-    /// Takes back a pipe that holds no data.
-    fn put(&mut self, pipe: Pipe) {
-        if self.free.len() < self.max_free {
+    /// Takes back a pipe that holds no data, shrunk back to the starting
+    /// size if a bulk flow grew it: the next connection is most likely a
+    /// short one, and short connections relay faster over small pipes.
+    fn put(&mut self, mut pipe: Pipe) {
+        if self.free.len() < self.max_free
+            && (pipe.capacity == self.size || pipe.resize(self.size).is_ok())
+        {
             self.free.push(pipe);
         }
     }
@@ -231,9 +272,12 @@ impl Flow {
                     Err(e) => return Err(e),
                 },
             };
-            return match splice(src, p.write.as_raw_fd(), pool.size) {
+            return match splice(src, p.write.as_raw_fd(), p.capacity) {
                 Ok(n) => {
                     *in_pipe = n;
+                    if n == p.capacity {
+                        pool.grow(p);
+                    }
                     Ok(n)
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -352,7 +396,7 @@ mod tests {
         let (relay_out, mut server) = pair();
         relay_in.set_nonblocking(true).unwrap();
         relay_out.set_nonblocking(true).unwrap();
-        let mut pool = PipePool::new(64 * 1024, 4);
+        let mut pool = PipePool::new(64 * 1024, 1024 * 1024, 4);
         let mut flow = Flow::new(b"hello ".to_vec());
         client.write_all(b"world").unwrap();
         client.shutdown(Shutdown::Write).unwrap();
@@ -372,5 +416,69 @@ mod tests {
         server.read_to_string(&mut got).unwrap();
         assert_eq!(got, "hello world");
         assert_eq!(pool.free.len(), 1, "the empty pipe went back to the pool");
+    }
+    #[test]
+    fn a_bulk_flow_grows_its_pipe_and_loses_nothing() {
+        let (mut client, relay_in) = pair();
+        let (relay_out, mut server) = pair();
+        relay_in.set_nonblocking(true).unwrap();
+        relay_out.set_nonblocking(true).unwrap();
+        let mut pool = PipePool::new(64 * 1024, 1024 * 1024, 4);
+        let mut flow = Flow::new(Vec::new());
+        // More than the sockets' buffers hold, so that the relay's pipe
+        // still holds bytes while the reader below is slow to start.
+        let data: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || {
+            client.write_all(&sent).unwrap();
+            client.shutdown(Shutdown::Write).unwrap();
+        });
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).unwrap();
+            got
+        });
+        let mut biggest = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !flow.done() {
+            assert!(std::time::Instant::now() < deadline, "flow did not finish");
+            flow.pump(
+                relay_in.as_raw_fd(),
+                relay_out.as_raw_fd(),
+                &mut pool,
+                16,
+                false,
+            )
+            .unwrap();
+            if let Path::Splice { pipe: Some(p), .. } = &flow.path {
+                biggest = biggest.max(p.capacity);
+            }
+        }
+        writer.join().unwrap();
+        assert!(
+            reader.join().unwrap() == data,
+            "bytes differ after relaying"
+        );
+        assert!(
+            biggest > 64 * 1024 && biggest <= 1024 * 1024,
+            "the pipe grew within bounds: {biggest}"
+        );
+        assert!(
+            pool.free.iter().all(|p| p.capacity == 64 * 1024),
+            "pooled pipes are back to their starting size"
+        );
+    }
+
+    #[test]
+    fn pipes_grow_by_four_up_to_the_limit() {
+        let mut pool = PipePool::new(64 * 1024, 1024 * 1024, 4);
+        let mut pipe = pool.get().unwrap();
+        let mut sizes = vec![pipe.capacity];
+        for _ in 0..3 {
+            pool.grow(&mut pipe);
+            sizes.push(pipe.capacity);
+        }
+        assert_eq!(sizes, [64 << 10, 256 << 10, 1 << 20, 1 << 20]);
     }
 }
