@@ -389,40 +389,51 @@ mod tests {
         (a, b)
     }
 
-    #[test]
-    fn flow_moves_prefix_then_data_then_eof() {
-        // client -> (a_far, a_near) relay (b_near, b_far) -> server
-        let (mut client, relay_in) = pair();
-        let (relay_out, mut server) = pair();
+    /// client -> relay_in | relay | relay_out -> server, over loopback;
+    /// the relay's two sockets are non-blocking.
+    fn relayed() -> [TcpStream; 4] {
+        let (client, relay_in) = pair();
+        let (relay_out, server) = pair();
         relay_in.set_nonblocking(true).unwrap();
         relay_out.set_nonblocking(true).unwrap();
+        [client, relay_in, relay_out, server]
+    }
+
+    /// Pumps `flow` from `src` to `dst` until it is done (at most 20 s);
+    /// `watch` sees the flow after each call.
+    fn pump_until_done(
+        flow: &mut Flow,
+        (src, dst): (&TcpStream, &TcpStream),
+        pool: &mut PipePool,
+        budget: usize,
+        mut watch: impl FnMut(&Flow),
+    ) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !flow.done() {
+            assert!(std::time::Instant::now() < deadline, "flow did not finish");
+            flow.pump(src.as_raw_fd(), dst.as_raw_fd(), pool, budget, false)
+                .unwrap();
+            watch(flow);
+        }
+    }
+
+    #[test]
+    fn flow_moves_prefix_then_data_then_eof() {
+        let [mut client, relay_in, relay_out, mut server] = relayed();
         let mut pool = PipePool::new(64 * 1024, 1024 * 1024, 4);
         let mut flow = Flow::new(b"hello ".to_vec());
         client.write_all(b"world").unwrap();
         client.shutdown(Shutdown::Write).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !flow.done() {
-            assert!(std::time::Instant::now() < deadline, "flow did not finish");
-            flow.pump(
-                relay_in.as_raw_fd(),
-                relay_out.as_raw_fd(),
-                &mut pool,
-                4,
-                false,
-            )
-            .unwrap();
-        }
+        pump_until_done(&mut flow, (&relay_in, &relay_out), &mut pool, 4, |_| {});
         let mut got = String::new();
         server.read_to_string(&mut got).unwrap();
         assert_eq!(got, "hello world");
         assert_eq!(pool.free.len(), 1, "the empty pipe went back to the pool");
     }
+
     #[test]
     fn a_bulk_flow_grows_its_pipe_and_loses_nothing() {
-        let (mut client, relay_in) = pair();
-        let (relay_out, mut server) = pair();
-        relay_in.set_nonblocking(true).unwrap();
-        relay_out.set_nonblocking(true).unwrap();
+        let [mut client, relay_in, relay_out, mut server] = relayed();
         let mut pool = PipePool::new(64 * 1024, 1024 * 1024, 4);
         let mut flow = Flow::new(Vec::new());
         // More than the sockets' buffers hold, so that the relay's pipe
@@ -440,21 +451,11 @@ mod tests {
             got
         });
         let mut biggest = 0;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !flow.done() {
-            assert!(std::time::Instant::now() < deadline, "flow did not finish");
-            flow.pump(
-                relay_in.as_raw_fd(),
-                relay_out.as_raw_fd(),
-                &mut pool,
-                16,
-                false,
-            )
-            .unwrap();
+        pump_until_done(&mut flow, (&relay_in, &relay_out), &mut pool, 16, |flow| {
             if let Path::Splice { pipe: Some(p), .. } = &flow.path {
                 biggest = biggest.max(p.capacity);
             }
-        }
+        });
         writer.join().unwrap();
         assert!(
             reader.join().unwrap() == data,
