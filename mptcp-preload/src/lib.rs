@@ -27,6 +27,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use libc::{addrinfo, c_char, c_int, c_uint, c_void, sockaddr, socklen_t};
+use mptcp_core::socket::FallbackReason;
 use mptcp_core::sys::socket::{IPPROTO_MPTCP, SOL_MPTCP};
 
 use config::{Config, LogLevel, Mode};
@@ -158,7 +159,8 @@ unsafe fn socket_hook(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
             return fd;
         }
         let e = errno();
-        if e == libc::EPROTONOSUPPORT {
+        let reason = FallbackReason::from_errno(e);
+        if reason == Some(FallbackReason::NotBuilt) {
             MPTCP_UNSUPPORTED.store(true, Ordering::Relaxed);
         }
         log::once(
@@ -166,7 +168,7 @@ unsafe fn socket_hook(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
             LogLevel::Info,
             format_args!(
                 "the kernel refused an MPTCP socket (errno {e}{}); using plain TCP",
-                if e == libc::ENOPROTOOPT {
+                if reason == Some(FallbackReason::Disabled) {
                     ", sysctl net.mptcp.enabled=0"
                 } else {
                     ""
