@@ -21,4 +21,6 @@ pub mod pm;
 #[cfg(feature = "relay")]
 pub mod http;
 #[cfg(feature = "relay")]
+pub mod mux;
+#[cfg(feature = "relay")]
 pub mod relay;

@@ -17,7 +17,7 @@
 //! use mptcp_core::socks5::{self, Progress, TargetAddr, ClientHandshake, ServerHandshake};
 //! let dest = TargetAddr::Domain("example.test".into(), 443);
 //! let mut to_server = Vec::new();
-//! socks5::encode_client_hello_auth_request(Some(("u", "p")), &dest, &mut to_server).unwrap();
+//! socks5::encode_client_hello_auth_request(Some(("u", "p")), &socks5::Request::connect(dest.clone()), &mut to_server).unwrap();
 //!
 //! let mut server = ServerHandshake::new(true);
 //! let mut to_client = Vec::new();
@@ -429,7 +429,17 @@ pub enum Command {
     Bind,
     /// 0x03: relay UDP datagrams (not served by the relay).
     UdpAssociate,
+    /// 0x80, a private extension of this project: the connection becomes a
+    /// session carrying many streams ([`crate::mux`]) between a local and
+    /// a remote relay. The destination field holds `0.0.0.0` and the
+    /// protocol version as the port. Servers that do not know it answer
+    /// [`ReplyCode::CommandNotSupported`], as RFC 1928 asks, which tells
+    /// the client to fall back to one CONNECT per connection.
+    Multiplex,
 }
+
+/// The wire value of [`Command::Multiplex`].
+pub const CMD_MULTIPLEX: u8 = 0x80;
 
 /// A client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -441,6 +451,14 @@ pub struct Request {
 }
 
 impl Request {
+    /// A CONNECT request to `dest`.
+    pub fn connect(dest: TargetAddr) -> Request {
+        Request {
+            command: Command::Connect,
+            dest,
+        }
+    }
+
     /// Parses `VER CMD RSV ATYP DST.ADDR DST.PORT`. An unknown command gives
     /// [`ReplyCode::CommandNotSupported`] once the whole request is read.
     pub fn parse(buf: &[u8]) -> Result<Progress<Request>, Error> {
@@ -455,6 +473,7 @@ impl Request {
             1 => Some(Command::Connect),
             2 => Some(Command::Bind),
             3 => Some(Command::UdpAssociate),
+            CMD_MULTIPLEX => Some(Command::Multiplex),
             _ => None,
         };
         match TargetAddr::parse(&buf[3..])? {
@@ -475,6 +494,7 @@ impl Request {
             Command::Connect => 1,
             Command::Bind => 2,
             Command::UdpAssociate => 3,
+            Command::Multiplex => CMD_MULTIPLEX,
         };
         out.extend_from_slice(&[VERSION, cmd, 0]);
         self.dest.encode(out)
@@ -506,15 +526,15 @@ pub fn parse_reply(buf: &[u8]) -> Result<Progress<(ReplyCode, TargetAddr)>, Erro
 }
 
 /// Appends greeting, username/password sub-negotiation (if `credentials`)
-/// and a CONNECT request to `dest`, all in one buffer, so the handshake costs
-/// a single round trip.
+/// and `request` (a CONNECT, usually), all in one buffer, so the handshake
+/// costs a single round trip.
 ///
 /// Only one method is offered (username/password with credentials, "no
 /// authentication" without), so the server cannot pick a method that would
 /// make it misread the pipelined bytes.
 pub fn encode_client_hello_auth_request(
     credentials: Option<(&str, &str)>,
-    dest: &TargetAddr,
+    request: &Request,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
     let start = out.len();
@@ -526,11 +546,7 @@ pub fn encode_client_hello_auth_request(
             }
             None => out.extend_from_slice(&[VERSION, 1, METHOD_NO_AUTH]),
         }
-        Request {
-            command: Command::Connect,
-            dest: dest.clone(),
-        }
-        .encode(out)
+        request.encode(out)
     })();
     if result.is_err() {
         out.truncate(start);
@@ -547,8 +563,8 @@ enum ClientState {
 }
 
 /// The client side of a pipelined handshake: consumes the server's method
-/// choice, authentication status and CONNECT reply, in whatever pieces they
-/// arrive, after [`encode_client_hello_auth_request`] was sent.
+/// choice, authentication status and reply to the request, in whatever
+/// pieces they arrive, after [`encode_client_hello_auth_request`] was sent.
 #[derive(Debug, Clone)]
 pub struct ClientHandshake {
     state: ClientState,
@@ -569,7 +585,7 @@ impl ClientHandshake {
 
     /// Feeds everything received from the server so far (the caller keeps
     /// appending to one buffer). Returns the bound address and the length of
-    /// the handshake in that buffer once the server accepted the CONNECT
+    /// the handshake in that buffer once the server accepted the request
     /// (bytes after it come from the destination), `NeedMore` (read more,
     /// call again), or an error with the server's reply code
     /// ([`ReplyCode::NotAllowed`] for a refused method or password).
@@ -625,7 +641,7 @@ impl ClientHandshake {
                         let reply = ReplyCode::from_u8(rest[1]);
                         return Err(Error {
                             reply,
-                            reason: "server refused the CONNECT request",
+                            reason: "server refused the request",
                         });
                     }
                     return match parse_reply(rest)? {
@@ -660,6 +676,7 @@ enum ServerState {
 pub struct ServerHandshake {
     state: ServerState,
     require_auth: bool,
+    multiplex: bool,
     consumed: usize,
 }
 
@@ -671,8 +688,16 @@ impl ServerHandshake {
         ServerHandshake {
             state: ServerState::Greeting,
             require_auth,
+            multiplex: false,
             consumed: 0,
         }
+    }
+
+    /// Also accept [`Command::Multiplex`] requests (refused with
+    /// [`ReplyCode::CommandNotSupported`] otherwise, like BIND and UDP).
+    pub fn with_multiplex(mut self, on: bool) -> ServerHandshake {
+        self.multiplex = on;
+        self
     }
 
     /// Feeds everything received from the client so far (the caller keeps
@@ -749,10 +774,15 @@ impl ServerHandshake {
                     Ok(Progress::Done(request, used)) => {
                         self.state = ServerState::Finished;
                         let total = self.consumed + used;
-                        if request.command != Command::Connect {
+                        let served = match request.command {
+                            Command::Connect => true,
+                            Command::Multiplex => self.multiplex,
+                            Command::Bind | Command::UdpAssociate => false,
+                        };
+                        if !served {
                             let e = Error {
                                 reply: ReplyCode::CommandNotSupported,
-                                reason: "only CONNECT is supported",
+                                reason: "command not supported",
                             };
                             encode_reply(e.reply, None, out);
                             return Err(e);
@@ -781,7 +811,12 @@ mod tests {
     fn pipelined_handshake_round_trip_byte_by_byte() {
         let dest = TargetAddr::Ip("[2001:db8::1]:8080".parse().unwrap());
         let mut wire = Vec::new();
-        encode_client_hello_auth_request(Some(("alice", "secret")), &dest, &mut wire).unwrap();
+        encode_client_hello_auth_request(
+            Some(("alice", "secret")),
+            &Request::connect(dest.clone()),
+            &mut wire,
+        )
+        .unwrap();
         wire.extend_from_slice(b"GET / HTTP/1.0\r\n\r\n");
         let mut server = ServerHandshake::new(true);
         let mut answers = Vec::new();
@@ -837,7 +872,12 @@ mod tests {
     fn wrong_password_gets_failure_status() {
         let mut wire = Vec::new();
         let dest = TargetAddr::Domain("a.test".into(), 80);
-        encode_client_hello_auth_request(Some(("alice", "nope")), &dest, &mut wire).unwrap();
+        encode_client_hello_auth_request(
+            Some(("alice", "nope")),
+            &Request::connect(dest),
+            &mut wire,
+        )
+        .unwrap();
         let mut out = Vec::new();
         let err = ServerHandshake::new(true)
             .advance(&wire, &mut out, creds_ok)
@@ -893,7 +933,7 @@ mod tests {
     #[test]
     fn encode_rejects_overlong_fields() {
         let mut out = vec![9];
-        let long = TargetAddr::Domain("x".repeat(256), 1);
+        let long = Request::connect(TargetAddr::Domain("x".repeat(256), 1));
         assert!(encode_client_hello_auth_request(None, &long, &mut out).is_err());
         assert!(encode_client_hello_auth_request(Some(("", "p")), &long, &mut out).is_err());
         assert_eq!(out, [9], "nothing appended on error");
@@ -931,7 +971,7 @@ mod tests {
         fn request_round_trip(dest in target_addr(), user in "[ -~]{1,255}", pass in "[ -~]{1,255}",
                               split in any::<prop::sample::Index>()) {
             let mut wire = Vec::new();
-            encode_client_hello_auth_request(Some((&user, &pass)), &dest, &mut wire).unwrap();
+            encode_client_hello_auth_request(Some((&user, &pass)), &Request::connect(dest.clone()), &mut wire).unwrap();
             let mut server = ServerHandshake::new(true);
             let mut out = Vec::new();
             let cut = split.index(wire.len());

@@ -11,7 +11,7 @@ use std::time::Duration;
 use mptcp_core::relay::{
     Config, EngineConfig, ErrorKind, ListenerKind, LocalConfig, Relay, RelayHandle, RemoteConfig,
 };
-use mptcp_core::socks5::{self, ClientHandshake, Progress, ReplyCode, TargetAddr};
+use mptcp_core::socks5::{self, ClientHandshake, Progress, ReplyCode, Request, TargetAddr};
 
 const USER: &str = "alice";
 const PASS: &str = "s3cret";
@@ -71,7 +71,8 @@ fn socks_connect(
     let mut s = TcpStream::connect(proxy).unwrap();
     timeouts(&s);
     let mut hello = Vec::new();
-    socks5::encode_client_hello_auth_request(creds, dest, &mut hello).unwrap();
+    socks5::encode_client_hello_auth_request(creds, &Request::connect(dest.clone()), &mut hello)
+        .unwrap();
     s.write_all(&hello).unwrap();
     let mut hs = ClientHandshake::new(creds.is_some());
     let mut buf = Vec::new();
@@ -399,8 +400,12 @@ fn emfile_child() {
     }
     set_fd_limit(highest + 2);
     let mut hello = Vec::new();
-    socks5::encode_client_hello_auth_request(Some((USER, PASS)), &TargetAddr::Ip(echo), &mut hello)
-        .unwrap();
+    socks5::encode_client_hello_auth_request(
+        Some((USER, PASS)),
+        &Request::connect(TargetAddr::Ip(echo)),
+        &mut hello,
+    )
+    .unwrap();
     let mut waiting = TcpStream::connect(proxy).expect("the last descriptor");
     timeouts(&waiting);
     waiting.write_all(&hello).unwrap();

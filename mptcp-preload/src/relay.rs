@@ -29,7 +29,7 @@ use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::Instant;
 
 use libc::{c_int, sockaddr, socklen_t};
-use mptcp_core::socks5::{self, ClientHandshake, Progress, ReplyCode, TargetAddr};
+use mptcp_core::socks5::{self, ClientHandshake, Progress, ReplyCode, Request, TargetAddr};
 use mptcp_core::sys::socket::IPPROTO_MPTCP;
 
 use crate::compat::int_option;
@@ -320,13 +320,13 @@ fn handshake(fd: c_int, cell: &Cell, relay: &Relay, deadline: Instant) -> Result
         .credentials
         .as_ref()
         .map(|(u, p)| (u.as_str(), p.as_str()));
-    let target = match dest {
+    let target = Request::connect(match dest {
         SocketAddr::V4(v4) if dns::is_placeholder(*v4.ip()) => {
             let name = dns::name_of(*v4.ip()).ok_or(libc::EHOSTUNREACH)?;
             TargetAddr::Domain(name, v4.port())
         }
         _ => TargetAddr::Ip(dest),
-    };
+    });
     let mut request = Vec::with_capacity(300 + credentials.map_or(0, |(u, p)| u.len() + p.len()));
     socks5::encode_client_hello_auth_request(credentials, &target, &mut request)
         .map_err(|_| libc::EINVAL)?;

@@ -70,6 +70,11 @@ pub struct EngineConfig {
     /// `RLIMIT_NOFILE` allows, or one process per core. Off by default, so
     /// that starting a relay twice by mistake fails with "address in use".
     pub reuse_port: bool,
+    /// Bytes the other relay may send on each multiplexed stream before
+    /// this one has passed them on (the stream's flow-control window). A
+    /// stream's throughput is at most this per round trip between the
+    /// relays; only a stream whose reader is slow holds that much.
+    pub stream_window: u32,
 }
 
 impl Default for EngineConfig {
@@ -84,6 +89,7 @@ impl Default for EngineConfig {
             pipe_max_size: 1024 * 1024,
             raise_fd_limit: true,
             reuse_port: false,
+            stream_window: 4 << 20,
         }
     }
 }
@@ -115,6 +121,13 @@ pub struct LocalConfig {
     /// refuses MPTCP sockets).
     #[serde(default = "yes")]
     pub mptcp: bool,
+    /// Carry connections as streams of one long-lived MPTCP connection per
+    /// worker when the remote is this project's relay: no handshake, no
+    /// subflow join and no round trip to the remote per connection. Other
+    /// SOCKS5 servers (dante) refuse the request and get one connection
+    /// per client connection, as with `false`.
+    #[serde(default = "yes")]
+    pub multiplex: bool,
     /// Listeners for connections redirected by nftables/iptables `REDIRECT`
     /// (original destination from `SO_ORIGINAL_DST`).
     #[serde(default)]
@@ -161,6 +174,10 @@ pub struct RemoteConfig {
     /// Connect onward to destinations with MPTCP (falls back to TCP).
     #[serde(default)]
     pub onward_mptcp: bool,
+    /// Accept multiplexed sessions from local relays (many connections as
+    /// streams of one); plain SOCKS5 clients are served either way.
+    #[serde(default = "yes")]
+    pub multiplex: bool,
     /// Accepted users; authentication is required on every listener unless
     /// `allow_unauthenticated_loopback` and the listener is on loopback.
     #[serde(default)]
@@ -302,6 +319,12 @@ impl Config {
                 "must be between 4096 and 1073741824 bytes".into(),
             );
         }
+        if !(64 * 1024..=crate::mux::MAX_WINDOW).contains(&e.stream_window) {
+            return err(
+                "engine.stream_window",
+                format!("must be between 65536 and {} bytes", crate::mux::MAX_WINDOW),
+            );
+        }
         if !(e.pipe_size..=(1 << 30)).contains(&e.pipe_max_size) {
             return err(
                 "engine.pipe_max_size",
@@ -395,6 +418,7 @@ impl LocalConfig {
             username: None,
             password: None,
             mptcp: true,
+            multiplex: true,
             redirect: Vec::new(),
             tproxy: Vec::new(),
             socks5: Vec::new(),
@@ -439,6 +463,13 @@ impl LocalConfig {
         self.mptcp = on;
         self
     }
+
+    /// Carry connections as streams of a session when the remote
+    /// multiplexes (default), or always one connection each.
+    pub fn multiplex(mut self, on: bool) -> LocalConfig {
+        self.multiplex = on;
+        self
+    }
 }
 
 impl RemoteConfig {
@@ -448,6 +479,7 @@ impl RemoteConfig {
             listen: vec![listen],
             mptcp: true,
             onward_mptcp: false,
+            multiplex: true,
             users: Vec::new(),
             allow_unauthenticated_loopback: false,
             allowed_clients: Vec::new(),
@@ -492,6 +524,12 @@ impl RemoteConfig {
     /// Connect onward with MPTCP.
     pub fn onward_mptcp(mut self, on: bool) -> RemoteConfig {
         self.onward_mptcp = on;
+        self
+    }
+
+    /// Accept multiplexed sessions (default), or plain SOCKS5 only.
+    pub fn multiplex(mut self, on: bool) -> RemoteConfig {
+        self.multiplex = on;
         self
     }
 

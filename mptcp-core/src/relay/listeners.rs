@@ -76,6 +76,20 @@ pub(crate) fn connect(addr: SocketAddr, mptcp: bool) -> io::Result<mio::net::Tcp
     Ok(mio::net::TcpStream::from_std(socket.into()))
 }
 
+/// TCP keepalives on a session's socket, so that a dead peer (a remote
+/// relay that rebooted, every path down) is noticed within about a minute
+/// even when no stream is active. Best effort: kernels before 6.2 refuse
+/// the timing options on MPTCP sockets, and then the defaults apply.
+pub(crate) fn keep_alive(stream: &mio::net::TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(30))
+        .with_interval(std::time::Duration::from_secs(10))
+        .with_retries(3);
+    if SockRef::from(stream).set_tcp_keepalive(&keepalive).is_err() {
+        let _ = SockRef::from(stream).set_keepalive(true);
+    }
+}
+
 /// Where a connection redirected by nftables/iptables `REDIRECT` was going:
 /// `SO_ORIGINAL_DST` (IPv4) or `IP6T_SO_ORIGINAL_DST` (IPv6).
 pub(crate) fn original_destination(stream: &mio::net::TcpStream) -> io::Result<SocketAddr> {

@@ -27,8 +27,10 @@ mod config;
 mod engine;
 mod listeners;
 mod policy;
+mod session;
 mod splice;
 mod stats;
+mod stream;
 
 pub use config::{Config, ConfigError, EngineConfig, LocalConfig, RemoteConfig, User};
 pub use policy::{Cidr, ClientAllowlist, DEFAULT_DENIED, DestinationPolicy};
@@ -68,12 +70,17 @@ pub(crate) enum Route {
         mptcp: bool,
         policy: DestinationPolicy,
         users: Vec<User>,
+        /// Serve SOCKS5 MULTIPLEX requests (sessions of many streams).
+        multiplex: bool,
     },
     /// Through a SOCKS5 server (local role).
     Upstream {
         addr: SocketAddr,
         credentials: Option<(String, String)>,
         mptcp: bool,
+        /// Carry connections as streams of a session when the server
+        /// multiplexes.
+        multiplex: bool,
     },
 }
 
@@ -318,6 +325,7 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             addr,
             credentials,
             mptcp: l.mptcp,
+            multiplex: l.multiplex,
         });
         let c = &l.allowed_clients;
         for a in &l.redirect {
@@ -340,6 +348,7 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             mptcp: r.onward_mptcp,
             policy,
             users: r.users.clone(),
+            multiplex: r.multiplex,
         });
         for a in &r.listen {
             let auth = !r.serves_unauthenticated(a);

@@ -16,9 +16,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 /// One pipe: its read and write ends, and how many bytes it holds.
 #[derive(Debug)]
 pub(crate) struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-    capacity: usize,
+    pub(crate) read: OwnedFd,
+    pub(crate) write: OwnedFd,
+    pub(crate) capacity: usize,
 }
 
 impl Pipe {
@@ -61,10 +61,16 @@ impl Pipe {
 /// The kernel's default pipe size (16 pages).
 const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 
+/// Grown pipes a pool keeps as they are, for the next bulk transfer.
+const WARM_PIPES: usize = 4;
+
 /// Empty pipes kept for reuse by one worker.
 #[derive(Debug)]
 pub(crate) struct PipePool {
     free: Vec<Pipe>,
+    /// Grown pipes, not shrunk: a multiplexed stream takes a pipe per
+    /// frame, and a bulk one should not grow a fresh pipe every time.
+    warm: Vec<Pipe>,
     /// The size of a new pipe.
     size: usize,
     /// How far a bulk flow's pipe may grow; lowered to what the kernel
@@ -77,6 +83,7 @@ impl PipePool {
     pub(crate) fn new(size: usize, max_size: usize, max_free: usize) -> PipePool {
         PipePool {
             free: Vec::new(),
+            warm: Vec::new(),
             size,
             max_size: max_size.max(size),
             max_free,
@@ -85,7 +92,7 @@ impl PipePool {
 
     /// Grows a pipe that a single read filled (a bulk flow), four times at
     /// a step, up to `max_size`.
-    fn grow(&mut self, pipe: &mut Pipe) {
+    pub(crate) fn grow(&mut self, pipe: &mut Pipe) {
         if pipe.capacity >= self.max_size {
             return;
         }
@@ -95,17 +102,31 @@ impl PipePool {
         }
     }
 
-    fn get(&mut self) -> io::Result<Pipe> {
+    pub(crate) fn get(&mut self) -> io::Result<Pipe> {
         match self.free.pop() {
             Some(p) => Ok(p),
             None => Pipe::new(self.size),
         }
     }
 
-    /// Takes back a pipe that holds no data, shrunk back to the starting
-    /// size if a bulk flow grew it: the next connection is most likely a
-    /// short one, and short connections relay faster over small pipes.
-    fn put(&mut self, mut pipe: Pipe) {
+    /// A pipe for a transfer known to be bulk: a grown one if the pool
+    /// kept one.
+    pub(crate) fn get_bulk(&mut self) -> io::Result<Pipe> {
+        match self.warm.pop() {
+            Some(p) => Ok(p),
+            None => self.get(),
+        }
+    }
+
+    /// Takes back a pipe that holds no data. A few grown ones are kept for
+    /// [`PipePool::get_bulk`]; the others shrink back to the starting
+    /// size: the next connection is most likely a short one, and short
+    /// connections relay faster over small pipes.
+    pub(crate) fn put(&mut self, mut pipe: Pipe) {
+        if pipe.capacity > self.size && self.warm.len() < WARM_PIPES {
+            self.warm.push(pipe);
+            return;
+        }
         if self.free.len() < self.max_free
             && (pipe.capacity == self.size || pipe.resize(self.size).is_ok())
         {
@@ -316,14 +337,14 @@ impl Flow {
     }
 }
 
-fn is_fd_exhaustion(e: &io::Error) -> bool {
+pub(crate) fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM)
     )
 }
 
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+pub(crate) fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     // SAFETY: both fds are open for the duration of the call (owned by the
     // connection or the flow); null offsets are valid for pipes and sockets.
     let n = unsafe {
@@ -343,10 +364,23 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    send_flags(fd, buf, 0)
+}
+
+/// `send` with extra flags (`MSG_MORE`: more follows at once, so the
+/// kernel may hold this for one segment with what comes next).
+pub(crate) fn send_flags(fd: RawFd, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reads of `buf.len()` bytes. MSG_NOSIGNAL:
     // a closed peer gives EPIPE, not a signal.
-    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | flags,
+        )
+    };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -354,7 +388,7 @@ fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
     let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
     if n < 0 {
@@ -364,7 +398,7 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-fn shutdown_write(fd: RawFd) -> io::Result<()> {
+pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
     // SAFETY: shutdown takes an fd and a flag, no memory.
     if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
         let e = io::Error::last_os_error();

@@ -89,6 +89,11 @@ pub struct Stats {
     pub bytes_down: u64,
     /// Times splice() was refused (EINVAL) and a buffered copy took over.
     pub splice_fallbacks: u64,
+    /// Multiplexed sessions with the other relay open now.
+    pub sessions: u64,
+    /// Connections carried as streams of a session since start (the rest
+    /// had a connection of their own).
+    pub multiplexed: u64,
     /// Failures by kind, indexed like [`ErrorKind::ALL`].
     pub errors: [u64; ErrorKind::ALL.len()],
 }
@@ -104,13 +109,16 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "accepted={} active={} relayed={} bytes_up={} bytes_down={} splice_fallbacks={}",
+            "accepted={} active={} relayed={} bytes_up={} bytes_down={} splice_fallbacks={} \
+             sessions={} multiplexed={}",
             self.accepted,
             self.active,
             self.relayed,
             self.bytes_up,
             self.bytes_down,
-            self.splice_fallbacks
+            self.splice_fallbacks,
+            self.sessions,
+            self.multiplexed
         )?;
         for kind in ErrorKind::ALL {
             let n = self.error(kind);
@@ -132,6 +140,9 @@ pub(crate) struct Counters {
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     pub splice_fallbacks: AtomicU64,
+    pub sessions_opened: AtomicU64,
+    pub sessions_closed: AtomicU64,
+    pub multiplexed: AtomicU64,
     pub errors: [AtomicU64; ErrorKind::ALL.len()],
 }
 
@@ -146,7 +157,7 @@ impl Counters {
 
     pub fn sum(all: &[Counters]) -> Stats {
         let mut s = Stats::default();
-        let mut closed = 0;
+        let (mut closed, mut sessions_closed) = (0, 0);
         for c in all {
             s.accepted += c.accepted.load(Relaxed);
             closed += c.closed.load(Relaxed);
@@ -154,11 +165,15 @@ impl Counters {
             s.bytes_up += c.bytes_up.load(Relaxed);
             s.bytes_down += c.bytes_down.load(Relaxed);
             s.splice_fallbacks += c.splice_fallbacks.load(Relaxed);
+            s.sessions += c.sessions_opened.load(Relaxed);
+            sessions_closed += c.sessions_closed.load(Relaxed);
+            s.multiplexed += c.multiplexed.load(Relaxed);
             for (total, e) in s.errors.iter_mut().zip(&c.errors) {
                 *total += e.load(Relaxed);
             }
         }
         s.active = s.accepted.saturating_sub(closed);
+        s.sessions = s.sessions.saturating_sub(sessions_closed);
         s
     }
 }

@@ -1,16 +1,18 @@
 //! One worker thread: an epoll loop (mio, edge-triggered) over its share of
 //! the listeners' connections, each driven through its phases: request
-//! (SOCKS5 / HTTP), resolve, connect, upstream SOCKS5 handshake, relay
-//! (splice), closing.
+//! (SOCKS5 / HTTP), resolve, connect, upstream SOCKS5 handshake or a stream
+//! of a multiplexed session ([`mux`]), relay (splice), closing.
 //!
 //! Every socket is registered once for both readiness kinds; on any event
 //! the connection's state machine runs until each socket it needs would
-//! block, which is what edge-triggered readiness requires. Connections live
-//! in a slab indexed by token, so events allocate nothing.
+//! block, which is what edge-triggered readiness requires. Connections and
+//! sessions live in slabs indexed by token, so events allocate nothing.
+
+mod mux;
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
@@ -20,19 +22,25 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use super::listeners;
+use super::session::Session;
 use super::splice::{Flow, PipePool};
 use super::stats::{Counters, ErrorKind};
+use super::stream::Stream;
 use super::{
     DRAINING, ListenerKind, ListenerSpec, ResolveRequest, Resolved, Route, STOPPING, Shared,
 };
 use crate::http::{self, ProxyRequestKind};
-use crate::socks5::{self, ClientHandshake, Progress, ReplyCode, ServerHandshake, TargetAddr};
+use crate::socks5::{
+    self, ClientHandshake, Command, Progress, ReplyCode, ServerHandshake, TargetAddr,
+};
 
 /// Token of the waker (shutdown, DNS answers).
 pub(crate) const WAKER: Token = Token(usize::MAX);
-/// Listener `i` has token `LISTENER_BASE + i`; connection `k` has tokens
-/// `2k` (client) and `2k + 1` (upstream).
+/// Listener `i` has token `LISTENER_BASE + i`; session `s` has
+/// `SESSION_BASE + s`; connection `k` has tokens `2k` (client) and `2k + 1`
+/// (upstream).
 const LISTENER_BASE: usize = usize::MAX / 2;
+const SESSION_BASE: usize = usize::MAX / 4;
 /// Reads per direction per wakeup before other connections get a turn.
 const READ_BUDGET: usize = 16;
 /// Largest handshake buffer (a SOCKS5 handshake is at most 1,032 bytes; an
@@ -59,6 +67,8 @@ enum Answer {
     HttpConnect,
     /// Nothing on success (the origin answers); an HTTP status on failure.
     HttpForward,
+    /// A REPLY frame on the stream's session (remote role, multiplexed).
+    MuxReply,
 }
 
 enum Parser {
@@ -86,8 +96,14 @@ enum Phase {
         out_pos: usize,
         buf: Vec<u8>,
     },
-    /// Data phase.
+    /// Local role: waiting for the session to the remote relay to be set
+    /// up, to become one of its streams.
+    AwaitingSession,
+    /// Data phase between two sockets.
     Relay { up: Flow, down: Flow },
+    /// Data phase between a socket and a stream of a session (state in
+    /// `Conn::stream`).
+    Tunnel,
     /// Failed: the answer is on its way, reading until the client closes.
     Closing,
 }
@@ -95,9 +111,14 @@ enum Phase {
 struct Conn {
     serial: u64,
     spec: usize,
-    client: TcpStream,
+    /// The accepted socket; `None` for a stream a session peer opened.
+    client: Option<TcpStream>,
     client_ip: IpAddr,
     upstream: Option<TcpStream>,
+    /// The stream that stands in for one of the two sockets when the
+    /// connection is multiplexed: for `upstream` on the local relay, for
+    /// `client` on the remote.
+    stream: Option<Stream>,
     phase: Phase,
     answer: Answer,
     dest: Option<TargetAddr>,
@@ -108,6 +129,24 @@ struct Conn {
     /// Handshake deadline, or the end of the closing grace.
     deadline: Instant,
     last_active: Instant,
+}
+
+impl Conn {
+    /// The accepted socket, which every phase but a remote stream's has.
+    fn client(&mut self) -> &mut TcpStream {
+        self.client
+            .as_mut()
+            .expect("an accepted connection has its socket")
+    }
+
+    /// The socket a stream carries: the client's (local role) or the
+    /// destination's (remote role, once connecting).
+    fn stream_socket(&self) -> Option<RawFd> {
+        self.client
+            .as_ref()
+            .or(self.upstream.as_ref())
+            .map(AsRawFd::as_raw_fd)
+    }
 }
 
 /// A failed connection: what to count and what to tell the client.
@@ -148,11 +187,31 @@ impl Failure {
         }
         f
     }
+
+    /// The remote relay refused the connection with `reply`, which the
+    /// client gets (as a SOCKS5 reply, or the nearest HTTP status).
+    fn upstream(reply: ReplyCode, detail: impl Into<String>) -> Failure {
+        let mut f = Failure::new(ErrorKind::Upstream, detail);
+        f.socks = reply;
+        f.http = match reply {
+            ReplyCode::NotAllowed => 403,
+            ReplyCode::TtlExpired => 504,
+            _ => 502,
+        };
+        f
+    }
+
+    fn io(e: &io::Error) -> Failure {
+        Failure::new(ErrorKind::Io, format!("relaying: {e}"))
+    }
 }
 
 enum Next {
     Keep,
     Close,
+    /// Remote role: the client asked to multiplex; the socket becomes a
+    /// session, with these bytes already read after the request.
+    Session(Vec<u8>),
 }
 
 struct WorkerListener {
@@ -160,40 +219,62 @@ struct WorkerListener {
     paused_until: Option<Instant>,
 }
 
-/// A slab of connections: free slots are reused, keys are tokens.
-struct Slab {
-    slots: Vec<Option<Conn>>,
+/// A slab: free slots are reused, keys are tokens.
+struct Slab<T> {
+    slots: Vec<Option<T>>,
     free: Vec<usize>,
     len: usize,
 }
 
-impl Slab {
-    fn insert(&mut self, conn: Conn) -> usize {
+impl<T> Slab<T> {
+    fn new() -> Slab<T> {
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn insert(&mut self, value: T) -> usize {
         self.len += 1;
         match self.free.pop() {
             Some(k) => {
-                self.slots[k] = Some(conn);
+                self.slots[k] = Some(value);
                 k
             }
             None => {
-                self.slots.push(Some(conn));
+                self.slots.push(Some(value));
                 self.slots.len() - 1
             }
         }
     }
 
-    fn take(&mut self, key: usize) -> Option<Conn> {
+    fn get(&self, key: usize) -> Option<&T> {
+        self.slots.get(key).and_then(Option::as_ref)
+    }
+
+    fn get_mut(&mut self, key: usize) -> Option<&mut T> {
+        self.slots.get_mut(key).and_then(Option::as_mut)
+    }
+
+    fn take(&mut self, key: usize) -> Option<T> {
         self.slots.get_mut(key).and_then(Option::take)
     }
 
-    fn put_back(&mut self, key: usize, conn: Conn) {
-        self.slots[key] = Some(conn);
+    fn put_back(&mut self, key: usize, value: T) {
+        self.slots[key] = Some(value);
     }
 
     /// Frees a slot emptied by `take`.
     fn release(&mut self, key: usize) {
         self.len -= 1;
         self.free.push(key);
+    }
+
+    fn keys(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&k| self.slots[k].is_some())
+            .collect()
     }
 }
 
@@ -203,11 +284,17 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     specs: Arc<[ListenerSpec]>,
     listeners: Vec<WorkerListener>,
-    conns: Slab,
+    conns: Slab<Conn>,
+    sessions: Slab<Session>,
+    /// Local role: this worker's sessions to the remote relay.
+    mux: Option<mux::MuxClient>,
+    /// Sessions with frames queued this round.
+    flush_list: Vec<usize>,
     pool: PipePool,
     resolve_tx: Sender<ResolveRequest>,
     answers: Receiver<Resolved>,
     requeue: Vec<usize>,
+    session_requeue: Vec<usize>,
     scratch_keys: Vec<usize>,
     next_serial: u64,
     now: Instant,
@@ -241,21 +328,22 @@ impl Worker {
             shared.engine.pipe_max_size,
             POOL_PIPES,
         );
+        let mux = mux::MuxClient::for_routes(specs.iter().map(|s| &*s.route));
         Ok(Worker {
             idx,
             poll,
             shared,
             specs,
             listeners,
-            conns: Slab {
-                slots: Vec::new(),
-                free: Vec::new(),
-                len: 0,
-            },
+            conns: Slab::new(),
+            sessions: Slab::new(),
+            mux,
+            flush_list: Vec::new(),
             pool,
             resolve_tx,
             answers,
             requeue: Vec::new(),
+            session_requeue: Vec::new(),
             scratch_keys: Vec::new(),
             next_serial: 0,
             now: Instant::now(),
@@ -278,6 +366,8 @@ impl Worker {
                     for l in &mut self.listeners {
                         l.socket = None;
                     }
+                    self.go_away();
+                    self.flush_sessions();
                 }
                 _ => {}
             }
@@ -290,7 +380,7 @@ impl Worker {
                     wake_at = wake_at.min(t);
                 }
             }
-            let timeout = if self.requeue.is_empty() {
+            let timeout = if self.requeue.is_empty() && self.session_requeue.is_empty() {
                 wake_at.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
@@ -306,24 +396,47 @@ impl Worker {
                 match event.token() {
                     WAKER => self.take_answers(),
                     Token(t) if t >= LISTENER_BASE => self.accept_all(t - LISTENER_BASE),
+                    Token(t) if t >= SESSION_BASE => self.session_event(t - SESSION_BASE),
                     Token(t) => self.drive(t / 2),
                 }
             }
-            if !self.requeue.is_empty() {
-                let mut keys = std::mem::take(&mut self.requeue);
-                for &k in &keys {
-                    self.drive(k);
-                }
-                keys.clear();
-                if self.requeue.is_empty() {
-                    self.requeue = keys;
-                }
-            }
+            self.run_requeued();
             if self.now >= next_sweep {
                 self.sweep();
+                self.sweep_sessions();
                 next_sweep = self.now + SWEEP_INTERVAL;
             }
             self.resume_listeners();
+            // Last, so that every frame of the round leaves in one write.
+            self.flush_sessions();
+        }
+        for s in self.sessions.keys() {
+            self.close_session(s, "the relay stopped");
+        }
+    }
+
+    /// Connections and sessions that stopped for their budget (or were
+    /// unblocked) get their turn.
+    fn run_requeued(&mut self) {
+        if !self.session_requeue.is_empty() {
+            let mut sessions = std::mem::take(&mut self.session_requeue);
+            for &s in &sessions {
+                self.session_event(s);
+            }
+            sessions.clear();
+            if self.session_requeue.is_empty() {
+                self.session_requeue = sessions;
+            }
+        }
+        if !self.requeue.is_empty() {
+            let mut keys = std::mem::take(&mut self.requeue);
+            for &k in &keys {
+                self.drive(k);
+            }
+            keys.clear();
+            if self.requeue.is_empty() {
+                self.requeue = keys;
+            }
         }
     }
 
@@ -376,6 +489,68 @@ impl Worker {
         }
     }
 
+    /// Counts a new connection from `client_ip` against the global and
+    /// per-client limits; `false` (and counted as refused) when over.
+    fn reserve_slot(&self, client_ip: IpAddr) -> bool {
+        let engine = &self.shared.engine;
+        if self.shared.open.fetch_add(1, Ordering::Relaxed) >= engine.max_connections {
+            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            self.counters().error(ErrorKind::Limit);
+            return false;
+        }
+        let mut per_client = self
+            .shared
+            .per_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = per_client.entry(client_ip).or_insert(0);
+        if *n >= engine.max_connections_per_client {
+            drop(per_client);
+            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            self.counters().error(ErrorKind::Limit);
+            return false;
+        }
+        *n += 1;
+        Counters::add(&self.counters().accepted, 1);
+        true
+    }
+
+    /// Gives back what [`Worker::reserve_slot`] took.
+    fn release_slot(&self, client_ip: IpAddr) {
+        Counters::add(&self.counters().closed, 1);
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        let mut per_client = self
+            .shared
+            .per_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_client.get_mut(&client_ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_client.remove(&client_ip);
+            }
+        }
+    }
+
+    fn new_conn(&mut self, spec: usize, client_ip: IpAddr, phase: Phase, answer: Answer) -> Conn {
+        self.next_serial += 1;
+        Conn {
+            serial: self.next_serial,
+            spec,
+            client: None,
+            client_ip,
+            upstream: None,
+            stream: None,
+            phase,
+            answer,
+            dest: None,
+            early: Vec::new(),
+            to_client: Vec::new(),
+            deadline: self.now + self.shared.engine.handshake_timeout(),
+            last_active: self.now,
+        }
+    }
+
     fn admit(&mut self, spec_idx: usize, client: TcpStream, peer: SocketAddr) {
         let spec = &self.specs[spec_idx];
         let client_ip = super::policy::canonical(peer.ip());
@@ -384,41 +559,33 @@ impl Worker {
             tracing::debug!(%peer, "relay: client not in the allowlist");
             return;
         }
-        let engine = &self.shared.engine;
-        if self.shared.open.fetch_add(1, Ordering::Relaxed) >= engine.max_connections {
-            self.shared.open.fetch_sub(1, Ordering::Relaxed);
-            self.counters().error(ErrorKind::Limit);
+        if !self.reserve_slot(client_ip) {
             return;
         }
-        {
-            let mut per_client = self
-                .shared
-                .per_client
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let n = per_client.entry(client_ip).or_insert(0);
-            if *n >= engine.max_connections_per_client {
-                drop(per_client);
-                self.shared.open.fetch_sub(1, Ordering::Relaxed);
-                self.counters().error(ErrorKind::Limit);
-                return;
-            }
-            *n += 1;
-        }
-        Counters::add(&self.counters().accepted, 1);
         let _ = client.set_nodelay(true);
 
-        let (phase, answer) = match spec.kind {
+        let kind = spec.kind;
+        let (phase, answer) = match kind {
             ListenerKind::Redirect | ListenerKind::Tproxy => {
                 (Phase::Resolving { result: None }, Answer::Nothing)
             }
-            ListenerKind::LocalSocks5 | ListenerKind::RemoteSocks5 => (
-                Phase::Request {
-                    buf: Vec::new(),
-                    parser: Parser::Socks5(ServerHandshake::new(spec.require_auth)),
-                },
-                Answer::Socks5,
-            ),
+            ListenerKind::LocalSocks5 | ListenerKind::RemoteSocks5 => {
+                let multiplex = matches!(
+                    &*spec.route,
+                    Route::Direct {
+                        multiplex: true,
+                        ..
+                    }
+                );
+                let handshake = ServerHandshake::new(spec.require_auth).with_multiplex(multiplex);
+                (
+                    Phase::Request {
+                        buf: Vec::new(),
+                        parser: Parser::Socks5(handshake),
+                    },
+                    Answer::Socks5,
+                )
+            }
             ListenerKind::Http => (
                 Phase::Request {
                     buf: Vec::new(),
@@ -427,26 +594,12 @@ impl Worker {
                 Answer::HttpForward,
             ),
         };
-        self.next_serial += 1;
-        let conn = Conn {
-            serial: self.next_serial,
-            spec: spec_idx,
-            client,
-            client_ip,
-            upstream: None,
-            phase,
-            answer,
-            dest: None,
-            early: Vec::new(),
-            to_client: Vec::new(),
-            deadline: self.now + engine.handshake_timeout(),
-            last_active: self.now,
-        };
-        let kind = spec.kind;
+        let mut conn = self.new_conn(spec_idx, client_ip, phase, answer);
+        conn.client = Some(client);
         let key = self.conns.insert(conn);
         let mut conn = self.conns.take(key).expect("just inserted");
         let r = self.poll.registry().register(
-            &mut conn.client,
+            conn.client(),
             Token(2 * key),
             Interest::READABLE | Interest::WRITABLE,
         );
@@ -458,16 +611,17 @@ impl Worker {
         }
         let next = match kind {
             ListenerKind::Redirect | ListenerKind::Tproxy => {
+                let client = conn.client();
                 let dest = if kind == ListenerKind::Redirect {
-                    listeners::original_destination(&conn.client)
+                    listeners::original_destination(client)
                 } else {
-                    conn.client.local_addr()
+                    client.local_addr()
                 };
                 match dest {
                     // Sent straight to the listener, not redirected: relaying
                     // it would connect to ourselves, forever.
                     Ok(d)
-                        if Some(d) == conn.client.local_addr().ok()
+                        if Some(d) == client.local_addr().ok()
                             && kind == ListenerKind::Redirect =>
                     {
                         Err(Failure::new(
@@ -508,24 +662,23 @@ impl Worker {
         match next {
             Next::Keep => self.conns.put_back(key, conn),
             Next::Close => self.remove(key, conn),
+            Next::Session(leftover) => self.become_session(key, conn, leftover),
         }
     }
 
-    fn remove(&mut self, key: usize, conn: Conn) {
-        self.conns.release(key);
-        Counters::add(&self.counters().closed, 1);
-        self.shared.open.fetch_sub(1, Ordering::Relaxed);
-        let mut per_client = self
-            .shared
-            .per_client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per_client.get_mut(&conn.client_ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_client.remove(&conn.client_ip);
-            }
+    /// Takes connection `key` out and fails it.
+    fn fail_key(&mut self, key: usize, f: Failure) {
+        if let Some(conn) = self.conns.take(key) {
+            self.finish(key, conn, Err(f));
         }
+    }
+
+    fn remove(&mut self, key: usize, mut conn: Conn) {
+        self.conns.release(key);
+        if let Some(stream) = conn.stream.take() {
+            self.detach_stream(stream);
+        }
+        self.release_slot(conn.client_ip);
         // Dropping the sockets closes them, which also removes them from
         // epoll; pipes still holding data are closed with the flows.
     }
@@ -535,13 +688,23 @@ impl Worker {
         self.counters().error(f.kind);
         tracing::debug!(client = %conn.client_ip, kind = f.kind.name(), "relay: {}", f.detail);
         conn.upstream = None;
+        let replied = conn.stream.as_ref().is_some_and(|s| s.replied);
+        if let Some(mut stream) = conn.stream.take() {
+            if conn.answer == Answer::MuxReply && !stream.replied && !stream.ended {
+                self.reply_on_session(&mut stream, f.socks, None);
+            }
+            self.detach_stream(stream);
+        }
         // Once data flows the protocol answers are history: just close.
-        if matches!(conn.phase, Phase::Relay { .. } | Phase::Closing) {
+        if conn.client.is_none()
+            || replied
+            || matches!(conn.phase, Phase::Relay { .. } | Phase::Closing)
+        {
             return Next::Close;
         }
         if !f.answered {
             match conn.answer {
-                Answer::Nothing => {}
+                Answer::Nothing | Answer::MuxReply => {}
                 Answer::Socks5 => socks5::encode_reply(f.socks, None, &mut conn.to_client),
                 Answer::HttpConnect | Answer::HttpForward => conn
                     .to_client
@@ -549,11 +712,12 @@ impl Worker {
             }
         }
         // Best effort: the answer is a few bytes on a fresh socket.
-        let _ = flush(&mut conn.client, &mut conn.to_client);
-        let _ = conn.client.shutdown(std::net::Shutdown::Write);
+        let client = conn.client.as_mut().expect("checked above");
+        let _ = flush(client, &mut conn.to_client);
+        let _ = client.shutdown(std::net::Shutdown::Write);
         conn.phase = Phase::Closing;
         conn.deadline = self.now + CLOSING_GRACE;
-        match drain_until_eof(&mut conn.client) {
+        match drain_until_eof(client) {
             Ok(true) | Err(_) => Next::Close,
             Ok(false) => Next::Keep,
         }
@@ -563,10 +727,10 @@ impl Worker {
         loop {
             match &mut conn.phase {
                 Phase::Request { buf, parser } => {
-                    let eof =
-                        read_some(&mut conn.client, buf, MAX_REQUEST_BUFFER).map_err(|e| {
-                            Failure::new(ErrorKind::Io, format!("reading request: {e}"))
-                        })?;
+                    let client = conn.client.as_mut().expect("a request comes on a socket");
+                    let eof = read_some(client, buf, MAX_REQUEST_BUFFER).map_err(|e| {
+                        Failure::new(ErrorKind::Io, format!("reading request: {e}"))
+                    })?;
                     let route = Arc::clone(&self.specs[conn.spec].route);
                     let parsed = match parser {
                         Parser::Socks5(hs) => {
@@ -578,11 +742,16 @@ impl Worker {
                                 Route::Upstream { .. } => false,
                             };
                             let r = hs.advance(buf, &mut conn.to_client, check);
-                            flush(&mut conn.client, &mut conn.to_client).map_err(|e| {
+                            flush(client, &mut conn.to_client).map_err(|e| {
                                 Failure::new(ErrorKind::Io, format!("writing to client: {e}"))
                             })?;
                             match r {
                                 Ok(Progress::NeedMore) => None,
+                                Ok(Progress::Done(req, used))
+                                    if req.command == Command::Multiplex =>
+                                {
+                                    return mux::session_request(&req, &buf[used..]);
+                                }
                                 Ok(Progress::Done(req, used)) => Some((req.dest, used, None)),
                                 Err(e) => {
                                     let kind = if e.reply == ReplyCode::NotAllowed {
@@ -666,9 +835,13 @@ impl Worker {
                         Route::Upstream { credentials, .. } => {
                             let mut out = Vec::new();
                             let creds = credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
-                            let dest = conn.dest.as_ref().expect("destination known");
-                            socks5::encode_client_hello_auth_request(creds, dest, &mut out)
-                                .map_err(|e| Failure::new(ErrorKind::Protocol, e.to_string()))?;
+                            let dest = conn.dest.clone().expect("destination known");
+                            socks5::encode_client_hello_auth_request(
+                                creds,
+                                &socks5::Request::connect(dest),
+                                &mut out,
+                            )
+                            .map_err(|e| Failure::new(ErrorKind::Protocol, e.to_string()))?;
                             conn.phase = Phase::Upstream {
                                 handshake: ClientHandshake::new(creds.is_some()),
                                 out,
@@ -715,20 +888,13 @@ impl Worker {
                             self.enter_relay(conn, None, leftover);
                         }
                         Err(e) => {
-                            let mut f =
-                                Failure::new(ErrorKind::Upstream, format!("remote relay: {e}"));
-                            f.socks = e.reply;
-                            f.http = if e.reply == ReplyCode::NotAllowed {
-                                403
-                            } else {
-                                502
-                            };
-                            return Err(f);
+                            return Err(Failure::upstream(e.reply, format!("remote relay: {e}")));
                         }
                     }
                 }
+                Phase::AwaitingSession => return Ok(Next::Keep),
                 Phase::Relay { up, down } => {
-                    let client = conn.client.as_raw_fd();
+                    let client = conn.client.as_ref().expect("a client socket").as_raw_fd();
                     let upstream = conn.upstream.as_ref().expect("upstream socket").as_raw_fd();
                     let counters = &self.shared.counters[self.idx];
                     let a = up.pump(client, upstream, &mut self.pool, READ_BUDGET, down.done());
@@ -750,7 +916,7 @@ impl Worker {
                         }
                     }
                     if let Err(e) = a.and(b) {
-                        return Err(Failure::new(ErrorKind::Io, format!("relaying: {e}")));
+                        return Err(Failure::io(&e));
                     }
                     if up.done() && down.done() {
                         return Ok(Next::Close);
@@ -760,8 +926,9 @@ impl Worker {
                     }
                     return Ok(Next::Keep);
                 }
+                Phase::Tunnel => return self.tunnel_step(key, conn),
                 Phase::Closing => {
-                    return match drain_until_eof(&mut conn.client) {
+                    return match drain_until_eof(conn.client()) {
                         Ok(true) | Err(_) => Ok(Next::Close),
                         Ok(false) => Ok(Next::Keep),
                     };
@@ -771,12 +938,15 @@ impl Worker {
     }
 
     /// After the destination is known: connect (to it or to the remote
-    /// relay), or ask the resolver first.
+    /// relay, or carry it over a session), or ask the resolver first.
     fn begin_connect(&mut self, key: usize, conn: &mut Conn) -> Result<(), Failure> {
         let dest = conn.dest.clone().expect("destination known");
         match &*self.specs[conn.spec].route {
             Route::Upstream { addr, .. } => {
                 let addr = *addr;
+                if self.multiplex(key, conn) {
+                    return Ok(());
+                }
                 self.start_connect(key, conn, vec![addr])
             }
             Route::Direct { .. } => match dest {
@@ -870,11 +1040,20 @@ impl Worker {
     }
 
     fn enter_relay(&mut self, conn: &mut Conn, bound: Option<SocketAddr>, leftover: Vec<u8>) {
+        conn.last_active = self.now;
+        Counters::add(&self.counters().relayed, 1);
+        if let Some(stream) = &mut conn.stream {
+            // Remote role, multiplexed: the destination answered.
+            self.reply_on_session(stream, ReplyCode::Succeeded, bound);
+            stream.replied = true;
+            conn.phase = Phase::Tunnel;
+            return;
+        }
         let mut down = std::mem::take(&mut conn.to_client);
         match conn.answer {
             Answer::Socks5 => socks5::encode_reply(ReplyCode::Succeeded, bound, &mut down),
             Answer::HttpConnect => down.extend_from_slice(http::CONNECT_ESTABLISHED),
-            Answer::Nothing | Answer::HttpForward => {}
+            Answer::Nothing | Answer::HttpForward | Answer::MuxReply => {}
         }
         down.extend_from_slice(&leftover);
         let up = std::mem::take(&mut conn.early);
@@ -882,18 +1061,11 @@ impl Worker {
             up: Flow::new(up),
             down: Flow::new(down),
         };
-        conn.last_active = self.now;
-        Counters::add(&self.counters().relayed, 1);
     }
 
     fn take_answers(&mut self) {
         while let Ok(answer) = self.answers.try_recv() {
-            let Some(conn) = self
-                .conns
-                .slots
-                .get_mut(answer.conn)
-                .and_then(Option::as_mut)
-            else {
+            let Some(conn) = self.conns.get_mut(answer.conn) else {
                 continue;
             };
             if conn.serial != answer.serial {
@@ -915,7 +1087,9 @@ impl Worker {
         for (k, slot) in self.conns.slots.iter().enumerate() {
             let Some(c) = slot else { continue };
             let expired = match c.phase {
-                Phase::Relay { .. } => idle.is_some_and(|d| now.duration_since(c.last_active) > d),
+                Phase::Relay { .. } | Phase::Tunnel => {
+                    idle.is_some_and(|d| now.duration_since(c.last_active) > d)
+                }
                 _ => now > c.deadline,
             };
             if expired {
@@ -928,7 +1102,7 @@ impl Worker {
             };
             let next = match conn.phase {
                 Phase::Closing => Ok(Next::Close),
-                Phase::Relay { .. } => {
+                Phase::Relay { .. } | Phase::Tunnel => {
                     self.counters().error(ErrorKind::IdleTimeout);
                     Ok(Next::Close)
                 }

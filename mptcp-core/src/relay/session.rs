@@ -1,0 +1,677 @@
+//! One multiplexed session's socket I/O ([`crate::mux`]): the frames going
+//! out ([`Tx`]) and coming in ([`Rx`]), and the [`Session`] that owns the
+//! MPTCP socket and maps stream ids to the worker's connections.
+//!
+//! Going out, small frames of every stream of one event-loop round gather
+//! in one buffer and leave in one `send`: under load many connections share
+//! a segment. A bulk stream's payload is spliced from its pipe instead,
+//! after its header (`MSG_MORE` keeps the two in one segment). Coming in,
+//! the socket is read into a buffer for headers and small payloads; the
+//! rest of a large DATA payload is offered to its stream for a splice into
+//! the stream's pipe, so bulk bytes never cross into user space.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use super::splice::{self, Pipe, PipePool};
+use crate::mux::{self, Control, HEADER_LEN, Header};
+use crate::socks5::{ClientHandshake, Progress};
+
+/// Queued output above which streams stop reading until it drains.
+const HIGH_WATER: usize = 256 * 1024;
+/// Bytes of the input buffer: headers and small payloads land here.
+const RX_BUFFER: usize = 64 * 1024;
+/// A DATA payload with at least this much left, and nothing buffered, is
+/// offered to its stream for a splice.
+pub(crate) const SPLICE_MIN: usize = 16 * 1024;
+/// After a DATA frame this large the next is likely large too: only its
+/// header is read, so that its payload can be spliced.
+const BULK_FRAME: usize = 32 * 1024;
+
+/// Frames waiting to be written: `head`, then the payload in `spliced`'s
+/// pipe, then `tail` (what was queued while the splice was pending).
+/// Errors are latched: the session is closed by its owner, streams just
+/// see no room.
+#[derive(Debug, Default)]
+pub(crate) struct Tx {
+    head: Vec<u8>,
+    head_pos: usize,
+    spliced: Option<(Pipe, usize)>,
+    tail: Vec<u8>,
+    failed: Option<io::Error>,
+}
+
+impl Tx {
+    /// Where a frame queued now goes.
+    fn queue(&mut self) -> &mut Vec<u8> {
+        if self.spliced.is_some() {
+            &mut self.tail
+        } else {
+            &mut self.head
+        }
+    }
+
+    /// Queues bytes as they are (a SOCKS5 handshake before the frames).
+    pub(crate) fn raw(&mut self, bytes: &[u8]) {
+        self.queue().extend_from_slice(bytes);
+    }
+
+    /// Queues a control frame.
+    pub(crate) fn control(&mut self, stream: u32, control: &Control) {
+        if control.encode(stream, self.queue()).is_err() {
+            // Only OPEN with an overlong name can fail, and destinations
+            // come from parsers that enforce SOCKS5's limits.
+            tracing::error!(stream, "relay: a mux frame could not be encoded");
+        }
+    }
+
+    /// Queues a DATA frame with `bytes`.
+    pub(crate) fn data(&mut self, stream: u32, bytes: &[u8]) {
+        let len = u32::try_from(bytes.len()).expect("DATA payloads are bounded by the window");
+        let out = self.queue();
+        out.extend_from_slice(&Header::data(stream, len).to_bytes());
+        out.extend_from_slice(bytes);
+    }
+
+    /// Whether a stream may queue DATA now: no splice pending, output below
+    /// the high-water mark, no error.
+    pub(crate) fn has_room(&self) -> bool {
+        self.spliced.is_none()
+            && self.head.len() - self.head_pos < HIGH_WATER
+            && self.failed.is_none()
+    }
+
+    /// Nothing left to write.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.head_pos == self.head.len() && self.spliced.is_none()
+    }
+
+    /// Reads up to `max` bytes from `src` straight into a DATA frame for
+    /// `stream`. Returns the payload length; 0 is EOF (nothing queued).
+    /// Call only when [`Tx::has_room`].
+    pub(crate) fn read_data(&mut self, src: RawFd, stream: u32, max: usize) -> io::Result<usize> {
+        debug_assert!(self.spliced.is_none());
+        let start = self.head.len();
+        self.head.extend_from_slice(&[0; HEADER_LEN]);
+        self.head.reserve(max);
+        // SAFETY: `reserve` made room for `max` bytes after the current
+        // length, so the pointer is valid for writes of `max` bytes.
+        let n = unsafe {
+            libc::recv(
+                src,
+                self.head.as_mut_ptr().add(start + HEADER_LEN).cast(),
+                max,
+                0,
+            )
+        };
+        if n <= 0 {
+            self.head.truncate(start);
+            return if n == 0 {
+                Ok(0)
+            } else {
+                Err(io::Error::last_os_error())
+            };
+        }
+        let n = n as usize;
+        // SAFETY: recv initialised `n <= max` bytes after the header, and
+        // the header bytes were initialised by `extend_from_slice`.
+        unsafe { self.head.set_len(start + HEADER_LEN + n) };
+        let len = u32::try_from(n).expect("reads are bounded");
+        self.head[start..start + HEADER_LEN].copy_from_slice(&Header::data(stream, len).to_bytes());
+        Ok(n)
+    }
+
+    /// Queues a DATA frame whose `len` payload bytes are in `pipe`.
+    /// Call only when [`Tx::has_room`].
+    pub(crate) fn data_in_pipe(&mut self, stream: u32, pipe: Pipe, len: usize) {
+        let header = Header::data(stream, u32::try_from(len).expect("pipes are small"));
+        self.head.extend_from_slice(&header.to_bytes());
+        self.spliced = Some((pipe, len));
+    }
+
+    /// Writes what the socket takes. Returns whether everything went out.
+    pub(crate) fn flush(&mut self, fd: RawFd, pool: &mut PipePool) -> bool {
+        if self.failed.is_some() {
+            return false;
+        }
+        match self.write(fd, pool) {
+            Ok(done) => done,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => {
+                self.failed = Some(e);
+                false
+            }
+        }
+    }
+
+    fn write(&mut self, fd: RawFd, pool: &mut PipePool) -> io::Result<bool> {
+        loop {
+            if self.head_pos < self.head.len() {
+                let more = if self.spliced.is_some() {
+                    libc::MSG_MORE
+                } else {
+                    0
+                };
+                self.head_pos += splice::send_flags(fd, &self.head[self.head_pos..], more)?;
+                continue;
+            }
+            self.head.clear();
+            self.head_pos = 0;
+            let Some((pipe, left)) = &mut self.spliced else {
+                return Ok(true);
+            };
+            match splice::splice(pipe.read.as_raw_fd(), fd, *left)? {
+                0 => return Err(io::Error::other("splice to the session wrote nothing")),
+                n => *left -= n,
+            }
+            if *left == 0 {
+                let (pipe, _) = self.spliced.take().expect("checked above");
+                pool.put(pipe);
+                std::mem::swap(&mut self.head, &mut self.tail);
+            }
+        }
+    }
+
+    /// The error that stopped writing, once.
+    pub(crate) fn take_error(&mut self) -> Option<io::Error> {
+        self.failed.take()
+    }
+}
+
+/// What [`Rx::next`] found.
+#[derive(Debug)]
+pub(crate) enum RxEvent<'a> {
+    /// Payload bytes of a DATA frame, from the buffer.
+    Data { stream: u32, bytes: &'a [u8] },
+    /// `remaining` payload bytes of a DATA frame are still in the socket:
+    /// splice some and report with [`Rx::spliced`] (0: read them into the
+    /// buffer instead).
+    Splice { stream: u32, remaining: usize },
+    /// A control frame.
+    Control { stream: u32, control: Control },
+    /// The peer closed the session.
+    Closed,
+}
+
+/// Why reading a session stopped for good.
+#[derive(Debug)]
+pub(crate) enum RxError {
+    Io(io::Error),
+    Protocol(mux::Error),
+}
+
+impl std::fmt::Display for RxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RxError::Io(e) => write!(f, "reading the session: {e}"),
+            RxError::Protocol(e) => e.fmt(f),
+        }
+    }
+}
+
+/// The payload being read: whose, and how much is left.
+#[derive(Debug, Clone, Copy)]
+struct Payload {
+    /// `None`: a frame of a type this version skips.
+    stream: Option<u32>,
+    remaining: usize,
+}
+
+/// Frame parser over a read buffer.
+#[derive(Debug)]
+pub(crate) struct Rx {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    payload: Option<Payload>,
+    /// The last splice offer was declined: read into the buffer.
+    splice_declined: bool,
+    /// Reads left in this round (fairness between sessions and sockets).
+    reads_left: usize,
+    /// The last DATA frame was a bulk one.
+    bulk: bool,
+}
+
+impl Rx {
+    pub(crate) fn new() -> Rx {
+        Rx {
+            buf: vec![0; RX_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            payload: None,
+            splice_declined: false,
+            reads_left: 0,
+            bulk: false,
+        }
+    }
+
+    /// Bytes that arrived before the frames began (after the SOCKS5
+    /// handshake, in the same read).
+    pub(crate) fn preload(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(self.buf.len() - self.end);
+        self.buf[self.end..self.end + n].copy_from_slice(&bytes[..n]);
+        self.end += n;
+    }
+
+    /// Allows `reads` more reads (and splices) before [`Rx::next`] yields.
+    pub(crate) fn refill(&mut self, reads: usize) {
+        self.reads_left = reads;
+    }
+
+    /// Whether the last [`Rx::next`] stopped for the budget, not because
+    /// the socket would block.
+    pub(crate) fn budget_spent(&self) -> bool {
+        self.reads_left == 0
+    }
+
+    /// The next event, or `None` when the socket would block or the read
+    /// budget is spent.
+    pub(crate) fn next(&mut self, fd: RawFd) -> Result<Option<RxEvent<'_>>, RxError> {
+        loop {
+            if let Some(p) = &mut self.payload {
+                if p.remaining == 0 {
+                    self.payload = None;
+                    continue;
+                }
+                let buffered = self.end - self.start;
+                if buffered > 0 {
+                    let n = p.remaining.min(buffered);
+                    let at = self.start;
+                    self.start += n;
+                    p.remaining -= n;
+                    if let Some(stream) = p.stream {
+                        return Ok(Some(RxEvent::Data {
+                            stream,
+                            bytes: &self.buf[at..at + n],
+                        }));
+                    }
+                    continue;
+                }
+                if let Some(stream) = p.stream
+                    && p.remaining >= SPLICE_MIN
+                    && !self.splice_declined
+                {
+                    if self.reads_left == 0 {
+                        return Ok(None);
+                    }
+                    return Ok(Some(RxEvent::Splice {
+                        stream,
+                        remaining: p.remaining,
+                    }));
+                }
+            } else {
+                match self.frame()? {
+                    Parsed::Control(stream, control) => {
+                        return Ok(Some(RxEvent::Control { stream, control }));
+                    }
+                    Parsed::Payload => continue,
+                    Parsed::NeedMore => {}
+                }
+            }
+            match self.fill(fd)? {
+                Fill::Filled => {}
+                Fill::Blocked => return Ok(None),
+                Fill::Eof => return Ok(Some(RxEvent::Closed)),
+            }
+        }
+    }
+
+    /// Reports a splice after [`RxEvent::Splice`]: `n` payload bytes left
+    /// the socket (0: the stream could not take them).
+    pub(crate) fn spliced(&mut self, n: usize) {
+        self.reads_left = self.reads_left.saturating_sub(1);
+        if n == 0 {
+            self.splice_declined = true;
+        } else if let Some(p) = &mut self.payload {
+            p.remaining -= n.min(p.remaining);
+        }
+    }
+
+    /// Parses a header (and a control frame's whole payload) from the
+    /// buffer.
+    fn frame(&mut self) -> Result<Parsed, RxError> {
+        let buffered = &self.buf[self.start..self.end];
+        let header = match Header::parse(buffered).map_err(RxError::Protocol)? {
+            Progress::NeedMore => return Ok(Parsed::NeedMore),
+            Progress::Done(h, _) => h,
+        };
+        let len = header.len as usize;
+        match header.kind {
+            mux::FrameType::Data | mux::FrameType::Unknown(_) => {
+                self.start += HEADER_LEN;
+                let stream = (header.kind == mux::FrameType::Data).then_some(header.stream);
+                self.bulk = stream.is_some() && len >= BULK_FRAME;
+                self.payload = Some(Payload {
+                    stream,
+                    remaining: len,
+                });
+                Ok(Parsed::Payload)
+            }
+            _ => {
+                if buffered.len() < HEADER_LEN + len {
+                    return Ok(Parsed::NeedMore);
+                }
+                let payload = &buffered[HEADER_LEN..HEADER_LEN + len];
+                let control = Control::parse(&header, payload)
+                    .map_err(RxError::Protocol)?
+                    .expect("control frame types decode to a control");
+                self.start += HEADER_LEN + len;
+                Ok(Parsed::Control(header.stream, control))
+            }
+        }
+    }
+
+    /// Reads more into the buffer.
+    fn fill(&mut self, fd: RawFd) -> Result<Fill, RxError> {
+        if self.reads_left == 0 {
+            return Ok(Fill::Blocked);
+        }
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.start > 0 && self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        self.reads_left -= 1;
+        self.splice_declined = false;
+        // Between bulk frames, read a header only: the payload after it
+        // is better spliced than copied through this buffer.
+        let buffered = self.end - self.start;
+        let want = if self.bulk && self.payload.is_none() && buffered < HEADER_LEN {
+            HEADER_LEN - buffered
+        } else {
+            self.buf.len() - self.end
+        };
+        // Control frames are far smaller than the buffer, and payloads are
+        // consumed as they come, so there is always room.
+        debug_assert!(want > 0);
+        loop {
+            return match splice::recv(fd, &mut self.buf[self.end..self.end + want]) {
+                Ok(0) => Ok(Fill::Eof),
+                Ok(n) => {
+                    self.end += n;
+                    Ok(Fill::Filled)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Fill::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(RxError::Io(e)),
+            };
+        }
+    }
+}
+
+/// What [`Rx::frame`] made of the buffer.
+enum Parsed {
+    Control(u32, Control),
+    /// A DATA (or skipped) payload begins.
+    Payload,
+    NeedMore,
+}
+
+/// What [`Rx::fill`] got.
+enum Fill {
+    Filled,
+    /// Would block, or the read budget is spent.
+    Blocked,
+    Eof,
+}
+
+/// Which end of the session this relay is.
+#[derive(Debug)]
+pub(crate) enum Role {
+    /// The local relay: opens streams, numbered from 1.
+    Client {
+        /// The id of the next stream.
+        next_id: u32,
+        /// Connections waiting for the handshake: (key, serial).
+        waiting: Vec<(usize, u64)>,
+    },
+    /// The remote relay: streams are opened by the peer.
+    Server {
+        /// The listener the session came from (route, policy, users).
+        spec: usize,
+        /// The highest stream id seen (ids only grow).
+        last_id: u32,
+    },
+}
+
+/// How far the session is.
+#[derive(Debug)]
+pub(crate) enum Phase {
+    /// Client: SOCKS5 greeting, authentication and MULTIPLEX request sent
+    /// (with SETTINGS); reading the answers.
+    Handshake {
+        answers: ClientHandshake,
+        buf: Vec<u8>,
+    },
+    /// Waiting for the peer's SETTINGS, its first frame (the streams'
+    /// initial window).
+    Settings,
+    /// Frames flow.
+    Open,
+}
+
+/// A multiplexed session: one MPTCP connection to the other relay.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub socket: TcpStream,
+    pub role: Role,
+    pub phase: Phase,
+    /// The other relay's address (for per-client limits and logs).
+    pub peer: IpAddr,
+    /// Stream id -> connection key in the worker.
+    pub streams: HashMap<u32, usize>,
+    pub rx: Rx,
+    pub tx: Tx,
+    /// The initial window of each stream towards the peer.
+    pub peer_window: u32,
+    /// No new streams (GOAWAY sent or received, or ids used up).
+    pub going_away: bool,
+    /// Connections waiting for room in `tx` (keys; a stream's `queued`
+    /// flag keeps each once).
+    pub blocked: Vec<usize>,
+    /// In the worker's list of sessions to flush this round.
+    pub dirty: bool,
+    /// When the handshake must be done by.
+    pub deadline: Instant,
+}
+
+impl Session {
+    pub(crate) fn new(
+        socket: TcpStream,
+        role: Role,
+        phase: Phase,
+        peer: IpAddr,
+        deadline: Instant,
+    ) -> Session {
+        Session {
+            socket,
+            role,
+            phase,
+            peer,
+            streams: HashMap::new(),
+            rx: Rx::new(),
+            tx: Tx::default(),
+            peer_window: mux::DEFAULT_WINDOW,
+            going_away: false,
+            blocked: Vec::new(),
+            dirty: false,
+            deadline,
+        }
+    }
+
+    /// Whether a new stream may be opened on this session now.
+    pub(crate) fn accepts_streams(&self) -> bool {
+        matches!(self.phase, Phase::Open) && !self.going_away
+    }
+
+    /// Whether the session is still being set up.
+    pub(crate) fn is_starting(&self) -> bool {
+        !matches!(self.phase, Phase::Open)
+    }
+
+    /// The next stream id (client role), marking the session as going away
+    /// when the ids run out.
+    pub(crate) fn allocate_id(&mut self) -> u32 {
+        let Role::Client { next_id, .. } = &mut self.role else {
+            unreachable!("only the client side opens streams");
+        };
+        let id = *next_id;
+        match id.checked_add(1) {
+            Some(next) => *next_id = next,
+            None => self.going_away = true,
+        }
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mux::Settings;
+    use crate::socks5::TargetAddr;
+    use std::io::{Read, Write};
+
+    fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    /// What a session's peer sent: payloads by stream, control frames, and
+    /// whether it closed.
+    #[derive(Default)]
+    struct Received {
+        data: Vec<(u32, Vec<u8>)>,
+        controls: Vec<(u32, Control)>,
+        closed: bool,
+    }
+
+    /// Collects what `rx` yields until EOF (at most 5 s), splicing nothing
+    /// (every offer declined).
+    fn drain(rx: &mut Rx, fd: RawFd) -> Received {
+        let Received {
+            mut data,
+            mut controls,
+            mut closed,
+        } = Received::default();
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while Instant::now() < deadline && !closed {
+            rx.refill(64);
+            while let Some(event) = rx.next(fd).unwrap() {
+                match event {
+                    RxEvent::Data { stream, bytes } => match data.last_mut() {
+                        Some((s, d)) if *s == stream => d.extend_from_slice(bytes),
+                        _ => data.push((stream, bytes.to_vec())),
+                    },
+                    RxEvent::Splice { .. } => rx.spliced(0),
+                    RxEvent::Control { stream, control } => controls.push((stream, control)),
+                    RxEvent::Closed => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        Received {
+            data,
+            controls,
+            closed,
+        }
+    }
+
+    #[test]
+    fn frames_cross_a_socket_in_order_and_unknown_types_are_skipped() {
+        let (mut writer, reader) = pair();
+        let mut wire = Vec::new();
+        Control::Settings(Settings {
+            initial_window: 1 << 20,
+        })
+        .encode(0, &mut wire)
+        .unwrap();
+        Control::Open(TargetAddr::Domain("a.test".into(), 80))
+            .encode(1, &mut wire)
+            .unwrap();
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        wire.extend_from_slice(&Header::data(1, big.len() as u32).to_bytes());
+        wire.extend_from_slice(&big);
+        wire.extend_from_slice(&[99, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3]);
+        Control::Fin.encode(1, &mut wire).unwrap();
+        let sender = std::thread::spawn(move || {
+            for chunk in wire.chunks(7777) {
+                writer.write_all(chunk).unwrap();
+            }
+        });
+        let mut rx = Rx::new();
+        let Received {
+            data,
+            controls,
+            closed,
+        } = drain(&mut rx, reader.as_raw_fd());
+        sender.join().unwrap();
+        assert!(closed, "EOF seen");
+        assert_eq!(data.len(), 1);
+        assert!(data[0].1 == big, "payload intact");
+        let kinds: Vec<_> = controls.iter().map(|(s, c)| (*s, c.kind())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (0, mux::FrameType::Settings),
+                (1, mux::FrameType::Open),
+                (1, mux::FrameType::Fin)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_header_is_a_protocol_error() {
+        let (mut writer, reader) = pair();
+        writer.write_all(&[0, 1, 0, 0, 0, 1, 0, 0, 0, 1]).unwrap();
+        let mut rx = Rx::new();
+        rx.refill(4);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(matches!(
+            rx.next(reader.as_raw_fd()),
+            Err(RxError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn tx_keeps_frames_in_order_around_a_spliced_payload() {
+        let (mut peer, ours) = pair();
+        let mut pool = PipePool::new(64 * 1024, 64 * 1024, 4);
+        let mut tx = Tx::default();
+        tx.control(1, &Control::Fin);
+        let pipe = pool.get().unwrap();
+        // SAFETY: the pipe's write end is open; the buffer is 7 bytes.
+        let n = unsafe { libc::write(pipe.write.as_raw_fd(), b"spliced".as_ptr().cast(), 7) };
+        assert_eq!(n, 7);
+        tx.data_in_pipe(2, pipe, 7);
+        assert!(!tx.has_room(), "one splice at a time");
+        tx.data(3, b"after");
+        assert!(tx.flush(ours.as_raw_fd(), &mut pool));
+        assert!(tx.is_idle() && tx.has_room());
+        drop(ours);
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).unwrap();
+        let mut want = Vec::new();
+        Control::Fin.encode(1, &mut want).unwrap();
+        want.extend_from_slice(&Header::data(2, 7).to_bytes());
+        want.extend_from_slice(b"spliced");
+        want.extend_from_slice(&Header::data(3, 5).to_bytes());
+        want.extend_from_slice(b"after");
+        assert_eq!(got, want);
+        assert_eq!(
+            pool.get().unwrap().capacity,
+            64 * 1024,
+            "the pipe went back to the pool"
+        );
+    }
+}
