@@ -8,12 +8,16 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use mptcp_core::mux::{self, Control, FrameType, Header, Settings};
 use mptcp_core::relay::{
-    Config, EngineConfig, ListenerKind, LocalConfig, Relay, RelayHandle, RemoteConfig, Stats,
+    Config, EngineConfig, ErrorKind, ListenerKind, LocalConfig, Relay, RelayHandle, RemoteConfig,
+    Stats,
 };
-use mptcp_core::socks5::{self, ClientHandshake, Progress, ReplyCode, Request, TargetAddr};
+use mptcp_core::socks5::{
+    self, ClientHandshake, Command, Progress, ReplyCode, Request, TargetAddr,
+};
 use mptcp_testbed::data;
 
 const USER: &str = "alice";
@@ -36,21 +40,25 @@ fn engine() -> EngineConfig {
     }
 }
 
-fn remote_relay(multiplex: bool) -> RelayHandle {
-    let remote = RemoteConfig::new("127.0.0.1:0".parse().unwrap())
+fn remote_config(listen: SocketAddr, multiplex: bool) -> Config {
+    let remote = RemoteConfig::new(listen)
         .user(USER, PASS)
         .allow_destination("127.0.0.1".parse().unwrap())
         .multiplex(multiplex);
-    Relay::start(Config::new().engine(engine()).remote(remote)).unwrap()
+    Config::new().engine(engine()).remote(remote)
 }
 
-fn local_relay(remote: &RelayHandle) -> RelayHandle {
+fn remote_relay(multiplex: bool) -> RelayHandle {
+    Relay::start(remote_config("127.0.0.1:0".parse().unwrap(), multiplex)).unwrap()
+}
+
+fn local_relay(remote: &RelayHandle, engine: EngineConfig) -> RelayHandle {
     let at = remote.listener(ListenerKind::RemoteSocks5).unwrap();
     let local = LocalConfig::new(at.to_string())
         .credentials(USER, PASS)
         .socks5("127.0.0.1:0".parse().unwrap())
         .http("127.0.0.1:0".parse().unwrap());
-    Relay::start(Config::new().engine(engine()).local(local)).unwrap()
+    Relay::start(Config::new().engine(engine).local(local)).unwrap()
 }
 
 /// A local relay in front of a multiplexing remote relay.
@@ -61,9 +69,25 @@ struct Chain {
 
 impl Chain {
     fn new() -> Chain {
+        Chain::with_local_engine(engine())
+    }
+
+    /// With one local worker, so that every stream shares one session.
+    fn one_session() -> Chain {
+        Chain::with_local_engine(EngineConfig {
+            workers: 1,
+            ..engine()
+        })
+    }
+
+    fn with_local_engine(engine: EngineConfig) -> Chain {
         let remote = remote_relay(true);
-        let local = local_relay(&remote);
+        let local = local_relay(&remote, engine);
         Chain { local, remote }
+    }
+
+    fn http(&self) -> SocketAddr {
+        self.local.listener(ListenerKind::Http).unwrap()
     }
 
     fn socks(&self) -> SocketAddr {
@@ -198,4 +222,354 @@ fn bulk_streams_both_ways_arrive_intact() {
         l.bytes_down >= 3 * LEN && r.bytes_up >= 3 * LEN,
         "local {l}\nremote {r}"
     );
+}
+
+/// Echoes until the client's EOF, then closes.
+fn echo(mut s: TcpStream) {
+    let mut r = s.try_clone().unwrap();
+    let _ = std::io::copy(&mut r, &mut s);
+    let _ = s.shutdown(Shutdown::Write);
+}
+
+/// Sends `data`, shuts down writing, and reads everything back.
+fn echo_round_trip(mut s: TcpStream, data: &[u8]) -> Vec<u8> {
+    s.write_all(data).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    got
+}
+
+#[test]
+fn many_short_connections_share_the_sessions() {
+    let chain = Chain::new();
+    let (proxy, echo_at) = (chain.socks(), server(echo));
+    const THREADS: usize = 8;
+    const EACH: usize = 250;
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    let msg = format!("hello {t}/{i}");
+                    let s = connect_via(proxy, echo_at).unwrap();
+                    assert_eq!(echo_round_trip(s, msg.as_bytes()), msg.as_bytes());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let during = chain.local.stats();
+    assert!(
+        during.sessions <= 2,
+        "one session per local worker: {during}"
+    );
+    let (l, r) = chain.finish();
+    let n = (THREADS * EACH) as u64;
+    assert_eq!(
+        (l.multiplexed, r.multiplexed, r.relayed),
+        (n, n, n),
+        "local {l}\nremote {r}"
+    );
+    assert_eq!(l.errors.iter().sum::<u64>(), 0, "local {l}");
+}
+
+#[test]
+fn a_slow_reader_does_not_hold_up_other_streams() {
+    let chain = Chain::one_session();
+    let (proxy, source) = (chain.socks(), server(pattern_source));
+    const LEN: u64 = 64 << 20;
+    // This client asks for a download, then reads nothing for a while: its
+    // stream's window fills and the remote relay stops sending it.
+    let mut slow = connect_via(proxy, source).unwrap();
+    slow.write_all(&LEN.to_le_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Meanwhile another stream of the same session moves far more than
+    // any buffer between the relays holds.
+    let started = Instant::now();
+    assert_eq!(download(proxy, source, LEN), LEN);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the fast stream took {:?}",
+        started.elapsed()
+    );
+    // The slow one then gets all of its bytes, in order.
+    let (n, _) = data::receive_and_check(&mut slow).expect("slow download intact");
+    assert_eq!(n, LEN);
+    let (l, _) = chain.finish();
+    assert_eq!((l.multiplexed, l.sessions), (2, 0), "{l}");
+}
+
+#[test]
+fn refusals_come_back_through_the_stream() {
+    let chain = Chain::new();
+    let proxy = chain.socks();
+    let echo_at = server(echo);
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    // A destination the remote's policy denies, and one that refuses.
+    let denied: SocketAddr = "10.1.2.3:80".parse().unwrap();
+    assert_eq!(
+        connect_via(proxy, denied).unwrap_err(),
+        ReplyCode::NotAllowed
+    );
+    assert_eq!(
+        connect_via(proxy, closed).unwrap_err(),
+        ReplyCode::ConnectionRefused
+    );
+    // The HTTP listener turns them into statuses.
+    let status = |request: String| {
+        let mut s = TcpStream::connect(chain.http()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut head = String::new();
+        let _ = s.read_to_string(&mut head);
+        head.split_whitespace().nth(1).unwrap_or("").to_owned()
+    };
+    assert_eq!(status(format!("CONNECT {denied} HTTP/1.1\r\n\r\n")), "403");
+    assert_eq!(status(format!("CONNECT {closed} HTTP/1.1\r\n\r\n")), "502");
+    // The session carries on.
+    let sessions = chain.local.stats().sessions;
+    let s = connect_via(proxy, echo_at).unwrap();
+    assert_eq!(echo_round_trip(s, b"still here"), b"still here");
+    let (l, r) = chain.finish();
+    assert_eq!(sessions, l.sessions.max(sessions), "no session was lost");
+    assert_eq!(r.error(ErrorKind::DestinationDenied), 2, "remote {r}");
+    assert_eq!(r.error(ErrorKind::Connect), 2, "remote {r}");
+    assert_eq!(l.error(ErrorKind::Upstream), 4, "local {l}");
+    assert_eq!(
+        (l.multiplexed, r.multiplexed),
+        (5, 5),
+        "local {l}\nremote {r}"
+    );
+}
+
+#[test]
+fn a_remote_that_does_not_multiplex_gets_a_connection_each() {
+    let remote = remote_relay(false);
+    let local = local_relay(
+        &remote,
+        EngineConfig {
+            workers: 1,
+            ..engine()
+        },
+    );
+    let proxy = local.listener(ListenerKind::LocalSocks5).unwrap();
+    let echo_at = server(echo);
+    for i in 0..3 {
+        let msg = format!("plain {i}");
+        let s = connect_via(proxy, echo_at).unwrap();
+        assert_eq!(echo_round_trip(s, msg.as_bytes()), msg.as_bytes());
+    }
+    let l = local.shutdown(Duration::from_secs(5));
+    let r = remote.shutdown(Duration::from_secs(5));
+    assert_eq!(
+        (l.multiplexed, r.multiplexed, l.relayed, r.relayed),
+        (0, 0, 3, 3),
+        "local {l}\nremote {r}"
+    );
+    // One session was asked for and refused; after that the local relay
+    // did not ask again.
+    assert_eq!(
+        (r.accepted, r.error(ErrorKind::Protocol)),
+        (4, 1),
+        "remote {r}"
+    );
+}
+
+#[test]
+fn a_new_session_replaces_one_whose_remote_went_away() {
+    let echo_at = server(echo);
+    let remote = remote_relay(true);
+    let at = remote.listener(ListenerKind::RemoteSocks5).unwrap();
+    let local = local_relay(
+        &remote,
+        EngineConfig {
+            workers: 1,
+            ..engine()
+        },
+    );
+    let proxy = local.listener(ListenerKind::LocalSocks5).unwrap();
+    let s = connect_via(proxy, echo_at).unwrap();
+    assert_eq!(echo_round_trip(s, b"first"), b"first");
+    // A stream open when the remote stops is closed, not left hanging.
+    let mut open = connect_via(proxy, echo_at).unwrap();
+    remote.shutdown(Duration::ZERO);
+    let mut rest = Vec::new();
+    let started = Instant::now();
+    let _ = open.read_to_end(&mut rest);
+    assert!(started.elapsed() < Duration::from_secs(5), "closed at once");
+    // The remote comes back on the same address: the next connection gets
+    // a new session.
+    let remote = Relay::start(remote_config(at, true)).unwrap();
+    let s = connect_via(proxy, echo_at).unwrap();
+    assert_eq!(echo_round_trip(s, b"again"), b"again");
+    let l = local.shutdown(Duration::from_secs(5));
+    let r = remote.shutdown(Duration::from_secs(5));
+    assert_eq!(
+        (l.multiplexed, r.multiplexed),
+        (3, 1),
+        "local {l}\nremote {r}"
+    );
+}
+
+#[test]
+fn a_draining_remote_lets_its_streams_finish() {
+    let chain = Chain::one_session();
+    let (proxy, source) = (chain.socks(), server(pattern_source));
+    const LEN: u64 = 32 << 20;
+    let mut s = connect_via(proxy, source).unwrap();
+    s.write_all(&LEN.to_le_bytes()).unwrap();
+    let mut first = [0u8; 4096];
+    s.read_exact(&mut first).unwrap();
+    let Chain { local, remote } = chain;
+    let draining = std::thread::spawn(move || remote.shutdown(Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(300));
+    // GOAWAY: no new streams on that session, and the remote listens no
+    // more, so a new connection is refused...
+    assert!(connect_via(proxy, source).is_err());
+    // ...while the open one still gets every byte.
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert_eq!(4096 + rest.len() as u64, LEN);
+    let r = draining.join().unwrap();
+    assert_eq!((r.relayed, r.active), (1, 0), "remote {r}");
+    local.shutdown(Duration::from_secs(1));
+}
+
+/// A session opened by hand, as a local relay would: SOCKS5 handshake with
+/// MULTIPLEX, then SETTINGS both ways.
+fn raw_session(remote: SocketAddr, window: u32) -> TcpStream {
+    let mut s = TcpStream::connect(remote).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hello = Vec::new();
+    let request = Request {
+        command: Command::Multiplex,
+        dest: TargetAddr::Ip(SocketAddr::from(([0, 0, 0, 0], mux::VERSION))),
+    };
+    socks5::encode_client_hello_auth_request(Some((USER, PASS)), &request, &mut hello).unwrap();
+    Control::Settings(Settings {
+        initial_window: window,
+    })
+    .encode(0, &mut hello)
+    .unwrap();
+    s.write_all(&hello).unwrap();
+    // Method, auth status, reply (IPv4: 10 bytes), SETTINGS (16 bytes).
+    let mut answer = [0u8; 2 + 2 + 10 + mux::HEADER_LEN + 6];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer[..5], [5, 2, 1, 0, 5]);
+    assert_eq!(answer[5], 0, "the remote accepted the session");
+    assert_eq!(answer[14], FrameType::Settings.to_u8());
+    s
+}
+
+/// Reads until EOF or reset, for at most `limit`: whether the remote
+/// closed the session.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let started = Instant::now();
+    let mut sink = [0u8; 4096];
+    while started.elapsed() < limit {
+        match s.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if peer_closed(&e) => return true,
+            Err(_) => {}
+        }
+    }
+    false
+}
+
+/// Whether an I/O error says the peer closed or reset the connection (a
+/// timeout says nothing).
+fn peer_closed(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionReset | BrokenPipe | ConnectionAborted)
+}
+
+#[test]
+fn a_peer_breaking_the_protocol_loses_only_its_session() {
+    let chain = Chain::new();
+    let remote_at = chain.remote.listener(ListenerKind::RemoteSocks5).unwrap();
+    let echo_at = server(echo);
+    // A frame with flags set.
+    let mut s = raw_session(remote_at, 1 << 20);
+    let mut bad = Header::data(1, 0).to_bytes();
+    bad[1] = 0x80;
+    s.write_all(&bad).unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(10)), "bad flags");
+    // A stream id used twice.
+    let mut s = raw_session(remote_at, 1 << 20);
+    let mut frames = Vec::new();
+    Control::Open(TargetAddr::Ip(echo_at))
+        .encode(1, &mut frames)
+        .unwrap();
+    Control::Open(TargetAddr::Ip(echo_at))
+        .encode(1, &mut frames)
+        .unwrap();
+    s.write_all(&frames).unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(10)), "id reused");
+    // A stream's window overrun: the destination reads nothing, the
+    // remote relay announced 4 MiB, we send far more without waiting for
+    // credit.
+    let sink_at = server(|s| {
+        std::thread::sleep(Duration::from_secs(20));
+        drop(s);
+    });
+    let mut s = raw_session(remote_at, 1 << 20);
+    let mut open = Vec::new();
+    Control::Open(TargetAddr::Ip(sink_at))
+        .encode(1, &mut open)
+        .unwrap();
+    s.write_all(&open).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut refused = None;
+    for _ in 0..64 {
+        let header = Header::data(1, chunk.len() as u32).to_bytes();
+        if let Err(e) = s.write_all(&header).and_then(|()| s.write_all(&chunk)) {
+            refused = Some(e);
+            break;
+        }
+    }
+    match refused {
+        Some(e) => assert!(peer_closed(&e), "window overrun: {e}"),
+        None => assert!(
+            closed_within(&mut s, Duration::from_secs(10)),
+            "window overrun"
+        ),
+    }
+    // Through all of it, the local relay's own session kept working.
+    let c = connect_via(chain.socks(), echo_at).unwrap();
+    assert_eq!(echo_round_trip(c, b"unharmed"), b"unharmed");
+    let (l, r) = chain.finish();
+    assert_eq!(l.errors.iter().sum::<u64>(), 0, "local {l}");
+    assert!(r.multiplexed >= 2, "remote {r}");
+}
+
+#[test]
+fn idle_streams_time_out_and_the_session_stays() {
+    let chain = Chain::with_local_engine(EngineConfig {
+        workers: 1,
+        idle_timeout_secs: 1,
+        ..engine()
+    });
+    let (proxy, echo_at) = (chain.socks(), server(echo));
+    let mut idle = connect_via(proxy, echo_at).unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    idle.read_to_end(&mut got).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed by the idle timeout"
+    );
+    let s = connect_via(proxy, echo_at).unwrap();
+    assert_eq!(echo_round_trip(s, b"later"), b"later");
+    let (l, r) = chain.finish();
+    assert_eq!(l.error(ErrorKind::IdleTimeout), 1, "local {l}");
+    assert_eq!(r.multiplexed, 2, "one session carried both: remote {r}");
 }

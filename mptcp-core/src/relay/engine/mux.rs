@@ -5,8 +5,9 @@
 //!
 //! A session that cannot be set up (the remote does not multiplex, refuses
 //! us, or cannot be reached) sends its waiting connections the usual way,
-//! one SOCKS5 CONNECT each, and the next attempt waits: a minute after a
-//! failure, an hour after "command not supported" (dante).
+//! one SOCKS5 CONNECT each, and the next attempt waits: a second after the
+//! first failure, doubling up to a minute, and an hour after "command not
+//! supported" (dante).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -26,8 +27,10 @@ use crate::socks5::{self, ClientHandshake, Command, Progress, ReplyCode, Request
 
 /// Reads (or splices) per session wakeup before others get a turn.
 const SESSION_READ_BUDGET: usize = 64;
-/// The wait before the next session after a failed one.
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(60);
+/// The wait before the next session after the first failed one; it
+/// doubles with each failure in a row, up to [`RETRY_AT_MOST`].
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+const RETRY_AT_MOST: Duration = Duration::from_secs(60);
 /// The wait after a remote that answered "command not supported".
 const RETRY_AFTER_REFUSAL: Duration = Duration::from_secs(3600);
 /// Room for a session's SOCKS5 handshake (either direction).
@@ -43,6 +46,8 @@ pub(super) struct MuxClient {
     sessions: Vec<usize>,
     /// No new session before this.
     retry_at: Option<Instant>,
+    /// Sessions in a row that failed before they opened.
+    failures: u32,
 }
 
 impl MuxClient {
@@ -61,9 +66,21 @@ impl MuxClient {
                 mptcp: *mptcp,
                 sessions: Vec::new(),
                 retry_at: None,
+                failures: 0,
             }),
             _ => None,
         })
+    }
+
+    /// A session failed before it opened: the next waits longer (at least
+    /// `at_least`).
+    fn failed(&mut self, now: Instant, at_least: Duration) {
+        let backoff = RETRY_AFTER_FAILURE
+            .saturating_mul(1 << self.failures.min(16))
+            .min(RETRY_AT_MOST);
+        self.failures += 1;
+        let at = now + backoff.max(at_least);
+        self.retry_at = Some(self.retry_at.map_or(at, |t| t.max(at)));
     }
 }
 
@@ -134,7 +151,7 @@ impl Worker {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(remote = %mux.addr, error = %e, "relay: cannot open a session");
-                mux.retry_at = Some(self.now + RETRY_AFTER_FAILURE);
+                mux.failed(self.now, Duration::ZERO);
                 return None;
             }
         };
@@ -274,15 +291,10 @@ impl Worker {
                 }
                 Err(e) => {
                     let refused = e.reply == ReplyCode::CommandNotSupported;
-                    if let Some(mux) = &mut self.mux {
-                        let wait = if refused {
-                            RETRY_AFTER_REFUSAL
-                        } else {
-                            RETRY_AFTER_FAILURE
-                        };
-                        mux.retry_at = Some(self.now + wait);
-                    }
                     if refused {
+                        if let Some(mux) = &mut self.mux {
+                            mux.failed(self.now, RETRY_AFTER_REFUSAL);
+                        }
                         tracing::info!(
                             "relay: the remote relay does not multiplex; \
                              one connection to it per client connection"
@@ -394,6 +406,10 @@ impl Worker {
                 session.peer_window = settings.initial_window;
                 session.phase = session::Phase::Open;
                 tracing::debug!(peer = %session.peer, "relay: session open");
+                if let (Role::Client { .. }, Some(mux)) = (&session.role, &mut self.mux) {
+                    mux.failures = 0;
+                    mux.retry_at = None;
+                }
                 self.session_ready(s);
             }
             Control::GoAway { .. } => session.going_away = true,
@@ -667,8 +683,13 @@ impl Worker {
             Role::Server { .. } => "from a local relay",
         };
         tracing::debug!(peer = %session.peer, streams = session.streams.len(), "relay: session {side} closed: {why}");
-        if let Some(mux) = &mut self.mux {
+        if let Some(mux) = &mut self.mux
+            && matches!(session.role, Role::Client { .. })
+        {
             mux.sessions.retain(|&k| k != s);
+            if session.is_starting() {
+                mux.failed(self.now, Duration::ZERO);
+            }
         }
         for (_, key) in session.streams {
             let Some(mut conn) = self.conns.take(key) else {
@@ -751,9 +772,6 @@ impl Worker {
                 .get(s)
                 .is_some_and(|x| x.is_starting() && self.now > x.deadline);
             if late {
-                if let Some(mux) = &mut self.mux {
-                    mux.retry_at = Some(self.now + RETRY_AFTER_FAILURE);
-                }
                 self.close_session(s, "handshake timed out");
             }
         }
