@@ -2,11 +2,14 @@
 //! (nftables REDIRECT) → 2 WAN links (MPTCP) → remote relay → destination,
 //! against plain routed TCP on the same topology.
 //!
-//! Prints a side-by-side table: throughput both ways, new connections per
-//! second, 10,000 concurrent idle relayed connections (memory per
-//! connection, and whether they all still carry data), and the chain's
-//! throughput over 2 × 20 Mbit/s links beside routed TCP on one link and
-//! direct MPTCP on both. Run as root:
+//! Prints a side-by-side table: throughput both ways and new connections
+//! per second, for routed TCP and for the chain in both of its modes (the
+//! default, where the relays carry connections as streams of one MPTCP
+//! session per worker, and one MPTCP connection per client connection, as
+//! with dante as the remote); 10,000 concurrent idle relayed connections
+//! (memory per connection, and whether they all still carry data); and the
+//! chain's throughput over 2 × 20 Mbit/s links beside routed TCP on one
+//! link and direct MPTCP on both. Run as root:
 //!
 //! ```text
 //! cargo bench -p mptcp --bench relay
@@ -14,7 +17,7 @@
 //!
 //! `RELAY_BENCH=connect` measures only the connection rates (for
 //! profiling). Every loop is bounded in time or count (the whole run takes
-//! under a minute).
+//! about a minute).
 //!
 //! RLIMIT_NOFILE caps a process at 20,000 descriptors here (and root may
 //! lack CAP_SYS_RESOURCE to raise it), while 10,000 connections need 20,000
@@ -71,78 +74,96 @@ fn main() {
     serve(&rp, THROUGHPUT_TIME);
     let dest = |port| SocketAddr::new(rp.dest_addr().into(), port);
 
-    let routed = Row {
-        down: download(&rp.lan, dest(DOWNLOAD)).0,
-        up: upload(&rp, dest(UPLOAD)),
-        conns: connect_rate(&rp, dest(CONNECT)),
-    };
-    let (local, remote) = start_chain(&rp);
-    // `RELAY_BENCH=connect`: only the chain's connection rate, for profiling.
+    // `RELAY_BENCH=connect`: only the connection rates, for profiling.
     if std::env::var("RELAY_BENCH").as_deref() == Ok("connect") {
-        eprintln!("measuring the chain's connection rate");
-        let rate = connect_rate(&rp, dest(CONNECT));
-        let one_subflow = connect_rate_one_subflow(&rp, dest(CONNECT));
-        println!(
-            "chain: {rate}; with one subflow {one_subflow}; routed {}\n{}",
-            routed.conns,
-            local.stats()
-        );
+        let routed = connect_rate(&rp, dest(CONNECT));
+        redirect_rule(&rp);
+        for multiplex in [true, false] {
+            let (local, _remote) = start_chain(&rp, multiplex);
+            eprintln!("measuring the chain's connection rate (multiplex: {multiplex})");
+            let rate = connect_rate(&rp, dest(CONNECT));
+            println!(
+                "chain (multiplex: {multiplex}): {rate}; routed {routed}\n{}",
+                local.stats()
+            );
+        }
         return;
     }
-    let chain = Row {
+    let measure = || Row {
         down: download(&rp.lan, dest(DOWNLOAD)).0,
         up: upload(&rp, dest(UPLOAD)),
         conns: connect_rate(&rp, dest(CONNECT)),
     };
-    let one_subflow = connect_rate_one_subflow(&rp, dest(CONNECT));
-    let (l, r) = (local.stats(), remote.stats());
+    let routed = measure();
+    redirect_rule(&rp);
+    let (local, remote) = start_chain(&rp, true);
+    let muxed = measure();
+    let (local_stats, remote_stats) = (local.stats(), remote.stats());
     drop((local, remote));
+    let (_local, _remote) = start_chain(&rp, false);
+    let separate = measure();
+    let one_subflow = connect_rate_one_subflow(&rp, dest(CONNECT));
     drop(rp);
     let concurrent = concurrency();
     let limited = limited_links();
 
     println!();
     println!(
-        "{:<34} {:>14} {:>14} {:>7}",
-        "relay benchmark (veths, 2 cores)", "routed TCP", "relay chain", "ratio"
+        "{:<34} {:>14} {:>14} {:>6} {:>14} {:>6}",
+        "relay benchmark (veths, 2 cores)",
+        "routed TCP",
+        "chain, muxed",
+        "ratio",
+        "1 conn each",
+        "ratio"
     );
-    let row = |name: &str, a: f64, b: f64, unit: &str| {
-        println!(
-            "{name:<34} {:>10.0} {unit:<3} {:>10.0} {unit:<3} {:>7.2}",
-            a,
-            b,
+    let row = |name: &str, a: f64, b: f64, c: Option<f64>, unit: &str| {
+        print!(
+            "{name:<34} {a:>10.0} {unit:<3} {b:>10.0} {unit:<3} {:>6.2}",
             b / a
         );
+        match c {
+            Some(c) => println!(" {c:>10.0} {unit:<3} {:>6.2}", c / a),
+            None => println!(),
+        }
     };
-    row("download (dest -> lan)", routed.down, chain.down, "Mb");
-    row("upload (lan -> dest)", routed.up, chain.up, "Mb");
     row(
-        "new connections/s",
-        routed.conns.per_s,
-        chain.conns.per_s,
-        "/s",
+        "download (dest -> lan)",
+        routed.down,
+        muxed.down,
+        Some(separate.down),
+        "Mb",
     );
     row(
-        "  same, chain without the 2nd subflow",
-        routed.conns.per_s,
-        one_subflow.per_s,
-        "/s",
+        "upload (lan -> dest)",
+        routed.up,
+        muxed.up,
+        Some(separate.up),
+        "Mb",
     );
+    let (r, m, c) = (routed.conns, muxed.conns, separate.conns);
+    row("new connections/s", r.per_s, m.per_s, Some(c.per_s), "/s");
     row(
         "  CPU us per connection (process)",
-        routed.conns.cpu_us,
-        chain.conns.cpu_us,
+        r.cpu_us,
+        m.cpu_us,
+        Some(c.cpu_us),
         "us",
     );
-    row(
-        "  same, chain without the 2nd subflow",
-        routed.conns.cpu_us,
-        one_subflow.cpu_us,
-        "us",
+    println!(
+        "{:<34} {:>14} {:>14} {:>6} {:>10.0} /s  {:>6.2}",
+        "  1 conn each, without 2nd subflow",
+        "",
+        "",
+        "",
+        one_subflow.per_s,
+        one_subflow.per_s / r.per_s
     );
     concurrent.print();
     limited.print();
-    println!("local relay:  {l}\nremote relay: {r}");
+    println!(
+        "multiplexed chain, local relay:  {local_stats}\nmultiplexed chain, remote relay: {remote_stats}"
+    );
 }
 
 struct Row {
@@ -306,7 +327,7 @@ fn connect_rate(rp: &RelayPath, to: SocketAddr) -> Rate {
 
 /// The chain's connection rate when the local node opens no extra subflow
 /// (its `subflow` endpoints removed): what joining the second WAN link
-/// costs a short connection.
+/// costs a short connection that has an MPTCP connection of its own.
 fn connect_rate_one_subflow(rp: &RelayPath, to: SocketAddr) -> Rate {
     rp.local
         .ip(&["mptcp", "endpoint", "flush"])
@@ -330,10 +351,11 @@ fn remote_config(engine: EngineConfig) -> Config {
         .remote(RemoteConfig::new(listen).user("bench", "bench"))
 }
 
-fn local_config(engine: EngineConfig, remote: Ipv4Addr) -> Config {
+fn local_config(engine: EngineConfig, remote: Ipv4Addr, multiplex: bool) -> Config {
     Config::new().engine(engine).local(
         LocalConfig::new(SocketAddr::new(remote.into(), SOCKS_PORT).to_string())
             .credentials("bench", "bench")
+            .multiplex(multiplex)
             .redirect(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), REDIRECT_PORT)),
     )
 }
@@ -359,19 +381,19 @@ fn redirect_rule(rp: &RelayPath) {
     assert!(nft.wait().unwrap().success(), "nft rule");
 }
 
-/// Both relays (in this process) and the REDIRECT rule for the bench ports.
-fn start_chain(rp: &RelayPath) -> (RelayHandle, RelayHandle) {
+/// Both relays, in this process; `multiplex`: streams of sessions, or one
+/// MPTCP connection per client connection. Add [`redirect_rule`] once.
+fn start_chain(rp: &RelayPath, multiplex: bool) -> (RelayHandle, RelayHandle) {
     let remote_cfg = remote_config(engine());
     let remote = rp
         .remote
         .run(|| Relay::start(remote_cfg))
         .expect("remote relay");
-    let local_cfg = local_config(engine(), rp.remote_addr());
+    let local_cfg = local_config(engine(), rp.remote_addr(), multiplex);
     let local = rp
         .local
         .run(|| Relay::start(local_cfg))
         .expect("local relay");
-    redirect_rule(rp);
     (local, remote)
 }
 
@@ -390,7 +412,8 @@ fn limited_links() -> Limited {
     let to = SocketAddr::new(rp.dest_addr().into(), DOWNLOAD);
     let routed = download(&rp.lan, to);
     let direct_mptcp = direct_mptcp_download(&rp);
-    let _relays = start_chain(&rp);
+    let _relays = start_chain(&rp, true);
+    redirect_rule(&rp);
     Limited {
         routed,
         direct_mptcp,
@@ -708,6 +731,7 @@ fn child(role: &str) {
         "local" => relay_child(local_config(
             engine,
             args[0].parse().expect("remote relay address"),
+            true,
         )),
         other => panic!("unknown {CHILD_ENV} role {other}"),
     }

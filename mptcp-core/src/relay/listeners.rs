@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
@@ -76,17 +77,45 @@ pub(crate) fn connect(addr: SocketAddr, mptcp: bool) -> io::Result<mio::net::Tcp
     Ok(mio::net::TcpStream::from_std(socket.into()))
 }
 
-/// TCP keepalives on a session's socket, so that a dead peer (a remote
-/// relay that rebooted, every path down) is noticed within about a minute
-/// even when no stream is active. Best effort: kernels before 6.2 refuse
-/// the timing options on MPTCP sockets, and then the defaults apply.
-pub(crate) fn keep_alive(stream: &mio::net::TcpStream) {
+/// Readies a session's socket.
+///
+/// - TCP keepalives, so that a dead peer (a remote relay that rebooted,
+///   every path down) is noticed within about a minute even when no stream
+///   is active. Kernels before 6.2 refuse the timing options on MPTCP
+///   sockets; then the defaults apply.
+/// - A fixed receive buffer of `receive_buffer` bytes (`SO_RCVBUFFORCE`,
+///   with CAP_NET_ADMIN). On Linux 6.18, the autotuned receive buffer of a
+///   long-lived MPTCP connection whose traffic turns around (a download,
+///   then an upload) sometimes stays too small, and the peer's data then
+///   waits in flight for seconds; a fixed one avoids it. Without the
+///   capability the buffer stays autotuned (`SO_RCVBUF` would cap it at
+///   `net.core.rmem_max`, far smaller).
+pub(crate) fn prepare_session_socket(stream: &mio::net::TcpStream, receive_buffer: usize) {
+    let socket = SockRef::from(stream);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(std::time::Duration::from_secs(30))
         .with_interval(std::time::Duration::from_secs(10))
         .with_retries(3);
-    if SockRef::from(stream).set_tcp_keepalive(&keepalive).is_err() {
-        let _ = SockRef::from(stream).set_keepalive(true);
+    if socket.set_tcp_keepalive(&keepalive).is_err() {
+        let _ = socket.set_keepalive(true);
+    }
+    let size = libc::c_int::try_from(receive_buffer).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is open for the call, and the option value is
+    // a live int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            error = %io::Error::last_os_error(),
+            "relay: session receive buffer stays autotuned"
+        );
     }
 }
 

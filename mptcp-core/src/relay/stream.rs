@@ -6,10 +6,12 @@
 //! buffer as DATA frames; once a read fills [`SMALL_READ`] the stream is a
 //! bulk transfer and its bytes are spliced through a pipe instead. From the
 //! peer, bytes are written to the socket at once when nothing is pending,
-//! and otherwise wait in the stream's pipe or backlog (together at most the
-//! window this side announced). Credit goes back in WINDOW frames as the
+//! and otherwise wait in the stream's pipes (bulk payloads, spliced from
+//! the session) or backlog (bytes the session's buffer had read), together
+//! at most the window this side announced. Credit goes back in WINDOW frames as the
 //! socket takes the bytes, a quarter of the window at a time.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -19,6 +21,20 @@ use crate::mux::Control;
 
 /// A read of this size that comes back full makes the stream a bulk one.
 const SMALL_READ: usize = 16 * 1024;
+/// Pipes a stream may fill with bytes its socket did not take yet: enough
+/// for a window of 4 MiB in grown pipes, so that a reader slower than the
+/// link costs no copy through user space.
+const INBOUND_PIPES: usize = 4;
+
+/// A pipe holding bytes for the socket.
+#[derive(Debug)]
+struct Filled {
+    pipe: Pipe,
+    len: usize,
+    /// A splice into it would block although `len < capacity` (out of
+    /// slots: each splice fills whole pages).
+    full: bool,
+}
 
 /// What [`Stream::send`] did.
 #[derive(Debug, Default)]
@@ -31,6 +47,17 @@ pub(crate) struct Sent {
     pub budget_exhausted: bool,
     /// Splicing was refused on the socket; this stream now copies (why).
     pub fell_back: Option<&'static str>,
+}
+
+/// What [`Stream::splice_in`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spliced {
+    /// `taken` bytes left the session; the socket took `written`.
+    Moved { taken: usize, written: u64 },
+    /// The stream cannot take bytes this way now (no room, answer or
+    /// backlog pending, or the splice would block): read them into the
+    /// session's buffer, which also tells whether the session is empty.
+    Declined,
 }
 
 /// Why a stream cannot go on.
@@ -77,8 +104,8 @@ pub(crate) struct Stream {
     /// Our answer to the client (SOCKS5 reply, `200`), before any data.
     prefix: Vec<u8>,
     prefix_pos: usize,
-    pipe: Option<Pipe>,
-    in_pipe: usize,
+    /// Oldest first; only the last one is filled.
+    pipes: VecDeque<Filled>,
     backlog: Vec<u8>,
     backlog_pos: usize,
     got_fin: bool,
@@ -111,8 +138,7 @@ impl Stream {
             unacked: 0,
             prefix: Vec::new(),
             prefix_pos: 0,
-            pipe: None,
-            in_pipe: 0,
+            pipes: VecDeque::new(),
             backlog: Vec::new(),
             backlog_pos: 0,
             got_fin: false,
@@ -259,7 +285,7 @@ impl Stream {
     /// Whether bytes from the peer wait for the socket.
     fn inbound_pending(&self) -> bool {
         self.prefix_pos < self.prefix.len()
-            || self.in_pipe > 0
+            || !self.pipes.is_empty()
             || self.backlog_pos < self.backlog.len()
     }
 
@@ -304,9 +330,7 @@ impl Stream {
     }
 
     /// Up to `remaining` payload bytes straight from the session's socket
-    /// into this stream's pipe, then on to `socket`. Returns how many left
-    /// the session (0: could not take any now; they are read into the
-    /// buffer instead) and how many the socket took.
+    /// into this stream's pipe, then on to `socket`.
     pub(crate) fn splice_in(
         &mut self,
         session_fd: RawFd,
@@ -314,63 +338,103 @@ impl Stream {
         socket: Option<RawFd>,
         tx: &mut Tx,
         pool: &mut PipePool,
-    ) -> Result<(usize, u64), StreamError> {
-        let Some(fd) = socket else { return Ok((0, 0)) };
+    ) -> Result<Spliced, StreamError> {
+        let Some(fd) = socket else {
+            return Ok(Spliced::Declined);
+        };
         if !self.replied
             || self.prefix_pos < self.prefix.len()
             || self.backlog_pos < self.backlog.len()
         {
-            return Ok((0, 0));
+            return Ok(Spliced::Declined);
         }
-        let pipe = match &mut self.pipe {
-            Some(p) => p,
-            None => match pool.get_bulk() {
-                Ok(p) => self.pipe.insert(p),
-                Err(_) => return Ok((0, 0)),
-            },
+        let allowed = usize::try_from(self.allowed).unwrap_or(usize::MAX);
+        let n = loop {
+            let has_room = self
+                .pipes
+                .back()
+                .is_some_and(|f| !f.full && f.len < f.pipe.capacity);
+            if !has_room {
+                if self.pipes.len() == INBOUND_PIPES {
+                    return Ok(Spliced::Declined);
+                }
+                let Ok(pipe) = pool.get_bulk() else {
+                    return Ok(Spliced::Declined);
+                };
+                self.pipes.push_back(Filled {
+                    pipe,
+                    len: 0,
+                    full: false,
+                });
+            }
+            let last = self.pipes.back_mut().expect("a pipe to fill");
+            let room = last.pipe.capacity - last.len;
+            let want = remaining.min(room).min(allowed);
+            if want == 0 {
+                return Ok(Spliced::Declined);
+            }
+            let outcome = match splice::splice(session_fd, last.pipe.write.as_raw_fd(), want) {
+                Ok(n) if n > 0 => {
+                    if n == room {
+                        // A bulk transfer: fewer, larger splices from now on.
+                        pool.grow(&mut last.pipe);
+                    }
+                    last.len += n;
+                    break n;
+                }
+                // An empty pipe has room, so the session is out of bytes;
+                // one holding some may be out of slots: try the next pipe.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && last.len > 0 => {
+                    last.full = true;
+                    continue;
+                }
+                // Would block, EOF or an error: the session's next read
+                // tells which. (An MPTCP splice may also say "would block"
+                // while bytes are on their way into the socket, and then no
+                // readiness event need follow.)
+                Ok(_) | Err(_) => Spliced::Declined,
+            };
+            if last.len == 0 {
+                let unused = self.pipes.pop_back().expect("the last pipe");
+                pool.put(unused.pipe);
+            }
+            return Ok(outcome);
         };
-        let room = pipe.capacity.saturating_sub(self.in_pipe);
-        let want = remaining
-            .min(room)
-            .min(usize::try_from(self.allowed).unwrap_or(usize::MAX));
-        if want == 0 {
-            return Ok((0, 0));
-        }
-        // Would block (or a session error, which its next read reports):
-        // nothing taken.
-        let Ok(n) = splice::splice(session_fd, pipe.write.as_raw_fd(), want) else {
-            return Ok((0, 0));
-        };
-        if n == room {
-            // A bulk transfer: fewer, larger splices from now on.
-            pool.grow(pipe);
-        }
         self.take_window(n)?;
-        self.in_pipe += n;
         let written = self
             .flush_inbound(fd, tx, pool)
             .map_err(StreamError::Socket)?;
-        Ok((n, written))
+        Ok(Spliced::Moved { taken: n, written })
     }
 
     /// Writes what waits for the socket: our answer, the pipe, the
-    /// backlog. Returns the peer's bytes the socket took.
+    /// backlog (nothing before the REPLY). Returns the peer's bytes the
+    /// socket took.
     pub(crate) fn flush_inbound(
         &mut self,
         socket: RawFd,
         tx: &mut Tx,
         pool: &mut PipePool,
     ) -> io::Result<u64> {
+        if !self.replied {
+            return Ok(0);
+        }
         let mut written = 0u64;
         let result = (|| {
             while self.prefix_pos < self.prefix.len() {
                 self.prefix_pos += splice::send(socket, &self.prefix[self.prefix_pos..])?;
             }
-            while self.in_pipe > 0 {
-                let pipe = self.pipe.as_ref().expect("a pipe holds the bytes");
-                let n = splice::splice(pipe.read.as_raw_fd(), socket, self.in_pipe)?;
-                self.in_pipe -= n;
-                written += n as u64;
+            while let Some(front) = self.pipes.front_mut() {
+                if front.len > 0 {
+                    let n = splice::splice(front.pipe.read.as_raw_fd(), socket, front.len)?;
+                    front.len -= n;
+                    written += n as u64;
+                }
+                if front.len > 0 {
+                    continue;
+                }
+                let empty = self.pipes.pop_front().expect("the front pipe");
+                pool.put(empty.pipe);
             }
             while self.backlog_pos < self.backlog.len() {
                 let n = splice::send(socket, &self.backlog[self.backlog_pos..])?;
@@ -379,11 +443,6 @@ impl Stream {
             }
             io::Result::Ok(())
         })();
-        if self.in_pipe == 0
-            && let Some(p) = self.pipe.take()
-        {
-            pool.put(p);
-        }
         if self.backlog_pos == self.backlog.len() {
             self.backlog = Vec::new();
             self.backlog_pos = 0;
@@ -454,12 +513,139 @@ impl Stream {
         Ok(())
     }
 
-    /// Gives an empty pipe back to the pool (one holding bytes is closed).
-    pub(crate) fn release(mut self, pool: &mut PipePool) {
-        if self.in_pipe == 0
-            && let Some(p) = self.pipe.take()
-        {
-            pool.put(p);
+    /// Gives empty pipes back to the pool (ones holding bytes are closed).
+    pub(crate) fn release(self, pool: &mut PipePool) {
+        for filled in self.pipes {
+            if filled.len == 0 {
+                pool.put(filled.pipe);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mux::{HEADER_LEN, Header};
+    use crate::socks5::Progress;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    /// A non-blocking socket for the stream and the far end of it.
+    fn socket_pair() -> (UnixStream, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (ours, theirs)
+    }
+
+    /// The frames `tx` holds, as (header, payload), written out through a
+    /// socket pair.
+    fn frames(tx: &mut Tx, pool: &mut PipePool) -> Vec<(Header, Vec<u8>)> {
+        let (ours, mut theirs) = socket_pair();
+        assert!(tx.flush(ours.as_raw_fd(), pool), "all written");
+        drop(ours);
+        let mut wire = Vec::new();
+        theirs.read_to_end(&mut wire).unwrap();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let Ok(Progress::Done(h, _)) = Header::parse(&wire[at..]) else {
+                panic!("a whole header at {at}");
+            };
+            let end = at + HEADER_LEN + h.len as usize;
+            out.push((h, wire[at + HEADER_LEN..end].to_vec()));
+            at = end;
+        }
+        out
+    }
+
+    #[test]
+    fn the_peer_may_not_send_more_than_the_window() {
+        let (ours, _theirs) = socket_pair();
+        let mut tx = Tx::default();
+        let mut stream = Stream::new(0, 5, 1000, 4096, Vec::new());
+        // Before the REPLY nothing is written, so no credit goes back.
+        stream
+            .receive(&[1; 4096], Some(ours.as_raw_fd()), &mut tx)
+            .unwrap();
+        assert!(matches!(
+            stream.receive(&[1], Some(ours.as_raw_fd()), &mut tx),
+            Err(StreamError::Window)
+        ));
+    }
+
+    #[test]
+    fn the_answer_goes_first_and_credit_goes_back_by_quarters() {
+        let (ours, mut theirs) = socket_pair();
+        let (mut tx, mut pool) = (Tx::default(), PipePool::new(65536, 65536, 2));
+        let mut stream = Stream::new(0, 5, 1000, 4096, Vec::new());
+        stream
+            .receive(b"data", Some(ours.as_raw_fd()), &mut tx)
+            .unwrap();
+        assert_eq!(
+            stream
+                .flush_inbound(ours.as_raw_fd(), &mut tx, &mut pool)
+                .unwrap(),
+            0
+        );
+        stream.replied = true;
+        stream.answer_first(b"ANSWER ");
+        assert_eq!(
+            stream
+                .flush_inbound(ours.as_raw_fd(), &mut tx, &mut pool)
+                .unwrap(),
+            4
+        );
+        let mut got = [0u8; 11];
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ANSWER data");
+        assert!(
+            frames(&mut tx, &mut pool).is_empty(),
+            "4 bytes: no WINDOW yet"
+        );
+        // Written at once now: the quarter window is reached, one WINDOW
+        // frame credits all 4 + 1020 bytes.
+        assert_eq!(
+            stream
+                .receive(&[2; 1020], Some(ours.as_raw_fd()), &mut tx)
+                .unwrap(),
+            1020
+        );
+        let sent = frames(&mut tx, &mut pool);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0.kind, crate::mux::FrameType::Window);
+        assert_eq!(sent[0].1, 1024u32.to_be_bytes());
+    }
+
+    #[test]
+    fn sending_stops_at_the_credit_and_ends_with_fin() {
+        let (ours, mut theirs) = socket_pair();
+        let (mut tx, mut pool) = (Tx::default(), PipePool::new(65536, 65536, 2));
+        let mut stream = Stream::new(0, 9, 10, 4096, b"early".to_vec());
+        theirs.write_all(&[3; 20]).unwrap();
+        theirs.shutdown(std::net::Shutdown::Write).unwrap();
+        let fd = ours.as_raw_fd();
+        let sent = stream.send(fd, &mut tx, -1, &mut pool, 16).unwrap();
+        assert_eq!(sent.bytes, 10);
+        assert!(stream.out_of_credit() && !stream.outbound_finished());
+        stream.credit(100);
+        let sent = stream.send(fd, &mut tx, -1, &mut pool, 16).unwrap();
+        assert_eq!(sent.bytes, 15);
+        assert!(stream.outbound_finished());
+        let frames = frames(&mut tx, &mut pool);
+        let payloads: Vec<_> = frames
+            .iter()
+            .map(|(h, p)| (h.kind, h.stream, p.clone()))
+            .collect();
+        use crate::mux::FrameType::{Data, Fin};
+        assert_eq!(
+            payloads,
+            [
+                (Data, 9, b"early".to_vec()),
+                (Data, 9, vec![3; 5]),
+                (Data, 9, vec![3; 15]),
+                (Fin, 9, Vec::new()),
+            ]
+        );
     }
 }

@@ -22,7 +22,7 @@ use crate::relay::Route;
 use crate::relay::listeners;
 use crate::relay::session::{self, Role, RxEvent, Session};
 use crate::relay::stats::{Counters, ErrorKind};
-use crate::relay::stream::{Stream, StreamError};
+use crate::relay::stream::{Spliced, Stream, StreamError};
 use crate::socks5::{self, ClientHandshake, Command, Progress, ReplyCode, Request, TargetAddr};
 
 /// Reads (or splices) per session wakeup before others get a turn.
@@ -112,6 +112,12 @@ impl Worker {
         self.shared.engine.stream_window
     }
 
+    /// A session's receive buffer: two stream windows (the kernel doubles
+    /// the value for its bookkeeping).
+    fn session_receive_buffer(&self) -> usize {
+        2 * self.window() as usize
+    }
+
     /// Local role: carries `conn` over a session if one is open or being
     /// set up (false: connect to the remote for this connection alone).
     pub(super) fn multiplex(&mut self, key: usize, conn: &mut Conn) -> bool {
@@ -142,6 +148,7 @@ impl Worker {
     /// handshake: greeting, authentication, MULTIPLEX request, SETTINGS.
     fn open_client_session(&mut self) -> Option<usize> {
         let window = self.window();
+        let receive_buffer = self.session_receive_buffer();
         let deadline = self.now + self.shared.engine.handshake_timeout();
         let mux = self.mux.as_mut()?;
         if mux.retry_at.is_some_and(|t| self.now < t) {
@@ -155,7 +162,7 @@ impl Worker {
                 return None;
             }
         };
-        listeners::keep_alive(&socket);
+        listeners::prepare_session_socket(&socket, receive_buffer);
         let creds = mux
             .credentials
             .as_ref()
@@ -238,7 +245,7 @@ impl Worker {
             tracing::warn!(error = %e, "relay: cannot move a connection to a session");
             return;
         }
-        listeners::keep_alive(&socket);
+        listeners::prepare_session_socket(&socket, self.session_receive_buffer());
         let role = Role::Server { spec, last_id: 0 };
         let deadline = self.now + self.shared.engine.handshake_timeout();
         let mut session = Session::new(socket, role, session::Phase::Settings, peer, deadline);
@@ -363,11 +370,13 @@ impl Worker {
                     let local = conn.client.is_some();
                     let st = conn.stream.as_mut().expect("a mapped stream");
                     let r = st.splice_in(fd, remaining, socket, tx, &mut self.pool);
-                    let taken = r.as_ref().map_or(0, |(n, _)| *n);
-                    rx.spliced(taken);
-                    if let Ok((_, written)) = &r {
-                        count_inbound(counters, local, *written);
-                        conn.last_active = self.now;
+                    match r {
+                        Ok(Spliced::Moved { taken, written }) => {
+                            rx.spliced(taken);
+                            count_inbound(counters, local, written);
+                            conn.last_active = self.now;
+                        }
+                        Ok(Spliced::Declined) | Err(_) => rx.spliced(0),
                     }
                     (stream, r.map(|_| ()))
                 }
@@ -611,7 +620,10 @@ impl Worker {
     /// knows it is over.
     pub(super) fn detach_stream(&mut self, stream: Stream) {
         if let Some(session) = self.sessions.get_mut(stream.session) {
-            session.streams.remove(&stream.id);
+            let key = session.streams.remove(&stream.id);
+            if stream.queued {
+                session.blocked.retain(|&k| Some(k) != key);
+            }
             if !stream.ended {
                 session
                     .tx
