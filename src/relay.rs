@@ -56,6 +56,10 @@ pub struct CommonArgs {
     /// Use plain TCP instead of MPTCP (towards the remote, or for listening)
     #[arg(long)]
     pub no_mptcp: bool,
+    /// No multiplexed sessions: one connection to the remote per client
+    /// connection (local role), or plain SOCKS5 only (remote role)
+    #[arg(long)]
+    pub no_multiplex: bool,
 }
 
 /// `mptcp relay local`.
@@ -158,6 +162,9 @@ fn local_config(args: &LocalArgs) -> Result<Config, Failure> {
     if args.common.no_mptcp {
         local = local.mptcp(false);
     }
+    if args.common.no_multiplex {
+        local = local.multiplex(false);
+    }
     override_list(&mut local.redirect, &args.redirect);
     override_list(&mut local.tproxy, &args.tproxy);
     override_list(&mut local.socks5, &args.socks5);
@@ -187,6 +194,9 @@ fn remote_config(args: &RemoteArgs) -> Result<Config, Failure> {
     }
     if args.common.no_mptcp {
         remote.mptcp = false;
+    }
+    if args.common.no_multiplex {
+        remote.multiplex = false;
     }
     remote.allow_unauthenticated_loopback |= args.allow_unauthenticated_loopback;
     remote.onward_mptcp |= args.onward_mptcp;
