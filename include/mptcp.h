@@ -709,6 +709,14 @@ typedef struct mptcp_relay_stats_t {
    * `i`.
    */
   uint64_t errors[MPTCP_RELAY_ERROR_SLOTS];
+  /**
+   * Multiplexed sessions with the other relay open now.
+   */
+  uint64_t sessions;
+  /**
+   * Connections carried as streams of a session since start.
+   */
+  uint64_t multiplexed;
 } mptcp_relay_stats_t;
 
 /**

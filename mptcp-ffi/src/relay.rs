@@ -166,6 +166,10 @@ pub struct mptcp_relay_stats_t {
     /// Failed connections by kind; `mptcp_relay_error_name(i)` names entry
     /// `i`.
     pub errors: [u64; MPTCP_RELAY_ERROR_SLOTS],
+    /// Multiplexed sessions with the other relay open now.
+    pub sessions: u64,
+    /// Connections carried as streams of a session since start.
+    pub multiplexed: u64,
 }
 
 // SAFETY: repr(C), integers and an integer array only.
@@ -182,6 +186,8 @@ impl From<&Stats> for mptcp_relay_stats_t {
         out.bytes_up = stats.bytes_up;
         out.bytes_down = stats.bytes_down;
         out.splice_fallbacks = stats.splice_fallbacks;
+        out.sessions = stats.sessions;
+        out.multiplexed = stats.multiplexed;
         for (slot, count) in out.errors.iter_mut().zip(stats.errors) {
             *slot = count;
             out.error_kinds += 1;

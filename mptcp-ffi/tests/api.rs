@@ -653,6 +653,34 @@ fn relay_carries_a_socks5_connection_and_counts_it() {
         assert_eq!((stats.accepted, stats.relayed), (1, 1));
         drop(socks);
 
+        // A local relay in front: its connection becomes a stream of a
+        // session, which both relays count.
+        let local_config = c(&format!(
+            "[engine]\nworkers = 1\n[local]\nremote = \"{relay_addr}\"\nsocks5 = [\"127.0.0.1:0\"]\n"
+        ));
+        let mut local = ptr::null_mut();
+        assert_eq!(
+            mptcp_relay_start(local_config.as_ptr(), &mut local),
+            0,
+            "{}",
+            last_error()
+        );
+        let mut local_listener: [mptcp_relay_listener_t; 1] = [zeroed()];
+        let size = size_of::<mptcp_relay_listener_t>();
+        let listed = mptcp_relay_listeners(local, local_listener.as_mut_ptr(), size, &mut count);
+        assert_eq!(
+            (listed, local_listener[0].kind),
+            (1, MPTCP_RELAY_LOCAL_SOCKS5)
+        );
+        let (port, echo) = echo_once();
+        let mut socks = socks5_connect(&text(&local_listener[0].addr_text), port);
+        assert_echoes(&mut socks, b"through both relays");
+        echo.join().unwrap();
+        assert_eq!(mptcp_relay_stats(relay, &mut stats), 0);
+        assert_eq!((stats.sessions, stats.multiplexed), (1, 1), "{stats:?}");
+        drop(socks);
+        assert_eq!(mptcp_relay_stop(local, 2000, ptr::null_mut()), 0);
+
         let mut last = versioned!(mptcp_relay_stats_t);
         assert_eq!(
             mptcp_relay_stop(relay, 2000, &mut last),
@@ -660,8 +688,10 @@ fn relay_carries_a_socks5_connection_and_counts_it() {
             "{}",
             last_error()
         );
-        // Bytes are counted as connections end.
-        assert_eq!((last.accepted, last.active, last.bytes_up), (1, 0, 17));
+        // Bytes are counted as connections end; the session's SOCKS5
+        // connection was accepted too.
+        assert_eq!((last.accepted, last.active, last.sessions), (3, 0, 0));
+        assert_eq!(last.bytes_up, 17 + 19);
         // Down: the echo, after the SOCKS5 reply.
         assert!(last.bytes_down >= 17, "{last:?}");
         assert_eq!(
