@@ -3,15 +3,19 @@
 //!
 //! - **local** (on the LAN's router): accepts plain TCP redirected by
 //!   nftables/iptables (`REDIRECT`, `TPROXY`) or sent to its SOCKS5 or HTTP
-//!   proxy listeners, and carries each connection over MPTCP to the remote
-//!   relay, speaking SOCKS5 (greeting, authentication and request in one
-//!   packet). Any SOCKS5 server (dante) can be the remote.
+//!   proxy listeners, and carries each connection to the remote relay as a
+//!   stream of one long-lived MPTCP connection per worker (a session, see
+//!   [`crate::mux`]). Any SOCKS5 server (dante) can be the remote: one that
+//!   refuses sessions gets one MPTCP connection per client connection,
+//!   speaking SOCKS5 (greeting, authentication and request in one packet).
 //! - **remote** (on a server): a SOCKS5 server on an MPTCP listener that
-//!   authenticates clients, applies a destination policy and connects onward.
+//!   authenticates clients, serves sessions, applies a destination policy
+//!   and connects onward.
 //!
-//! Data flows through `splice(2)` (zero copy). A few worker threads each run
-//! an epoll loop (mio) over their connections; a small pool of threads
-//! resolves domain names so that no worker ever blocks.
+//! Data flows through `splice(2)` wherever a pipe can carry it. A few worker
+//! threads each run an epoll loop (mio) over their connections and
+//! sessions; a small pool of threads resolves domain names so that no
+//! worker ever blocks.
 //!
 //! ```no_run
 //! use mptcp_core::relay::{Config, RemoteConfig, Relay};
