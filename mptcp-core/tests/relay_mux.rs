@@ -164,9 +164,15 @@ fn pattern_sink(mut s: TcpStream) {
     }
 }
 
-fn download(proxy: SocketAddr, source: SocketAddr, len: u64) -> u64 {
+/// Asks `source` through `proxy` for `len` bytes of the pattern.
+fn request_download(proxy: SocketAddr, source: SocketAddr, len: u64) -> TcpStream {
     let mut s = connect_via(proxy, source).unwrap();
     s.write_all(&len.to_le_bytes()).unwrap();
+    s
+}
+
+fn download(proxy: SocketAddr, source: SocketAddr, len: u64) -> u64 {
+    let mut s = request_download(proxy, source, len);
     let (n, _) = data::receive_and_check(&mut s).expect("download intact");
     n
 }
@@ -282,8 +288,7 @@ fn a_slow_reader_does_not_hold_up_other_streams() {
     const LEN: u64 = 64 << 20;
     // This client asks for a download, then reads nothing for a while: its
     // stream's window fills and the remote relay stops sending it.
-    let mut slow = connect_via(proxy, source).unwrap();
-    slow.write_all(&LEN.to_le_bytes()).unwrap();
+    let mut slow = request_download(proxy, source, LEN);
     std::thread::sleep(Duration::from_millis(300));
     // Meanwhile another stream of the same session moves far more than
     // any buffer between the relays holds.
@@ -421,8 +426,7 @@ fn a_draining_remote_lets_its_streams_finish() {
     let chain = Chain::one_session();
     let (proxy, source) = (chain.socks(), server(pattern_source));
     const LEN: u64 = 32 << 20;
-    let mut s = connect_via(proxy, source).unwrap();
-    s.write_all(&LEN.to_le_bytes()).unwrap();
+    let mut s = request_download(proxy, source, LEN);
     let mut first = [0u8; 4096];
     s.read_exact(&mut first).unwrap();
     let Chain { local, remote } = chain;

@@ -418,25 +418,29 @@ impl Worker {
     /// Connections and sessions that stopped for their budget (or were
     /// unblocked) get their turn.
     fn run_requeued(&mut self) {
-        if !self.session_requeue.is_empty() {
-            let mut sessions = std::mem::take(&mut self.session_requeue);
-            for &s in &sessions {
-                self.session_event(s);
-            }
-            sessions.clear();
-            if self.session_requeue.is_empty() {
-                self.session_requeue = sessions;
-            }
+        self.for_each_listed(|w| &mut w.session_requeue, Worker::session_event);
+        self.for_each_listed(|w| &mut w.requeue, Worker::drive);
+    }
+
+    /// Runs `f` for every key of the list `list` picks, as it is now; keys
+    /// listed meanwhile wait for the next call. The list keeps its
+    /// allocation.
+    fn for_each_listed(
+        &mut self,
+        list: fn(&mut Worker) -> &mut Vec<usize>,
+        mut f: impl FnMut(&mut Worker, usize),
+    ) {
+        if list(self).is_empty() {
+            return;
         }
-        if !self.requeue.is_empty() {
-            let mut keys = std::mem::take(&mut self.requeue);
-            for &k in &keys {
-                self.drive(k);
-            }
-            keys.clear();
-            if self.requeue.is_empty() {
-                self.requeue = keys;
-            }
+        let mut keys = std::mem::take(list(self));
+        for &k in &keys {
+            f(self, k);
+        }
+        keys.clear();
+        let now = list(self);
+        if now.is_empty() {
+            *now = keys;
         }
     }
 

@@ -645,14 +645,7 @@ impl Worker {
 
     /// Writes every session with frames queued this round.
     pub(super) fn flush_sessions(&mut self) {
-        let mut list = std::mem::take(&mut self.flush_list);
-        for &s in &list {
-            self.flush_session(s);
-        }
-        list.clear();
-        if self.flush_list.is_empty() {
-            self.flush_list = list;
-        }
+        self.for_each_listed(|w| &mut w.flush_list, Worker::flush_session);
     }
 
     fn flush_session(&mut self, s: usize) {
@@ -719,13 +712,9 @@ impl Worker {
         if let Role::Client { waiting, .. } = session.role {
             let addr = self.mux.as_ref().map(|m| m.addr);
             for (key, serial) in waiting {
-                let Some(mut conn) = self.conns.take(key) else {
+                let Some(mut conn) = self.take_waiting(key, serial) else {
                     continue;
                 };
-                if conn.serial != serial || !matches!(conn.phase, Phase::AwaitingSession) {
-                    self.conns.put_back(key, conn);
-                    continue;
-                }
                 let next = match addr {
                     Some(a) => self
                         .start_connect(key, &mut conn, vec![a])
@@ -737,6 +726,16 @@ impl Worker {
         }
     }
 
+    /// Takes connection `key` out if it is still the one (`serial`) that
+    /// waits for a session.
+    fn take_waiting(&mut self, key: usize, serial: u64) -> Option<Conn> {
+        let conn = self.conns.get(key)?;
+        if conn.serial != serial || !matches!(conn.phase, Phase::AwaitingSession) {
+            return None;
+        }
+        self.conns.take(key)
+    }
+
     /// A client session's handshake is done: its waiting connections
     /// become streams.
     fn session_ready(&mut self, s: usize) {
@@ -745,13 +744,9 @@ impl Worker {
             _ => return,
         };
         for (key, serial) in waiting {
-            let Some(mut conn) = self.conns.take(key) else {
+            let Some(mut conn) = self.take_waiting(key, serial) else {
                 continue;
             };
-            if conn.serial != serial || !matches!(conn.phase, Phase::AwaitingSession) {
-                self.conns.put_back(key, conn);
-                continue;
-            }
             self.attach(key, &mut conn, s);
             let next = self.step(key, &mut conn);
             self.finish(key, conn, next);
