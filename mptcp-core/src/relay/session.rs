@@ -32,6 +32,10 @@ pub(crate) const SPLICE_MIN: usize = 16 * 1024;
 /// After a DATA frame this large the next is likely large too: only its
 /// header is read, so that its payload can be spliced.
 const BULK_FRAME: usize = 32 * 1024;
+/// What the buffered read takes after a splice that would block: enough to
+/// tell an empty socket from one whose bytes were on their way, little
+/// enough to leave the rest of the payload to the next splice.
+const PROBE_READ: usize = 4096;
 
 /// Frames waiting to be written: `head`, then the payload in `spliced`'s
 /// pipe, then `tail` (what was queued while the splice was pending).
@@ -231,6 +235,8 @@ pub(crate) struct Rx {
     payload: Option<Payload>,
     /// The last splice offer was declined: read into the buffer.
     splice_declined: bool,
+    /// ...because the splice would block: read only [`PROBE_READ`].
+    probe: bool,
     /// Reads left in this round (fairness between sessions and sockets).
     reads_left: usize,
     /// The last DATA frame was a bulk one.
@@ -245,6 +251,7 @@ impl Rx {
             end: 0,
             payload: None,
             splice_declined: false,
+            probe: false,
             reads_left: 0,
             bulk: false,
         }
@@ -322,14 +329,20 @@ impl Rx {
     }
 
     /// Reports a splice after [`RxEvent::Splice`]: `n` payload bytes left
-    /// the socket (0: the stream could not take them).
+    /// the socket.
     pub(crate) fn spliced(&mut self, n: usize) {
         self.reads_left = self.reads_left.saturating_sub(1);
-        if n == 0 {
-            self.splice_declined = true;
-        } else if let Some(p) = &mut self.payload {
+        if let Some(p) = &mut self.payload {
             p.remaining -= n.min(p.remaining);
         }
+    }
+
+    /// Reports a declined [`RxEvent::Splice`]: the payload is read into the
+    /// buffer instead; `would_block`: the splice would have blocked, so a
+    /// short read first tells whether the socket is empty.
+    pub(crate) fn declined(&mut self, would_block: bool) {
+        self.splice_declined = true;
+        self.probe = would_block;
     }
 
     /// Parses a header (and a control frame's whole payload) from the
@@ -379,13 +392,16 @@ impl Rx {
         }
         self.reads_left -= 1;
         self.splice_declined = false;
+        let free = self.buf.len() - self.end;
         // Between bulk frames, read a header only: the payload after it
         // is better spliced than copied through this buffer.
         let buffered = self.end - self.start;
-        let want = if self.bulk && self.payload.is_none() && buffered < HEADER_LEN {
+        let want = if std::mem::take(&mut self.probe) {
+            PROBE_READ.min(free)
+        } else if self.bulk && self.payload.is_none() && buffered < HEADER_LEN {
             HEADER_LEN - buffered
         } else {
-            self.buf.len() - self.end
+            free
         };
         // Control frames are far smaller than the buffer, and payloads are
         // consumed as they come, so there is always room.
@@ -571,7 +587,7 @@ mod tests {
                         Some((s, d)) if *s == stream => d.extend_from_slice(bytes),
                         _ => data.push((stream, bytes.to_vec())),
                     },
-                    RxEvent::Splice { .. } => rx.spliced(0),
+                    RxEvent::Splice { .. } => rx.declined(false),
                     RxEvent::Control { stream, control } => controls.push((stream, control)),
                     RxEvent::Closed => {
                         closed = true;

@@ -55,9 +55,13 @@ pub(crate) enum Spliced {
     /// `taken` bytes left the session; the socket took `written`.
     Moved { taken: usize, written: u64 },
     /// The stream cannot take bytes this way now (no room, answer or
-    /// backlog pending, or the splice would block): read them into the
-    /// session's buffer, which also tells whether the session is empty.
+    /// backlog pending): read them into the session's buffer.
     Declined,
+    /// The splice would block, or failed: the session's buffered read
+    /// tells whether it is empty (an MPTCP splice may say "would block"
+    /// while bytes are on their way into the socket, and then no readiness
+    /// event need follow), or reports its error.
+    WouldBlock,
 }
 
 /// Why a stream cannot go on.
@@ -388,11 +392,8 @@ impl Stream {
                     last.full = true;
                     continue;
                 }
-                // Would block, EOF or an error: the session's next read
-                // tells which. (An MPTCP splice may also say "would block"
-                // while bytes are on their way into the socket, and then no
-                // readiness event need follow.)
-                Ok(_) | Err(_) => Spliced::Declined,
+                // Would block, EOF or an error: the next read tells which.
+                Ok(_) | Err(_) => Spliced::WouldBlock,
             };
             if last.len == 0 {
                 let unused = self.pipes.pop_back().expect("the last pipe");

@@ -363,7 +363,7 @@ impl Worker {
                 Ok(Some(RxEvent::Splice { stream, remaining })) => {
                     let Some(conn) = streams.get(&stream).and_then(|&k| self.conns.get_mut(k))
                     else {
-                        rx.spliced(0);
+                        rx.declined(false);
                         continue;
                     };
                     let socket = conn.stream_socket();
@@ -376,7 +376,8 @@ impl Worker {
                             count_inbound(counters, local, written);
                             conn.last_active = self.now;
                         }
-                        Ok(Spliced::Declined) | Err(_) => rx.spliced(0),
+                        Ok(Spliced::WouldBlock) => rx.declined(true),
+                        Ok(Spliced::Declined) | Err(_) => rx.declined(false),
                     }
                     (stream, r.map(|_| ()))
                 }
