@@ -53,6 +53,8 @@ const LIMITED_TIME: Duration = Duration::from_secs(6);
 const RAMP_UP: Duration = Duration::from_secs(1);
 const CONNECT_TIME: Duration = Duration::from_secs(2);
 const CONNECT_THREADS: usize = 16;
+/// New connections timed one after another during a download.
+const SHORT_CONNECTIONS: usize = 20;
 /// Concurrent idle connections through the chain.
 const CONCURRENT: usize = 10_000;
 /// Relay processes per role in the concurrency phase (each holds 2
@@ -409,6 +411,11 @@ struct Limited {
     routed: (f64, f64),
     direct_mptcp: (f64, f64),
     chain: (f64, f64),
+    /// New connections during a download (median, worst) and the
+    /// download's rate, multiplexed chain.
+    muxed_latency: ((Duration, Duration), f64),
+    /// The same with one connection each.
+    separate_latency: ((Duration, Duration), f64),
 }
 
 fn limited_links() -> Limited {
@@ -417,13 +424,51 @@ fn limited_links() -> Limited {
     let to = SocketAddr::new(rp.dest_addr().into(), DOWNLOAD);
     let routed = download(&rp.lan, to);
     let direct_mptcp = direct_mptcp_download(&rp);
-    let _relays = start_chain(&rp, true);
     redirect_rule(&rp);
+    let relays = start_chain(&rp, false);
+    let separate_latency = latency_under_load(&rp);
+    drop(relays);
+    let _relays = start_chain(&rp, true);
+    let muxed_latency = latency_under_load(&rp);
     Limited {
         routed,
         direct_mptcp,
         chain: download(&rp.lan, to),
+        muxed_latency,
+        separate_latency,
     }
+}
+
+/// How long [`SHORT_CONNECTIONS`] new connections through the chain take
+/// (median, worst) while a download runs, and the download's rate: whether
+/// a bulk transfer delays everything else.
+fn latency_under_load(rp: &RelayPath) -> ((Duration, Duration), f64) {
+    let to = SocketAddr::new(rp.dest_addr().into(), DOWNLOAD);
+    let bulk = rp
+        .lan
+        .spawn(move || receive_rates(TcpStream::connect(to).expect("connect for download")));
+    std::thread::sleep(RAMP_UP);
+    let times = short_connections(rp, SHORT_CONNECTIONS);
+    (times, bulk.join().unwrap().0)
+}
+
+/// Median and worst time of `n` sequential new connections through the
+/// chain (connect, then the destination's first byte).
+fn short_connections(rp: &RelayPath, n: usize) -> (Duration, Duration) {
+    let to = SocketAddr::new(rp.dest_addr().into(), CONNECT);
+    let mut times: Vec<Duration> = rp.lan.run(|| {
+        (0..n)
+            .map(|_| {
+                let started = Instant::now();
+                let mut s = TcpStream::connect(to).expect("connect");
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).expect("the destination's byte");
+                started.elapsed()
+            })
+            .collect()
+    });
+    times.sort();
+    (times[n / 2], times[n - 1])
 }
 
 impl Limited {
@@ -447,6 +492,18 @@ impl Limited {
             chain.1,
             chain.1 / direct.1
         );
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        for (name, ((median, worst), rate)) in [
+            ("muxed", self.muxed_latency),
+            ("1 conn each", self.separate_latency),
+        ] {
+            println!(
+                "  {SHORT_CONNECTIONS} new connections during a download, {name}: median {:.1} ms, \
+                 worst {:.1} ms (download {rate:.1} Mb)",
+                ms(median),
+                ms(worst)
+            );
+        }
     }
 }
 

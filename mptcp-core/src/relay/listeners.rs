@@ -77,12 +77,19 @@ pub(crate) fn connect(addr: SocketAddr, mptcp: bool) -> io::Result<mio::net::Tcp
     Ok(mio::net::TcpStream::from_std(socket.into()))
 }
 
+/// Unsent bytes a session's socket may hold.
+pub(crate) const NOTSENT_LOWAT: u32 = 128 * 1024;
+
 /// Readies a session's socket.
 ///
 /// - TCP keepalives, so that a dead peer (a remote relay that rebooted,
 ///   every path down) is noticed within about a minute even when no stream
 ///   is active. Kernels before 6.2 refuse the timing options on MPTCP
 ///   sockets; then the defaults apply.
+/// - At most [`NOTSENT_LOWAT`] bytes not yet sent in the socket: the rest
+///   waits in the relay, where a new stream's frames can go first (a few
+///   MiB of a bulk stream queued in the kernel would delay them by seconds
+///   on a slow link).
 /// - A fixed receive buffer of `receive_buffer` bytes (`SO_RCVBUFFORCE`,
 ///   with CAP_NET_ADMIN). On Linux 6.18, the autotuned receive buffer of a
 ///   long-lived MPTCP connection whose traffic turns around (a download,
@@ -98,6 +105,9 @@ pub(crate) fn prepare_session_socket(stream: &mio::net::TcpStream, receive_buffe
         .with_retries(3);
     if socket.set_tcp_keepalive(&keepalive).is_err() {
         let _ = socket.set_keepalive(true);
+    }
+    if let Err(e) = socket.set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+        tracing::debug!(error = %e, "relay: TCP_NOTSENT_LOWAT refused on a session");
     }
     let size = libc::c_int::try_from(receive_buffer).unwrap_or(libc::c_int::MAX);
     // SAFETY: the descriptor is open for the call, and the option value is

@@ -10,7 +10,7 @@
 //! rest of a large DATA payload is offered to its stream for a splice into
 //! the stream's pipe, so bulk bytes never cross into user space.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -22,8 +22,15 @@ use super::splice::{self, Pipe, PipePool};
 use crate::mux::{self, Control, HEADER_LEN, Header};
 use crate::socks5::{ClientHandshake, Progress};
 
-/// Queued output above which streams stop reading until it drains.
-const HIGH_WATER: usize = 256 * 1024;
+/// Queued output above which streams stop reading until it drains: what a
+/// new stream's frames may wait behind here (with [`MAX_SPLICED_FRAME`]
+/// and the socket's unsent bytes, see `listeners::NOTSENT_LOWAT`).
+const HIGH_WATER: usize = 64 * 1024;
+/// The longest DATA payload spliced in one frame. Nothing can overtake a
+/// frame half written, so this bounds the wait of every other stream's
+/// frames behind a bulk one (26 ms at 40 Mbit/s), at the cost of a header
+/// per 128 KiB on fast links.
+pub(crate) const MAX_SPLICED_FRAME: usize = 128 * 1024;
 /// Bytes of the input buffer: headers and small payloads land here.
 const RX_BUFFER: usize = 64 * 1024;
 /// A DATA payload with at least this much left, and nothing buffered, is
@@ -82,12 +89,20 @@ impl Tx {
         out.extend_from_slice(bytes);
     }
 
-    /// Whether a stream may queue DATA now: no splice pending, output below
-    /// the high-water mark, no error.
+    /// Whether a stream may queue a small DATA frame now (behind a pending
+    /// splice, if any): output below the high-water mark, no error.
     pub(crate) fn has_room(&self) -> bool {
-        self.spliced.is_none()
-            && self.head.len() - self.head_pos < HIGH_WATER
-            && self.failed.is_none()
+        let queued = if self.spliced.is_some() {
+            self.tail.len()
+        } else {
+            self.head.len() - self.head_pos
+        };
+        queued < HIGH_WATER && self.failed.is_none()
+    }
+
+    /// Whether a bulk stream may queue a spliced frame now: one at a time.
+    pub(crate) fn has_splice_room(&self) -> bool {
+        self.spliced.is_none() && self.has_room()
     }
 
     /// Nothing left to write.
@@ -99,22 +114,15 @@ impl Tx {
     /// `stream`. Returns the payload length; 0 is EOF (nothing queued).
     /// Call only when [`Tx::has_room`].
     pub(crate) fn read_data(&mut self, src: RawFd, stream: u32, max: usize) -> io::Result<usize> {
-        debug_assert!(self.spliced.is_none());
-        let start = self.head.len();
-        self.head.extend_from_slice(&[0; HEADER_LEN]);
-        self.head.reserve(max);
+        let out = self.queue();
+        let start = out.len();
+        out.extend_from_slice(&[0; HEADER_LEN]);
+        out.reserve(max);
         // SAFETY: `reserve` made room for `max` bytes after the current
         // length, so the pointer is valid for writes of `max` bytes.
-        let n = unsafe {
-            libc::recv(
-                src,
-                self.head.as_mut_ptr().add(start + HEADER_LEN).cast(),
-                max,
-                0,
-            )
-        };
+        let n = unsafe { libc::recv(src, out.as_mut_ptr().add(start + HEADER_LEN).cast(), max, 0) };
         if n <= 0 {
-            self.head.truncate(start);
+            out.truncate(start);
             return if n == 0 {
                 Ok(0)
             } else {
@@ -124,14 +132,14 @@ impl Tx {
         let n = n as usize;
         // SAFETY: recv initialised `n <= max` bytes after the header, and
         // the header bytes were initialised by `extend_from_slice`.
-        unsafe { self.head.set_len(start + HEADER_LEN + n) };
+        unsafe { out.set_len(start + HEADER_LEN + n) };
         let len = u32::try_from(n).expect("reads are bounded");
-        self.head[start..start + HEADER_LEN].copy_from_slice(&Header::data(stream, len).to_bytes());
+        out[start..start + HEADER_LEN].copy_from_slice(&Header::data(stream, len).to_bytes());
         Ok(n)
     }
 
     /// Queues a DATA frame whose `len` payload bytes are in `pipe`.
-    /// Call only when [`Tx::has_room`].
+    /// Call only when [`Tx::has_splice_room`].
     pub(crate) fn data_in_pipe(&mut self, stream: u32, pipe: Pipe, len: usize) {
         let header = Header::data(stream, u32::try_from(len).expect("pipes are small"));
         self.head.extend_from_slice(&header.to_bytes());
@@ -274,6 +282,11 @@ impl Rx {
     /// the socket would block.
     pub(crate) fn budget_spent(&self) -> bool {
         self.reads_left == 0
+    }
+
+    /// Whether the last DATA frame was a bulk one.
+    pub(crate) fn in_bulk(&self) -> bool {
+        self.bulk
     }
 
     /// The next event, or `None` when the socket would block or the read
@@ -488,13 +501,19 @@ pub(crate) struct Session {
     pub peer_window: u32,
     /// No new streams (GOAWAY sent or received, or ids used up).
     pub going_away: bool,
-    /// Connections waiting for room in `tx` (keys; a stream's `queued`
-    /// flag keeps each once).
-    pub blocked: Vec<usize>,
+    /// Connections waiting for room in `tx`, in turn (keys; a stream's
+    /// `queued` flag keeps each once).
+    pub blocked: VecDeque<usize>,
     /// In the worker's list of sessions to flush this round.
     pub dirty: bool,
     /// When the handshake must be done by.
     pub deadline: Instant,
+    /// Until when the session counts as busy with a bulk transfer: a new
+    /// stream's frames would queue behind it (in the subflows' send
+    /// queues, which the relay cannot reorder), so it goes elsewhere.
+    pub busy_until: Instant,
+    /// When the last stream was opened on it (idle spare sessions retire).
+    pub last_open: Instant,
 }
 
 impl Session {
@@ -515,15 +534,22 @@ impl Session {
             tx: Tx::default(),
             peer_window: mux::DEFAULT_WINDOW,
             going_away: false,
-            blocked: Vec::new(),
+            blocked: VecDeque::new(),
             dirty: false,
             deadline,
+            busy_until: Instant::now(),
+            last_open: Instant::now(),
         }
     }
 
     /// Whether a new stream may be opened on this session now.
     pub(crate) fn accepts_streams(&self) -> bool {
         matches!(self.phase, Phase::Open) && !self.going_away
+    }
+
+    /// Whether a bulk transfer kept the session busy until lately.
+    pub(crate) fn is_busy(&self, now: Instant) -> bool {
+        now < self.busy_until
     }
 
     /// Whether the session is still being set up.
@@ -670,10 +696,10 @@ mod tests {
         let n = unsafe { libc::write(pipe.write.as_raw_fd(), b"spliced".as_ptr().cast(), 7) };
         assert_eq!(n, 7);
         tx.data_in_pipe(2, pipe, 7);
-        assert!(!tx.has_room(), "one splice at a time");
+        assert!(!tx.has_splice_room(), "one splice at a time");
         tx.data(3, b"after");
         assert!(tx.flush(ours.as_raw_fd(), &mut pool));
-        assert!(tx.is_idle() && tx.has_room());
+        assert!(tx.is_idle() && tx.has_splice_room());
         drop(ours);
         let mut got = Vec::new();
         peer.read_to_end(&mut got).unwrap();

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::session::Tx;
+use super::session::{MAX_SPLICED_FRAME, Tx};
 use super::splice::{self, Pipe, PipePool};
 use crate::mux::Control;
 
@@ -41,7 +41,7 @@ struct Filled {
 pub(crate) struct Sent {
     /// Payload bytes queued for the peer.
     pub bytes: u64,
-    /// The session's output is full: call again when it drains.
+    /// No room in the session's output: call again when it drains.
     pub blocked: bool,
     /// The read budget ran out with the socket still readable.
     pub budget_exhausted: bool,
@@ -173,7 +173,14 @@ impl Stream {
                 // A WINDOW frame resumes a stream out of credit.
                 return Ok(sent);
             }
-            if !tx.has_room() {
+            // Small frames may queue behind a bulk stream's spliced one;
+            // bulk streams take turns for the splice.
+            let room = if self.bulk && self.early_pos == self.early.len() {
+                tx.has_splice_room()
+            } else {
+                tx.has_room()
+            };
+            if !room {
                 sent.blocked = true;
                 return Ok(sent);
             }
@@ -244,7 +251,8 @@ impl Stream {
             }
             Err(e) => return Err(e),
         };
-        match splice::splice(socket, pipe.write.as_raw_fd(), credit.min(pipe.capacity)) {
+        let max = credit.min(pipe.capacity).min(MAX_SPLICED_FRAME);
+        match splice::splice(socket, pipe.write.as_raw_fd(), max) {
             Ok(0) => {
                 pool.put(pipe);
                 Ok(0)
@@ -477,6 +485,11 @@ impl Stream {
             self.allowed += self.unacked;
             self.unacked = 0;
         }
+    }
+
+    /// Whether the stream's socket sends in bulk (its reads fill).
+    pub(crate) fn is_bulk(&self) -> bool {
+        self.bulk
     }
 
     /// A WINDOW frame from the peer.

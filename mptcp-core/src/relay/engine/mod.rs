@@ -380,7 +380,10 @@ impl Worker {
                     wake_at = wake_at.min(t);
                 }
             }
-            let timeout = if self.requeue.is_empty() && self.session_requeue.is_empty() {
+            let idle = self.requeue.is_empty()
+                && self.session_requeue.is_empty()
+                && self.flush_list.is_empty();
+            let timeout = if idle {
                 wake_at.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO

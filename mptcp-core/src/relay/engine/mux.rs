@@ -35,6 +35,14 @@ const RETRY_AT_MOST: Duration = Duration::from_secs(60);
 const RETRY_AFTER_REFUSAL: Duration = Duration::from_secs(3600);
 /// Room for a session's SOCKS5 handshake (either direction).
 const SESSION_HANDSHAKE_BYTES: usize = 1024;
+/// Sessions a local worker opens at most: one, and more while the others
+/// are busy with bulk transfers, so that a new connection's first bytes do
+/// not wait behind a download in the subflows' send queues.
+const MAX_SESSIONS: usize = 4;
+/// A session counts as busy this long after its last bulk frame.
+const BUSY_HOLD: Duration = Duration::from_millis(200);
+/// A session beyond the first with no stream for this long is closed.
+const SPARE_IDLE: Duration = Duration::from_secs(60);
 
 /// The local role's view of the remote relay, for sessions.
 #[derive(Debug)]
@@ -120,28 +128,55 @@ impl Worker {
 
     /// Local role: carries `conn` over a session if one is open or being
     /// set up (false: connect to the remote for this connection alone).
+    ///
+    /// An open session that is not busy with a bulk transfer comes first;
+    /// then one being set up; then a new one (up to [`MAX_SESSIONS`]); then
+    /// the busy session whose bulk transfer is oldest.
     pub(super) fn multiplex(&mut self, key: usize, conn: &mut Conn) -> bool {
         let Some(mux) = &self.mux else { return false };
-        let find = |want: fn(&Session) -> bool| {
+        let now = self.now;
+        let listed = || {
             mux.sessions
                 .iter()
-                .copied()
-                .find(|&s| self.sessions.get(s).is_some_and(want))
+                .filter_map(|&s| Some((s, self.sessions.get(s)?)))
         };
-        let open = find(Session::accepts_streams);
-        let pending = find(Session::is_starting);
-        if let Some(s) = open {
+        let open = || listed().filter(|(_, x)| x.accepts_streams());
+        let idle = open().find(|(_, x)| !x.is_busy(now)).map(|(s, _)| s);
+        let starting = listed().find(|(_, x)| x.is_starting()).map(|(s, _)| s);
+        let least_busy = open().min_by_key(|(_, x)| x.busy_until).map(|(s, _)| s);
+        let room = mux.sessions.len() < MAX_SESSIONS;
+        let chosen = match (idle, starting) {
+            (Some(s), _) => Some(s),
+            (None, Some(s)) => {
+                self.wait_for(key, conn, s);
+                return true;
+            }
+            (None, None) if room => None,
+            (None, None) => least_busy,
+        };
+        if let Some(s) = chosen {
             self.attach(key, conn, s);
             return true;
         }
-        let Some(s) = pending.or_else(|| self.open_client_session()) else {
-            return false;
+        let Some(s) = self.open_client_session() else {
+            return match least_busy {
+                Some(s) => {
+                    self.attach(key, conn, s);
+                    true
+                }
+                None => false,
+            };
         };
+        self.wait_for(key, conn, s);
+        true
+    }
+
+    /// Parks `conn` until session `s` is set up.
+    fn wait_for(&mut self, key: usize, conn: &mut Conn, s: usize) {
         if let Some(Role::Client { waiting, .. }) = self.sessions.get_mut(s).map(|x| &mut x.role) {
             waiting.push((key, conn.serial));
         }
         conn.phase = Phase::AwaitingSession;
-        true
     }
 
     /// Connects a new session to the remote relay and queues its whole
@@ -227,6 +262,7 @@ impl Worker {
         let dest = conn.dest.clone().expect("destination known");
         session.tx.control(id, &Control::Open(dest));
         session.streams.insert(id, key);
+        session.last_open = self.now;
         let early = std::mem::take(&mut conn.early);
         conn.stream = Some(Stream::new(s, id, session.peer_window, window, early));
         conn.phase = Phase::Tunnel;
@@ -383,6 +419,9 @@ impl Worker {
                 }
             };
             self.mark_dirty(s);
+            if self.sessions.get(s).is_some_and(|x| x.rx.in_bulk()) {
+                self.mark_busy(s);
+            }
             match outcome {
                 Ok(()) => {}
                 Err(StreamError::Window) => {
@@ -600,12 +639,16 @@ impl Worker {
         }
         if sent.blocked && !stream.queued {
             stream.queued = true;
-            session.blocked.push(key);
+            session.blocked.push_back(key);
         }
         if sent.budget_exhausted {
             self.requeue.push(key);
         }
+        let bulk = stream.is_bulk() && sent.bytes > 0;
         self.mark_dirty(s);
+        if bulk {
+            self.mark_busy(s);
+        }
         if stream.inbound_finished() {
             if stream.outbound_finished() {
                 // The close sends the socket's FIN.
@@ -635,6 +678,30 @@ impl Worker {
         stream.release(&mut self.pool);
     }
 
+    /// A bulk frame went through session `s`: it is busy for a while. A
+    /// local relay that has no other session to give new streams opens one
+    /// now, so that it is ready when they come.
+    fn mark_busy(&mut self, s: usize) {
+        let now = self.now;
+        let Some(session) = self.sessions.get_mut(s) else {
+            return;
+        };
+        let was_busy = session.is_busy(now);
+        session.busy_until = now + BUSY_HOLD;
+        let Some(mux) = &self.mux else { return };
+        if was_busy || !matches!(session.role, Role::Client { .. }) {
+            return;
+        }
+        let spare = mux.sessions.iter().any(|&k| {
+            self.sessions
+                .get(k)
+                .is_some_and(|x| x.is_starting() || (x.accepts_streams() && !x.is_busy(now)))
+        });
+        if !spare && mux.sessions.len() < MAX_SESSIONS {
+            self.open_client_session();
+        }
+    }
+
     fn mark_dirty(&mut self, s: usize) {
         if let Some(session) = self.sessions.get_mut(s)
             && !session.dirty
@@ -659,14 +726,26 @@ impl Worker {
             self.close_session(s, &format!("writing to the other relay: {e}"));
             return;
         }
-        if session.tx.has_room() {
-            for key in session.blocked.drain(..) {
-                if let Some(st) = self.conns.get_mut(key).and_then(|c| c.stream.as_mut()) {
-                    st.queued = false;
-                    self.requeue.push(key);
-                }
+        // Streams waiting for room take turns, the longest waiting first;
+        // one that blocks again goes to the back of the line.
+        for _ in 0..session.blocked.len() {
+            let Some(session) = self.sessions.get_mut(s) else {
+                return;
+            };
+            if !session.tx.has_splice_room() {
+                break;
             }
+            let Some(key) = session.blocked.pop_front() else {
+                break;
+            };
+            if let Some(st) = self.conns.get_mut(key).and_then(|c| c.stream.as_mut()) {
+                st.queued = false;
+            }
+            self.drive(key);
         }
+        let Some(session) = self.sessions.get(s) else {
+            return;
+        };
         let retired = matches!(session.role, Role::Client { .. })
             && session.going_away
             && session.streams.is_empty()
@@ -772,15 +851,25 @@ impl Worker {
         }
     }
 
-    /// Closes sessions whose handshake is late.
+    /// Closes sessions whose handshake is late, and spare sessions (a
+    /// local worker's beyond its first) that carried no stream for a while.
     pub(super) fn sweep_sessions(&mut self) {
+        let now = self.now;
+        let mut open = self.mux.as_ref().map_or(0, |m| m.sessions.len());
         for s in self.sessions.keys() {
-            let late = self
-                .sessions
-                .get(s)
-                .is_some_and(|x| x.is_starting() && self.now > x.deadline);
-            if late {
+            let Some(x) = self.sessions.get(s) else {
+                continue;
+            };
+            if x.is_starting() && now > x.deadline {
                 self.close_session(s, "handshake timed out");
+            } else if matches!(x.role, Role::Client { .. })
+                && open > 1
+                && x.streams.is_empty()
+                && x.tx.is_idle()
+                && now.duration_since(x.last_open) > SPARE_IDLE
+            {
+                open -= 1;
+                self.close_session(s, "a spare session, idle");
             }
         }
     }
