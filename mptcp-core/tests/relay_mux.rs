@@ -40,6 +40,13 @@ fn engine() -> EngineConfig {
     }
 }
 
+fn one_worker() -> EngineConfig {
+    EngineConfig {
+        workers: 1,
+        ..engine()
+    }
+}
+
 fn remote_config(listen: SocketAddr, multiplex: bool) -> Config {
     let remote = RemoteConfig::new(listen)
         .user(USER, PASS)
@@ -52,9 +59,12 @@ fn remote_relay(multiplex: bool) -> RelayHandle {
     Relay::start(remote_config("127.0.0.1:0".parse().unwrap(), multiplex)).unwrap()
 }
 
-fn local_relay(remote: &RelayHandle, engine: EngineConfig) -> RelayHandle {
+/// A local relay carrying to `remote`, with at most `max_sessions` per
+/// worker.
+fn local_relay(remote: &RelayHandle, engine: EngineConfig, max_sessions: usize) -> RelayHandle {
     let at = remote.listener(ListenerKind::RemoteSocks5).unwrap();
     let local = LocalConfig::new(at.to_string())
+        .max_sessions(max_sessions)
         .credentials(USER, PASS)
         .socks5("127.0.0.1:0".parse().unwrap())
         .http("127.0.0.1:0".parse().unwrap());
@@ -69,20 +79,18 @@ struct Chain {
 
 impl Chain {
     fn new() -> Chain {
-        Chain::with_local_engine(engine())
+        Chain::with_local(engine(), 4)
     }
 
-    /// With one local worker, so that every stream shares one session.
+    /// With one local worker and one session at most, which every stream
+    /// shares.
     fn one_session() -> Chain {
-        Chain::with_local_engine(EngineConfig {
-            workers: 1,
-            ..engine()
-        })
+        Chain::with_local(one_worker(), 1)
     }
 
-    fn with_local_engine(engine: EngineConfig) -> Chain {
+    fn with_local(engine: EngineConfig, max_sessions: usize) -> Chain {
         let remote = remote_relay(true);
-        let local = local_relay(&remote, engine);
+        let local = local_relay(&remote, engine, max_sessions);
         Chain { local, remote }
     }
 
@@ -355,13 +363,7 @@ fn refusals_come_back_through_the_stream() {
 #[test]
 fn a_remote_that_does_not_multiplex_gets_a_connection_each() {
     let remote = remote_relay(false);
-    let local = local_relay(
-        &remote,
-        EngineConfig {
-            workers: 1,
-            ..engine()
-        },
-    );
+    let local = local_relay(&remote, one_worker(), 1);
     let proxy = local.listener(ListenerKind::LocalSocks5).unwrap();
     let echo_at = server(echo);
     for i in 0..3 {
@@ -390,13 +392,7 @@ fn a_new_session_replaces_one_whose_remote_went_away() {
     let echo_at = server(echo);
     let remote = remote_relay(true);
     let at = remote.listener(ListenerKind::RemoteSocks5).unwrap();
-    let local = local_relay(
-        &remote,
-        EngineConfig {
-            workers: 1,
-            ..engine()
-        },
-    );
+    let local = local_relay(&remote, one_worker(), 1);
     let proxy = local.listener(ListenerKind::LocalSocks5).unwrap();
     let s = connect_via(proxy, echo_at).unwrap();
     assert_eq!(echo_round_trip(s, b"first"), b"first");
@@ -557,11 +553,13 @@ fn a_peer_breaking_the_protocol_loses_only_its_session() {
 
 #[test]
 fn idle_streams_time_out_and_the_session_stays() {
-    let chain = Chain::with_local_engine(EngineConfig {
-        workers: 1,
-        idle_timeout_secs: 1,
-        ..engine()
-    });
+    let chain = Chain::with_local(
+        EngineConfig {
+            idle_timeout_secs: 1,
+            ..one_worker()
+        },
+        1,
+    );
     let (proxy, echo_at) = (chain.socks(), server(echo));
     let mut idle = connect_via(proxy, echo_at).unwrap();
     let started = Instant::now();
@@ -576,4 +574,30 @@ fn idle_streams_time_out_and_the_session_stays() {
     let (l, r) = chain.finish();
     assert_eq!(l.error(ErrorKind::IdleTimeout), 1, "local {l}");
     assert_eq!(r.multiplexed, 2, "one session carried both: remote {r}");
+}
+
+#[test]
+fn a_busy_session_gets_a_spare_for_new_streams() {
+    let chain = Chain::with_local(one_worker(), 4);
+    let (proxy, source, echo_at) = (chain.socks(), server(pattern_source), server(echo));
+    let s = connect_via(proxy, echo_at).unwrap();
+    assert_eq!(echo_round_trip(s, b"before"), b"before");
+    assert_eq!(chain.local.stats().sessions, 1, "one session while idle");
+    // A download keeps the first session busy; the worker opens a spare,
+    // and a new connection goes there.
+    const LEN: u64 = 1 << 30;
+    let mut downloading = request_download(proxy, source, LEN);
+    let mut first = vec![0u8; 8 << 20];
+    downloading.read_exact(&mut first).unwrap();
+    let s = connect_via(proxy, echo_at).unwrap();
+    assert_eq!(echo_round_trip(s, b"beside"), b"beside");
+    let during = chain.local.stats();
+    drop(downloading);
+    let (l, r) = chain.finish();
+    assert_eq!(during.sessions, 2, "a spare beside the busy one: {during}");
+    assert_eq!(
+        (l.multiplexed, r.multiplexed),
+        (3, 3),
+        "local {l}\nremote {r}"
+    );
 }

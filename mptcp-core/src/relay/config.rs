@@ -128,6 +128,11 @@ pub struct LocalConfig {
     /// per client connection, as with `false`.
     #[serde(default = "yes")]
     pub multiplex: bool,
+    /// Sessions a worker keeps at most: one, and more while the others are
+    /// busy with bulk transfers, so that new connections do not wait behind
+    /// a download. 1: every connection of a worker shares one.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
     /// Listeners for connections redirected by nftables/iptables `REDIRECT`
     /// (original destination from `SO_ORIGINAL_DST`).
     #[serde(default)]
@@ -149,6 +154,10 @@ pub struct LocalConfig {
 
 fn yes() -> bool {
     true
+}
+
+fn default_max_sessions() -> usize {
+    4
 }
 
 /// A SOCKS5 user of the remote relay.
@@ -345,6 +354,9 @@ impl Config {
                     "no listener: set at least one of redirect, tproxy, socks5, http".into(),
                 );
             }
+            if !(1..=64).contains(&l.max_sessions) {
+                return err("local.max_sessions", "must be between 1 and 64".into());
+            }
             if l.remote.trim().is_empty() {
                 return err(
                     "local.remote",
@@ -419,6 +431,7 @@ impl LocalConfig {
             password: None,
             mptcp: true,
             multiplex: true,
+            max_sessions: default_max_sessions(),
             redirect: Vec::new(),
             tproxy: Vec::new(),
             socks5: Vec::new(),
@@ -468,6 +481,12 @@ impl LocalConfig {
     /// multiplexes (default), or always one connection each.
     pub fn multiplex(mut self, on: bool) -> LocalConfig {
         self.multiplex = on;
+        self
+    }
+
+    /// Sessions per worker at most (default 4).
+    pub fn max_sessions(mut self, n: usize) -> LocalConfig {
+        self.max_sessions = n;
         self
     }
 }

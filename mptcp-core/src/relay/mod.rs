@@ -85,6 +85,8 @@ pub(crate) enum Route {
         /// Carry connections as streams of a session when the server
         /// multiplexes.
         multiplex: bool,
+        /// Sessions per worker at most.
+        max_sessions: usize,
     },
 }
 
@@ -330,6 +332,7 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             credentials,
             mptcp: l.mptcp,
             multiplex: l.multiplex,
+            max_sessions: l.max_sessions,
         });
         let c = &l.allowed_clients;
         for a in &l.redirect {

@@ -35,10 +35,6 @@ const RETRY_AT_MOST: Duration = Duration::from_secs(60);
 const RETRY_AFTER_REFUSAL: Duration = Duration::from_secs(3600);
 /// Room for a session's SOCKS5 handshake (either direction).
 const SESSION_HANDSHAKE_BYTES: usize = 1024;
-/// Sessions a local worker opens at most: one, and more while the others
-/// are busy with bulk transfers, so that a new connection's first bytes do
-/// not wait behind a download in the subflows' send queues.
-const MAX_SESSIONS: usize = 4;
 /// A session counts as busy this long after its last bulk frame.
 const BUSY_HOLD: Duration = Duration::from_millis(200);
 /// A session beyond the first with no stream for this long is closed.
@@ -50,6 +46,10 @@ pub(super) struct MuxClient {
     addr: SocketAddr,
     credentials: Option<(String, String)>,
     mptcp: bool,
+    /// Sessions at most: one, and more while the others are busy with bulk
+    /// transfers, so that a new connection's first bytes do not wait behind
+    /// a download in the subflows' send queues.
+    max_sessions: usize,
     /// This worker's sessions (keys), newest last.
     sessions: Vec<usize>,
     /// No new session before this.
@@ -68,10 +68,12 @@ impl MuxClient {
                 credentials,
                 mptcp,
                 multiplex: true,
+                max_sessions,
             } => Some(MuxClient {
                 addr: *addr,
                 credentials: credentials.clone(),
                 mptcp: *mptcp,
+                max_sessions: *max_sessions,
                 sessions: Vec::new(),
                 retry_at: None,
                 failures: 0,
@@ -130,7 +132,7 @@ impl Worker {
     /// set up (false: connect to the remote for this connection alone).
     ///
     /// An open session that is not busy with a bulk transfer comes first;
-    /// then one being set up; then a new one (up to [`MAX_SESSIONS`]); then
+    /// then one being set up; then a new one (up to `max_sessions`); then
     /// the busy session whose bulk transfer is oldest.
     pub(super) fn multiplex(&mut self, key: usize, conn: &mut Conn) -> bool {
         let Some(mux) = &self.mux else { return false };
@@ -144,7 +146,7 @@ impl Worker {
         let idle = open().find(|(_, x)| !x.is_busy(now)).map(|(s, _)| s);
         let starting = listed().find(|(_, x)| x.is_starting()).map(|(s, _)| s);
         let least_busy = open().min_by_key(|(_, x)| x.busy_until).map(|(s, _)| s);
-        let room = mux.sessions.len() < MAX_SESSIONS;
+        let room = mux.sessions.len() < mux.max_sessions;
         let chosen = match (idle, starting) {
             (Some(s), _) => Some(s),
             (None, Some(s)) => {
@@ -697,7 +699,7 @@ impl Worker {
                 .get(k)
                 .is_some_and(|x| x.is_starting() || (x.accepts_streams() && !x.is_busy(now)))
         });
-        if !spare && mux.sessions.len() < MAX_SESSIONS {
+        if !spare && mux.sessions.len() < mux.max_sessions {
             self.open_client_session();
         }
     }
