@@ -251,24 +251,35 @@ impl Drop for UnprivilegedCopy {
 /// The error says whether the command could not start or the test failed,
 /// with everything the test printed.
 pub fn run_ignored_test(mut command: Command, name: &str) -> io::Result<String> {
-    let out = command
-        .args([
-            name,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .output()
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot run {:?} for test {name} (is it installed?): {e}",
-                    command.get_program()
-                ),
-            )
-        })?;
+    command.args([
+        name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    // A copy just written (`UnprivilegedCopy`) may still be open for
+    // writing in a child another test thread forked and has not yet
+    // exec'd: exec then fails with ETXTBSY for a moment.
+    let mut attempts = 0;
+    let out = loop {
+        match command.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other,
+        }
+    }
+    .map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot run {:?} for test {name} (is it installed?): {e}",
+                command.get_program()
+            ),
+        )
+    })?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if out.status.success() && stdout.contains("1 passed") {
         return Ok(stdout);
