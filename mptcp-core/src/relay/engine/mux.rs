@@ -1,7 +1,8 @@
-//! The worker's multiplexed sessions ([`crate::mux`]): the local relay opens
-//! one session per worker to the remote relay and carries each connection
-//! as a stream of it; the remote relay turns a SOCKS5 MULTIPLEX request
-//! into a session and connects each OPENed stream onward.
+//! The worker's multiplexed sessions ([`crate::mux`]): each worker of the
+//! local relay keeps a session to the remote relay (more while the others
+//! carry bulk transfers) and carries each connection as a stream of one;
+//! the remote relay turns a SOCKS5 MULTIPLEX request into a session and
+//! connects each OPENed stream onward.
 //!
 //! A session that cannot be set up (the remote does not multiplex, refuses
 //! us, or cannot be reached) sends its waiting connections the usual way,
@@ -99,14 +100,16 @@ impl MuxClient {
 /// client falls back to CONNECT.
 pub(super) fn session_request(req: &Request, leftover: &[u8]) -> Result<Next, Failure> {
     if req.dest.port() != mux::VERSION {
-        return Err(Failure::upstream(
-            ReplyCode::CommandNotSupported,
+        let mut f = Failure::new(
+            ErrorKind::Protocol,
             format!(
                 "multiplexing version {} asked, {} spoken",
                 req.dest.port(),
                 mux::VERSION
             ),
-        ));
+        );
+        f.socks = ReplyCode::CommandNotSupported;
+        return Err(f);
     }
     Ok(Next::Session(leftover.to_vec()))
 }
@@ -147,29 +150,16 @@ impl Worker {
         let starting = listed().find(|(_, x)| x.is_starting()).map(|(s, _)| s);
         let least_busy = open().min_by_key(|(_, x)| x.busy_until).map(|(s, _)| s);
         let room = mux.sessions.len() < mux.max_sessions;
-        let chosen = match (idle, starting) {
-            (Some(s), _) => Some(s),
-            (None, Some(s)) => {
-                self.wait_for(key, conn, s);
-                return true;
-            }
-            (None, None) if room => None,
-            (None, None) => least_busy,
-        };
-        if let Some(s) = chosen {
+        if let Some(s) = idle {
             self.attach(key, conn, s);
             return true;
         }
-        let Some(s) = self.open_client_session() else {
-            return match least_busy {
-                Some(s) => {
-                    self.attach(key, conn, s);
-                    true
-                }
-                None => false,
-            };
-        };
-        self.wait_for(key, conn, s);
+        if let Some(s) = starting.or_else(|| room.then(|| self.open_client_session()).flatten()) {
+            self.wait_for(key, conn, s);
+            return true;
+        }
+        let Some(s) = least_busy else { return false };
+        self.attach(key, conn, s);
         true
     }
 
