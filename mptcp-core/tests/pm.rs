@@ -320,12 +320,18 @@ fn a_two_subflow_connection_produces_its_events_in_order() {
         .server
         .run(|| transfer::listen(transfer::Proto::Mptcp, server_addr).unwrap());
     let server_addr = listener.local_addr().unwrap();
-    // The listener stays open until the end: joins arrive at it.
+    // The listener stays open until the second subflow has joined (joins
+    // arrive at it), and closes before the client does: the kernel may
+    // report the connection closed as soon as the peer's close arrives.
+    let (joined, wait_for_join) = std::sync::mpsc::channel::<()>();
+    let (listener_closed, wait_for_listener_close) = std::sync::mpsc::channel::<()>();
     let echo = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
+        wait_for_join.recv().unwrap();
+        drop(listener);
+        listener_closed.send(()).unwrap();
         let mut buf = Vec::new();
         stream.read_to_end(&mut buf).unwrap();
-        drop(listener);
         buf.len()
     });
     let mut stream = bed
@@ -373,6 +379,8 @@ fn a_two_subflow_connection_produces_its_events_in_order() {
         "{in_kernel}"
     );
 
+    joined.send(()).unwrap();
+    wait_for_listener_close.recv().unwrap();
     drop(stream);
     assert_eq!(echo.join().unwrap(), 64 * 1024);
     let closed = events_until(&mut client_events, token, EventKind::Closed);
