@@ -15,8 +15,9 @@
 //! cargo bench -p mptcp --bench relay
 //! ```
 //!
-//! `RELAY_BENCH=connect` measures only the connection rates (for
-//! profiling). Every loop is bounded in time or count (the whole run takes
+//! `RELAY_BENCH=connect` measures only the connection rates, and
+//! `RELAY_BENCH=throughput` only the chain's bulk rates (for profiling and
+//! tuning). Every loop is bounded in time or count (the whole run takes
 //! about a minute).
 //!
 //! RLIMIT_NOFILE caps a process at 20,000 descriptors here (and root may
@@ -88,6 +89,20 @@ fn main() {
                 "chain (multiplex: {multiplex}): {rate}; routed {routed}\n{}",
                 local.stats()
             );
+        }
+        return;
+    }
+    // `RELAY_BENCH=throughput`: only the chain's bulk rates, twice each.
+    if std::env::var("RELAY_BENCH").as_deref() == Ok("throughput") {
+        redirect_rule(&rp);
+        for multiplex in [true, false] {
+            let (_local, _remote) = start_chain(&rp, multiplex);
+            eprintln!("measuring the chain's throughput (multiplex: {multiplex})");
+            for _ in 0..2 {
+                let down = download(&rp.lan, dest(DOWNLOAD)).0;
+                let up = upload(&rp, dest(UPLOAD));
+                println!("chain (multiplex: {multiplex}): download {down:.0}, upload {up:.0}");
+            }
         }
         return;
     }

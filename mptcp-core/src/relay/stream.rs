@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::session::{MAX_SPLICED_FRAME, Tx};
+use super::session::Tx;
 use super::splice::{self, Pipe, PipePool};
 use crate::mux::Control;
 
@@ -251,7 +251,7 @@ impl Stream {
             }
             Err(e) => return Err(e),
         };
-        let max = credit.min(pipe.capacity).min(MAX_SPLICED_FRAME);
+        let max = credit.min(pipe.capacity).min(tx.splice_limit());
         match splice::splice(socket, pipe.write.as_raw_fd(), max) {
             Ok(0) => {
                 pool.put(pipe);

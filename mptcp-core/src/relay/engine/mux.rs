@@ -603,6 +603,7 @@ impl Worker {
         };
         let session_fd = session.socket.as_raw_fd();
         let counters = &self.shared.counters[self.idx];
+        session.tx.set_shared(session.streams.len() > 1);
         let written = stream
             .flush_inbound(socket, &mut session.tx, &mut self.pool)
             .map_err(|e| Failure::io(&e))?;
