@@ -87,60 +87,76 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// FNV-1a over the stream's 64-bit little-endian words (a final partial
-/// word is zero-padded, and the length is mixed in), fed piece by piece.
+/// FNV-1a over the stream's 64-bit little-endian words in [`LANES`]
+/// interleaved lanes (word `i` goes to lane `i % LANES`; a final partial
+/// block is zero-padded), folded together with the length at the end. The
+/// lanes are independent multiply chains, so the checksum keeps up with the
+/// relay on the same cores instead of competing with it for them.
 #[derive(Debug, Clone, Copy)]
 struct Checksum {
-    hash: u64,
-    pending: [u8; 8],
+    lanes: [u64; LANES],
+    pending: [u8; BLOCK],
     n_pending: usize,
     len: u64,
+}
+
+const LANES: usize = 4;
+const BLOCK: usize = 8 * LANES;
+
+fn fnv_mix(hash: u64, word: u64) -> u64 {
+    (hash ^ word).wrapping_mul(FNV_PRIME)
 }
 
 impl Checksum {
     fn new() -> Checksum {
         Checksum {
-            hash: FNV_OFFSET,
-            pending: [0; 8],
+            lanes: [FNV_OFFSET; LANES],
+            pending: [0; BLOCK],
             n_pending: 0,
             len: 0,
         }
     }
 
-    fn mix(&mut self, word: [u8; 8]) {
-        self.hash = (self.hash ^ u64::from_le_bytes(word)).wrapping_mul(FNV_PRIME);
+    fn mix(&mut self, block: &[u8]) {
+        for (lane, word) in self.lanes.iter_mut().zip(block.chunks_exact(8)) {
+            *lane = fnv_mix(*lane, u64::from_le_bytes(word.try_into().expect("8 bytes")));
+        }
     }
 
     fn update(&mut self, mut buf: &[u8]) {
         self.len += buf.len() as u64;
         if self.n_pending > 0 {
-            let take = buf.len().min(8 - self.n_pending);
+            let take = buf.len().min(BLOCK - self.n_pending);
             self.pending[self.n_pending..self.n_pending + take].copy_from_slice(&buf[..take]);
             self.n_pending += take;
             buf = &buf[take..];
-            if self.n_pending < 8 {
+            if self.n_pending < BLOCK {
                 return;
             }
-            self.mix(self.pending);
+            let block = self.pending;
+            self.mix(&block);
             self.n_pending = 0;
         }
-        let mut words = buf.chunks_exact(8);
-        for word in &mut words {
-            self.mix(word.try_into().expect("8 bytes"));
+        let mut blocks = buf.chunks_exact(BLOCK);
+        for block in &mut blocks {
+            self.mix(block);
         }
-        let rest = words.remainder();
+        let rest = blocks.remainder();
         self.pending[..rest.len()].copy_from_slice(rest);
         self.n_pending = rest.len();
     }
 
     fn finish(mut self) -> u64 {
         if self.n_pending > 0 {
-            let mut last = [0; 8];
+            let mut last = [0; BLOCK];
             last[..self.n_pending].copy_from_slice(&self.pending[..self.n_pending]);
-            self.mix(last);
+            self.mix(&last);
         }
-        self.mix(self.len.to_le_bytes());
-        self.hash
+        let folded = self
+            .lanes
+            .iter()
+            .fold(FNV_OFFSET, |h, &lane| fnv_mix(h, lane));
+        fnv_mix(folded, self.len)
     }
 }
 
