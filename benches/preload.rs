@@ -14,8 +14,6 @@
 use std::ffi::CString;
 use std::hint::black_box;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -47,24 +45,7 @@ const KERNEL: Calls = Calls {
 
 /// Builds and loads the library; returns its hooks.
 fn preload_calls() -> Calls {
-    let exe = std::env::current_exe().expect("bench executable path");
-    // target/<profile>/deps/preload-<hash>
-    let target_dir = exe.ancestors().nth(3).expect("target dir").to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "mptcp-preload",
-            "--release",
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        .status()
-        .expect("running cargo to build mptcp-preload");
-    assert!(status.success(), "building mptcp-preload failed");
-    let lib: PathBuf = target_dir.join("release/libmptcp_preload.so");
+    let lib = mptcp_testbed::build_preload_library().expect("building mptcp-preload");
 
     // SAFETY: single-threaded here (criterion has not started threads); the
     // library's constructor reads the mode when it is loaded below.

@@ -9,7 +9,10 @@
 //! with dante as the remote); 10,000 concurrent idle relayed connections
 //! (memory per connection, and whether they all still carry data); and the
 //! chain's throughput over 2 × 20 Mbit/s links beside routed TCP on one
-//! link and direct MPTCP on both. Run as root:
+//! link and direct MPTCP on both. The throughput and connection rates are
+//! also measured, in the same run, for the setup this project replaces:
+//! redsocks on the local node and dante on the remote, both made MPTCP by
+//! the preload library (as `mptcpize` would). Run as root:
 //!
 //! ```text
 //! cargo bench -p mptcp --bench relay
@@ -36,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use mptcp_core::relay::{Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig};
 use mptcp_core::socket::{self as mptcp_socket, Fallback};
-use mptcp_testbed::{Host, RelayPath, data};
+use mptcp_testbed::{Daemon, Host, RelayPath, danted_config, data, redsocks_config};
 use socket2::{Domain, SockAddr};
 
 const DOWNLOAD: u16 = 5001;
@@ -46,6 +49,8 @@ const HOLD: u16 = 5004;
 /// Direct MPTCP between the local and remote nodes (no relay).
 const DIRECT_MPTCP: u16 = 5010;
 const SOCKS_PORT: u16 = 1080;
+/// dante's port, in the redsocks + dante chain.
+const DANTE_PORT: u16 = 1081;
 const REDIRECT_PORT: u16 = 12345;
 const THROUGHPUT_TIME: Duration = Duration::from_secs(3);
 /// Long enough over 2 × 20 Mbit/s that slow start and the second subflow's
@@ -92,18 +97,23 @@ fn main() {
         }
         return;
     }
-    // `RELAY_BENCH=throughput`: only the chain's bulk rates, twice each.
+    // `RELAY_BENCH=throughput`: only the chains' bulk rates, twice each.
     if std::env::var("RELAY_BENCH").as_deref() == Ok("throughput") {
         redirect_rule(&rp);
-        for multiplex in [true, false] {
-            let (_local, _remote) = start_chain(&rp, multiplex);
-            eprintln!("measuring the chain's throughput (multiplex: {multiplex})");
+        let twice = |name: &str| {
+            eprintln!("measuring the throughput of {name}");
             for _ in 0..2 {
                 let down = download(&rp.lan, dest(DOWNLOAD)).0;
                 let up = upload(&rp, dest(UPLOAD));
-                println!("chain (multiplex: {multiplex}): download {down:.0}, upload {up:.0}");
+                println!("{name}: download {down:.0}, upload {up:.0}");
             }
+        };
+        for multiplex in [true, false] {
+            let _chain = start_chain(&rp, multiplex);
+            twice(&format!("chain (multiplex: {multiplex})"));
         }
+        let _legacy = start_redsocks_dante(&rp);
+        twice("redsocks + dante");
         return;
     }
     let measure = || Row {
@@ -119,8 +129,13 @@ fn main() {
     let muxed = measure();
     let (local_stats, remote_stats) = (local.stats(), remote.stats());
     drop((local, remote));
-    let (_local, _remote) = start_chain(&rp, false);
+    let chain = start_chain(&rp, false);
     let separate = measure();
+    drop(chain);
+    let legacy_chain = start_redsocks_dante(&rp);
+    let legacy = measure();
+    drop(legacy_chain);
+    let _chain = start_chain(&rp, false);
     let one_subflow = connect_rate_one_subflow(&rp, dest(CONNECT));
     drop(rp);
     let concurrent = concurrency();
@@ -128,52 +143,54 @@ fn main() {
 
     println!();
     println!(
-        "{:<34} {:>14} {:>14} {:>6} {:>14} {:>6}",
+        "{:<34} {:>14} {:>14} {:>5} {:>14} {:>5} {:>14} {:>5}",
         "relay benchmark (veths, 2 cores)",
         "routed TCP",
         "chain, muxed",
         "ratio",
         "1 conn each",
+        "ratio",
+        "redsocks+dante",
         "ratio"
     );
-    let row = |name: &str, a: f64, b: f64, c: f64, unit: &str| {
+    let row = |name: &str, unit: &str, routed: f64, others: [Option<f64>; 3]| {
         println!(
-            "{name:<34} {a:>10.0} {unit:<3} {b:>10.0} {unit:<3} {:>6.2} {c:>10.0} {unit:<3} {:>6.2}",
-            b / a,
-            c / a
+            "{name:<34} {routed:>10.0} {unit:<3}{}",
+            ratio_cells(unit, routed, &others)
         );
     };
     row(
         "download (dest -> lan)",
-        routed.down,
-        muxed.down,
-        separate.down,
         "Mb",
+        routed.down,
+        [Some(muxed.down), Some(separate.down), Some(legacy.down)],
     );
     row(
         "upload (lan -> dest)",
-        routed.up,
-        muxed.up,
-        separate.up,
         "Mb",
+        routed.up,
+        [Some(muxed.up), Some(separate.up), Some(legacy.up)],
     );
-    let (r, m, c) = (routed.conns, muxed.conns, separate.conns);
-    row("new connections/s", r.per_s, m.per_s, c.per_s, "/s");
+    let (r, m, c, l) = (routed.conns, muxed.conns, separate.conns, legacy.conns);
+    row(
+        "new connections/s",
+        "/s",
+        r.per_s,
+        [Some(m.per_s), Some(c.per_s), Some(l.per_s)],
+    );
+    // redsocks and dante run as processes of their own: their CPU time is
+    // not in this process's.
     row(
         "  CPU us per connection (process)",
-        r.cpu_us,
-        m.cpu_us,
-        c.cpu_us,
         "us",
+        r.cpu_us,
+        [Some(m.cpu_us), Some(c.cpu_us), None],
     );
     println!(
-        "{:<34} {:>14} {:>14} {:>6} {:>10.0} /s  {:>6.2}",
+        "{:<34} {:>14}{}",
         "  1 conn each, without 2nd subflow",
         "",
-        "",
-        "",
-        one_subflow.per_s,
-        one_subflow.per_s / r.per_s
+        ratio_cells("/s", r.per_s, &[None, Some(one_subflow.per_s), None])
     );
     println!(
         "{:<34} {:>10.0} Mb  (no relay, local <- remote; {:.2} of routed: the ceiling of the chain)",
@@ -186,6 +203,18 @@ fn main() {
     println!(
         "multiplexed chain, local relay:  {local_stats}\nmultiplexed chain, remote relay: {remote_stats}"
     );
+}
+
+/// Table cells for `values` (blank when `None`), each with its ratio to
+/// `base`.
+fn ratio_cells(unit: &str, base: f64, values: &[Option<f64>]) -> String {
+    values
+        .iter()
+        .map(|v| match v {
+            Some(v) => format!(" {v:>10.0} {unit:<3} {:>5.2}", v / base),
+            None => format!(" {:>14} {:>5}", "-", ""),
+        })
+        .collect()
 }
 
 struct Row {
@@ -401,6 +430,52 @@ fn redirect_rule(rp: &RelayPath) {
         .write_all(rules.as_bytes())
         .unwrap();
     assert!(nft.wait().unwrap().success(), "nft rule");
+}
+
+/// The setup this project replaces, as the seed write-up built it:
+/// redsocks on the local node (the same REDIRECT rule and port as the
+/// local relay) speaking SOCKS5 to dante on the remote node, both made
+/// MPTCP by the preload library. Stops when dropped.
+fn start_redsocks_dante(rp: &RelayPath) -> (Daemon, Daemon) {
+    let lib = mptcp_testbed::build_preload_library().expect("building mptcp-preload");
+    let dir = std::env::temp_dir().join(format!("relay-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dante_listen = SocketAddr::new(rp.remote_addr().into(), DANTE_PORT);
+    let dante_conf = dir.join("danted.conf");
+    let dante_text = danted_config(dante_listen, rp.remote_egress_addr(), "/dev/null");
+    std::fs::write(&dante_conf, dante_text).expect("danted.conf");
+    let redsocks_conf = dir.join("redsocks.conf");
+    let redsocks_text = redsocks_config(REDIRECT_PORT, dante_listen, None);
+    std::fs::write(&redsocks_conf, redsocks_text).expect("redsocks.conf");
+    let mptcp = |host: &Host, program: &str| {
+        let mut cmd = host.command(program);
+        cmd.env("LD_PRELOAD", &lib)
+            .env("MPTCP_PRELOAD_MODE", "mptcp");
+        cmd
+    };
+    let dante = Daemon::spawn(
+        mptcp(&rp.remote, "/usr/sbin/danted")
+            .arg("-f")
+            .arg(&dante_conf)
+            .arg("-p")
+            .arg(dir.join("danted.pid")),
+    )
+    .expect("dante-server (/usr/sbin/danted) must be installed");
+    let redsocks = Daemon::spawn(mptcp(&rp.local, "redsocks").arg("-c").arg(&redsocks_conf))
+        .expect("redsocks must be installed");
+    wait_listening(&rp.remote, DANTE_PORT);
+    wait_listening(&rp.local, REDIRECT_PORT);
+    let _ = std::fs::remove_dir_all(&dir);
+    (redsocks, dante)
+}
+
+/// Waits (up to 10 s) until something listens on `port` of `host`.
+fn wait_listening(host: &Host, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !host.listens_on_tcp(port).expect("reading /proc/net/tcp") {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Both relays, in this process; `multiplex`: streams of sessions, or one

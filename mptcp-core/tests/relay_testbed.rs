@@ -7,11 +7,11 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mptcp_core::relay::{Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig};
-use mptcp_testbed::{Host, Meter, RelayPath, data};
+use mptcp_testbed::{Daemon, Host, Meter, RelayPath, danted_config, data, redsocks_config};
 
 const USER: &str = "alice";
 const PASS: &str = "s3cret";
@@ -23,26 +23,10 @@ const PATTERN_PORT: u16 = 5001;
 const STREAM_TIME: Duration = Duration::from_secs(2);
 const RAMP_UP: Duration = Duration::from_secs(1);
 
-/// Kills and reaps a child process when dropped, also on panic.
-struct Guard(Child);
-
-impl Guard {
-    /// Starts a daemon from Debian's packages (`package`), quietly.
-    fn spawn(cmd: &mut Command, package: &str) -> Guard {
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{package} must be installed: {e}"));
-        Guard(child)
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Starts a daemon from Debian's packages (`package`), quietly; it is
+/// killed when the returned guard drops.
+fn daemon(cmd: &mut Command, package: &str) -> Daemon {
+    Daemon::spawn(cmd).unwrap_or_else(|e| panic!("{package} must be installed: {e}"))
 }
 
 /// A directory removed when dropped.
@@ -88,8 +72,8 @@ fn wait_for_port(host: &Host, addr: SocketAddr) {
 }
 
 /// `python3 -m http.server` in `dest`, serving `dir`.
-fn http_server(rp: &RelayPath, dir: &Path) -> Guard {
-    let guard = Guard::spawn(
+fn http_server(rp: &RelayPath, dir: &Path) -> Daemon {
+    let guard = daemon(
         rp.dest
             .command("python3")
             .args([
@@ -119,7 +103,7 @@ fn site(
     rate_mbit: Option<u32>,
     tag: &str,
     file_len: usize,
-) -> (RelayPath, TempDir, Vec<u8>, Guard) {
+) -> (RelayPath, TempDir, Vec<u8>, Daemon) {
     mptcp_testbed::require_privileges().unwrap();
     let rp = mptcp_testbed::relay_path(n_wan, rate_mbit).unwrap();
     let dir = TempDir::new(tag);
@@ -415,18 +399,10 @@ fn local_relay_with_dante_as_remote() {
     let (rp, dir, content, _http) = site(1, None, "dante", 1 << 20);
 
     let conf = dir.0.join("danted.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "logoutput: stderr\ninternal: {} port = {SOCKS_PORT}\nexternal: 198.19.2.1\n\
-             socksmethod: none\nclientmethod: none\nuser.privileged: root\nuser.unprivileged: nobody\n\
-             client pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\n\
-             socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}\n",
-            rp.remote_addr()
-        ),
-    )
-    .unwrap();
-    let _dante = Guard::spawn(
+    let listen = SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT);
+    let text = danted_config(listen, rp.remote_egress_addr(), "stderr");
+    std::fs::write(&conf, text).unwrap();
+    let _dante = daemon(
         rp.remote
             .command("/usr/sbin/danted")
             .arg("-f")
@@ -464,18 +440,10 @@ fn redsocks_as_local_with_the_remote_relay() {
     // redsocks on the router, as people run it today: transparent redirect
     // in, SOCKS5 with a password out to our remote relay.
     let conf = dir.0.join("redsocks.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "base {{ log_debug = off; log_info = on; log = stderr; daemon = off; \
-             redirector = iptables; }}\n\
-             redsocks {{ local_ip = 0.0.0.0; local_port = {REDIRECT_PORT}; ip = {}; \
-             port = {SOCKS_PORT}; type = socks5; login = \"{USER}\"; password = \"{PASS}\"; }}\n",
-            rp.remote_addr()
-        ),
-    )
-    .unwrap();
-    let _redsocks = Guard::spawn(
+    let socks = SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT);
+    let text = redsocks_config(REDIRECT_PORT, socks, Some((USER, PASS)));
+    std::fs::write(&conf, text).unwrap();
+    let _redsocks = daemon(
         rp.local.command("redsocks").arg("-c").arg(&conf),
         "redsocks",
     );

@@ -8,13 +8,13 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use mptcp_testbed::{Host, require_privileges};
+use mptcp_testbed::{Host, danted_config, require_privileges};
 use support::{Daemon, RELAY_ONLY_NAME, TestRelay, preloaded, python, wait_listening};
 
 fn privileged() {
@@ -154,18 +154,9 @@ fn iperf3_both_ends_preloaded_uses_both_links() {
 }
 
 /// dante (`danted`) as the relay, itself preloaded so that it accepts MPTCP.
-fn dante(host: &Host, dir: &Path, internal: &str, external: &str) -> Daemon {
+fn dante(host: &Host, dir: &Path, internal: SocketAddr, external: Ipv4Addr) -> Daemon {
     let conf = dir.join("danted.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "logoutput: stderr\ninternal: {internal} port = 1080\nexternal: {external}\n\
-             clientmethod: none\nsocksmethod: none\nuser.privileged: root\nuser.unprivileged: root\n\
-             client pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\n\
-             socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&conf, danted_config(internal, external, "stderr")).unwrap();
     let pid = dir.join("danted.pid");
     let mut cmd = preloaded(host, "/usr/sbin/danted", &[]);
     cmd.arg("-f")
@@ -189,8 +180,9 @@ fn curl_and_wget_reach_a_destination_behind_dante_and_the_project_relay() {
     wait_listening(&rp.dest, dest);
     let conf = TempDir::new("dante");
     let relay_addr = rp.remote_addr();
-    let relay = dante(&rp.remote, &conf.0, &relay_addr.to_string(), "198.19.2.1");
-    wait_listening(&rp.remote, SocketAddr::new(IpAddr::V4(relay_addr), 1080));
+    let relay_listen = SocketAddr::new(IpAddr::V4(relay_addr), 1080);
+    let relay = dante(&rp.remote, &conf.0, relay_listen, rp.remote_egress_addr());
+    wait_listening(&rp.remote, relay_listen);
 
     let relay_env = format!("{relay_addr}:1080");
     let env = [

@@ -270,6 +270,16 @@ impl Host {
             .collect())
     }
 
+    /// Whether a TCP (or MPTCP) socket of this host listens on `port`, seen
+    /// without connecting: a probe connection would be relayed by a
+    /// transparent proxy such as redsocks.
+    pub fn listens_on_tcp(&self, port: u16) -> io::Result<bool> {
+        let table = self.run(|| std::fs::read_to_string("/proc/thread-self/net/tcp"))?;
+        Ok(parse_proc_net_tcp(&table)
+            .iter()
+            .any(|(local, _, state)| local.port() == port && *state == TCP_LISTEN))
+    }
+
     /// Bytes sent and received so far by the interface `dev` of this host,
     /// from `/proc/net/dev` of its namespace.
     pub fn interface_bytes(&self, dev: &str) -> io::Result<(u64, u64)> {
@@ -285,6 +295,8 @@ impl Host {
 
 /// The `st` value of an established socket in `/proc/net/tcp`.
 const TCP_ESTABLISHED: u8 = 1;
+/// `TCP_LISTEN` in the `st` column.
+const TCP_LISTEN: u8 = 0x0a;
 
 fn enter_netns(fd: i32) -> io::Result<()> {
     // SAFETY: setns takes a descriptor and a flag; an invalid descriptor

@@ -39,6 +39,7 @@ pub mod data;
 mod host;
 mod link;
 mod privilege;
+mod process;
 mod topology;
 pub mod transfer;
 
@@ -49,5 +50,6 @@ pub use privilege::{
     NOBODY, UnprivilegedCopy, enter_user_namespace, in_initial_user_namespace, require_privileges,
     run_ignored_test,
 };
+pub use process::{Daemon, build_preload_library, danted_config, redsocks_config};
 pub use topology::{RelayPath, TwoLinks, relay_path, two_links};
 pub use transfer::{Proto, Transfer, TransferReport};

@@ -95,6 +95,12 @@ impl RelayPath {
         wan_addr(0, 2)
     }
 
+    /// The remote node's address towards `dest` (its way out to the
+    /// internet), 198.19.2.1.
+    pub fn remote_egress_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 19, 2, 1)
+    }
+
     /// The destination host's address, 198.19.2.2.
     pub fn dest_addr(&self) -> Ipv4Addr {
         Ipv4Addr::new(198, 19, 2, 2)
