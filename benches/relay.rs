@@ -3,7 +3,8 @@
 //! against plain routed TCP on the same topology.
 //!
 //! Prints a side-by-side table: throughput both ways and new connections
-//! per second, for routed TCP and for the chain in both of its modes (the
+//! per second, for routed TCP (measured first and last) and for the chain
+//! in both of its modes (the
 //! default, where the relays carry connections as streams of one MPTCP
 //! session per worker, and one MPTCP connection per client connection, as
 //! with dante as the remote); 10,000 concurrent idle relayed connections
@@ -19,7 +20,7 @@
 //! ```
 //!
 //! `RELAY_BENCH=connect` measures only the connection rates, and
-//! `RELAY_BENCH=throughput` only the chain's bulk rates (for profiling and
+//! `RELAY_BENCH=throughput` only the chains' bulk rates (for profiling and
 //! tuning). Every loop is bounded in time or count (the whole run takes
 //! about a minute).
 //!
@@ -121,7 +122,9 @@ fn main() {
         up: upload(&rp, dest(UPLOAD)),
         conns: connect_rate(&rp, dest(CONNECT)),
     };
-    let routed = measure();
+    // Routed TCP is measured first and last, as other load on the machine
+    // moves it between runs; the ratios are to the mean of both.
+    let routed_first = measure();
     // MPTCP alone between the relays' hosts: the ceiling of any chain.
     let direct = direct_mptcp_download(&rp).0;
     redirect_rule(&rp);
@@ -135,6 +138,10 @@ fn main() {
     let legacy_chain = start_redsocks_dante(&rp);
     let legacy = measure();
     drop(legacy_chain);
+    remove_redirect_rule(&rp);
+    let routed_last = measure();
+    let routed = Row::mean(&routed_first, &routed_last);
+    redirect_rule(&rp);
     let _chain = start_chain(&rp, false);
     let one_subflow = connect_rate_one_subflow(&rp, dest(CONNECT));
     drop(rp);
@@ -193,6 +200,16 @@ fn main() {
         ratio_cells("/s", r.per_s, &[None, Some(one_subflow.per_s), None])
     );
     println!(
+        "{:<34} down {:.0} / {:.0} Mb, up {:.0} / {:.0} Mb, {:.0} / {:.0} connections/s",
+        "  routed TCP, first / last",
+        routed_first.down,
+        routed_last.down,
+        routed_first.up,
+        routed_last.up,
+        routed_first.conns.per_s,
+        routed_last.conns.per_s
+    );
+    println!(
         "{:<34} {:>10.0} Mb  (no relay, local <- remote; {:.2} of routed: the ceiling of the chain)",
         "direct MPTCP, 2 subflows",
         direct,
@@ -221,6 +238,20 @@ struct Row {
     down: f64,
     up: f64,
     conns: Rate,
+}
+
+impl Row {
+    fn mean(a: &Row, b: &Row) -> Row {
+        let mean = |x: f64, y: f64| (x + y) / 2.0;
+        Row {
+            down: mean(a.down, b.down),
+            up: mean(a.up, b.up),
+            conns: Rate {
+                per_s: mean(a.conns.per_s, b.conns.per_s),
+                cpu_us: mean(a.conns.cpu_us, b.conns.cpu_us),
+            },
+        }
+    }
 }
 
 /// New connections per second, and the CPU time this process (clients,
@@ -476,6 +507,13 @@ fn wait_listening(host: &Host, port: u16) {
         assert!(Instant::now() < deadline, "nothing listens on port {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Undoes [`redirect_rule`]: the LAN's TCP is routed again.
+fn remove_redirect_rule(rp: &RelayPath) {
+    rp.local
+        .exec("nft", &["delete", "table", "ip", "relaybench"])
+        .expect("removing the nft rule");
 }
 
 /// Both relays, in this process; `multiplex`: streams of sessions, or one
