@@ -494,19 +494,14 @@ fn start_redsocks_dante(rp: &RelayPath) -> (Daemon, Daemon) {
     .expect("dante-server (/usr/sbin/danted) must be installed");
     let redsocks = Daemon::spawn(mptcp(&rp.local, "redsocks").arg("-c").arg(&redsocks_conf))
         .expect("redsocks must be installed");
-    wait_listening(&rp.remote, DANTE_PORT);
-    wait_listening(&rp.local, REDIRECT_PORT);
+    rp.remote
+        .wait_listening(DANTE_PORT)
+        .expect("dante listening");
+    rp.local
+        .wait_listening(REDIRECT_PORT)
+        .expect("redsocks listening");
     let _ = std::fs::remove_dir_all(&dir);
     (redsocks, dante)
-}
-
-/// Waits (up to 10 s) until something listens on `port` of `host`.
-fn wait_listening(host: &Host, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !host.listens_on_tcp(port).expect("reading /proc/net/tcp") {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Undoes [`redirect_rule`]: the LAN's TCP is routed again.

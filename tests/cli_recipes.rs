@@ -154,16 +154,6 @@ fn start_line(host: &Host, line: &str) -> Daemon {
     Daemon::start(sh(host, &format!("exec env {line}")))
 }
 
-/// Waits (at most 5 s) until something listens on TCP `port` in `host`.
-fn wait_listening(host: &Host, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let needle = format!(":{port} ");
-    while !host.exec("ss", &["-Hltn"]).unwrap().contains(&needle) {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The README recipe "Two links, one connection": endpoints and limits on
 /// the client, one program over MPTCP, and its subflows in `mptcp status`.
 #[test]
@@ -186,7 +176,7 @@ fn recipe_two_links_one_program() {
 
     // Server side: any TCP server, under MPTCP too; iperf3 here.
     let mut server = start_line(&bed.server, "mptcp run -- iperf3 -s -1");
-    wait_listening(&bed.server, 5201);
+    bed.server.wait_listening(5201).unwrap();
     // Client side: the unmodified program over MPTCP.
     let mut client = start_line(&bed.client, "mptcp run -- iperf3 -c 198.18.0.2 -t 3");
     // Once the data connection has its second subflow (iperf3's output is
@@ -235,7 +225,7 @@ fn recipe_relay_for_a_lan_over_two_links() {
         send_pattern(&mut conn, 8 << 20).unwrap()
     });
     let _web = start_line(&rp.dest, "python3 -m http.server 8080 --bind 198.19.2.2");
-    wait_listening(&rp.dest, 8080);
+    rp.dest.wait_listening(8080).unwrap();
 
     // On the rented server (198.18.0.2).
     let mut remote = start_line(

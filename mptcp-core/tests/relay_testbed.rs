@@ -61,16 +61,6 @@ fn file_bytes(len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn wait_for_port(host: &Host, addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    host.run(|| {
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "nothing listens on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
-}
-
 /// `python3 -m http.server` in `dest`, serving `dir`.
 fn http_server(rp: &RelayPath, dir: &Path) -> Daemon {
     let guard = daemon(
@@ -86,7 +76,7 @@ fn http_server(rp: &RelayPath, dir: &Path) -> Daemon {
             .current_dir(dir),
         "python3 (for http.server)",
     );
-    wait_for_port(&rp.dest, SocketAddr::new(rp.dest_addr().into(), HTTP_PORT));
+    rp.dest.wait_listening(HTTP_PORT).unwrap();
     guard
 }
 
@@ -411,10 +401,7 @@ fn local_relay_with_dante_as_remote() {
             .arg(dir.0.join("danted.pid")),
         "dante-server (/usr/sbin/danted)",
     );
-    wait_for_port(
-        &rp.local,
-        SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT),
-    );
+    rp.remote.wait_listening(SOCKS_PORT).unwrap();
 
     let local = start_local(
         &rp,
@@ -447,10 +434,7 @@ fn redsocks_as_local_with_the_remote_relay() {
         rp.local.command("redsocks").arg("-c").arg(&conf),
         "redsocks",
     );
-    wait_for_port(
-        &rp.local,
-        SocketAddr::new(rp.local_lan_addr().into(), REDIRECT_PORT),
-    );
+    rp.local.wait_listening(REDIRECT_PORT).unwrap();
     redirect_lan(&rp, &HTTP_PORT.to_string());
 
     let out = dir.0.join("via-redsocks");

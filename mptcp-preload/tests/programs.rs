@@ -15,7 +15,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use mptcp_testbed::{Host, danted_config, require_privileges};
-use support::{Daemon, RELAY_ONLY_NAME, TestRelay, preloaded, python, wait_listening};
+use support::{Daemon, RELAY_ONLY_NAME, TestRelay, preloaded, python};
 
 fn privileged() {
     require_privileges().expect("these tests need root: run them as root (CI does)");
@@ -177,12 +177,12 @@ fn curl_and_wget_reach_a_destination_behind_dante_and_the_project_relay() {
     std::fs::write(files.0.join("blob"), &body).unwrap();
     let dest = SocketAddr::new(IpAddr::V4(rp.dest_addr()), 8000);
     let server = http_server(&rp.dest, &files.0, &rp.dest_addr().to_string(), 8000, false);
-    wait_listening(&rp.dest, dest);
+    rp.dest.wait_listening(dest.port()).unwrap();
     let conf = TempDir::new("dante");
     let relay_addr = rp.remote_addr();
     let relay_listen = SocketAddr::new(IpAddr::V4(relay_addr), 1080);
     let relay = dante(&rp.remote, &conf.0, relay_listen, rp.remote_egress_addr());
-    wait_listening(&rp.remote, relay_listen);
+    rp.remote.wait_listening(relay_listen.port()).unwrap();
 
     let relay_env = format!("{relay_addr}:1080");
     let env = [
@@ -348,7 +348,7 @@ fn asyncio_and_curl_through_an_authenticating_relay_ipv4_ipv6_and_remote_dns() {
     // The destinations are the server's own loopback: reachable only
     // through the relay that runs there.
     let _www = http_server(&bed.server, &files.0, "::", 8000, false);
-    wait_listening(&bed.server, "127.0.0.1:8000".parse().unwrap());
+    bed.server.wait_listening(8000).unwrap();
     let relay_addr = SocketAddr::new(IpAddr::V4(bed.server_addr()), 1081);
     let relay = TestRelay::start(&bed.server, relay_addr, "alice", "s3cret");
     let relay_env = relay_addr.to_string();
@@ -394,7 +394,7 @@ fn asyncio_and_curl_through_an_authenticating_relay_ipv4_ipv6_and_remote_dns() {
         "http://127.0.0.1:8000",
     );
     let proxy = SocketAddr::from(([127, 0, 0, 1], 8080));
-    wait_listening(&bed.client, proxy);
+    bed.client.wait_listening(proxy.port()).unwrap();
     let download = TempDir::new("nginx-download");
     for round in 0..3 {
         let out = bed
@@ -516,8 +516,8 @@ fn preloaded_http_server_accepts_mptcp() {
     let plain = SocketAddr::new(IpAddr::V4(bed.server_addr()), 8001);
     let _preloaded = http_server(&bed.server, &files.0, &addr.ip().to_string(), 8000, true);
     let _plain = http_server(&bed.server, &files.0, &addr.ip().to_string(), 8001, false);
-    wait_listening(&bed.server, addr);
-    wait_listening(&bed.server, plain);
+    bed.server.wait_listening(addr.port()).unwrap();
+    bed.server.wait_listening(plain.port()).unwrap();
     let fetch = |addr: SocketAddr| {
         bed.client.run(move || {
             let mut stream = mptcp_core::socket::connect(addr, mptcp_core::socket::Fallback::Fail)

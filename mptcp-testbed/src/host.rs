@@ -270,14 +270,39 @@ impl Host {
             .collect())
     }
 
-    /// Whether a TCP (or MPTCP) socket of this host listens on `port`, seen
-    /// without connecting: a probe connection would be relayed by a
-    /// transparent proxy such as redsocks.
-    pub fn listens_on_tcp(&self, port: u16) -> io::Result<bool> {
-        let table = self.run(|| std::fs::read_to_string("/proc/thread-self/net/tcp"))?;
-        Ok(parse_proc_net_tcp(&table)
-            .iter()
-            .any(|(local, _, state)| local.port() == port && *state == TCP_LISTEN))
+    /// Waits (up to 10 s) until a TCP (or MPTCP) socket of this host listens
+    /// on `port`, over IPv4 or IPv6. It looks at `/proc/net/tcp{,6}` rather
+    /// than connecting: a probe connection would be served, or relayed by a
+    /// transparent proxy such as redsocks (back to itself, through dante).
+    pub fn wait_listening(&self, port: u16) -> io::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let listening = self.run(|| -> io::Result<bool> {
+                for table in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
+                    match std::fs::read_to_string(table) {
+                        Ok(text) if listening_ports(&text).any(|p| p == port) => return Ok(true),
+                        Ok(_) => {}
+                        // No tcp6 table when IPv6 is off.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(false)
+            })?;
+            if listening {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "nothing listens on TCP port {port} in host {} after 10 s",
+                        self.name()
+                    ),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Bytes sent and received so far by the interface `dev` of this host,
@@ -333,6 +358,19 @@ fn parse_proc_net_tcp(table: &str) -> Vec<(SocketAddrV4, SocketAddrV4, u8)> {
         .collect()
 }
 
+/// The local ports of the listening sockets in a `/proc/net/tcp` or
+/// `/proc/net/tcp6` table.
+fn listening_ports(table: &str) -> impl Iterator<Item = u16> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        let (_, port) = fields.next()?.rsplit_once(':')?;
+        let state = u8::from_str_radix(fields.nth(1)?, 16).ok()?;
+        (state == TCP_LISTEN)
+            .then(|| u16::from_str_radix(port, 16).ok())
+            .flatten()
+    })
+}
+
 /// Finds (rx_bytes, tx_bytes) of `dev` in `/proc/net/dev`, returned as
 /// (tx, rx).
 fn parse_proc_net_dev(table: &str, dev: &str) -> Option<(u64, u64)> {
@@ -354,6 +392,14 @@ fn parse_proc_net_dev(table: &str, dev: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_listening_ports_in_both_tables() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue\n   0: 010012C6:0438 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0\n   1: 010012C6:9C40 020012C6:1F90 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0\n";
+        assert_eq!(listening_ports(tcp).collect::<Vec<_>>(), [1080]);
+        let tcp6 = "  sl  local_address                         remote_address                        st\n   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0\n";
+        assert_eq!(listening_ports(tcp6).collect::<Vec<_>>(), [8080]);
+    }
 
     #[test]
     fn parses_proc_net_tcp() {

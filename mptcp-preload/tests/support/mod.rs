@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mptcp_core::socks5::{self, Progress, ReplyCode, ServerHandshake, TargetAddr};
 use mptcp_testbed::Host;
@@ -92,17 +92,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// Waits until something accepts TCP connections at `addr` inside `host`.
-pub fn wait_listening(host: &Host, addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    host.run(|| {
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "nothing listens on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
 }
 
 /// The one host name [`TestRelay`] resolves (to its own 127.0.0.1).
