@@ -32,8 +32,8 @@ pub struct Daemon {
 const WATCHDOG: &str = "read _ignored; kill -s KILL -- \"-$0\" 2>/dev/null";
 
 impl Daemon {
-    /// Spawns `cmd` with its input and output on `/dev/null` (unless the
-    /// caller set them), so that a chatty daemon never blocks on a full pipe.
+    /// Spawns `cmd` with its input and output on `/dev/null`, so that a
+    /// chatty daemon never blocks on a full pipe nobody reads.
     pub fn spawn(cmd: &mut Command) -> io::Result<Daemon> {
         let mut child = cmd
             .process_group(0)
