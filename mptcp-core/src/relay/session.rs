@@ -32,6 +32,16 @@ const HIGH_WATER: usize = 64 * 1024;
 /// session sends frames as large as its pipe, which costs less on fast
 /// links (about a tenth more throughput than 128 KiB frames at 9 Gbit/s).
 const SHARED_FRAME: usize = 128 * 1024;
+/// The longest payload a spliced frame may carry on a session that carries
+/// `streams` streams.
+pub(crate) fn splice_frame_limit(streams: usize) -> usize {
+    if streams > 1 {
+        SHARED_FRAME
+    } else {
+        usize::MAX
+    }
+}
+
 /// Bytes of the input buffer: headers and small payloads land here.
 const RX_BUFFER: usize = 64 * 1024;
 /// A DATA payload with at least this much left, and nothing buffered, is
@@ -56,8 +66,6 @@ pub(crate) struct Tx {
     spliced: Option<(Pipe, usize)>,
     tail: Vec<u8>,
     failed: Option<io::Error>,
-    /// Several streams share the session: spliced frames stay short.
-    shared: bool,
 }
 
 impl Tx {
@@ -101,20 +109,6 @@ impl Tx {
             self.head.len() - self.head_pos
         };
         queued < HIGH_WATER && self.failed.is_none()
-    }
-
-    /// Says whether several streams share the session now.
-    pub(crate) fn set_shared(&mut self, shared: bool) {
-        self.shared = shared;
-    }
-
-    /// The longest payload a spliced frame may carry now.
-    pub(crate) fn splice_limit(&self) -> usize {
-        if self.shared {
-            SHARED_FRAME
-        } else {
-            usize::MAX
-        }
     }
 
     /// Whether a bulk stream may queue a spliced frame now: one at a time.

@@ -157,7 +157,8 @@ impl Stream {
 
     /// The socket's bytes towards the peer, as DATA frames in `tx`, until
     /// the socket would block, the credit or the room runs out, or `budget`
-    /// reads were made. EOF queues a FIN.
+    /// reads were made; spliced frames carry at most `frame_limit` bytes.
+    /// EOF queues a FIN.
     pub(crate) fn send(
         &mut self,
         socket: RawFd,
@@ -165,6 +166,7 @@ impl Stream {
         session_fd: RawFd,
         pool: &mut PipePool,
         budget: usize,
+        frame_limit: usize,
     ) -> io::Result<Sent> {
         let mut sent = Sent::default();
         let mut reads = 0;
@@ -205,7 +207,8 @@ impl Stream {
             }
             reads += 1;
             let read = if self.bulk {
-                self.splice_out(socket, tx, session_fd, pool, credit, &mut sent)
+                let limit = credit.min(frame_limit);
+                self.splice_out(socket, tx, session_fd, pool, limit, &mut sent)
             } else {
                 tx.read_data(socket, self.id, credit.min(SMALL_READ))
             };
@@ -228,14 +231,15 @@ impl Stream {
         }
     }
 
-    /// One bulk read: socket -> pipe, then the pipe behind a DATA header.
+    /// One bulk read of at most `limit` bytes: socket -> pipe, then the
+    /// pipe behind a DATA header.
     fn splice_out(
         &mut self,
         socket: RawFd,
         tx: &mut Tx,
         session_fd: RawFd,
         pool: &mut PipePool,
-        credit: usize,
+        limit: usize,
         sent: &mut Sent,
     ) -> io::Result<usize> {
         let mut pipe = match pool.get_bulk() {
@@ -244,14 +248,14 @@ impl Stream {
                 return self.copy_from_now(
                     socket,
                     tx,
-                    credit,
+                    limit,
                     sent,
                     "no file descriptor for a pipe",
                 );
             }
             Err(e) => return Err(e),
         };
-        let max = credit.min(pipe.capacity).min(tx.splice_limit());
+        let max = limit.min(pipe.capacity);
         match splice::splice(socket, pipe.write.as_raw_fd(), max) {
             Ok(0) => {
                 pool.put(pipe);
@@ -271,7 +275,7 @@ impl Stream {
                     return self.copy_from_now(
                         socket,
                         tx,
-                        credit,
+                        limit,
                         sent,
                         "splice() refused with EINVAL",
                     );
@@ -639,11 +643,15 @@ mod tests {
         theirs.write_all(&[3; 20]).unwrap();
         theirs.shutdown(std::net::Shutdown::Write).unwrap();
         let fd = ours.as_raw_fd();
-        let sent = stream.send(fd, &mut tx, -1, &mut pool, 16).unwrap();
+        let sent = stream
+            .send(fd, &mut tx, -1, &mut pool, 16, usize::MAX)
+            .unwrap();
         assert_eq!(sent.bytes, 10);
         assert!(stream.out_of_credit() && !stream.outbound_finished());
         stream.credit(100);
-        let sent = stream.send(fd, &mut tx, -1, &mut pool, 16).unwrap();
+        let sent = stream
+            .send(fd, &mut tx, -1, &mut pool, 16, usize::MAX)
+            .unwrap();
         assert_eq!(sent.bytes, 15);
         assert!(stream.outbound_finished());
         let frames = frames(&mut tx, &mut pool);

@@ -603,7 +603,6 @@ impl Worker {
         };
         let session_fd = session.socket.as_raw_fd();
         let counters = &self.shared.counters[self.idx];
-        session.tx.set_shared(session.streams.len() > 1);
         let written = stream
             .flush_inbound(socket, &mut session.tx, &mut self.pool)
             .map_err(|e| Failure::io(&e))?;
@@ -615,6 +614,7 @@ impl Worker {
                 session_fd,
                 &mut self.pool,
                 READ_BUDGET,
+                session::splice_frame_limit(session.streams.len()),
             )
             .map_err(|e| Failure::io(&e))?;
         let outbound = if local {
