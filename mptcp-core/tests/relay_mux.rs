@@ -7,192 +7,16 @@
 #![cfg(feature = "relay")]
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use mptcp_core::mux::{self, Control, FrameType, Header, Settings};
-use mptcp_core::relay::{
-    Config, EngineConfig, ErrorKind, ListenerKind, LocalConfig, Relay, RelayHandle, RemoteConfig,
-    Stats,
-};
-use mptcp_core::socks5::{
-    self, ClientHandshake, Command, Progress, ReplyCode, Request, TargetAddr,
-};
+use mptcp_core::relay::{EngineConfig, ErrorKind, ListenerKind, Relay};
+use mptcp_core::socks5::{self, Command, ReplyCode, Request, TargetAddr};
 use mptcp_testbed::data;
 
-const USER: &str = "alice";
-const PASS: &str = "s3cret";
-
-/// `RUST_LOG=mptcp_core=debug` shows the relays' logs.
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-fn engine() -> EngineConfig {
-    logs();
-    EngineConfig {
-        workers: 2,
-        handshake_timeout_secs: 3,
-        ..EngineConfig::default()
-    }
-}
-
-fn one_worker() -> EngineConfig {
-    EngineConfig {
-        workers: 1,
-        ..engine()
-    }
-}
-
-fn remote_config(listen: SocketAddr, multiplex: bool) -> Config {
-    let remote = RemoteConfig::new(listen)
-        .user(USER, PASS)
-        .allow_destination("127.0.0.1".parse().unwrap())
-        .multiplex(multiplex);
-    Config::new().engine(engine()).remote(remote)
-}
-
-fn remote_relay(multiplex: bool) -> RelayHandle {
-    Relay::start(remote_config("127.0.0.1:0".parse().unwrap(), multiplex)).unwrap()
-}
-
-/// A local relay carrying to `remote`, with at most `max_sessions` per
-/// worker.
-fn local_relay(remote: &RelayHandle, engine: EngineConfig, max_sessions: usize) -> RelayHandle {
-    let at = remote.listener(ListenerKind::RemoteSocks5).unwrap();
-    let local = LocalConfig::new(at.to_string())
-        .max_sessions(max_sessions)
-        .credentials(USER, PASS)
-        .socks5("127.0.0.1:0".parse().unwrap())
-        .http("127.0.0.1:0".parse().unwrap());
-    Relay::start(Config::new().engine(engine).local(local)).unwrap()
-}
-
-/// A local relay in front of a multiplexing remote relay.
-struct Chain {
-    local: RelayHandle,
-    remote: RelayHandle,
-}
-
-impl Chain {
-    fn new() -> Chain {
-        Chain::with_local(engine(), 4)
-    }
-
-    /// With one local worker and one session at most, which every stream
-    /// shares.
-    fn one_session() -> Chain {
-        Chain::with_local(one_worker(), 1)
-    }
-
-    fn with_local(engine: EngineConfig, max_sessions: usize) -> Chain {
-        let remote = remote_relay(true);
-        let local = local_relay(&remote, engine, max_sessions);
-        Chain { local, remote }
-    }
-
-    fn http(&self) -> SocketAddr {
-        self.local.listener(ListenerKind::Http).unwrap()
-    }
-
-    fn socks(&self) -> SocketAddr {
-        self.local.listener(ListenerKind::LocalSocks5).unwrap()
-    }
-
-    /// Both relays' final counters, after their connections drained.
-    fn finish(self) -> (Stats, Stats) {
-        let l = self.local.shutdown(Duration::from_secs(5));
-        let r = self.remote.shutdown(Duration::from_secs(5));
-        (l, r)
-    }
-}
-
-/// A SOCKS5 CONNECT through `proxy` (no authentication: the local relay's
-/// LAN listener).
-fn connect_via(proxy: SocketAddr, dest: SocketAddr) -> Result<TcpStream, ReplyCode> {
-    let mut s = TcpStream::connect(proxy).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut hello = Vec::new();
-    socks5::encode_client_hello_auth_request(
-        None,
-        &Request::connect(TargetAddr::Ip(dest)),
-        &mut hello,
-    )
-    .unwrap();
-    s.write_all(&hello).unwrap();
-    let mut handshake = ClientHandshake::new(false);
-    let mut buf = Vec::new();
-    loop {
-        let mut chunk = [0u8; 64];
-        let n = s.read(&mut chunk).unwrap();
-        buf.extend_from_slice(&chunk[..n]);
-        match handshake.advance(&buf) {
-            Ok(Progress::Done(_, used)) => {
-                assert_eq!(used, buf.len(), "no destination bytes before we send");
-                return Ok(s);
-            }
-            Ok(Progress::NeedMore) if n == 0 => panic!("the relay closed during the handshake"),
-            Ok(Progress::NeedMore) => {}
-            Err(e) => return Err(e.reply),
-        }
-    }
-}
-
-/// A server on loopback that runs `serve` for each connection on its own
-/// thread.
-fn server(serve: fn(TcpStream)) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(s) = s else { return };
-            std::thread::spawn(move || serve(s));
-        }
-    });
-    addr
-}
-
-/// Sends the pattern (length asked in the first 8 bytes), then closes.
-fn pattern_source(mut s: TcpStream) {
-    let mut len = [0u8; 8];
-    if s.read_exact(&mut len).is_ok() {
-        let _ = data::send_pattern(&mut s, u64::from_le_bytes(len));
-    }
-}
-
-/// Checks a pattern stream until EOF and answers its length and checksum.
-fn pattern_sink(mut s: TcpStream) {
-    if let Ok((n, sum)) = data::receive_and_check(&mut s) {
-        let _ = s.write_all(&n.to_le_bytes());
-        let _ = s.write_all(&sum.to_le_bytes());
-    }
-}
-
-/// Asks `source` through `proxy` for `len` bytes of the pattern.
-fn request_download(proxy: SocketAddr, source: SocketAddr, len: u64) -> TcpStream {
-    let mut s = connect_via(proxy, source).unwrap();
-    s.write_all(&len.to_le_bytes()).unwrap();
-    s
-}
-
-fn download(proxy: SocketAddr, source: SocketAddr, len: u64) -> u64 {
-    let mut s = request_download(proxy, source, len);
-    let (n, _) = data::receive_and_check(&mut s).expect("download intact");
-    n
-}
-
-fn upload(proxy: SocketAddr, sink: SocketAddr, len: u64) -> u64 {
-    let mut s = connect_via(proxy, sink).unwrap();
-    data::send_pattern(&mut s, len).unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut answer = [0u8; 16];
-    s.read_exact(&mut answer).expect("the sink's answer");
-    u64::from_le_bytes(answer[..8].try_into().unwrap())
-}
+mod support;
+use support::*;
 
 #[test]
 fn bulk_streams_both_ways_arrive_intact() {
@@ -236,22 +60,6 @@ fn bulk_streams_both_ways_arrive_intact() {
         l.bytes_down >= 3 * LEN && r.bytes_up >= 3 * LEN,
         "local {l}\nremote {r}"
     );
-}
-
-/// Echoes until the client's EOF, then closes.
-fn echo(mut s: TcpStream) {
-    let mut r = s.try_clone().unwrap();
-    let _ = std::io::copy(&mut r, &mut s);
-    let _ = s.shutdown(Shutdown::Write);
-}
-
-/// Sends `data`, shuts down writing, and reads everything back.
-fn echo_round_trip(mut s: TcpStream, data: &[u8]) -> Vec<u8> {
-    s.write_all(data).unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut got = Vec::new();
-    s.read_to_end(&mut got).unwrap();
-    got
 }
 
 #[test]
@@ -482,13 +290,6 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
         }
     }
     false
-}
-
-/// Whether an I/O error says the peer closed or reset the connection (a
-/// timeout says nothing).
-fn peer_closed(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(e.kind(), ConnectionReset | BrokenPipe | ConnectionAborted)
 }
 
 #[test]

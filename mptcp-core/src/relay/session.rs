@@ -159,10 +159,15 @@ impl Tx {
 
     /// Writes what the socket takes. Returns whether everything went out.
     pub(crate) fn flush(&mut self, fd: RawFd, pool: &mut PipePool) -> bool {
+        self.flush_to(&mut SocketSink(fd), pool)
+    }
+
+    /// [`Tx::flush`] into any sink (a test's, which takes short writes).
+    fn flush_to(&mut self, sink: &mut impl FrameSink, pool: &mut PipePool) -> bool {
         if self.failed.is_some() {
             return false;
         }
-        match self.write(fd, pool) {
+        match self.write(sink, pool) {
             Ok(done) => done,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
             Err(e) => {
@@ -172,15 +177,11 @@ impl Tx {
         }
     }
 
-    fn write(&mut self, fd: RawFd, pool: &mut PipePool) -> io::Result<bool> {
+    fn write(&mut self, sink: &mut impl FrameSink, pool: &mut PipePool) -> io::Result<bool> {
         loop {
             if self.head_pos < self.head.len() {
-                let more = if self.spliced.is_some() {
-                    libc::MSG_MORE
-                } else {
-                    0
-                };
-                self.head_pos += splice::send_flags(fd, &self.head[self.head_pos..], more)?;
+                let more = self.spliced.is_some();
+                self.head_pos += sink.send(&self.head[self.head_pos..], more)?;
                 continue;
             }
             self.head.clear();
@@ -188,7 +189,7 @@ impl Tx {
             let Some((pipe, left)) = &mut self.spliced else {
                 return Ok(true);
             };
-            match splice::splice(pipe.read.as_raw_fd(), fd, *left)? {
+            match sink.splice_from(pipe, *left)? {
                 0 => return Err(io::Error::other("splice to the session wrote nothing")),
                 n => *left -= n,
             }
@@ -206,15 +207,39 @@ impl Tx {
     }
 }
 
+/// Where [`Tx`] writes: the session's socket, or in tests a sink that
+/// takes short writes.
+trait FrameSink {
+    /// Writes from `bytes`; `more`: a spliced payload follows (keep them
+    /// in one segment). Returns how many bytes were taken.
+    fn send(&mut self, bytes: &[u8], more: bool) -> io::Result<usize>;
+    /// Moves up to `len` bytes out of `pipe`.
+    fn splice_from(&mut self, pipe: &Pipe, len: usize) -> io::Result<usize>;
+}
+
+/// The session's socket.
+struct SocketSink(RawFd);
+
+impl FrameSink for SocketSink {
+    fn send(&mut self, bytes: &[u8], more: bool) -> io::Result<usize> {
+        let flags = if more { libc::MSG_MORE } else { 0 };
+        splice::send_flags(self.0, bytes, flags)
+    }
+
+    fn splice_from(&mut self, pipe: &Pipe, len: usize) -> io::Result<usize> {
+        splice::splice(pipe.read.as_raw_fd(), self.0, len)
+    }
+}
+
 /// What [`Rx::next`] found.
 #[derive(Debug)]
 pub(crate) enum RxEvent<'a> {
     /// Payload bytes of a DATA frame, from the buffer.
     Data { stream: u32, bytes: &'a [u8] },
-    /// `remaining` payload bytes of a DATA frame are still in the socket:
-    /// splice some and report with [`Rx::spliced`] (0: read them into the
-    /// buffer instead).
-    Splice { stream: u32, remaining: usize },
+    /// Payload bytes of a DATA frame for `stream` are still in the socket:
+    /// splice some with [`Rx::splice_payload`], or report
+    /// [`Rx::declined`] to have them read into the buffer.
+    Splice { stream: u32 },
     /// A control frame.
     Control { stream: u32, control: Control },
     /// The peer closed the session.
@@ -330,10 +355,7 @@ impl Rx {
                     if self.reads_left == 0 {
                         return Ok(None);
                     }
-                    return Ok(Some(RxEvent::Splice {
-                        stream,
-                        remaining: p.remaining,
-                    }));
+                    return Ok(Some(RxEvent::Splice { stream }));
                 }
             } else {
                 match self.frame()? {
@@ -352,13 +374,24 @@ impl Rx {
         }
     }
 
-    /// Reports a splice after [`RxEvent::Splice`]: `n` payload bytes left
-    /// the socket.
-    pub(crate) fn spliced(&mut self, n: usize) {
+    /// After [`RxEvent::Splice`]: moves up to `max` bytes of the payload
+    /// from the session's socket `fd` into `pipe`. The parser counts them
+    /// here, whatever becomes of them afterwards (the stream's socket may
+    /// fail), so it never loses its place in the byte stream. `Ok(0)`: the
+    /// socket had nothing (or was at EOF).
+    pub(crate) fn splice_payload(
+        &mut self,
+        fd: RawFd,
+        pipe: RawFd,
+        max: usize,
+    ) -> io::Result<usize> {
+        let Some(p) = &mut self.payload else {
+            return Ok(0);
+        };
         self.reads_left = self.reads_left.saturating_sub(1);
-        if let Some(p) = &mut self.payload {
-            p.remaining -= n.min(p.remaining);
-        }
+        let n = splice::splice(fd, pipe, max.min(p.remaining))?;
+        p.remaining -= n;
+        Ok(n)
     }
 
     /// Reports a declined [`RxEvent::Splice`]: the payload is read into the
@@ -726,5 +759,139 @@ mod tests {
             64 * 1024,
             "the pipe went back to the pool"
         );
+    }
+
+    /// A sink that takes what a congested socket would: random short
+    /// writes, and now and then nothing (would block).
+    struct ShortWrites {
+        out: Vec<u8>,
+        rng: u64,
+    }
+
+    impl ShortWrites {
+        /// How much the next write takes (0: would block).
+        fn take(&mut self, len: usize) -> usize {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            match self.rng % 8 {
+                0 => 0,
+                1 => len,
+                r => len.min(1 + (self.rng >> 8) as usize % (r as usize * 97)),
+            }
+        }
+    }
+
+    impl FrameSink for ShortWrites {
+        fn send(&mut self, bytes: &[u8], _more: bool) -> io::Result<usize> {
+            match self.take(bytes.len()) {
+                0 => Err(io::ErrorKind::WouldBlock.into()),
+                n => {
+                    self.out.extend_from_slice(&bytes[..n]);
+                    Ok(n)
+                }
+            }
+        }
+
+        fn splice_from(&mut self, pipe: &Pipe, len: usize) -> io::Result<usize> {
+            let n = self.take(len);
+            if n == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut buf = vec![0u8; n];
+            let mut read_end = std::fs::File::from(pipe.read.try_clone()?);
+            let n = read_end.read(&mut buf)?;
+            self.out.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+    }
+
+    /// What a session's sender is asked to do.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A control frame (FIN, or WINDOW with this increment).
+        Control(u32, Option<u32>),
+        /// A small DATA frame of this many bytes, if there is room.
+        Data(u32, usize),
+        /// A DATA frame whose payload is in a pipe, if a splice may queue.
+        Spliced(u32, usize),
+        /// The socket is writable: flush what it takes.
+        Flush,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1u32..5, proptest::option::of(1u32..)).prop_map(|(s, w)| Op::Control(s, w)),
+            (1u32..5, 0usize..3000).prop_map(|(s, n)| Op::Data(s, n)),
+            (1u32..5, 1usize..60_000).prop_map(|(s, n)| Op::Spliced(s, n)),
+            Just(Op::Flush),
+        ]
+    }
+
+    /// Bytes that tell frames apart: payload `i` of the run.
+    fn payload(i: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|j| (i * 31 + j * 7) as u8).collect()
+    }
+
+    use proptest::prelude::*;
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Whatever the socket takes at a time, the bytes on the wire
+        /// parse back into exactly the frames queued, in order.
+        #[test]
+        fn the_frame_writer_never_loses_its_place(ops in proptest::collection::vec(op(), 1..80),
+                                                   seed in 1u64..) {
+            let mut pool = PipePool::new(64 * 1024, 64 * 1024, 4);
+            let mut tx = Tx::default();
+            let mut sink = ShortWrites { out: Vec::new(), rng: seed };
+            let mut sent: Vec<(Header, Vec<u8>)> = Vec::new();
+            for (i, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Control(stream, window) => {
+                        let control = window.map_or(Control::Fin, Control::Window);
+                        let mut frame = Vec::new();
+                        control.encode(stream, &mut frame).unwrap();
+                        let Ok(Progress::Done(h, _)) = Header::parse(&frame) else { unreachable!() };
+                        sent.push((h, frame[HEADER_LEN..].to_vec()));
+                        tx.control(stream, &control);
+                    }
+                    Op::Data(stream, len) if tx.has_room() => {
+                        let bytes = payload(i, len);
+                        tx.data(stream, &bytes);
+                        sent.push((Header::data(stream, len as u32), bytes));
+                    }
+                    Op::Spliced(stream, len) if tx.has_splice_room() => {
+                        let pipe = pool.get().unwrap();
+                        let bytes = payload(i, len);
+                        let mut write_end = std::fs::File::from(pipe.write.try_clone().unwrap());
+                        write_end.write_all(&bytes).unwrap();
+                        tx.data_in_pipe(stream, pipe, len);
+                        sent.push((Header::data(stream, len as u32), bytes));
+                    }
+                    Op::Data(..) | Op::Spliced(..) => {}
+                    Op::Flush => {
+                        tx.flush_to(&mut sink, &mut pool);
+                    }
+                }
+            }
+            let mut rounds = 0;
+            while !tx.flush_to(&mut sink, &mut pool) {
+                rounds += 1;
+                prop_assert!(rounds < 1_000_000, "the writer makes progress");
+            }
+            prop_assert!(tx.take_error().is_none());
+            let mut got = Vec::new();
+            let mut at = 0;
+            while at < sink.out.len() {
+                let Ok(Progress::Done(h, _)) = Header::parse(&sink.out[at..]) else {
+                    return Err(TestCaseError::fail(format!("no header at byte {at}")));
+                };
+                let end = at + HEADER_LEN + h.len as usize;
+                prop_assert!(end <= sink.out.len(), "a frame cut short");
+                got.push((h, sink.out[at + HEADER_LEN..end].to_vec()));
+                at = end;
+            }
+            prop_assert_eq!(got, sent);
+        }
     }
 }

@@ -94,6 +94,9 @@ pub struct Stats {
     /// Connections carried as streams of a session since start (the rest
     /// had a connection of their own).
     pub multiplexed: u64,
+    /// Sessions closed since start because the other relay broke the
+    /// multiplexing protocol (a frame out of place, a window overrun).
+    pub session_errors: u64,
     /// Failures by kind, indexed like [`ErrorKind::ALL`].
     pub errors: [u64; ErrorKind::ALL.len()],
 }
@@ -110,7 +113,7 @@ impl std::fmt::Display for Stats {
         write!(
             f,
             "accepted={} active={} relayed={} bytes_up={} bytes_down={} splice_fallbacks={} \
-             sessions={} multiplexed={}",
+             sessions={} multiplexed={} session_errors={}",
             self.accepted,
             self.active,
             self.relayed,
@@ -118,7 +121,8 @@ impl std::fmt::Display for Stats {
             self.bytes_down,
             self.splice_fallbacks,
             self.sessions,
-            self.multiplexed
+            self.multiplexed,
+            self.session_errors
         )?;
         for kind in ErrorKind::ALL {
             let n = self.error(kind);
@@ -143,6 +147,7 @@ pub(crate) struct Counters {
     pub sessions_opened: AtomicU64,
     pub sessions_closed: AtomicU64,
     pub multiplexed: AtomicU64,
+    pub session_errors: AtomicU64,
     pub errors: [AtomicU64; ErrorKind::ALL.len()],
 }
 
@@ -168,6 +173,7 @@ impl Counters {
             s.sessions += c.sessions_opened.load(Relaxed);
             sessions_closed += c.sessions_closed.load(Relaxed);
             s.multiplexed += c.multiplexed.load(Relaxed);
+            s.session_errors += c.session_errors.load(Relaxed);
             for (total, e) in s.errors.iter_mut().zip(&c.errors) {
                 *total += e.load(Relaxed);
             }

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::session::Tx;
+use super::session::{Rx, Tx};
 use super::splice::{self, Pipe, PipePool};
 use crate::mux::Control;
 
@@ -52,8 +52,9 @@ pub(crate) struct Sent {
 /// What [`Stream::splice_in`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Spliced {
-    /// `taken` bytes left the session; the socket took `written`.
-    Moved { taken: usize, written: u64 },
+    /// Bytes left the session (counted by its parser); the socket took
+    /// `written` of the stream's pending bytes.
+    Moved { written: u64 },
     /// The stream cannot take bytes this way now (no room, answer or
     /// backlog pending): read them into the session's buffer.
     Declined,
@@ -345,12 +346,12 @@ impl Stream {
         Ok(written as u64)
     }
 
-    /// Up to `remaining` payload bytes straight from the session's socket
-    /// into this stream's pipe, then on to `socket`.
+    /// Payload bytes straight from the session's socket into this stream's
+    /// pipe (through `rx`, which counts them), then on to `socket`.
     pub(crate) fn splice_in(
         &mut self,
+        rx: &mut Rx,
         session_fd: RawFd,
-        remaining: usize,
         socket: Option<RawFd>,
         tx: &mut Tx,
         pool: &mut PipePool,
@@ -385,11 +386,11 @@ impl Stream {
             }
             let last = self.pipes.back_mut().expect("a pipe to fill");
             let room = last.pipe.capacity - last.len;
-            let want = remaining.min(room).min(allowed);
+            let want = room.min(allowed);
             if want == 0 {
                 return Ok(Spliced::Declined);
             }
-            let outcome = match splice::splice(session_fd, last.pipe.write.as_raw_fd(), want) {
+            let outcome = match rx.splice_payload(session_fd, last.pipe.write.as_raw_fd(), want) {
                 Ok(n) if n > 0 => {
                     if n == room {
                         // A bulk transfer: fewer, larger splices from now on.
@@ -417,7 +418,7 @@ impl Stream {
         let written = self
             .flush_inbound(fd, tx, pool)
             .map_err(StreamError::Socket)?;
-        Ok(Spliced::Moved { taken: n, written })
+        Ok(Spliced::Moved { written })
     }
 
     /// Writes what waits for the socket: our answer, the pipe, the

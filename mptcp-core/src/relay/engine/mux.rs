@@ -21,7 +21,7 @@ use super::{READ_BUDGET, SESSION_BASE};
 use crate::mux::{self, Control, Settings};
 use crate::relay::Route;
 use crate::relay::listeners;
-use crate::relay::session::{self, Role, RxEvent, Session};
+use crate::relay::session::{self, Role, RxError, RxEvent, Session};
 use crate::relay::stats::{Counters, ErrorKind};
 use crate::relay::stream::{Spliced, Stream, StreamError};
 use crate::socks5::{self, ClientHandshake, Command, Progress, ReplyCode, Request, TargetAddr};
@@ -93,6 +93,14 @@ impl MuxClient {
         let at = now + backoff.max(at_least);
         self.retry_at = Some(self.retry_at.map_or(at, |t| t.max(at)));
     }
+}
+
+/// Why a session's input stopped for good.
+enum ReadError {
+    /// The other relay broke the protocol (counted: a bug or an attack).
+    Protocol(String),
+    /// The socket failed or closed, or the handshake was refused.
+    Gone(String),
 }
 
 /// Remote role: a MULTIPLEX request of our protocol version becomes a
@@ -299,26 +307,39 @@ impl Worker {
     /// A session's socket is ready (or its turn came again).
     pub(super) fn session_event(&mut self, s: usize) {
         self.flush_session(s);
-        if let Err(why) = self.read_session(s) {
-            self.close_session(s, &why);
+        match self.read_session(s) {
+            Ok(()) => {}
+            Err(ReadError::Gone(why)) => self.close_session(s, &why),
+            Err(ReadError::Protocol(why)) => {
+                Counters::add(&self.counters().session_errors, 1);
+                if let Some(x) = self.sessions.get(s) {
+                    tracing::warn!(peer = %x.peer, streams = x.streams.len(), "relay: the other relay broke the protocol: {why}");
+                }
+                self.close_session(s, &why);
+            }
         }
     }
 
     /// Reads the session: the handshake answers (client), then frames,
     /// each handed to its stream at once.
-    fn read_session(&mut self, s: usize) -> Result<(), String> {
+    fn read_session(&mut self, s: usize) -> Result<(), ReadError> {
         let Some(session) = self.sessions.get_mut(s) else {
             return Ok(());
         };
         if let session::Phase::Handshake { answers, buf } = &mut session.phase {
             let eof = read_some(&mut session.socket, buf, SESSION_HANDSHAKE_BYTES)
-                .map_err(|e| format!("reading the handshake: {e}"))?;
+                .map_err(|e| ReadError::Gone(format!("reading the handshake: {e}")))?;
             match answers.advance(buf) {
-                Ok(Progress::NeedMore) if eof => return Err("closed during the handshake".into()),
+                Ok(Progress::NeedMore) if eof => {
+                    return Err(ReadError::Gone("closed during the handshake".into()));
+                }
                 Ok(Progress::NeedMore) => return Ok(()),
                 Ok(Progress::Done(bound, used)) => {
                     if bound.port() != mux::VERSION {
-                        return Err(format!("the remote relay speaks version {}", bound.port()));
+                        return Err(ReadError::Protocol(format!(
+                            "the remote relay speaks version {}",
+                            bound.port()
+                        )));
                     }
                     let leftover = buf.split_off(used);
                     session.phase = session::Phase::Settings;
@@ -335,14 +356,16 @@ impl Worker {
                              one connection to it per client connection"
                         );
                     }
-                    return Err(format!("the remote relay refused the session: {e}"));
+                    return Err(ReadError::Gone(format!(
+                        "the remote relay refused the session: {e}"
+                    )));
                 }
             }
         }
         self.read_frames(s)
     }
 
-    fn read_frames(&mut self, s: usize) -> Result<(), String> {
+    fn read_frames(&mut self, s: usize) -> Result<(), ReadError> {
         let Some(session) = self.sessions.get_mut(s) else {
             return Ok(());
         };
@@ -357,7 +380,10 @@ impl Worker {
             } = session;
             let counters = &self.shared.counters[self.idx];
             let (stream_id, outcome) = match rx.next(fd) {
-                Err(e) => return Err(e.to_string()),
+                Err(RxError::Io(e)) => {
+                    return Err(ReadError::Gone(format!("reading the session: {e}")));
+                }
+                Err(RxError::Protocol(e)) => return Err(ReadError::Protocol(e.to_string())),
                 Ok(None) => {
                     if rx.budget_spent() {
                         self.session_requeue.push(s);
@@ -365,10 +391,11 @@ impl Worker {
                     break;
                 }
                 Ok(Some(RxEvent::Closed)) => {
-                    return Err("the other relay closed the session".into());
+                    return Err(ReadError::Gone("the other relay closed the session".into()));
                 }
                 Ok(Some(RxEvent::Control { stream, control })) => {
-                    self.on_control(s, stream, control)?;
+                    self.on_control(s, stream, control)
+                        .map_err(ReadError::Protocol)?;
                     self.mark_dirty(s);
                     continue;
                 }
@@ -388,7 +415,7 @@ impl Worker {
                     }
                     (stream, r.map(|_| ()))
                 }
-                Ok(Some(RxEvent::Splice { stream, remaining })) => {
+                Ok(Some(RxEvent::Splice { stream })) => {
                     let Some(conn) = streams.get(&stream).and_then(|&k| self.conns.get_mut(k))
                     else {
                         rx.declined(false);
@@ -397,10 +424,9 @@ impl Worker {
                     let socket = conn.stream_socket();
                     let local = conn.client.is_some();
                     let st = conn.stream.as_mut().expect("a mapped stream");
-                    let r = st.splice_in(fd, remaining, socket, tx, &mut self.pool);
+                    let r = st.splice_in(rx, fd, socket, tx, &mut self.pool);
                     match r {
-                        Ok(Spliced::Moved { taken, written }) => {
-                            rx.spliced(taken);
+                        Ok(Spliced::Moved { written }) => {
                             count_inbound(counters, local, written);
                             conn.last_active = self.now;
                         }
@@ -417,9 +443,9 @@ impl Worker {
             match outcome {
                 Ok(()) => {}
                 Err(StreamError::Window) => {
-                    return Err(format!(
+                    return Err(ReadError::Protocol(format!(
                         "the other relay overran the window of stream {stream_id}"
-                    ));
+                    )));
                 }
                 Err(StreamError::Socket(e)) => {
                     if let Some(&key) = self.sessions.get(s).and_then(|x| x.streams.get(&stream_id))
