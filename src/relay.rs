@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use mptcp_core::relay::{Cidr, Config, LocalConfig, Relay, RemoteConfig, User};
+use mptcp_core::relay::{Cidr, Config, ConfigError, LocalConfig, Relay, RemoteConfig, User};
 
 use crate::failure::{CmdResult, Failure};
 
@@ -110,10 +110,26 @@ fn parse_cidr(text: &str) -> Result<Cidr, String> {
     text.parse()
 }
 
-fn load(path: Option<&PathBuf>) -> Result<Config, Failure> {
+/// The configuration file (if any) with `adjust` (the command line's
+/// flags) applied, then validated: a flag may supply what the file lacks.
+fn load_then(
+    path: Option<&PathBuf>,
+    adjust: impl FnOnce(&mut Config) -> Result<(), Failure>,
+) -> Result<Config, Failure> {
     match path {
-        None => Ok(Config::new()),
-        Some(path) => Config::from_file(path).map_err(|e| Failure::failed(e.to_string())),
+        Some(path) => Config::from_file_then(path, adjust),
+        None => {
+            let mut config = Config::new();
+            adjust(&mut config)?;
+            config.validate()?;
+            Ok(config)
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Failure {
+        Failure::failed(e.to_string())
     }
 }
 
@@ -139,76 +155,80 @@ fn override_list<T: Clone>(list: &mut Vec<T>, flags: &[T]) {
 /// The configuration of `mptcp relay local`: the file's `[local]` (if
 /// any) with the flags applied; a `[remote]` section of the file is ignored.
 fn local_config(args: &LocalArgs) -> Result<Config, Failure> {
-    let mut config = load(args.common.config.as_ref())?;
-    config.remote = None;
-    let mut local = match (config.local.take(), &args.remote) {
-        (Some(mut local), remote) => {
-            if let Some(remote) = remote {
-                local.remote = remote.clone();
+    let credentials = credentials(&args.common)?;
+    load_then(args.common.config.as_ref(), |config| {
+        config.remote = None;
+        let mut local = match (config.local.take(), &args.remote) {
+            (Some(mut local), remote) => {
+                if let Some(remote) = remote {
+                    local.remote = remote.clone();
+                }
+                local
             }
-            local
+            (None, Some(remote)) => LocalConfig::new(remote.clone()),
+            (None, None) => {
+                return Err(Failure::usage(
+                    "mptcp relay local: say where the remote relay is: --remote HOST:PORT, \
+                     or `remote = \"HOST:PORT\"` under [local] in the --config file",
+                ));
+            }
+        };
+        if let Some((user, password)) = credentials {
+            local = local.credentials(&user, &password);
         }
-        (None, Some(remote)) => LocalConfig::new(remote.clone()),
-        (None, None) => {
-            return Err(Failure::usage(
-                "mptcp relay local: say where the remote relay is: --remote HOST:PORT, \
-                 or `remote = \"HOST:PORT\"` under [local] in the --config file",
-            ));
+        if args.common.no_mptcp {
+            local = local.mptcp(false);
         }
-    };
-    if let Some((user, password)) = credentials(&args.common)? {
-        local = local.credentials(&user, &password);
-    }
-    if args.common.no_mptcp {
-        local = local.mptcp(false);
-    }
-    if args.common.no_multiplex {
-        local = local.multiplex(false);
-    }
-    override_list(&mut local.redirect, &args.redirect);
-    override_list(&mut local.tproxy, &args.tproxy);
-    override_list(&mut local.socks5, &args.socks5);
-    override_list(&mut local.http, &args.http);
-    override_list(&mut local.allowed_clients, &args.common.allow_clients);
-    config.local = Some(local);
-    Ok(config)
+        if args.common.no_multiplex {
+            local = local.multiplex(false);
+        }
+        override_list(&mut local.redirect, &args.redirect);
+        override_list(&mut local.tproxy, &args.tproxy);
+        override_list(&mut local.socks5, &args.socks5);
+        override_list(&mut local.http, &args.http);
+        override_list(&mut local.allowed_clients, &args.common.allow_clients);
+        config.local = Some(local);
+        Ok(())
+    })
 }
 
 /// The configuration of `mptcp relay remote`, like [`local_config`].
 fn remote_config(args: &RemoteArgs) -> Result<Config, Failure> {
-    let mut config = load(args.common.config.as_ref())?;
-    config.local = None;
-    let mut remote = match (config.remote.take(), args.listen.first()) {
-        (Some(remote), _) => remote,
-        (None, Some(&first)) => RemoteConfig::new(first),
-        (None, None) => {
-            return Err(Failure::usage(
-                "mptcp relay remote: say where to listen: --listen ADDR:PORT, \
-                 or `listen = [\"ADDR:PORT\"]` under [remote] in the --config file",
-            ));
+    let credentials = credentials(&args.common)?;
+    load_then(args.common.config.as_ref(), |config| {
+        config.local = None;
+        let mut remote = match (config.remote.take(), args.listen.first()) {
+            (Some(remote), _) => remote,
+            (None, Some(&first)) => RemoteConfig::new(first),
+            (None, None) => {
+                return Err(Failure::usage(
+                    "mptcp relay remote: say where to listen: --listen ADDR:PORT, \
+                     or `listen = [\"ADDR:PORT\"]` under [remote] in the --config file",
+                ));
+            }
+        };
+        override_list(&mut remote.listen, &args.listen);
+        if let Some((username, password)) = credentials {
+            remote.users = vec![User { username, password }];
         }
-    };
-    override_list(&mut remote.listen, &args.listen);
-    if let Some((username, password)) = credentials(&args.common)? {
-        remote.users = vec![User { username, password }];
-    }
-    if args.common.no_mptcp {
-        remote.mptcp = false;
-    }
-    if args.common.no_multiplex {
-        remote.multiplex = false;
-    }
-    remote.allow_unauthenticated_loopback |= args.allow_unauthenticated_loopback;
-    remote.onward_mptcp |= args.onward_mptcp;
-    override_list(&mut remote.allowed_clients, &args.common.allow_clients);
-    remote
-        .allow_destinations
-        .extend(args.allow_destinations.iter().copied());
-    remote
-        .deny_destinations
-        .extend(args.deny_destinations.iter().copied());
-    config.remote = Some(remote);
-    Ok(config)
+        if args.common.no_mptcp {
+            remote.mptcp = false;
+        }
+        if args.common.no_multiplex {
+            remote.multiplex = false;
+        }
+        remote.allow_unauthenticated_loopback |= args.allow_unauthenticated_loopback;
+        remote.onward_mptcp |= args.onward_mptcp;
+        override_list(&mut remote.allowed_clients, &args.common.allow_clients);
+        remote
+            .allow_destinations
+            .extend(args.allow_destinations.iter().copied());
+        remote
+            .deny_destinations
+            .extend(args.deny_destinations.iter().copied());
+        config.remote = Some(remote);
+        Ok(())
+    })
 }
 
 /// The signals the relay handles, blocked in every thread so that the main

@@ -331,6 +331,35 @@ fn relay_config_errors_name_the_key() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The command line's user completes a file that has none: the relay
+/// starts (the check runs after the flags are applied).
+#[test]
+fn relay_remote_takes_its_user_from_the_command_line_over_a_file() {
+    let dir = std::env::temp_dir().join(format!("mptcp-cli-relay-user-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    std::fs::write(&file, "[remote]\nlisten = [\"127.0.0.1:0\"]\n").unwrap();
+    let config = file.to_str().unwrap();
+    let out = Command::new(MPTCP)
+        .args(["relay", "remote", "--config", config])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "no user at all: an open proxy");
+    let mut relay = Command::new(MPTCP)
+        .args(["relay", "remote", "--config", config])
+        .args(["--user", "alice", "--password-env", "RELAY_TEST_PASSWORD"])
+        .env("RELAY_TEST_PASSWORD", "correct horse")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let running = relay.try_wait().unwrap().is_none();
+    let _ = relay.kill();
+    let out = relay.wait_with_output().unwrap();
+    assert!(running, "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn endpoints(host: &Host) -> String {
     host.ip(&["mptcp", "endpoint", "show"]).unwrap()
 }

@@ -402,3 +402,57 @@ fn a_busy_session_gets_a_spare_for_new_streams() {
         "local {l}\nremote {r}"
     );
 }
+
+#[test]
+fn idle_handshakes_do_not_take_the_slots_of_real_connections() {
+    // Three connections at most; far more idle handshakes than that.
+    let engine = EngineConfig {
+        max_connections: 3,
+        max_handshakes_per_client: 100,
+        ..one_worker()
+    };
+    let chain = Chain::with_local(engine, 1);
+    let idle: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(chain.socks()).unwrap())
+        .collect();
+    let echo_at = server(echo);
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..3 {
+        let msg = format!("real {i}");
+        let s = connect_via(chain.socks(), echo_at).unwrap();
+        assert_eq!(echo_round_trip(s, msg.as_bytes()), msg.as_bytes());
+    }
+    drop(idle);
+    let (l, _) = chain.finish();
+    assert_eq!(l.error(ErrorKind::Limit), 0, "local {l}");
+}
+
+#[test]
+fn a_local_relays_streams_are_not_capped_as_one_client() {
+    // The remote allows two connections per client address; the local
+    // relay's session carries a whole LAN's worth of streams from its one
+    // address.
+    let config = remote_config("127.0.0.1:0".parse().unwrap(), true).engine(EngineConfig {
+        max_connections_per_client: 2,
+        ..engine()
+    });
+    let remote = Relay::start(config).unwrap();
+    let local = local_relay(&remote, one_worker(), 1);
+    let proxy = local.listener(ListenerKind::LocalSocks5).unwrap();
+    let echo_at = server(echo);
+    let open: Vec<TcpStream> = (0..10)
+        .map(|_| connect_via(proxy, echo_at).unwrap())
+        .collect();
+    for (i, s) in open.into_iter().enumerate() {
+        let msg = format!("stream {i}");
+        assert_eq!(echo_round_trip(s, msg.as_bytes()), msg.as_bytes());
+    }
+    let l = local.shutdown(Duration::from_secs(5));
+    let r = remote.shutdown(Duration::from_secs(5));
+    assert_eq!(
+        (r.multiplexed, r.error(ErrorKind::Limit)),
+        (10, 0),
+        "remote {r}"
+    );
+    assert_eq!(l.errors.iter().sum::<u64>(), 0, "local {l}");
+}

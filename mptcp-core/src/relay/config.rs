@@ -45,8 +45,19 @@ pub struct EngineConfig {
     pub workers: usize,
     /// Relayed connections at most, over all listeners; more are refused.
     pub max_connections: usize,
-    /// Connections at most from one client IP address.
+    /// Connections at most from one client IP address (a multiplexing
+    /// local relay's streams do not count here: see
+    /// `max_streams_per_session`).
     pub max_connections_per_client: usize,
+    /// Connections at most that have not finished their request and
+    /// authentication yet; they do not count towards `max_connections`,
+    /// so idle handshakes cannot refuse real connections.
+    pub max_handshakes: usize,
+    /// Handshakes at most from one client IP address.
+    pub max_handshakes_per_client: usize,
+    /// Streams at most on one multiplexed session (remote role): the
+    /// per-client limit of a local relay, which carries a whole LAN.
+    pub max_streams_per_session: usize,
     /// Seconds a connection may take from accept until data flows (request,
     /// authentication, DNS, connect, upstream handshake).
     pub handshake_timeout_secs: u64,
@@ -83,6 +94,9 @@ impl Default for EngineConfig {
             workers: 0,
             max_connections: 20_000,
             max_connections_per_client: 2_000,
+            max_handshakes: 2_048,
+            max_handshakes_per_client: 64,
+            max_streams_per_session: 8_192,
             handshake_timeout_secs: 10,
             idle_timeout_secs: 600,
             pipe_size: 64 * 1024,
@@ -235,7 +249,51 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        Config::from_toml_then(text, |_| Ok::<(), ConfigError>(()))
+    }
+
+    /// Parses TOML text, lets `adjust` change the result (command-line
+    /// flags over the file), then validates what came out; errors of the
+    /// file's keys name their line.
+    pub fn from_toml_then<E: From<ConfigError>>(
+        text: &str,
+        adjust: impl FnOnce(&mut Config) -> Result<(), E>,
+    ) -> Result<Config, E> {
+        let mut config = Config::parse(text)?;
+        adjust(&mut config)?;
+        config.validate_in(text)?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a TOML file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        Config::from_file_then(path, |_| Ok::<(), ConfigError>(()))
+    }
+
+    /// Reads a TOML file, then as [`Config::from_toml_then`]; the file's
+    /// errors name it.
+    pub fn from_file_then<E: From<ConfigError>>(
+        path: impl AsRef<Path>,
+        adjust: impl FnOnce(&mut Config) -> Result<(), E>,
+    ) -> Result<Config, E> {
+        let path = path.as_ref();
+        let in_file = |mut e: ConfigError| {
+            e.message = format!("{} ({})", e.message, path.display());
+            e
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            key: None,
+            line: None,
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        let mut config = Config::parse(&text).map_err(in_file)?;
+        adjust(&mut config)?;
+        config.validate_in(&text).map_err(in_file)?;
+        Ok(config)
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
             let key = e.span().and_then(|s| key_at(text, s.start));
             ConfigError {
@@ -243,26 +301,15 @@ impl Config {
                 line,
                 message: e.message().trim().to_owned(),
             }
-        })?;
-        config.validate().map_err(|mut e| {
+        })
+    }
+
+    /// [`Config::validate`], naming the line of the key at fault in `text`.
+    fn validate_in(&self, text: &str) -> Result<(), ConfigError> {
+        self.validate().map_err(|mut e| {
             if let Some(key) = &e.key {
                 e.line = find_key_line(text, key);
             }
-            e
-        })?;
-        Ok(config)
-    }
-
-    /// Reads, parses and validates a TOML file.
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            key: None,
-            line: None,
-            message: format!("cannot read {}: {e}", path.display()),
-        })?;
-        Config::from_toml(&text).map_err(|mut e| {
-            e.message = format!("{} ({})", e.message, path.display());
             e
         })
     }
@@ -315,6 +362,18 @@ impl Config {
                 "engine.max_connections_per_client",
                 "must be at least 1".into(),
             );
+        }
+        for (key, value) in [
+            ("engine.max_handshakes", e.max_handshakes),
+            (
+                "engine.max_handshakes_per_client",
+                e.max_handshakes_per_client,
+            ),
+            ("engine.max_streams_per_session", e.max_streams_per_session),
+        ] {
+            if value == 0 {
+                return err(key, "must be at least 1".into());
+            }
         }
         if e.handshake_timeout_secs == 0 {
             return err(

@@ -29,6 +29,7 @@
 
 mod config;
 mod engine;
+mod limits;
 mod listeners;
 mod policy;
 mod session;
@@ -40,15 +41,15 @@ pub use config::{Config, ConfigError, EngineConfig, LocalConfig, RemoteConfig, U
 pub use policy::{Cidr, ClientAllowlist, DEFAULT_DENIED, DestinationPolicy};
 pub use stats::{ErrorKind, Stats};
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use limits::Limits;
 use stats::Counters;
 
 /// What a listener accepts.
@@ -109,8 +110,7 @@ const STOPPING: u8 = 2;
 pub(crate) struct Shared {
     pub engine: EngineConfig,
     pub state: AtomicU8,
-    pub open: AtomicUsize,
-    pub per_client: Mutex<HashMap<IpAddr, usize>>,
+    pub limits: Limits,
     pub counters: Box<[Counters]>,
 }
 
@@ -170,8 +170,7 @@ impl Relay {
         let shared = Arc::new(Shared {
             engine: config.engine.clone(),
             state: AtomicU8::new(RUNNING),
-            open: AtomicUsize::new(0),
-            per_client: Mutex::new(HashMap::new()),
+            limits: Limits::new(&config.engine),
             counters: (0..workers).map(|_| Counters::default()).collect(),
         });
         let specs: Arc<[ListenerSpec]> = specs.into();

@@ -556,8 +556,8 @@ pub(crate) struct Session {
     /// stream's frames would queue behind it (in the subflows' send
     /// queues, which the relay cannot reorder), so it goes elsewhere.
     pub busy_until: Instant,
-    /// When the last stream was opened on it (idle spare sessions retire).
-    pub last_open: Instant,
+    /// When a frame last went either way (idle spare sessions retire).
+    pub last_active: Instant,
 }
 
 impl Session {
@@ -582,7 +582,7 @@ impl Session {
             dirty: false,
             deadline,
             busy_until: Instant::now(),
-            last_open: Instant::now(),
+            last_active: Instant::now(),
         }
     }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
+use super::limits::Slot;
 use super::listeners;
 use super::session::Session;
 use super::splice::{Flow, PipePool};
@@ -111,6 +112,8 @@ enum Phase {
 struct Conn {
     serial: u64,
     spec: usize,
+    /// The budget it counts against (see [`Slot`]).
+    slot: Slot,
     /// The accepted socket; `None` for a stream a session peer opened.
     client: Option<TcpStream>,
     client_ip: IpAddr,
@@ -496,54 +499,43 @@ impl Worker {
         }
     }
 
-    /// Counts a new connection from `client_ip` against the global and
-    /// per-client limits; `false` (and counted as refused) when over.
-    fn reserve_slot(&self, client_ip: IpAddr) -> bool {
-        let engine = &self.shared.engine;
-        if self.shared.open.fetch_add(1, Ordering::Relaxed) >= engine.max_connections {
-            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+    /// Takes a slot of `kind` for `client_ip`; `false` (and counted as
+    /// refused) when a budget is spent.
+    fn reserve_slot(&self, kind: Slot, client_ip: IpAddr) -> bool {
+        if !self.shared.limits.reserve(kind, client_ip) {
             self.counters().error(ErrorKind::Limit);
             return false;
         }
-        let mut per_client = self
-            .shared
-            .per_client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let n = per_client.entry(client_ip).or_insert(0);
-        if *n >= engine.max_connections_per_client {
-            drop(per_client);
-            self.shared.open.fetch_sub(1, Ordering::Relaxed);
-            self.counters().error(ErrorKind::Limit);
-            return false;
-        }
-        *n += 1;
         Counters::add(&self.counters().accepted, 1);
         true
     }
 
-    /// Gives back what [`Worker::reserve_slot`] took.
-    fn release_slot(&self, client_ip: IpAddr) {
-        Counters::add(&self.counters().closed, 1);
-        self.shared.open.fetch_sub(1, Ordering::Relaxed);
-        let mut per_client = self
-            .shared
-            .per_client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per_client.get_mut(&client_ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_client.remove(&client_ip);
-            }
+    /// A connection's request is read and authenticated: its handshake
+    /// slot becomes a connection slot.
+    fn promote(&self, conn: &mut Conn) -> Result<(), Failure> {
+        if conn.slot != Slot::Handshake {
+            return Ok(());
         }
+        if !self.shared.limits.promote(conn.client_ip) {
+            return Err(Failure::new(ErrorKind::Limit, "connection limit reached"));
+        }
+        conn.slot = Slot::Connection;
+        Ok(())
     }
 
-    fn new_conn(&mut self, spec: usize, client_ip: IpAddr, phase: Phase, answer: Answer) -> Conn {
+    fn new_conn(
+        &mut self,
+        spec: usize,
+        client_ip: IpAddr,
+        slot: Slot,
+        phase: Phase,
+        answer: Answer,
+    ) -> Conn {
         self.next_serial += 1;
         Conn {
             serial: self.next_serial,
             spec,
+            slot,
             client: None,
             client_ip,
             upstream: None,
@@ -566,12 +558,17 @@ impl Worker {
             tracing::debug!(%peer, "relay: client not in the allowlist");
             return;
         }
-        if !self.reserve_slot(client_ip) {
+        let kind = spec.kind;
+        // Transparent connections have no request: they are real at once.
+        let slot = match kind {
+            ListenerKind::Redirect | ListenerKind::Tproxy => Slot::Connection,
+            _ => Slot::Handshake,
+        };
+        if !self.reserve_slot(slot, client_ip) {
             return;
         }
         let _ = client.set_nodelay(true);
 
-        let kind = spec.kind;
         let (phase, answer) = match kind {
             ListenerKind::Redirect | ListenerKind::Tproxy => {
                 (Phase::Resolving { result: None }, Answer::Nothing)
@@ -601,7 +598,7 @@ impl Worker {
                 Answer::HttpForward,
             ),
         };
-        let mut conn = self.new_conn(spec_idx, client_ip, phase, answer);
+        let mut conn = self.new_conn(spec_idx, client_ip, slot, phase, answer);
         conn.client = Some(client);
         let key = self.conns.insert(conn);
         let mut conn = self.conns.take(key).expect("just inserted");
@@ -685,7 +682,8 @@ impl Worker {
         if let Some(stream) = conn.stream.take() {
             self.detach_stream(stream);
         }
-        self.release_slot(conn.client_ip);
+        Counters::add(&self.counters().closed, 1);
+        self.shared.limits.release(conn.slot, conn.client_ip);
         // Dropping the sockets closes them, which also removes them from
         // epoll; pipes still holding data are closed with the flows.
     }
@@ -805,6 +803,7 @@ impl Worker {
                     early.extend_from_slice(&buf[used..]);
                     conn.early = early;
                     conn.dest = Some(dest);
+                    self.promote(conn)?;
                     self.begin_connect(key, conn)?;
                 }
                 Phase::Resolving { result } => {

@@ -20,6 +20,7 @@ use super::{Answer, Conn, Failure, Next, Phase, Worker, read_some};
 use super::{READ_BUDGET, SESSION_BASE};
 use crate::mux::{self, Control, Settings};
 use crate::relay::Route;
+use crate::relay::limits::Slot;
 use crate::relay::listeners;
 use crate::relay::session::{self, Role, RxError, RxEvent, Session};
 use crate::relay::stats::{Counters, ErrorKind};
@@ -262,7 +263,6 @@ impl Worker {
         let dest = conn.dest.clone().expect("destination known");
         session.tx.control(id, &Control::Open(dest));
         session.streams.insert(id, key);
-        session.last_open = self.now;
         let early = std::mem::take(&mut conn.early);
         conn.stream = Some(Stream::new(s, id, session.peer_window, window, early));
         conn.phase = Phase::Tunnel;
@@ -566,10 +566,16 @@ impl Worker {
                 return Err(format!("stream id {id} reused or out of order"));
             }
             *last_id = id;
-            (*spec, session.peer, session.peer_window, session.going_away)
+            let full = session.streams.len() >= self.shared.engine.max_streams_per_session;
+            (
+                *spec,
+                session.peer,
+                session.peer_window,
+                session.going_away || full,
+            )
         };
         let mut stream = Stream::new(s, id, peer_window, self.window(), Vec::new());
-        if refuse || !self.reserve_slot(peer) {
+        if refuse || !self.reserve_slot(Slot::Stream, peer) {
             self.reply_on_session(&mut stream, ReplyCode::GeneralFailure, None);
             stream.release(&mut self.pool);
             return Ok(());
@@ -578,6 +584,7 @@ impl Worker {
         let mut conn = self.new_conn(
             spec,
             peer,
+            Slot::Stream,
             Phase::Resolving { result: None },
             Answer::MuxReply,
         );
@@ -721,12 +728,14 @@ impl Worker {
         }
     }
 
+    /// Session `s` has frames to write: flushed at the end of the round.
     fn mark_dirty(&mut self, s: usize) {
-        if let Some(session) = self.sessions.get_mut(s)
-            && !session.dirty
-        {
-            session.dirty = true;
-            self.flush_list.push(s);
+        if let Some(session) = self.sessions.get_mut(s) {
+            session.last_active = self.now;
+            if !session.dirty {
+                session.dirty = true;
+                self.flush_list.push(s);
+            }
         }
     }
 
@@ -885,7 +894,7 @@ impl Worker {
                 && open > 1
                 && x.streams.is_empty()
                 && x.tx.is_idle()
-                && now.duration_since(x.last_open) > SPARE_IDLE
+                && now.duration_since(x.last_active) > SPARE_IDLE
             {
                 open -= 1;
                 self.close_session(s, "a spare session, idle");
