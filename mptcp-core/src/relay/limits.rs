@@ -121,6 +121,12 @@ impl Limits {
         true
     }
 
+    /// Slots taken now (connections, streams and handshakes).
+    #[cfg(test)]
+    pub(crate) fn in_use(&self) -> usize {
+        self.open.load(Relaxed) + self.handshakes.load(Relaxed)
+    }
+
     fn global(&self, kind: Slot) -> (&AtomicUsize, usize) {
         match kind {
             Slot::Handshake => (&self.handshakes, self.max_handshakes),

@@ -111,6 +111,9 @@ pub(crate) struct Shared {
     pub engine: EngineConfig,
     pub state: AtomicU8,
     pub limits: Limits,
+    /// Tests: the next connection a worker drives panics.
+    #[cfg(test)]
+    pub panic_next_drive: std::sync::atomic::AtomicBool,
     pub counters: Box<[Counters]>,
 }
 
@@ -171,6 +174,8 @@ impl Relay {
             engine: config.engine.clone(),
             state: AtomicU8::new(RUNNING),
             limits: Limits::new(&config.engine),
+            #[cfg(test)]
+            panic_next_drive: std::sync::atomic::AtomicBool::new(false),
             counters: (0..workers).map(|_| Counters::default()).collect(),
         });
         let specs: Arc<[ListenerSpec]> = specs.into();
@@ -421,5 +426,99 @@ fn raise_fd_limit() {
             tracing::debug!(limit = max, "raised RLIMIT_NOFILE");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socks5::{self, ClientHandshake, Progress, Request, TargetAddr};
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+
+    /// An echo server on loopback.
+    fn echo_server() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut r = s.try_clone().unwrap();
+                    let _ = std::io::copy(&mut r, &mut &s);
+                    let _ = s.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        addr
+    }
+
+    /// A SOCKS5 CONNECT through `proxy` to `dest`.
+    fn connect_via(proxy: SocketAddr, dest: SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut hello = Vec::new();
+        let request = Request::connect(TargetAddr::Ip(dest));
+        socks5::encode_client_hello_auth_request(None, &request, &mut hello).unwrap();
+        s.write_all(&hello).unwrap();
+        let (mut answers, mut buf) = (ClientHandshake::new(false), Vec::new());
+        loop {
+            let mut chunk = [0u8; 64];
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "the relay closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Progress::Done(..) = answers.advance(&buf).unwrap() {
+                return s;
+            }
+        }
+    }
+
+    fn round_trip(s: &mut TcpStream, msg: &[u8]) {
+        s.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg);
+    }
+
+    #[test]
+    fn a_worker_panic_closes_its_connections_and_the_relay_goes_on() {
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let remote = RemoteConfig::new(listen)
+            .allow_unauthenticated_loopback(true)
+            .allow_destination("127.0.0.1".parse().unwrap());
+        let engine = EngineConfig {
+            workers: 1,
+            ..EngineConfig::default()
+        };
+        let relay = Relay::start(Config::new().engine(engine).remote(remote)).unwrap();
+        let proxy = relay.listener(ListenerKind::RemoteSocks5).unwrap();
+        let echo = echo_server();
+        let mut before = connect_via(proxy, echo);
+        round_trip(&mut before, b"before");
+        // The next connection the worker drives panics: the one below, or
+        // `before` if its bytes come first.
+        relay.shared.panic_next_drive.store(true, Ordering::SeqCst);
+        let mut hit = TcpStream::connect(proxy).unwrap();
+        hit.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = hit.write_all(&[5, 1, 0]);
+        let _ = before.write_all(b"x");
+        // Both are closed, not left hanging.
+        for s in [&mut before, &mut hit] {
+            let mut rest = Vec::new();
+            let started = Instant::now();
+            let _ = s.read_to_end(&mut rest);
+            assert!(started.elapsed() < Duration::from_secs(4), "closed at once");
+        }
+        // The worker serves new connections, and the budgets got every slot
+        // back.
+        let mut after = connect_via(proxy, echo);
+        round_trip(&mut after, b"after");
+        drop(after);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while relay.stats().active > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stats = relay.stats();
+        assert_eq!((stats.worker_panics, stats.active), (1, 0), "{stats}");
+        assert_eq!(relay.shared.limits.in_use(), 0, "no slot leaked: {stats}");
     }
 }

@@ -97,6 +97,9 @@ pub struct Stats {
     /// Sessions closed since start because the other relay broke the
     /// multiplexing protocol (a frame out of place, a window overrun).
     pub session_errors: u64,
+    /// Worker panics caught since start (bugs: each closed that worker's
+    /// connections, and the worker went on).
+    pub worker_panics: u64,
     /// Failures by kind, indexed like [`ErrorKind::ALL`].
     pub errors: [u64; ErrorKind::ALL.len()],
 }
@@ -113,7 +116,7 @@ impl std::fmt::Display for Stats {
         write!(
             f,
             "accepted={} active={} relayed={} bytes_up={} bytes_down={} splice_fallbacks={} \
-             sessions={} multiplexed={} session_errors={}",
+             sessions={} multiplexed={} session_errors={} worker_panics={}",
             self.accepted,
             self.active,
             self.relayed,
@@ -122,7 +125,8 @@ impl std::fmt::Display for Stats {
             self.splice_fallbacks,
             self.sessions,
             self.multiplexed,
-            self.session_errors
+            self.session_errors,
+            self.worker_panics
         )?;
         for kind in ErrorKind::ALL {
             let n = self.error(kind);
@@ -148,6 +152,7 @@ pub(crate) struct Counters {
     pub sessions_closed: AtomicU64,
     pub multiplexed: AtomicU64,
     pub session_errors: AtomicU64,
+    pub worker_panics: AtomicU64,
     pub errors: [AtomicU64; ErrorKind::ALL.len()],
 }
 
@@ -174,6 +179,7 @@ impl Counters {
             sessions_closed += c.sessions_closed.load(Relaxed);
             s.multiplexed += c.multiplexed.load(Relaxed);
             s.session_errors += c.session_errors.load(Relaxed);
+            s.worker_panics += c.worker_panics.load(Relaxed);
             for (total, e) in s.errors.iter_mut().zip(&c.errors) {
                 *total += e.load(Relaxed);
             }

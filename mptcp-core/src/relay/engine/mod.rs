@@ -13,6 +13,7 @@ mod mux;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
@@ -112,11 +113,10 @@ enum Phase {
 struct Conn {
     serial: u64,
     spec: usize,
-    /// The budget it counts against (see [`Slot`]).
-    slot: Slot,
+    /// The budget it counts against, given back when it is dropped.
+    admission: Admission,
     /// The accepted socket; `None` for a stream a session peer opened.
     client: Option<TcpStream>,
-    client_ip: IpAddr,
     upstream: Option<TcpStream>,
     /// The stream that stands in for one of the two sockets when the
     /// connection is multiplexed: for `upstream` on the local relay, for
@@ -149,6 +149,38 @@ impl Conn {
             .as_ref()
             .or(self.upstream.as_ref())
             .map(AsRawFd::as_raw_fd)
+    }
+}
+
+/// A connection's slot in the relay's budgets ([`Slot`]): given back, and
+/// the connection counted as closed, when it is dropped, however that
+/// happens (also while a worker unwinds from a panic).
+struct Admission {
+    shared: Arc<Shared>,
+    worker: usize,
+    kind: Slot,
+    client: IpAddr,
+}
+
+impl Admission {
+    /// The request was read and authenticated: a handshake slot becomes a
+    /// connection slot. `false`: no room for a connection.
+    fn promote(&mut self) -> bool {
+        if self.kind != Slot::Handshake {
+            return true;
+        }
+        if !self.shared.limits.promote(self.client) {
+            return false;
+        }
+        self.kind = Slot::Connection;
+        true
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.shared.limits.release(self.kind, self.client);
+        Counters::add(&self.shared.counters[self.worker].closed, 1);
     }
 }
 
@@ -302,6 +334,26 @@ pub(crate) struct Worker {
     next_serial: u64,
     now: Instant,
     draining: bool,
+    /// What the worker is doing, for the log line of a panic.
+    handling: Handling,
+}
+
+/// What a worker is handling (named when it panics).
+#[derive(Debug, Clone, Copy)]
+enum Handling {
+    Nothing,
+    Connection { key: usize, client: IpAddr },
+    Session { key: usize, peer: IpAddr },
+}
+
+impl std::fmt::Display for Handling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handling::Nothing => write!(f, "no connection"),
+            Handling::Connection { key, client } => write!(f, "connection {key} from {client}"),
+            Handling::Session { key, peer } => write!(f, "session {key} with {peer}"),
+        }
+    }
 }
 
 impl Worker {
@@ -351,6 +403,7 @@ impl Worker {
             next_serial: 0,
             now: Instant::now(),
             draining: false,
+            handling: Handling::Nothing,
         })
     }
 
@@ -358,7 +411,53 @@ impl Worker {
         &self.shared.counters[self.idx]
     }
 
+    /// Runs the event loop until the relay stops. A panic (a bug) costs
+    /// only this worker's connections: it is logged with what the worker
+    /// was handling, they are closed, and the loop starts over; the other
+    /// workers never notice.
     pub(crate) fn run(mut self) {
+        loop {
+            match panic::catch_unwind(AssertUnwindSafe(|| self.serve())) {
+                Ok(()) => break,
+                Err(payload) => {
+                    let what = payload
+                        .downcast_ref::<&str>()
+                        .copied()
+                        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                        .unwrap_or("(no message)");
+                    Counters::add(&self.counters().worker_panics, 1);
+                    tracing::error!(
+                        worker = self.idx,
+                        handling = %self.handling,
+                        connections = self.conns.len,
+                        sessions = self.sessions.len,
+                        "relay: a worker panicked: {what}; its connections and sessions are \
+                         closed, the other workers go on"
+                    );
+                    self.reset();
+                }
+            }
+        }
+        for s in self.sessions.keys() {
+            self.close_session(s, "the relay stopped");
+        }
+    }
+
+    /// After a panic: every connection and session of this worker closed
+    /// (dropping them closes their sockets and gives their slots back).
+    fn reset(&mut self) {
+        self.conns = Slab::new();
+        self.sessions = Slab::new();
+        if let Some(mux) = &mut self.mux {
+            mux.forget_sessions();
+        }
+        self.flush_list.clear();
+        self.requeue.clear();
+        self.session_requeue.clear();
+        self.handling = Handling::Nothing;
+    }
+
+    fn serve(&mut self) {
         let mut events = Events::with_capacity(1024);
         let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
         loop {
@@ -406,6 +505,7 @@ impl Worker {
                     Token(t) => self.drive(t / 2),
                 }
             }
+            self.handling = Handling::Nothing;
             self.run_requeued();
             if self.now >= next_sweep {
                 self.sweep();
@@ -415,9 +515,6 @@ impl Worker {
             self.resume_listeners();
             // Last, so that every frame of the round leaves in one write.
             self.flush_sessions();
-        }
-        for s in self.sessions.keys() {
-            self.close_session(s, "the relay stopped");
         }
     }
 
@@ -499,35 +596,26 @@ impl Worker {
         }
     }
 
-    /// Takes a slot of `kind` for `client_ip`; `false` (and counted as
+    /// Takes a slot of `kind` for `client_ip`; `None` (and counted as
     /// refused) when a budget is spent.
-    fn reserve_slot(&self, kind: Slot, client_ip: IpAddr) -> bool {
+    fn admit_as(&self, kind: Slot, client_ip: IpAddr) -> Option<Admission> {
         if !self.shared.limits.reserve(kind, client_ip) {
             self.counters().error(ErrorKind::Limit);
-            return false;
+            return None;
         }
         Counters::add(&self.counters().accepted, 1);
-        true
-    }
-
-    /// A connection's request is read and authenticated: its handshake
-    /// slot becomes a connection slot.
-    fn promote(&self, conn: &mut Conn) -> Result<(), Failure> {
-        if conn.slot != Slot::Handshake {
-            return Ok(());
-        }
-        if !self.shared.limits.promote(conn.client_ip) {
-            return Err(Failure::new(ErrorKind::Limit, "connection limit reached"));
-        }
-        conn.slot = Slot::Connection;
-        Ok(())
+        Some(Admission {
+            shared: Arc::clone(&self.shared),
+            worker: self.idx,
+            kind,
+            client: client_ip,
+        })
     }
 
     fn new_conn(
         &mut self,
         spec: usize,
-        client_ip: IpAddr,
-        slot: Slot,
+        admission: Admission,
         phase: Phase,
         answer: Answer,
     ) -> Conn {
@@ -535,9 +623,8 @@ impl Worker {
         Conn {
             serial: self.next_serial,
             spec,
-            slot,
+            admission,
             client: None,
-            client_ip,
             upstream: None,
             stream: None,
             phase,
@@ -564,9 +651,9 @@ impl Worker {
             ListenerKind::Redirect | ListenerKind::Tproxy => Slot::Connection,
             _ => Slot::Handshake,
         };
-        if !self.reserve_slot(slot, client_ip) {
+        let Some(admission) = self.admit_as(slot, client_ip) else {
             return;
-        }
+        };
         let _ = client.set_nodelay(true);
 
         let (phase, answer) = match kind {
@@ -598,7 +685,7 @@ impl Worker {
                 Answer::HttpForward,
             ),
         };
-        let mut conn = self.new_conn(spec_idx, client_ip, slot, phase, answer);
+        let mut conn = self.new_conn(spec_idx, admission, phase, answer);
         conn.client = Some(client);
         let key = self.conns.insert(conn);
         let mut conn = self.conns.take(key).expect("just inserted");
@@ -654,6 +741,14 @@ impl Worker {
         let Some(mut conn) = self.conns.take(key) else {
             return;
         };
+        self.handling = Handling::Connection {
+            key,
+            client: conn.admission.client,
+        };
+        #[cfg(test)]
+        if self.shared.panic_next_drive.swap(false, Ordering::Relaxed) {
+            panic!("injected by a test");
+        }
         let next = self.step(key, &mut conn);
         self.finish(key, conn, next);
     }
@@ -682,16 +777,15 @@ impl Worker {
         if let Some(stream) = conn.stream.take() {
             self.detach_stream(stream);
         }
-        Counters::add(&self.counters().closed, 1);
-        self.shared.limits.release(conn.slot, conn.client_ip);
         // Dropping the sockets closes them, which also removes them from
-        // epoll; pipes still holding data are closed with the flows.
+        // epoll; pipes still holding data are closed with the flows, and the
+        // admission gives its slot back.
     }
 
     /// Counts a failure, sends the client its answer, and lets it close.
     fn fail(&mut self, conn: &mut Conn, f: Failure) -> Next {
         self.counters().error(f.kind);
-        tracing::debug!(client = %conn.client_ip, kind = f.kind.name(), "relay: {}", f.detail);
+        tracing::debug!(client = %conn.admission.client, kind = f.kind.name(), "relay: {}", f.detail);
         conn.upstream = None;
         let replied = conn.stream.as_ref().is_some_and(|s| s.replied);
         if let Some(mut stream) = conn.stream.take() {
@@ -803,7 +897,9 @@ impl Worker {
                     early.extend_from_slice(&buf[used..]);
                     conn.early = early;
                     conn.dest = Some(dest);
-                    self.promote(conn)?;
+                    if !conn.admission.promote() {
+                        return Err(Failure::new(ErrorKind::Limit, "connection limit reached"));
+                    }
                     self.begin_connect(key, conn)?;
                 }
                 Phase::Resolving { result } => {

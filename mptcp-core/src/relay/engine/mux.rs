@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Interest, Token};
 
-use super::{Answer, Conn, Failure, Next, Phase, Worker, read_some};
+use super::{Answer, Conn, Failure, Handling, Next, Phase, Worker, read_some};
 use super::{READ_BUDGET, SESSION_BASE};
 use crate::mux::{self, Control, Settings};
 use crate::relay::Route;
@@ -82,6 +82,11 @@ impl MuxClient {
             }),
             _ => None,
         })
+    }
+
+    /// The worker dropped every session (after a panic).
+    pub(super) fn forget_sessions(&mut self) {
+        self.sessions.clear();
     }
 
     /// A session failed before it opened: the next waits longer (at least
@@ -275,7 +280,7 @@ impl Worker {
     /// came with the request) is read first.
     pub(super) fn become_session(&mut self, key: usize, mut conn: Conn, leftover: Vec<u8>) {
         let mut socket = conn.client.take().expect("a SOCKS5 client");
-        let (spec, peer) = (conn.spec, conn.client_ip);
+        let (spec, peer) = (conn.spec, conn.admission.client);
         self.remove(key, conn);
         if let Err(e) = self.poll.registry().deregister(&mut socket) {
             tracing::warn!(error = %e, "relay: cannot move a connection to a session");
@@ -306,6 +311,12 @@ impl Worker {
 
     /// A session's socket is ready (or its turn came again).
     pub(super) fn session_event(&mut self, s: usize) {
+        if let Some(x) = self.sessions.get(s) {
+            self.handling = Handling::Session {
+                key: s,
+                peer: x.peer,
+            };
+        }
         self.flush_session(s);
         match self.read_session(s) {
             Ok(()) => {}
@@ -575,16 +586,18 @@ impl Worker {
             )
         };
         let mut stream = Stream::new(s, id, peer_window, self.window(), Vec::new());
-        if refuse || !self.reserve_slot(Slot::Stream, peer) {
+        let admission = (!refuse)
+            .then(|| self.admit_as(Slot::Stream, peer))
+            .flatten();
+        let Some(admission) = admission else {
             self.reply_on_session(&mut stream, ReplyCode::GeneralFailure, None);
             stream.release(&mut self.pool);
             return Ok(());
-        }
+        };
         Counters::add(&self.counters().multiplexed, 1);
         let mut conn = self.new_conn(
             spec,
-            peer,
-            Slot::Stream,
+            admission,
             Phase::Resolving { result: None },
             Answer::MuxReply,
         );
