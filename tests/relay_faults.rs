@@ -1,0 +1,390 @@
+//! The relay chain under real faults, in the test bed: the README's setup
+//! (a LAN host, the local relay on the router with the LAN's TCP
+//! redirected into it, two 20 Mbit/s WAN links, the remote relay, a
+//! destination), run as `mptcp relay` processes, then broken on purpose:
+//! a relay killed with SIGKILL, a WAN link that silently drops everything
+//! or goes down, a reader that stops reading, SIGTERM mid-transfer, CPU
+//! contention from busy loops. Every transfer that completes is checked
+//! byte for byte; one that cannot complete must end (reset or EOF), never
+//! hang.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mptcp_testbed::data::{self, receive_and_check, send_pattern};
+use mptcp_testbed::{Daemon, Host, RelayPath};
+
+const MPTCP: &str = env!("CARGO_BIN_EXE_mptcp");
+const REMOTE_PORT: u16 = 1080;
+const REDIRECT_PORT: u16 = 12345;
+/// The destination's pattern source: the first 8 bytes ask for a length.
+const SOURCE_PORT: u16 = 5001;
+/// The destination's pattern sink: answers length and checksum at EOF.
+const SINK_PORT: u16 = 5002;
+const PASSWORD_VAR: &str = "RELAY_FAULTS_PASSWORD";
+
+/// A chain in the test bed with both relays running as processes.
+struct Chain {
+    rp: RelayPath,
+    remote: Option<Daemon>,
+    local: Option<Daemon>,
+}
+
+impl Chain {
+    /// The test bed at 2 × 20 Mbit/s, the destination's servers, both
+    /// relays, and the LAN's TCP redirected into the local one.
+    fn new() -> Chain {
+        mptcp_testbed::require_privileges().unwrap();
+        let rp = mptcp_testbed::relay_path(2, Some(20)).unwrap();
+        serve(&rp.dest, SOURCE_PORT, source);
+        serve(&rp.dest, SINK_PORT, sink);
+        let mut chain = Chain {
+            rp,
+            remote: None,
+            local: None,
+        };
+        chain.start_remote();
+        chain.start_local();
+        nft(
+            &chain.rp.local,
+            &format!(
+                "table ip relay_faults {{\n chain prerouting {{\n type nat hook prerouting priority dstnat;\n \
+                 iifname \"lan0\" meta l4proto tcp redirect to :{REDIRECT_PORT}\n }}\n}}\n"
+            ),
+        );
+        chain
+    }
+
+    fn start_remote(&mut self) {
+        let listen = format!("{}:{REMOTE_PORT}", self.rp.remote_addr());
+        let mut cmd = relay_command(&self.rp.remote, &["remote", "--listen", &listen]);
+        self.remote = Some(Daemon::spawn(&mut cmd).unwrap());
+        self.rp.remote.wait_listening(REMOTE_PORT).unwrap();
+    }
+
+    fn start_local(&mut self) {
+        let remote = format!("{}:{REMOTE_PORT}", self.rp.remote_addr());
+        let redirect = format!("0.0.0.0:{REDIRECT_PORT}");
+        let mut cmd = relay_command(
+            &self.rp.local,
+            &["local", "--remote", &remote, "--redirect", &redirect],
+        );
+        self.local = Some(Daemon::spawn(&mut cmd).unwrap());
+        self.rp.local.wait_listening(REDIRECT_PORT).unwrap();
+    }
+
+    fn dest(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.rp.dest_addr().into(), port)
+    }
+
+    /// A LAN connection to the destination's `port` (redirected into the
+    /// local relay on its way).
+    fn connect(&self, port: u16) -> std::io::Result<TcpStream> {
+        let to = self.dest(port);
+        let s = self
+            .rp
+            .lan
+            .run(|| TcpStream::connect_timeout(&to, Duration::from_secs(5)))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.set_write_timeout(Some(Duration::from_secs(30)))?;
+        Ok(s)
+    }
+
+    /// Asks the pattern source for `len` bytes.
+    fn download(&self, len: u64) -> std::io::Result<TcpStream> {
+        let mut s = self.connect(SOURCE_PORT)?;
+        s.write_all(&len.to_le_bytes())?;
+        Ok(s)
+    }
+}
+
+/// `mptcp relay ROLE ARGS` in `host`, with the test's credentials.
+fn relay_command(host: &Host, args: &[&str]) -> Command {
+    let mut cmd = host.command(MPTCP);
+    cmd.arg("relay")
+        .args(args)
+        .args(["--user", "alice", "--password-env", PASSWORD_VAR])
+        .env(PASSWORD_VAR, "correct horse")
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// Loads an nftables ruleset in `host`.
+fn nft(host: &Host, ruleset: &str) {
+    let mut child = host
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft (nftables) must be installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ruleset.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "nft -f: {ruleset}");
+}
+
+/// Serves `port` of `host` with `serve`, a thread per connection.
+fn serve(host: &Host, port: u16, serve: fn(TcpStream)) {
+    let listener = host.run(|| TcpListener::bind(("0.0.0.0", port)).unwrap());
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { return };
+            std::thread::spawn(move || serve(s));
+        }
+    });
+}
+
+fn source(mut s: TcpStream) {
+    let mut len = [0u8; 8];
+    if s.read_exact(&mut len).is_ok() {
+        let _ = send_pattern(&mut s, u64::from_le_bytes(len));
+    }
+}
+
+fn sink(mut s: TcpStream) {
+    if let Ok((n, sum)) = receive_and_check(&mut s) {
+        let _ = s.write_all(&n.to_le_bytes());
+        let _ = s.write_all(&sum.to_le_bytes());
+    }
+}
+
+/// Reads a download to its end: its length, or the error that ended it.
+fn finish_download(mut s: TcpStream) -> std::io::Result<u64> {
+    receive_and_check(&mut s).map(|(n, _)| n)
+}
+
+/// Uploads `len` bytes of the pattern and checks the sink's answer.
+fn upload(chain: &Chain, len: u64) -> std::io::Result<()> {
+    let mut s = chain.connect(SINK_PORT)?;
+    let sum = send_pattern(&mut s, len)?;
+    s.shutdown(Shutdown::Write)?;
+    let mut answer = [0u8; 16];
+    s.read_exact(&mut answer)?;
+    let n = u64::from_le_bytes(answer[..8].try_into().unwrap());
+    let got = u64::from_le_bytes(answer[8..].try_into().unwrap());
+    assert_eq!((n, got), (len, sum), "the sink got every byte of the upload");
+    Ok(())
+}
+
+/// Open descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// Drops every packet on WAN link `i`, both ways, in both relay hosts,
+/// with the carrier up (a line whose upstream died); undone when dropped.
+struct Blackhole<'a> {
+    hosts: [&'a Host; 2],
+}
+
+impl<'a> Blackhole<'a> {
+    fn new(rp: &'a RelayPath, i: usize) -> Blackhole<'a> {
+        let hosts = [&rp.local, &rp.remote];
+        for host in hosts {
+            nft(
+                host,
+                &format!(
+                    "table inet blackhole {{\n\
+                     chain o {{\n type filter hook output priority 0;\n oifname \"wan{i}\" drop\n }}\n\
+                     chain i {{\n type filter hook input priority 0;\n iifname \"wan{i}\" drop\n }}\n}}\n"
+                ),
+            );
+        }
+        Blackhole { hosts }
+    }
+}
+
+impl Drop for Blackhole<'_> {
+    fn drop(&mut self) {
+        for host in self.hosts {
+            let _ = host.exec("nft", &["delete", "table", "inet", "blackhole"]);
+        }
+    }
+}
+
+#[test]
+fn a_killed_remote_ends_its_streams_and_the_lan_is_back_within_2_s_of_its_restart() {
+    let mut chain = Chain::new();
+    upload(&chain, 1 << 20).unwrap();
+    // A download is running when the remote relay dies.
+    let running = chain.download(256 << 20).unwrap();
+    let reader = std::thread::spawn(move || {
+        let started = Instant::now();
+        let result = finish_download(running);
+        (result, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    drop(chain.remote.take()); // SIGKILL to its process group
+    let killed = Instant::now();
+    let (result, _) = reader.join().unwrap();
+    let ended_after = killed.elapsed();
+    // It ends (cut short: the data is gone with the relay), and soon.
+    assert!(result.is_err() || result.as_ref().is_ok_and(|&n| n < 256 << 20), "{result:?}");
+    assert!(ended_after < Duration::from_secs(5), "ended {ended_after:?} after the kill");
+    // While the remote is down, new LAN connections fail, and do not hang.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let failed = chain
+            .download(1000)
+            .and_then(finish_download)
+            .map_or(true, |n| n != 1000);
+        assert!(failed && started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Back: new connections work again within 2 s, without touching the
+    // local relay.
+    chain.start_remote();
+    let restarted = Instant::now();
+    loop {
+        let ok = chain
+            .download(64 * 1024)
+            .and_then(finish_download)
+            .is_ok_and(|n| n == 64 * 1024);
+        if ok {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(2),
+            "no working connection 2 s after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("first working LAN connection {:?} after the remote's restart", restarted.elapsed());
+    upload(&chain, 4 << 20).unwrap();
+}
+
+#[test]
+fn a_killed_local_relay_leaves_nothing_open_at_the_remote() {
+    let mut chain = Chain::new();
+    let remote_pid = chain.remote.as_ref().unwrap().id();
+    upload(&chain, 64 * 1024).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_fds = open_fds(remote_pid);
+    // Ten streams in flight, their readers slow, when the local relay dies.
+    let open: Vec<TcpStream> = (0..10).map(|_| chain.download(64 << 20).unwrap()).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let busy_fds = open_fds(remote_pid);
+    assert!(busy_fds >= idle_fds + 10, "{busy_fds} descriptors busy, {idle_fds} idle");
+    drop(chain.local.take());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_fds(remote_pid) > idle_fds && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        open_fds(remote_pid) <= idle_fds,
+        "the remote still holds {} descriptors (idle: {idle_fds})",
+        open_fds(remote_pid)
+    );
+    drop(open);
+    // A new local relay gets going at once.
+    chain.start_local();
+    upload(&chain, 4 << 20).unwrap();
+}
+
+#[test]
+fn a_transfer_survives_a_silent_link_and_a_link_taken_down() {
+    let chain = Chain::new();
+    const LEN: u64 = 40 << 20;
+    for fault in ["silent", "down"] {
+        let download = chain.download(LEN).unwrap();
+        let reader = std::thread::spawn(move || finish_download(download));
+        let uploader = {
+            let s = chain.connect(SINK_PORT).unwrap();
+            std::thread::spawn(move || {
+                let mut s = s;
+                let sum = send_pattern(&mut s, LEN / 4).unwrap();
+                s.shutdown(Shutdown::Write).unwrap();
+                let mut answer = [0u8; 16];
+                s.read_exact(&mut answer).unwrap();
+                (u64::from_le_bytes(answer[..8].try_into().unwrap()), sum, answer)
+            })
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        match fault {
+            "silent" => {
+                let _hole = Blackhole::new(&chain.rp, 0);
+                std::thread::sleep(Duration::from_secs(10));
+            }
+            _ => {
+                chain.rp.wan[1].down().unwrap();
+                std::thread::sleep(Duration::from_secs(10));
+                chain.rp.wan[1].up().unwrap();
+            }
+        }
+        assert_eq!(reader.join().unwrap().unwrap(), LEN, "download across a {fault} link");
+        let (n, sum, answer) = uploader.join().unwrap();
+        assert_eq!(n, LEN / 4, "upload across a {fault} link");
+        assert_eq!(u64::from_le_bytes(answer[8..].try_into().unwrap()), sum);
+    }
+}
+
+#[test]
+fn a_reader_that_stops_does_not_stop_the_other_streams() {
+    let chain = Chain::new();
+    // This LAN client asks for a large download and reads nothing.
+    let mut stalled = chain.download(32 << 20).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // Another stream of the same session meanwhile runs at the links' rate.
+    let started = Instant::now();
+    const LEN: u64 = 16 << 20;
+    assert_eq!(finish_download(chain.download(LEN).unwrap()).unwrap(), LEN);
+    let rate = data::mbit_per_s(LEN, started.elapsed());
+    assert!(rate > 25.0, "{rate:.1} Mbit/s beside a stalled stream");
+    // The stalled one then gets every byte.
+    let (n, _) = receive_and_check(&mut stalled).unwrap();
+    assert_eq!(n, 32 << 20);
+}
+
+#[test]
+fn sigterm_drains_running_transfers_and_refuses_new_ones() {
+    let mut chain = Chain::new();
+    const LEN: u64 = 12 << 20; // about 2.5 s over both links
+    let running = chain.download(LEN).unwrap();
+    let reader = std::thread::spawn(move || finish_download(running));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut local = chain.local.take().unwrap();
+    let pid = local.id();
+    let signalled = Instant::now();
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    // New connections are refused (nothing listens behind the redirect).
+    assert!(chain.download(1000).and_then(finish_download).map_or(true, |n| n != 1000));
+    // The running one finishes, intact, and then the relay exits.
+    assert_eq!(reader.join().unwrap().unwrap(), LEN);
+    let exited = loop {
+        if std::fs::metadata(format!("/proc/{pid}/fd")).is_err() || zombie(pid) {
+            break signalled.elapsed();
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(10), "still running after the drain");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("exited {exited:?} after SIGTERM");
+    drop(local);
+    // A transfer that outlasts the drain timeout is cut at the timeout.
+    chain.start_local();
+    let mut local = chain.local.take().unwrap();
+    let _stalled = chain.download(64 << 20).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = local.id();
+    let signalled = Instant::now();
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    while !(std::fs::metadata(format!("/proc/{pid}/fd")).is_err() || zombie(pid)) {
+        assert!(signalled.elapsed() < Duration::from_secs(15), "no exit at the drain timeout");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let at = signalled.elapsed();
+    assert!(at >= Duration::from_secs(9), "exited after {at:?}, before the 10 s drain");
+    let _ = &mut local;
+}
+
+/// Whether process `pid` has exited and waits to be reaped.
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |stat| stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')))
+}
