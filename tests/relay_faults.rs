@@ -23,6 +23,9 @@ const REDIRECT_PORT: u16 = 12345;
 const SOURCE_PORT: u16 = 5001;
 /// The destination's pattern sink: answers length and checksum at EOF.
 const SINK_PORT: u16 = 5002;
+/// A destination that reads 1 MB of an upload, then closes with the rest
+/// unread (a reset towards the remote relay).
+const CLOSER_PORT: u16 = 5003;
 const PASSWORD_VAR: &str = "RELAY_FAULTS_PASSWORD";
 
 /// A chain in the test bed with both relays running as processes.
@@ -30,6 +33,14 @@ struct Chain {
     rp: RelayPath,
     remote: Option<Daemon>,
     local: Option<Daemon>,
+    /// The relays' logs (`local.log`, `remote.log`), removed on drop.
+    logs: std::path::PathBuf,
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
 }
 
 impl Chain {
@@ -40,10 +51,16 @@ impl Chain {
         let rp = mptcp_testbed::relay_path(2, Some(20)).unwrap();
         serve(&rp.dest, SOURCE_PORT, source);
         serve(&rp.dest, SINK_PORT, sink);
+        serve(&rp.dest, CLOSER_PORT, closer);
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let logs = std::env::temp_dir().join(format!("relay-faults-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&logs).unwrap();
         let mut chain = Chain {
             rp,
             remote: None,
             local: None,
+            logs,
         };
         chain.start_remote();
         chain.start_local();
@@ -59,7 +76,8 @@ impl Chain {
 
     fn start_remote(&mut self) {
         let listen = format!("{}:{REMOTE_PORT}", self.rp.remote_addr());
-        let mut cmd = relay_command(&self.rp.remote, &["remote", "--listen", &listen]);
+        let log = self.logs.join("remote.log");
+        let mut cmd = relay_command(&self.rp.remote, &log, &["remote", "--listen", &listen]);
         self.remote = Some(Daemon::spawn(&mut cmd).unwrap());
         self.rp.remote.wait_listening(REMOTE_PORT).unwrap();
     }
@@ -67,8 +85,10 @@ impl Chain {
     fn start_local(&mut self) {
         let remote = format!("{}:{REMOTE_PORT}", self.rp.remote_addr());
         let redirect = format!("0.0.0.0:{REDIRECT_PORT}");
+        let log = self.logs.join("local.log");
         let mut cmd = relay_command(
             &self.rp.local,
+            &log,
             &["local", "--remote", &remote, "--redirect", &redirect],
         );
         self.local = Some(Daemon::spawn(&mut cmd).unwrap());
@@ -98,12 +118,37 @@ impl Chain {
         s.write_all(&len.to_le_bytes())?;
         Ok(s)
     }
+
+    /// The counters a relay logs on SIGUSR1 (`local` or `remote`).
+    fn counters(&self, role: &str) -> String {
+        let daemon = match role {
+            "local" => &self.local,
+            _ => &self.remote,
+        };
+        let pid = daemon.as_ref().expect("the relay runs").id();
+        let log = self.logs.join(format!("{role}.log"));
+        let before = std::fs::read_to_string(&log).unwrap_or_default().len();
+        Command::new("kill").args(["-USR1", &pid.to_string()]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(line) = text[before..].lines().find(|l| l.contains("counters")) {
+                return line.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no counters from the {role} relay:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
-/// `mptcp relay ROLE ARGS` in `host`, with the test's credentials.
-fn relay_command(host: &Host, args: &[&str]) -> Command {
-    let mut cmd = host.command(MPTCP);
-    cmd.arg("relay")
+/// `mptcp relay ROLE ARGS` in `host`, with the test's credentials, its
+/// log appended to `log` (the daemon's own output goes nowhere).
+fn relay_command(host: &Host, log: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = host.command("sh");
+    cmd.arg("-c")
+        .arg(format!("exec \"$0\" \"$@\" 2>>'{}'", log.display()))
+        .arg(MPTCP)
+        .arg("relay")
         .args(args)
         .args(["--user", "alice", "--password-env", PASSWORD_VAR])
         .env(PASSWORD_VAR, "correct horse")
@@ -150,6 +195,17 @@ fn sink(mut s: TcpStream) {
     if let Ok((n, sum)) = receive_and_check(&mut s) {
         let _ = s.write_all(&n.to_le_bytes());
         let _ = s.write_all(&sum.to_le_bytes());
+    }
+}
+
+fn closer(mut s: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0;
+    while n < 1 << 20 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(k) => n += k,
+        }
     }
 }
 
@@ -387,4 +443,127 @@ fn sigterm_drains_running_transfers_and_refuses_new_ones() {
 fn zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_or(true, |stat| stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')))
+}
+
+/// Busy loops, one more than the cores (a small router's busy CPU); each
+/// ends by itself after two minutes at most, and all when dropped.
+struct CpuContention(Vec<std::process::Child>);
+
+impl CpuContention {
+    fn new() -> CpuContention {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let loops = (0..=cores)
+            .map(|_| {
+                Command::new("timeout")
+                    .args(["120", "sh", "-c", "while :; do :; done"])
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        CpuContention(loops)
+    }
+}
+
+impl Drop for CpuContention {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What one LAN client of the stress test does, by `seed`: a transfer that
+/// must complete intact (true), or one cut short on purpose (false).
+fn stress_client(chain: &Chain, seed: u64) -> bool {
+    let len = (256 << 10) + (seed * 7919 % 13) * (256 << 10);
+    match seed % 6 {
+        0 => {
+            let n = finish_download(chain.download(len).unwrap()).expect("download intact");
+            assert_eq!(n, len);
+            true
+        }
+        1 => {
+            upload(chain, len).expect("upload intact");
+            true
+        }
+        // Aborted by the client part way, bytes unread (a reset).
+        2 => {
+            let mut s = chain.download(64 << 20).unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut n = 0;
+            while n < len {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += k as u64,
+                }
+            }
+            false
+        }
+        // An upload the destination cuts off after 1 MB.
+        3 => {
+            let mut s = chain.connect(CLOSER_PORT).unwrap();
+            let _ = send_pattern(&mut s, 16 << 20);
+            false
+        }
+        // Reset by the client (SO_LINGER 0) after a little.
+        4 => {
+            let mut s = chain.download(64 << 20).unwrap();
+            let mut buf = vec![0u8; 100_000];
+            let _ = s.read_exact(&mut buf);
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            false
+        }
+        // A short request and answer beside the bulk ones.
+        _ => {
+            let n = finish_download(chain.download(1 + seed % 5000).unwrap()).expect("intact");
+            assert_eq!(n, 1 + seed % 5000);
+            true
+        }
+    }
+}
+
+#[test]
+fn aborts_resets_and_closing_destinations_under_cpu_contention_break_no_session() {
+    let chain = Chain::new();
+    let _hogs = CpuContention::new();
+    let mut complete = 0;
+    for round in 0..4u64 {
+        let done: Vec<bool> = std::thread::scope(|scope| {
+            let clients: Vec<_> = (0..8u64)
+                .map(|i| {
+                    let chain = &chain;
+                    scope.spawn(move || stress_client(chain, round * 8 + i))
+                })
+                .collect();
+            clients.into_iter().map(|c| c.join().expect("a client failed")).collect()
+        });
+        complete += done.iter().filter(|&&d| d).count();
+    }
+    // iperf3 both ways, as the users ran it: its control connection
+    // is a stream beside the data stream, and the test ends with the
+    // server closing the data connection while data is in flight.
+    let _server = Daemon::spawn(chain.rp.dest.command("iperf3").args(["-s", "-p", "5201"]))
+        .expect("iperf3 must be installed");
+    chain.rp.dest.wait_listening(5201).unwrap();
+    let dest = chain.rp.dest_addr().to_string();
+    for reverse in [false, true, false, true] {
+        let mut cmd = chain.rp.lan.command("iperf3");
+        cmd.args(["-c", &dest, "-p", "5201", "-t", "3", "-J"]);
+        if reverse {
+            cmd.arg("-R");
+        }
+        let out = cmd.output().unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "iperf3 (reverse: {reverse}) failed:\n{report}");
+    }
+    let local = chain.counters("local");
+    let remote = chain.counters("remote");
+    assert!(complete >= 4 * 2, "{complete} complete transfers");
+    for counters in [&local, &remote] {
+        assert!(
+            counters.contains("session_errors=0") && counters.contains("worker_panics=0"),
+            "{counters}"
+        );
+    }
 }
