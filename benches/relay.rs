@@ -19,9 +19,13 @@
 //! cargo bench -p mptcp --bench relay
 //! ```
 //!
-//! `RELAY_BENCH=connect` measures only the connection rates, and
+//! `RELAY_BENCH=connect` measures only the connection rates,
 //! `RELAY_BENCH=throughput` only the chains' bulk rates (for profiling and
-//! tuning). Every loop is bounded in time or count (the whole run takes
+//! tuning), and `RELAY_BENCH=repeat` the multiplexed chain over 2 × 20
+//! Mbit/s again and again: [`REPEATS`] downloads and uploads (failures,
+//! slowest and median rate against one link), and a 1-byte echo on a
+//! second stream during each direction's bulk transfer (p50, p99) beside
+//! the same over routed TCP (about five minutes). Every loop is bounded in time or count (the whole run takes
 //! about a minute).
 //!
 //! RLIMIT_NOFILE caps a process at 20,000 descriptors here (and root may
@@ -47,6 +51,12 @@ const DOWNLOAD: u16 = 5001;
 const UPLOAD: u16 = 5002;
 const CONNECT: u16 = 5003;
 const HOLD: u16 = 5004;
+/// Echoes what it reads (latency under load).
+const ECHO: u16 = 5005;
+/// Transfers each way in `RELAY_BENCH=repeat`.
+const REPEATS: usize = 30;
+/// Echo round trips timed during a bulk transfer.
+const ECHOES: usize = 200;
 /// Direct MPTCP between the local and remote nodes (no relay).
 const DIRECT_MPTCP: u16 = 5010;
 const SOCKS_PORT: u16 = 1080;
@@ -77,6 +87,10 @@ fn main() {
     if let Err(e) = mptcp_testbed::require_privileges() {
         eprintln!("relay bench needs root: {e}");
         std::process::exit(1);
+    }
+    if std::env::var("RELAY_BENCH").as_deref() == Ok("repeat") {
+        repeated_runs();
+        return;
     }
     let rp = mptcp_testbed::relay_path(2, None).expect("test bed");
     tune(&rp);
@@ -333,6 +347,176 @@ fn serve(rp: &RelayPath, download_time: Duration) {
             let _ = s.write_all(b"x");
         }
     });
+    let echo = bind(ECHO);
+    rp.dest.spawn(move || {
+        for s in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = s.set_nodelay(true);
+                let _ = std::io::copy(&mut &s, &mut &s);
+            });
+        }
+    });
+}
+
+/// `RELAY_BENCH=repeat`: the multiplexed chain over 2 × 20 Mbit/s, run
+/// after run, beside routed TCP over one of the links.
+fn repeated_runs() {
+    let rp = mptcp_testbed::relay_path(2, Some(20)).expect("test bed");
+    serve(&rp, LIMITED_TIME);
+    let dest = |port| SocketAddr::new(rp.dest_addr().into(), port);
+    let routed_down = download(&rp.lan, dest(DOWNLOAD));
+    let routed_echo = [false, true].map(|up| echo_during_bulk(&rp, up));
+    redirect_rule(&rp);
+    let (local, remote) = start_chain(&rp, true);
+    let mut rates: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    let mut failures = [0usize; 2];
+    for run in 0..REPEATS {
+        eprintln!("run {run}");
+        for (i, up) in [false, true].into_iter().enumerate() {
+            match try_transfer(&rp, up) {
+                Ok(rate) => rates[i].push(rate),
+                Err(e) => {
+                    eprintln!("  {} failed: {e}", if up { "upload" } else { "download" });
+                    failures[i] += 1;
+                }
+            }
+        }
+    }
+    let chain_echo = [false, true].map(|up| echo_during_bulk(&rp, up));
+    let one_link = routed_down.1;
+    println!(
+        "\n2 x 20 Mbit/s, multiplexed chain, {REPEATS} runs each way ({} s each); \
+         one link (routed TCP, steady): {one_link:.1} Mb",
+        LIMITED_TIME.as_secs()
+    );
+    for (i, name) in ["download", "upload"].into_iter().enumerate() {
+        let mut steady: Vec<f64> = rates[i].iter().map(|r| r.1).collect();
+        let mut average: Vec<f64> = rates[i].iter().map(|r| r.0).collect();
+        steady.sort_by(f64::total_cmp);
+        average.sort_by(f64::total_cmp);
+        let at = |v: &[f64], q: usize| v.get(q).copied().unwrap_or(f64::NAN);
+        println!(
+            "  {name:<8} failures {}, steady rate min {:.1} / median {:.1} Mb ({:.2} / {:.2} x one link); \
+             whole-transfer average min {:.1} / median {:.1} Mb",
+            failures[i],
+            at(&steady, 0),
+            at(&steady, steady.len() / 2),
+            at(&steady, 0) / one_link,
+            at(&steady, steady.len() / 2) / one_link,
+            at(&average, 0),
+            at(&average, average.len() / 2),
+        );
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for (i, during) in ["a bulk download", "a bulk upload"].into_iter().enumerate() {
+        let ((r50, r99), (c50, c99)) = (routed_echo[i], chain_echo[i]);
+        println!(
+            "  1-byte echo during {during:<15}: routed p50 {:.1} ms p99 {:.1} ms; \
+             chain p50 {:.1} ms p99 {:.1} ms ({:.2} / {:.2} x routed)",
+            ms(r50),
+            ms(r99),
+            ms(c50),
+            ms(c99),
+            c50.as_secs_f64() / r50.as_secs_f64(),
+            c99.as_secs_f64() / r99.as_secs_f64()
+        );
+    }
+    println!("local relay:  {}\nremote relay: {}", local.stats(), remote.stats());
+}
+
+/// One transfer through the chain, download or upload: (average, steady)
+/// Mbit/s, or why it failed.
+fn try_transfer(rp: &RelayPath, up: bool) -> std::io::Result<(f64, f64)> {
+    let port = if up { UPLOAD } else { DOWNLOAD };
+    let to = SocketAddr::new(rp.dest_addr().into(), port);
+    rp.lan.run(|| {
+        let mut s = TcpStream::connect(to)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        if !up {
+            return Ok(receive_rates(s));
+        }
+        let meter = data::Meter::new();
+        let started = Instant::now();
+        let ramped = std::thread::scope(|scope| {
+            let sampler = scope.spawn(|| {
+                std::thread::sleep(RAMP_UP);
+                meter.sample()
+            });
+            let mut metered = MeteredWriter(&mut s, &meter);
+            let sent = data::send_pattern_for(&mut metered, LIMITED_TIME).map(|(n, _)| n);
+            (sent, sampler.join().unwrap())
+        });
+        let (sent, ramped) = (ramped.0?, ramped.1);
+        s.shutdown(Shutdown::Write)?;
+        let mut ack = [0u8; 8];
+        s.read_exact(&mut ack)?;
+        if u64::from_le_bytes(ack) != sent {
+            return Err(std::io::Error::other("the destination got other bytes"));
+        }
+        let end = meter.sample();
+        Ok((data::mbit_per_s(sent, started.elapsed()), end.mbit_per_s_since(&ramped)))
+    })
+}
+
+/// A writer that counts what it writes into a meter.
+struct MeteredWriter<'a, W>(&'a mut W, &'a data::Meter);
+
+impl<W: Write> Write for MeteredWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.1.add(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// p50 and p99 of [`ECHOES`] 1-byte round trips on a connection of its own
+/// while a bulk transfer (upload if `up`) runs beside it.
+fn echo_during_bulk(rp: &RelayPath, up: bool) -> (Duration, Duration) {
+    let rp_lan = rp.lan.clone();
+    let to = SocketAddr::new(rp.dest_addr().into(), ECHO);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bulk = {
+        let lan = rp.lan.clone();
+        let port = if up { UPLOAD } else { DOWNLOAD };
+        let at = SocketAddr::new(rp.dest_addr().into(), port);
+        let done = Arc::clone(&done);
+        lan.spawn(move || {
+            let mut s = TcpStream::connect(at).expect("bulk connection");
+            if up {
+                let _ = data::send_pattern_for(&mut s, LIMITED_TIME);
+            } else {
+                let _ = data::receive_and_check(&mut s);
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    std::thread::sleep(RAMP_UP);
+    let mut times: Vec<Duration> = rp_lan.run(|| {
+        let mut s = TcpStream::connect(to).expect("echo connection");
+        s.set_nodelay(true).unwrap();
+        // Only round trips made while the bulk transfer runs count.
+        (0..ECHOES)
+            .take_while(|_| !done.load(Ordering::SeqCst))
+            .map(|_| {
+                let started = Instant::now();
+                s.write_all(b"x").unwrap();
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).expect("the echo");
+                let t = started.elapsed();
+                std::thread::sleep(Duration::from_millis(10));
+                t
+            })
+            .collect()
+    });
+    let _ = bulk.join();
+    times.sort();
+    let n = times.len();
+    assert!(n >= 20, "only {n} round trips during the bulk transfer");
+    (times[n / 2], times[n * 99 / 100])
 }
 
 /// Downloads from `to` in `host`: (average Mbit/s, Mbit/s after

@@ -717,6 +717,16 @@ typedef struct mptcp_relay_stats_t {
    * Connections carried as streams of a session since start.
    */
   uint64_t multiplexed;
+  /**
+   * Sessions closed since start because the other relay broke the
+   * multiplexing protocol.
+   */
+  uint64_t session_errors;
+  /**
+   * Worker panics caught since start (each closed that worker's
+   * connections; the relay went on).
+   */
+  uint64_t worker_panics;
 } mptcp_relay_stats_t;
 
 /**

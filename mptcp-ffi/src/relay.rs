@@ -170,6 +170,12 @@ pub struct mptcp_relay_stats_t {
     pub sessions: u64,
     /// Connections carried as streams of a session since start.
     pub multiplexed: u64,
+    /// Sessions closed since start because the other relay broke the
+    /// multiplexing protocol.
+    pub session_errors: u64,
+    /// Worker panics caught since start (each closed that worker's
+    /// connections; the relay went on).
+    pub worker_panics: u64,
 }
 
 // SAFETY: repr(C), integers and an integer array only.
@@ -188,6 +194,8 @@ impl From<&Stats> for mptcp_relay_stats_t {
         out.splice_fallbacks = stats.splice_fallbacks;
         out.sessions = stats.sessions;
         out.multiplexed = stats.multiplexed;
+        out.session_errors = stats.session_errors;
+        out.worker_panics = stats.worker_panics;
         for (slot, count) in out.errors.iter_mut().zip(stats.errors) {
             *slot = count;
             out.error_kinds += 1;
