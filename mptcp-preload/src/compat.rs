@@ -6,12 +6,15 @@
 //! listening: nothing but its options and its bound address exist yet, and
 //! both are carried over (the options from the cell's record, the address
 //! from `getsockname`). `dup3` puts the new socket on the old number
-//! atomically, so other threads never see a closed descriptor.
+//! atomically, so other threads never see a closed descriptor, and then on
+//! every other descriptor of the process that still names the old socket
+//! (copies made with `dup`, `dup2`, `fcntl(F_DUPFD)`, ...: found by their
+//! `SO_COOKIE` in `/proc/self/fd`), so no copy is left with the old socket.
 
 use libc::c_int;
 
 use crate::fdtable::{Cell, flag};
-use crate::{errno, real};
+use crate::{errno, real, sys};
 
 /// Reads an `int` socket option through the real `getsockopt`.
 pub(crate) fn int_option(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
@@ -49,11 +52,11 @@ pub fn tcp_accepts(domain: c_int, call: impl FnOnce(c_int) -> bool) -> bool {
     accepted
 }
 
-/// Puts a new `domain` stream socket of `protocol` on descriptor `fd`,
-/// carrying over `O_NONBLOCK`, `FD_CLOEXEC`, the recorded options (those
-/// the new socket refuses are skipped) and the bound address. Returns the
-/// errno of the step that failed; the old socket is untouched unless the
-/// final `bind` fails.
+/// Puts a new `domain` stream socket of `protocol` on descriptor `fd` and
+/// on its copies, carrying over `O_NONBLOCK`, `FD_CLOEXEC` (each copy keeps
+/// its own), the recorded options (those the new socket refuses are
+/// skipped) and the bound address. Returns the errno of the step that
+/// failed; the old socket is untouched unless the final `bind` fails.
 pub fn rebuild(fd: c_int, cell: &Cell, domain: c_int, protocol: c_int) -> Result<(), c_int> {
     // SAFETY: fcntl on a descriptor number only reads its flags.
     let status = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -110,11 +113,35 @@ pub fn rebuild(fd: c_int, cell: &Cell, domain: c_int, protocol: c_int) -> Result
     // SAFETY: both are open descriptors; dup3 atomically replaces `fd`.
     let r = unsafe { real::dup3(new, fd, cloexec) };
     let dup_errno = errno();
-    // SAFETY: `new` is our own descriptor; `fd` now holds the socket.
-    unsafe { real::close(new) };
     if r < 0 {
+        // SAFETY: `new` is our own descriptor.
+        unsafe { real::close(new) };
         return Err(dup_errno);
     }
+    let old_cookie = cell.cookie();
+    if let Some(cookie) = sys::socket_cookie(fd) {
+        cell.set_cookie(cookie);
+    }
+    // One getsockopt per open descriptor: rebuilds are rare (a refused
+    // option before connect), and a copy left behind would keep the old
+    // socket.
+    sys::for_each_open_fd(|other| {
+        if other != fd && other != new && sys::socket_cookie(other) == Some(old_cookie) {
+            // SAFETY: fcntl on a descriptor number only reads its flags.
+            let copy_flags = unsafe { libc::fcntl(other, libc::F_GETFD) };
+            let cloexec = if copy_flags >= 0 && copy_flags & libc::FD_CLOEXEC != 0 {
+                libc::O_CLOEXEC
+            } else {
+                0
+            };
+            // SAFETY: both are open descriptors; dup3 atomically replaces
+            // `other`, which named the socket `fd` named.
+            unsafe { real::dup3(new, other, cloexec) };
+        }
+    });
+    // SAFETY: `new` is our own descriptor; `fd` and its copies now hold
+    // the socket.
+    unsafe { real::close(new) };
     cell.forget_options();
     if rebind {
         // SAFETY: `bound` holds `bound_len` bytes of the old local address.

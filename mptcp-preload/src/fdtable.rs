@@ -10,9 +10,34 @@
 //! Every field is an atomic, so concurrent hooks on the same descriptor
 //! from several threads cannot cause undefined behaviour; the kernel gives
 //! no ordering for such calls either, so neither do we.
+//!
+//! # Entries never outlive their socket
+//!
+//! The library cannot see every close (`closefrom`, `close_range` called
+//! inside libc, `fclose` of an `fdopen`ed socket, `syscall(SYS_close)`), so
+//! a cell may describe a descriptor number that now holds another file.
+//! Each cell therefore records the kernel's cookie of its socket
+//! (`SO_COOKIE`, unique while the system runs), and [`lookup`] trusts a cell
+//! only when the descriptor's socket still has that cookie. The check is
+//! one `getsockopt` and is made only when the cell's flags say the hook has
+//! something to do; [`track`] pays one more on the `socket()` path.
+//! [`restrict`] needs no check: what it does to a stale cell is harmless.
+//!
+//! A `vfork` child (`posix_spawn`, CPython's `subprocess`) runs in the
+//! parent's memory until it execs, and its `close`, `close_range` and `dup2`
+//! calls would rewrite the parent's table. The table belongs to one process
+//! (the one that loaded the library, then each child of a libc `fork()`,
+//! through an `atfork` handler), and [`forget`], [`clear_range`] and
+//! [`copy`] do nothing in any other process (one `getpid`, only when there
+//! is a cell to change). Other writes are not checked: POSIX allows a
+//! `vfork` child nothing but `_exit` and `exec`, and a child that creates a
+//! socket anyway can at worst make the parent forget a socket's record,
+//! never act on another socket (the cookie would not match).
 
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+use crate::sys;
 
 /// Cells per chunk.
 pub const CHUNK_LEN: usize = 256;
@@ -66,6 +91,8 @@ pub const ADDR_MAX_LEN: usize = 28;
 /// empty state.
 pub struct Cell {
     flags: AtomicU32,
+    /// The `SO_COOKIE` of the socket this cell describes.
+    cookie: AtomicU64,
     /// `domain << 32 | type` as passed to `socket()`.
     socket_args: AtomicU64,
     /// Relay hop: the errno to report once through `SO_ERROR`.
@@ -77,9 +104,108 @@ pub struct Cell {
     dest_len: AtomicU32,
 }
 
-/// The cell of `fd`, if its chunk exists.
+/// The process that owns the table; 0 until the first hook or the
+/// constructor sets it.
+static OWNER: AtomicI32 = AtomicI32::new(0);
+
+/// Whether the calling process owns the table (it is not a `vfork` child
+/// running in its parent's memory).
+pub fn owned() -> bool {
+    let pid = sys::getpid();
+    match OWNER.compare_exchange(0, pid, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => true,
+        Err(owner) => owner == pid,
+    }
+}
+
+/// Makes the calling process the owner: from the constructor and in the
+/// child of a libc `fork()`, whose copy of the table is its own.
+pub fn claim() {
+    OWNER.store(sys::getpid(), Ordering::Relaxed);
+}
+
+/// The cell of `fd` if its flags satisfy `wanted` (checked first, without
+/// a system call) and it still describes the socket on `fd`.
 #[inline]
-pub fn get(fd: libc::c_int) -> Option<&'static Cell> {
+pub fn lookup(fd: libc::c_int, wanted: impl FnOnce(u32) -> bool) -> Option<&'static Cell> {
+    let cell = get(fd)?;
+    let flags = cell.flags();
+    if flags == 0 || !wanted(flags) {
+        return None;
+    }
+    (sys::socket_cookie(fd) == Some(cell.cookie())).then_some(cell)
+}
+
+/// Sets `set` on the cell of `fd` if its flags satisfy `wanted`, without
+/// checking which socket the cell describes: for flags that only take
+/// power away (`CONNECT_CALLED`), which change nothing on a stale cell.
+#[inline]
+pub fn restrict(fd: libc::c_int, wanted: impl FnOnce(u32) -> bool, set: u32) {
+    if let Some(cell) = get(fd)
+        && wanted(cell.flags())
+    {
+        cell.update(set, 0);
+    }
+}
+
+/// Starts tracking the socket on `fd` (just created, or found untracked)
+/// with `flags`. `None` when it cannot be tracked: not a socket, or no
+/// memory.
+pub fn track(
+    fd: libc::c_int,
+    flags: u32,
+    domain: libc::c_int,
+    ty: libc::c_int,
+) -> Option<&'static Cell> {
+    if fd < 0 {
+        return None;
+    }
+    let cookie = sys::socket_cookie(fd)?;
+    let cell = get_or_create(fd)?;
+    cell.reset(flags, domain, ty, cookie);
+    Some(cell)
+}
+
+/// Forgets `fd` (closed, or reused by a descriptor the library does not
+/// track), in the owner process only.
+#[inline]
+pub fn forget(fd: libc::c_int) {
+    if let Some(cell) = get(fd)
+        && cell.flags() != 0
+        && owned()
+    {
+        cell.clear();
+    }
+}
+
+/// After `dup2(old, new)` (or `dup3`), in the owner process only: `new`
+/// names the socket of `old`, with its state and the `extra` flags, or it
+/// forgets what it described.
+pub fn copy(old: libc::c_int, new: libc::c_int, extra: u32) {
+    let tracked = |fd| get(fd).is_some_and(|c| c.flags() != 0);
+    if old == new || !(tracked(old) || tracked(new)) || !owned() {
+        return;
+    }
+    match lookup(old, |_| true) {
+        Some(source) => {
+            if let Some(cell) = get_or_create(new) {
+                let (domain, ty) = source.socket_args();
+                let (dest, dest_len) = source.dest();
+                cell.reset(source.flags() | extra, domain, ty, source.cookie());
+                cell.set_dest(&dest[..dest_len]);
+            }
+        }
+        None => {
+            if let Some(cell) = get(new) {
+                cell.clear();
+            }
+        }
+    }
+}
+
+/// The cell of `fd`, if its chunk exists, whatever it describes.
+#[inline]
+fn get(fd: libc::c_int) -> Option<&'static Cell> {
     let fd = usize::try_from(fd).ok()?;
     let chunk = CHUNKS.get(fd / CHUNK_LEN)?.load(Ordering::Acquire);
     // SAFETY: non-null chunk pointers come from `get_or_create`, point to a
@@ -90,7 +216,7 @@ pub fn get(fd: libc::c_int) -> Option<&'static Cell> {
 
 /// The cell of `fd`, mapping its chunk if needed. `None` for descriptors
 /// beyond the table or when the kernel refuses memory.
-pub fn get_or_create(fd: libc::c_int) -> Option<&'static Cell> {
+fn get_or_create(fd: libc::c_int) -> Option<&'static Cell> {
     if let Some(cell) = get(fd) {
         return Some(cell);
     }
@@ -124,11 +250,15 @@ pub fn get_or_create(fd: libc::c_int) -> Option<&'static Cell> {
     get(fd)
 }
 
-/// Forgets every descriptor in `first..=last` (for `close_range`).
+/// Forgets every descriptor in `first..=last` (for `close_range`), in the
+/// owner process only.
 pub fn clear_range(first: u32, last: u32) {
     let Ok(first) = usize::try_from(first) else {
         return;
     };
+    if !owned() {
+        return;
+    }
     let last = usize::try_from(last)
         .unwrap_or(usize::MAX)
         .min(CHUNK_LEN * MAX_CHUNKS - 1);
@@ -147,8 +277,9 @@ pub fn clear_range(first: u32, last: u32) {
 }
 
 impl Cell {
-    /// Starts tracking a new socket.
-    pub fn reset(&self, flags: u32, domain: libc::c_int, ty: libc::c_int) {
+    /// Starts tracking a new socket, whose cookie is `cookie`.
+    pub fn reset(&self, flags: u32, domain: libc::c_int, ty: libc::c_int, cookie: u64) {
+        self.cookie.store(cookie, Ordering::Relaxed);
         self.option_count.store(0, Ordering::Relaxed);
         self.dest_len.store(0, Ordering::Relaxed);
         self.relay_error.store(0, Ordering::Relaxed);
@@ -166,6 +297,18 @@ impl Cell {
             self.flags.store(0, Ordering::Release);
             self.option_count.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// The `SO_COOKIE` of the socket this cell describes.
+    #[inline]
+    pub fn cookie(&self) -> u64 {
+        self.cookie.load(Ordering::Relaxed)
+    }
+
+    /// Records that another socket now sits on the descriptor (after a
+    /// rebuild).
+    pub fn set_cookie(&self, cookie: u64) {
+        self.cookie.store(cookie, Ordering::Release);
     }
 
     /// The current flags.
@@ -298,6 +441,7 @@ mod tests {
             flag::INET_STREAM | flag::CONVERTED,
             libc::AF_INET6,
             libc::SOCK_STREAM,
+            1,
         );
         assert_eq!(cell.socket_args(), (libc::AF_INET6, libc::SOCK_STREAM));
         cell.record_option(1, 2, &1i32.to_ne_bytes());
@@ -313,7 +457,7 @@ mod tests {
 
         cell.record_option(1, 99, &[0u8; OPTION_MAX_LEN + 1]);
         assert_ne!(cell.flags() & flag::OPTIONS_INCOMPLETE, 0);
-        cell.reset(flag::INET_STREAM, libc::AF_INET, libc::SOCK_STREAM);
+        cell.reset(flag::INET_STREAM, libc::AF_INET, libc::SOCK_STREAM, 1);
         for name in 0..OPTION_SLOTS as i32 {
             cell.record_option(1, name, &[1]);
         }
@@ -331,7 +475,7 @@ mod tests {
         cell.set_dest(&addr);
         let (bytes, len) = cell.dest();
         assert_eq!(&bytes[..len], &addr[..]);
-        cell.reset(flag::INET_STREAM, libc::AF_INET, libc::SOCK_STREAM);
+        cell.reset(flag::INET_STREAM, libc::AF_INET, libc::SOCK_STREAM, 1);
         // From above the other test's descriptor (900_001): tests run in
         // parallel over one process-wide table.
         clear_range(900_200, u32::MAX);

@@ -8,7 +8,8 @@
 //! parses the environment once at load time, [`fdtable`] keeps lock-free
 //! per-descriptor state, [`compat`] rebuilds a socket as plain TCP when the
 //! kernel refuses an option on MPTCP, [`relay`] does the relay hop, [`log`]
-//! writes allocation-free log lines. The exported C symbols are the hooks
+//! writes allocation-free log lines, [`sys`] holds the system calls that are
+//! not hooks. The exported C symbols are the hooks
 //! below and nothing else.
 //!
 //! Every hook body runs inside `catch_unwind`: a bug here turns into the
@@ -21,6 +22,7 @@ pub mod fdtable;
 pub mod log;
 pub mod real;
 pub mod relay;
+pub mod sys;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
@@ -55,8 +57,15 @@ pub fn config() -> &'static Config {
 extern "C" fn init() {
     let _ = catch_unwind(|| {
         real::resolve_all();
+        fdtable::claim();
+        sys::on_fork_child(forked);
         config();
     });
+}
+
+/// In the child of a libc `fork()`: the copy of the table is the child's.
+unsafe extern "C" fn forked() {
+    fdtable::claim();
 }
 
 #[used]
@@ -144,18 +153,14 @@ unsafe fn socket_hook(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     if config.mode == Mode::Off || !is_tcp_request(domain, ty, protocol) {
         // SAFETY: the caller's arguments.
         let fd = unsafe { real::socket(domain, ty, protocol) };
-        if let Some(cell) = fdtable::get(fd) {
-            cell.clear();
-        }
+        fdtable::forget(fd);
         return fd;
     }
     if !MPTCP_UNSUPPORTED.load(Ordering::Relaxed) {
         // SAFETY: the caller's arguments with another protocol.
         let fd = unsafe { real::socket(domain, ty, IPPROTO_MPTCP) };
         if fd >= 0 {
-            if let Some(cell) = fdtable::get_or_create(fd) {
-                cell.reset(flag::INET_STREAM | flag::CONVERTED, domain, ty);
-            }
+            fdtable::track(fd, flag::INET_STREAM | flag::CONVERTED, domain, ty);
             return fd;
         }
         let e = errno();
@@ -179,18 +184,18 @@ unsafe fn socket_hook(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     // What the program asked for: its result and errno are the program's.
     // SAFETY: the caller's arguments.
     let fd = unsafe { real::socket(domain, ty, protocol) };
-    if let Some(cell) = fdtable::get_or_create(fd) {
-        cell.reset(flag::INET_STREAM, domain, ty);
-    }
+    fdtable::track(fd, flag::INET_STREAM, domain, ty);
     fd
 }
 
 /// The cell of a converted socket that may still be rebuilt as TCP.
 fn replaceable_cell(fd: c_int, level: c_int) -> Option<&'static fdtable::Cell> {
-    let cell = fdtable::get(fd)?;
-    let flags = cell.flags();
-    (flags & flag::CONVERTED != 0 && flags & flag::CONNECT_CALLED == 0 && level != SOL_MPTCP)
-        .then_some(cell)
+    if level == SOL_MPTCP {
+        return None;
+    }
+    fdtable::lookup(fd, |flags| {
+        flags & flag::CONVERTED != 0 && flags & flag::CONNECT_CALLED == 0
+    })
 }
 
 fn refused(e: c_int) -> bool {
@@ -285,8 +290,9 @@ unsafe fn getsockopt_hook(
         if level == libc::SOL_SOCKET && name == libc::SO_ERROR {
             let config = config();
             if config.mode == Mode::Relay
-                && let Some(cell) = fdtable::get(fd)
-                && cell.flags() & (flag::RELAY_PENDING | flag::RELAY_FAILED) != 0
+                && let Some(cell) = fdtable::lookup(fd, |flags| {
+                    flags & (flag::RELAY_PENDING | flag::RELAY_FAILED) != 0
+                })
             {
                 // SAFETY: the kernel just wrote an int there.
                 unsafe {
@@ -327,17 +333,17 @@ unsafe fn connect_hook(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_in
             return result;
         }
     }
-    if let Some(cell) = fdtable::get(fd)
-        && cell.flags() & flag::INET_STREAM != 0
-    {
-        cell.update(flag::CONNECT_CALLED, 0);
-    }
+    fdtable::restrict(
+        fd,
+        |flags| flags & flag::INET_STREAM != 0 && flags & flag::CONNECT_CALLED == 0,
+        flag::CONNECT_CALLED,
+    );
     // SAFETY: the caller's arguments.
     unsafe { real::connect(fd, addr, len) }
 }
 
 unsafe fn getpeername_hook(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    if let Some(cell) = fdtable::get(fd) {
+    if let Some(cell) = fdtable::lookup(fd, relay::is_relayed) {
         // SAFETY: the caller's arguments.
         if let Some(result) = unsafe { relay::getpeername(config(), fd, cell, addr, len) } {
             return result;
@@ -347,49 +353,32 @@ unsafe fn getpeername_hook(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) 
     unsafe { real::getpeername(fd, addr, len) }
 }
 
-fn forget(fd: c_int) {
-    if let Some(cell) = fdtable::get(fd) {
-        cell.clear();
-    }
-}
-
 unsafe fn accept_hook(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     // SAFETY: the caller's arguments.
     let new = unsafe { real::accept(fd, addr, len) };
-    forget(new);
+    fdtable::forget(new);
     new
 }
 
 unsafe fn accept4_hook(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
     // SAFETY: the caller's arguments.
     let new = unsafe { real::accept4(fd, addr, len, flags) };
-    forget(new);
+    fdtable::forget(new);
     new
 }
 
 unsafe fn close_hook(fd: c_int) -> c_int {
-    forget(fd);
+    fdtable::forget(fd);
     // SAFETY: the caller's argument.
     unsafe { real::close(fd) }
 }
 
 /// After `dup2`/`dup3` succeeded: `new` is another name for `old`'s socket.
 /// It keeps the relay destination and the MPTCP flag but is never rebuilt
-/// (the other descriptor would keep the old socket).
+/// itself (a rebuild through `old` carries it along, see
+/// [`compat::rebuild`]).
 fn copy_state(old: c_int, new: c_int) {
-    if old == new {
-        return;
-    }
-    let source = fdtable::get(old).map(|c| (c.flags(), c.socket_args(), c.dest()));
-    match source {
-        Some((flags, (domain, ty), (dest, dest_len))) if flags != 0 => {
-            if let Some(cell) = fdtable::get_or_create(new) {
-                cell.reset(flags | flag::OPTIONS_INCOMPLETE, domain, ty);
-                cell.set_dest(&dest[..dest_len]);
-            }
-        }
-        _ => forget(new),
-    }
+    fdtable::copy(old, new, flag::OPTIONS_INCOMPLETE);
 }
 
 unsafe fn dup2_hook(old: c_int, new: c_int) -> c_int {

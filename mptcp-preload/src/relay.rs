@@ -164,7 +164,7 @@ pub unsafe fn connect(
                 return Some(fail(e));
             }
             let (_, ty) = cell.socket_args();
-            cell.reset(flags, libc::AF_INET6, ty);
+            cell.reset(flags, libc::AF_INET6, ty, cell.cookie());
             relay.addr
         }
         _ => relay.addr,
@@ -213,9 +213,7 @@ fn same_endpoint(a: &SocketAddr, b: &SocketAddr) -> bool {
 /// The cell of `fd` if it is a TCP or MPTCP stream socket (sockets made
 /// before the library was loaded are checked with `getsockopt`).
 fn stream_cell(fd: c_int) -> Option<&'static Cell> {
-    if let Some(cell) = fdtable::get(fd)
-        && cell.flags() & flag::INET_STREAM != 0
-    {
+    if let Some(cell) = fdtable::lookup(fd, |flags| flags & flag::INET_STREAM != 0) {
         return Some(cell);
     }
     let domain = int_option(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
@@ -226,10 +224,8 @@ fn stream_cell(fd: c_int) -> Option<&'static Cell> {
     if !(inet && ty == libc::SOCK_STREAM && tcp) {
         return None;
     }
-    let cell = fdtable::get_or_create(fd)?;
     // Unknown history: treat its options as unrecorded.
-    cell.reset(flag::INET_STREAM | flag::OPTIONS_INCOMPLETE, domain, ty);
-    Some(cell)
+    fdtable::track(fd, flag::INET_STREAM | flag::OPTIONS_INCOMPLETE, domain, ty)
 }
 
 /// Whether the TCP connection to the relay may still be in progress.
@@ -491,6 +487,11 @@ pub fn so_error(config: &Config, fd: c_int, cell: &Cell, kernel_error: c_int) ->
     kernel_error
 }
 
+/// Whether cell `flags` describe a socket of the relay hop.
+pub fn is_relayed(flags: u32) -> bool {
+    flags & (flag::RELAY_PENDING | flag::RELAY_READY | flag::RELAY_FAILED) != 0
+}
+
 /// `getpeername` on a relayed socket: the program's destination, not the
 /// relay. Returns `None` for sockets that are not relayed.
 ///
@@ -505,7 +506,7 @@ pub unsafe fn getpeername(
     len: *mut socklen_t,
 ) -> Option<c_int> {
     let flags = cell.flags();
-    if flags & (flag::RELAY_PENDING | flag::RELAY_READY | flag::RELAY_FAILED) == 0 {
+    if !is_relayed(flags) {
         return None;
     }
     if flags & flag::RELAY_PENDING != 0 {

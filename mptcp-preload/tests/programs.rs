@@ -1,9 +1,10 @@
 //! Real, unmodified programs under `LD_PRELOAD=libmptcp_preload.so`, in
 //! network namespaces of the test bed: iperf3, curl, wget, Python (asyncio,
-//! http.server, a TCP_MD5SIG user) and dante.
+//! http.server, a TCP_MD5SIG user, subprocess), dante, nginx and a C program
+//! for descriptor reuse (tests/c/stale_state.c).
 //!
 //! Needs root (or CAP_SYS_ADMIN + CAP_NET_ADMIN) and the Debian packages
-//! iperf3, curl, wget, python3 and dante-server.
+//! iperf3, curl, wget, python3, dante-server, nginx and a C compiler (cc).
 
 mod support;
 
@@ -712,6 +713,113 @@ fn fork_from_a_multithreaded_program_does_not_hang() {
         .unwrap();
     let stdout = check(&out, "fork program");
     assert!(stdout.contains("forks ok"), "{stdout}");
+}
+
+/// The reproducer of issue 16: a `vfork` child (CPython's `subprocess`)
+/// runs the hooked `close` in the parent's memory; the socket must still be
+/// rebuilt as TCP for an option MPTCP refuses (TCP_USER_TIMEOUT on 6.18).
+/// Then the same with a thread that spawns all along while the main thread
+/// makes sockets.
+const SUBPROCESS_PROGRAM: &str = r#"
+import socket, subprocess, threading
+s = socket.socket()
+subprocess.run(["true"])
+s.setsockopt(socket.IPPROTO_TCP, 18, 5000)
+print("after subprocess", s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
+stop = False
+def spawn():
+    while not stop:
+        subprocess.run(["true"])
+t = threading.Thread(target=spawn)
+t.start()
+protocols = set()
+for _ in range(300):
+    s = socket.socket()
+    s.setsockopt(socket.IPPROTO_TCP, 18, 5000)
+    protocols.add(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
+    s.close()
+stop = True
+t.join()
+print("while spawning", *sorted(protocols))
+"#;
+
+#[test]
+fn a_vfork_child_does_not_touch_the_parents_state() {
+    privileged();
+    let host = Host::new("vfork").unwrap();
+    let out = preloaded(&host, &python(), &[])
+        .args(["-c", SUBPROCESS_PROGRAM])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "subprocess program");
+    assert!(stdout.contains("after subprocess 6\n"), "{stdout}");
+    assert!(stdout.contains("while spawning 6\n"), "{stdout}");
+}
+
+/// `tests/c/stale_state.c`, compiled into `dir`.
+fn stale_state_program(dir: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/stale_state.c");
+    let exe = dir.join("stale_state");
+    let out = std::process::Command::new("cc")
+        .args(["-Wall", "-Wextra", "-Werror", "-O1", "-o"])
+        .arg(&exe)
+        .arg(&source)
+        .output()
+        .expect("cc (gcc) must be installed");
+    check(&out, "cc stale_state.c");
+    exe
+}
+
+/// Runs one case of the C program under the library and checks it passed.
+fn stale_state_case(host: &Host, exe: &Path, case: &str, args: &[&str], env: &[(&str, &str)]) {
+    let out = preloaded(host, exe.to_str().unwrap(), env)
+        .arg(case)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = check(&out, case);
+    assert_eq!(stdout, format!("{case} ok\n"));
+}
+
+#[test]
+fn closes_the_library_cannot_see_leave_no_state_behind() {
+    privileged();
+    let host = Host::new("unseen-close").unwrap();
+    let dir = TempDir::new("stale-state");
+    let exe = stale_state_program(&dir.0);
+    for case in [
+        "closefrom",
+        "close_range",
+        "syscall_close",
+        "fclose_fdopen",
+        "dup_before_rebuild",
+        "vfork",
+        "fork",
+    ] {
+        stale_state_case(&host, &exe, case, &[], &[]);
+    }
+
+    // Relay mode: a relayed socket closed by closefrom, its number reused
+    // by a pipe, whose getpeername must be ENOTSOCK.
+    let relay_addr: SocketAddr = "127.0.0.1:1080".parse().unwrap();
+    let relay = TestRelay::start(&host, relay_addr, "alice", "s3cret");
+    let dest = host.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = dest.local_addr().unwrap().port().to_string();
+    let relay_env = relay_addr.to_string();
+    let env = [
+        ("MPTCP_PRELOAD_MODE", "relay"),
+        ("MPTCP_PRELOAD_RELAY", relay_env.as_str()),
+        ("MPTCP_PRELOAD_USER", "alice"),
+        ("MPTCP_PRELOAD_PASSWORD", "s3cret"),
+        ("MPTCP_PRELOAD_INCLUDE", "127.0.0.1/32"),
+        ("MPTCP_PRELOAD_EXCLUDE", ""),
+    ];
+    stale_state_case(&host, &exe, "relay_pipe", &[&port], &env);
+    assert_eq!(
+        relay.mptcp_connections(),
+        1,
+        "the connect went through the relay"
+    );
 }
 
 #[test]
