@@ -6,7 +6,8 @@
 //!
 //! Layout: [`real`] finds the libc functions behind the hooks, [`mod@config`]
 //! parses the environment once at load time, [`fdtable`] keeps lock-free
-//! per-descriptor state, [`compat`] rebuilds a socket as plain TCP when the
+//! per-descriptor state (with [`pool`]s for what only some sockets need),
+//! [`compat`] rebuilds a socket as plain TCP when the
 //! kernel refuses an option on MPTCP, [`relay`] does the relay hop, [`log`]
 //! writes allocation-free log lines, [`sys`] holds the system calls that are
 //! not hooks. The exported C symbols are the hooks
@@ -20,6 +21,7 @@ pub mod config;
 pub mod dns;
 pub mod fdtable;
 pub mod log;
+pub mod pool;
 pub mod real;
 pub mod relay;
 pub mod sys;
@@ -160,7 +162,7 @@ unsafe fn socket_hook(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
         // SAFETY: the caller's arguments with another protocol.
         let fd = unsafe { real::socket(domain, ty, IPPROTO_MPTCP) };
         if fd >= 0 {
-            fdtable::track(fd, flag::INET_STREAM | flag::CONVERTED, domain, ty);
+            fdtable::track(fd, flag::INET_STREAM | flag::CONVERTED, domain);
             return fd;
         }
         let e = errno();
@@ -184,7 +186,7 @@ unsafe fn socket_hook(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     // What the program asked for: its result and errno are the program's.
     // SAFETY: the caller's arguments.
     let fd = unsafe { real::socket(domain, ty, protocol) };
-    fdtable::track(fd, flag::INET_STREAM, domain, ty);
+    fdtable::track(fd, flag::INET_STREAM, domain);
     fd
 }
 
@@ -215,7 +217,7 @@ fn fall_back_to_tcp(
     what: &str,
     accepted_by_tcp: impl FnOnce(c_int) -> bool,
 ) -> bool {
-    let (domain, _) = cell.socket_args();
+    let domain = cell.domain();
     if !compat::replaceable(fd, cell) || !compat::tcp_accepts(domain, accepted_by_tcp) {
         return false;
     }
@@ -333,11 +335,9 @@ unsafe fn connect_hook(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_in
             return result;
         }
     }
-    fdtable::restrict(
-        fd,
-        |flags| flags & flag::INET_STREAM != 0 && flags & flag::CONNECT_CALLED == 0,
-        flag::CONNECT_CALLED,
-    );
+    fdtable::mark_connected(fd, |flags| {
+        flags & flag::INET_STREAM != 0 && flags & flag::CONNECT_CALLED == 0
+    });
     // SAFETY: the caller's arguments.
     unsafe { real::connect(fd, addr, len) }
 }

@@ -150,7 +150,7 @@ pub unsafe fn connect(
         return Some(fail(libc::EISCONN));
     }
 
-    let (domain, _) = cell.socket_args();
+    let domain = cell.domain();
     let relay_addr = match (domain, relay.addr) {
         (libc::AF_INET6, SocketAddr::V4(v4)) => {
             SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
@@ -163,19 +163,23 @@ pub unsafe fn connect(
             if let Err(e) = compat::rebuild(fd, cell, libc::AF_INET6, IPPROTO_MPTCP) {
                 return Some(fail(e));
             }
-            let (_, ty) = cell.socket_args();
-            cell.reset(flags, libc::AF_INET6, ty, cell.cookie());
+            cell.reset(flags, libc::AF_INET6, cell.cookie());
             relay.addr
         }
         _ => relay.addr,
     };
 
     let (dest_c, dest_len) = to_sockaddr(&dest);
-    cell.set_dest(bytes_of(&dest_c, dest_len));
+    if !cell.set_dest(bytes_of(&dest_c, dest_len)) {
+        // Without the destination the hop cannot be made: fail rather than
+        // connect directly.
+        return Some(fail(libc::ENOBUFS));
+    }
     cell.update(
         flag::RELAY_PENDING | flag::CONNECT_CALLED,
         flag::RELAY_READY | flag::RELAY_FAILED,
     );
+    cell.forget_options();
     let (relay_c, relay_len) = to_sockaddr(&relay_addr);
     // SAFETY: `relay_c` holds a valid socket address of `relay_len` bytes.
     let r = unsafe { real::connect(fd, (&raw const relay_c).cast(), relay_len) };
@@ -225,7 +229,7 @@ fn stream_cell(fd: c_int) -> Option<&'static Cell> {
         return None;
     }
     // Unknown history: treat its options as unrecorded.
-    fdtable::track(fd, flag::INET_STREAM | flag::OPTIONS_INCOMPLETE, domain, ty)
+    fdtable::track(fd, flag::INET_STREAM | flag::OPTIONS_INCOMPLETE, domain)
 }
 
 /// Whether the TCP connection to the relay may still be in progress.

@@ -756,17 +756,17 @@ fn a_vfork_child_does_not_touch_the_parents_state() {
     assert!(stdout.contains("while spawning 6\n"), "{stdout}");
 }
 
-/// `tests/c/stale_state.c`, compiled into `dir`.
-fn stale_state_program(dir: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/stale_state.c");
-    let exe = dir.join("stale_state");
+/// `tests/c/<name>.c`, compiled into `dir`.
+fn c_program(dir: &Path, name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
+    let exe = dir.join(name);
     let out = std::process::Command::new("cc")
         .args(["-Wall", "-Wextra", "-Werror", "-O1", "-o"])
         .arg(&exe)
         .arg(&source)
         .output()
         .expect("cc (gcc) must be installed");
-    check(&out, "cc stale_state.c");
+    check(&out, &format!("cc {name}.c"));
     exe
 }
 
@@ -786,7 +786,7 @@ fn closes_the_library_cannot_see_leave_no_state_behind() {
     privileged();
     let host = Host::new("unseen-close").unwrap();
     let dir = TempDir::new("stale-state");
-    let exe = stale_state_program(&dir.0);
+    let exe = c_program(&dir.0, "stale_state");
     for case in [
         "closefrom",
         "close_range",
@@ -819,6 +819,66 @@ fn closes_the_library_cannot_see_leave_no_state_behind() {
         relay.mptcp_connections(),
         1,
         "the connect went through the relay"
+    );
+}
+
+/// What the library adds to the resident set of a program that keeps
+/// `count` sockets open (bytes per socket), for a `many_sockets.c` mode.
+fn table_bytes_per_socket(host: &Host, exe: &Path, mode: &str, count: usize) -> f64 {
+    let growth = |preload: bool| {
+        let mut cmd = if preload {
+            preloaded(host, exe.to_str().unwrap(), &[])
+        } else {
+            host.command(exe.to_str().unwrap())
+        };
+        let out = cmd.args([mode, &count.to_string()]).output().unwrap();
+        let stdout = check(&out, &format!("many_sockets {mode}"));
+        let kib: f64 = stdout
+            .trim()
+            .strip_prefix("rss_growth_kib ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected output: {stdout}"));
+        kib * 1024.0
+    };
+    let (plain, preloaded) = (growth(false), growth(true));
+    let per_socket = (preloaded - plain) / count as f64;
+    eprintln!(
+        "{count} sockets, {mode}: RSS grows {:.0} KiB plain, {:.0} KiB preloaded: {per_socket:.0} B per socket",
+        plain / 1024.0,
+        preloaded / 1024.0
+    );
+    per_socket
+}
+
+#[test]
+fn the_table_costs_a_few_bytes_per_socket() {
+    privileged();
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a writable rlimit.
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(r, 0);
+    let count = (limit.rlim_max.saturating_sub(64) as usize).min(20_000);
+    assert!(
+        count >= 10_000,
+        "RLIMIT_NOFILE (hard) is {}: raise it to 20064 for this test",
+        limit.rlim_max
+    );
+    let host = Host::new("rss").unwrap();
+    let dir = TempDir::new("rss");
+    let exe = c_program(&dir.0, "many_sockets");
+    // A 24-byte cell per descriptor; options set before connect() take a
+    // 208-byte log until the socket connects. (Before: 640 B per socket.)
+    let open = table_bytes_per_socket(&host, &exe, "open", count);
+    assert!(open < 40.0, "{open:.0} B per open socket");
+    let connected = table_bytes_per_socket(&host, &exe, "connected", count);
+    assert!(connected < 40.0, "{connected:.0} B per connected socket");
+    let options = table_bytes_per_socket(&host, &exe, "options", count);
+    assert!(
+        options < 300.0,
+        "{options:.0} B per socket with an option, not connected"
     );
 }
 
