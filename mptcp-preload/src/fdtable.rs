@@ -30,8 +30,8 @@
 //! parent's memory until it execs, and its `close`, `close_range` and `dup2`
 //! calls would rewrite the parent's table. The table belongs to one process
 //! (the one that loaded the library, then each child of a libc `fork()`,
-//! through an `atfork` handler), and [`forget`], [`clear_range`] and
-//! [`copy`] do nothing in any other process (one `getpid`, only when there
+//! through an `atfork` handler), and [`forget`], [`closed`],
+//! [`clear_range`] and [`copy`] do nothing in any other process (one `getpid`, only when there
 //! is a cell to change). Other writes are not checked: POSIX allows a
 //! `vfork` child nothing but `_exit` and `exec`, and a child that creates a
 //! socket anyway can at worst make the parent forget a socket's record,
@@ -206,8 +206,8 @@ pub fn track(fd: libc::c_int, flags: u32, domain: libc::c_int) -> Option<&'stati
     Some(cell)
 }
 
-/// Forgets `fd` (closed, or reused by a descriptor the library does not
-/// track), in the owner process only.
+/// Forgets `fd` (reused by a descriptor the library does not track), in
+/// the owner process only.
 #[inline]
 pub fn forget(fd: libc::c_int) {
     if let Some(cell) = get(fd)
@@ -215,6 +215,23 @@ pub fn forget(fd: libc::c_int) {
         && owned()
     {
         cell.clear();
+    }
+}
+
+/// `fd` is being closed: gives its pool records back, in the owner process
+/// only. The cell of a connected socket without records is left as it is:
+/// no hook acts on such a cell, and the cookie would not match the next
+/// socket anyway, so the common `close()` costs no system call.
+#[inline]
+pub fn closed(fd: libc::c_int) {
+    if let Some(cell) = get(fd) {
+        let flags = cell.flags();
+        let inert = flags & flag::CONNECT_CALLED != 0
+            && cell.options.load(Ordering::Relaxed) == 0
+            && cell.relay.load(Ordering::Relaxed) == 0;
+        if flags != 0 && !inert && owned() {
+            cell.clear();
+        }
     }
 }
 

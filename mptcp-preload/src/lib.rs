@@ -368,7 +368,7 @@ unsafe fn accept4_hook(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flag
 }
 
 unsafe fn close_hook(fd: c_int) -> c_int {
-    fdtable::forget(fd);
+    fdtable::closed(fd);
     // SAFETY: the caller's argument.
     unsafe { real::close(fd) }
 }
