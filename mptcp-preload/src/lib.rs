@@ -224,7 +224,7 @@ fn fall_back_to_tcp(
     match compat::rebuild(fd, cell, domain, libc::IPPROTO_TCP) {
         Ok(()) => {
             cell.update(0, flag::CONVERTED);
-            let option = compat::option_name(level, name);
+            let option = compat::OptionLabel(level, name);
             log::once(
                 ONCE_OPTION_BASE + (name as u32 % 48),
                 LogLevel::Info,
@@ -244,6 +244,28 @@ fn fall_back_to_tcp(
     }
 }
 
+/// Records an option the kernel accepted (or the library ignored) so that
+/// a rebuild replays it.
+///
+/// # Safety
+///
+/// `value` is null or points to `len` readable bytes.
+unsafe fn record(
+    cell: &fdtable::Cell,
+    level: c_int,
+    name: c_int,
+    value: *const c_void,
+    len: socklen_t,
+) {
+    if value.is_null() || len as usize > fdtable::OPTION_MAX_LEN {
+        cell.record_option(level, name, &[0u8; fdtable::OPTION_MAX_LEN + 1]);
+    } else {
+        // SAFETY: readable for `len` bytes by the caller's contract.
+        let bytes = unsafe { std::slice::from_raw_parts(value.cast::<u8>(), len as usize) };
+        cell.record_option(level, name, bytes);
+    }
+}
+
 unsafe fn setsockopt_hook(
     fd: c_int,
     level: c_int,
@@ -253,27 +275,49 @@ unsafe fn setsockopt_hook(
 ) -> c_int {
     // SAFETY: the caller's arguments.
     let r = unsafe { real::setsockopt(fd, level, name, value, len) };
-    let Some(cell) = replaceable_cell(fd, level) else {
-        return r;
-    };
     if r == 0 {
-        if value.is_null() || len as usize > fdtable::OPTION_MAX_LEN {
-            cell.record_option(level, name, &[0u8; fdtable::OPTION_MAX_LEN + 1]);
-        } else {
+        if let Some(cell) = replaceable_cell(fd, level) {
             // SAFETY: the kernel just read `len` bytes from `value`.
-            let bytes = unsafe { std::slice::from_raw_parts(value.cast::<u8>(), len as usize) };
-            cell.record_option(level, name, bytes);
+            unsafe { record(cell, level, name, value, len) };
         }
         return 0;
     }
     let e = errno();
+    if !refused(e) || level == SOL_MPTCP {
+        return r;
+    }
     let probe = |tcp: c_int| {
         // SAFETY: the caller's value, which the kernel just read.
         unsafe { real::setsockopt(tcp, level, name, value, len) == 0 }
     };
-    if refused(e) && fall_back_to_tcp(fd, cell, level, name, "setsockopt", probe) {
-        // SAFETY: the caller's arguments, now on a TCP socket.
-        return unsafe { real::setsockopt(fd, level, name, value, len) };
+    match compat::on_refusal(level, name) {
+        compat::Refusal::Ignore => {
+            if let Some(cell) = fdtable::lookup(fd, |flags| flags & flag::CONVERTED != 0)
+                && compat::tcp_accepts(cell.domain(), probe)
+            {
+                if cell.flags() & flag::CONNECT_CALLED == 0 {
+                    // SAFETY: TCP just read `len` bytes from `value`.
+                    unsafe { record(cell, level, name, value, len) };
+                }
+                log::once(
+                    ONCE_OPTION_BASE + (name as u32 % 48),
+                    LogLevel::Info,
+                    format_args!(
+                        "setsockopt({}) means nothing on MPTCP sockets: ignored, fd {fd} stays MPTCP",
+                        compat::OptionLabel(level, name)
+                    ),
+                );
+                return 0;
+            }
+        }
+        compat::Refusal::Rebuild => {
+            if let Some(cell) = replaceable_cell(fd, level)
+                && fall_back_to_tcp(fd, cell, level, name, "setsockopt", probe)
+            {
+                // SAFETY: the caller's arguments, now on a TCP socket.
+                return unsafe { real::setsockopt(fd, level, name, value, len) };
+            }
+        }
     }
     set_errno(e);
     r
@@ -316,8 +360,9 @@ unsafe fn getsockopt_hook(
         // SAFETY: `buf` is writable for `probe_len` bytes.
         unsafe { real::getsockopt(tcp, level, name, buf.as_mut_ptr().cast(), &mut probe_len) == 0 }
     };
-    if let Some(cell) = replaceable_cell(fd, level)
-        && refused(e)
+    if refused(e)
+        && compat::on_refusal(level, name) == compat::Refusal::Rebuild
+        && let Some(cell) = replaceable_cell(fd, level)
         && fall_back_to_tcp(fd, cell, level, name, "getsockopt", probe)
     {
         // SAFETY: the caller's arguments, now on a TCP socket.

@@ -184,6 +184,13 @@ fn curl_and_wget_reach_a_destination_behind_dante_and_the_project_relay() {
     let relay_listen = SocketAddr::new(IpAddr::V4(relay_addr), 1080);
     let relay = dante(&rp.remote, &conf.0, relay_listen, rp.remote_egress_addr());
     rp.remote.wait_listening(relay_listen.port()).unwrap();
+    // dante sets SO_OOBINLINE on its listener, which MPTCP refuses and the
+    // library ignores (no urgent data on MPTCP): the listener stays MPTCP.
+    let mptcp_listeners = rp.remote.exec("ss", &["-HMln"]).unwrap();
+    assert!(
+        mptcp_listeners.contains(&relay_listen.to_string()),
+        "dante's listener is not MPTCP: {mptcp_listeners:?}"
+    );
 
     let relay_env = format!("{relay_addr}:1080");
     let env = [
@@ -879,6 +886,177 @@ fn the_table_costs_a_few_bytes_per_socket() {
     assert!(
         options < 300.0,
         "{options:.0} B per socket with an option, not connected"
+    );
+}
+
+/// `discover` (without the library): every option number 0..100 of
+/// SOL_SOCKET, IPPROTO_TCP, IPPROTO_IP (IPv4) and IPPROTO_IPV6 (IPv6) that
+/// a TCP socket takes (with the first of a few simple values that works)
+/// and an MPTCP socket refuses, as `op family level name value-hex`.
+/// `apply` (under the library): each such line on a fresh socket, printing
+/// `op level name errno protocol-afterwards`.
+const OPTIONS_PROGRAM: &str = r#"
+import socket, struct, sys, errno
+REFUSED = (errno.EOPNOTSUPP, errno.ENOPROTOOPT)
+LEVELS = [(socket.SOL_SOCKET, socket.AF_INET), (socket.IPPROTO_TCP, socket.AF_INET),
+          (socket.IPPROTO_IP, socket.AF_INET), (socket.IPPROTO_IPV6, socket.AF_INET6)]
+VALUES = [struct.pack("i", 1), struct.pack("i", 0), bytes(8), bytes(16)]
+def attempt(op, family, proto, level, name, value):
+    s = socket.socket(family, socket.SOCK_STREAM, proto)
+    try:
+        if op == "set":
+            s.setsockopt(level, name, value)
+        else:
+            s.getsockopt(level, name, 64)
+        result = 0
+    except OSError as e:
+        result = e.errno
+    protocol = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+    s.close()
+    return result, protocol
+if sys.argv[1] == "discover":
+    for level, family in LEVELS:
+        for name in range(100):
+            for value in VALUES:
+                if attempt("set", family, 6, level, name, value)[0] == 0:
+                    if attempt("set", family, 262, level, name, value)[0] in REFUSED:
+                        print("set", int(family), level, name, value.hex())
+                    break
+            if attempt("get", family, 6, level, name, b"")[0] == 0:
+                if attempt("get", family, 262, level, name, b"")[0] in REFUSED:
+                    print("get", int(family), level, name, "-")
+else:
+    for line in sys.stdin:
+        op, family, level, name, value = line.split()
+        data = b"" if value == "-" else bytes.fromhex(value)
+        result, protocol = attempt(op, int(family), 0, int(level), int(name), data)
+        print(op, level, name, result, protocol)
+"#;
+
+/// What Linux 6.18 refuses on MPTCP sockets and takes on TCP sockets, as
+/// `OPTIONS_PROGRAM discover` finds it (`op level name`); the README's
+/// table names them.
+const REFUSED_ON_6_18: &str = "
+set 1 10; set 1 42; get 1 42; set 1 44; set 1 47; set 1 53; set 1 60; set 1 61;
+set 1 72; set 1 74; get 1 74; set 1 75; set 1 80; set 1 82; set 6 7; get 6 7;
+set 6 8; get 6 8; set 6 10; get 6 10; set 6 12; get 6 12; set 6 16; get 6 16;
+set 6 17; get 6 17; set 6 18; get 6 18; set 6 19; get 6 19; get 6 24; set 6 27;
+get 6 27; get 6 28; set 6 37; get 6 37; get 6 44; get 6 45; get 6 46; set 0 2;
+get 0 2; get 0 3; set 0 4; get 0 4; get 0 5; set 0 6; get 0 6; set 0 7; get 0 7;
+set 0 8; get 0 8; get 0 9; set 0 10; get 0 10; set 0 11; get 0 11; set 0 12;
+get 0 12; set 0 13; get 0 13; set 0 18; get 0 18; set 0 20; get 0 20; set 0 21;
+get 0 21; get 0 22; set 0 23; get 0 23; get 0 25; set 0 26; get 0 26; get 0 32;
+get 0 33; set 0 34; get 0 34; set 0 49; get 0 49; set 0 50; get 0 50; get 0 52;
+set 41 2; get 41 2; set 41 3; get 41 3; set 41 4; get 41 4; set 41 5; get 41 5;
+set 41 6; get 41 6; set 41 8; get 41 8; set 41 11; get 41 11; set 41 16; get 41 16;
+get 41 17; get 41 18; set 41 19; get 41 19; get 41 22; set 41 23; get 41 23;
+set 41 24; set 41 25; get 41 25; set 41 29; get 41 29; set 41 30; get 41 30;
+set 41 31; get 41 31; set 41 33; get 41 33; set 41 49; get 41 49; set 41 51;
+get 41 51; set 41 53; get 41 53; set 41 54; get 41 54; set 41 55; get 41 55;
+set 41 56; get 41 56; get 41 57; set 41 58; get 41 58; set 41 59; get 41 59;
+set 41 60; get 41 60; set 41 62; get 41 62; set 41 66; get 41 66; set 41 67;
+get 41 67; set 41 70; get 41 70; set 41 72; get 41 72; set 41 73; get 41 73;
+set 41 74; get 41 74; set 41 76; get 41 76; set 41 77; get 41 77;
+";
+
+/// The options the library ignores on MPTCP sockets instead of rebuilding
+/// them as TCP (`compat::on_refusal`): `(level, name)`.
+const IGNORED: &[(i32, i32)] = &[
+    (libc::SOL_SOCKET, libc::SO_OOBINLINE),
+    (libc::IPPROTO_TCP, libc::TCP_QUICKACK),
+    (libc::IPPROTO_TCP, libc::TCP_THIN_LINEAR_TIMEOUTS),
+    (libc::IPPROTO_TCP, libc::TCP_THIN_DUPACK),
+    (libc::IPPROTO_IP, libc::IP_MULTICAST_IF),
+    (libc::IPPROTO_IP, libc::IP_MULTICAST_TTL),
+    (libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP),
+    (libc::IPPROTO_IP, libc::IP_MULTICAST_ALL),
+    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF),
+    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS),
+    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP),
+    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_ALL),
+];
+
+#[test]
+fn every_option_mptcp_refuses_is_ignored_or_rebuilt_as_tcp() {
+    privileged();
+    let host = Host::new("options").unwrap();
+    let out = host
+        .command(&python())
+        .args(["-c", OPTIONS_PROGRAM, "discover"])
+        .output()
+        .unwrap();
+    let discovered = check(&out, "option discovery");
+    let refused: Vec<(String, i32, i32)> = discovered
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (
+                f[0].to_owned(),
+                f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        refused.contains(&("set".to_owned(), libc::SOL_SOCKET, libc::SO_OOBINLINE)),
+        "the kernel takes SO_OOBINLINE on MPTCP sockets now: update the README table\n{discovered}"
+    );
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    if release.starts_with("6.18.") {
+        let listed: Vec<String> = REFUSED_ON_6_18
+            .split(';')
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
+            .collect();
+        let found: Vec<String> = refused
+            .iter()
+            .map(|(op, level, name)| format!("{op} {level} {name}"))
+            .collect();
+        assert_eq!(
+            found, listed,
+            "6.18 refuses other options than the README's table says"
+        );
+    }
+
+    let out = preloaded(&host, &python(), &[])
+        .args(["-c", OPTIONS_PROGRAM, "apply"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(discovered.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let applied = check(&out, "options under the library");
+    let mut wrong = Vec::new();
+    for line in applied.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (op, level, name): (&str, i32, i32) =
+            (f[0], f[1].parse().unwrap(), f[2].parse().unwrap());
+        let (result, protocol): (i32, i32) = (f[3].parse().unwrap(), f[4].parse().unwrap());
+        let ignored = IGNORED.contains(&(level, name));
+        let expected = match (op, ignored) {
+            // Ignored: success and still MPTCP; reading it keeps the error.
+            ("set", true) => result == 0 && protocol == 262,
+            ("get", true) => result != 0 && protocol == 262,
+            // Otherwise rebuilt as TCP, where the call succeeds.
+            _ => result == 0 && protocol == libc::IPPROTO_TCP,
+        };
+        if !expected {
+            wrong.push(line.to_owned());
+        }
+    }
+    assert_eq!(applied.lines().count(), refused.len(), "{applied}");
+    assert!(
+        wrong.is_empty(),
+        "unexpected outcomes (op level name errno protocol):\n{}",
+        wrong.join("\n")
     );
 }
 
