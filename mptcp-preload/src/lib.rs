@@ -43,14 +43,12 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 /// while the process is single-threaded, so no hook ever waits on it).
 pub fn config() -> &'static Config {
     CONFIG.get_or_init(|| {
-        match config::parse(|name| std::env::var(name).ok()) {
-            Ok(config) => config,
-            Err(e) => {
-                // Always on standard error, whatever the log settings.
-                log::write_line(None, format_args!("{e}"));
-                Config::off()
-            }
+        let (config, problem) = config::load(|name| std::env::var(name).ok());
+        if let Some(line) = problem {
+            // Always on standard error, whatever the log settings.
+            log::write_line(None, format_args!("{line}"));
         }
+        config
     })
 }
 
@@ -152,7 +150,7 @@ fn is_tcp_request(domain: c_int, ty: c_int, protocol: c_int) -> bool {
 
 unsafe fn socket_hook(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     let config = config();
-    if config.mode == Mode::Off || !is_tcp_request(domain, ty, protocol) {
+    if matches!(config.mode, Mode::Off | Mode::Blocked) || !is_tcp_request(domain, ty, protocol) {
         // SAFETY: the caller's arguments.
         let fd = unsafe { real::socket(domain, ty, protocol) };
         fdtable::forget(fd);
@@ -379,6 +377,11 @@ unsafe fn connect_hook(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_in
         if let Some(result) = unsafe { relay::connect(config, fd, addr, len) } {
             return result;
         }
+    }
+    // SAFETY: the caller's arguments.
+    if config.mode == Mode::Blocked && unsafe { relay::must_not_leave(fd, addr, len) } {
+        set_errno(libc::ENETUNREACH);
+        return -1;
     }
     fdtable::mark_connected(fd, |flags| {
         flags & flag::INET_STREAM != 0 && flags & flag::CONNECT_CALLED == 0

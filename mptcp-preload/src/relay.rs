@@ -210,6 +210,22 @@ pub unsafe fn connect(
     })
 }
 
+/// [`Mode::Blocked`](crate::config::Mode::Blocked): whether this
+/// `connect()` would leave the machine without the relay (a TCP socket, a
+/// destination other than loopback) and must fail.
+///
+/// # Safety
+///
+/// `addr` is null or points to `len` readable bytes.
+pub unsafe fn must_not_leave(fd: c_int, addr: *const sockaddr, len: socklen_t) -> bool {
+    // SAFETY: forwarded from the caller.
+    let Some(dest) = (unsafe { read_sockaddr(addr, len) }) else {
+        return false;
+    };
+    !dest.ip().to_canonical().is_loopback()
+        && int_option(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+}
+
 fn same_endpoint(a: &SocketAddr, b: &SocketAddr) -> bool {
     a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
 }

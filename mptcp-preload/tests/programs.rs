@@ -687,6 +687,70 @@ fn a_bad_environment_value_leaves_the_program_working() {
     }
 }
 
+/// Connects to each `host:port` argument, printing `host ok` or `host
+/// errno N`.
+const CONNECT_PROGRAM: &str = r#"
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        print(host, "ok")
+    except OSError as e:
+        print(host, "errno", e.errno)
+"#;
+
+#[test]
+fn an_unusable_relay_fails_closed_unless_the_user_opts_out() {
+    privileged();
+    let host = Host::new("fail-closed").unwrap();
+    // A destination outside 127.0.0.0/8 (on the host's lo device).
+    host.ip(&["addr", "add", "198.18.7.1/32", "dev", "lo"])
+        .unwrap();
+    let listeners = host.run(|| {
+        [
+            std::net::TcpListener::bind("198.18.7.1:0").unwrap(),
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        ]
+    });
+    let targets: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let run = |env: &[(&str, &str)]| {
+        let out = preloaded(&host, &python(), env)
+            .args(["-c", CONNECT_PROGRAM])
+            .args(&targets)
+            .output()
+            .unwrap();
+        let stdout = check(&out, "connect program");
+        (stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // A host name where the library takes IP literals only.
+    let unusable = [
+        ("MPTCP_PRELOAD_MODE", "relay"),
+        ("MPTCP_PRELOAD_RELAY", "relay.example:1080"),
+    ];
+    let (stdout, stderr) = run(&unusable);
+    assert_eq!(
+        stdout,
+        format!("198.18.7.1 errno {}\n127.0.0.1 ok\n", libc::ENETUNREACH),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("mptcp-preload: MPTCP_PRELOAD_RELAY=\"relay.example:1080\" is invalid")
+            && stderr.contains("MPTCP_PRELOAD_FAIL_OPEN=1"),
+        "{stderr}"
+    );
+
+    let mut fail_open = unusable.to_vec();
+    fail_open.push(("MPTCP_PRELOAD_FAIL_OPEN", "1"));
+    let (stdout, stderr) = run(&fail_open);
+    assert_eq!(stdout, "198.18.7.1 ok\n127.0.0.1 ok\n", "{stderr}");
+    assert!(stderr.contains("the library is disabled"), "{stderr}");
+}
+
 /// Threads create and close sockets while the main thread forks; each
 /// child creates a socket and exits. A lock held across fork would hang a
 /// child (caught by the timeout).
