@@ -1125,6 +1125,25 @@ fn every_option_mptcp_refuses_is_ignored_or_rebuilt_as_tcp() {
 }
 
 #[test]
+fn the_library_loads_nothing_but_libc() {
+    // libgcc_s.so.1 (the unwinder) would run its CPU probe in every
+    // preloaded program; build.rs links the unwinder statically.
+    let out = std::process::Command::new("readelf")
+        .arg("-d")
+        .arg(support::preload_lib())
+        .output()
+        .expect("readelf (binutils) must be installed");
+    let dynamic = String::from_utf8(out.stdout).unwrap();
+    let mut needed: Vec<&str> = dynamic
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+        .collect();
+    needed.sort_unstable();
+    assert_eq!(needed, ["ld-linux-x86-64.so.2", "libc.so.6"], "{dynamic}");
+}
+
+#[test]
 fn the_library_exports_only_its_hooks() {
     let out = std::process::Command::new("nm")
         .args(["-D", "--defined-only", "--format=just-symbols"])
