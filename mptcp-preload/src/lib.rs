@@ -57,9 +57,28 @@ pub fn config() -> &'static Config {
 extern "C" fn init() {
     let _ = catch_unwind(|| {
         real::resolve_all();
+        log::remember_stderr();
         fdtable::claim();
         sys::on_fork_child(forked);
         config();
+        // A panic in a hook is caught and the libc call made instead; its
+        // message is a log line like the others (std's own hook would
+        // print it, with a backtrace, to whatever descriptor 2 is).
+        std::panic::set_hook(Box::new(|info| {
+            let payload = info.payload();
+            let what = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("a panic");
+            let (file, line) = info.location().map_or(("?", 0), |l| (l.file(), l.line()));
+            log::line(
+                LogLevel::Error,
+                format_args!(
+                    "internal error at {file}:{line} ({what}); the call went to libc unchanged"
+                ),
+            );
+        }));
     });
 }
 

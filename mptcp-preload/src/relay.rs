@@ -271,12 +271,18 @@ fn finish(fd: c_int, cell: &Cell, relay: &Relay, check: ReadyCheck) -> Result<()
             return Err(if check == ReadyCheck::Poll {
                 libc::EALREADY
             } else {
-                libc::ETIMEDOUT
+                timed_out(relay)
             });
         }
         match int_option(fd, libc::SOL_SOCKET, libc::SO_ERROR) {
             Some(0) => {}
-            Some(e) => return Err(e),
+            Some(e) => {
+                log::line(
+                    LogLevel::Error,
+                    format_args!("cannot reach the relay {}: errno {e}", relay.addr),
+                );
+                return Err(e);
+            }
             None => return Err(errno()),
         }
         handshake(fd, cell, relay, deadline)
@@ -297,6 +303,19 @@ fn finish(fd: c_int, cell: &Cell, relay: &Relay, check: ReadyCheck) -> Result<()
             Err(e)
         }
     }
+}
+
+/// Logs that the relay hop ran out of time; returns `ETIMEDOUT`.
+fn timed_out(relay: &Relay) -> c_int {
+    log::line(
+        LogLevel::Error,
+        format_args!(
+            "the relay {} did not complete the SOCKS5 exchange within {:.1} s (MPTCP_PRELOAD_TIMEOUT)",
+            relay.addr,
+            relay.timeout.as_secs_f64()
+        ),
+    );
+    libc::ETIMEDOUT
 }
 
 /// Polls `fd` for `events` until `deadline`; `Ok(false)` on timeout.
@@ -362,7 +381,7 @@ fn handshake(fd: c_int, cell: &Cell, relay: &Relay, deadline: Instant) -> Result
                 libc::EINTR => continue,
                 libc::EAGAIN => {
                     if !wait_ready(fd, libc::POLLOUT, deadline)? {
-                        return Err(libc::ETIMEDOUT);
+                        return Err(timed_out(relay));
                     }
                     continue;
                 }
@@ -377,7 +396,7 @@ fn handshake(fd: c_int, cell: &Cell, relay: &Relay, deadline: Instant) -> Result
     let mut parser = ClientHandshake::new(credentials.is_some());
     loop {
         if !wait_ready(fd, libc::POLLIN, deadline)? {
-            return Err(libc::ETIMEDOUT);
+            return Err(timed_out(relay));
         }
         let mut peek = [0u8; 512];
         // SAFETY: `peek` is writable for its length.

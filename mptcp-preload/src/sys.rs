@@ -41,6 +41,15 @@ pub fn socket_cookie(fd: c_int) -> Option<u64> {
     (r == 0 && cookie != 0).then_some(cookie)
 }
 
+/// The identity of the file open on `fd` (device and inode), or `None`
+/// when `fd` is not open.
+pub fn file_identity(fd: c_int) -> Option<(u64, u64)> {
+    // SAFETY: `stat` is plain integers; all-zero is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a writable stat buffer.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
 /// Calls `f` with every descriptor open in this process (from
 /// `/proc/self/fd`, read with `getdents64` into a stack buffer). Returns
 /// false when the list cannot be read.

@@ -621,6 +621,68 @@ fn a_program_that_sets_tcp_md5sig_still_works() {
     );
 }
 
+#[test]
+fn log_lines_stay_out_of_a_file_the_program_put_on_descriptor_2() {
+    privileged();
+    let host = Host::new("stderr").unwrap();
+    let dir = TempDir::new("stderr");
+    let data = dir.0.join("data");
+    // The program's data file on descriptor 2, then a fallback that the
+    // library reports at info level.
+    let program = format!(
+        "import os\nfd = os.open({:?}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)\nos.dup2(fd, 2)\n{MD5_PROGRAM}",
+        data.to_str().unwrap()
+    );
+    let out = preloaded(&host, &python(), &[("MPTCP_PRELOAD_LOG", "info")])
+        .args(["-c", &program])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "program with its own descriptor 2");
+    assert!(
+        stdout.contains("protocols 6 6"),
+        "the fallback happened: {stdout}"
+    );
+    let written = std::fs::read_to_string(&data).unwrap();
+    assert!(!written.contains("mptcp-preload"), "{written}");
+}
+
+#[test]
+fn a_relay_that_does_not_answer_is_logged_as_a_timeout() {
+    privileged();
+    let host = Host::new("silent-relay").unwrap();
+    // Accepts connections (the kernel does, into the backlog) and never
+    // answers.
+    let silent = host.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let relay = silent.local_addr().unwrap().to_string();
+    let env = [
+        ("MPTCP_PRELOAD_MODE", "relay"),
+        ("MPTCP_PRELOAD_RELAY", relay.as_str()),
+        ("MPTCP_PRELOAD_TIMEOUT", "1"),
+        ("MPTCP_PRELOAD_INCLUDE", "127.0.0.1/32"),
+        ("MPTCP_PRELOAD_EXCLUDE", ""),
+    ];
+    let start = std::time::Instant::now();
+    let out = preloaded(&host, &python(), &env)
+        .args(["-c", CONNECT_PROGRAM, "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "connect through a silent relay");
+    assert_eq!(stdout, format!("127.0.0.1 errno {}\n", libc::ETIMEDOUT));
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the relay {relay} did not complete the SOCKS5 exchange within 1.0 s"
+        )),
+        "{stderr}"
+    );
+    drop(silent);
+}
+
 /// Listener and client on loopback; prints both protocols.
 const LOOPBACK_PROGRAM: &str = r#"
 import socket
