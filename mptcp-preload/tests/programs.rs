@@ -889,6 +889,75 @@ fn a_vfork_child_does_not_touch_the_parents_state() {
     assert!(stdout.contains("while spawning 6\n"), "{stdout}");
 }
 
+/// Relay mode: 100 asyncio connections through the relay while a thread
+/// spawns subprocesses (vfork) all along; prints how many got the
+/// destination's greeting with the right peer address.
+const ASYNCIO_SPAWNING_PROGRAM: &str = r#"
+import asyncio, subprocess, sys, threading
+host, port = sys.argv[1], int(sys.argv[2])
+stop = False
+def spawn():
+    while not stop:
+        subprocess.run(["true"])
+t = threading.Thread(target=spawn)
+t.start()
+async def one():
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        peer = writer.get_extra_info("peername")[:2]
+        line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        return line == b"hello\n" and peer == (host, port)
+    except OSError:
+        return False
+async def main():
+    ok = 0
+    for _ in range(10):
+        ok += sum(await asyncio.gather(*(one() for _ in range(10))))
+    return ok
+ok = asyncio.run(main())
+stop = True
+t.join()
+print("ok", ok)
+"#;
+
+#[test]
+fn relayed_asyncio_connections_survive_a_thread_that_spawns_subprocesses() {
+    privileged();
+    let host = Host::new("relay-spawn").unwrap();
+    let relay_addr: SocketAddr = "127.0.0.1:1080".parse().unwrap();
+    let relay = TestRelay::start(&host, relay_addr, "alice", "s3cret");
+    let dest = host.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = dest.local_addr().unwrap().port().to_string();
+    let greeter = std::thread::spawn(move || {
+        for stream in dest.incoming().take(100) {
+            let _ = stream.and_then(|mut s| s.write_all(b"hello\n"));
+        }
+    });
+    let relay_env = relay_addr.to_string();
+    let env = [
+        ("MPTCP_PRELOAD_MODE", "relay"),
+        ("MPTCP_PRELOAD_RELAY", relay_env.as_str()),
+        ("MPTCP_PRELOAD_USER", "alice"),
+        ("MPTCP_PRELOAD_PASSWORD", "s3cret"),
+        ("MPTCP_PRELOAD_INCLUDE", "127.0.0.1/32"),
+        ("MPTCP_PRELOAD_EXCLUDE", ""),
+    ];
+    let out = preloaded(&host, &python(), &env)
+        .args(["-c", ASYNCIO_SPAWNING_PROGRAM, "127.0.0.1", &port])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "asyncio with a spawning thread");
+    assert_eq!(
+        stdout,
+        "ok 100\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(relay.mptcp_connections(), 100);
+    greeter.join().unwrap();
+}
+
 /// `tests/c/<name>.c`, compiled into `dir`.
 fn c_program(dir: &Path, name: &str) -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
