@@ -1265,13 +1265,18 @@ fn the_library_loads_nothing_but_libc() {
         .output()
         .expect("readelf (binutils) must be installed");
     let dynamic = String::from_utf8(out.stdout).unwrap();
-    let mut needed: Vec<&str> = dynamic
+    let needed: Vec<&str> = dynamic
         .lines()
         .filter(|l| l.contains("(NEEDED)"))
         .filter_map(|l| l.split('[').nth(1)?.split(']').next())
         .collect();
-    needed.sort_unstable();
-    assert_eq!(needed, ["ld-linux-x86-64.so.2", "libc.so.6"], "{dynamic}");
+    assert!(needed.contains(&"libc.so.6"), "{dynamic}");
+    assert!(
+        needed
+            .iter()
+            .all(|lib| *lib == "libc.so.6" || lib.starts_with("ld-linux")),
+        "{needed:?}"
+    );
 }
 
 #[test]
