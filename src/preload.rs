@@ -184,8 +184,133 @@ pub fn add_godebug(existing: Option<&str>) -> String {
     }
 }
 
+/// Where `execvp` would find `program`: as given when it names a path,
+/// else the first executable file of that name in `PATH`.
+fn find_program(program: &std::ffi::OsStr) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = Path::new(program);
+    if path.components().count() > 1 {
+        return Some(path.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The start of an executable: `Interpreted` for a `#!` script (with its
+/// interpreter's path), `Elf` with whether it asks for a dynamic loader
+/// (`PT_INTERP`), or `Other`.
+#[derive(Debug, PartialEq, Eq)]
+enum Executable {
+    Interpreted(PathBuf),
+    Elf { dynamic: bool },
+    Other,
+}
+
+/// Reads the kind of executable from its first bytes and program headers.
+fn executable_kind(bytes: &[u8]) -> Executable {
+    if let Some(line) = bytes.strip_prefix(b"#!") {
+        let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+        let interpreter = line
+            .split(|b| b.is_ascii_whitespace())
+            .find(|word| !word.is_empty())
+            .unwrap_or_default();
+        return Executable::Interpreted(PathBuf::from(
+            String::from_utf8_lossy(interpreter).into_owned(),
+        ));
+    }
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
+        return Executable::Other;
+    }
+    let (wide, little) = (bytes[4] == 2, bytes[5] == 1);
+    let int = |at: usize, len: usize| -> Option<u64> {
+        let field = bytes.get(at..at + len)?;
+        let mut value = 0u64;
+        for i in 0..len {
+            let b = if little { field[len - 1 - i] } else { field[i] };
+            value = value << 8 | u64::from(b);
+        }
+        Some(value)
+    };
+    // e_phoff, e_phentsize, e_phnum for ELF64 and ELF32.
+    let header = if wide {
+        (int(32, 8), int(54, 2), int(56, 2))
+    } else {
+        (int(28, 4), int(42, 2), int(44, 2))
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = header else {
+        return Executable::Other;
+    };
+    let dynamic = (0..phnum).any(|i| {
+        usize::try_from(phoff + i * phentsize)
+            .ok()
+            .and_then(|at| int(at, 4))
+            == Some(3) // PT_INTERP
+    });
+    Executable::Elf { dynamic }
+}
+
+/// Why the dynamic loader will not load the preload library into
+/// `path`: statically linked (no `PT_INTERP`; also for a script's
+/// interpreter), or setuid/setgid to another user or group (the loader
+/// ignores `LD_PRELOAD` in secure mode). `None` when nothing stands in
+/// the way, or when the file cannot be read.
+fn unpreloadable(path: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let meta = path.metadata().ok()?;
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if meta.mode() & libc::S_ISUID != 0 && meta.uid() != euid {
+        return Some(format!(
+            "is setuid (runs as user {}): the dynamic loader ignores LD_PRELOAD for it",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & libc::S_ISGID != 0 && meta.gid() != egid {
+        return Some(format!(
+            "is setgid (runs as group {}): the dynamic loader ignores LD_PRELOAD for it",
+            meta.gid()
+        ));
+    }
+    // Program headers follow the ELF header in every linker's output.
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::open(path)
+        .ok()?
+        .take(4096)
+        .read_to_end(&mut head)
+        .ok()?;
+    match executable_kind(&head) {
+        Executable::Elf { dynamic: false } => Some(
+            "is statically linked: no dynamic loader runs, so the preload library cannot act on it"
+                .to_owned(),
+        ),
+        Executable::Interpreted(interpreter)
+            if interpreter.is_absolute() && interpreter != path =>
+        {
+            let mut head = Vec::with_capacity(4096);
+            std::fs::File::open(&interpreter)
+                .ok()?
+                .take(4096)
+                .read_to_end(&mut head)
+                .ok()?;
+            (executable_kind(&head) == Executable::Elf { dynamic: false }).then(|| {
+                format!(
+                    "runs under {}, which is statically linked: the preload library cannot act on it",
+                    interpreter.display()
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
 /// `mptcp run`: replaces this process with the program (so its exit code
-/// and signals are the program's own).
+/// and signals are the program's own). Warns first when the library cannot
+/// act on the program.
 pub fn run(args: RunArgs) -> CmdResult {
     let lib = args.preload.library()?;
     let env = args.preload.library_env()?;
@@ -193,6 +318,14 @@ pub fn run(args: RunArgs) -> CmdResult {
         .command
         .split_first()
         .ok_or_else(|| Failure::usage("mptcp run: name the program to run"))?;
+    if let Some(path) = find_program(program)
+        && let Some(reason) = unpreloadable(&path)
+    {
+        eprintln!(
+            "mptcp run: warning: {} {reason}; its sockets stay as the program makes them",
+            path.display()
+        );
+    }
     let mut cmd = Command::new(program);
     cmd.args(rest);
     let existing = std::env::var("LD_PRELOAD").ok();
@@ -235,6 +368,28 @@ mod tests {
             prepend_preload(lib, Some("/a.so:/opt/lib/libmptcp_preload.so")),
             "/opt/lib/libmptcp_preload.so:/a.so"
         );
+    }
+
+    #[test]
+    fn executables_are_told_apart_by_their_headers() {
+        let mut elf64 = vec![0u8; 64 + 56 * 2];
+        elf64[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf64[32] = 64; // e_phoff
+        elf64[54] = 56; // e_phentsize
+        elf64[56] = 2; // e_phnum
+        elf64[64] = 1; // PT_LOAD
+        assert_eq!(executable_kind(&elf64), Executable::Elf { dynamic: false });
+        elf64[64 + 56] = 3; // PT_INTERP
+        assert_eq!(executable_kind(&elf64), Executable::Elf { dynamic: true });
+        assert_eq!(
+            executable_kind(b"#! /bin/busybox sh\necho"),
+            Executable::Interpreted(PathBuf::from("/bin/busybox"))
+        );
+        assert_eq!(executable_kind(b"\x7fELF"), Executable::Other);
+        assert_eq!(executable_kind(b"text"), Executable::Other);
+        // The real thing: this test is a dynamically linked executable.
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(executable_kind(&exe), Executable::Elf { dynamic: true });
     }
 
     #[test]

@@ -540,6 +540,70 @@ fn run_passes_the_exit_code_and_explains_a_missing_library() {
     );
 }
 
+/// A directory of its own under the temp dir, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("mptcp-cli-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn run_warns_when_the_program_cannot_be_preloaded() {
+    preload_library();
+    let dir = Scratch::new("run-warn");
+    // A statically linked program (busybox-static, say): no loader runs.
+    let source = dir.0.join("seven.c");
+    std::fs::write(&source, "int main(void) { return 7; }\n").unwrap();
+    let stat = dir.0.join("seven-static");
+    let out = output(
+        Command::new("cc")
+            .args(["-static", "-o"])
+            .arg(&stat)
+            .arg(&source),
+    );
+    assert!(out.status.success(), "cc -static: {}", text(&out.stderr));
+    let out = output(&mut mptcp(&["run", "--", stat.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(7), "the program's own status");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("warning: {} is statically linked", stat.display())),
+        "{stderr}"
+    );
+
+    // Setuid to another user: the loader ignores LD_PRELOAD.
+    let suid = dir.0.join("true-setuid");
+    std::fs::copy("/bin/true", &suid).unwrap();
+    std::os::unix::fs::chown(&suid, Some(65534), Some(65534))
+        .expect("chown needs root: run the tests as root (CI does)");
+    std::fs::set_permissions(&suid, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    let out = output(&mut mptcp(&["run", "--", suid.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("is setuid (runs as user 65534)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A dynamically linked program, found in PATH: no warning.
+    let out = output(&mut mptcp(&["run", "--", "sh", "-c", "exit 3"]));
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 // ---------------------------------------------------------------- enable / disable
 
 #[test]

@@ -17,6 +17,10 @@ pub enum Mode {
     Mptcp,
     /// MPTCP mode, plus matching `connect()`s go through a SOCKS5 relay.
     Relay,
+    /// Relay mode was asked for with a configuration the library cannot
+    /// use: sockets are left alone, and every TCP `connect()` except to
+    /// loopback fails, so no traffic leaves unrelayed (fail closed).
+    Blocked,
 }
 
 /// How much the library reports.
@@ -147,7 +151,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}={:?} is invalid: {}; the library is disabled for this program",
+            "{}={:?} is invalid: {}",
             self.var, self.value, self.expected
         )
     }
@@ -173,6 +177,40 @@ pub const VAR_DNS: &str = "MPTCP_PRELOAD_DNS";
 pub const VAR_LOG: &str = "MPTCP_PRELOAD_LOG";
 /// Log file.
 pub const VAR_LOG_FILE: &str = "MPTCP_PRELOAD_LOG_FILE";
+/// `1`: with a relay configuration the library cannot use, connect
+/// directly instead of failing (fail open).
+pub const VAR_FAIL_OPEN: &str = "MPTCP_PRELOAD_FAIL_OPEN";
+
+/// The configuration to run with, and the line to print when the
+/// environment is invalid. An invalid environment turns the library off,
+/// unless relay mode was asked for (`MPTCP_PRELOAD_MODE=relay` or
+/// `MPTCP_PRELOAD_RELAY` set): then connections fail ([`Mode::Blocked`])
+/// unless `MPTCP_PRELOAD_FAIL_OPEN=1`.
+pub fn load(var: impl Fn(&str) -> Option<String>) -> (Config, Option<String>) {
+    let e = match parse(&var) {
+        Ok(config) => return (config, None),
+        Err(e) => e,
+    };
+    let set = |name: &str| {
+        var(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let relay_wanted = set(VAR_MODE).as_deref() == Some("relay") || set(VAR_RELAY).is_some();
+    let fail_open = set(VAR_FAIL_OPEN).as_deref() == Some("1");
+    if relay_wanted && !fail_open {
+        let mut config = Config::off();
+        config.mode = Mode::Blocked;
+        let line = format!(
+            "{e}; relay mode was asked for, so TCP connections other than to loopback \
+             fail (ENETUNREACH) rather than leave unrelayed ({VAR_FAIL_OPEN}=1 connects them directly)"
+        );
+        (config, Some(line))
+    } else {
+        let line = format!("{e}; the library is disabled for this program");
+        (Config::off(), Some(line))
+    }
+}
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -240,6 +278,10 @@ pub fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError
             return Err(err(VAR_PASSWORD, "<hidden>", "set MPTCP_PRELOAD_USER too"));
         }
     };
+    match get(VAR_FAIL_OPEN).as_deref().map(str::trim) {
+        None | Some("0" | "1") => {}
+        Some(other) => return Err(err(VAR_FAIL_OPEN, other, "expected 0 or 1")),
+    }
     let timeout = match get(VAR_TIMEOUT) {
         None => DEFAULT_TIMEOUT,
         Some(text) => match text.trim().parse::<f64>() {
@@ -449,6 +491,49 @@ mod tests {
             assert_eq!(e.var, var);
             assert!(e.to_string().starts_with(var), "{e}");
         }
+    }
+
+    #[test]
+    fn an_unusable_relay_configuration_fails_closed_unless_told_otherwise() {
+        let load_env = |pairs: &[(&str, &str)]| {
+            let map: HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            load(|k| map.get(k).cloned())
+        };
+        let (c, line) = load_env(&[(VAR_MODE, "relay"), (VAR_RELAY, "relay.example:1080")]);
+        assert_eq!(c.mode, Mode::Blocked);
+        let line = line.unwrap();
+        assert!(line.starts_with("MPTCP_PRELOAD_RELAY="), "{line}");
+        assert!(
+            line.contains("ENETUNREACH") && line.contains(VAR_FAIL_OPEN),
+            "{line}"
+        );
+        // The relay address alone says relay mode was meant.
+        let (c, _) = load_env(&[(VAR_MODE, "turbo"), (VAR_RELAY, "198.18.0.2:1080")]);
+        assert_eq!(c.mode, Mode::Blocked);
+        let (c, line) = load_env(&[
+            (VAR_MODE, "relay"),
+            (VAR_RELAY, "relay.example:1080"),
+            (VAR_FAIL_OPEN, "1"),
+        ]);
+        assert_eq!(c.mode, Mode::Off);
+        assert!(
+            line.unwrap()
+                .ends_with("the library is disabled for this program")
+        );
+        let (c, _) = load_env(&[(VAR_MODE, "turbo")]);
+        assert_eq!(c.mode, Mode::Off, "no relay asked for: off");
+        let (c, line) = load_env(&[(VAR_MODE, "relay"), (VAR_RELAY, "198.18.0.2:1080")]);
+        assert_eq!((c.mode, line), (Mode::Relay, None));
+        let (c, line) = load_env(&[
+            (VAR_MODE, "relay"),
+            (VAR_RELAY, "198.18.0.2:1080"),
+            (VAR_FAIL_OPEN, "sometimes"),
+        ]);
+        assert_eq!(c.mode, Mode::Blocked);
+        assert!(line.unwrap().starts_with("MPTCP_PRELOAD_FAIL_OPEN="));
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //!
 //! Layout: [`real`] finds the libc functions behind the hooks, [`mod@config`]
 //! parses the environment once at load time, [`fdtable`] keeps lock-free
-//! per-descriptor state, [`compat`] rebuilds a socket as plain TCP when the
+//! per-descriptor state (with [`pool`]s for what only some sockets need),
+//! [`compat`] rebuilds a socket as plain TCP when the
 //! kernel refuses an option on MPTCP, [`relay`] does the relay hop, [`log`]
-//! writes allocation-free log lines. The exported C symbols are the hooks
+//! writes allocation-free log lines, [`sys`] holds the system calls that are
+//! not hooks. The exported C symbols are the hooks
 //! below and nothing else.
 //!
 //! Every hook body runs inside `catch_unwind`: a bug here turns into the
@@ -19,8 +21,10 @@ pub mod config;
 pub mod dns;
 pub mod fdtable;
 pub mod log;
+pub mod pool;
 pub mod real;
 pub mod relay;
+pub mod sys;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
@@ -39,14 +43,12 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 /// while the process is single-threaded, so no hook ever waits on it).
 pub fn config() -> &'static Config {
     CONFIG.get_or_init(|| {
-        match config::parse(|name| std::env::var(name).ok()) {
-            Ok(config) => config,
-            Err(e) => {
-                // Always on standard error, whatever the log settings.
-                log::write_line(None, format_args!("{e}"));
-                Config::off()
-            }
+        let (config, problem) = config::load(|name| std::env::var(name).ok());
+        if let Some(line) = problem {
+            // Always on standard error, whatever the log settings.
+            log::write_line(None, format_args!("{line}"));
         }
+        config
     })
 }
 
@@ -55,8 +57,34 @@ pub fn config() -> &'static Config {
 extern "C" fn init() {
     let _ = catch_unwind(|| {
         real::resolve_all();
+        log::remember_stderr();
+        fdtable::claim();
+        sys::on_fork_child(forked);
         config();
+        // A panic in a hook is caught and the libc call made instead; its
+        // message is a log line like the others (std's own hook would
+        // print it, with a backtrace, to whatever descriptor 2 is).
+        std::panic::set_hook(Box::new(|info| {
+            let payload = info.payload();
+            let what = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("a panic");
+            let (file, line) = info.location().map_or(("?", 0), |l| (l.file(), l.line()));
+            log::line(
+                LogLevel::Error,
+                format_args!(
+                    "internal error at {file}:{line} ({what}); the call went to libc unchanged"
+                ),
+            );
+        }));
     });
+}
+
+/// In the child of a libc `fork()`: the copy of the table is the child's.
+unsafe extern "C" fn forked() {
+    fdtable::claim();
 }
 
 #[used]
@@ -141,21 +169,17 @@ fn is_tcp_request(domain: c_int, ty: c_int, protocol: c_int) -> bool {
 
 unsafe fn socket_hook(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     let config = config();
-    if config.mode == Mode::Off || !is_tcp_request(domain, ty, protocol) {
+    if matches!(config.mode, Mode::Off | Mode::Blocked) || !is_tcp_request(domain, ty, protocol) {
         // SAFETY: the caller's arguments.
         let fd = unsafe { real::socket(domain, ty, protocol) };
-        if let Some(cell) = fdtable::get(fd) {
-            cell.clear();
-        }
+        fdtable::forget(fd);
         return fd;
     }
     if !MPTCP_UNSUPPORTED.load(Ordering::Relaxed) {
         // SAFETY: the caller's arguments with another protocol.
         let fd = unsafe { real::socket(domain, ty, IPPROTO_MPTCP) };
         if fd >= 0 {
-            if let Some(cell) = fdtable::get_or_create(fd) {
-                cell.reset(flag::INET_STREAM | flag::CONVERTED, domain, ty);
-            }
+            fdtable::track(fd, flag::INET_STREAM | flag::CONVERTED, domain);
             return fd;
         }
         let e = errno();
@@ -179,18 +203,18 @@ unsafe fn socket_hook(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     // What the program asked for: its result and errno are the program's.
     // SAFETY: the caller's arguments.
     let fd = unsafe { real::socket(domain, ty, protocol) };
-    if let Some(cell) = fdtable::get_or_create(fd) {
-        cell.reset(flag::INET_STREAM, domain, ty);
-    }
+    fdtable::track(fd, flag::INET_STREAM, domain);
     fd
 }
 
 /// The cell of a converted socket that may still be rebuilt as TCP.
 fn replaceable_cell(fd: c_int, level: c_int) -> Option<&'static fdtable::Cell> {
-    let cell = fdtable::get(fd)?;
-    let flags = cell.flags();
-    (flags & flag::CONVERTED != 0 && flags & flag::CONNECT_CALLED == 0 && level != SOL_MPTCP)
-        .then_some(cell)
+    if level == SOL_MPTCP {
+        return None;
+    }
+    fdtable::lookup(fd, |flags| {
+        flags & flag::CONVERTED != 0 && flags & flag::CONNECT_CALLED == 0
+    })
 }
 
 fn refused(e: c_int) -> bool {
@@ -210,14 +234,14 @@ fn fall_back_to_tcp(
     what: &str,
     accepted_by_tcp: impl FnOnce(c_int) -> bool,
 ) -> bool {
-    let (domain, _) = cell.socket_args();
+    let domain = cell.domain();
     if !compat::replaceable(fd, cell) || !compat::tcp_accepts(domain, accepted_by_tcp) {
         return false;
     }
     match compat::rebuild(fd, cell, domain, libc::IPPROTO_TCP) {
         Ok(()) => {
             cell.update(0, flag::CONVERTED);
-            let option = compat::option_name(level, name);
+            let option = compat::OptionLabel(level, name);
             log::once(
                 ONCE_OPTION_BASE + (name as u32 % 48),
                 LogLevel::Info,
@@ -237,6 +261,28 @@ fn fall_back_to_tcp(
     }
 }
 
+/// Records an option the kernel accepted (or the library ignored) so that
+/// a rebuild replays it.
+///
+/// # Safety
+///
+/// `value` is null or points to `len` readable bytes.
+unsafe fn record(
+    cell: &fdtable::Cell,
+    level: c_int,
+    name: c_int,
+    value: *const c_void,
+    len: socklen_t,
+) {
+    if value.is_null() || len as usize > fdtable::OPTION_MAX_LEN {
+        cell.record_option(level, name, &[0u8; fdtable::OPTION_MAX_LEN + 1]);
+    } else {
+        // SAFETY: readable for `len` bytes by the caller's contract.
+        let bytes = unsafe { std::slice::from_raw_parts(value.cast::<u8>(), len as usize) };
+        cell.record_option(level, name, bytes);
+    }
+}
+
 unsafe fn setsockopt_hook(
     fd: c_int,
     level: c_int,
@@ -246,27 +292,49 @@ unsafe fn setsockopt_hook(
 ) -> c_int {
     // SAFETY: the caller's arguments.
     let r = unsafe { real::setsockopt(fd, level, name, value, len) };
-    let Some(cell) = replaceable_cell(fd, level) else {
-        return r;
-    };
     if r == 0 {
-        if value.is_null() || len as usize > fdtable::OPTION_MAX_LEN {
-            cell.record_option(level, name, &[0u8; fdtable::OPTION_MAX_LEN + 1]);
-        } else {
+        if let Some(cell) = replaceable_cell(fd, level) {
             // SAFETY: the kernel just read `len` bytes from `value`.
-            let bytes = unsafe { std::slice::from_raw_parts(value.cast::<u8>(), len as usize) };
-            cell.record_option(level, name, bytes);
+            unsafe { record(cell, level, name, value, len) };
         }
         return 0;
     }
     let e = errno();
+    if !refused(e) || level == SOL_MPTCP {
+        return r;
+    }
     let probe = |tcp: c_int| {
         // SAFETY: the caller's value, which the kernel just read.
         unsafe { real::setsockopt(tcp, level, name, value, len) == 0 }
     };
-    if refused(e) && fall_back_to_tcp(fd, cell, level, name, "setsockopt", probe) {
-        // SAFETY: the caller's arguments, now on a TCP socket.
-        return unsafe { real::setsockopt(fd, level, name, value, len) };
+    match compat::on_refusal(level, name) {
+        compat::Refusal::Ignore => {
+            if let Some(cell) = fdtable::lookup(fd, |flags| flags & flag::CONVERTED != 0)
+                && compat::tcp_accepts(cell.domain(), probe)
+            {
+                if cell.flags() & flag::CONNECT_CALLED == 0 {
+                    // SAFETY: TCP just read `len` bytes from `value`.
+                    unsafe { record(cell, level, name, value, len) };
+                }
+                log::once(
+                    ONCE_OPTION_BASE + (name as u32 % 48),
+                    LogLevel::Info,
+                    format_args!(
+                        "setsockopt({}) means nothing on MPTCP sockets: ignored, fd {fd} stays MPTCP",
+                        compat::OptionLabel(level, name)
+                    ),
+                );
+                return 0;
+            }
+        }
+        compat::Refusal::Rebuild => {
+            if let Some(cell) = replaceable_cell(fd, level)
+                && fall_back_to_tcp(fd, cell, level, name, "setsockopt", probe)
+            {
+                // SAFETY: the caller's arguments, now on a TCP socket.
+                return unsafe { real::setsockopt(fd, level, name, value, len) };
+            }
+        }
     }
     set_errno(e);
     r
@@ -285,8 +353,9 @@ unsafe fn getsockopt_hook(
         if level == libc::SOL_SOCKET && name == libc::SO_ERROR {
             let config = config();
             if config.mode == Mode::Relay
-                && let Some(cell) = fdtable::get(fd)
-                && cell.flags() & (flag::RELAY_PENDING | flag::RELAY_FAILED) != 0
+                && let Some(cell) = fdtable::lookup(fd, |flags| {
+                    flags & (flag::RELAY_PENDING | flag::RELAY_FAILED) != 0
+                })
             {
                 // SAFETY: the kernel just wrote an int there.
                 unsafe {
@@ -308,8 +377,9 @@ unsafe fn getsockopt_hook(
         // SAFETY: `buf` is writable for `probe_len` bytes.
         unsafe { real::getsockopt(tcp, level, name, buf.as_mut_ptr().cast(), &mut probe_len) == 0 }
     };
-    if let Some(cell) = replaceable_cell(fd, level)
-        && refused(e)
+    if refused(e)
+        && compat::on_refusal(level, name) == compat::Refusal::Rebuild
+        && let Some(cell) = replaceable_cell(fd, level)
         && fall_back_to_tcp(fd, cell, level, name, "getsockopt", probe)
     {
         // SAFETY: the caller's arguments, now on a TCP socket.
@@ -327,17 +397,20 @@ unsafe fn connect_hook(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_in
             return result;
         }
     }
-    if let Some(cell) = fdtable::get(fd)
-        && cell.flags() & flag::INET_STREAM != 0
-    {
-        cell.update(flag::CONNECT_CALLED, 0);
+    // SAFETY: the caller's arguments.
+    if config.mode == Mode::Blocked && unsafe { relay::must_not_leave(fd, addr, len) } {
+        set_errno(libc::ENETUNREACH);
+        return -1;
     }
+    fdtable::mark_connected(fd, |flags| {
+        flags & flag::INET_STREAM != 0 && flags & flag::CONNECT_CALLED == 0
+    });
     // SAFETY: the caller's arguments.
     unsafe { real::connect(fd, addr, len) }
 }
 
 unsafe fn getpeername_hook(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    if let Some(cell) = fdtable::get(fd) {
+    if let Some(cell) = fdtable::lookup(fd, relay::is_relayed) {
         // SAFETY: the caller's arguments.
         if let Some(result) = unsafe { relay::getpeername(config(), fd, cell, addr, len) } {
             return result;
@@ -347,49 +420,32 @@ unsafe fn getpeername_hook(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) 
     unsafe { real::getpeername(fd, addr, len) }
 }
 
-fn forget(fd: c_int) {
-    if let Some(cell) = fdtable::get(fd) {
-        cell.clear();
-    }
-}
-
 unsafe fn accept_hook(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     // SAFETY: the caller's arguments.
     let new = unsafe { real::accept(fd, addr, len) };
-    forget(new);
+    fdtable::forget(new);
     new
 }
 
 unsafe fn accept4_hook(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
     // SAFETY: the caller's arguments.
     let new = unsafe { real::accept4(fd, addr, len, flags) };
-    forget(new);
+    fdtable::forget(new);
     new
 }
 
 unsafe fn close_hook(fd: c_int) -> c_int {
-    forget(fd);
+    fdtable::closed(fd);
     // SAFETY: the caller's argument.
     unsafe { real::close(fd) }
 }
 
 /// After `dup2`/`dup3` succeeded: `new` is another name for `old`'s socket.
 /// It keeps the relay destination and the MPTCP flag but is never rebuilt
-/// (the other descriptor would keep the old socket).
+/// itself (a rebuild through `old` carries it along, see
+/// [`compat::rebuild`]).
 fn copy_state(old: c_int, new: c_int) {
-    if old == new {
-        return;
-    }
-    let source = fdtable::get(old).map(|c| (c.flags(), c.socket_args(), c.dest()));
-    match source {
-        Some((flags, (domain, ty), (dest, dest_len))) if flags != 0 => {
-            if let Some(cell) = fdtable::get_or_create(new) {
-                cell.reset(flags | flag::OPTIONS_INCOMPLETE, domain, ty);
-                cell.set_dest(&dest[..dest_len]);
-            }
-        }
-        _ => forget(new),
-    }
+    fdtable::copy(old, new, flag::OPTIONS_INCOMPLETE);
 }
 
 unsafe fn dup2_hook(old: c_int, new: c_int) -> c_int {

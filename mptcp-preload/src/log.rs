@@ -4,10 +4,14 @@
 //! The target is standard error, or the file named by
 //! `MPTCP_PRELOAD_LOG_FILE`, opened for each line (logging is rare: errors
 //! and one line per fallback kind) so that a program that closes or reuses
-//! descriptors never receives our lines in one of its files.
+//! descriptors never receives our lines in one of its files. For the same
+//! reason a line goes to descriptor 2 only while it still holds the file it
+//! held when the library loaded (a daemon that closed its standard error and
+//! got a data file or a socket on descriptor 2 gets no line there); the
+//! line is dropped otherwise.
 
 use std::fmt::{self, Write as _};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use crate::config::LogLevel;
 
@@ -29,6 +33,42 @@ impl fmt::Write for LineBuf {
     }
 }
 
+/// Standard error as the library found it at load time: device, inode,
+/// and one of the `STDERR_*` states.
+static STDERR_DEV: AtomicU64 = AtomicU64::new(0);
+static STDERR_INO: AtomicU64 = AtomicU64::new(0);
+static STDERR_STATE: AtomicU8 = AtomicU8::new(STDERR_UNKNOWN);
+const STDERR_UNKNOWN: u8 = 0;
+const STDERR_OPEN: u8 = 1;
+const STDERR_CLOSED: u8 = 2;
+
+/// Remembers which file descriptor 2 is (from the load-time constructor,
+/// or the first line if a hook logs before it).
+pub fn remember_stderr() {
+    match crate::sys::file_identity(libc::STDERR_FILENO) {
+        Some((dev, ino)) => {
+            STDERR_DEV.store(dev, Ordering::Relaxed);
+            STDERR_INO.store(ino, Ordering::Relaxed);
+            STDERR_STATE.store(STDERR_OPEN, Ordering::Release);
+        }
+        None => STDERR_STATE.store(STDERR_CLOSED, Ordering::Release),
+    }
+}
+
+/// Whether descriptor 2 still holds the standard error the program started
+/// with.
+fn stderr_is_original() -> bool {
+    if STDERR_STATE.load(Ordering::Acquire) == STDERR_UNKNOWN {
+        remember_stderr();
+    }
+    STDERR_STATE.load(Ordering::Acquire) == STDERR_OPEN
+        && crate::sys::file_identity(libc::STDERR_FILENO)
+            == Some((
+                STDERR_DEV.load(Ordering::Relaxed),
+                STDERR_INO.load(Ordering::Relaxed),
+            ))
+}
+
 /// Whether lines of `level` are written.
 pub fn enabled(level: LogLevel) -> bool {
     level != LogLevel::Off && level <= crate::config().log_level
@@ -41,7 +81,8 @@ pub fn line(level: LogLevel, args: fmt::Arguments<'_>) {
     }
 }
 
-/// Writes `mptcp-preload: <args>\n` to `file`, or to standard error.
+/// Writes `mptcp-preload: <args>\n` to `file`, or to standard error if
+/// descriptor 2 still is the program's standard error.
 pub fn write_line(file: Option<&std::ffi::CStr>, args: fmt::Arguments<'_>) {
     let mut line = LineBuf {
         buf: [0; LINE_MAX],
@@ -55,7 +96,11 @@ pub fn write_line(file: Option<&std::ffi::CStr>, args: fmt::Arguments<'_>) {
     // SAFETY: errno is a thread-local int, always readable and writable.
     let saved_errno = unsafe { *libc::__errno_location() };
     match file {
-        None => write_all(libc::STDERR_FILENO, bytes),
+        None => {
+            if stderr_is_original() {
+                write_all(libc::STDERR_FILENO, bytes);
+            }
+        }
         Some(path) => {
             // SAFETY: `path` is NUL-terminated; the flags ask for a new
             // descriptor that we close below.

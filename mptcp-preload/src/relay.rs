@@ -150,7 +150,7 @@ pub unsafe fn connect(
         return Some(fail(libc::EISCONN));
     }
 
-    let (domain, _) = cell.socket_args();
+    let domain = cell.domain();
     let relay_addr = match (domain, relay.addr) {
         (libc::AF_INET6, SocketAddr::V4(v4)) => {
             SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
@@ -163,19 +163,23 @@ pub unsafe fn connect(
             if let Err(e) = compat::rebuild(fd, cell, libc::AF_INET6, IPPROTO_MPTCP) {
                 return Some(fail(e));
             }
-            let (_, ty) = cell.socket_args();
-            cell.reset(flags, libc::AF_INET6, ty);
+            cell.reset(flags, libc::AF_INET6, cell.cookie());
             relay.addr
         }
         _ => relay.addr,
     };
 
     let (dest_c, dest_len) = to_sockaddr(&dest);
-    cell.set_dest(bytes_of(&dest_c, dest_len));
+    if !cell.set_dest(bytes_of(&dest_c, dest_len)) {
+        // Without the destination the hop cannot be made: fail rather than
+        // connect directly.
+        return Some(fail(libc::ENOBUFS));
+    }
     cell.update(
         flag::RELAY_PENDING | flag::CONNECT_CALLED,
         flag::RELAY_READY | flag::RELAY_FAILED,
     );
+    cell.forget_options();
     let (relay_c, relay_len) = to_sockaddr(&relay_addr);
     // SAFETY: `relay_c` holds a valid socket address of `relay_len` bytes.
     let r = unsafe { real::connect(fd, (&raw const relay_c).cast(), relay_len) };
@@ -206,6 +210,22 @@ pub unsafe fn connect(
     })
 }
 
+/// [`Mode::Blocked`](crate::config::Mode::Blocked): whether this
+/// `connect()` would leave the machine without the relay (a TCP socket, a
+/// destination other than loopback) and must fail.
+///
+/// # Safety
+///
+/// `addr` is null or points to `len` readable bytes.
+pub unsafe fn must_not_leave(fd: c_int, addr: *const sockaddr, len: socklen_t) -> bool {
+    // SAFETY: forwarded from the caller.
+    let Some(dest) = (unsafe { read_sockaddr(addr, len) }) else {
+        return false;
+    };
+    !dest.ip().to_canonical().is_loopback()
+        && int_option(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+}
+
 fn same_endpoint(a: &SocketAddr, b: &SocketAddr) -> bool {
     a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
 }
@@ -213,9 +233,7 @@ fn same_endpoint(a: &SocketAddr, b: &SocketAddr) -> bool {
 /// The cell of `fd` if it is a TCP or MPTCP stream socket (sockets made
 /// before the library was loaded are checked with `getsockopt`).
 fn stream_cell(fd: c_int) -> Option<&'static Cell> {
-    if let Some(cell) = fdtable::get(fd)
-        && cell.flags() & flag::INET_STREAM != 0
-    {
+    if let Some(cell) = fdtable::lookup(fd, |flags| flags & flag::INET_STREAM != 0) {
         return Some(cell);
     }
     let domain = int_option(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
@@ -226,10 +244,8 @@ fn stream_cell(fd: c_int) -> Option<&'static Cell> {
     if !(inet && ty == libc::SOCK_STREAM && tcp) {
         return None;
     }
-    let cell = fdtable::get_or_create(fd)?;
     // Unknown history: treat its options as unrecorded.
-    cell.reset(flag::INET_STREAM | flag::OPTIONS_INCOMPLETE, domain, ty);
-    Some(cell)
+    fdtable::track(fd, flag::INET_STREAM | flag::OPTIONS_INCOMPLETE, domain)
 }
 
 /// Whether the TCP connection to the relay may still be in progress.
@@ -255,12 +271,18 @@ fn finish(fd: c_int, cell: &Cell, relay: &Relay, check: ReadyCheck) -> Result<()
             return Err(if check == ReadyCheck::Poll {
                 libc::EALREADY
             } else {
-                libc::ETIMEDOUT
+                timed_out(relay)
             });
         }
         match int_option(fd, libc::SOL_SOCKET, libc::SO_ERROR) {
             Some(0) => {}
-            Some(e) => return Err(e),
+            Some(e) => {
+                log::line(
+                    LogLevel::Error,
+                    format_args!("cannot reach the relay {}: errno {e}", relay.addr),
+                );
+                return Err(e);
+            }
             None => return Err(errno()),
         }
         handshake(fd, cell, relay, deadline)
@@ -281,6 +303,19 @@ fn finish(fd: c_int, cell: &Cell, relay: &Relay, check: ReadyCheck) -> Result<()
             Err(e)
         }
     }
+}
+
+/// Logs that the relay hop ran out of time; returns `ETIMEDOUT`.
+fn timed_out(relay: &Relay) -> c_int {
+    log::line(
+        LogLevel::Error,
+        format_args!(
+            "the relay {} did not complete the SOCKS5 exchange within {:.1} s (MPTCP_PRELOAD_TIMEOUT)",
+            relay.addr,
+            relay.timeout.as_secs_f64()
+        ),
+    );
+    libc::ETIMEDOUT
 }
 
 /// Polls `fd` for `events` until `deadline`; `Ok(false)` on timeout.
@@ -346,7 +381,7 @@ fn handshake(fd: c_int, cell: &Cell, relay: &Relay, deadline: Instant) -> Result
                 libc::EINTR => continue,
                 libc::EAGAIN => {
                     if !wait_ready(fd, libc::POLLOUT, deadline)? {
-                        return Err(libc::ETIMEDOUT);
+                        return Err(timed_out(relay));
                     }
                     continue;
                 }
@@ -361,7 +396,7 @@ fn handshake(fd: c_int, cell: &Cell, relay: &Relay, deadline: Instant) -> Result
     let mut parser = ClientHandshake::new(credentials.is_some());
     loop {
         if !wait_ready(fd, libc::POLLIN, deadline)? {
-            return Err(libc::ETIMEDOUT);
+            return Err(timed_out(relay));
         }
         let mut peek = [0u8; 512];
         // SAFETY: `peek` is writable for its length.
@@ -491,6 +526,11 @@ pub fn so_error(config: &Config, fd: c_int, cell: &Cell, kernel_error: c_int) ->
     kernel_error
 }
 
+/// Whether cell `flags` describe a socket of the relay hop.
+pub fn is_relayed(flags: u32) -> bool {
+    flags & (flag::RELAY_PENDING | flag::RELAY_READY | flag::RELAY_FAILED) != 0
+}
+
 /// `getpeername` on a relayed socket: the program's destination, not the
 /// relay. Returns `None` for sockets that are not relayed.
 ///
@@ -505,7 +545,7 @@ pub unsafe fn getpeername(
     len: *mut socklen_t,
 ) -> Option<c_int> {
     let flags = cell.flags();
-    if flags & (flag::RELAY_PENDING | flag::RELAY_READY | flag::RELAY_FAILED) == 0 {
+    if !is_relayed(flags) {
         return None;
     }
     if flags & flag::RELAY_PENDING != 0 {

@@ -1,9 +1,10 @@
 //! Real, unmodified programs under `LD_PRELOAD=libmptcp_preload.so`, in
 //! network namespaces of the test bed: iperf3, curl, wget, Python (asyncio,
-//! http.server, a TCP_MD5SIG user) and dante.
+//! http.server, a TCP_MD5SIG user, subprocess), dante, nginx and a C program
+//! for descriptor reuse (tests/c/stale_state.c).
 //!
 //! Needs root (or CAP_SYS_ADMIN + CAP_NET_ADMIN) and the Debian packages
-//! iperf3, curl, wget, python3 and dante-server.
+//! iperf3, curl, wget, python3, dante-server, nginx and a C compiler (cc).
 
 mod support;
 
@@ -183,6 +184,13 @@ fn curl_and_wget_reach_a_destination_behind_dante_and_the_project_relay() {
     let relay_listen = SocketAddr::new(IpAddr::V4(relay_addr), 1080);
     let relay = dante(&rp.remote, &conf.0, relay_listen, rp.remote_egress_addr());
     rp.remote.wait_listening(relay_listen.port()).unwrap();
+    // dante sets SO_OOBINLINE on its listener, which MPTCP refuses and the
+    // library ignores (no urgent data on MPTCP): the listener stays MPTCP.
+    let mptcp_listeners = rp.remote.exec("ss", &["-HMln"]).unwrap();
+    assert!(
+        mptcp_listeners.contains(&relay_listen.to_string()),
+        "dante's listener is not MPTCP: {mptcp_listeners:?}"
+    );
 
     let relay_env = format!("{relay_addr}:1080");
     let env = [
@@ -613,6 +621,68 @@ fn a_program_that_sets_tcp_md5sig_still_works() {
     );
 }
 
+#[test]
+fn log_lines_stay_out_of_a_file_the_program_put_on_descriptor_2() {
+    privileged();
+    let host = Host::new("stderr").unwrap();
+    let dir = TempDir::new("stderr");
+    let data = dir.0.join("data");
+    // The program's data file on descriptor 2, then a fallback that the
+    // library reports at info level.
+    let program = format!(
+        "import os\nfd = os.open({:?}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)\nos.dup2(fd, 2)\n{MD5_PROGRAM}",
+        data.to_str().unwrap()
+    );
+    let out = preloaded(&host, &python(), &[("MPTCP_PRELOAD_LOG", "info")])
+        .args(["-c", &program])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "program with its own descriptor 2");
+    assert!(
+        stdout.contains("protocols 6 6"),
+        "the fallback happened: {stdout}"
+    );
+    let written = std::fs::read_to_string(&data).unwrap();
+    assert!(!written.contains("mptcp-preload"), "{written}");
+}
+
+#[test]
+fn a_relay_that_does_not_answer_is_logged_as_a_timeout() {
+    privileged();
+    let host = Host::new("silent-relay").unwrap();
+    // Accepts connections (the kernel does, into the backlog) and never
+    // answers.
+    let silent = host.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let relay = silent.local_addr().unwrap().to_string();
+    let env = [
+        ("MPTCP_PRELOAD_MODE", "relay"),
+        ("MPTCP_PRELOAD_RELAY", relay.as_str()),
+        ("MPTCP_PRELOAD_TIMEOUT", "1"),
+        ("MPTCP_PRELOAD_INCLUDE", "127.0.0.1/32"),
+        ("MPTCP_PRELOAD_EXCLUDE", ""),
+    ];
+    let start = std::time::Instant::now();
+    let out = preloaded(&host, &python(), &env)
+        .args(["-c", CONNECT_PROGRAM, "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "connect through a silent relay");
+    assert_eq!(stdout, format!("127.0.0.1 errno {}\n", libc::ETIMEDOUT));
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the relay {relay} did not complete the SOCKS5 exchange within 1.0 s"
+        )),
+        "{stderr}"
+    );
+    drop(silent);
+}
+
 /// Listener and client on loopback; prints both protocols.
 const LOOPBACK_PROGRAM: &str = r#"
 import socket
@@ -679,6 +749,70 @@ fn a_bad_environment_value_leaves_the_program_working() {
     }
 }
 
+/// Connects to each `host:port` argument, printing `host ok` or `host
+/// errno N`.
+const CONNECT_PROGRAM: &str = r#"
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        print(host, "ok")
+    except OSError as e:
+        print(host, "errno", e.errno)
+"#;
+
+#[test]
+fn an_unusable_relay_fails_closed_unless_the_user_opts_out() {
+    privileged();
+    let host = Host::new("fail-closed").unwrap();
+    // A destination outside 127.0.0.0/8 (on the host's lo device).
+    host.ip(&["addr", "add", "198.18.7.1/32", "dev", "lo"])
+        .unwrap();
+    let listeners = host.run(|| {
+        [
+            std::net::TcpListener::bind("198.18.7.1:0").unwrap(),
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        ]
+    });
+    let targets: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let run = |env: &[(&str, &str)]| {
+        let out = preloaded(&host, &python(), env)
+            .args(["-c", CONNECT_PROGRAM])
+            .args(&targets)
+            .output()
+            .unwrap();
+        let stdout = check(&out, "connect program");
+        (stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // A host name where the library takes IP literals only.
+    let unusable = [
+        ("MPTCP_PRELOAD_MODE", "relay"),
+        ("MPTCP_PRELOAD_RELAY", "relay.example:1080"),
+    ];
+    let (stdout, stderr) = run(&unusable);
+    assert_eq!(
+        stdout,
+        format!("198.18.7.1 errno {}\n127.0.0.1 ok\n", libc::ENETUNREACH),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("mptcp-preload: MPTCP_PRELOAD_RELAY=\"relay.example:1080\" is invalid")
+            && stderr.contains("MPTCP_PRELOAD_FAIL_OPEN=1"),
+        "{stderr}"
+    );
+
+    let mut fail_open = unusable.to_vec();
+    fail_open.push(("MPTCP_PRELOAD_FAIL_OPEN", "1"));
+    let (stdout, stderr) = run(&fail_open);
+    assert_eq!(stdout, "198.18.7.1 ok\n127.0.0.1 ok\n", "{stderr}");
+    assert!(stderr.contains("the library is disabled"), "{stderr}");
+}
+
 /// Threads create and close sockets while the main thread forks; each
 /// child creates a socket and exits. A lock held across fork would hang a
 /// child (caught by the timeout).
@@ -712,6 +846,437 @@ fn fork_from_a_multithreaded_program_does_not_hang() {
         .unwrap();
     let stdout = check(&out, "fork program");
     assert!(stdout.contains("forks ok"), "{stdout}");
+}
+
+/// The reproducer of issue 16: a `vfork` child (CPython's `subprocess`)
+/// runs the hooked `close` in the parent's memory; the socket must still be
+/// rebuilt as TCP for an option MPTCP refuses (TCP_USER_TIMEOUT on 6.18).
+/// Then the same with a thread that spawns all along while the main thread
+/// makes sockets.
+const SUBPROCESS_PROGRAM: &str = r#"
+import socket, subprocess, threading
+s = socket.socket()
+subprocess.run(["true"])
+s.setsockopt(socket.IPPROTO_TCP, 18, 5000)
+print("after subprocess", s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
+stop = False
+def spawn():
+    while not stop:
+        subprocess.run(["true"])
+t = threading.Thread(target=spawn)
+t.start()
+protocols = set()
+for _ in range(300):
+    s = socket.socket()
+    s.setsockopt(socket.IPPROTO_TCP, 18, 5000)
+    protocols.add(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
+    s.close()
+stop = True
+t.join()
+print("while spawning", *sorted(protocols))
+"#;
+
+#[test]
+fn a_vfork_child_does_not_touch_the_parents_state() {
+    privileged();
+    let host = Host::new("vfork").unwrap();
+    let out = preloaded(&host, &python(), &[])
+        .args(["-c", SUBPROCESS_PROGRAM])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "subprocess program");
+    assert!(stdout.contains("after subprocess 6\n"), "{stdout}");
+    assert!(stdout.contains("while spawning 6\n"), "{stdout}");
+}
+
+/// Relay mode: 100 asyncio connections through the relay while a thread
+/// spawns subprocesses (vfork) all along; prints how many got the
+/// destination's greeting with the right peer address.
+const ASYNCIO_SPAWNING_PROGRAM: &str = r#"
+import asyncio, subprocess, sys, threading
+host, port = sys.argv[1], int(sys.argv[2])
+stop = False
+def spawn():
+    while not stop:
+        subprocess.run(["true"])
+t = threading.Thread(target=spawn)
+t.start()
+async def one():
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        peer = writer.get_extra_info("peername")[:2]
+        line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        return line == b"hello\n" and peer == (host, port)
+    except OSError:
+        return False
+async def main():
+    ok = 0
+    for _ in range(10):
+        ok += sum(await asyncio.gather(*(one() for _ in range(10))))
+    return ok
+ok = asyncio.run(main())
+stop = True
+t.join()
+print("ok", ok)
+"#;
+
+#[test]
+fn relayed_asyncio_connections_survive_a_thread_that_spawns_subprocesses() {
+    privileged();
+    let host = Host::new("relay-spawn").unwrap();
+    let relay_addr: SocketAddr = "127.0.0.1:1080".parse().unwrap();
+    let relay = TestRelay::start(&host, relay_addr, "alice", "s3cret");
+    let dest = host.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = dest.local_addr().unwrap().port().to_string();
+    let greeter = std::thread::spawn(move || {
+        for stream in dest.incoming().take(100) {
+            let _ = stream.and_then(|mut s| s.write_all(b"hello\n"));
+        }
+    });
+    let relay_env = relay_addr.to_string();
+    let env = [
+        ("MPTCP_PRELOAD_MODE", "relay"),
+        ("MPTCP_PRELOAD_RELAY", relay_env.as_str()),
+        ("MPTCP_PRELOAD_USER", "alice"),
+        ("MPTCP_PRELOAD_PASSWORD", "s3cret"),
+        ("MPTCP_PRELOAD_INCLUDE", "127.0.0.1/32"),
+        ("MPTCP_PRELOAD_EXCLUDE", ""),
+    ];
+    let out = preloaded(&host, &python(), &env)
+        .args(["-c", ASYNCIO_SPAWNING_PROGRAM, "127.0.0.1", &port])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "asyncio with a spawning thread");
+    assert_eq!(
+        stdout,
+        "ok 100\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(relay.mptcp_connections(), 100);
+    greeter.join().unwrap();
+}
+
+/// `tests/c/<name>.c`, compiled into `dir`.
+fn c_program(dir: &Path, name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
+    let exe = dir.join(name);
+    let out = std::process::Command::new("cc")
+        .args(["-Wall", "-Wextra", "-Werror", "-O1", "-o"])
+        .arg(&exe)
+        .arg(&source)
+        .output()
+        .expect("cc (gcc) must be installed");
+    check(&out, &format!("cc {name}.c"));
+    exe
+}
+
+/// Runs one case of the C program under the library and checks it passed.
+fn stale_state_case(host: &Host, exe: &Path, case: &str, args: &[&str], env: &[(&str, &str)]) {
+    let out = preloaded(host, exe.to_str().unwrap(), env)
+        .arg(case)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = check(&out, case);
+    assert_eq!(stdout, format!("{case} ok\n"));
+}
+
+#[test]
+fn closes_the_library_cannot_see_leave_no_state_behind() {
+    privileged();
+    let host = Host::new("unseen-close").unwrap();
+    let dir = TempDir::new("stale-state");
+    let exe = c_program(&dir.0, "stale_state");
+    for case in [
+        "closefrom",
+        "close_range",
+        "syscall_close",
+        "fclose_fdopen",
+        "dup_before_rebuild",
+        "vfork",
+        "fork",
+    ] {
+        stale_state_case(&host, &exe, case, &[], &[]);
+    }
+
+    // Relay mode: a relayed socket closed by closefrom, its number reused
+    // by a pipe, whose getpeername must be ENOTSOCK.
+    let relay_addr: SocketAddr = "127.0.0.1:1080".parse().unwrap();
+    let relay = TestRelay::start(&host, relay_addr, "alice", "s3cret");
+    let dest = host.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = dest.local_addr().unwrap().port().to_string();
+    let relay_env = relay_addr.to_string();
+    let env = [
+        ("MPTCP_PRELOAD_MODE", "relay"),
+        ("MPTCP_PRELOAD_RELAY", relay_env.as_str()),
+        ("MPTCP_PRELOAD_USER", "alice"),
+        ("MPTCP_PRELOAD_PASSWORD", "s3cret"),
+        ("MPTCP_PRELOAD_INCLUDE", "127.0.0.1/32"),
+        ("MPTCP_PRELOAD_EXCLUDE", ""),
+    ];
+    stale_state_case(&host, &exe, "relay_pipe", &[&port], &env);
+    assert_eq!(
+        relay.mptcp_connections(),
+        1,
+        "the connect went through the relay"
+    );
+}
+
+/// What the library adds to the resident set of a program that keeps
+/// `count` sockets open (bytes per socket), for a `many_sockets.c` mode.
+fn table_bytes_per_socket(host: &Host, exe: &Path, mode: &str, count: usize) -> f64 {
+    let growth = |preload: bool| {
+        let mut cmd = if preload {
+            preloaded(host, exe.to_str().unwrap(), &[])
+        } else {
+            host.command(exe.to_str().unwrap())
+        };
+        let out = cmd.args([mode, &count.to_string()]).output().unwrap();
+        let stdout = check(&out, &format!("many_sockets {mode}"));
+        let kib: f64 = stdout
+            .trim()
+            .strip_prefix("rss_growth_kib ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected output: {stdout}"));
+        kib * 1024.0
+    };
+    let (plain, preloaded) = (growth(false), growth(true));
+    let per_socket = (preloaded - plain) / count as f64;
+    eprintln!(
+        "{count} sockets, {mode}: RSS grows {:.0} KiB plain, {:.0} KiB preloaded: {per_socket:.0} B per socket",
+        plain / 1024.0,
+        preloaded / 1024.0
+    );
+    per_socket
+}
+
+#[test]
+fn the_table_costs_a_few_bytes_per_socket() {
+    privileged();
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a writable rlimit.
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(r, 0);
+    let count = (limit.rlim_max.saturating_sub(64) as usize).min(20_000);
+    assert!(
+        count >= 10_000,
+        "RLIMIT_NOFILE (hard) is {}: raise it to 20064 for this test",
+        limit.rlim_max
+    );
+    let host = Host::new("rss").unwrap();
+    let dir = TempDir::new("rss");
+    let exe = c_program(&dir.0, "many_sockets");
+    // A 24-byte cell per descriptor; options set before connect() take a
+    // 208-byte log until the socket connects. (Before: 640 B per socket.)
+    let open = table_bytes_per_socket(&host, &exe, "open", count);
+    assert!(open < 40.0, "{open:.0} B per open socket");
+    let connected = table_bytes_per_socket(&host, &exe, "connected", count);
+    assert!(connected < 40.0, "{connected:.0} B per connected socket");
+    let options = table_bytes_per_socket(&host, &exe, "options", count);
+    assert!(
+        options < 300.0,
+        "{options:.0} B per socket with an option, not connected"
+    );
+}
+
+/// `discover` (without the library): every option number 0..100 of
+/// SOL_SOCKET, IPPROTO_TCP, IPPROTO_IP (IPv4) and IPPROTO_IPV6 (IPv6) that
+/// a TCP socket takes (with the first of a few simple values that works)
+/// and an MPTCP socket refuses, as `op family level name value-hex`.
+/// `apply` (under the library): each such line on a fresh socket, printing
+/// `op level name errno protocol-afterwards`.
+const OPTIONS_PROGRAM: &str = r#"
+import socket, struct, sys, errno
+REFUSED = (errno.EOPNOTSUPP, errno.ENOPROTOOPT)
+LEVELS = [(socket.SOL_SOCKET, socket.AF_INET), (socket.IPPROTO_TCP, socket.AF_INET),
+          (socket.IPPROTO_IP, socket.AF_INET), (socket.IPPROTO_IPV6, socket.AF_INET6)]
+VALUES = [struct.pack("i", 1), struct.pack("i", 0), bytes(8), bytes(16)]
+def attempt(op, family, proto, level, name, value):
+    s = socket.socket(family, socket.SOCK_STREAM, proto)
+    try:
+        if op == "set":
+            s.setsockopt(level, name, value)
+        else:
+            s.getsockopt(level, name, 64)
+        result = 0
+    except OSError as e:
+        result = e.errno
+    protocol = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+    s.close()
+    return result, protocol
+if sys.argv[1] == "discover":
+    for level, family in LEVELS:
+        for name in range(100):
+            for value in VALUES:
+                if attempt("set", family, 6, level, name, value)[0] == 0:
+                    if attempt("set", family, 262, level, name, value)[0] in REFUSED:
+                        print("set", int(family), level, name, value.hex())
+                    break
+            if attempt("get", family, 6, level, name, b"")[0] == 0:
+                if attempt("get", family, 262, level, name, b"")[0] in REFUSED:
+                    print("get", int(family), level, name, "-")
+else:
+    for line in sys.stdin:
+        op, family, level, name, value = line.split()
+        data = b"" if value == "-" else bytes.fromhex(value)
+        result, protocol = attempt(op, int(family), 0, int(level), int(name), data)
+        print(op, level, name, result, protocol)
+"#;
+
+/// What Linux 6.18 refuses on MPTCP sockets and takes on TCP sockets, as
+/// `OPTIONS_PROGRAM discover` finds it (`op level name`); the README's
+/// table names them.
+const REFUSED_ON_6_18: &str = "
+set 1 10; set 1 42; get 1 42; set 1 44; set 1 47; set 1 53; set 1 60; set 1 61;
+set 1 72; set 1 74; get 1 74; set 1 75; set 1 80; set 1 82; set 6 7; get 6 7;
+set 6 8; get 6 8; set 6 10; get 6 10; set 6 12; get 6 12; set 6 16; get 6 16;
+set 6 17; get 6 17; set 6 18; get 6 18; set 6 19; get 6 19; get 6 24; set 6 27;
+get 6 27; get 6 28; set 6 37; get 6 37; get 6 44; get 6 45; get 6 46; set 0 2;
+get 0 2; get 0 3; set 0 4; get 0 4; get 0 5; set 0 6; get 0 6; set 0 7; get 0 7;
+set 0 8; get 0 8; get 0 9; set 0 10; get 0 10; set 0 11; get 0 11; set 0 12;
+get 0 12; set 0 13; get 0 13; set 0 18; get 0 18; set 0 20; get 0 20; set 0 21;
+get 0 21; get 0 22; set 0 23; get 0 23; get 0 25; set 0 26; get 0 26; get 0 32;
+get 0 33; set 0 34; get 0 34; set 0 49; get 0 49; set 0 50; get 0 50; get 0 52;
+set 41 2; get 41 2; set 41 3; get 41 3; set 41 4; get 41 4; set 41 5; get 41 5;
+set 41 6; get 41 6; set 41 8; get 41 8; set 41 11; get 41 11; set 41 16; get 41 16;
+get 41 17; get 41 18; set 41 19; get 41 19; get 41 22; set 41 23; get 41 23;
+set 41 24; set 41 25; get 41 25; set 41 29; get 41 29; set 41 30; get 41 30;
+set 41 31; get 41 31; set 41 33; get 41 33; set 41 49; get 41 49; set 41 51;
+get 41 51; set 41 53; get 41 53; set 41 54; get 41 54; set 41 55; get 41 55;
+set 41 56; get 41 56; get 41 57; set 41 58; get 41 58; set 41 59; get 41 59;
+set 41 60; get 41 60; set 41 62; get 41 62; set 41 66; get 41 66; set 41 67;
+get 41 67; set 41 70; get 41 70; set 41 72; get 41 72; set 41 73; get 41 73;
+set 41 74; get 41 74; set 41 76; get 41 76; set 41 77; get 41 77;
+";
+
+/// The options the library ignores on MPTCP sockets instead of rebuilding
+/// them as TCP (`compat::on_refusal`): `(level, name)`.
+const IGNORED: &[(i32, i32)] = &[
+    (libc::SOL_SOCKET, libc::SO_OOBINLINE),
+    (libc::IPPROTO_TCP, libc::TCP_QUICKACK),
+    (libc::IPPROTO_TCP, libc::TCP_THIN_LINEAR_TIMEOUTS),
+    (libc::IPPROTO_TCP, libc::TCP_THIN_DUPACK),
+    (libc::IPPROTO_IP, libc::IP_MULTICAST_IF),
+    (libc::IPPROTO_IP, libc::IP_MULTICAST_TTL),
+    (libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP),
+    (libc::IPPROTO_IP, libc::IP_MULTICAST_ALL),
+    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF),
+    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS),
+    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP),
+    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_ALL),
+];
+
+#[test]
+fn every_option_mptcp_refuses_is_ignored_or_rebuilt_as_tcp() {
+    privileged();
+    let host = Host::new("options").unwrap();
+    let out = host
+        .command(&python())
+        .args(["-c", OPTIONS_PROGRAM, "discover"])
+        .output()
+        .unwrap();
+    let discovered = check(&out, "option discovery");
+    let refused: Vec<(String, i32, i32)> = discovered
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (
+                f[0].to_owned(),
+                f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        refused.contains(&("set".to_owned(), libc::SOL_SOCKET, libc::SO_OOBINLINE)),
+        "the kernel takes SO_OOBINLINE on MPTCP sockets now: update the README table\n{discovered}"
+    );
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    if release.starts_with("6.18.") {
+        let listed: Vec<String> = REFUSED_ON_6_18
+            .split(';')
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
+            .collect();
+        let found: Vec<String> = refused
+            .iter()
+            .map(|(op, level, name)| format!("{op} {level} {name}"))
+            .collect();
+        assert_eq!(
+            found, listed,
+            "6.18 refuses other options than the README's table says"
+        );
+    }
+
+    let out = preloaded(&host, &python(), &[])
+        .args(["-c", OPTIONS_PROGRAM, "apply"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(discovered.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let applied = check(&out, "options under the library");
+    let mut wrong = Vec::new();
+    for line in applied.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (op, level, name): (&str, i32, i32) =
+            (f[0], f[1].parse().unwrap(), f[2].parse().unwrap());
+        let (result, protocol): (i32, i32) = (f[3].parse().unwrap(), f[4].parse().unwrap());
+        let ignored = IGNORED.contains(&(level, name));
+        let expected = match (op, ignored) {
+            // Ignored: success and still MPTCP; reading it keeps the error.
+            ("set", true) => result == 0 && protocol == 262,
+            ("get", true) => result != 0 && protocol == 262,
+            // Otherwise rebuilt as TCP, where the call succeeds.
+            _ => result == 0 && protocol == libc::IPPROTO_TCP,
+        };
+        if !expected {
+            wrong.push(line.to_owned());
+        }
+    }
+    assert_eq!(applied.lines().count(), refused.len(), "{applied}");
+    assert!(
+        wrong.is_empty(),
+        "unexpected outcomes (op level name errno protocol):\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn the_library_loads_nothing_but_libc() {
+    // libgcc_s.so.1 (the unwinder) would run its CPU probe in every
+    // preloaded program; build.rs links the unwinder statically.
+    let out = std::process::Command::new("readelf")
+        .arg("-d")
+        .arg(support::preload_lib())
+        .output()
+        .expect("readelf (binutils) must be installed");
+    let dynamic = String::from_utf8(out.stdout).unwrap();
+    let needed: Vec<&str> = dynamic
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+        .collect();
+    assert!(needed.contains(&"libc.so.6"), "{dynamic}");
+    assert!(
+        needed
+            .iter()
+            .all(|lib| *lib == "libc.so.6" || lib.starts_with("ld-linux")),
+        "{needed:?}"
+    );
 }
 
 #[test]

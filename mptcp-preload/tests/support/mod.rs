@@ -46,6 +46,7 @@ pub fn preloaded(host: &Host, program: &str, env: &[(&str, &str)]) -> Command {
         "MPTCP_PRELOAD_LOG",
         "MPTCP_PRELOAD_INCLUDE",
         "MPTCP_PRELOAD_EXCLUDE",
+        "MPTCP_PRELOAD_FAIL_OPEN",
     ] {
         cmd.env_remove(key);
     }
