@@ -421,7 +421,11 @@ fn repeated_runs() {
             c99.as_secs_f64() / r99.as_secs_f64()
         );
     }
-    println!("local relay:  {}\nremote relay: {}", local.stats(), remote.stats());
+    println!(
+        "local relay:  {}\nremote relay: {}",
+        local.stats(),
+        remote.stats()
+    );
 }
 
 /// One transfer through the chain, download or upload: (average, steady)
@@ -454,7 +458,10 @@ fn try_transfer(rp: &RelayPath, up: bool) -> std::io::Result<(f64, f64)> {
             return Err(std::io::Error::other("the destination got other bytes"));
         }
         let end = meter.sample();
-        Ok((data::mbit_per_s(sent, started.elapsed()), end.mbit_per_s_since(&ramped)))
+        Ok((
+            data::mbit_per_s(sent, started.elapsed()),
+            end.mbit_per_s_since(&ramped),
+        ))
     })
 }
 

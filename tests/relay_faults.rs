@@ -128,14 +128,20 @@ impl Chain {
         let pid = daemon.as_ref().expect("the relay runs").id();
         let log = self.logs.join(format!("{role}.log"));
         let before = std::fs::read_to_string(&log).unwrap_or_default().len();
-        Command::new("kill").args(["-USR1", &pid.to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-USR1", &pid.to_string()])
+            .status()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(line) = text[before..].lines().find(|l| l.contains("counters")) {
                 return line.to_owned();
             }
-            assert!(Instant::now() < deadline, "no counters from the {role} relay:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "no counters from the {role} relay:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -223,7 +229,11 @@ fn upload(chain: &Chain, len: u64) -> std::io::Result<()> {
     s.read_exact(&mut answer)?;
     let n = u64::from_le_bytes(answer[..8].try_into().unwrap());
     let got = u64::from_le_bytes(answer[8..].try_into().unwrap());
-    assert_eq!((n, got), (len, sum), "the sink got every byte of the upload");
+    assert_eq!(
+        (n, got),
+        (len, sum),
+        "the sink got every byte of the upload"
+    );
     Ok(())
 }
 
@@ -280,8 +290,14 @@ fn a_killed_remote_ends_its_streams_and_the_lan_is_back_within_2_s_of_its_restar
     let (result, _) = reader.join().unwrap();
     let ended_after = killed.elapsed();
     // It ends (cut short: the data is gone with the relay), and soon.
-    assert!(result.is_err() || result.as_ref().is_ok_and(|&n| n < 256 << 20), "{result:?}");
-    assert!(ended_after < Duration::from_secs(5), "ended {ended_after:?} after the kill");
+    assert!(
+        result.is_err() || result.as_ref().is_ok_and(|&n| n < 256 << 20),
+        "{result:?}"
+    );
+    assert!(
+        ended_after < Duration::from_secs(5),
+        "ended {ended_after:?} after the kill"
+    );
     // While the remote is down, new LAN connections fail, and do not hang.
     for _ in 0..3 {
         let started = Instant::now();
@@ -310,7 +326,10 @@ fn a_killed_remote_ends_its_streams_and_the_lan_is_back_within_2_s_of_its_restar
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("first working LAN connection {:?} after the remote's restart", restarted.elapsed());
+    eprintln!(
+        "first working LAN connection {:?} after the remote's restart",
+        restarted.elapsed()
+    );
     upload(&chain, 4 << 20).unwrap();
 }
 
@@ -325,7 +344,10 @@ fn a_killed_local_relay_leaves_nothing_open_at_the_remote() {
     let open: Vec<TcpStream> = (0..10).map(|_| chain.download(64 << 20).unwrap()).collect();
     std::thread::sleep(Duration::from_secs(1));
     let busy_fds = open_fds(remote_pid);
-    assert!(busy_fds >= idle_fds + 10, "{busy_fds} descriptors busy, {idle_fds} idle");
+    assert!(
+        busy_fds >= idle_fds + 10,
+        "{busy_fds} descriptors busy, {idle_fds} idle"
+    );
     drop(chain.local.take());
     let deadline = Instant::now() + Duration::from_secs(10);
     while open_fds(remote_pid) > idle_fds && Instant::now() < deadline {
@@ -357,7 +379,11 @@ fn a_transfer_survives_a_silent_link_and_a_link_taken_down() {
                 s.shutdown(Shutdown::Write).unwrap();
                 let mut answer = [0u8; 16];
                 s.read_exact(&mut answer).unwrap();
-                (u64::from_le_bytes(answer[..8].try_into().unwrap()), sum, answer)
+                (
+                    u64::from_le_bytes(answer[..8].try_into().unwrap()),
+                    sum,
+                    answer,
+                )
             })
         };
         std::thread::sleep(Duration::from_secs(2));
@@ -372,7 +398,11 @@ fn a_transfer_survives_a_silent_link_and_a_link_taken_down() {
                 chain.rp.wan[1].up().unwrap();
             }
         }
-        assert_eq!(reader.join().unwrap().unwrap(), LEN, "download across a {fault} link");
+        assert_eq!(
+            reader.join().unwrap().unwrap(),
+            LEN,
+            "download across a {fault} link"
+        );
         let (n, sum, answer) = uploader.join().unwrap();
         assert_eq!(n, LEN / 4, "upload across a {fault} link");
         assert_eq!(u64::from_le_bytes(answer[8..].try_into().unwrap()), sum);
@@ -406,18 +436,29 @@ fn sigterm_drains_running_transfers_and_refuses_new_ones() {
     let mut local = chain.local.take().unwrap();
     let pid = local.id();
     let signalled = Instant::now();
-    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     std::thread::sleep(Duration::from_millis(300));
     // New connections are refused (nothing listens behind the redirect).
-    assert!(chain.download(1000).and_then(finish_download).map_or(true, |n| n != 1000));
+    assert!(
+        chain
+            .download(1000)
+            .and_then(finish_download)
+            .map_or(true, |n| n != 1000)
+    );
     // The running one finishes, intact, and then the relay exits.
     assert_eq!(reader.join().unwrap().unwrap(), LEN);
     let exited = loop {
         if std::fs::metadata(format!("/proc/{pid}/fd")).is_err() || zombie(pid) {
             break signalled.elapsed();
         }
-        assert!(signalled.elapsed() < Duration::from_secs(10), "still running after the drain");
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "still running after the drain"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     eprintln!("exited {exited:?} after SIGTERM");
@@ -429,20 +470,32 @@ fn sigterm_drains_running_transfers_and_refuses_new_ones() {
     std::thread::sleep(Duration::from_millis(500));
     let pid = local.id();
     let signalled = Instant::now();
-    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     while !(std::fs::metadata(format!("/proc/{pid}/fd")).is_err() || zombie(pid)) {
-        assert!(signalled.elapsed() < Duration::from_secs(15), "no exit at the drain timeout");
+        assert!(
+            signalled.elapsed() < Duration::from_secs(15),
+            "no exit at the drain timeout"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let at = signalled.elapsed();
-    assert!(at >= Duration::from_secs(9), "exited after {at:?}, before the 10 s drain");
+    assert!(
+        at >= Duration::from_secs(9),
+        "exited after {at:?}, before the 10 s drain"
+    );
     let _ = &mut local;
 }
 
 /// Whether process `pid` has exited and waits to be reaped.
 fn zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_or(true, |stat| stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+    })
 }
 
 /// Busy loops, one more than the cores (a small router's busy CPU); each
@@ -536,7 +589,10 @@ fn aborts_resets_and_closing_destinations_under_cpu_contention_break_no_session(
                     scope.spawn(move || stress_client(chain, round * 8 + i))
                 })
                 .collect();
-            clients.into_iter().map(|c| c.join().expect("a client failed")).collect()
+            clients
+                .into_iter()
+                .map(|c| c.join().expect("a client failed"))
+                .collect()
         });
         complete += done.iter().filter(|&&d| d).count();
     }
@@ -555,7 +611,10 @@ fn aborts_resets_and_closing_destinations_under_cpu_contention_break_no_session(
         }
         let out = cmd.output().unwrap();
         let report = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "iperf3 (reverse: {reverse}) failed:\n{report}");
+        assert!(
+            out.status.success(),
+            "iperf3 (reverse: {reverse}) failed:\n{report}"
+        );
     }
     let local = chain.counters("local");
     let remote = chain.counters("remote");

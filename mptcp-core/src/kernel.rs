@@ -1,6 +1,7 @@
 //! The running kernel's version, which decides which MPTCP socket options
 //! exist (`MPTCP_INFO` 5.16, `MPTCP_FULL_INFO` 6.5, `TCP_IS_MPTCP` 6.10).
 //! The same in every network namespace.
+#![forbid(unsafe_code)]
 
 use std::ffi::CStr;
 use std::fmt;
@@ -60,14 +61,5 @@ impl fmt::Display for KernelVersion {
 /// Calls `f` with the kernel release string from `uname(2)`, without
 /// allocating.
 pub(crate) fn with_release<R>(f: impl FnOnce(&CStr) -> R) -> io::Result<R> {
-    let mut uts = std::mem::MaybeUninit::<libc::utsname>::uninit();
-    // SAFETY: `uts` is a valid, writable `utsname` buffer; uname only
-    // writes into it.
-    crate::sys::cvt(unsafe { libc::uname(uts.as_mut_ptr()) })?;
-    // SAFETY: uname succeeded, so it initialised the whole struct.
-    let uts = unsafe { uts.assume_init() };
-    // SAFETY: the kernel NUL-terminates `release` within the array, which
-    // lives until the end of this function.
-    let release = unsafe { CStr::from_ptr(uts.release.as_ptr()) };
-    Ok(f(release))
+    crate::sys::os::with_kernel_release(f)
 }

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use mptcp_core::mux::{self, Control, FrameType, Header, Settings};
-use mptcp_core::relay::{EngineConfig, ErrorKind, ListenerKind, Relay};
+use mptcp_core::relay::{Config, EngineConfig, ErrorKind, ListenerKind, LocalConfig, Relay};
 use mptcp_core::socks5::{self, Command, ReplyCode, Request, TargetAddr};
 use mptcp_testbed::data;
 
@@ -455,4 +455,55 @@ fn a_local_relays_streams_are_not_capped_as_one_client() {
         "remote {r}"
     );
     assert_eq!(l.errors.iter().sum::<u64>(), 0, "local {l}");
+}
+
+#[test]
+fn a_spare_session_idles_from_its_last_frame_not_its_last_new_stream() {
+    let remote = remote_relay(true);
+    let at = remote.listener(ListenerKind::RemoteSocks5).unwrap();
+    let local = LocalConfig::new(at.to_string())
+        .max_sessions(2)
+        .spare_session_idle_secs(2)
+        .credentials(USER, PASS)
+        .socks5("127.0.0.1:0".parse().unwrap());
+    let local = Relay::start(Config::new().engine(one_worker()).local(local)).unwrap();
+    let proxy = local.listener(ListenerKind::LocalSocks5).unwrap();
+    let (source, echo_at) = (server(pattern_source), server(echo));
+    let s = connect_via(proxy, echo_at).unwrap();
+    assert_eq!(echo_round_trip(s, b"first"), b"first");
+    // A download (read at about 30 MB/s) keeps the first session busy for
+    // the whole test...
+    let mut downloading = request_download(proxy, source, 1 << 40);
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        while downloading.read_exact(&mut buf).is_ok() {
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // ...so this 4-second conversation goes to a spare session.
+    let mut talk = connect_via(proxy, echo_at).unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        talk.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        talk.read_exact(&mut b).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(local.stats().sessions, 2, "a spare carried the talk");
+    drop(talk);
+    // A second after its last frame the spare is still open (its idle time
+    // counts from then, not from the stream's start 4 s ago)...
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        local.stats().sessions,
+        2,
+        "the spare stays while recently used"
+    );
+    // ...and it goes once idle for the 2 s configured.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(local.stats().sessions, 1, "the idle spare closed");
+    local.shutdown(Duration::ZERO);
+    reader.join().unwrap();
+    remote.shutdown(Duration::ZERO);
 }

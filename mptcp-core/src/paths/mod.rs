@@ -24,6 +24,7 @@
 //! })?;
 //! # Ok::<(), mptcp_core::pm::Error>(())
 //! ```
+#![forbid(unsafe_code)]
 
 mod plan;
 mod rtnl;

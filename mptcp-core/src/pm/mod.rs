@@ -20,6 +20,7 @@
 //! }
 //! # Ok::<(), mptcp_core::pm::Error>(())
 //! ```
+#![forbid(unsafe_code)]
 
 mod error;
 mod event;
@@ -280,16 +281,7 @@ impl fmt::Display for Endpoint {
 
 /// The name of interface `ifindex` in the calling thread's namespace.
 pub(crate) fn interface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write,
-    // including the terminating NUL.
-    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if name.is_null() {
-        return None;
-    }
-    // SAFETY: on success if_indextoname wrote a NUL-terminated string into `buf`.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
+    crate::sys::os::interface_name(ifindex)
 }
 
 /// How many extra subflows and accepted announcements the in-kernel path

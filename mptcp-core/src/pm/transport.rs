@@ -123,24 +123,9 @@ impl Transport {
 
     /// Waits at most `timeout` for a datagram to read; false on timeout.
     pub(crate) fn wait_readable(&self, timeout: Duration) -> Result<bool> {
-        let mut pollfd = libc::pollfd {
-            fd: self.socket.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
         let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-        loop {
-            // SAFETY: `pollfd` is a valid, initialised array of one element
-            // that outlives the call.
-            let n = unsafe { libc::poll(&mut pollfd, 1, ms) };
-            if n >= 0 {
-                return Ok(n > 0);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(Error::io("cannot wait on a netlink socket", e));
-            }
-        }
+        crate::sys::os::wait_readable(self.socket.as_raw_fd(), ms)
+            .map_err(|e| Error::io("cannot wait on a netlink socket", e))
     }
 
     /// Blocks for the next datagram and decodes the messages in it

@@ -147,6 +147,10 @@ pub struct LocalConfig {
     /// a download. 1: every connection of a worker shares one.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// Seconds a session beyond a worker's first may stay idle (no frame
+    /// either way, no stream) before it is closed.
+    #[serde(default = "default_spare_session_idle_secs")]
+    pub spare_session_idle_secs: u64,
     /// Listeners for connections redirected by nftables/iptables `REDIRECT`
     /// (original destination from `SO_ORIGINAL_DST`).
     #[serde(default)]
@@ -172,6 +176,10 @@ fn yes() -> bool {
 
 fn default_max_sessions() -> usize {
     4
+}
+
+fn default_spare_session_idle_secs() -> u64 {
+    60
 }
 
 /// A SOCKS5 user of the remote relay.
@@ -491,6 +499,7 @@ impl LocalConfig {
             mptcp: true,
             multiplex: true,
             max_sessions: default_max_sessions(),
+            spare_session_idle_secs: default_spare_session_idle_secs(),
             redirect: Vec::new(),
             tproxy: Vec::new(),
             socks5: Vec::new(),
@@ -546,6 +555,13 @@ impl LocalConfig {
     /// Sessions per worker at most (default 4).
     pub fn max_sessions(mut self, n: usize) -> LocalConfig {
         self.max_sessions = n;
+        self
+    }
+
+    /// Seconds an idle spare session stays open
+    /// ([`LocalConfig::spare_session_idle_secs`]).
+    pub fn spare_session_idle_secs(mut self, secs: u64) -> LocalConfig {
+        self.spare_session_idle_secs = secs;
         self
     }
 }

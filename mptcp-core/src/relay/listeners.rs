@@ -9,6 +9,7 @@ use std::os::fd::AsRawFd;
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 use crate::socket::{self, Fallback};
+use crate::sys;
 
 /// A stream socket for `addr`'s family: MPTCP if `mptcp` (TCP when the
 /// kernel refuses MPTCP, with a warning), else TCP.
@@ -110,22 +111,9 @@ pub(crate) fn prepare_session_socket(stream: &mio::net::TcpStream, receive_buffe
         tracing::debug!(error = %e, "relay: TCP_NOTSENT_LOWAT refused on a session");
     }
     let size = libc::c_int::try_from(receive_buffer).unwrap_or(libc::c_int::MAX);
-    // SAFETY: the descriptor is open for the call, and the option value is
-    // a live int of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(
-            error = %io::Error::last_os_error(),
-            "relay: session receive buffer stays autotuned"
-        );
+    let fd = stream.as_raw_fd();
+    if let Err(e) = sys::fd::set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size) {
+        tracing::debug!(error = %e, "relay: session receive buffer stays autotuned");
     }
 }
 

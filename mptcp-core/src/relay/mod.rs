@@ -26,6 +26,7 @@
 //! println!("{}", relay.stats());
 //! relay.shutdown(Duration::from_secs(5));
 //! ```
+#![forbid(unsafe_code)]
 
 mod config;
 mod engine;
@@ -88,6 +89,8 @@ pub(crate) enum Route {
         multiplex: bool,
         /// Sessions per worker at most.
         max_sessions: usize,
+        /// How long a spare session may stay idle.
+        spare_idle: Duration,
     },
 }
 
@@ -337,6 +340,7 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             mptcp: l.mptcp,
             multiplex: l.multiplex,
             max_sessions: l.max_sessions,
+            spare_idle: Duration::from_secs(l.spare_session_idle_secs),
         });
         let c = &l.allowed_clients;
         for a in &l.redirect {
@@ -406,26 +410,9 @@ fn resolver(
 /// Raises the soft limit on open files as far as allowed: relaying needs 2
 /// descriptors per connection plus pipes in flight.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return;
-    }
     // With CAP_SYS_RESOURCE the hard limit may rise too (up to fs.nr_open).
-    let wanted = lim.rlim_max.max(1 << 20);
-    for max in [wanted, lim.rlim_max] {
-        let new = libc::rlimit {
-            rlim_cur: max,
-            rlim_max: max,
-        };
-        // SAFETY: `new` is a valid rlimit; failure leaves the limit as is.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
-            tracing::debug!(limit = max, "raised RLIMIT_NOFILE");
-            return;
-        }
+    if let Some(limit) = crate::sys::fd::raise_open_files_limit(|hard| [hard.max(1 << 20), hard]) {
+        tracing::debug!(limit, "raised RLIMIT_NOFILE");
     }
 }
 

@@ -21,6 +21,7 @@ use mio::net::TcpStream;
 use super::splice::{self, Pipe, PipePool};
 use crate::mux::{self, Control, HEADER_LEN, Header};
 use crate::socks5::{ClientHandshake, Progress};
+use crate::sys;
 
 /// Queued output above which streams stop reading until it drains: what a
 /// new stream's frames may wait behind here (with [`SHARED_FRAME`] and the
@@ -128,22 +129,13 @@ impl Tx {
         let out = self.queue();
         let start = out.len();
         out.extend_from_slice(&[0; HEADER_LEN]);
-        out.reserve(max);
-        // SAFETY: `reserve` made room for `max` bytes after the current
-        // length, so the pointer is valid for writes of `max` bytes.
-        let n = unsafe { libc::recv(src, out.as_mut_ptr().add(start + HEADER_LEN).cast(), max, 0) };
-        if n <= 0 {
-            out.truncate(start);
-            return if n == 0 {
-                Ok(0)
-            } else {
-                Err(io::Error::last_os_error())
-            };
-        }
-        let n = n as usize;
-        // SAFETY: recv initialised `n <= max` bytes after the header, and
-        // the header bytes were initialised by `extend_from_slice`.
-        unsafe { out.set_len(start + HEADER_LEN + n) };
+        let n = match sys::fd::recv_append(src, out, max) {
+            Ok(n) if n > 0 => n,
+            eof_or_error => {
+                out.truncate(start);
+                return eof_or_error;
+            }
+        };
         let len = u32::try_from(n).expect("reads are bounded");
         out[start..start + HEADER_LEN].copy_from_slice(&Header::data(stream, len).to_bytes());
         Ok(n)
@@ -222,8 +214,7 @@ struct SocketSink(RawFd);
 
 impl FrameSink for SocketSink {
     fn send(&mut self, bytes: &[u8], more: bool) -> io::Result<usize> {
-        let flags = if more { libc::MSG_MORE } else { 0 };
-        splice::send_flags(self.0, bytes, flags)
+        sys::fd::send(self.0, bytes, more)
     }
 
     fn splice_from(&mut self, pipe: &Pipe, len: usize) -> io::Result<usize> {
@@ -736,9 +727,9 @@ mod tests {
         let mut tx = Tx::default();
         tx.control(1, &Control::Fin);
         let pipe = pool.get().unwrap();
-        // SAFETY: the pipe's write end is open; the buffer is 7 bytes.
-        let n = unsafe { libc::write(pipe.write.as_raw_fd(), b"spliced".as_ptr().cast(), 7) };
-        assert_eq!(n, 7);
+        std::fs::File::from(pipe.write.try_clone().unwrap())
+            .write_all(b"spliced")
+            .unwrap();
         tx.data_in_pipe(2, pipe, 7);
         assert!(!tx.has_splice_room(), "one splice at a time");
         tx.data(3, b"after");

@@ -9,9 +9,12 @@
 //! If the kernel refuses splice on a socket (EINVAL), or no pipe can be
 //! created (EMFILE), the flow switches to a buffered copy; the caller counts
 //! and logs each switch (`splice_fallbacks`).
+#![forbid(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::sys;
 
 /// One pipe: its read and write ends, and how many bytes it holds.
 #[derive(Debug)]
@@ -23,16 +26,7 @@ pub(crate) struct Pipe {
 
 impl Pipe {
     fn new(size: usize) -> io::Result<Pipe> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: `fds` is a valid, writable array of two ints, as pipe2
-        // requires.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody
-        // else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (read, write) = sys::fd::pipe()?;
         let mut pipe = Pipe {
             read,
             write,
@@ -47,13 +41,7 @@ impl Pipe {
     /// Asks the kernel for `size` bytes of room; on success the pipe's
     /// capacity is what the kernel granted (a power of two pages).
     fn resize(&mut self, size: usize) -> io::Result<()> {
-        let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-        // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory.
-        let granted = unsafe { libc::fcntl(self.write.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
-        if granted < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        self.capacity = granted as usize;
+        self.capacity = sys::fd::set_pipe_size(self.write.as_raw_fd(), size)?;
         Ok(())
     }
 }
@@ -344,70 +332,11 @@ pub(crate) fn is_fd_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-pub(crate) fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: both fds are open for the duration of the call (owned by the
-    // connection or the flow); null offsets are valid for pipes and sockets.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
+pub(crate) use crate::sys::fd::{recv, shutdown_write, splice};
 
+/// `send` without `SIGPIPE`.
 pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    send_flags(fd, buf, 0)
-}
-
-/// `send` with extra flags (`MSG_MORE`: more follows at once, so the
-/// kernel may hold this for one segment with what comes next).
-pub(crate) fn send_flags(fd: RawFd, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for reads of `buf.len()` bytes. MSG_NOSIGNAL:
-    // a closed peer gives EPIPE, not a signal.
-    let n = unsafe {
-        libc::send(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_NOSIGNAL | flags,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
-    // SAFETY: shutdown takes an fd and a flag, no memory.
-    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
-        let e = io::Error::last_os_error();
-        // The peer may already be gone; the other direction will notice.
-        if e.raw_os_error() != Some(libc::ENOTCONN) {
-            return Err(e);
-        }
-    }
-    Ok(())
+    sys::fd::send(fd, buf, false)
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@
 
 #[cfg(feature = "pm")]
 pub mod diag;
+#[cfg(feature = "relay")]
+pub mod fd;
 pub mod info;
+pub mod os;
 #[cfg(feature = "pm")]
 pub mod pm;
 pub mod socket;

@@ -39,8 +39,6 @@ const RETRY_AFTER_REFUSAL: Duration = Duration::from_secs(3600);
 const SESSION_HANDSHAKE_BYTES: usize = 1024;
 /// A session counts as busy this long after its last bulk frame.
 const BUSY_HOLD: Duration = Duration::from_millis(200);
-/// A session beyond the first with no stream for this long is closed.
-const SPARE_IDLE: Duration = Duration::from_secs(60);
 
 /// The local role's view of the remote relay, for sessions.
 #[derive(Debug)]
@@ -52,6 +50,9 @@ pub(super) struct MuxClient {
     /// transfers, so that a new connection's first bytes do not wait behind
     /// a download in the subflows' send queues.
     max_sessions: usize,
+    /// A session beyond the first with no frame and no stream for this
+    /// long is closed.
+    spare_idle: Duration,
     /// This worker's sessions (keys), newest last.
     sessions: Vec<usize>,
     /// No new session before this.
@@ -71,11 +72,13 @@ impl MuxClient {
                 mptcp,
                 multiplex: true,
                 max_sessions,
+                spare_idle,
             } => Some(MuxClient {
                 addr: *addr,
                 credentials: credentials.clone(),
                 mptcp: *mptcp,
                 max_sessions: *max_sessions,
+                spare_idle: *spare_idle,
                 sessions: Vec::new(),
                 retry_at: None,
                 failures: 0,
@@ -896,7 +899,10 @@ impl Worker {
     /// local worker's beyond its first) that carried no stream for a while.
     pub(super) fn sweep_sessions(&mut self) {
         let now = self.now;
-        let mut open = self.mux.as_ref().map_or(0, |m| m.sessions.len());
+        let (mut open, spare_idle) = self
+            .mux
+            .as_ref()
+            .map_or((0, Duration::MAX), |m| (m.sessions.len(), m.spare_idle));
         for s in self.sessions.keys() {
             let Some(x) = self.sessions.get(s) else {
                 continue;
@@ -907,7 +913,7 @@ impl Worker {
                 && open > 1
                 && x.streams.is_empty()
                 && x.tx.is_idle()
-                && now.duration_since(x.last_active) > SPARE_IDLE
+                && now.duration_since(x.last_active) > spare_idle
             {
                 open -= 1;
                 self.close_session(s, "a spare session, idle");
