@@ -368,9 +368,11 @@ fn repeated_runs() {
     let routed_echo = [false, true].map(|up| echo_during_bulk(&rp, up));
     redirect_rule(&rp);
     let (local, remote) = start_chain(&rp, true);
+    let chain_echo = [false, true].map(|up| echo_during_bulk(&rp, up));
     let mut rates: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
     let mut failures = [0usize; 2];
-    for run in 0..REPEATS {
+    let runs = std::env::var("RELAY_BENCH_RUNS").map_or(REPEATS, |n| n.parse().unwrap_or(REPEATS));
+    for run in 0..runs {
         eprintln!("run {run}");
         for (i, up) in [false, true].into_iter().enumerate() {
             match try_transfer(&rp, up) {
@@ -382,10 +384,17 @@ fn repeated_runs() {
             }
         }
     }
-    let chain_echo = [false, true].map(|up| echo_during_bulk(&rp, up));
+    let chain_echo_after = [false, true].map(|up| echo_during_bulk(&rp, up));
+    let contended = {
+        let _hogs = busy_loops();
+        remove_redirect_rule(&rp);
+        let routed = echo_during_bulk(&rp, true);
+        redirect_rule(&rp);
+        (routed, echo_during_bulk(&rp, true))
+    };
     let one_link = routed_down.1;
     println!(
-        "\n2 x 20 Mbit/s, multiplexed chain, {REPEATS} runs each way ({} s each); \
+        "\n2 x 20 Mbit/s, multiplexed chain, {runs} runs each way ({} s each); \
          one link (routed TCP, steady): {one_link:.1} Mb",
         LIMITED_TIME.as_secs()
     );
@@ -409,23 +418,64 @@ fn repeated_runs() {
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for (i, during) in ["a bulk download", "a bulk upload"].into_iter().enumerate() {
-        let ((r50, r99), (c50, c99)) = (routed_echo[i], chain_echo[i]);
+        let (r, c) = (routed_echo[i], chain_echo[i]);
         println!(
-            "  1-byte echo during {during:<15}: routed p50 {:.1} ms p99 {:.1} ms; \
-             chain p50 {:.1} ms p99 {:.1} ms ({:.2} / {:.2} x routed)",
-            ms(r50),
-            ms(r99),
-            ms(c50),
-            ms(c99),
-            c50.as_secs_f64() / r50.as_secs_f64(),
-            c99.as_secs_f64() / r99.as_secs_f64()
+            "  1-byte echo during {during:<15}: routed p50 {:.1} ms p99 {:.1} ms ({} round trips); \
+             chain p50 {:.1} ms p99 {:.1} ms ({}; {:.2} / {:.2} x routed)",
+            ms(r.p50),
+            ms(r.p99),
+            r.n,
+            ms(c.p50),
+            ms(c.p99),
+            c.n,
+            c.p50.as_secs_f64() / r.p50.as_secs_f64(),
+            c.p99.as_secs_f64() / r.p99.as_secs_f64()
+        );
+        let a = chain_echo_after[i];
+        println!(
+            "  {:<36} chain after the runs: p50 {:.1} ms p99 {:.1} ms ({}; {:.2} / {:.2} x routed)",
+            "",
+            ms(a.p50),
+            ms(a.p99),
+            a.n,
+            a.p50.as_secs_f64() / r.p50.as_secs_f64(),
+            a.p99.as_secs_f64() / r.p99.as_secs_f64()
         );
     }
+    let (r, c) = contended;
+    println!(
+        "  1-byte echo during a bulk upload, {} busy loops on the cores: routed p50 {:.1} ms \
+         p99 {:.1} ms ({}); chain p50 {:.1} ms p99 {:.1} ms ({}; {:.2} / {:.2} x routed)",
+        BUSY_LOOPS,
+        ms(r.p50),
+        ms(r.p99),
+        r.n,
+        ms(c.p50),
+        ms(c.p99),
+        c.n,
+        c.p50.as_secs_f64() / r.p50.as_secs_f64(),
+        c.p99.as_secs_f64() / r.p99.as_secs_f64()
+    );
     println!(
         "local relay:  {}\nremote relay: {}",
         local.stats(),
         remote.stats()
     );
+}
+
+/// Busy loops beside the measurement (a small router's busy CPU).
+const BUSY_LOOPS: usize = 3;
+
+/// [`BUSY_LOOPS`] processes spinning for at most a minute each; killed
+/// when the guard drops.
+fn busy_loops() -> Vec<Daemon> {
+    (0..BUSY_LOOPS)
+        .map(|_| {
+            let mut cmd = std::process::Command::new("timeout");
+            cmd.args(["60", "sh", "-c", "while :; do :; done"]);
+            Daemon::spawn(&mut cmd).expect("sh and timeout")
+        })
+        .collect()
 }
 
 /// One transfer through the chain, download or upload: (average, steady)
@@ -439,50 +489,46 @@ fn try_transfer(rp: &RelayPath, up: bool) -> std::io::Result<(f64, f64)> {
         if !up {
             return Ok(receive_rates(s));
         }
-        let meter = data::Meter::new();
+        // The sender's count runs ahead of the link by what the buffers
+        // hold, so only the whole transfer up to the destination's answer
+        // is a rate (for both figures).
         let started = Instant::now();
-        let ramped = std::thread::scope(|scope| {
-            let sampler = scope.spawn(|| {
-                std::thread::sleep(RAMP_UP);
-                meter.sample()
-            });
-            let mut metered = MeteredWriter(&mut s, &meter);
-            let sent = data::send_pattern_for(&mut metered, LIMITED_TIME).map(|(n, _)| n);
-            (sent, sampler.join().unwrap())
-        });
-        let (sent, ramped) = (ramped.0?, ramped.1);
+        let (sent, _) = data::send_pattern_for(&mut s, LIMITED_TIME)?;
         s.shutdown(Shutdown::Write)?;
         let mut ack = [0u8; 8];
         s.read_exact(&mut ack)?;
         if u64::from_le_bytes(ack) != sent {
             return Err(std::io::Error::other("the destination got other bytes"));
         }
-        let end = meter.sample();
-        Ok((
-            data::mbit_per_s(sent, started.elapsed()),
-            end.mbit_per_s_since(&ramped),
-        ))
+        let rate = data::mbit_per_s(sent, started.elapsed());
+        Ok((rate, rate))
     })
 }
 
-/// A writer that counts what it writes into a meter.
-struct MeteredWriter<'a, W>(&'a mut W, &'a data::Meter);
+/// Round trips timed during a bulk transfer: how many, p50, p99.
+#[derive(Debug, Clone, Copy)]
+struct Echoes {
+    n: usize,
+    p50: Duration,
+    p99: Duration,
+}
 
-impl<W: Write> Write for MeteredWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.0.write(buf)?;
-        self.1.add(n as u64);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
+impl Echoes {
+    fn new(mut times: Vec<Duration>) -> Echoes {
+        times.sort();
+        let n = times.len();
+        let at = |q: usize| times.get(q).copied().unwrap_or(Duration::MAX);
+        Echoes {
+            n,
+            p50: at(n / 2),
+            p99: at(n * 99 / 100),
+        }
     }
 }
 
-/// p50 and p99 of [`ECHOES`] 1-byte round trips on a connection of its own
-/// while a bulk transfer (upload if `up`) runs beside it.
-fn echo_during_bulk(rp: &RelayPath, up: bool) -> (Duration, Duration) {
+/// Up to [`ECHOES`] 1-byte round trips on a connection of its own while a
+/// bulk transfer (upload if `up`) runs beside it.
+fn echo_during_bulk(rp: &RelayPath, up: bool) -> Echoes {
     let rp_lan = rp.lan.clone();
     let to = SocketAddr::new(rp.dest_addr().into(), ECHO);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -502,7 +548,7 @@ fn echo_during_bulk(rp: &RelayPath, up: bool) -> (Duration, Duration) {
         })
     };
     std::thread::sleep(RAMP_UP);
-    let mut times: Vec<Duration> = rp_lan.run(|| {
+    let times: Vec<Duration> = rp_lan.run(|| {
         let mut s = TcpStream::connect(to).expect("echo connection");
         s.set_nodelay(true).unwrap();
         // Only round trips made while the bulk transfer runs count.
@@ -520,10 +566,7 @@ fn echo_during_bulk(rp: &RelayPath, up: bool) -> (Duration, Duration) {
             .collect()
     });
     let _ = bulk.join();
-    times.sort();
-    let n = times.len();
-    assert!(n >= 20, "only {n} round trips during the bulk transfer");
-    (times[n / 2], times[n * 99 / 100])
+    Echoes::new(times)
 }
 
 /// Downloads from `to` in `host`: (average Mbit/s, Mbit/s after

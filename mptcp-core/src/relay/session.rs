@@ -43,6 +43,14 @@ pub(crate) fn splice_frame_limit(streams: usize) -> usize {
     }
 }
 
+/// Bytes a session's input, or a stream's output, moves in one turn
+/// before the worker's other sockets get theirs: one large frame, about
+/// half a millisecond of copying, so a small frame of another session or
+/// connection of the same worker waits about that long behind a bulk
+/// transfer (budgets of whole reads let one bulk stream run for tens of
+/// milliseconds per turn under load: 16 reads of up to 1 MiB).
+pub(crate) const TURN_BYTES: usize = 1024 * 1024;
+
 /// Bytes of the input buffer: headers and small payloads land here.
 const RX_BUFFER: usize = 64 * 1024;
 /// A DATA payload with at least this much left, and nothing buffered, is
@@ -274,6 +282,8 @@ pub(crate) struct Rx {
     probe: bool,
     /// Reads left in this round (fairness between sessions and sockets).
     reads_left: usize,
+    /// Bytes left in this round.
+    bytes_left: usize,
     /// The last DATA frame was a bulk one.
     bulk: bool,
 }
@@ -288,6 +298,7 @@ impl Rx {
             splice_declined: false,
             probe: false,
             reads_left: 0,
+            bytes_left: 0,
             bulk: false,
         }
     }
@@ -300,15 +311,23 @@ impl Rx {
         self.end += n;
     }
 
-    /// Allows `reads` more reads (and splices) before [`Rx::next`] yields.
+    /// Allows `reads` more reads (and splices), of [`TURN_BYTES`] in all,
+    /// before [`Rx::next`] yields.
     pub(crate) fn refill(&mut self, reads: usize) {
         self.reads_left = reads;
+        self.bytes_left = TURN_BYTES;
     }
 
     /// Whether the last [`Rx::next`] stopped for the budget, not because
     /// the socket would block.
     pub(crate) fn budget_spent(&self) -> bool {
-        self.reads_left == 0
+        self.reads_left == 0 || self.bytes_left == 0
+    }
+
+    /// Counts a read or splice of `n` bytes against the turn's budget.
+    fn spend(&mut self, n: usize) {
+        self.reads_left = self.reads_left.saturating_sub(1);
+        self.bytes_left = self.bytes_left.saturating_sub(n);
     }
 
     /// Whether the last DATA frame was a bulk one.
@@ -343,7 +362,7 @@ impl Rx {
                     && p.remaining >= SPLICE_MIN
                     && !self.splice_declined
                 {
-                    if self.reads_left == 0 {
+                    if self.budget_spent() {
                         return Ok(None);
                     }
                     return Ok(Some(RxEvent::Splice { stream }));
@@ -379,10 +398,11 @@ impl Rx {
         let Some(p) = &mut self.payload else {
             return Ok(0);
         };
-        self.reads_left = self.reads_left.saturating_sub(1);
-        let n = splice::splice(fd, pipe, max.min(p.remaining))?;
+        let spliced = splice::splice(fd, pipe, max.min(p.remaining));
+        let n = *spliced.as_ref().unwrap_or(&0);
         p.remaining -= n;
-        Ok(n)
+        self.spend(n);
+        spliced
     }
 
     /// Reports a declined [`RxEvent::Splice`]: the payload is read into the
@@ -429,7 +449,7 @@ impl Rx {
 
     /// Reads more into the buffer.
     fn fill(&mut self, fd: RawFd) -> Result<Fill, RxError> {
-        if self.reads_left == 0 {
+        if self.budget_spent() {
             return Ok(Fill::Blocked);
         }
         if self.start == self.end {
@@ -438,7 +458,6 @@ impl Rx {
             self.buf.copy_within(self.start..self.end, 0);
             (self.start, self.end) = (0, self.end - self.start);
         }
-        self.reads_left -= 1;
         self.splice_declined = false;
         let free = self.buf.len() - self.end;
         // Between bulk frames, read a header only: the payload after it
@@ -459,6 +478,7 @@ impl Rx {
                 Ok(0) => Ok(Fill::Eof),
                 Ok(n) => {
                     self.end += n;
+                    self.spend(n);
                     Ok(Fill::Filled)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Fill::Blocked),

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::session::{Rx, Tx};
+use super::session::{Rx, TURN_BYTES, Tx};
 use super::splice::{self, Pipe, PipePool};
 use crate::mux::Control;
 
@@ -202,7 +202,7 @@ impl Stream {
                 sent.bytes += n as u64;
                 continue;
             }
-            if reads == budget {
+            if reads == budget || sent.bytes >= TURN_BYTES as u64 {
                 sent.budget_exhausted = true;
                 return Ok(sent);
             }
