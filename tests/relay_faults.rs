@@ -465,7 +465,7 @@ fn sigterm_drains_running_transfers_and_refuses_new_ones() {
     drop(local);
     // A transfer that outlasts the drain timeout is cut at the timeout.
     chain.start_local();
-    let mut local = chain.local.take().unwrap();
+    let local = chain.local.take().unwrap();
     let _stalled = chain.download(64 << 20).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let pid = local.id();
@@ -486,7 +486,7 @@ fn sigterm_drains_running_transfers_and_refuses_new_ones() {
         at >= Duration::from_secs(9),
         "exited after {at:?}, before the 10 s drain"
     );
-    let _ = &mut local;
+    drop(local);
 }
 
 /// Whether process `pid` has exited and waits to be reaped.
@@ -499,30 +499,24 @@ fn zombie(pid: u32) -> bool {
 }
 
 /// Busy loops, one more than the cores (a small router's busy CPU); each
-/// ends by itself after two minutes at most, and all when dropped.
-struct CpuContention(Vec<std::process::Child>);
+/// ends by itself after two minutes at most, and all when dropped (each is
+/// a [`Daemon`]: its whole process group is killed, `timeout` and the
+/// shell it runs alike).
+struct CpuContention {
+    _loops: Vec<Daemon>,
+}
 
 impl CpuContention {
     fn new() -> CpuContention {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let loops = (0..=cores)
             .map(|_| {
-                Command::new("timeout")
-                    .args(["120", "sh", "-c", "while :; do :; done"])
-                    .spawn()
-                    .unwrap()
+                let mut cmd = Command::new("timeout");
+                cmd.args(["120", "sh", "-c", "while :; do :; done"]);
+                Daemon::spawn(&mut cmd).unwrap()
             })
             .collect();
-        CpuContention(loops)
-    }
-}
-
-impl Drop for CpuContention {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        CpuContention { _loops: loops }
     }
 }
 
