@@ -1,7 +1,7 @@
 //! Timed pattern transfers between two hosts over TCP or MPTCP.
 
 use std::io;
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -193,6 +193,64 @@ impl Transfer {
             elapsed,
         })
     }
+}
+
+/// Round-trip times of `probes` UDP datagrams of 8 bytes sent from `client`
+/// to an echo on `server` at `server_addr`, one every `interval`, like
+/// `ping` (a probe without an echo within 1 s is an error).
+pub fn udp_rtts(
+    client: &Host,
+    server: &Host,
+    server_addr: Ipv4Addr,
+    probes: usize,
+    interval: Duration,
+) -> io::Result<Vec<Duration>> {
+    /// The echo ends on an empty datagram, or after this long without one.
+    const IDLE: Duration = Duration::from_secs(2);
+    let echo = server.run(|| UdpSocket::bind(SocketAddrV4::new(server_addr, 0)))?;
+    let target = echo.local_addr()?;
+    echo.set_read_timeout(Some(IDLE))?;
+    let echoer = thread::spawn(move || -> io::Result<()> {
+        let mut buf = [0; 64];
+        loop {
+            match echo.recv_from(&mut buf) {
+                Ok((0, _)) => return Ok(()),
+                Ok((n, from)) => {
+                    echo.send_to(&buf[..n], from)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let socket = client.run(|| UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)))?;
+    socket.connect(target)?;
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut rtts = Vec::with_capacity(probes);
+    let outcome = (|| -> io::Result<()> {
+        for seq in 0..probes as u64 {
+            let sent = Instant::now();
+            socket.send(&seq.to_be_bytes())?;
+            let mut buf = [0; 8];
+            // An echo of an earlier probe that came late is skipped.
+            loop {
+                let n = socket.recv(&mut buf).map_err(|e| {
+                    io::Error::new(e.kind(), format!("probe {seq} to {target}: no echo: {e}"))
+                })?;
+                if n == 8 && u64::from_be_bytes(buf) == seq {
+                    break;
+                }
+            }
+            rtts.push(sent.elapsed());
+            thread::sleep(interval);
+        }
+        Ok(())
+    })();
+    let _ = socket.send(&[]);
+    let echoed = echoer
+        .join()
+        .map_err(|_| io::Error::other("the echo thread panicked"))?;
+    outcome.and(echoed).map(|()| rtts)
 }
 
 /// Accepts one connection, giving up after `timeout` (so that a client that
