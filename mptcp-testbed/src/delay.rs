@@ -9,6 +9,12 @@
 //! receive timestamp). The thread sleeps in `poll` until a frame arrives or
 //! a timerfd says that the oldest one is due, and stops when the
 //! [`DelayLine`] is dropped; it dies with the process.
+//!
+//! The link's rate and queue (tc `tbf`) are on the middle devices' egress,
+//! not on the ends: traffic there is forwarded, so the queue fills as a
+//! router's would. On an end, TCP small queues keep a host's own
+//! connections from queueing more than a millisecond or so in its qdisc,
+//! and a deep buffer would never show.
 
 use std::collections::VecDeque;
 use std::io;
@@ -25,9 +31,13 @@ use crate::sys::{self, EventFd, PacketSocket, TimerFd};
 /// The middle host's device towards end A, and towards end B.
 const MIDDLE_DEVS: [&str; 2] = ["side-a", "side-b"];
 
-/// Receive buffer of each packet socket: 8 MiB holds over a second of
-/// 50 Mbit/s should the thread be kept off the CPU for a while.
-const SOCKET_RCVBUF: usize = 8 << 20;
+/// Receive and send buffer of each packet socket: 32 MiB holds a second of
+/// 100 Mbit/s should the thread be kept off the CPU for a while, and more
+/// than the deepest queue a link may have in front of it (charged at about
+/// twice the frames' size). Without CAP_NET_ADMIN in the initial user
+/// namespace the kernel caps it at net.core.rmem_max and wmem_max (208 KiB
+/// by default), which limits the queue to about 100 frames.
+const SOCKET_BUFFER: usize = 32 << 20;
 
 /// The largest frame read whole: a 64 KiB GRO aggregate with its headers.
 /// Larger ones (and any above the MTU, which the far device refuses) are
@@ -43,7 +53,7 @@ const READ_BATCH: usize = 64;
 const MAX_HELD_BYTES: usize = 64 << 20;
 
 /// A frame sent later than its due time by more than this counts as late.
-const LATE: Duration = Duration::from_micros(500);
+const LATE: Duration = Duration::from_millis(1);
 
 /// What a delay line has done so far, from [`DelayLine::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,9 +63,10 @@ pub struct DelayStats {
     /// Bytes of those frames (Ethernet headers included).
     pub bytes: u64,
     /// Frames dropped: too large, over the held limit, or refused by the
-    /// device (a link end taken down).
+    /// device: its queue (the link's buffer) full, or a link end down.
     pub dropped: u64,
-    /// Frames sent more than 0.5 ms after their due time.
+    /// Frames sent more than 1 ms after their due time (the thread woke
+    /// late: on a busy machine, even a real-time thread may wait a few ms).
     pub late: u64,
     /// The latest a frame was sent after its due time.
     pub max_late: Duration,
@@ -147,8 +158,8 @@ impl DelayLine {
         b.run(|| sys::disable_tx_checksum(b_dev))?;
         let sockets = middle.run(|| -> io::Result<[PacketSocket; 2]> {
             Ok([
-                PacketSocket::bind(side_a, SOCKET_RCVBUF)?,
-                PacketSocket::bind(side_b, SOCKET_RCVBUF)?,
+                PacketSocket::bind(side_a, SOCKET_BUFFER)?,
+                PacketSocket::bind(side_b, SOCKET_BUFFER)?,
             ])
         })?;
         let stop = EventFd::new()?;
@@ -177,6 +188,13 @@ impl DelayLine {
     /// The middle host (the forwarding thread's sockets live there).
     pub fn middle(&self) -> &Host {
         &self.middle
+    }
+
+    /// The middle devices whose egress carries A to B, and B to A: where the
+    /// link's rate and queue go.
+    pub(crate) fn egress_devs(&self) -> [&'static str; 2] {
+        let [side_a, side_b] = MIDDLE_DEVS;
+        [side_b, side_a]
     }
 
     /// What the line has forwarded, dropped and cost so far.

@@ -24,12 +24,16 @@ pub struct LinkSpec {
     /// The rate of each direction in Mbit/s (tc `tbf` on both ends);
     /// None: unlimited.
     pub rate_mbit: Option<u32>,
-    /// The one-way delay; zero means a plain veth pair, and anything more a
-    /// [`DelayLine`] in a middle host.
+    /// The one-way delay. A link with a delay, or a buffer other than the
+    /// default, runs through a [`DelayLine`] in a middle host; others are a
+    /// plain veth pair.
     pub delay: Duration,
     /// How much may wait in the queue in front of the link, as time at the
     /// rate: tbf's limit beyond its burst (4 ms, at least 3 frames). Unused
-    /// without a rate.
+    /// without a rate. On a plain veth pair the tbf is on the ends, where
+    /// the hosts' own TCP connections keep their queue short (TCP small
+    /// queues): there only forwarded traffic (the relay path's routers)
+    /// fills it.
     pub buffer: Duration,
 }
 
@@ -211,8 +215,9 @@ impl Link {
     }
 
     /// Like [`Link::new`], with the rate, delay and buffer of `spec`. A link
-    /// with a delay runs through a [`DelayLine`]: a middle host whose thread
-    /// holds the frames, stopped when the link is dropped.
+    /// with a delay or a buffer of its own runs through a [`DelayLine`]: a
+    /// middle host whose thread holds the frames (stopped when the link is
+    /// dropped) and whose devices hold the rate limit and queue.
     #[allow(clippy::too_many_arguments)]
     pub fn with_spec(
         a: &Host,
@@ -224,7 +229,7 @@ impl Link {
         prefix_len: u8,
         spec: &LinkSpec,
     ) -> io::Result<Link> {
-        let delay_line = if spec.delay.is_zero() {
+        let delay_line = if spec.delay.is_zero() && spec.buffer == LinkSpec::DEFAULT_BUFFER {
             // The peer is created straight in b's namespace, named by its fd path.
             a.ip(&[
                 "link",
@@ -295,10 +300,15 @@ impl Link {
     }
 
     /// Sets the rate limit of both directions in Mbit/s; `None` removes it.
-    /// The queue keeps the link's buffer (its [`LinkSpec::buffer`]).
+    /// The queue keeps the link's buffer (its [`LinkSpec::buffer`]). The
+    /// `tbf` qdiscs are on the egress of both ends, or of the middle host's
+    /// two devices for a link through a [`DelayLine`].
     pub fn set_rate(&self, rate_mbit: Option<u32>) -> io::Result<()> {
-        for side in [Side::A, Side::B] {
-            let (host, dev) = self.end(side);
+        let shapers = match &self.delay_line {
+            Some(line) => line.egress_devs().map(|dev| (line.middle(), dev)),
+            None => [Side::A, Side::B].map(|side| self.end(side)),
+        };
+        for (host, dev) in shapers {
             match rate_mbit {
                 Some(rate) => {
                     let params = TbfParams::for_rate(rate, self.buffer);

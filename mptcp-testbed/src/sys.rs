@@ -103,9 +103,11 @@ pub(crate) struct PacketSocket {
 }
 
 impl PacketSocket {
-    /// Opens the socket on `dev` of the calling thread's namespace, with a
-    /// receive buffer of `rcvbuf` bytes (or the most the system allows).
-    pub(crate) fn bind(dev: &str, rcvbuf: usize) -> io::Result<PacketSocket> {
+    /// Opens the socket on `dev` of the calling thread's namespace, with
+    /// receive and send buffers of `buffer` bytes (or the most the system
+    /// allows). Frames sent wait in the device's qdisc, charged to the send
+    /// buffer until the device takes them.
+    pub(crate) fn bind(dev: &str, buffer: usize) -> io::Result<PacketSocket> {
         let context =
             |e: io::Error| io::Error::new(e.kind(), format!("packet socket on {dev}: {e}"));
         let name = CString::new(dev).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -122,14 +124,18 @@ impl PacketSocket {
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one).map_err(context)?;
         // Each frame comes with the time it reached the device.
         setsockopt(raw, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &one).map_err(context)?;
-        // Frames go straight to the device's driver, past its qdisc.
-        setsockopt(raw, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one).map_err(context)?;
-        let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
-        // SO_RCVBUFFORCE passes net.core.rmem_max but needs CAP_NET_ADMIN in
-        // the initial user namespace; SO_RCVBUF is capped at rmem_max.
-        setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size)
-            .or_else(|_| setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, &size))
-            .map_err(context)?;
+        let size = libc::c_int::try_from(buffer).unwrap_or(libc::c_int::MAX);
+        // The *FORCE options pass net.core.rmem_max and wmem_max but need
+        // CAP_NET_ADMIN in the initial user namespace; without it the sizes
+        // are capped at those maxima.
+        for (force, plain) in [
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        ] {
+            setsockopt(raw, libc::SOL_SOCKET, force, &size)
+                .or_else(|_| setsockopt(raw, libc::SOL_SOCKET, plain, &size))
+                .map_err(context)?;
+        }
         // SAFETY: sockaddr_ll is plain old data; all zero bytes is valid.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
@@ -220,10 +226,19 @@ impl PacketSocket {
         Ok(Some((n as usize, stamp)))
     }
 
-    /// Sends one whole Ethernet frame out of the device.
+    /// Sends one whole Ethernet frame out of the device without blocking:
+    /// ENOBUFS when the qdisc drops it (its queue is full), EAGAIN when the
+    /// send buffer is.
     pub(crate) fn send(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: `frame` is readable for its length and outlives the call.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }

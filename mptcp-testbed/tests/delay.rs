@@ -1,12 +1,12 @@
 //! The delay line against the real kernel: how closely it holds the delay,
-//! and that it goes away with the test bed.
+//! that its buffer sets the queue, and that it goes away with the test bed.
 
 use std::net::Ipv4Addr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use mptcp_testbed::transfer::udp_rtts;
-use mptcp_testbed::{LinkSpec, TwoLinks, require_privileges, two_links_with};
+use mptcp_testbed::{LinkSpec, Proto, Transfer, TwoLinks, require_privileges, two_links_with};
 
 /// The delay line may add this much to a round trip (its two passes).
 const TOLERANCE: Duration = Duration::from_millis(1);
@@ -85,6 +85,51 @@ fn delay_line_holds_the_delay_at_idle() {
         let stats = bed.links[link].delay_line().unwrap().stats().unwrap();
         assert_eq!(stats.dropped, 0, "{stats:?}");
     }
+}
+
+#[test]
+fn the_buffer_sets_the_queue_a_bulk_transfer_builds() {
+    let _serial = serial();
+    // 5 ms each way, 50 ms of queue (tbf's limit beyond its 4 ms burst).
+    let bed = bed(&["20:5ms:50ms"]);
+    // A loss-based congestion control fills the queue (BBR, which new
+    // namespaces may inherit from the machine, keeps it short on purpose).
+    // Reno: a namespace may only default to an allowed one, and cubic may
+    // not be (net.ipv4.tcp_allowed_congestion_control).
+    bed.client
+        .sysctl("net.ipv4.tcp_congestion_control", "reno")
+        .unwrap();
+    let transfer = Transfer::start(
+        &bed.client,
+        &bed.server,
+        bed.server_addr(),
+        Proto::Tcp,
+        Duration::from_secs(6),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // 60 probes take about 3 s: all while the transfer runs.
+    let rtts = rtts(&bed, 0, 60);
+    let report = transfer.wait().unwrap();
+    assert!(report.intact(), "{report:?}");
+    let (p50, max) = (rtts[rtts.len() / 2], rtts[rtts.len() - 1]);
+    println!(
+        "20:5ms:50ms under single TCP ({:.1} Mbit/s): RTT min {:.3} p50 {:.3} max {:.3} ms",
+        report.mbit_per_s(),
+        ms(rtts[0]),
+        ms(p50),
+        ms(max)
+    );
+    // The probes wait behind the queue one way: reno's sawtooth keeps it
+    // between about half full and full, 50 ms (and the 4 ms burst) at most.
+    assert!(
+        p50 > Duration::from_millis(10 + 25),
+        "p50 {p50:?}: the queue stays short"
+    );
+    assert!(
+        (Duration::from_millis(10 + 40)..Duration::from_millis(10 + 50 + 4 + 3)).contains(&max),
+        "max {max:?}: the queue does not end at its buffer of 50 ms"
+    );
 }
 
 #[test]
