@@ -1,12 +1,16 @@
 //! The delay line against the real kernel: how closely it holds the delay,
-//! that its buffer sets the queue, and that it goes away with the test bed.
+//! idle and under load, what it costs at 20 and 50 Mbit/s, what a single
+//! TCP connection gets through it, that its buffer sets the queue, and that
+//! it goes away with the test bed.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use mptcp_testbed::transfer::udp_rtts;
-use mptcp_testbed::{LinkSpec, Proto, Transfer, TwoLinks, require_privileges, two_links_with};
+use mptcp_testbed::{
+    Host, LinkSpec, Proto, Transfer, TwoLinks, require_privileges, two_links_with,
+};
 
 /// The delay line may add this much to a round trip (its two passes).
 const TOLERANCE: Duration = Duration::from_millis(1);
@@ -85,6 +89,166 @@ fn delay_line_holds_the_delay_at_idle() {
         let stats = bed.links[link].delay_line().unwrap().stats().unwrap();
         assert_eq!(stats.dropped, 0, "{stats:?}");
     }
+}
+
+/// Sends `mbit` Mbit/s of UDP from `from` to `to` (at `to_addr`) for
+/// `duration`, paced in datagrams of 1472 bytes (full frames): a load that
+/// crosses the link without filling its queue when below its rate. Returns
+/// the datagrams sent and received.
+fn paced_udp(
+    from: &Host,
+    to: &Host,
+    to_addr: Ipv4Addr,
+    mbit: f64,
+    duration: Duration,
+) -> std::thread::JoinHandle<(u64, u64)> {
+    let sink = to
+        .run(|| UdpSocket::bind(SocketAddrV4::new(to_addr, 0)))
+        .unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let target = sink.local_addr().unwrap();
+    let socket = from
+        .run(|| UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)))
+        .unwrap();
+    socket.connect(target).unwrap();
+    std::thread::spawn(move || {
+        let received = std::thread::spawn(move || {
+            let mut buf = [0; 2048];
+            let mut count = 0;
+            while sink.recv(&mut buf).is_ok() {
+                count += 1;
+            }
+            count
+        });
+        let datagram = [0x5a; 1472];
+        let interval = Duration::from_secs_f64(1514.0 * 8.0 / (mbit * 1e6));
+        let start = Instant::now();
+        let mut next = start;
+        let mut sent = 0;
+        while start.elapsed() < duration {
+            socket.send(&datagram).unwrap();
+            sent += 1;
+            next += interval;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        (sent, received.join().unwrap())
+    })
+}
+
+#[test]
+fn delay_line_holds_the_delay_under_load() {
+    let _serial = serial();
+    let bed = bed(&["20:5ms", "20:40ms"]);
+    for (link, one_way) in [(0, 5), (1, 40)] {
+        let one_way = Duration::from_millis(one_way);
+        // 15 Mbit/s each way through the 20 Mbit/s link: the delay line
+        // forwards 2 x 1240 frames a second while the tbf queues stay empty.
+        let load = Duration::from_secs(3);
+        // ARP first: frames queued while it resolves over a long link
+        // would overflow its queue.
+        rtts(&bed, link, 1);
+        let up = paced_udp(&bed.client, &bed.server, server_addr(link), 15.0, load);
+        let down = paced_udp(&bed.server, &bed.client, bed.client_addr(link), 15.0, load);
+        std::thread::sleep(Duration::from_millis(300));
+        let before = bed.links[link].delay_line().unwrap().stats().unwrap();
+        let rtts = rtts(&bed, link, 60);
+        let after = bed.links[link].delay_line().unwrap().stats().unwrap();
+        let (up, down) = (up.join().unwrap(), down.join().unwrap());
+        assert_rtts_hold(
+            &format!("link {link}, 2 x 15 Mbit/s of UDP"),
+            &rtts,
+            one_way,
+        );
+        let frames = after.frames - before.frames;
+        println!(
+            "  {frames} frames forwarded while probing, {} late by over 1 ms, {} dropped; \
+             UDP sent/received up {up:?}, down {down:?}",
+            after.late - before.late,
+            after.dropped
+        );
+        assert!(
+            frames > 2000,
+            "only {frames} frames forwarded during the probes"
+        );
+        for (sent, received) in [up, down] {
+            assert!(
+                received * 100 >= sent * 99,
+                "UDP load: {received} of {sent} arrived"
+            );
+        }
+    }
+}
+
+#[test]
+fn delay_line_is_cheap_at_20_and_50_mbit() {
+    let _serial = serial();
+    for spec in ["20:10ms", "50:10ms"] {
+        let bed = bed(&[spec]);
+        let line = bed.links[0].delay_line().unwrap();
+        let before = line.stats().unwrap();
+        let start = Instant::now();
+        let report = Transfer::start(
+            &bed.client,
+            &bed.server,
+            bed.server_addr(),
+            Proto::Tcp,
+            Duration::from_secs(4),
+        )
+        .unwrap()
+        .wait()
+        .unwrap();
+        assert!(report.intact(), "{report:?}");
+        let after = line.stats().unwrap();
+        let cpu = (after.cpu - before.cpu).as_secs_f64() / start.elapsed().as_secs_f64();
+        let (frames, late) = (after.frames - before.frames, after.late - before.late);
+        println!(
+            "{spec}: single TCP {:.1} Mbit/s; the delay line forwarded {frames} frames, \
+             {late} late by over 1 ms (max {:?}), {} dropped, using {:.1} % of a core",
+            report.mbit_per_s(),
+            after.max_late,
+            after.dropped,
+            cpu * 100.0
+        );
+        assert!(
+            late * 100 <= frames,
+            "{spec}: {late} of {frames} frames late by over 1 ms"
+        );
+        assert!(
+            cpu < 0.25,
+            "{spec}: the delay line used {:.0} % of a core",
+            cpu * 100.0
+        );
+    }
+}
+
+#[test]
+fn single_tcp_fills_a_20_mbit_75_ms_link() {
+    let _serial = serial();
+    let bed = bed(&["20:75ms"]);
+    let transfer = Transfer::start(
+        &bed.client,
+        &bed.server,
+        bed.server_addr(),
+        Proto::Tcp,
+        Duration::from_secs(8),
+    )
+    .unwrap();
+    // Slow start over a 150 ms round trip takes about a second.
+    std::thread::sleep(Duration::from_secs(3));
+    let ramped = transfer.meter().sample();
+    std::thread::sleep(Duration::from_secs(4));
+    let steady = transfer.meter().sample().mbit_per_s_since(&ramped);
+    let report = transfer.wait().unwrap();
+    assert!(report.intact(), "{report:?}");
+    println!(
+        "20:75ms: single TCP {steady:.1} Mbit/s from 3 s to 7 s, {:.1} on average",
+        report.mbit_per_s()
+    );
+    assert!(
+        steady > 15.0,
+        "single TCP {steady:.1} Mbit/s over 20 Mbit/s at 75 ms"
+    );
 }
 
 #[test]
