@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mptcp_testbed::transfer::udp_rtts;
 use mptcp_testbed::{
-    Host, LinkSpec, Proto, Transfer, TwoLinks, require_privileges, two_links_with,
+    Host, LinkSpec, Proto, Transfer, TwoLinks, relay_path_with, require_privileges, two_links_with,
 };
 
 /// The delay line may add this much to a round trip (its two passes).
@@ -294,6 +294,38 @@ fn the_buffer_sets_the_queue_a_bulk_transfer_builds() {
         (Duration::from_millis(10 + 40)..Duration::from_millis(10 + 50 + 4 + 3)).contains(&max),
         "max {max:?}: the queue does not end at its buffer of 50 ms"
     );
+}
+
+#[test]
+fn relay_path_takes_delayed_wan_links() {
+    let _serial = serial();
+    let specs: Vec<LinkSpec> = ["20:5ms", "20:40ms"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let rp = relay_path_with(&specs).unwrap();
+    // Plain routing from the LAN to the destination goes over WAN link 0.
+    let mut rtts = udp_rtts(&rp.lan, &rp.dest, rp.dest_addr(), 6, Duration::ZERO).unwrap();
+    rtts.remove(0);
+    assert!(
+        rtts.iter()
+            .all(|rtt| (Duration::from_millis(10)..Duration::from_millis(15)).contains(rtt)),
+        "lan -> dest over WAN link 0 (5 ms each way): {rtts:?}"
+    );
+    // MPTCP from local to remote opens a subflow on each WAN link.
+    let transfer = Transfer::start(
+        &rp.local,
+        &rp.remote,
+        rp.remote_addr(),
+        Proto::Mptcp,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let subflows = rp.local.established_tcp(transfer.port()).unwrap();
+    let report = transfer.wait().unwrap();
+    assert!(report.intact(), "{report:?}");
+    assert_eq!(subflows.len(), 2, "{subflows:?}");
 }
 
 #[test]
