@@ -232,13 +232,6 @@ impl Drop for DelayLine {
     }
 }
 
-/// CLOCK_REALTIME, the clock of the kernel's receive timestamps.
-fn unix_time() -> Duration {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
 /// A frame held in the line.
 struct Held {
     due: Instant,
@@ -332,7 +325,7 @@ fn forward(
         expired = timer_ready;
         // The kernel stamps each frame as it arrives (in CLOCK_REALTIME):
         // its due time counts from then, not from when this thread woke.
-        let (mono_now, real_now) = (Instant::now(), unix_time());
+        let (mono_now, real_now) = (Instant::now(), sys::unix_time());
         for (from, ready) in [ready_a, ready_b].into_iter().enumerate() {
             if !ready {
                 continue;

@@ -1,8 +1,8 @@
-//! Raw syscalls and kernel ABI structures behind the delay line: AF_PACKET
-//! sockets, the ethtool ioctl that turns TX checksum offload off, `poll`,
-//! `timerfd`, `eventfd`, the real-time scheduling class and the CPU clock of
-//! a thread. Everything unsafe that the delay
-//! line needs is in this module, behind safe functions.
+//! Raw syscalls and kernel ABI structures behind the delay line and the
+//! test bed's ping: AF_PACKET sockets, the ethtool ioctl that turns TX
+//! checksum offload off, receive timestamps, `poll`, `timerfd`, `eventfd`,
+//! the real-time scheduling class and the CPU clock of a thread. Every
+//! unsafe block of the test bed's networking is here, behind safe functions.
 
 use std::ffi::CString;
 use std::io;
@@ -123,7 +123,7 @@ impl PacketSocket {
         let one: libc::c_int = 1;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one).map_err(context)?;
         // Each frame comes with the time it reached the device.
-        setsockopt(raw, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &one).map_err(context)?;
+        set_rx_timestamps(fd.as_fd()).map_err(context)?;
         let size = libc::c_int::try_from(buffer).unwrap_or(libc::c_int::MAX);
         // The *FORCE options pass net.core.rmem_max and wmem_max but need
         // CAP_NET_ADMIN in the initial user namespace; without it the sizes
@@ -174,56 +174,7 @@ impl PacketSocket {
     /// received it (CLOCK_REALTIME, since the Unix epoch), or None when no
     /// frame is waiting.
     pub(crate) fn recv(&self, buf: &mut [u8]) -> io::Result<Option<(usize, Duration)>> {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // Room for one control message holding a timespec, aligned for it.
-        let mut control = [0u64; 8];
-        // SAFETY: msghdr is plain old data; all zero bytes is valid.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of_val(&control);
-        // SAFETY: `msg` points to one iovec over `buf` and to `control`, all
-        // writable for the lengths given and alive for the call; MSG_TRUNC
-        // only changes the returned length.
-        let n = unsafe {
-            libc::recvmsg(
-                self.fd.as_raw_fd(),
-                &mut msg,
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock => Ok(None),
-                _ => Err(e),
-            };
-        }
-        let mut stamp = None;
-        // SAFETY: the kernel filled `control` with msg_controllen bytes of
-        // well-formed control messages; the CMSG macros walk them within
-        // that length, and the SCM_TIMESTAMPNS payload is a timespec, read
-        // unaligned.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET
-                    && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
-                {
-                    let ts = libc::CMSG_DATA(cmsg)
-                        .cast::<libc::timespec>()
-                        .read_unaligned();
-                    stamp = Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
-                }
-                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-            }
-        }
-        let stamp = stamp.ok_or_else(|| io::Error::other("a frame without its timestamp"))?;
-        Ok(Some((n as usize, stamp)))
+        recv_stamped(self.fd.as_fd(), buf, libc::MSG_DONTWAIT | libc::MSG_TRUNC)
     }
 
     /// Sends one whole Ethernet frame out of the device without blocking:
@@ -244,6 +195,84 @@ impl PacketSocket {
         }
         Ok(())
     }
+}
+
+/// Has the kernel stamp each datagram `fd` receives with its arrival time,
+/// for [`recv_stamped`].
+pub(crate) fn set_rx_timestamps(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &one)
+}
+
+/// recvmsg(2) of one datagram into `buf` on a socket with
+/// [`set_rx_timestamps`]: its length (its full length with MSG_TRUNC in
+/// `flags`) and when the kernel received it (CLOCK_REALTIME, since the Unix
+/// epoch), or None when nothing came (MSG_DONTWAIT, or the socket's receive
+/// timeout).
+pub(crate) fn recv_stamped(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<Option<(usize, Duration)>> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for one control message holding a timespec, aligned for it.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain old data; all zero bytes is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control);
+    // SAFETY: `msg` points to one iovec over `buf` and to `control`, all
+    // writable for the lengths given and alive for the call; `fd` is
+    // open, and MSG_TRUNC or MSG_DONTWAIT in `flags` only change the
+    // returned length or whether the call waits.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let mut stamp = None;
+    // SAFETY: the kernel filled `control` with msg_controllen bytes of
+    // well-formed control messages; the CMSG macros walk them within
+    // that length, and the SCM_TIMESTAMPNS payload is a timespec, read
+    // unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let ts = libc::CMSG_DATA(cmsg)
+                    .cast::<libc::timespec>()
+                    .read_unaligned();
+                stamp = Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    let stamp =
+        stamp.ok_or_else(|| io::Error::other("a datagram without its receive timestamp"))?;
+    Ok(Some((n as usize, stamp)))
+}
+
+/// CLOCK_REALTIME as a time since the Unix epoch: the clock of the
+/// kernel's receive timestamps.
+pub(crate) fn unix_time() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// The effective group id of this process.
+pub(crate) fn effective_gid() -> u32 {
+    // SAFETY: getegid has no arguments and cannot fail.
+    unsafe { libc::getegid() }
 }
 
 impl AsFd for PacketSocket {

@@ -1,15 +1,15 @@
 //! Timed pattern transfers between two hosts over TCP or MPTCP.
 
 use std::io;
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::Host;
 use crate::data::{self, Meter};
+use crate::{Host, sys};
 
 /// IPPROTO_MPTCP: the protocol number that asks socket(2) for MPTCP.
 const IPPROTO_MPTCP: i32 = 262;
@@ -195,62 +195,53 @@ impl Transfer {
     }
 }
 
-/// Round-trip times of `probes` UDP datagrams of 8 bytes sent from `client`
-/// to an echo on `server` at `server_addr`, one every `interval`, like
-/// `ping` (a probe without an echo within 1 s is an error).
-pub fn udp_rtts(
+/// Round-trip times of `probes` pings (ICMP echo requests of 8 bytes) from
+/// `client` to `addr`, one every `interval`; a probe without a reply within
+/// 1 s is an error.
+///
+/// The far host's kernel answers, and a reply's time is the kernel's receive
+/// timestamp, so no user thread's wait for a CPU shows in the result: on a
+/// busy machine it measures the path, not the scheduler. Lets this process's
+/// group open ping sockets in `client` (`net.ipv4.ping_group_range`).
+pub fn ping_rtts(
     client: &Host,
-    server: &Host,
-    server_addr: Ipv4Addr,
+    addr: Ipv4Addr,
     probes: usize,
     interval: Duration,
 ) -> io::Result<Vec<Duration>> {
-    /// The echo ends on an empty datagram, or after this long without one.
-    const IDLE: Duration = Duration::from_secs(2);
-    let echo = server.run(|| UdpSocket::bind(SocketAddrV4::new(server_addr, 0)))?;
-    let target = echo.local_addr()?;
-    echo.set_read_timeout(Some(IDLE))?;
-    let echoer = thread::spawn(move || -> io::Result<()> {
-        let mut buf = [0; 64];
-        loop {
-            match echo.recv_from(&mut buf) {
-                Ok((0, _)) => return Ok(()),
-                Ok((n, from)) => {
-                    echo.send_to(&buf[..n], from)?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-    });
-    let socket = client.run(|| UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)))?;
-    socket.connect(target)?;
+    let gid = sys::effective_gid();
+    client.sysctl("net.ipv4.ping_group_range", &format!("{gid} {gid}"))?;
+    let socket = client.run(|| Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4)))?;
+    socket.connect(&SocketAddr::V4(SocketAddrV4::new(addr, 0)).into())?;
     socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    sys::set_rx_timestamps(socket.as_fd())?;
     let mut rtts = Vec::with_capacity(probes);
-    let outcome = (|| -> io::Result<()> {
-        for seq in 0..probes as u64 {
-            let sent = Instant::now();
-            socket.send(&seq.to_be_bytes())?;
-            let mut buf = [0; 8];
-            // An echo of an earlier probe that came late is skipped.
-            loop {
-                let n = socket.recv(&mut buf).map_err(|e| {
-                    io::Error::new(e.kind(), format!("probe {seq} to {target}: no echo: {e}"))
-                })?;
-                if n == 8 && u64::from_be_bytes(buf) == seq {
-                    break;
-                }
+    for seq in 0..probes {
+        let seq = (seq as u16).to_be_bytes();
+        // Echo request: type 8, code 0; the kernel sets the checksum and id.
+        let request = [8, 0, 0, 0, 0, 0, seq[0], seq[1]];
+        let sent = sys::unix_time();
+        socket.send(&request)?;
+        let mut reply = [0; 64];
+        loop {
+            let (len, at) = sys::recv_stamped(socket.as_fd(), &mut reply, 0)?.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "ping {} to {addr}: no reply within 1 s",
+                        u16::from_be_bytes(seq)
+                    ),
+                )
+            })?;
+            // An echo reply (type 0) to this probe; a late one is skipped.
+            if len >= 8 && reply[0] == 0 && reply[6..8] == seq {
+                rtts.push(at.saturating_sub(sent));
+                break;
             }
-            rtts.push(sent.elapsed());
-            thread::sleep(interval);
         }
-        Ok(())
-    })();
-    let _ = socket.send(&[]);
-    let echoed = echoer
-        .join()
-        .map_err(|_| io::Error::other("the echo thread panicked"))?;
-    outcome.and(echoed).map(|()| rtts)
+        thread::sleep(interval);
+    }
+    Ok(rtts)
 }
 
 /// Accepts one connection, giving up after `timeout` (so that a client that

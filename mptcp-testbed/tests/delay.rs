@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use mptcp_testbed::transfer::udp_rtts;
+use mptcp_testbed::transfer::ping_rtts;
 use mptcp_testbed::{
     Host, LinkSpec, Proto, Transfer, TwoLinks, relay_path_with, require_privileges, two_links_with,
 };
@@ -36,9 +36,8 @@ fn server_addr(link: usize) -> Ipv4Addr {
 /// Sorted round-trip times of `probes` probes over link `link`, after one
 /// that is left out: it waits for ARP (one more round trip).
 fn rtts(bed: &TwoLinks, link: usize, probes: usize) -> Vec<Duration> {
-    let mut rtts = udp_rtts(
+    let mut rtts = ping_rtts(
         &bed.client,
-        &bed.server,
         server_addr(link),
         probes + 1,
         Duration::from_millis(10),
@@ -305,7 +304,7 @@ fn relay_path_takes_delayed_wan_links() {
         .collect();
     let rp = relay_path_with(&specs).unwrap();
     // Plain routing from the LAN to the destination goes over WAN link 0.
-    let mut rtts = udp_rtts(&rp.lan, &rp.dest, rp.dest_addr(), 6, Duration::ZERO).unwrap();
+    let mut rtts = ping_rtts(&rp.lan, rp.dest_addr(), 6, Duration::ZERO).unwrap();
     rtts.remove(0);
     assert!(
         rtts.iter()

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use mptcp_testbed::transfer::udp_rtts;
+use mptcp_testbed::transfer::ping_rtts;
 use mptcp_testbed::{
     UnprivilegedCopy, in_initial_user_namespace, relay_path, run_ignored_test, two_links,
     two_links_with,
@@ -56,7 +56,7 @@ fn inner_two_links_and_relay_path_in_user_namespace() {
     // A delay line works without root too (an ordinary thread then).
     let delayed = two_links_with(&["20:5ms".parse().unwrap()]).unwrap();
     let server = delayed.server_addr();
-    let rtts = udp_rtts(&delayed.client, &delayed.server, server, 3, Duration::ZERO).unwrap();
+    let rtts = ping_rtts(&delayed.client, server, 3, Duration::ZERO).unwrap();
     assert!(
         rtts.iter().all(|rtt| *rtt >= Duration::from_millis(10)),
         "{rtts:?} over a link of 5 ms each way"
