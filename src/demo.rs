@@ -2,30 +2,30 @@
 //! with MPTCP, in network namespaces made for the occasion.
 //!
 //! It builds a client and a server joined by rate-limited links (the test
-//! bed's `two_links`), sends for a few seconds over one plain TCP connection,
-//! then over MPTCP with live per-subflow rates, prints a comparison table,
-//! and finally takes one link down in the middle of an MPTCP transfer to show
-//! that the transfer goes on and that no byte is lost.
+//! bed's `two_links_with`), identical or each with its own rate, delay and
+//! buffer, sends for a few seconds over one plain TCP connection on each
+//! kind of link, then over MPTCP with live per-subflow rates, prints a
+//! comparison table (each link alone, their sum, the aggregate), and finally
+//! takes one link down in the middle of an MPTCP transfer to show that the
+//! transfer goes on and that no byte is lost.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use mptcp_core::info;
 use mptcp_testbed::data::Sample;
-use mptcp_testbed::{Proto, Transfer, TransferReport, TwoLinks};
+use mptcp_testbed::{LinkSpec, Proto, Side, Transfer, TransferReport, TwoLinks};
 
 /// What the demo builds and how long it sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
-    /// Number of links between client and server (2 to 8: one goes down in
-    /// the failover run).
-    pub links: usize,
-    /// Rate limit of each link, Mbit/s.
-    pub rate_mbit: u32,
+    /// The links between client and server, 2 to 8 (one goes down in the
+    /// failover run).
+    pub links: Vec<LinkSpec>,
     /// Length of each transfer, seconds.
     pub seconds: u32,
 }
@@ -33,18 +33,20 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            links: 2,
-            rate_mbit: 20,
+            links: vec![LinkSpec::rate(Some(20)); 2],
             seconds: 4,
         }
     }
 }
 
 impl Options {
-    /// Parses `--links N`, `--rate MBIT` and `--seconds S` (also as
+    /// Parses `--links N` and `--rate MBIT` (N identical links), or
+    /// `--link RATE[:DELAY[:BUFFER]]` once per link (e.g. `--link 20:5ms
+    /// --link 20:75ms`, see [`LinkSpec`]), and `--seconds S` (also as
     /// `--name=value`), for callers without an argument parser of their own.
     pub fn from_args<S: AsRef<str>>(args: &[S]) -> Result<Options, String> {
         let mut opts = Options::default();
+        let (mut count, mut rate, mut specs) = (None, None, Vec::new());
         let mut args = args.iter().map(AsRef::as_ref);
         while let Some(arg) = args.next() {
             let (name, inline) = match arg.split_once('=') {
@@ -64,28 +66,63 @@ impl Options {
                     })
             };
             match name {
-                "--links" => opts.links = number(2, 8)? as usize,
-                "--rate" => opts.rate_mbit = number(1, 10_000)? as u32,
+                "--links" => count = Some(number(2, 8)? as usize),
+                "--rate" => rate = Some(number(1, 10_000)? as u32),
+                "--link" => specs.push(
+                    value
+                        .parse::<LinkSpec>()
+                        .map_err(|e| format!("--link: {e}"))?,
+                ),
                 "--seconds" => opts.seconds = number(1, 600)? as u32,
                 _ => {
                     return Err(format!(
-                        "unknown option {name:?} (expected --links, --rate or --seconds)"
+                        "unknown option {name:?} (expected --links, --rate, --link or --seconds)"
                     ));
                 }
             }
         }
+        if specs.is_empty() {
+            opts.links = vec![LinkSpec::rate(Some(rate.unwrap_or(20))); count.unwrap_or(2)];
+        } else if count.is_some() || rate.is_some() {
+            return Err("--link describes each link: give it once per link, \
+                        without --links or --rate"
+                .to_owned());
+        } else if !(2..=8).contains(&specs.len()) {
+            return Err(format!(
+                "--link: the demo needs 2 to 8 links, got {}",
+                specs.len()
+            ));
+        } else {
+            opts.links = specs;
+        }
         Ok(opts)
     }
+}
+
+/// A link for people: `20 Mbit/s, 75 ms, 200 ms buffer`.
+fn describe(spec: &LinkSpec) -> String {
+    let mut text = match spec.rate_mbit {
+        Some(rate) => format!("{rate} Mbit/s"),
+        None => "unlimited".to_owned(),
+    };
+    if !spec.delay.is_zero() {
+        let _ = write!(text, ", {} ms", spec.delay.as_secs_f64() * 1e3);
+    }
+    if spec.rate_mbit.is_some() && spec.buffer != LinkSpec::DEFAULT_BUFFER {
+        let _ = write!(text, ", {} ms buffer", spec.buffer.as_secs_f64() * 1e3);
+    }
+    text
 }
 
 /// Runs the demo, printing to standard output. Call it while the process
 /// has a single thread: without root it moves the process into a user
 /// namespace of its own, which the kernel allows only then.
 pub fn run(opts: &Options) -> io::Result<()> {
-    if !(2..=8).contains(&opts.links) {
+    let n_links = opts.links.len();
+    if !(2..=8).contains(&n_links) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("the demo needs 2 to 8 links, not {}", opts.links),
+            format!("the demo needs 2 to 8 links, not {n_links}"),
         ));
     }
     // SAFETY: geteuid has no arguments and cannot fail.
@@ -95,37 +132,90 @@ pub fn run(opts: &Options) -> io::Result<()> {
     mptcp_testbed::require_privileges()?;
     let mut out = Progress::new();
     let duration = Duration::from_secs(opts.seconds.into());
-    let bed = mptcp_testbed::two_links(opts.links, Some(opts.rate_mbit))?;
-    let sum_mbit = opts.rate_mbit as usize * opts.links;
+    let bed = mptcp_testbed::two_links_with(&opts.links)?;
+    let identical = opts.links.iter().all(|spec| *spec == opts.links[0]);
+    let kinds = if identical {
+        format!("{n_links} links of {}", describe(&opts.links[0]))
+    } else {
+        let each: Vec<String> = opts
+            .links
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| format!("link {i} {}", describe(spec)))
+            .collect();
+        format!("{n_links} links ({})", each.join("; "))
+    };
     out.line(&format!(
-        "{} links of {} Mbit/s between two network namespaces (client {} -> server {}), {} s per run",
-        opts.links,
-        opts.rate_mbit,
+        "{kinds} between two network namespaces (client {} -> server {}), {} s per run",
         bed.client_addr(0),
         bed.server_addr(),
         opts.seconds
     ));
 
-    let tcp = transfer(&bed, &mut out, Proto::Tcp, duration, "single TCP", None)?;
-    let mptcp = transfer(&bed, &mut out, Proto::Mptcp, duration, "MPTCP", None)?;
-    let ratio = mptcp.mbit_per_s() / tcp.mbit_per_s();
-    out.line("");
-    out.line(&format!("{:<22}{:>10}", "", "Mbit/s"));
-    out.line(&format!("{:<22}{:>10.1}", "single TCP", tcp.mbit_per_s()));
-    out.line(&format!("{:<22}{:>10.1}", "MPTCP", mptcp.mbit_per_s()));
-    out.line(&format!("{:<22}{:>9.2}x", "ratio MPTCP / TCP", ratio));
-    out.line(&format!(
-        "{:<22}{:>9.0}%",
-        format!("of the {sum_mbit} Mbit/s sum"),
-        mptcp.mbit_per_s() / sum_mbit as f64 * 100.0
+    // One single-TCP run per kind of link: identical links share theirs.
+    let mut alone: Vec<(LinkSpec, Vec<usize>, TransferReport)> = Vec::new();
+    for (i, spec) in opts.links.iter().enumerate() {
+        if let Some((_, links, _)) = alone.iter_mut().find(|(s, _, _)| s == spec) {
+            links.push(i);
+            continue;
+        }
+        let label = format!("TCP, link {i}");
+        let report = transfer(&bed, &mut out, Proto::Tcp, i, duration, &label, None)?;
+        alone.push((*spec, vec![i], report));
+    }
+    let mptcp = transfer(&bed, &mut out, Proto::Mptcp, 0, duration, "MPTCP", None)?;
+    let sum: f64 = alone
+        .iter()
+        .map(|(_, links, report)| report.mbit_per_s() * links.len() as f64)
+        .sum();
+    let best = alone
+        .iter()
+        .map(|(_, _, report)| report.mbit_per_s())
+        .fold(0.0, f64::max);
+    let mut rows = Vec::new();
+    for (spec, links, report) in &alone {
+        let (first, others) = links.split_first().expect("a link per run");
+        let alike = match others {
+            [] => String::new(),
+            [other] => format!("; link {other} the same"),
+            others => format!("; links {} the same", join(others)),
+        };
+        rows.push((
+            format!("single TCP, link {first} ({}{alike})", describe(spec)),
+            format!("{:.1}", report.mbit_per_s()),
+        ));
+    }
+    rows.push(("sum of single TCP".to_owned(), format!("{sum:.1}")));
+    rows.push(("MPTCP".to_owned(), format!("{:.1}", mptcp.mbit_per_s())));
+    rows.push((
+        "ratio MPTCP / best link".to_owned(),
+        format!("{:.2}x", mptcp.mbit_per_s() / best),
     ));
+    rows.push((
+        "of the sum of single TCP".to_owned(),
+        format!("{:.0}%", mptcp.mbit_per_s() / sum * 100.0),
+    ));
+    let rates: Option<u32> = opts.links.iter().map(|spec| spec.rate_mbit).sum();
+    if let Some(rates) = rates {
+        rows.push((
+            format!("of the {rates} Mbit/s sum of rates"),
+            format!("{:.0}%", mptcp.mbit_per_s() / f64::from(rates) * 100.0),
+        ));
+    }
+    let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0) + 2;
+    out.line("");
+    out.line(&format!("{:<width$}{:>8}", "", "Mbit/s"));
+    for (label, value) in rows {
+        out.line(&format!("{label:<width$}{value:>8}"));
+    }
     out.line("");
 
-    let down_link = opts.links - 1;
+    let down_link = n_links - 1;
     let failover = transfer(
         &bed,
         &mut out,
         Proto::Mptcp,
+        0,
         duration.max(Duration::from_secs(3)),
         "MPTCP, failover",
         Some(down_link),
@@ -135,7 +225,7 @@ pub fn run(opts: &Options) -> io::Result<()> {
         out.line(&format!(
             "link {down_link} went down mid-transfer; the transfer went on over the other link{}: \
              {} bytes sent, {} received, checksums match: no byte lost",
-            if opts.links > 2 { "s" } else { "" },
+            if n_links > 2 { "s" } else { "" },
             failover.sent_bytes,
             failover.received_bytes
         ));
@@ -152,17 +242,35 @@ pub fn run(opts: &Options) -> io::Result<()> {
     }
 }
 
-/// One timed transfer with live progress; when `take_down` is given, that
-/// link goes down a third of the way through.
+/// "0, 1 and 2".
+fn join(links: &[usize]) -> String {
+    let names: Vec<String> = links.iter().map(usize::to_string).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => names.concat(),
+    }
+}
+
+/// The server's address on link `link` (198.18.link.2): a plain TCP
+/// connection to it goes over that link only.
+fn server_addr_on(bed: &TwoLinks, link: usize) -> Ipv4Addr {
+    bed.links[link].addr(Side::B)
+}
+
+/// One timed transfer with live progress, to the server's address on link
+/// `link` (an MPTCP connection then opens subflows on the others too); when
+/// `take_down` is given, that link goes down a third of the way through.
 fn transfer(
     bed: &TwoLinks,
     out: &mut Progress,
     proto: Proto,
+    link: usize,
     duration: Duration,
     label: &str,
     take_down: Option<usize>,
 ) -> io::Result<TransferReport> {
-    let running = Transfer::start(&bed.client, &bed.server, bed.server_addr(), proto, duration)?;
+    let to = server_addr_on(bed, link);
+    let running = Transfer::start(&bed.client, &bed.server, to, proto, duration)?;
     let start = Instant::now();
     let mut last = running.meter().sample();
     let mut subflow_bytes = BTreeMap::new();
@@ -177,7 +285,7 @@ fn transfer(
             out.line(&format!(
                 "  link {link} ({} <-> {}) DOWN at {:.1} s",
                 bed.client_addr(link),
-                bed.links[link].addr(mptcp_testbed::Side::B),
+                bed.links[link].addr(Side::B),
                 start.elapsed().as_secs_f64()
             ));
             down_at = None;
@@ -286,14 +394,40 @@ mod tests {
         assert_eq!(
             Options::from_args(&["--links", "3", "--rate=50", "--seconds", "2"]).unwrap(),
             Options {
-                links: 3,
-                rate_mbit: 50,
+                links: vec![LinkSpec::rate(Some(50)); 3],
                 seconds: 2
+            }
+        );
+        assert_eq!(
+            Options::from_args(&["--link", "20:5ms", "--link=20:75ms:200ms"]).unwrap(),
+            Options {
+                links: vec!["20:5ms".parse().unwrap(), "20:75ms:200ms".parse().unwrap()],
+                seconds: 4
             }
         );
         assert!(Options::from_args(&["--links", "1"]).is_err());
         assert!(Options::from_args(&["--links", "9"]).is_err());
         assert!(Options::from_args(&["--rate"]).is_err());
         assert!(Options::from_args(&["--speed", "1"]).is_err());
+        assert!(Options::from_args(&["--link", "20:5ms"]).is_err());
+        assert!(Options::from_args(&["--link", "20", "--link", "fast"]).is_err());
+        assert!(Options::from_args(&["--link", "20", "--link", "5", "--rate", "5"]).is_err());
+        assert!(Options::from_args(&["--links", "2", "--link", "20", "--link", "5"]).is_err());
+    }
+
+    #[test]
+    fn describes_links_and_joins_their_numbers() {
+        assert_eq!(describe(&"20".parse().unwrap()), "20 Mbit/s");
+        assert_eq!(
+            describe(&"20:75ms:200ms".parse().unwrap()),
+            "20 Mbit/s, 75 ms, 200 ms buffer"
+        );
+        assert_eq!(
+            describe(&"unlimited:0.5ms".parse().unwrap()),
+            "unlimited, 0.5 ms"
+        );
+        assert_eq!(join(&[3]), "3");
+        assert_eq!(join(&[0, 1]), "0 and 1");
+        assert_eq!(join(&[0, 1, 2]), "0, 1 and 2");
     }
 }

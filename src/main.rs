@@ -83,12 +83,16 @@ enum Command {
 /// `mptcp demo`. The ranges are checked by `demo::Options::from_args`.
 #[derive(Args, Debug)]
 struct DemoArgs {
-    /// Number of links between client and server, 2 to 8
-    #[arg(long, default_value_t = 2)]
-    links: u64,
-    /// Rate limit of each link, Mbit/s
-    #[arg(long, value_name = "MBIT", default_value_t = 20)]
-    rate: u64,
+    /// Number of identical links between client and server, 2 to 8 [default: 2]
+    #[arg(long, conflicts_with = "link")]
+    links: Option<u64>,
+    /// Rate limit of each identical link, Mbit/s [default: 20]
+    #[arg(long, value_name = "MBIT", conflicts_with = "link")]
+    rate: Option<u64>,
+    /// One link, given once per link (2 to 8 times): its rate in Mbit/s (or
+    /// `unlimited`), one-way delay and queue, e.g. `--link 20:5ms --link 20:75ms:200ms`
+    #[arg(long, value_name = "RATE[:DELAY[:BUFFER]]")]
+    link: Vec<String>,
     /// Length of each transfer, seconds
     #[arg(long, value_name = "S", default_value_t = 4)]
     seconds: u64,
@@ -122,15 +126,16 @@ fn dispatch(command: Command) -> CmdResult {
         Command::Relay(command) => relay::run(command),
         Command::Paths(command) => paths::run(command),
         Command::Demo(args) => {
-            let opts = demo::Options::from_args(&[
-                "--links".to_owned(),
-                args.links.to_string(),
-                "--rate".to_owned(),
-                args.rate.to_string(),
-                "--seconds".to_owned(),
-                args.seconds.to_string(),
-            ])
-            .map_err(failure::Failure::usage)?;
+            let mut words = vec!["--seconds".to_owned(), args.seconds.to_string()];
+            for (name, value) in [("--links", args.links), ("--rate", args.rate)] {
+                if let Some(value) = value {
+                    words.extend([name.to_owned(), value.to_string()]);
+                }
+            }
+            for link in args.link {
+                words.extend(["--link".to_owned(), link]);
+            }
+            let opts = demo::Options::from_args(&words).map_err(failure::Failure::usage)?;
             // demo::run must be called while the process has a single thread.
             demo::run(&opts).map_err(|e| failure::Failure::io("mptcp demo", &e))
         }

@@ -5,9 +5,12 @@
 //! has no global name, so parallel test runs never collide, and it vanishes
 //! when the last handle is dropped (also on panic). Hosts are joined by
 //! [`Link`]s (veth pairs) that can be rate limited with `tc tbf`, taken down
-//! and brought back while traffic flows. [`two_links`] and [`relay_path`]
-//! build ready topologies with MPTCP limits, endpoints and per-source routing,
-//! all on addresses from 198.18.0.0/15.
+//! and brought back while traffic flows; a link with a one-way delay
+//! ([`LinkSpec`], e.g. `"20:75ms"`) runs through a [`DelayLine`], a middle
+//! host whose thread holds every frame for the delay. [`two_links`] and
+//! [`relay_path`] (and [`two_links_with`], [`relay_path_with`] for links of
+//! their own kinds) build ready topologies with MPTCP limits, endpoints and
+//! per-source routing, all on addresses from 198.18.0.0/15.
 //!
 //! Needs `CAP_SYS_ADMIN` and `CAP_NET_ADMIN` in the current user namespace:
 //! root, or an unprivileged user namespace (see [`enter_user_namespace`]).
@@ -36,20 +39,23 @@
 #![deny(missing_docs)]
 
 pub mod data;
+mod delay;
 mod host;
 mod link;
 mod privilege;
 mod process;
+mod sys;
 mod topology;
 pub mod transfer;
 
 pub use data::Meter;
+pub use delay::{DelayLine, DelayStats};
 pub use host::Host;
-pub use link::{Link, Side};
+pub use link::{Link, LinkSpec, Side};
 pub use privilege::{
     NOBODY, UnprivilegedCopy, enter_user_namespace, in_initial_user_namespace, require_privileges,
     run_ignored_test,
 };
 pub use process::{Daemon, build_preload_library, danted_config, redsocks_config};
-pub use topology::{RelayPath, TwoLinks, relay_path, two_links};
+pub use topology::{RelayPath, TwoLinks, relay_path, relay_path_with, two_links, two_links_with};
 pub use transfer::{Proto, Transfer, TransferReport};

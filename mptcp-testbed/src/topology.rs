@@ -3,7 +3,7 @@
 use std::io;
 use std::net::Ipv4Addr;
 
-use crate::{Host, Link, Side};
+use crate::{Host, Link, LinkSpec, Side};
 
 /// The most links a topology may have: the kernel allows at most 8 MPTCP
 /// subflows and endpoints.
@@ -45,10 +45,16 @@ impl TwoLinks {
 /// to [`TwoLinks::server_addr`] opens one subflow per link; on the server:
 /// MPTCP limits. (Named after its most common use, two links.)
 pub fn two_links(n_links: usize, rate_mbit: Option<u32>) -> io::Result<TwoLinks> {
-    check_link_count(n_links)?;
+    two_links_with(&vec![LinkSpec::rate(rate_mbit); n_links])
+}
+
+/// Like [`two_links`], with one link per spec (1 to 8), each with its own
+/// rate, delay and buffer: `two_links_with(&["20:5ms".parse()?, "20:75ms".parse()?])`.
+pub fn two_links_with(specs: &[LinkSpec]) -> io::Result<TwoLinks> {
+    check_link_count(specs.len())?;
     let client = Host::new("client")?;
     let server = Host::new("server")?;
-    let links = multipath_links(&client, &server, "eth", n_links, rate_mbit)?;
+    let links = multipath_links(&client, &server, "eth", specs)?;
     Ok(TwoLinks {
         client,
         server,
@@ -116,7 +122,13 @@ impl RelayPath {
 /// routing, remote has the limits, so an MPTCP connection from local to
 /// [`RelayPath::remote_addr`] uses every WAN link.
 pub fn relay_path(n_wan: usize, rate_mbit: Option<u32>) -> io::Result<RelayPath> {
-    check_link_count(n_wan)?;
+    relay_path_with(&vec![LinkSpec::rate(rate_mbit); n_wan])
+}
+
+/// Like [`relay_path`], with one WAN link per spec (1 to 8), each with its
+/// own rate, delay and buffer.
+pub fn relay_path_with(wan_specs: &[LinkSpec]) -> io::Result<RelayPath> {
+    check_link_count(wan_specs.len())?;
     let lan = Host::new("lan")?;
     let local = Host::new("local")?;
     let remote = Host::new("remote")?;
@@ -141,7 +153,7 @@ pub fn relay_path(n_wan: usize, rate_mbit: Option<u32>) -> io::Result<RelayPath>
         24,
         None,
     )?;
-    let wan = multipath_links(&local, &remote, "wan", n_wan, rate_mbit)?;
+    let wan = multipath_links(&local, &remote, "wan", wan_specs)?;
     lan_link.add_route(Side::A, "default via 198.19.1.1 dev eth0")?;
     dest_link.add_route(Side::B, "default via 198.19.2.1 dev eth0")?;
     wan[0].add_route(Side::A, "default via 198.18.0.2 dev wan0")?;
@@ -178,20 +190,20 @@ fn wan_addr(link: usize, host: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, link, host)
 }
 
-/// Joins `near` (the MPTCP client side) and `far` with `n` links 198.18.i.0/24
-/// named `{dev_prefix}{i}` on both ends, and sets MPTCP limits on both,
-/// `subflow` endpoints and per-source routing on `near`.
+/// Joins `near` (the MPTCP client side) and `far` with one link
+/// 198.18.i.0/24 per spec, named `{dev_prefix}{i}` on both ends, and sets
+/// MPTCP limits on both, `subflow` endpoints and per-source routing on `near`.
 fn multipath_links(
     near: &Host,
     far: &Host,
     dev_prefix: &str,
-    n: usize,
-    rate_mbit: Option<u32>,
+    specs: &[LinkSpec],
 ) -> io::Result<Vec<Link>> {
+    let n = specs.len();
     let mut links = Vec::with_capacity(n);
-    for i in 0..n {
+    for (i, spec) in specs.iter().enumerate() {
         let dev = format!("{dev_prefix}{i}");
-        links.push(Link::new(
+        links.push(Link::with_spec(
             near,
             &dev,
             wan_addr(i, 1),
@@ -199,7 +211,7 @@ fn multipath_links(
             &dev,
             wan_addr(i, 2),
             24,
-            rate_mbit,
+            spec,
         )?);
     }
     let limits = format!("mptcp limits set subflows {n} add_addr_accepted {n}");

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::Host;
 use crate::data::{self, Meter};
+use crate::{Host, sys};
 
 /// IPPROTO_MPTCP: the protocol number that asks socket(2) for MPTCP.
 const IPPROTO_MPTCP: i32 = 262;
@@ -193,6 +193,55 @@ impl Transfer {
             elapsed,
         })
     }
+}
+
+/// Round-trip times of `probes` pings (ICMP echo requests of 8 bytes) from
+/// `client` to `addr`, one every `interval`; a probe without a reply within
+/// 1 s is an error.
+///
+/// The far host's kernel answers, and a reply's time is the kernel's receive
+/// timestamp, so no user thread's wait for a CPU shows in the result: on a
+/// busy machine it measures the path, not the scheduler. Lets this process's
+/// group open ping sockets in `client` (`net.ipv4.ping_group_range`).
+pub fn ping_rtts(
+    client: &Host,
+    addr: Ipv4Addr,
+    probes: usize,
+    interval: Duration,
+) -> io::Result<Vec<Duration>> {
+    let gid = sys::effective_gid();
+    client.sysctl("net.ipv4.ping_group_range", &format!("{gid} {gid}"))?;
+    let socket = client.run(|| Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4)))?;
+    socket.connect(&SocketAddr::V4(SocketAddrV4::new(addr, 0)).into())?;
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    sys::set_rx_timestamps(socket.as_fd())?;
+    let mut rtts = Vec::with_capacity(probes);
+    for seq in 0..probes {
+        let seq = (seq as u16).to_be_bytes();
+        // Echo request: type 8, code 0; the kernel sets the checksum and id.
+        let request = [8, 0, 0, 0, 0, 0, seq[0], seq[1]];
+        let sent = sys::unix_time();
+        socket.send(&request)?;
+        let mut reply = [0; 64];
+        loop {
+            let (len, at) = sys::recv_stamped(socket.as_fd(), &mut reply, 0)?.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "ping {} to {addr}: no reply within 1 s",
+                        u16::from_be_bytes(seq)
+                    ),
+                )
+            })?;
+            // An echo reply (type 0) to this probe; a late one is skipped.
+            if len >= 8 && reply[0] == 0 && reply[6..8] == seq {
+                rtts.push(at.saturating_sub(sent));
+                break;
+            }
+        }
+        thread::sleep(interval);
+    }
+    Ok(rtts)
 }
 
 /// Accepts one connection, giving up after `timeout` (so that a client that

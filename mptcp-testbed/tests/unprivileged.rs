@@ -9,8 +9,10 @@
 
 use std::time::Duration;
 
+use mptcp_testbed::transfer::ping_rtts;
 use mptcp_testbed::{
     UnprivilegedCopy, in_initial_user_namespace, relay_path, run_ignored_test, two_links,
+    two_links_with,
 };
 
 mod common;
@@ -51,6 +53,15 @@ fn inner_two_links_and_relay_path_in_user_namespace() {
     );
     let rp = relay_path(2, None).unwrap();
     assert_lan_reaches_dest(&rp, Duration::from_millis(200));
+    // A delay line works without root too (an ordinary thread then).
+    let delayed = two_links_with(&["20:5ms".parse().unwrap()]).unwrap();
+    let server = delayed.server_addr();
+    let rtts = ping_rtts(&delayed.client, server, 3, Duration::ZERO).unwrap();
+    assert!(
+        rtts.iter().all(|rtt| *rtt >= Duration::from_millis(10)),
+        "{rtts:?} over a link of 5 ms each way"
+    );
+    println!("in a user namespace: RTT {rtts:?} over a 20:5ms link");
 }
 
 #[test]
