@@ -404,3 +404,48 @@ fn paths_auto_follows_interfaces_and_cleans_up() {
     let rules = host.ip(&["rule", "show"]).unwrap();
     assert!(!rules.contains("198.18.5.1"), "{rules}");
 }
+
+/// A loopback remote relay that needs no user, for tests of the daemon
+/// itself.
+fn loopback_relay(extra: &[&str]) -> Command {
+    let mut cmd = Command::new(MPTCP);
+    cmd.args(["relay", "remote", "--listen", "127.0.0.1:0"])
+        .arg("--allow-unauthenticated-loopback")
+        .args(extra);
+    cmd
+}
+
+/// Log lines carry no ANSI colour into a pipe (journald, `| cat`); at a
+/// terminal they do, unless NO_COLOR is set.
+#[test]
+fn relay_logs_colour_only_at_a_terminal() {
+    let mut relay = Daemon::start({
+        let mut cmd = loopback_relay(&[]);
+        cmd.env_remove("NO_COLOR");
+        cmd
+    });
+    relay.wait_for("listening");
+    let log = relay.stop();
+    assert!(log.contains("stopped; counters"), "{log}");
+    assert!(!log.contains('\x1b'), "ANSI codes in a pipe: {log:?}");
+
+    // At a terminal (util-linux `script` gives it a pseudo-terminal).
+    let at_terminal = |no_color: Option<&str>| {
+        let line = format!(
+            "timeout -s INT 1 {MPTCP} relay remote --listen 127.0.0.1:0 \
+             --allow-unauthenticated-loopback"
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"])
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("listening"), "{text}");
+        text
+    };
+    assert!(at_terminal(None).contains('\x1b'), "colour at a terminal");
+    assert!(!at_terminal(Some("1")).contains('\x1b'), "NO_COLOR=1");
+}
