@@ -7,6 +7,7 @@ mod demo;
 mod endpoint;
 mod failure;
 mod monitor;
+mod notify;
 mod paths;
 mod preload;
 mod probe;

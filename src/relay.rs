@@ -4,16 +4,18 @@
 //! Flags override the file: a listener flag replaces that list of the file.
 //! Counters go to the log on SIGUSR1 and every `--stats` seconds;
 //! SIGINT/SIGTERM stop accepting and drain open connections for `--drain`
-//! seconds.
+//! seconds. Under systemd (`Type=notify`) it reports readiness and sends
+//! watchdog keep-alives (see [`crate::notify`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use mptcp_core::relay::{Cidr, Config, ConfigError, LocalConfig, Relay, RemoteConfig, User};
 
 use crate::failure::{CmdResult, Failure};
+use crate::notify::Notifier;
 
 /// `mptcp relay`.
 #[derive(Subcommand, Debug)]
@@ -280,27 +282,75 @@ fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<libc::
     }
 }
 
-/// Starts the relay and runs until SIGINT/SIGTERM.
+/// A periodic task of the main loop.
+struct Every {
+    period: Duration,
+    next: Instant,
+}
+
+impl Every {
+    fn new(period: Duration) -> Every {
+        Every {
+            period,
+            next: Instant::now() + period,
+        }
+    }
+
+    /// Whether it is due at `now`; if so, the next time is one period on.
+    fn due(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + self.period;
+        true
+    }
+}
+
+/// Starts the relay and runs until SIGINT/SIGTERM, telling systemd (when
+/// `NOTIFY_SOCKET` is set) when it is ready and stopping, and sending it
+/// watchdog keep-alives from the loop that handles signals.
 fn serve(config: Config, common: &CommonArgs) -> CmdResult {
     let signals = handled_signals();
     block_signals(&signals)?;
+    let notifier = Notifier::from_env().map_err(|e| Failure::io("NOTIFY_SOCKET", &e))?;
     let relay = Relay::start(config).map_err(|e| Failure::io("starting the relay", &e))?;
     for (kind, addr) in relay.listeners() {
         tracing::info!("listening: {kind:?} on {addr}");
     }
-    let interval = common.stats.filter(|s| *s > 0).map(Duration::from_secs);
+    let notify = |state: &str| notifier.iter().for_each(|n| n.notify(state));
+    notify("READY=1");
+    let mut stats = common
+        .stats
+        .filter(|s| *s > 0)
+        .map(|s| Every::new(Duration::from_secs(s)));
+    let mut watchdog = notifier
+        .as_ref()
+        .and_then(Notifier::watchdog_interval)
+        .map(Every::new);
     loop {
-        match wait_signal(&signals, interval) {
-            Some(libc::SIGUSR1) | None => tracing::info!("counters: {}", relay.stats()),
-            Some(sig) => {
-                tracing::info!(
-                    "signal {sig}: stopping; draining open connections for up to {} s",
-                    common.drain
-                );
-                break;
-            }
+        let now = Instant::now();
+        let timeout = [&stats, &watchdog]
+            .into_iter()
+            .flatten()
+            .map(|t| t.next.saturating_duration_since(now))
+            .min();
+        let sig = wait_signal(&signals, timeout);
+        let now = Instant::now();
+        if watchdog.as_mut().is_some_and(|t| t.due(now)) {
+            notify("WATCHDOG=1");
+        }
+        if sig == Some(libc::SIGUSR1) || stats.as_mut().is_some_and(|t| t.due(now)) {
+            tracing::info!("counters: {}", relay.stats());
+        }
+        if let Some(sig @ (libc::SIGINT | libc::SIGTERM)) = sig {
+            tracing::info!(
+                "signal {sig}: stopping; draining open connections for up to {} s",
+                common.drain
+            );
+            break;
         }
     }
+    notify("STOPPING=1");
     let stats = relay.shutdown(Duration::from_secs(common.drain));
     tracing::info!("stopped; counters: {stats}");
     Ok(())

@@ -449,3 +449,49 @@ fn relay_logs_colour_only_at_a_terminal() {
     assert!(at_terminal(None).contains('\x1b'), "colour at a terminal");
     assert!(!at_terminal(Some("1")).contains('\x1b'), "NO_COLOR=1");
 }
+
+/// Under systemd's `Type=notify`: READY=1 once the listener accepts,
+/// WATCHDOG=1 every WATCHDOG_USEC/2, STOPPING=1 on SIGTERM, as datagrams
+/// to the unix socket NOTIFY_SOCKET names.
+#[test]
+fn relay_notifies_readiness_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let path = std::env::temp_dir().join(format!("mptcp-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let recv = || {
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut relay = Daemon::start({
+        let mut cmd = loopback_relay(&[]);
+        cmd.env("NOTIFY_SOCKET", &path)
+            .env("WATCHDOG_USEC", "200000");
+        cmd
+    });
+    assert_eq!(recv(), "READY=1");
+    let line = relay.wait_for("listening: RemoteSocks5 on ");
+    let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    TcpStream::connect(addr).expect("listening when READY=1 arrives");
+    let start = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(recv(), "WATCHDOG=1");
+    }
+    let took = start.elapsed();
+    assert!(
+        took > Duration::from_millis(350) && took < Duration::from_secs(2),
+        "5 keep-alives every 100 ms took {took:?}"
+    );
+    relay.signal("TERM");
+    let mut last = recv();
+    while last == "WATCHDOG=1" {
+        last = recv();
+    }
+    assert_eq!(last, "STOPPING=1");
+    relay.stop();
+    std::fs::remove_file(&path).unwrap();
+}
