@@ -63,6 +63,19 @@ impl Notifier {
             tracing::warn!("NOTIFY_SOCKET: sending {state:?}: {e}");
         }
     }
+
+    /// `RELOADING=1` with the `CLOCK_MONOTONIC` time systemd 253 and later
+    /// want beside it; `READY=1` ends the reload.
+    pub fn reloading(&self) {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+        self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+    }
 }
 
 #[cfg(test)]
@@ -83,5 +96,9 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = receiver.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
+        notifier.reloading();
+        let n = receiver.recv(&mut buf).unwrap();
+        let text = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(text.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{text}");
     }
 }

@@ -495,3 +495,160 @@ fn relay_notifies_readiness_watchdog_and_stopping() {
     relay.stop();
     std::fs::remove_file(&path).unwrap();
 }
+
+/// A port that was free a moment ago (for a config file that must name
+/// the same port across a reload).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A loopback server that echoes every connection.
+fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                let mut back = conn.try_clone().unwrap();
+                let _ = std::io::copy(&mut conn, &mut back);
+            });
+        }
+    });
+    addr
+}
+
+/// A SOCKS5 CONNECT (no authentication) to `dest` through `relay`.
+fn socks5_connect(relay: SocketAddr, dest: SocketAddr) -> TcpStream {
+    use std::io::{Read, Write};
+    let SocketAddr::V4(dest) = dest else {
+        panic!("IPv4 only")
+    };
+    let mut conn = TcpStream::connect(relay).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut hello = vec![5, 1, 0, 5, 1, 0, 1];
+    hello.extend(dest.ip().octets());
+    hello.extend(dest.port().to_be_bytes());
+    conn.write_all(&hello).unwrap();
+    let mut reply = [0u8; 12];
+    conn.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[..4], [5, 0, 5, 0], "method and CONNECT accepted");
+    conn
+}
+
+/// Writes `data` on `conn` and checks that the echo brings it back.
+fn echo_round(conn: &mut TcpStream, data: &[u8]) {
+    use std::io::{Read, Write};
+    conn.write_all(data).unwrap();
+    let mut back = vec![0u8; data.len()];
+    conn.read_exact(&mut back).unwrap();
+    assert_eq!(back, data);
+}
+
+/// A remote relay's config file on loopback, listening on `ports`.
+fn write_relay_config(file: &std::path::Path, ports: &[u16]) {
+    let listen: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    std::fs::write(
+        file,
+        format!(
+            "[remote]\nlisten = [{}]\nallow_unauthenticated_loopback = true\n\
+             allow_destinations = [\"127.0.0.0/8\"]\n",
+            listen.join(", ")
+        ),
+    )
+    .unwrap();
+}
+
+/// SIGHUP re-reads the file: a connection open across it carries its
+/// bytes intact before and after, a listener added to the file appears,
+/// and the counters add up over both relays.
+#[test]
+fn relay_reload_keeps_connections_and_adds_a_listener() {
+    let dir = std::env::temp_dir().join(format!("mptcp-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    let (first, second) = (free_port(), free_port());
+    write_relay_config(&file, &[first]);
+    let echo = echo_server();
+    let mut relay = Daemon::start({
+        let mut cmd = Command::new(MPTCP);
+        cmd.args(["relay", "remote", "--config", file.to_str().unwrap()]);
+        cmd
+    });
+    relay.wait_for(&format!("listening: RemoteSocks5 on 127.0.0.1:{first}"));
+    let first_addr: SocketAddr = ([127, 0, 0, 1], first).into();
+    let mut old = socks5_connect(first_addr, echo);
+    let before: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    echo_round(&mut old, &before);
+
+    write_relay_config(&file, &[first, second]);
+    relay.signal("HUP");
+    let line = relay.wait_for("SIGHUP: reloaded");
+    assert!(
+        line.contains(&format!(
+            "listeners added: RemoteSocks5 on 127.0.0.1:{second}"
+        )),
+        "{line}"
+    );
+    relay.wait_for(&format!("listening: RemoteSocks5 on 127.0.0.1:{second}"));
+    let after: Vec<u8> = before.iter().rev().copied().collect();
+    echo_round(&mut old, &after);
+    for port in [first, second] {
+        let mut new = socks5_connect(([127, 0, 0, 1], port).into(), echo);
+        echo_round(&mut new, b"through the reloaded relay");
+    }
+    drop(old);
+    let log = relay.stop();
+    assert!(log.contains("stopped; counters: accepted=3"), "{log}");
+    assert!(!log.contains("RemoteSocks5 on 127.0.0.1:0"), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A file that does not parse, or names a port another process listens
+/// on, is refused at SIGHUP with the reason at warn level; the running
+/// relay goes on serving.
+#[test]
+fn relay_reload_refuses_a_broken_file_and_keeps_serving() {
+    let dir = std::env::temp_dir().join(format!("mptcp-reload-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    let port = free_port();
+    write_relay_config(&file, &[port]);
+    let echo = echo_server();
+    let mut relay = Daemon::start({
+        let mut cmd = Command::new(MPTCP);
+        cmd.args(["relay", "remote", "--config", file.to_str().unwrap()]);
+        cmd
+    });
+    relay.wait_for("listening");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut conn = socks5_connect(addr, echo);
+
+    std::fs::write(&file, "[remote]\nlisten = [\"127.0.0.1:1\"\nbogus = 1\n").unwrap();
+    relay.signal("HUP");
+    let line = relay.wait_for("SIGHUP: the configuration in force stays");
+    assert!(line.contains("WARN") && line.contains("line 3"), "{line}");
+
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    write_relay_config(&file, &[port, taken_port]);
+    relay.signal("HUP");
+    let line = relay.wait_for("SIGHUP: the configuration in force stays");
+    assert!(
+        line.contains(&format!("127.0.0.1:{taken_port}")) && line.contains("in use"),
+        "{line}"
+    );
+
+    echo_round(&mut conn, b"still the same relay");
+    let mut again = socks5_connect(addr, echo);
+    echo_round(&mut again, b"and it still accepts");
+    drop((conn, again));
+    let log = relay.stop();
+    assert!(!log.contains("SIGHUP: reloaded"), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
