@@ -6,6 +6,7 @@
 mod demo;
 mod endpoint;
 mod failure;
+mod metrics;
 mod monitor;
 mod notify;
 mod paths;

@@ -63,6 +63,10 @@ pub struct CommonArgs {
     /// Allow only clients from this network (repeatable)
     #[arg(long = "allow-client", value_name = "CIDR", value_parser = parse_cidr)]
     pub allow_clients: Vec<Cidr>,
+    /// Serve the counters for Prometheus at http://ADDR/metrics (PORT
+    /// alone: on 127.0.0.1)
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = crate::metrics::parse_listen)]
+    pub metrics: Option<SocketAddr>,
     /// Use plain TCP instead of MPTCP (towards the remote, or for listening)
     #[arg(long)]
     pub no_mptcp: bool,
@@ -556,6 +560,11 @@ fn serve(build: &dyn Fn() -> Result<Config, Failure>, common: &CommonArgs) -> Cm
     block_signals(&signals)?;
     let notifier = Notifier::from_env().map_err(|e| Failure::io("NOTIFY_SOCKET", &e))?;
     let mut relays = Relays::start(build()?)?;
+    if let Some(addr) = common.metrics {
+        let addr = crate::metrics::serve(addr, Arc::clone(&relays.serving))
+            .map_err(|e| Failure::io(format_args!("--metrics {addr}"), &e))?;
+        tracing::info!("metrics: http://{addr}/metrics");
+    }
     let notify = |state: &str| notifier.iter().for_each(|n| n.notify(state));
     notify("READY=1");
     let mut stats = common

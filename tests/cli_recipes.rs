@@ -405,12 +405,16 @@ fn paths_auto_follows_interfaces_and_cleans_up() {
     assert!(!rules.contains("198.18.5.1"), "{rules}");
 }
 
-/// A loopback remote relay that needs no user, for tests of the daemon
-/// itself.
+/// A loopback remote relay that needs no user and may connect to
+/// loopback destinations, for tests of the daemon itself.
 fn loopback_relay(extra: &[&str]) -> Command {
     let mut cmd = Command::new(MPTCP);
     cmd.args(["relay", "remote", "--listen", "127.0.0.1:0"])
-        .arg("--allow-unauthenticated-loopback")
+        .args([
+            "--allow-unauthenticated-loopback",
+            "--allow-destination",
+            "127.0.0.0/8",
+        ])
         .args(extra);
     cmd
 }
@@ -522,8 +526,9 @@ fn echo_server() -> SocketAddr {
     addr
 }
 
-/// A SOCKS5 CONNECT (no authentication) to `dest` through `relay`.
-fn socks5_connect(relay: SocketAddr, dest: SocketAddr) -> TcpStream {
+/// A SOCKS5 CONNECT (no authentication) to `dest` through `relay`: the
+/// connection and the reply code.
+fn socks5_request(relay: SocketAddr, dest: SocketAddr) -> (TcpStream, u8) {
     use std::io::{Read, Write};
     let SocketAddr::V4(dest) = dest else {
         panic!("IPv4 only")
@@ -537,7 +542,14 @@ fn socks5_connect(relay: SocketAddr, dest: SocketAddr) -> TcpStream {
     conn.write_all(&hello).unwrap();
     let mut reply = [0u8; 12];
     conn.read_exact(&mut reply).unwrap();
-    assert_eq!(reply[..4], [5, 0, 5, 0], "method and CONNECT accepted");
+    assert_eq!(reply[..3], [5, 0, 5], "no-authentication accepted");
+    (conn, reply[3])
+}
+
+/// A SOCKS5 CONNECT that must succeed.
+fn socks5_connect(relay: SocketAddr, dest: SocketAddr) -> TcpStream {
+    let (conn, code) = socks5_request(relay, dest);
+    assert_eq!(code, 0, "CONNECT to {dest} accepted");
     conn
 }
 
@@ -651,4 +663,88 @@ fn relay_reload_refuses_a_broken_file_and_keeps_serving() {
     let log = relay.stop();
     assert!(!log.contains("SIGHUP: reloaded"), "{log}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--metrics`: the counters in the Prometheus text format, scraped with
+/// curl after relaying bytes and refusing a destination.
+#[test]
+fn relay_metrics_count_connections_bytes_and_errors() {
+    let mut relay = Daemon::start(loopback_relay(&["--metrics", "0"]));
+    let line = relay.wait_for("listening: RemoteSocks5 on ");
+    let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let line = relay.wait_for("metrics: http://127.0.0.1:");
+    let url = line.rsplit(' ').next().unwrap().to_owned();
+    let echo = echo_server();
+    let mut conn = socks5_connect(addr, echo);
+    let data = vec![7u8; 123_456];
+    echo_round(&mut conn, &data);
+    let (denied, code) = socks5_request(addr, "10.255.0.1:80".parse().unwrap());
+    assert_eq!(code, 2, "the default policy refuses private destinations");
+    drop(denied);
+
+    let scrape = || {
+        let out = Command::new("curl").args(["-sSf", &url]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let value = |text: &str, series: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let active_becomes = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = scrape();
+            if value(&text, "mptcp_relay_connections_active") == n {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "active never {n}:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let text = active_becomes(1);
+    assert!(
+        text.contains("# TYPE mptcp_relay_bytes_total counter"),
+        "{text}"
+    );
+    assert_eq!(value(&text, "mptcp_relay_connections_accepted_total"), 2);
+    assert_eq!(value(&text, "mptcp_relay_connections_relayed_total"), 1);
+    assert_eq!(
+        value(&text, "mptcp_relay_bytes_total{direction=\"up\"}"),
+        123_456
+    );
+    // Down also counts the relay's 10-byte SOCKS5 reply.
+    let down = value(&text, "mptcp_relay_bytes_total{direction=\"down\"}");
+    assert!((123_456..=123_466).contains(&down), "{text}");
+    assert_eq!(
+        value(
+            &text,
+            "mptcp_relay_errors_total{kind=\"destination_denied\"}"
+        ),
+        1
+    );
+    assert_eq!(value(&text, "mptcp_relay_errors_total{kind=\"auth\"}"), 0);
+    assert_eq!(value(&text, "mptcp_relay_session_errors_total"), 0);
+    assert_eq!(value(&text, "mptcp_relay_worker_panics_total"), 0);
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while value(&scrape(), "mptcp_relay_connections_active") != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection stays active"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let missing = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(url.replace("/metrics", "/nope"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&missing.stdout), "404");
+    relay.stop();
 }
