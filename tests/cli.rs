@@ -681,3 +681,25 @@ fn contrib_units_use_existing_commands() {
     }
     assert_eq!(checked, 3, "three units in {}", dir.display());
 }
+
+/// LICENSE holds the texts of the licenses Cargo.toml declares.
+#[test]
+fn license_file_matches_the_workspace_license() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("license = "))
+        .expect("a license field in the workspace");
+    assert_eq!(declared, "\"MIT OR Apache-2.0\"");
+    let license = std::fs::read_to_string(root.join("LICENSE")).unwrap();
+    assert!(license.contains("SPDX-License-Identifier: MIT OR Apache-2.0"));
+    assert!(
+        license.contains("MIT License") && license.contains("THE SOFTWARE IS PROVIDED \"AS IS\"")
+    );
+    assert!(license.contains("Apache License") && license.contains("Version 2.0, January 2004"));
+    assert!(
+        license.contains("END OF TERMS AND CONDITIONS"),
+        "the whole Apache text"
+    );
+}
