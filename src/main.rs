@@ -80,6 +80,13 @@ enum Command {
         /// The shell
         shell: Shell,
     },
+    /// Print the manual page mptcp(1) (roff), or write one page per command
+    /// (mptcp.1, mptcp-relay-remote.1, ...) into DIR; for packaging
+    #[command(hide = true)]
+    Man {
+        /// Directory for the pages of every command
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// `mptcp demo`. The ranges are checked by `demo::Options::from_args`.
@@ -151,6 +158,15 @@ fn dispatch(command: Command) -> CmdResult {
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "mptcp", &mut std::io::stdout());
             Ok(())
+        }
+        Command::Man { dir } => {
+            // Pages for the commands there are: no `mptcp help` page.
+            let cmd = Cli::command().disable_help_subcommand(true);
+            match dir {
+                None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()),
+                Some(dir) => clap_mangen::generate_to(cmd, dir),
+            }
+            .map_err(|e| failure::Failure::io("writing manual pages", &e))
         }
     }
 }

@@ -131,6 +131,49 @@ fn help_documents_exit_codes_and_completions_generate() {
     );
 }
 
+/// `mptcp man` prints mptcp(1), and `mptcp man DIR` writes a page per
+/// command; groff formats each without a warning; the command is hidden
+/// from `--help`.
+#[test]
+fn man_pages_are_generated_from_the_command_line() {
+    let page = expect_code(&mut mptcp(&["man"]), 0);
+    assert!(page.contains(".TH mptcp 1"), "{page}");
+    assert!(
+        page.contains("mptcp\\-relay(1)") && !page.contains("mptcp\\-help(1)"),
+        "{page}"
+    );
+    assert!(
+        page.contains("Exit codes:"),
+        "the exit codes are in the page"
+    );
+    let help = expect_code(&mut mptcp(&["--help"]), 0);
+    assert!(!help.contains(" man "), "{help}");
+
+    let dir = std::env::temp_dir().join(format!("mptcp-man-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    expect_code(&mut mptcp(&["man", dir.to_str().unwrap()]), 0);
+    let remote = std::fs::read_to_string(dir.join("mptcp-relay-remote.1")).unwrap();
+    assert!(remote.contains("\\-\\-metrics"), "{remote}");
+    let mut pages = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let out = output(
+            Command::new("groff")
+                .args(["-man", "-Tutf8", "-ww", "-z"])
+                .arg(&path),
+        );
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}: {}",
+            path.display(),
+            text(&out.stderr)
+        );
+        pages += 1;
+    }
+    assert!(pages >= 20, "{pages} pages");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 // ---------------------------------------------------------------- probe
 
 #[test]
