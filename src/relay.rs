@@ -489,8 +489,7 @@ struct Relays {
 impl Relays {
     fn start(config: Config) -> Result<Relays, Failure> {
         let config = shareable(config, &[])?;
-        let relay =
-            Relay::start(config.clone()).map_err(|e| Failure::io("starting the relay", &e))?;
+        let relay = start(&config)?;
         log_listeners(&relay);
         Ok(Relays {
             serving: Arc::new(Mutex::new(Serving {
@@ -509,8 +508,7 @@ impl Relays {
     /// its connections in a thread; on any error the running relay stays.
     fn reload(&mut self, config: Result<Config, Failure>) -> Result<(), Failure> {
         let config = shareable(config?, &listen_addrs(&self.config))?;
-        let relay =
-            Relay::start(config.clone()).map_err(|e| Failure::io("starting the relay", &e))?;
+        let relay = start(&config)?;
         tracing::info!("SIGHUP: reloaded; {}", changes(&self.config, &config));
         log_listeners(&relay);
         self.config = config;
@@ -536,6 +534,35 @@ impl Relays {
         serving.drained(slot, last);
         serving.totals()
     }
+}
+
+/// Starts a relay; a listener that needs a privilege the process lacks (a
+/// TPROXY listener, a port below 1024) exits 3 and says which capability.
+fn start(config: &Config) -> Result<RelayHandle, Failure> {
+    Relay::start(config.clone()).map_err(|e| {
+        if e.kind() != std::io::ErrorKind::PermissionDenied {
+            return Failure::io("starting the relay", &e);
+        }
+        let listeners = listen_addrs(config);
+        let mut needs = Vec::new();
+        if listeners.iter().any(|(kind, _)| *kind == ListenerKind::Tproxy) {
+            needs.push("TPROXY listeners need CAP_NET_ADMIN");
+        }
+        if listeners.iter().any(|(_, a)| (1..1024).contains(&a.port())) {
+            needs.push(
+                "ports below 1024 need CAP_NET_BIND_SERVICE (run it as root, \
+                 `setcap cap_net_bind_service=+ep` on the mptcp binary, or \
+                 AmbientCapabilities=CAP_NET_BIND_SERVICE in its unit)",
+            );
+        }
+        if needs.is_empty() {
+            needs.push("run it as root");
+        }
+        Failure::unsupported(format!(
+            "starting the relay: {e}\n  hint: {}",
+            needs.join("; ")
+        ))
+    })
 }
 
 fn lock(serving: &Mutex<Serving>) -> std::sync::MutexGuard<'_, Serving> {

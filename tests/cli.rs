@@ -746,3 +746,34 @@ fn license_file_matches_the_workspace_license() {
         "the whole Apache text"
     );
 }
+
+// ---------------------------------------------------------------- relay
+
+/// The relay as a normal user: a TPROXY listener or a port below 1024 exits
+/// 3 ("missing privilege") and names the capability.
+#[test]
+fn relay_without_privilege_exits_3_naming_the_capability() {
+    mptcp_testbed::require_privileges().unwrap();
+    let host = Host::new("relay-priv").unwrap();
+    let as_nobody = |args: &[&str]| {
+        let out = output(
+            host.command("setpriv")
+                .args(["--inh-caps=-all", "--bounding-set=-all"])
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", MPTCP])
+                .args(["relay", "local", "--remote", "127.0.0.1:1080"])
+                .args(args),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stderr)
+    };
+    let err = as_nobody(&["--tproxy", "127.0.0.1:12346"]);
+    assert!(err.contains("CAP_NET_ADMIN"), "{err}");
+    let err = as_nobody(&["--socks5", "127.0.0.1:80"]);
+    assert!(err.contains("CAP_NET_BIND_SERVICE"), "{err}");
+    assert!(!err.contains("CAP_NET_ADMIN"), "{err}");
+}
