@@ -700,6 +700,55 @@ fn enable_writes_a_drop_in_and_disable_removes_it() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// `enable` takes service names only, refuses a `--root` that does not
+/// exist instead of creating it, and as a normal user exits 3 saying that
+/// it needs root.
+#[test]
+fn enable_checks_its_input_and_privilege() {
+    mptcp_testbed::require_privileges().unwrap();
+    preload_library();
+    let root = std::env::temp_dir().join(format!("mptcp-cli-enable-in-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let root_s = root.to_str().unwrap();
+    let missing = expect_code(&mut mptcp(&["enable", "web", "--root", root_s]), 2);
+    assert!(missing.is_empty());
+    assert!(!root.exists(), "a missing --root is not created");
+
+    std::fs::create_dir_all(&root).unwrap();
+    let err = |args: &[&str], code| {
+        let out = output(&mut mptcp(args));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stderr)
+    };
+    let bad = err(&["enable", "foo bar", "--root", root_s], 2);
+    assert!(bad.contains("not a systemd unit name"), "{bad}");
+    let socket = err(&["enable", "nginx.socket", "--root", root_s], 2);
+    assert!(socket.contains("nginx.service"), "{socket}");
+    assert!(
+        std::fs::read_dir(&root).unwrap().next().is_none(),
+        "nothing written"
+    );
+
+    let out = output(
+        Command::new("setpriv")
+            .args(["--inh-caps=-all", "--bounding-set=-all"])
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", MPTCP])
+            .args(["enable", "web", "--root", root_s]),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("needs root") && !stderr.contains("CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 // ---------------------------------------------------------------- contrib
 
 /// The systemd units in contrib/ call subcommands and flags that exist.
