@@ -124,27 +124,62 @@ fn parse_cidr(text: &str) -> Result<Cidr, String> {
     text.parse()
 }
 
+/// Why a configuration did not load: the engine's check of it, or a flag.
+enum LoadError {
+    Config(ConfigError),
+    Flags(Failure),
+}
+
+impl From<ConfigError> for LoadError {
+    fn from(e: ConfigError) -> LoadError {
+        LoadError::Config(e)
+    }
+}
+
 /// The configuration file (if any) with `adjust` (the command line's
 /// flags) applied, then validated: a flag may supply what the file lacks.
 fn load_then(
     path: Option<&PathBuf>,
     adjust: impl FnOnce(&mut Config) -> Result<(), Failure>,
 ) -> Result<Config, Failure> {
-    match path {
-        Some(path) => Config::from_file_then(path, adjust),
+    let flags = |config: &mut Config| adjust(config).map_err(LoadError::Flags);
+    let loaded = match path {
+        Some(path) => Config::from_file_then(path, flags),
         None => {
             let mut config = Config::new();
-            adjust(&mut config)?;
-            config.validate()?;
-            Ok(config)
+            flags(&mut config)
+                .and_then(|()| Ok(config.validate()?))
+                .map(|()| config)
         }
-    }
+    };
+    loaded.map_err(|e| match e {
+        LoadError::Flags(failure) => failure,
+        LoadError::Config(e) => Failure::failed(worded(e, path.is_some())),
+    })
 }
 
-impl From<ConfigError> for Failure {
-    fn from(e: ConfigError) -> Failure {
-        Failure::failed(e.to_string())
+/// A configuration error as its reader gave the configuration: the engine
+/// names the file's keys for an open proxy (no users), which a command line
+/// gives as flags.
+fn worded(mut e: ConfigError, from_file: bool) -> String {
+    let open_proxy = e.key.as_deref() == Some("remote.users") && e.message.contains("open proxy");
+    if !open_proxy {
+        return e.to_string();
     }
+    if from_file {
+        return format!("{e}\n  hint: or give --user NAME --password-env VAR");
+    }
+    e.message = e
+        .message
+        .replace(
+            "add a [[remote.users]] entry (username, password)",
+            "give --user NAME --password-env VAR",
+        )
+        .replace(
+            "set allow_unauthenticated_loopback = true",
+            "add --allow-unauthenticated-loopback",
+        );
+    e.to_string()
 }
 
 fn credentials(common: &CommonArgs) -> Result<Option<(String, String)>, Failure> {
@@ -545,7 +580,10 @@ fn start(config: &Config) -> Result<RelayHandle, Failure> {
         }
         let listeners = listen_addrs(config);
         let mut needs = Vec::new();
-        if listeners.iter().any(|(kind, _)| *kind == ListenerKind::Tproxy) {
+        if listeners
+            .iter()
+            .any(|(kind, _)| *kind == ListenerKind::Tproxy)
+        {
             needs.push("TPROXY listeners need CAP_NET_ADMIN");
         }
         if listeners.iter().any(|(_, a)| (1..1024).contains(&a.port())) {

@@ -331,6 +331,44 @@ fn relay_config_errors_name_the_key() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Without users, the open-proxy refusal names the flags that add one when
+/// the relay was configured by flags, and both ways with a file.
+#[test]
+fn relay_open_proxy_refusal_names_the_flags() {
+    let refusal = |args: &[&str]| {
+        let out = Command::new(MPTCP)
+            .args(["relay", "remote"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refusal(&["--listen", "198.18.0.1:1080"]);
+    assert!(
+        err.contains("open proxy: give --user NAME --password-env VAR"),
+        "{err}"
+    );
+    assert!(!err.contains("[[remote.users]]"), "{err}");
+    let err = refusal(&["--listen", "127.0.0.1:0"]);
+    assert!(
+        err.contains("or add --allow-unauthenticated-loopback"),
+        "{err}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("mptcp-cli-open-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    std::fs::write(&file, "[remote]\nlisten = [\"198.18.0.1:1080\"]\n").unwrap();
+    let err = refusal(&["--config", file.to_str().unwrap()]);
+    assert!(err.contains("[[remote.users]]"), "{err}");
+    assert!(
+        err.contains("hint: or give --user NAME --password-env VAR"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The command line's user completes a file that has none: the relay
 /// starts (the check runs after the flags are applied).
 #[test]
