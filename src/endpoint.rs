@@ -38,7 +38,7 @@ pub enum EndpointCommand {
         #[arg(short, long)]
         json: bool,
     },
-    /// Delete every endpoint (note: the kernel also resets add_addr_accepted)
+    /// Delete every endpoint (the limits stay as they are)
     Flush,
     /// Change flags: id N [backup|nobackup] [fullmesh|nofullmesh]
     #[command(visible_alias = "change")]

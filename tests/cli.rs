@@ -307,6 +307,26 @@ fn endpoint_add_list_set_del_flush_match_iproute2() {
     );
 }
 
+/// `endpoint flush` removes the endpoints and keeps the limits, as its
+/// `--help` says.
+#[test]
+fn endpoint_flush_keeps_the_limits_as_its_help_says() {
+    let help = expect_code(&mut mptcp(&["endpoint", "flush", "--help"]), 0);
+    assert!(help.contains("the limits stay as they are"), "{help}");
+    assert!(!help.contains("resets"), "{help}");
+    let host = host_with_interface();
+    let set = ["limits", "set", "subflows", "3", "add_addr_accepted", "4"];
+    expect_code(&mut in_host(&host, &set), 0);
+    expect_code(
+        &mut in_host(&host, &["endpoint", "add", "198.18.5.1", "subflow"]),
+        0,
+    );
+    expect_code(&mut in_host(&host, &["endpoint", "flush"]), 0);
+    assert_eq!(ip_endpoints(&host), Vec::<String>::new());
+    let limits = expect_code(&mut in_host(&host, &["limits"]), 0);
+    assert_eq!(limits.trim(), "add_addr_accepted 4 subflows 3");
+}
+
 #[test]
 fn limits_show_and_set_match_iproute2() {
     let host = host_with_interface();
