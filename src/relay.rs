@@ -12,7 +12,7 @@
 //! [`crate::notify`]).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -142,7 +142,12 @@ fn load_then(
     path: Option<&PathBuf>,
     adjust: impl FnOnce(&mut Config) -> Result<(), Failure>,
 ) -> Result<Config, Failure> {
-    let flags = |config: &mut Config| adjust(config).map_err(LoadError::Flags);
+    let flags = |config: &mut Config| {
+        if let Some(path) = path {
+            warn_if_readable(path, config);
+        }
+        adjust(config).map_err(LoadError::Flags)
+    };
     let loaded = match path {
         Some(path) => Config::from_file_then(path, flags),
         None => {
@@ -156,6 +161,26 @@ fn load_then(
         LoadError::Flags(failure) => failure,
         LoadError::Config(e) => Failure::failed(worded(e, path.is_some())),
     })
+}
+
+/// Warns when the file holds passwords and users other than its owner may
+/// read it.
+fn warn_if_readable(path: &Path, file: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    let secrets = file.local.as_ref().is_some_and(|l| l.password.is_some())
+        || file.remote.as_ref().is_some_and(|r| !r.users.is_empty());
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if secrets && mode & 0o077 != 0 {
+        tracing::warn!(
+            "{} holds passwords and others than its owner may read it (mode {mode:03o}): \
+             chmod 600 {}",
+            path.display(),
+            path.display()
+        );
+    }
 }
 
 /// A configuration error as its reader gave the configuration: the engine

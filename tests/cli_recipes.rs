@@ -369,6 +369,40 @@ fn relay_open_proxy_refusal_names_the_flags() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A config file with passwords that others may read is served, with a
+/// warning that says how to fix it; at mode 0600 there is none.
+#[test]
+fn relay_warns_about_a_readable_file_with_passwords() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("mptcp-cli-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    std::fs::write(
+        &file,
+        "[remote]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[remote.users]]\nusername = \"alice\"\npassword = \"correct horse\"\n",
+    )
+    .unwrap();
+    let start = |mode: u32| {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut relay = Daemon::start({
+            let mut cmd = Command::new(MPTCP);
+            cmd.args(["relay", "remote", "--config", file.to_str().unwrap()]);
+            cmd
+        });
+        relay.wait_for("listening");
+        relay.stop()
+    };
+    let log = start(0o644);
+    assert!(
+        log.contains("WARN") && log.contains("(mode 644): chmod 600"),
+        "{log}"
+    );
+    let log = start(0o600);
+    assert!(!log.contains("holds passwords"), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The command line's user completes a file that has none: the relay
 /// starts (the check runs after the flags are applied).
 #[test]
