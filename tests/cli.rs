@@ -268,8 +268,15 @@ fn endpoint_add_list_set_del_flush_match_iproute2() {
     .unwrap();
     assert_eq!(json[0]["id"], 5);
     assert_eq!(json[0]["address"], "198.18.5.1");
-    assert_eq!(json[0]["flags"], serde_json::json!(["subflow", "backup"]));
+    assert_eq!(json[0]["subflow"], true);
+    assert_eq!(json[0]["dev"], "wan1");
     assert_eq!(json[1]["port"], 8080);
+    let ip_json: serde_json::Value =
+        serde_json::from_str(&host.ip(&["-j", "mptcp", "endpoint", "show"]).unwrap()).unwrap();
+    assert_eq!(
+        json, ip_json,
+        "the same JSON as `ip -j mptcp endpoint show`"
+    );
 
     expect_code(
         &mut in_host(
