@@ -820,3 +820,39 @@ fn relay_metrics_count_connections_bytes_and_errors() {
     assert_eq!(String::from_utf8_lossy(&missing.stdout), "404");
     relay.stop();
 }
+
+/// `mptcp paths auto` as a normal user: each refusal is logged once, and
+/// it stops with exit 3 (missing privilege) instead of running on.
+#[test]
+fn paths_auto_without_privilege_exits_3() {
+    mptcp_testbed::require_privileges().unwrap();
+    let host = Host::new("paths-nobody").unwrap();
+    host.ip_batch(&[
+        "link add wan1 type veth peer name wan1peer",
+        "addr add 198.18.5.1/24 dev wan1",
+        "link set wan1 up",
+        "link set wan1peer up",
+    ])
+    .unwrap();
+    let mut cmd = host.command("timeout");
+    cmd.args([
+        "-s",
+        "INT",
+        "20",
+        "setpriv",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ])
+    .args(["--reuid=65534", "--regid=65534", "--clear-groups", MPTCP])
+    .args(["paths", "auto", "--include", "wan*"]);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("needs CAP_NET_ADMIN"), "{stderr}");
+    assert_eq!(
+        stderr.matches("ip rule add from 198.18.5.1").count(),
+        1,
+        "one line per refusal:\n{stderr}"
+    );
+    assert_eq!(endpoints(&host).trim(), "", "nothing added");
+}
