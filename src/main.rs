@@ -3,6 +3,7 @@
 //! One subcommand per task, in the style of `ip` and `ss`: each module
 //! below holds a subcommand's arguments (clap derive) and its `run`.
 
+mod alerts;
 mod demo;
 mod endpoint;
 mod failure;

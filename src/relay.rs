@@ -22,6 +22,7 @@ use mptcp_core::relay::{
     User,
 };
 
+use crate::alerts::Alerts;
 use crate::failure::{CmdResult, Failure};
 use crate::notify::Notifier;
 
@@ -665,9 +666,11 @@ fn serve(build: &dyn Fn() -> Result<Config, Failure>, common: &CommonArgs) -> Cm
         .as_ref()
         .and_then(Notifier::watchdog_interval)
         .map(Every::new);
+    let mut alerts = Alerts::default();
+    let mut failures = Every::new(Duration::from_secs(1));
     loop {
         let now = Instant::now();
-        let timeout = [&stats, &watchdog]
+        let timeout = [stats.as_ref(), watchdog.as_ref(), Some(&failures)]
             .into_iter()
             .flatten()
             .map(|t| t.next.saturating_duration_since(now))
@@ -679,6 +682,9 @@ fn serve(build: &dyn Fn() -> Result<Config, Failure>, common: &CommonArgs) -> Cm
         }
         if sig == Some(libc::SIGUSR1) || stats.as_mut().is_some_and(|t| t.due(now)) {
             tracing::info!("counters: {}", relays.totals());
+        }
+        if failures.due(now) {
+            alerts.check(&relays.totals(), now);
         }
         match sig {
             Some(libc::SIGHUP) => {

@@ -856,3 +856,39 @@ fn paths_auto_without_privilege_exits_3() {
     );
     assert_eq!(endpoints(&host).trim(), "", "nothing added");
 }
+
+/// Failures an operator must see reach the default log level: a client
+/// with a wrong password is a warning within seconds, not only a counter
+/// at exit.
+#[test]
+fn relay_warns_about_wrong_passwords() {
+    use std::io::{Read, Write};
+    let mut relay = Daemon::start({
+        let mut cmd = loopback_relay(&["--user", "alice", "--password-env", "RELAY_ALERT_PW"]);
+        cmd.env("RELAY_ALERT_PW", "correct horse");
+        cmd
+    });
+    let line = relay.wait_for("listening: RemoteSocks5 on ");
+    let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(&[
+        5, 1, 2, 1, 5, b'a', b'l', b'i', b'c', b'e', 5, b'w', b'r', b'o', b'n', b'g',
+    ])
+    .unwrap();
+    let mut reply = [0u8; 4];
+    conn.read_exact(&mut reply).unwrap();
+    assert_eq!(
+        reply[..3],
+        [5, 2, 1],
+        "user/password method, then the verdict"
+    );
+    assert_ne!(reply[3], 0, "a wrong password is refused");
+    let line = relay.wait_for("relay failures: err_auth=1");
+    assert!(
+        line.contains("WARN") && line.contains("wrong username or password"),
+        "{line}"
+    );
+    relay.stop();
+}
