@@ -7,6 +7,7 @@ mod alerts;
 mod demo;
 mod endpoint;
 mod failure;
+mod logging;
 mod metrics;
 mod monitor;
 mod notify;
@@ -104,33 +105,6 @@ struct DemoArgs {
     seconds: u64,
 }
 
-/// Colour in log lines only for a person at a terminal: not into pipes,
-/// files or journald, and never with `NO_COLOR` set to anything non-empty
-/// (<https://no-color.org>).
-fn log_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
-}
-
-fn init_logging(verbose: u8) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(log_colour(
-            std::io::stderr().is_terminal(),
-            std::env::var_os("NO_COLOR").as_deref(),
-        ))
-        .with_target(verbose > 0)
-        .try_init();
-}
-
 fn dispatch(command: Command) -> CmdResult {
     match command {
         Command::Run(args) => preload::run(args),
@@ -174,7 +148,7 @@ fn dispatch(command: Command) -> CmdResult {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    logging::init(cli.verbose);
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -191,14 +165,5 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn colour_only_at_a_terminal_without_no_color() {
-        use std::ffi::OsStr;
-        assert!(log_colour(true, None));
-        assert!(log_colour(true, Some(OsStr::new(""))));
-        assert!(!log_colour(true, Some(OsStr::new("1"))));
-        assert!(!log_colour(false, None));
     }
 }

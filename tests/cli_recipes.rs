@@ -892,3 +892,37 @@ fn relay_warns_about_wrong_passwords() {
     );
     relay.stop();
 }
+
+/// Under systemd, with stderr the stream JOURNAL_STREAM names (a unix
+/// socket here, as journald's is), each line starts with its syslog
+/// priority and has no timestamp of its own (the journal adds one).
+#[test]
+fn relay_log_lines_suit_the_journal() {
+    use std::os::fd::OwnedFd;
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::net::UnixStream;
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let meta = std::fs::File::from(OwnedFd::from(theirs.try_clone().unwrap()))
+        .metadata()
+        .unwrap();
+    let mut relay = loopback_relay(&[])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env_remove("NO_COLOR")
+        .stderr(Stdio::from(OwnedFd::from(theirs)))
+        .spawn()
+        .unwrap();
+    ours.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut lines = BufReader::new(ours).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = Command::new("kill").arg(relay.id().to_string()).status();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    relay.wait().unwrap();
+    assert!(first.starts_with("<6> INFO "), "{first:?}");
+    assert!(!first.contains('\x1b'), "{first:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("<6> INFO ") && l.contains("stopped")),
+        "{rest:?}"
+    );
+}
