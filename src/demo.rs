@@ -7,7 +7,8 @@
 //! kind of link, then over MPTCP with live per-subflow rates, prints a
 //! comparison table (each link alone, their sum, the aggregate), and finally
 //! takes one link down in the middle of an MPTCP transfer to show that the
-//! transfer goes on and that no byte is lost.
+//! transfer goes on and that no byte is lost, with how long it stalled and
+//! how long it took to be back at speed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -160,10 +161,10 @@ pub fn run(opts: &Options) -> io::Result<()> {
             continue;
         }
         let label = format!("TCP, link {i}");
-        let report = transfer(&bed, &mut out, Proto::Tcp, i, duration, &label, None)?;
+        let (report, _) = transfer(&bed, &mut out, Proto::Tcp, i, duration, &label, None)?;
         alone.push((*spec, vec![i], report));
     }
-    let mptcp = transfer(&bed, &mut out, Proto::Mptcp, 0, duration, "MPTCP", None)?;
+    let (mptcp, _) = transfer(&bed, &mut out, Proto::Mptcp, 0, duration, "MPTCP", None)?;
     let sum: f64 = alone
         .iter()
         .map(|(_, links, report)| report.mbit_per_s() * links.len() as f64)
@@ -211,14 +212,22 @@ pub fn run(opts: &Options) -> io::Result<()> {
     out.line("");
 
     let down_link = n_links - 1;
-    let failover = transfer(
+    // What the other links carry: the sum of their single-TCP rates.
+    let remaining_mbit: f64 = alone
+        .iter()
+        .map(|(_, links, report)| {
+            let others = links.iter().filter(|&&l| l != down_link).count();
+            report.mbit_per_s() * others as f64
+        })
+        .sum();
+    let (failover, watch) = transfer(
         &bed,
         &mut out,
         Proto::Mptcp,
         0,
         duration.max(Duration::from_secs(3)),
         "MPTCP, failover",
-        Some(down_link),
+        Some((down_link, remaining_mbit)),
     )?;
     bed.links[down_link].up()?;
     if failover.intact() {
@@ -229,6 +238,9 @@ pub fn run(opts: &Options) -> io::Result<()> {
             failover.sent_bytes,
             failover.received_bytes
         ));
+        if let Some(watch) = watch {
+            out.line(&watch.summary());
+        }
         Ok(())
     } else {
         Err(io::Error::other(format!(
@@ -257,9 +269,82 @@ fn server_addr_on(bed: &TwoLinks, link: usize) -> Ipv4Addr {
     bed.links[link].addr(Side::B)
 }
 
+/// What a link failure did to a running transfer: the longest time no byte
+/// arrived after it, and how long until the throughput was back at 80% of
+/// what the remaining links carry.
+struct FailoverWatch {
+    down: Sample,
+    last_byte: Sample,
+    longest_stall: Duration,
+    /// The samples of the last [`Self::WINDOW`].
+    window: std::collections::VecDeque<Sample>,
+    target_mbit: f64,
+    recovered_after: Option<Duration>,
+}
+
+impl FailoverWatch {
+    /// The throughput is measured over this long.
+    const WINDOW: Duration = Duration::from_millis(500);
+
+    fn new(down: Sample, remaining_mbit: f64) -> FailoverWatch {
+        FailoverWatch {
+            down,
+            last_byte: down,
+            longest_stall: Duration::ZERO,
+            window: [down].into(),
+            target_mbit: remaining_mbit * 0.8,
+            recovered_after: None,
+        }
+    }
+
+    fn observe(&mut self, now: Sample) {
+        if now.bytes > self.last_byte.bytes {
+            self.last_byte = now;
+        } else {
+            let stall = now.elapsed.saturating_sub(self.last_byte.elapsed);
+            self.longest_stall = self.longest_stall.max(stall);
+        }
+        self.window.push_back(now);
+        while self
+            .window
+            .front()
+            .is_some_and(|s| now.elapsed.saturating_sub(s.elapsed) > Self::WINDOW)
+        {
+            self.window.pop_front();
+        }
+        let first = self.window.front().copied().unwrap_or(now);
+        if self.recovered_after.is_none()
+            && now.elapsed.saturating_sub(first.elapsed) >= Self::WINDOW * 4 / 5
+            && now.mbit_per_s_since(&first) >= self.target_mbit
+        {
+            self.recovered_after = Some(now.elapsed.saturating_sub(self.down.elapsed));
+        }
+    }
+
+    fn summary(&self) -> String {
+        let back = match self.recovered_after {
+            Some(after) => format!(
+                "back at {:.1} Mbit/s (80% of the remaining links) {:.2} s after the failure",
+                self.target_mbit,
+                after.as_secs_f64()
+            ),
+            None => format!(
+                "not back at {:.1} Mbit/s (80% of the remaining links) before the end",
+                self.target_mbit
+            ),
+        };
+        format!(
+            "failover: the longest stall was {:.2} s; {back}",
+            self.longest_stall.as_secs_f64()
+        )
+    }
+}
+
 /// One timed transfer with live progress, to the server's address on link
 /// `link` (an MPTCP connection then opens subflows on the others too); when
-/// `take_down` is given, that link goes down a third of the way through.
+/// `take_down` is given (a link and the Mbit/s of the others), that link
+/// goes down a third of the way through, and the transfer's stall and
+/// recovery are measured.
 fn transfer(
     bed: &TwoLinks,
     out: &mut Progress,
@@ -267,21 +352,24 @@ fn transfer(
     link: usize,
     duration: Duration,
     label: &str,
-    take_down: Option<usize>,
-) -> io::Result<TransferReport> {
+    take_down: Option<(usize, f64)>,
+) -> io::Result<(TransferReport, Option<FailoverWatch>)> {
     let to = server_addr_on(bed, link);
     let running = Transfer::start(&bed.client, &bed.server, to, proto, duration)?;
     let start = Instant::now();
     let mut last = running.meter().sample();
     let mut subflow_bytes = BTreeMap::new();
-    let mut down_at = take_down.map(|link| (link, duration / 3));
-    let tick = Duration::from_millis(500);
+    let mut down_at = take_down.map(|(link, others)| (link, others, duration / 3));
+    let mut watch = None;
+    // Fine samples for the failover's stall; the status twice a second.
+    let tick = Duration::from_millis(20);
     while start.elapsed() < duration {
         thread::sleep(tick.min(duration.saturating_sub(start.elapsed())));
-        if let Some((link, at)) = down_at
+        if let Some((link, others, at)) = down_at
             && start.elapsed() >= at
         {
             bed.links[link].down()?;
+            watch = Some(FailoverWatch::new(running.meter().sample(), others));
             out.line(&format!(
                 "  link {link} ({} <-> {}) DOWN at {:.1} s",
                 bed.client_addr(link),
@@ -291,6 +379,12 @@ fn transfer(
             down_at = None;
         }
         let now = running.meter().sample();
+        if let Some(watch) = &mut watch {
+            watch.observe(now);
+        }
+        if now.elapsed.saturating_sub(last.elapsed) < Duration::from_millis(500) {
+            continue;
+        }
         let mut status = format!(
             "  {label:<16} {:>4.1}/{} s {:>7.1} Mbit/s",
             now.elapsed.as_secs_f64().min(duration.as_secs_f64()),
@@ -314,7 +408,7 @@ fn transfer(
             ", CHECKSUM MISMATCH"
         }
     ));
-    Ok(report)
+    Ok((report, watch))
 }
 
 /// " | subflows: addr rate, ..." from the bytes each subflow had
@@ -387,6 +481,33 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failover_watch_measures_the_stall_and_the_recovery() {
+        let at = |ms: u64, bytes: u64| Sample {
+            elapsed: Duration::from_millis(ms),
+            bytes,
+        };
+        // 20 Mbit/s is 2500 bytes per ms.
+        let mut watch = FailoverWatch::new(at(1000, 1_000_000), 20.0);
+        for ms in (1020..=1300).step_by(20) {
+            watch.observe(at(ms, 1_000_000));
+        }
+        for ms in (1320..=2400).step_by(20) {
+            watch.observe(at(ms, 1_000_000 + (ms - 1300) * 2500));
+        }
+        assert_eq!(watch.longest_stall, Duration::from_millis(300));
+        let after = watch.recovered_after.expect("recovered");
+        assert!(
+            (Duration::from_millis(700)..=Duration::from_millis(800)).contains(&after),
+            "{after:?}"
+        );
+        assert!(
+            watch.summary().contains("longest stall was 0.30 s"),
+            "{}",
+            watch.summary()
+        );
+    }
 
     #[test]
     fn parses_options() {

@@ -34,11 +34,11 @@ pub enum EndpointCommand {
     /// List the endpoints (like `ip mptcp endpoint show`)
     #[command(visible_alias = "show")]
     List {
-        /// Print a JSON array
+        /// Print a JSON array, the same as `ip -j mptcp endpoint show`
         #[arg(short, long)]
         json: bool,
     },
-    /// Delete every endpoint (note: the kernel also resets add_addr_accepted)
+    /// Delete every endpoint (the limits stay as they are)
     Flush,
     /// Change flags: id N [backup|nobackup] [fullmesh|nofullmesh]
     #[command(visible_alias = "change")]
@@ -57,6 +57,31 @@ pub struct LimitsArgs {
     pub json: bool,
     #[command(subcommand)]
     pub command: Option<LimitsCommand>,
+}
+
+/// An endpoint as `ip -j mptcp endpoint show` gives it, from the line both
+/// print (`198.18.5.1 id 1 subflow backup dev wan1`): the address, `id`,
+/// `port` and `dev` with their values, each flag as `true`.
+fn ip_json(line: &str) -> serde_json::Value {
+    let mut words = line.split_whitespace();
+    let mut object = serde_json::Map::new();
+    if let Some(address) = words.next() {
+        object.insert("address".into(), address.into());
+    }
+    while let Some(word) = words.next() {
+        let value = match word {
+            "id" | "port" | "dev" => {
+                let Some(value) = words.next() else { break };
+                match value.parse::<u64>() {
+                    Ok(n) if word != "dev" => n.into(),
+                    _ => value.into(),
+                }
+            }
+            _ => true.into(),
+        };
+        object.insert(word.into(), value);
+    }
+    object.into()
 }
 
 /// `mptcp limits set`.
@@ -176,19 +201,7 @@ pub fn endpoint(command: EndpointCommand) -> CmdResult {
         EndpointCommand::List { json } => {
             let endpoints = open()?.endpoints().map_err(pm_failure)?;
             if json {
-                let list: Vec<_> = endpoints
-                    .iter()
-                    .map(|e| {
-                        json!({
-                            "id": e.id,
-                            "address": e.addr.to_string(),
-                            "port": e.port,
-                            "ifindex": e.ifindex,
-                            "flags": e.flags.to_string().split(' ')
-                                .filter(|s| !s.is_empty()).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect();
+                let list: Vec<_> = endpoints.iter().map(|e| ip_json(&e.to_string())).collect();
                 println!("{}", serde_json::Value::from(list));
             } else {
                 for endpoint in endpoints {
@@ -282,6 +295,18 @@ pub fn limits(args: LimitsArgs) -> CmdResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_json_is_iproute2_json() {
+        assert_eq!(
+            ip_json("198.18.5.1 id 1 subflow backup dev wan1"),
+            json!({"address": "198.18.5.1", "id": 1, "subflow": true, "backup": true, "dev": "wan1"})
+        );
+        assert_eq!(
+            ip_json("198.18.5.9 port 1000 id 2 signal"),
+            json!({"address": "198.18.5.9", "port": 1000, "id": 2, "signal": true})
+        );
+    }
 
     fn words(s: &str) -> Vec<String> {
         s.split(' ').map(str::to_owned).collect()

@@ -3,10 +3,14 @@
 //! One subcommand per task, in the style of `ip` and `ss`: each module
 //! below holds a subcommand's arguments (clap derive) and its `run`.
 
+mod alerts;
 mod demo;
 mod endpoint;
 mod failure;
+mod logging;
+mod metrics;
 mod monitor;
+mod notify;
 mod paths;
 mod preload;
 mod probe;
@@ -78,6 +82,13 @@ enum Command {
         /// The shell
         shell: Shell,
     },
+    /// Print the manual page mptcp(1) (roff), or write one page per command
+    /// (mptcp.1, mptcp-relay-remote.1, ...) into DIR; for packaging
+    #[command(hide = true)]
+    Man {
+        /// Directory for the pages of every command
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// `mptcp demo`. The ranges are checked by `demo::Options::from_args`.
@@ -96,21 +107,6 @@ struct DemoArgs {
     /// Length of each transfer, seconds
     #[arg(long, value_name = "S", default_value_t = 4)]
     seconds: u64,
-}
-
-fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(verbose > 0)
-        .try_init();
 }
 
 fn dispatch(command: Command) -> CmdResult {
@@ -143,12 +139,21 @@ fn dispatch(command: Command) -> CmdResult {
             clap_complete::generate(shell, &mut Cli::command(), "mptcp", &mut std::io::stdout());
             Ok(())
         }
+        Command::Man { dir } => {
+            // Pages for the commands there are: no `mptcp help` page.
+            let cmd = Cli::command().disable_help_subcommand(true);
+            match dir {
+                None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()),
+                Some(dir) => clap_mangen::generate_to(cmd, dir),
+            }
+            .map_err(|e| failure::Failure::io("writing manual pages", &e))
+        }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    logging::init(cli.verbose);
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

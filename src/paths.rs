@@ -86,11 +86,11 @@ fn install_stop_handler() -> Result<(), Failure> {
     Ok(())
 }
 
-/// Prints each action as the equivalent `ip` command, with its outcome.
+/// Prints each action done as the equivalent `ip` command (the engine logs
+/// failed ones at warn level).
 fn report(action: &mptcp_core::paths::Action, error: Option<&mptcp_core::pm::Error>) {
-    match error {
-        None => println!("{action}"),
-        Some(e) => eprintln!("failed: {action}: {e}"),
+    if error.is_none() {
+        println!("{action}");
     }
 }
 
@@ -118,5 +118,24 @@ pub fn run(command: PathsCommand) -> CmdResult {
     }
     install_stop_handler()?;
     tracing::info!("automatic paths running; Ctrl-C stops and removes what was added");
-    paths.run_until(&STOP, report).map_err(pm_failure)
+    // Without the privilege nothing can ever succeed: stop at the first
+    // refusal and exit 3.
+    let mut denied = None;
+    let result = paths.run_until(&STOP, |action, error| {
+        report(action, error);
+        if let Some(e) = error
+            && matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+        {
+            STOP.store(true, Ordering::Relaxed);
+            denied.get_or_insert_with(|| action.to_string());
+        }
+    });
+    result.map_err(pm_failure)?;
+    match denied {
+        Some(action) => Err(Failure::unsupported(format!(
+            "mptcp paths auto: the kernel refused `{action}`\n  \
+             hint: this needs CAP_NET_ADMIN: run it as root (sudo mptcp ...)"
+        ))),
+        None => Ok(()),
+    }
 }

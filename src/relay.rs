@@ -4,16 +4,27 @@
 //! Flags override the file: a listener flag replaces that list of the file.
 //! Counters go to the log on SIGUSR1 and every `--stats` seconds;
 //! SIGINT/SIGTERM stop accepting and drain open connections for `--drain`
-//! seconds.
+//! seconds. SIGHUP re-reads the file and starts a relay from it beside
+//! the running one (the listeners share their ports with `SO_REUSEPORT`),
+//! which then serves its open connections until they end; a file that
+//! fails to load or start leaves the running relay as it is. Under systemd
+//! (`Type=notify`) it reports readiness and sends watchdog keep-alives (see
+//! [`crate::notify`]).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use mptcp_core::relay::{Cidr, Config, ConfigError, LocalConfig, Relay, RemoteConfig, User};
+use mptcp_core::relay::{
+    Cidr, Config, ConfigError, ListenerKind, LocalConfig, Relay, RelayHandle, RemoteConfig, Stats,
+    User,
+};
 
+use crate::alerts::Alerts;
 use crate::failure::{CmdResult, Failure};
+use crate::notify::Notifier;
 
 /// `mptcp relay`.
 #[derive(Subcommand, Debug)]
@@ -53,6 +64,10 @@ pub struct CommonArgs {
     /// Allow only clients from this network (repeatable)
     #[arg(long = "allow-client", value_name = "CIDR", value_parser = parse_cidr)]
     pub allow_clients: Vec<Cidr>,
+    /// Serve the counters for Prometheus at http://ADDR/metrics (PORT
+    /// alone: on 127.0.0.1)
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = crate::metrics::parse_listen)]
+    pub metrics: Option<SocketAddr>,
     /// Use plain TCP instead of MPTCP (towards the remote, or for listening)
     #[arg(long)]
     pub no_mptcp: bool,
@@ -110,27 +125,87 @@ fn parse_cidr(text: &str) -> Result<Cidr, String> {
     text.parse()
 }
 
+/// Why a configuration did not load: the engine's check of it, or a flag.
+enum LoadError {
+    Config(ConfigError),
+    Flags(Failure),
+}
+
+impl From<ConfigError> for LoadError {
+    fn from(e: ConfigError) -> LoadError {
+        LoadError::Config(e)
+    }
+}
+
 /// The configuration file (if any) with `adjust` (the command line's
 /// flags) applied, then validated: a flag may supply what the file lacks.
 fn load_then(
     path: Option<&PathBuf>,
     adjust: impl FnOnce(&mut Config) -> Result<(), Failure>,
 ) -> Result<Config, Failure> {
-    match path {
-        Some(path) => Config::from_file_then(path, adjust),
+    let flags = |config: &mut Config| {
+        if let Some(path) = path {
+            warn_if_readable(path, config);
+        }
+        adjust(config).map_err(LoadError::Flags)
+    };
+    let loaded = match path {
+        Some(path) => Config::from_file_then(path, flags),
         None => {
             let mut config = Config::new();
-            adjust(&mut config)?;
-            config.validate()?;
-            Ok(config)
+            flags(&mut config)
+                .and_then(|()| Ok(config.validate()?))
+                .map(|()| config)
         }
+    };
+    loaded.map_err(|e| match e {
+        LoadError::Flags(failure) => failure,
+        LoadError::Config(e) => Failure::failed(worded(e, path.is_some())),
+    })
+}
+
+/// Warns when the file holds passwords and users other than its owner may
+/// read it.
+fn warn_if_readable(path: &Path, file: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    let secrets = file.local.as_ref().is_some_and(|l| l.password.is_some())
+        || file.remote.as_ref().is_some_and(|r| !r.users.is_empty());
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if secrets && mode & 0o077 != 0 {
+        tracing::warn!(
+            "{} holds passwords and others than its owner may read it (mode {mode:03o}): \
+             chmod 600 {}",
+            path.display(),
+            path.display()
+        );
     }
 }
 
-impl From<ConfigError> for Failure {
-    fn from(e: ConfigError) -> Failure {
-        Failure::failed(e.to_string())
+/// A configuration error as its reader gave the configuration: the engine
+/// names the file's keys for an open proxy (no users), which a command line
+/// gives as flags.
+fn worded(mut e: ConfigError, from_file: bool) -> String {
+    let open_proxy = e.key.as_deref() == Some("remote.users") && e.message.contains("open proxy");
+    if !open_proxy {
+        return e.to_string();
     }
+    if from_file {
+        return format!("{e}\n  hint: or give --user NAME --password-env VAR");
+    }
+    e.message = e
+        .message
+        .replace(
+            "add a [[remote.users]] entry (username, password)",
+            "give --user NAME --password-env VAR",
+        )
+        .replace(
+            "set allow_unauthenticated_loopback = true",
+            "add --allow-unauthenticated-loopback",
+        );
+    e.to_string()
 }
 
 fn credentials(common: &CommonArgs) -> Result<Option<(String, String)>, Failure> {
@@ -239,7 +314,7 @@ fn handled_signals() -> libc::sigset_t {
     unsafe {
         let mut set = std::mem::zeroed::<libc::sigset_t>();
         libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1] {
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1, libc::SIGHUP] {
             libc::sigaddset(&mut set, sig);
         }
         set
@@ -280,28 +355,357 @@ fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<libc::
     }
 }
 
-/// Starts the relay and runs until SIGINT/SIGTERM.
-fn serve(config: Config, common: &CommonArgs) -> CmdResult {
-    let signals = handled_signals();
-    block_signals(&signals)?;
-    let relay = Relay::start(config).map_err(|e| Failure::io("starting the relay", &e))?;
+/// A periodic task of the main loop.
+struct Every {
+    period: Duration,
+    next: Instant,
+}
+
+impl Every {
+    fn new(period: Duration) -> Every {
+        Every {
+            period,
+            next: Instant::now() + period,
+        }
+    }
+
+    /// Whether it is due at `now`; if so, the next time is one period on.
+    fn due(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + self.period;
+        true
+    }
+}
+
+/// The configuration as this process runs it: listeners always get
+/// `SO_REUSEPORT`, so that the relay a reload starts can bind the ports its
+/// predecessor still holds. Unless the file asks for shared ports itself,
+/// each address not in `in_force` is first bound without it, so that a
+/// port another process listens on fails as "address in use" instead of
+/// being shared.
+fn shareable(
+    mut config: Config,
+    in_force: &[(ListenerKind, SocketAddr)],
+) -> Result<Config, Failure> {
+    if !config.engine.reuse_port {
+        for (_, addr) in listen_addrs(&config) {
+            if addr.port() == 0 || in_force.iter().any(|(_, a)| *a == addr) {
+                continue;
+            }
+            if let Err(e) = probe_bind(addr)
+                && e.kind() == std::io::ErrorKind::AddrInUse
+            {
+                return Err(Failure::failed(format!(
+                    "cannot listen on {addr}: {e} (by another process)"
+                )));
+            }
+        }
+    }
+    config.engine.reuse_port = true;
+    Ok(config)
+}
+
+/// Binds (without listening) a TCP socket to `addr` as the relay would,
+/// without `SO_REUSEPORT`.
+fn probe_bind(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())
+}
+
+/// The listeners a configuration asks for, as configured (port 0 as 0).
+fn listen_addrs(config: &Config) -> Vec<(ListenerKind, SocketAddr)> {
+    let mut all = Vec::new();
+    if let Some(l) = &config.local {
+        for (kind, addrs) in [
+            (ListenerKind::Redirect, &l.redirect),
+            (ListenerKind::Tproxy, &l.tproxy),
+            (ListenerKind::LocalSocks5, &l.socks5),
+            (ListenerKind::Http, &l.http),
+        ] {
+            all.extend(addrs.iter().map(|a| (kind, *a)));
+        }
+    }
+    if let Some(r) = &config.remote {
+        all.extend(r.listen.iter().map(|a| (ListenerKind::RemoteSocks5, *a)));
+    }
+    all
+}
+
+/// What a reload from `old` to `new` changes, for the log.
+fn changes(old: &Config, new: &Config) -> String {
+    let (before, after) = (listen_addrs(old), listen_addrs(new));
+    let list = |from: &[(ListenerKind, SocketAddr)], without: &[(ListenerKind, SocketAddr)]| {
+        from.iter()
+            .filter(|l| !without.contains(l))
+            .map(|(kind, addr)| format!("{kind:?} on {addr}"))
+            .collect::<Vec<_>>()
+    };
+    let mut out = Vec::new();
+    let added = list(&after, &before);
+    if !added.is_empty() {
+        out.push(format!("listeners added: {}", added.join(", ")));
+    }
+    let removed = list(&before, &after);
+    if !removed.is_empty() {
+        out.push(format!("listeners removed: {}", removed.join(", ")));
+    }
+    let users = |c: &Config| c.remote.as_ref().map_or(0, |r| r.users.len());
+    if users(old) != users(new) {
+        out.push(format!("users: {} -> {}", users(old), users(new)));
+    }
+    let upstream = |c: &Config| c.local.as_ref().map(|l| l.remote.clone());
+    if upstream(old) != upstream(new) {
+        out.push(format!(
+            "remote relay: {} -> {}",
+            upstream(old).unwrap_or_default(),
+            upstream(new).unwrap_or_default()
+        ));
+    }
+    // The rest (passwords, policies, limits) is compared, not printed.
+    if out.is_empty() && format!("{old:?}") != format!("{new:?}") {
+        out.push("other settings (credentials, policies, limits)".into());
+    }
+    if out.is_empty() {
+        "nothing changed".into()
+    } else {
+        out.join("; ")
+    }
+}
+
+/// How long a relay replaced by a reload serves the connections it has:
+/// until the last one ends (the idle timeout still applies), or until the
+/// process stops.
+const RELOAD_DRAIN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The relays of one `mptcp relay` process, over reloads.
+#[derive(Debug)]
+pub struct Serving {
+    /// The relay accepting connections (none once stopping).
+    current: Option<RelayHandle>,
+    /// Relays replaced by reloads (and the last one while it stops):
+    /// their counters as they were when replaced, while they drain; their
+    /// final ones (with nothing open) once drained.
+    retired: Vec<Stats>,
+}
+
+impl Serving {
+    /// The counters of every relay this process has run, added up, so that
+    /// they only grow across reloads.
+    pub fn totals(&self) -> Stats {
+        let mut total = self
+            .current
+            .as_ref()
+            .map(RelayHandle::stats)
+            .unwrap_or_default();
+        for r in &self.retired {
+            total.accepted += r.accepted;
+            total.active += r.active;
+            total.relayed += r.relayed;
+            total.bytes_up += r.bytes_up;
+            total.bytes_down += r.bytes_down;
+            total.splice_fallbacks += r.splice_fallbacks;
+            total.sessions += r.sessions;
+            total.multiplexed += r.multiplexed;
+            total.session_errors += r.session_errors;
+            total.worker_panics += r.worker_panics;
+            for (t, e) in total.errors.iter_mut().zip(r.errors) {
+                *t += e;
+            }
+        }
+        total
+    }
+
+    /// Puts `next` in place of the current relay, whose counters stay as
+    /// they are now until [`Serving::drained`] names its slot.
+    fn retire(&mut self, next: Option<RelayHandle>) -> (RelayHandle, usize) {
+        let old = std::mem::replace(&mut self.current, next).expect("a relay is running");
+        self.retired.push(old.stats());
+        (old, self.retired.len() - 1)
+    }
+
+    /// The final counters of the relay retired in `slot`.
+    fn drained(&mut self, slot: usize, last: Stats) {
+        self.retired[slot] = Stats {
+            active: 0,
+            sessions: 0,
+            ..last
+        };
+    }
+}
+
+/// The running relay and the configuration it runs; [`Relays::reload`]
+/// replaces both.
+struct Relays {
+    serving: Arc<Mutex<Serving>>,
+    config: Config,
+}
+
+impl Relays {
+    fn start(config: Config) -> Result<Relays, Failure> {
+        let config = shareable(config, &[])?;
+        let relay = start(&config)?;
+        log_listeners(&relay);
+        Ok(Relays {
+            serving: Arc::new(Mutex::new(Serving {
+                current: Some(relay),
+                retired: Vec::new(),
+            })),
+            config,
+        })
+    }
+
+    fn totals(&self) -> Stats {
+        lock(&self.serving).totals()
+    }
+
+    /// Starts a relay from `config`, then lets the one it replaces finish
+    /// its connections in a thread; on any error the running relay stays.
+    fn reload(&mut self, config: Result<Config, Failure>) -> Result<(), Failure> {
+        let config = shareable(config?, &listen_addrs(&self.config))?;
+        let relay = start(&config)?;
+        tracing::info!("SIGHUP: reloaded; {}", changes(&self.config, &config));
+        log_listeners(&relay);
+        self.config = config;
+        let (old, slot) = lock(&self.serving).retire(Some(relay));
+        let serving = Arc::clone(&self.serving);
+        std::thread::Builder::new()
+            .name("relay-drain".into())
+            .spawn(move || {
+                let last = old.shutdown(RELOAD_DRAIN);
+                tracing::debug!("the relay replaced by a reload has drained: {last}");
+                lock(&serving).drained(slot, last);
+            })
+            .map_err(|e| Failure::io("starting a thread", &e))?;
+        Ok(())
+    }
+
+    /// Drains the current relay for up to `drain` (relays replaced by
+    /// reloads end with the process); the final totals.
+    fn shutdown(self, drain: Duration) -> Stats {
+        let (relay, slot) = lock(&self.serving).retire(None);
+        let last = relay.shutdown(drain);
+        let mut serving = lock(&self.serving);
+        serving.drained(slot, last);
+        serving.totals()
+    }
+}
+
+/// Starts a relay; a listener that needs a privilege the process lacks (a
+/// TPROXY listener, a port below 1024) exits 3 and says which capability.
+fn start(config: &Config) -> Result<RelayHandle, Failure> {
+    Relay::start(config.clone()).map_err(|e| {
+        if e.kind() != std::io::ErrorKind::PermissionDenied {
+            return Failure::io("starting the relay", &e);
+        }
+        let listeners = listen_addrs(config);
+        let mut needs = Vec::new();
+        if listeners
+            .iter()
+            .any(|(kind, _)| *kind == ListenerKind::Tproxy)
+        {
+            needs.push("TPROXY listeners need CAP_NET_ADMIN");
+        }
+        if listeners.iter().any(|(_, a)| (1..1024).contains(&a.port())) {
+            needs.push(
+                "ports below 1024 need CAP_NET_BIND_SERVICE (run it as root, \
+                 `setcap cap_net_bind_service=+ep` on the mptcp binary, or \
+                 AmbientCapabilities=CAP_NET_BIND_SERVICE in its unit)",
+            );
+        }
+        if needs.is_empty() {
+            needs.push("run it as root");
+        }
+        Failure::unsupported(format!(
+            "starting the relay: {e}\n  hint: {}",
+            needs.join("; ")
+        ))
+    })
+}
+
+fn lock(serving: &Mutex<Serving>) -> std::sync::MutexGuard<'_, Serving> {
+    serving
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn log_listeners(relay: &RelayHandle) {
     for (kind, addr) in relay.listeners() {
         tracing::info!("listening: {kind:?} on {addr}");
     }
-    let interval = common.stats.filter(|s| *s > 0).map(Duration::from_secs);
+}
+
+/// Starts the relay from `build` and runs until SIGINT/SIGTERM; SIGHUP
+/// calls `build` again (the file re-read, the flags applied) and replaces
+/// the relay without dropping its connections. Tells systemd (when
+/// `NOTIFY_SOCKET` is set) when it is ready, reloading and stopping, and
+/// sends it watchdog keep-alives from the loop that handles signals.
+fn serve(build: &dyn Fn() -> Result<Config, Failure>, common: &CommonArgs) -> CmdResult {
+    let signals = handled_signals();
+    block_signals(&signals)?;
+    let notifier = Notifier::from_env().map_err(|e| Failure::io("NOTIFY_SOCKET", &e))?;
+    let mut relays = Relays::start(build()?)?;
+    if let Some(addr) = common.metrics {
+        let addr = crate::metrics::serve(addr, Arc::clone(&relays.serving))
+            .map_err(|e| Failure::io(format_args!("--metrics {addr}"), &e))?;
+        tracing::info!("metrics: http://{addr}/metrics");
+    }
+    let notify = |state: &str| notifier.iter().for_each(|n| n.notify(state));
+    notify("READY=1");
+    let mut stats = common
+        .stats
+        .filter(|s| *s > 0)
+        .map(|s| Every::new(Duration::from_secs(s)));
+    let mut watchdog = notifier
+        .as_ref()
+        .and_then(Notifier::watchdog_interval)
+        .map(Every::new);
+    let mut alerts = Alerts::default();
+    let mut failures = Every::new(Duration::from_secs(1));
     loop {
-        match wait_signal(&signals, interval) {
-            Some(libc::SIGUSR1) | None => tracing::info!("counters: {}", relay.stats()),
-            Some(sig) => {
+        let now = Instant::now();
+        let timeout = [stats.as_ref(), watchdog.as_ref(), Some(&failures)]
+            .into_iter()
+            .flatten()
+            .map(|t| t.next.saturating_duration_since(now))
+            .min();
+        let sig = wait_signal(&signals, timeout);
+        let now = Instant::now();
+        if watchdog.as_mut().is_some_and(|t| t.due(now)) {
+            notify("WATCHDOG=1");
+        }
+        if sig == Some(libc::SIGUSR1) || stats.as_mut().is_some_and(|t| t.due(now)) {
+            tracing::info!("counters: {}", relays.totals());
+        }
+        if failures.due(now) {
+            alerts.check(&relays.totals(), now);
+        }
+        match sig {
+            Some(libc::SIGHUP) => {
+                notifier.iter().for_each(Notifier::reloading);
+                if let Err(e) = relays.reload(build()) {
+                    tracing::warn!("SIGHUP: the configuration in force stays: {e}");
+                }
+                notify("READY=1");
+            }
+            Some(sig @ (libc::SIGINT | libc::SIGTERM)) => {
                 tracing::info!(
                     "signal {sig}: stopping; draining open connections for up to {} s",
                     common.drain
                 );
                 break;
             }
+            _ => {}
         }
     }
-    let stats = relay.shutdown(Duration::from_secs(common.drain));
+    notify("STOPPING=1");
+    let stats = relays.shutdown(Duration::from_secs(common.drain));
     tracing::info!("stopped; counters: {stats}");
     Ok(())
 }
@@ -309,7 +713,38 @@ fn serve(config: Config, common: &CommonArgs) -> CmdResult {
 /// `mptcp relay ...`.
 pub fn run(command: RelayCommand) -> CmdResult {
     match command {
-        RelayCommand::Local(args) => serve(local_config(&args)?, &args.common),
-        RelayCommand::Remote(args) => serve(remote_config(&args)?, &args.common),
+        RelayCommand::Local(args) => serve(&|| local_config(&args), &args.common),
+        RelayCommand::Remote(args) => serve(&|| remote_config(&args), &args.common),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(listen: &str, users: usize) -> Config {
+        let mut text = format!("[remote]\nlisten = [{listen}]\n");
+        for i in 0..users {
+            text += &format!("[[remote.users]]\nusername = \"u{i}\"\npassword = \"p\"\n");
+        }
+        Config::from_toml(&text).unwrap()
+    }
+
+    #[test]
+    fn a_reload_reports_listeners_and_users() {
+        let old = remote("\"127.0.0.1:1080\", \"127.0.0.1:1081\"", 1);
+        let new = remote("\"127.0.0.1:1081\", \"127.0.0.1:1082\"", 2);
+        assert_eq!(
+            changes(&old, &new),
+            "listeners added: RemoteSocks5 on 127.0.0.1:1082; \
+             listeners removed: RemoteSocks5 on 127.0.0.1:1080; users: 1 -> 2"
+        );
+        assert_eq!(changes(&old, &old), "nothing changed");
+        let mut other = old.clone();
+        other.engine.idle_timeout_secs += 1;
+        assert_eq!(
+            changes(&old, &other),
+            "other settings (credentials, policies, limits)"
+        );
     }
 }

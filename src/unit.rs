@@ -47,18 +47,48 @@ pub struct DisableArgs {
     pub root: PathBuf,
 }
 
-/// `nginx` -> `nginx.service`; refuses names that are not unit names.
+/// `nginx` -> `nginx.service`; refuses names that are not service names
+/// (the drop-in is a `[Service]` section).
 fn unit_name(unit: &str) -> Result<String, Failure> {
-    if unit.is_empty() || unit.contains('/') || unit.starts_with('.') {
+    let valid = |c: char| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c);
+    if unit.is_empty() || unit.len() > 255 || unit.starts_with('.') || !unit.chars().all(valid) {
         return Err(Failure::usage(format!(
-            "{unit:?} is not a systemd unit name (like nginx or nginx.service)"
+            "{unit:?} is not a systemd unit name (like nginx or nginx.service: \
+             letters, digits and :-_.\\@)"
         )));
     }
-    Ok(if unit.contains('.') {
-        unit.to_owned()
-    } else {
-        format!("{unit}.service")
-    })
+    match unit.rsplit_once('.') {
+        None => Ok(format!("{unit}.service")),
+        Some((_, "service")) => Ok(unit.to_owned()),
+        Some((name, _)) => Err(Failure::usage(format!(
+            "{unit} is not a service: the drop-in sets the environment of a [Service]\n  \
+             hint: name the service the unit starts (for a socket: {name}.service)"
+        ))),
+    }
+}
+
+/// The `--root` directory, which must exist (nothing is created outside it).
+fn existing_root(root: &Path) -> Result<(), Failure> {
+    if root.is_dir() {
+        return Ok(());
+    }
+    Err(Failure::usage(format!(
+        "--root {}: no such directory",
+        root.display()
+    )))
+}
+
+/// A failure to change a unit's drop-in: without write access to it, a
+/// missing privilege (exit 3) that root has.
+fn write_failure(what: String, err: &io::Error) -> Failure {
+    match err.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            Failure::unsupported(format!(
+                "{what}: {err}\n  hint: changing systemd units needs root (sudo mptcp ...)"
+            ))
+        }
+        _ => Failure::io(what, err),
+    }
 }
 
 fn drop_in_path(root: &Path, unit: &str) -> PathBuf {
@@ -175,6 +205,7 @@ fn daemon_reload(root: &Path) {
 /// `mptcp enable`.
 pub fn enable(args: EnableArgs) -> CmdResult {
     let unit = unit_name(&args.unit)?;
+    existing_root(&args.root)?;
     let lib = args.preload.library()?;
     let env = args.preload.library_env()?;
     let path = drop_in_path(&args.root, &unit);
@@ -215,7 +246,7 @@ pub fn enable(args: EnableArgs) -> CmdResult {
         }
         fs::rename(&tmp, &path)
     };
-    write().map_err(|e| Failure::io(format!("writing {}", path.display()), &e))?;
+    write().map_err(|e| write_failure(format!("writing {}", path.display()), &e))?;
     println!("wrote {}", path.display());
     if !unit_exists(&args.root, &unit) {
         eprintln!(
@@ -232,6 +263,7 @@ pub fn enable(args: EnableArgs) -> CmdResult {
 /// `mptcp disable`.
 pub fn disable(args: DisableArgs) -> CmdResult {
     let unit = unit_name(&args.unit)?;
+    existing_root(&args.root)?;
     let path = drop_in_path(&args.root, &unit);
     match fs::remove_file(&path) {
         Ok(()) => println!("removed {}", path.display()),
@@ -239,7 +271,7 @@ pub fn disable(args: DisableArgs) -> CmdResult {
             println!("{unit} is not enabled (no {})", path.display());
             return Ok(());
         }
-        Err(e) => return Err(Failure::io(format!("removing {}", path.display()), &e)),
+        Err(e) => return Err(write_failure(format!("removing {}", path.display()), &e)),
     }
     // The directory goes too when it was only ours.
     if let Some(dir) = path.parent() {
@@ -263,8 +295,14 @@ mod tests {
             unit_name("getty@tty1.service").unwrap(),
             "getty@tty1.service"
         );
+        assert_eq!(unit_name("getty@.service").unwrap(), "getty@.service");
         assert!(unit_name("../etc/passwd").is_err());
         assert!(unit_name("").is_err());
+        assert!(unit_name("foo bar").is_err());
+        assert!(unit_name("a\nb").is_err());
+        let socket = unit_name("nginx.socket").unwrap_err();
+        assert!(socket.message.contains("nginx.service"), "{socket}");
+        assert!(unit_name("tmp.mount").is_err());
     }
 
     #[test]

@@ -131,6 +131,49 @@ fn help_documents_exit_codes_and_completions_generate() {
     );
 }
 
+/// `mptcp man` prints mptcp(1), and `mptcp man DIR` writes a page per
+/// command; groff formats each without a warning; the command is hidden
+/// from `--help`.
+#[test]
+fn man_pages_are_generated_from_the_command_line() {
+    let page = expect_code(&mut mptcp(&["man"]), 0);
+    assert!(page.contains(".TH mptcp 1"), "{page}");
+    assert!(
+        page.contains("mptcp\\-relay(1)") && !page.contains("mptcp\\-help(1)"),
+        "{page}"
+    );
+    assert!(
+        page.contains("Exit codes:"),
+        "the exit codes are in the page"
+    );
+    let help = expect_code(&mut mptcp(&["--help"]), 0);
+    assert!(!help.contains(" man "), "{help}");
+
+    let dir = std::env::temp_dir().join(format!("mptcp-man-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    expect_code(&mut mptcp(&["man", dir.to_str().unwrap()]), 0);
+    let remote = std::fs::read_to_string(dir.join("mptcp-relay-remote.1")).unwrap();
+    assert!(remote.contains("\\-\\-metrics"), "{remote}");
+    let mut pages = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let out = output(
+            Command::new("groff")
+                .args(["-man", "-Tutf8", "-ww", "-z"])
+                .arg(&path),
+        );
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}: {}",
+            path.display(),
+            text(&out.stderr)
+        );
+        pages += 1;
+    }
+    assert!(pages >= 20, "{pages} pages");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 // ---------------------------------------------------------------- probe
 
 #[test]
@@ -225,8 +268,15 @@ fn endpoint_add_list_set_del_flush_match_iproute2() {
     .unwrap();
     assert_eq!(json[0]["id"], 5);
     assert_eq!(json[0]["address"], "198.18.5.1");
-    assert_eq!(json[0]["flags"], serde_json::json!(["subflow", "backup"]));
+    assert_eq!(json[0]["subflow"], true);
+    assert_eq!(json[0]["dev"], "wan1");
     assert_eq!(json[1]["port"], 8080);
+    let ip_json: serde_json::Value =
+        serde_json::from_str(&host.ip(&["-j", "mptcp", "endpoint", "show"]).unwrap()).unwrap();
+    assert_eq!(
+        json, ip_json,
+        "the same JSON as `ip -j mptcp endpoint show`"
+    );
 
     expect_code(
         &mut in_host(
@@ -262,6 +312,26 @@ fn endpoint_add_list_set_del_flush_match_iproute2() {
         expect_code(&mut in_host(&host, &["endpoint", "list"]), 0),
         ""
     );
+}
+
+/// `endpoint flush` removes the endpoints and keeps the limits, as its
+/// `--help` says.
+#[test]
+fn endpoint_flush_keeps_the_limits_as_its_help_says() {
+    let help = expect_code(&mut mptcp(&["endpoint", "flush", "--help"]), 0);
+    assert!(help.contains("the limits stay as they are"), "{help}");
+    assert!(!help.contains("resets"), "{help}");
+    let host = host_with_interface();
+    let set = ["limits", "set", "subflows", "3", "add_addr_accepted", "4"];
+    expect_code(&mut in_host(&host, &set), 0);
+    expect_code(
+        &mut in_host(&host, &["endpoint", "add", "198.18.5.1", "subflow"]),
+        0,
+    );
+    expect_code(&mut in_host(&host, &["endpoint", "flush"]), 0);
+    assert_eq!(ip_endpoints(&host), Vec::<String>::new());
+    let limits = expect_code(&mut in_host(&host, &["limits"]), 0);
+    assert_eq!(limits.trim(), "add_addr_accepted 4 subflows 3");
 }
 
 #[test]
@@ -657,6 +727,55 @@ fn enable_writes_a_drop_in_and_disable_removes_it() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// `enable` takes service names only, refuses a `--root` that does not
+/// exist instead of creating it, and as a normal user exits 3 saying that
+/// it needs root.
+#[test]
+fn enable_checks_its_input_and_privilege() {
+    mptcp_testbed::require_privileges().unwrap();
+    preload_library();
+    let root = std::env::temp_dir().join(format!("mptcp-cli-enable-in-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let root_s = root.to_str().unwrap();
+    let missing = expect_code(&mut mptcp(&["enable", "web", "--root", root_s]), 2);
+    assert!(missing.is_empty());
+    assert!(!root.exists(), "a missing --root is not created");
+
+    std::fs::create_dir_all(&root).unwrap();
+    let err = |args: &[&str], code| {
+        let out = output(&mut mptcp(args));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stderr)
+    };
+    let bad = err(&["enable", "foo bar", "--root", root_s], 2);
+    assert!(bad.contains("not a systemd unit name"), "{bad}");
+    let socket = err(&["enable", "nginx.socket", "--root", root_s], 2);
+    assert!(socket.contains("nginx.service"), "{socket}");
+    assert!(
+        std::fs::read_dir(&root).unwrap().next().is_none(),
+        "nothing written"
+    );
+
+    let out = output(
+        Command::new("setpriv")
+            .args(["--inh-caps=-all", "--bounding-set=-all"])
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", MPTCP])
+            .args(["enable", "web", "--root", root_s]),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("needs root") && !stderr.contains("CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 // ---------------------------------------------------------------- contrib
 
 /// The systemd units in contrib/ call subcommands and flags that exist.
@@ -680,4 +799,57 @@ fn contrib_units_use_existing_commands() {
         }
     }
     assert_eq!(checked, 3, "three units in {}", dir.display());
+}
+
+/// LICENSE holds the texts of the licenses Cargo.toml declares.
+#[test]
+fn license_file_matches_the_workspace_license() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("license = "))
+        .expect("a license field in the workspace");
+    assert_eq!(declared, "\"MIT OR Apache-2.0\"");
+    let license = std::fs::read_to_string(root.join("LICENSE")).unwrap();
+    assert!(license.contains("SPDX-License-Identifier: MIT OR Apache-2.0"));
+    assert!(
+        license.contains("MIT License") && license.contains("THE SOFTWARE IS PROVIDED \"AS IS\"")
+    );
+    assert!(license.contains("Apache License") && license.contains("Version 2.0, January 2004"));
+    assert!(
+        license.contains("END OF TERMS AND CONDITIONS"),
+        "the whole Apache text"
+    );
+}
+
+// ---------------------------------------------------------------- relay
+
+/// The relay as a normal user: a TPROXY listener or a port below 1024 exits
+/// 3 ("missing privilege") and names the capability.
+#[test]
+fn relay_without_privilege_exits_3_naming_the_capability() {
+    mptcp_testbed::require_privileges().unwrap();
+    let host = Host::new("relay-priv").unwrap();
+    let as_nobody = |args: &[&str]| {
+        let out = output(
+            host.command("setpriv")
+                .args(["--inh-caps=-all", "--bounding-set=-all"])
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", MPTCP])
+                .args(["relay", "local", "--remote", "127.0.0.1:1080"])
+                .args(args),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stderr)
+    };
+    let err = as_nobody(&["--tproxy", "127.0.0.1:12346"]);
+    assert!(err.contains("CAP_NET_ADMIN"), "{err}");
+    let err = as_nobody(&["--socks5", "127.0.0.1:80"]);
+    assert!(err.contains("CAP_NET_BIND_SERVICE"), "{err}");
+    assert!(!err.contains("CAP_NET_ADMIN"), "{err}");
 }

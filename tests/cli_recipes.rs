@@ -331,6 +331,78 @@ fn relay_config_errors_name_the_key() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Without users, the open-proxy refusal names the flags that add one when
+/// the relay was configured by flags, and both ways with a file.
+#[test]
+fn relay_open_proxy_refusal_names_the_flags() {
+    let refusal = |args: &[&str]| {
+        let out = Command::new(MPTCP)
+            .args(["relay", "remote"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refusal(&["--listen", "198.18.0.1:1080"]);
+    assert!(
+        err.contains("open proxy: give --user NAME --password-env VAR"),
+        "{err}"
+    );
+    assert!(!err.contains("[[remote.users]]"), "{err}");
+    let err = refusal(&["--listen", "127.0.0.1:0"]);
+    assert!(
+        err.contains("or add --allow-unauthenticated-loopback"),
+        "{err}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("mptcp-cli-open-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    std::fs::write(&file, "[remote]\nlisten = [\"198.18.0.1:1080\"]\n").unwrap();
+    let err = refusal(&["--config", file.to_str().unwrap()]);
+    assert!(err.contains("[[remote.users]]"), "{err}");
+    assert!(
+        err.contains("hint: or give --user NAME --password-env VAR"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A config file with passwords that others may read is served, with a
+/// warning that says how to fix it; at mode 0600 there is none.
+#[test]
+fn relay_warns_about_a_readable_file_with_passwords() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("mptcp-cli-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    std::fs::write(
+        &file,
+        "[remote]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[remote.users]]\nusername = \"alice\"\npassword = \"correct horse\"\n",
+    )
+    .unwrap();
+    let start = |mode: u32| {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut relay = Daemon::start({
+            let mut cmd = Command::new(MPTCP);
+            cmd.args(["relay", "remote", "--config", file.to_str().unwrap()]);
+            cmd
+        });
+        relay.wait_for("listening");
+        relay.stop()
+    };
+    let log = start(0o644);
+    assert!(
+        log.contains("WARN") && log.contains("(mode 644): chmod 600"),
+        "{log}"
+    );
+    let log = start(0o600);
+    assert!(!log.contains("holds passwords"), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The command line's user completes a file that has none: the relay
 /// starts (the check runs after the flags are applied).
 #[test]
@@ -403,4 +475,454 @@ fn paths_auto_follows_interfaces_and_cleans_up() {
     assert_eq!(endpoints(&host).trim(), "", "removed on exit");
     let rules = host.ip(&["rule", "show"]).unwrap();
     assert!(!rules.contains("198.18.5.1"), "{rules}");
+}
+
+/// A loopback remote relay that needs no user and may connect to
+/// loopback destinations, for tests of the daemon itself.
+fn loopback_relay(extra: &[&str]) -> Command {
+    let mut cmd = Command::new(MPTCP);
+    cmd.args(["relay", "remote", "--listen", "127.0.0.1:0"])
+        .args([
+            "--allow-unauthenticated-loopback",
+            "--allow-destination",
+            "127.0.0.0/8",
+        ])
+        .args(extra);
+    cmd
+}
+
+/// Log lines carry no ANSI colour into a pipe (journald, `| cat`); at a
+/// terminal they do, unless NO_COLOR is set.
+#[test]
+fn relay_logs_colour_only_at_a_terminal() {
+    let mut relay = Daemon::start({
+        let mut cmd = loopback_relay(&[]);
+        cmd.env_remove("NO_COLOR");
+        cmd
+    });
+    relay.wait_for("listening");
+    let log = relay.stop();
+    assert!(log.contains("stopped; counters"), "{log}");
+    assert!(!log.contains('\x1b'), "ANSI codes in a pipe: {log:?}");
+
+    // At a terminal (util-linux `script` gives it a pseudo-terminal).
+    let at_terminal = |no_color: Option<&str>| {
+        let line = format!(
+            "timeout -s INT 1 {MPTCP} relay remote --listen 127.0.0.1:0 \
+             --allow-unauthenticated-loopback"
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"])
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("listening"), "{text}");
+        text
+    };
+    assert!(at_terminal(None).contains('\x1b'), "colour at a terminal");
+    assert!(!at_terminal(Some("1")).contains('\x1b'), "NO_COLOR=1");
+}
+
+/// Under systemd's `Type=notify`: READY=1 once the listener accepts,
+/// WATCHDOG=1 every WATCHDOG_USEC/2, STOPPING=1 on SIGTERM, as datagrams
+/// to the unix socket NOTIFY_SOCKET names.
+#[test]
+fn relay_notifies_readiness_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let path = std::env::temp_dir().join(format!("mptcp-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let recv = || {
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut relay = Daemon::start({
+        let mut cmd = loopback_relay(&[]);
+        cmd.env("NOTIFY_SOCKET", &path)
+            .env("WATCHDOG_USEC", "200000");
+        cmd
+    });
+    assert_eq!(recv(), "READY=1");
+    let line = relay.wait_for("listening: RemoteSocks5 on ");
+    let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    TcpStream::connect(addr).expect("listening when READY=1 arrives");
+    let start = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(recv(), "WATCHDOG=1");
+    }
+    let took = start.elapsed();
+    assert!(
+        took > Duration::from_millis(350) && took < Duration::from_secs(2),
+        "5 keep-alives every 100 ms took {took:?}"
+    );
+    relay.signal("TERM");
+    let mut last = recv();
+    while last == "WATCHDOG=1" {
+        last = recv();
+    }
+    assert_eq!(last, "STOPPING=1");
+    relay.stop();
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// A port that was free a moment ago (for a config file that must name
+/// the same port across a reload).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A loopback server that echoes every connection.
+fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                let mut back = conn.try_clone().unwrap();
+                let _ = std::io::copy(&mut conn, &mut back);
+            });
+        }
+    });
+    addr
+}
+
+/// A SOCKS5 CONNECT (no authentication) to `dest` through `relay`: the
+/// connection and the reply code.
+fn socks5_request(relay: SocketAddr, dest: SocketAddr) -> (TcpStream, u8) {
+    use std::io::{Read, Write};
+    let SocketAddr::V4(dest) = dest else {
+        panic!("IPv4 only")
+    };
+    let mut conn = TcpStream::connect(relay).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut hello = vec![5, 1, 0, 5, 1, 0, 1];
+    hello.extend(dest.ip().octets());
+    hello.extend(dest.port().to_be_bytes());
+    conn.write_all(&hello).unwrap();
+    let mut reply = [0u8; 12];
+    conn.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[..3], [5, 0, 5], "no-authentication accepted");
+    (conn, reply[3])
+}
+
+/// A SOCKS5 CONNECT that must succeed.
+fn socks5_connect(relay: SocketAddr, dest: SocketAddr) -> TcpStream {
+    let (conn, code) = socks5_request(relay, dest);
+    assert_eq!(code, 0, "CONNECT to {dest} accepted");
+    conn
+}
+
+/// Writes `data` on `conn` and checks that the echo brings it back.
+fn echo_round(conn: &mut TcpStream, data: &[u8]) {
+    use std::io::{Read, Write};
+    conn.write_all(data).unwrap();
+    let mut back = vec![0u8; data.len()];
+    conn.read_exact(&mut back).unwrap();
+    assert_eq!(back, data);
+}
+
+/// A remote relay's config file on loopback, listening on `ports`.
+fn write_relay_config(file: &std::path::Path, ports: &[u16]) {
+    let listen: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    std::fs::write(
+        file,
+        format!(
+            "[remote]\nlisten = [{}]\nallow_unauthenticated_loopback = true\n\
+             allow_destinations = [\"127.0.0.0/8\"]\n",
+            listen.join(", ")
+        ),
+    )
+    .unwrap();
+}
+
+/// SIGHUP re-reads the file: a connection open across it carries its
+/// bytes intact before and after, a listener added to the file appears,
+/// and the counters add up over both relays.
+#[test]
+fn relay_reload_keeps_connections_and_adds_a_listener() {
+    let dir = std::env::temp_dir().join(format!("mptcp-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    let (first, second) = (free_port(), free_port());
+    write_relay_config(&file, &[first]);
+    let echo = echo_server();
+    let mut relay = Daemon::start({
+        let mut cmd = Command::new(MPTCP);
+        cmd.args(["relay", "remote", "--config", file.to_str().unwrap()]);
+        cmd
+    });
+    relay.wait_for(&format!("listening: RemoteSocks5 on 127.0.0.1:{first}"));
+    let first_addr: SocketAddr = ([127, 0, 0, 1], first).into();
+    let mut old = socks5_connect(first_addr, echo);
+    let before: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    echo_round(&mut old, &before);
+
+    write_relay_config(&file, &[first, second]);
+    relay.signal("HUP");
+    let line = relay.wait_for("SIGHUP: reloaded");
+    assert!(
+        line.contains(&format!(
+            "listeners added: RemoteSocks5 on 127.0.0.1:{second}"
+        )),
+        "{line}"
+    );
+    relay.wait_for(&format!("listening: RemoteSocks5 on 127.0.0.1:{second}"));
+    let after: Vec<u8> = before.iter().rev().copied().collect();
+    echo_round(&mut old, &after);
+    for port in [first, second] {
+        let mut new = socks5_connect(([127, 0, 0, 1], port).into(), echo);
+        echo_round(&mut new, b"through the reloaded relay");
+    }
+    drop(old);
+    let log = relay.stop();
+    assert!(log.contains("stopped; counters: accepted=3"), "{log}");
+    assert!(!log.contains("RemoteSocks5 on 127.0.0.1:0"), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A file that does not parse, or names a port another process listens
+/// on, is refused at SIGHUP with the reason at warn level; the running
+/// relay goes on serving.
+#[test]
+fn relay_reload_refuses_a_broken_file_and_keeps_serving() {
+    let dir = std::env::temp_dir().join(format!("mptcp-reload-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("relay.toml");
+    let port = free_port();
+    write_relay_config(&file, &[port]);
+    let echo = echo_server();
+    let mut relay = Daemon::start({
+        let mut cmd = Command::new(MPTCP);
+        cmd.args(["relay", "remote", "--config", file.to_str().unwrap()]);
+        cmd
+    });
+    relay.wait_for("listening");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut conn = socks5_connect(addr, echo);
+
+    std::fs::write(&file, "[remote]\nlisten = [\"127.0.0.1:1\"\nbogus = 1\n").unwrap();
+    relay.signal("HUP");
+    let line = relay.wait_for("SIGHUP: the configuration in force stays");
+    assert!(line.contains("WARN") && line.contains("line 3"), "{line}");
+
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    write_relay_config(&file, &[port, taken_port]);
+    relay.signal("HUP");
+    let line = relay.wait_for("SIGHUP: the configuration in force stays");
+    assert!(
+        line.contains(&format!("127.0.0.1:{taken_port}")) && line.contains("in use"),
+        "{line}"
+    );
+
+    echo_round(&mut conn, b"still the same relay");
+    let mut again = socks5_connect(addr, echo);
+    echo_round(&mut again, b"and it still accepts");
+    drop((conn, again));
+    let log = relay.stop();
+    assert!(!log.contains("SIGHUP: reloaded"), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--metrics`: the counters in the Prometheus text format, scraped with
+/// curl after relaying bytes and refusing a destination.
+#[test]
+fn relay_metrics_count_connections_bytes_and_errors() {
+    let mut relay = Daemon::start(loopback_relay(&["--metrics", "0"]));
+    let line = relay.wait_for("listening: RemoteSocks5 on ");
+    let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let line = relay.wait_for("metrics: http://127.0.0.1:");
+    let url = line.rsplit(' ').next().unwrap().to_owned();
+    let echo = echo_server();
+    let mut conn = socks5_connect(addr, echo);
+    let data = vec![7u8; 123_456];
+    echo_round(&mut conn, &data);
+    let (denied, code) = socks5_request(addr, "10.255.0.1:80".parse().unwrap());
+    assert_eq!(code, 2, "the default policy refuses private destinations");
+    drop(denied);
+
+    let scrape = || {
+        let out = Command::new("curl").args(["-sSf", &url]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let value = |text: &str, series: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let active_becomes = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = scrape();
+            if value(&text, "mptcp_relay_connections_active") == n {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "active never {n}:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let text = active_becomes(1);
+    assert!(
+        text.contains("# TYPE mptcp_relay_bytes_total counter"),
+        "{text}"
+    );
+    assert_eq!(value(&text, "mptcp_relay_connections_accepted_total"), 2);
+    assert_eq!(value(&text, "mptcp_relay_connections_relayed_total"), 1);
+    assert_eq!(
+        value(&text, "mptcp_relay_bytes_total{direction=\"up\"}"),
+        123_456
+    );
+    // Down also counts the relay's 10-byte SOCKS5 reply.
+    let down = value(&text, "mptcp_relay_bytes_total{direction=\"down\"}");
+    assert!((123_456..=123_466).contains(&down), "{text}");
+    assert_eq!(
+        value(
+            &text,
+            "mptcp_relay_errors_total{kind=\"destination_denied\"}"
+        ),
+        1
+    );
+    assert_eq!(value(&text, "mptcp_relay_errors_total{kind=\"auth\"}"), 0);
+    assert_eq!(value(&text, "mptcp_relay_session_errors_total"), 0);
+    assert_eq!(value(&text, "mptcp_relay_worker_panics_total"), 0);
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while value(&scrape(), "mptcp_relay_connections_active") != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection stays active"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let missing = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(url.replace("/metrics", "/nope"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&missing.stdout), "404");
+    relay.stop();
+}
+
+/// `mptcp paths auto` as a normal user: each refusal is logged once, and
+/// it stops with exit 3 (missing privilege) instead of running on.
+#[test]
+fn paths_auto_without_privilege_exits_3() {
+    mptcp_testbed::require_privileges().unwrap();
+    let host = Host::new("paths-nobody").unwrap();
+    host.ip_batch(&[
+        "link add wan1 type veth peer name wan1peer",
+        "addr add 198.18.5.1/24 dev wan1",
+        "link set wan1 up",
+        "link set wan1peer up",
+    ])
+    .unwrap();
+    let mut cmd = host.command("timeout");
+    cmd.args([
+        "-s",
+        "INT",
+        "20",
+        "setpriv",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ])
+    .args(["--reuid=65534", "--regid=65534", "--clear-groups", MPTCP])
+    .args(["paths", "auto", "--include", "wan*"]);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("needs CAP_NET_ADMIN"), "{stderr}");
+    assert_eq!(
+        stderr.matches("ip rule add from 198.18.5.1").count(),
+        1,
+        "one line per refusal:\n{stderr}"
+    );
+    assert_eq!(endpoints(&host).trim(), "", "nothing added");
+}
+
+/// Failures an operator must see reach the default log level: a client
+/// with a wrong password is a warning within seconds, not only a counter
+/// at exit.
+#[test]
+fn relay_warns_about_wrong_passwords() {
+    use std::io::{Read, Write};
+    let mut relay = Daemon::start({
+        let mut cmd = loopback_relay(&["--user", "alice", "--password-env", "RELAY_ALERT_PW"]);
+        cmd.env("RELAY_ALERT_PW", "correct horse");
+        cmd
+    });
+    let line = relay.wait_for("listening: RemoteSocks5 on ");
+    let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(&[
+        5, 1, 2, 1, 5, b'a', b'l', b'i', b'c', b'e', 5, b'w', b'r', b'o', b'n', b'g',
+    ])
+    .unwrap();
+    let mut reply = [0u8; 4];
+    conn.read_exact(&mut reply).unwrap();
+    assert_eq!(
+        reply[..3],
+        [5, 2, 1],
+        "user/password method, then the verdict"
+    );
+    assert_ne!(reply[3], 0, "a wrong password is refused");
+    let line = relay.wait_for("relay failures: err_auth=1");
+    assert!(
+        line.contains("WARN") && line.contains("wrong username or password"),
+        "{line}"
+    );
+    relay.stop();
+}
+
+/// Under systemd, with stderr the stream JOURNAL_STREAM names (a unix
+/// socket here, as journald's is), each line starts with its syslog
+/// priority and has no timestamp of its own (the journal adds one).
+#[test]
+fn relay_log_lines_suit_the_journal() {
+    use std::os::fd::OwnedFd;
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::net::UnixStream;
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let meta = std::fs::File::from(OwnedFd::from(theirs.try_clone().unwrap()))
+        .metadata()
+        .unwrap();
+    let mut relay = loopback_relay(&[])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env_remove("NO_COLOR")
+        .stderr(Stdio::from(OwnedFd::from(theirs)))
+        .spawn()
+        .unwrap();
+    ours.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut lines = BufReader::new(ours).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = Command::new("kill").arg(relay.id().to_string()).status();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    relay.wait().unwrap();
+    assert!(first.starts_with("<6> INFO "), "{first:?}");
+    assert!(!first.contains('\x1b'), "{first:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("<6> INFO ") && l.contains("stopped")),
+        "{rest:?}"
+    );
 }

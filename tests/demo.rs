@@ -67,6 +67,15 @@ fn check_demo_output(out: &Output, sum_of_rates: u32) -> f64 {
         "{stdout}"
     );
     assert!(stdout.contains("checksums match: no byte lost"), "{stdout}");
+    // The summary says how long the failure stalled the transfer.
+    let stall: f64 = stdout
+        .split("failover: the longest stall was ")
+        .nth(1)
+        .and_then(|rest| rest.split(" s;").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no stall in the summary:\n{stdout}"));
+    assert!((0.0..3.0).contains(&stall), "stall {stall} s");
+    assert!(stdout.contains("(80% of the remaining links)"), "{stdout}");
     ratio
 }
 

@@ -433,7 +433,7 @@ fn sigterm_drains_running_transfers_and_refuses_new_ones() {
     let running = chain.download(LEN).unwrap();
     let reader = std::thread::spawn(move || finish_download(running));
     std::thread::sleep(Duration::from_millis(500));
-    let mut local = chain.local.take().unwrap();
+    let local = chain.local.take().unwrap();
     let pid = local.id();
     let signalled = Instant::now();
     let status = Command::new("kill")
