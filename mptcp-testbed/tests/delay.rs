@@ -15,12 +15,47 @@ use mptcp_testbed::{
 /// The delay line may add this much to a round trip (its two passes).
 const TOLERANCE: Duration = Duration::from_millis(1);
 
-/// The tests of this file measure time and CPU: one at a time.
+/// The tests of this file measure time and CPU: one at a time, on a quiet
+/// machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     require_privileges().expect("the test bed needs privileges");
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    wait_for_quiet_cpus();
+    guard
+}
+
+/// Busy and total jiffies of all CPUs, from `/proc/stat`.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    let idle = fields[3] + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Waits (at most 30 s) until the CPUs were at least 80 % idle over a
+/// quarter of a second: the kernel tears down the namespaces of earlier
+/// tests in the background, and that work would show up as delay here.
+fn wait_for_quiet_cpus() {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let (busy0, total0) = cpu_jiffies();
+        std::thread::sleep(Duration::from_millis(250));
+        let (busy1, total1) = cpu_jiffies();
+        let busy = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64;
+        if busy <= 0.2 {
+            return;
+        }
+    }
 }
 
 fn bed(specs: &[&str]) -> TwoLinks {
