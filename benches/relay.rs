@@ -416,51 +416,47 @@ fn repeated_runs() {
             at(&average, average.len() / 2),
         );
     }
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for (i, during) in ["a bulk download", "a bulk upload"].into_iter().enumerate() {
-        let (r, c) = (routed_echo[i], chain_echo[i]);
+        let routed = routed_echo[i];
         println!(
-            "  1-byte echo during {during:<15}: routed p50 {:.1} ms p99 {:.1} ms ({} round trips); \
-             chain p50 {:.1} ms p99 {:.1} ms ({}; {:.2} / {:.2} x routed)",
-            ms(r.p50),
-            ms(r.p99),
-            r.n,
-            ms(c.p50),
-            ms(c.p99),
-            c.n,
-            c.p50.as_secs_f64() / r.p50.as_secs_f64(),
-            c.p99.as_secs_f64() / r.p99.as_secs_f64()
+            "{}",
+            echo_line(&format!("during {during}"), routed, chain_echo[i])
         );
-        let a = chain_echo_after[i];
         println!(
-            "  {:<36} chain after the runs: p50 {:.1} ms p99 {:.1} ms ({}; {:.2} / {:.2} x routed)",
-            "",
-            ms(a.p50),
-            ms(a.p99),
-            a.n,
-            a.p50.as_secs_f64() / r.p50.as_secs_f64(),
-            a.p99.as_secs_f64() / r.p99.as_secs_f64()
+            "{}",
+            echo_line(
+                &format!("during {during}, after the runs"),
+                routed,
+                chain_echo_after[i]
+            )
         );
     }
-    let (r, c) = contended;
-    println!(
-        "  1-byte echo during a bulk upload, {} busy loops on the cores: routed p50 {:.1} ms \
-         p99 {:.1} ms ({}); chain p50 {:.1} ms p99 {:.1} ms ({}; {:.2} / {:.2} x routed)",
-        BUSY_LOOPS,
-        ms(r.p50),
-        ms(r.p99),
-        r.n,
-        ms(c.p50),
-        ms(c.p99),
-        c.n,
-        c.p50.as_secs_f64() / r.p50.as_secs_f64(),
-        c.p99.as_secs_f64() / r.p99.as_secs_f64()
-    );
+    let (routed, chain) = contended;
+    let label = format!("during a bulk upload, {BUSY_LOOPS} busy loops on the cores");
+    println!("{}", echo_line(&label, routed, chain));
     println!(
         "local relay:  {}\nremote relay: {}",
         local.stats(),
         remote.stats()
     );
+}
+
+/// One row of the echo figures: routed and chain side by side.
+fn echo_line(label: &str, routed: Echoes, chain: Echoes) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let ratio = |c: Duration, r: Duration| c.as_secs_f64() / r.as_secs_f64();
+    format!(
+        "  1-byte echo {label}: routed p50 {:.1} ms p99 {:.1} ms ({} round trips); \
+         chain p50 {:.1} ms p99 {:.1} ms ({}; {:.2} / {:.2} x routed)",
+        ms(routed.p50),
+        ms(routed.p99),
+        routed.n,
+        ms(chain.p50),
+        ms(chain.p99),
+        chain.n,
+        ratio(chain.p50, routed.p50),
+        ratio(chain.p99, routed.p99)
+    )
 }
 
 /// Busy loops beside the measurement (a small router's busy CPU).

@@ -309,12 +309,32 @@ fn recipe_enable_a_service() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A relay configuration file in a directory of its own, removed on drop.
+struct ConfigFile(std::path::PathBuf);
+
+impl ConfigFile {
+    fn new(tag: &str) -> ConfigFile {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        ConfigFile(dir)
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.0.join("relay.toml")
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A relay with a configuration error names the key, and exits 1.
 #[test]
 fn relay_config_errors_name_the_key() {
-    let dir = std::env::temp_dir().join(format!("mptcp-cli-relay-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("relay.toml");
+    let config = ConfigFile::new("mptcp-cli-relay");
+    let file = config.path();
     std::fs::write(&file, "[remote]\nlisten = [\"127.0.0.1:0\"]\nbogus = 1\n").unwrap();
     let out = Command::new(MPTCP)
         .args(["relay", "remote", "--config", file.to_str().unwrap()])
@@ -328,7 +348,6 @@ fn relay_config_errors_name_the_key() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "no remote named");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Without users, the open-proxy refusal names the flags that add one when
@@ -356,9 +375,8 @@ fn relay_open_proxy_refusal_names_the_flags() {
         "{err}"
     );
 
-    let dir = std::env::temp_dir().join(format!("mptcp-cli-open-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("relay.toml");
+    let config = ConfigFile::new("mptcp-cli-open");
+    let file = config.path();
     std::fs::write(&file, "[remote]\nlisten = [\"198.18.0.1:1080\"]\n").unwrap();
     let err = refusal(&["--config", file.to_str().unwrap()]);
     assert!(err.contains("[[remote.users]]"), "{err}");
@@ -366,7 +384,6 @@ fn relay_open_proxy_refusal_names_the_flags() {
         err.contains("hint: or give --user NAME --password-env VAR"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A config file with passwords that others may read is served, with a
@@ -374,9 +391,8 @@ fn relay_open_proxy_refusal_names_the_flags() {
 #[test]
 fn relay_warns_about_a_readable_file_with_passwords() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("mptcp-cli-mode-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("relay.toml");
+    let config = ConfigFile::new("mptcp-cli-mode");
+    let file = config.path();
     std::fs::write(
         &file,
         "[remote]\nlisten = [\"127.0.0.1:0\"]\n\
@@ -400,25 +416,23 @@ fn relay_warns_about_a_readable_file_with_passwords() {
     );
     let log = start(0o600);
     assert!(!log.contains("holds passwords"), "{log}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The command line's user completes a file that has none: the relay
 /// starts (the check runs after the flags are applied).
 #[test]
 fn relay_remote_takes_its_user_from_the_command_line_over_a_file() {
-    let dir = std::env::temp_dir().join(format!("mptcp-cli-relay-user-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("relay.toml");
+    let config = ConfigFile::new("mptcp-cli-relay-user");
+    let file = config.path();
     std::fs::write(&file, "[remote]\nlisten = [\"127.0.0.1:0\"]\n").unwrap();
-    let config = file.to_str().unwrap();
+    let path = file.to_str().unwrap();
     let out = Command::new(MPTCP)
-        .args(["relay", "remote", "--config", config])
+        .args(["relay", "remote", "--config", path])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "no user at all: an open proxy");
     let mut relay = Command::new(MPTCP)
-        .args(["relay", "remote", "--config", config])
+        .args(["relay", "remote", "--config", path])
         .args(["--user", "alice", "--password-env", "RELAY_TEST_PASSWORD"])
         .env("RELAY_TEST_PASSWORD", "correct horse")
         .stderr(std::process::Stdio::piped())
@@ -429,7 +443,6 @@ fn relay_remote_takes_its_user_from_the_command_line_over_a_file() {
     let _ = relay.kill();
     let out = relay.wait_with_output().unwrap();
     assert!(running, "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn endpoints(host: &Host) -> String {

@@ -205,14 +205,7 @@ fn sink(mut s: TcpStream) {
 }
 
 fn closer(mut s: TcpStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut n = 0;
-    while n < 1 << 20 {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(k) => n += k,
-        }
-    }
+    let _ = data::discard(&mut s, 1 << 20);
 }
 
 /// Reads a download to its end: its length, or the error that ended it.

@@ -194,6 +194,13 @@ fn send(
     Ok((sent, sum.finish()))
 }
 
+/// Reads and discards up to `n` bytes of `r` (fewer at EOF); returns how
+/// many. Dropping a socket after it, with data still unread, resets the
+/// connection: a destination that gives up mid-upload.
+pub fn discard(r: &mut impl Read, n: u64) -> io::Result<u64> {
+    io::copy(&mut r.take(n), &mut io::sink())
+}
+
 /// Reads `r` to its end, checking that it carries the test pattern; returns
 /// the number of bytes and their checksum (to compare with the sender's).
 ///
