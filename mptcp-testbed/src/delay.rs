@@ -126,30 +126,8 @@ impl DelayLine {
             middle.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
         }
         let [side_a, side_b] = MIDDLE_DEVS;
-        a.ip(&[
-            "link",
-            "add",
-            a_dev,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            side_a,
-            "netns",
-            &middle.netns_path(),
-        ])?;
-        middle.ip(&[
-            "link",
-            "add",
-            side_b,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b_dev,
-            "netns",
-            &b.netns_path(),
-        ])?;
+        a.add_veth(a_dev, &middle, side_a)?;
+        middle.add_veth(side_b, b, b_dev)?;
         middle.ip_batch(&[
             format!("link set dev {side_a} up"),
             format!("link set dev {side_b} up"),

@@ -181,6 +181,16 @@ impl Host {
         self.exec("ip", args)
     }
 
+    /// Adds a veth pair: `dev` in this host, its peer `peer_dev` in
+    /// `peer` (created there straight away, named by its namespace's path).
+    pub fn add_veth(&self, dev: &str, peer: &Host, peer_dev: &str) -> io::Result<()> {
+        let netns = peer.netns_path();
+        let args = [
+            "link", "add", dev, "type", "veth", "peer", "name", peer_dev, "netns", &netns,
+        ];
+        self.ip(&args).map(drop)
+    }
+
     /// Runs `tc args` (iproute2) inside the host.
     pub fn tc(&self, args: &[&str]) -> io::Result<String> {
         self.exec("tc", args)

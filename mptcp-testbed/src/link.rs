@@ -231,18 +231,7 @@ impl Link {
     ) -> io::Result<Link> {
         let delay_line = if spec.delay.is_zero() && spec.buffer == LinkSpec::DEFAULT_BUFFER {
             // The peer is created straight in b's namespace, named by its fd path.
-            a.ip(&[
-                "link",
-                "add",
-                a_dev,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                b_dev,
-                "netns",
-                &b.netns_path(),
-            ])?;
+            a.add_veth(a_dev, b, b_dev)?;
             None
         } else {
             Some(DelayLine::new(a, a_dev, b, b_dev, spec.delay)?)
