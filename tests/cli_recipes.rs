@@ -449,12 +449,10 @@ fn endpoints(host: &Host) -> String {
     host.ip(&["mptcp", "endpoint", "show"]).unwrap()
 }
 
-/// `mptcp paths auto` adds an endpoint and source routing for each
-/// interface, follows a new one, and removes all it added on SIGTERM.
-#[test]
-fn paths_auto_follows_interfaces_and_cleans_up() {
-    mptcp_testbed::require_privileges().unwrap();
-    let host = Host::new("paths").unwrap();
+/// A host with one up interface, `wan1` (198.18.5.1/24, a veth whose peer
+/// stays in the same host), for `paths auto` to find.
+fn host_with_wan1(name: &str) -> Host {
+    let host = Host::new(name).unwrap();
     host.ip_batch(&[
         "link add wan1 type veth peer name wan1peer",
         "addr add 198.18.5.1/24 dev wan1",
@@ -462,6 +460,15 @@ fn paths_auto_follows_interfaces_and_cleans_up() {
         "link set wan1peer up",
     ])
     .unwrap();
+    host
+}
+
+/// `mptcp paths auto` adds an endpoint and source routing for each
+/// interface, follows a new one, and removes all it added on SIGTERM.
+#[test]
+fn paths_auto_follows_interfaces_and_cleans_up() {
+    mptcp_testbed::require_privileges().unwrap();
+    let host = host_with_wan1("paths");
 
     let dry = mptcp_in(&host, &["paths", "auto", "--include", "wan*", "--dry-run"])
         .output()
@@ -839,14 +846,7 @@ fn relay_metrics_count_connections_bytes_and_errors() {
 #[test]
 fn paths_auto_without_privilege_exits_3() {
     mptcp_testbed::require_privileges().unwrap();
-    let host = Host::new("paths-nobody").unwrap();
-    host.ip_batch(&[
-        "link add wan1 type veth peer name wan1peer",
-        "addr add 198.18.5.1/24 dev wan1",
-        "link set wan1 up",
-        "link set wan1peer up",
-    ])
-    .unwrap();
+    let host = host_with_wan1("paths-nobody");
     let mut cmd = host.command("timeout");
     cmd.args([
         "-s",

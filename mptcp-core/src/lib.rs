@@ -24,3 +24,18 @@ pub mod http;
 pub mod mux;
 #[cfg(feature = "relay")]
 pub mod relay;
+
+/// The message of a caught panic (`panic!("...")` or a formatted one), if
+/// it has one: what the relay's workers, the C library and the preload
+/// library log when they catch one.
+///
+/// ```
+/// let caught = std::panic::catch_unwind(|| panic!("boom {}", 1)).unwrap_err();
+/// assert_eq!(mptcp_core::panic_message(&*caught), Some("boom 1"));
+/// ```
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}

@@ -104,11 +104,7 @@ pub(crate) fn call(function: &str, f: impl FnOnce() -> Result<c_int>) -> c_int {
             -err.errno
         }
         Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("unknown panic");
+            let what = mptcp_core::panic_message(&*payload).unwrap_or("unknown panic");
             // Storing must not panic again: `store` only allocates.
             store(&format!(
                 "{function}: internal error in libmptcp (please report it): {what}"

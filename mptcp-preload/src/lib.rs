@@ -65,12 +65,7 @@ extern "C" fn init() {
         // message is a log line like the others (std's own hook would
         // print it, with a backtrace, to whatever descriptor 2 is).
         std::panic::set_hook(Box::new(|info| {
-            let payload = info.payload();
-            let what = payload
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("a panic");
+            let what = mptcp_core::panic_message(info.payload()).unwrap_or("a panic");
             let (file, line) = info.location().map_or(("?", 0), |l| (l.file(), l.line()));
             log::line(
                 LogLevel::Error,

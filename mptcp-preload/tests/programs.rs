@@ -935,14 +935,7 @@ fn relayed_asyncio_connections_survive_a_thread_that_spawns_subprocesses() {
         }
     });
     let relay_env = relay_addr.to_string();
-    let env = [
-        ("MPTCP_PRELOAD_MODE", "relay"),
-        ("MPTCP_PRELOAD_RELAY", relay_env.as_str()),
-        ("MPTCP_PRELOAD_USER", "alice"),
-        ("MPTCP_PRELOAD_PASSWORD", "s3cret"),
-        ("MPTCP_PRELOAD_INCLUDE", "127.0.0.1/32"),
-        ("MPTCP_PRELOAD_EXCLUDE", ""),
-    ];
+    let env = relay_mode_env(&relay_env);
     let out = preloaded(&host, &python(), &env)
         .args(["-c", ASYNCIO_SPAWNING_PROGRAM, "127.0.0.1", &port])
         .output()
@@ -1008,14 +1001,7 @@ fn closes_the_library_cannot_see_leave_no_state_behind() {
     let dest = host.run(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
     let port = dest.local_addr().unwrap().port().to_string();
     let relay_env = relay_addr.to_string();
-    let env = [
-        ("MPTCP_PRELOAD_MODE", "relay"),
-        ("MPTCP_PRELOAD_RELAY", relay_env.as_str()),
-        ("MPTCP_PRELOAD_USER", "alice"),
-        ("MPTCP_PRELOAD_PASSWORD", "s3cret"),
-        ("MPTCP_PRELOAD_INCLUDE", "127.0.0.1/32"),
-        ("MPTCP_PRELOAD_EXCLUDE", ""),
-    ];
+    let env = relay_mode_env(&relay_env);
     stale_state_case(&host, &exe, "relay_pipe", &[&port], &env);
     assert_eq!(
         relay.mptcp_connections(),
@@ -1308,4 +1294,17 @@ fn the_library_exports_only_its_hooks() {
     ];
     hooks.sort();
     assert_eq!(symbols, hooks);
+}
+
+/// The environment of relay mode through the test relay at `relay` (user
+/// alice), for destinations on 127.0.0.1.
+fn relay_mode_env(relay: &str) -> [(&'static str, &str); 6] {
+    [
+        ("MPTCP_PRELOAD_MODE", "relay"),
+        ("MPTCP_PRELOAD_RELAY", relay),
+        ("MPTCP_PRELOAD_USER", "alice"),
+        ("MPTCP_PRELOAD_PASSWORD", "s3cret"),
+        ("MPTCP_PRELOAD_INCLUDE", "127.0.0.1/32"),
+        ("MPTCP_PRELOAD_EXCLUDE", ""),
+    ]
 }

@@ -420,11 +420,7 @@ impl Worker {
             match panic::catch_unwind(AssertUnwindSafe(|| self.serve())) {
                 Ok(()) => break,
                 Err(payload) => {
-                    let what = payload
-                        .downcast_ref::<&str>()
-                        .copied()
-                        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                        .unwrap_or("(no message)");
+                    let what = crate::panic_message(&*payload).unwrap_or("(no message)");
                     Counters::add(&self.counters().worker_panics, 1);
                     tracing::error!(
                         worker = self.idx,
