@@ -32,6 +32,7 @@ mod config;
 mod engine;
 mod limits;
 mod listeners;
+mod outbound;
 mod policy;
 mod session;
 mod splice;

@@ -1,11 +1,14 @@
-//! Who may use the relay and where it may connect: CIDR lists, the client
-//! allowlist, and the destination policy that keeps the remote relay from
-//! being an open door into its own host and networks.
+//! Who may use the relay and where it may connect: SOCKS5 users, CIDR
+//! lists, the client allowlist, and the destination policy that keeps the
+//! remote relay from being an open door into its own host and networks.
 #![forbid(unsafe_code)]
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+
+use super::User;
+use crate::socks5::Credentials;
 
 /// An IP network such as `10.0.0.0/8` or `fe80::/10`; a bare address means
 /// that single host.
@@ -37,6 +40,26 @@ impl Cidr {
             _ => false,
         }
     }
+}
+
+/// Whether `creds` name one of `users` (RFC 1929 username/password). Every
+/// user is compared, each in time that depends only on the lengths, so the
+/// answer's timing does not tell how much of a guess was right.
+pub(crate) fn authenticate(users: &[User], creds: &Credentials) -> bool {
+    users.iter().fold(false, |found, u| {
+        let user = constant_time_eq(u.username.as_bytes(), &creds.username);
+        let password = constant_time_eq(u.password.as_bytes(), &creds.password);
+        found | (user & password)
+    })
+}
+
+/// Byte strings compared without an early exit.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 /// Maps `::ffff:a.b.c.d` to `a.b.c.d` so that policies cannot be bypassed
@@ -221,5 +244,29 @@ mod tests {
         assert!(p.allows(ip("127.0.0.1")));
         assert!(!p.allows(ip("127.0.0.2")));
         assert!(!p.allows(ip("198.19.2.2")));
+    }
+
+    #[test]
+    fn authenticate_needs_both_name_and_password_of_one_user() {
+        let users = [
+            User {
+                username: "alice".into(),
+                password: "correct horse".into(),
+            },
+            User {
+                username: "bob".into(),
+                password: "battery".into(),
+            },
+        ];
+        let creds = |u: &str, p: &str| Credentials {
+            username: u.as_bytes().to_vec(),
+            password: p.as_bytes().to_vec(),
+        };
+        assert!(authenticate(&users, &creds("alice", "correct horse")));
+        assert!(authenticate(&users, &creds("bob", "battery")));
+        assert!(!authenticate(&users, &creds("alice", "battery")));
+        assert!(!authenticate(&users, &creds("alice", "correct hors")));
+        assert!(!authenticate(&users, &creds("alice", "correct horsf")));
+        assert!(!authenticate(&[], &creds("alice", "correct horse")));
     }
 }

@@ -25,7 +25,7 @@ use crate::sys;
 
 /// Queued output above which streams stop reading until it drains: what a
 /// new stream's frames may wait behind here (with [`SHARED_FRAME`] and the
-/// socket's unsent bytes, see `listeners::NOTSENT_LOWAT`).
+/// socket's unsent bytes, see `outbound::NOTSENT_LOWAT`).
 const HIGH_WATER: usize = 64 * 1024;
 /// The longest DATA payload spliced in one frame while other streams share
 /// the session. Nothing can overtake a frame half written, so this bounds

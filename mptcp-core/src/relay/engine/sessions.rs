@@ -1,0 +1,531 @@
+//! The sessions of one worker ([`Sessions`]): a slab of [`Session`]s,
+//! which to give a new stream, opening them (local role) and accepting
+//! them (remote role), and the lists of sessions to flush and to read again.
+//!
+//! Each worker of the local relay keeps a session to the remote relay (more
+//! while the others carry bulk transfers) and carries each connection as a
+//! stream of one; the remote relay turns a SOCKS5 MULTIPLEX request into a
+//! session. A session that cannot be set up (the remote does not multiplex,
+//! refuses us, or cannot be reached) sends its waiting connections the
+//! usual way, one SOCKS5 CONNECT each, and the next attempt waits: a second
+//! after the first failure, doubling up to a minute, and an hour after
+//! "command not supported" (dante).
+//!
+//! What a session's frames do to the connections of its streams is the
+//! worker's ([`super::session_events`]).
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry};
+
+use super::session_token;
+use super::slab::Slab;
+use crate::mux::{self, Control, Settings};
+use crate::relay::session::{self, Role, Session};
+use crate::relay::splice::PipePool;
+use crate::relay::stats::Counters;
+use crate::relay::stream::Stream;
+use crate::relay::{Route, Shared, outbound};
+use crate::socks5::{self, ClientHandshake, Command, ReplyCode, Request, TargetAddr};
+
+/// The wait before the next session after the first failed one; it
+/// doubles with each failure in a row, up to [`RETRY_AT_MOST`].
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+const RETRY_AT_MOST: Duration = Duration::from_secs(60);
+/// The wait after a remote that answered "command not supported".
+pub(super) const RETRY_AFTER_REFUSAL: Duration = Duration::from_secs(3600);
+/// Room for a session's SOCKS5 handshake (either direction).
+pub(super) const SESSION_HANDSHAKE_BYTES: usize = 1024;
+/// A session counts as busy this long after its last bulk frame.
+const BUSY_HOLD: Duration = Duration::from_millis(200);
+
+/// The local role's sessions to the remote relay: how to open one and when
+/// the next may be tried.
+#[derive(Debug)]
+struct Dialer {
+    addr: SocketAddr,
+    credentials: Option<(String, String)>,
+    mptcp: bool,
+    /// Sessions at most: one, and more while the others are busy with bulk
+    /// transfers, so that a new connection's first bytes do not wait behind
+    /// a download in the subflows' send queues.
+    max_sessions: usize,
+    /// A session beyond the first with no frame and no stream for this
+    /// long is closed.
+    spare_idle: Duration,
+    /// This worker's sessions to the remote (keys), newest last.
+    open: Vec<usize>,
+    /// No new session before this.
+    retry_at: Option<Instant>,
+    /// Sessions in a row that failed before they opened.
+    failures: u32,
+}
+
+impl Dialer {
+    /// The dialer for the first route that goes to a remote relay with
+    /// multiplexing on (a local role has one remote).
+    fn for_routes<'a>(mut routes: impl Iterator<Item = &'a Route>) -> Option<Dialer> {
+        routes.find_map(|r| match r {
+            Route::Upstream {
+                addr,
+                credentials,
+                mptcp,
+                multiplex: true,
+                max_sessions,
+                spare_idle,
+            } => Some(Dialer {
+                addr: *addr,
+                credentials: credentials.clone(),
+                mptcp: *mptcp,
+                max_sessions: *max_sessions,
+                spare_idle: *spare_idle,
+                open: Vec::new(),
+                retry_at: None,
+                failures: 0,
+            }),
+            _ => None,
+        })
+    }
+
+    /// A session failed before it opened: the next waits longer (at least
+    /// `at_least`).
+    fn failed(&mut self, now: Instant, at_least: Duration) {
+        let backoff = RETRY_AFTER_FAILURE
+            .saturating_mul(1 << self.failures.min(16))
+            .min(RETRY_AT_MOST);
+        self.failures += 1;
+        let at = now + backoff.max(at_least);
+        self.retry_at = Some(self.retry_at.map_or(at, |t| t.max(at)));
+    }
+}
+
+/// Where a new stream goes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Placement {
+    /// On this open session, at once.
+    Open(usize),
+    /// On this session once its handshake is done.
+    Wait(usize),
+}
+
+/// One worker's sessions.
+pub(super) struct Sessions {
+    /// By key; session `s` has token `SESSION_BASE + s`.
+    pub(super) slab: Slab<Session>,
+    /// Local role with multiplexing: the remote relay's sessions.
+    dialer: Option<Dialer>,
+    /// Sessions with frames queued this round.
+    pub(super) flush_list: Vec<usize>,
+    /// Sessions whose read stopped for the turn's budget.
+    pub(super) requeue: Vec<usize>,
+    registry: Registry,
+    shared: Arc<Shared>,
+    worker: usize,
+}
+
+impl Sessions {
+    pub(super) fn new<'a>(
+        registry: Registry,
+        shared: Arc<Shared>,
+        worker: usize,
+        routes: impl Iterator<Item = &'a Route>,
+    ) -> Sessions {
+        Sessions {
+            slab: Slab::new(),
+            dialer: Dialer::for_routes(routes),
+            flush_list: Vec::new(),
+            requeue: Vec::new(),
+            registry,
+            shared,
+            worker,
+        }
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.shared.counters[self.worker]
+    }
+
+    /// Whether connections go to the remote relay as streams.
+    pub(super) fn multiplexing(&self) -> bool {
+        self.dialer.is_some()
+    }
+
+    /// The remote relay's address (local role, multiplexing).
+    pub(super) fn remote(&self) -> Option<SocketAddr> {
+        self.dialer.as_ref().map(|d| d.addr)
+    }
+
+    /// The window this relay announces for every stream.
+    pub(super) fn window(&self) -> u32 {
+        self.shared.engine.stream_window
+    }
+
+    /// A session's receive buffer: two stream windows (the kernel doubles
+    /// the value for its bookkeeping).
+    fn receive_buffer(&self) -> usize {
+        2 * self.window() as usize
+    }
+
+    pub(super) fn get(&self, s: usize) -> Option<&Session> {
+        self.slab.get(s)
+    }
+
+    pub(super) fn get_mut(&mut self, s: usize) -> Option<&mut Session> {
+        self.slab.get_mut(s)
+    }
+
+    /// Sessions that have nothing queued to write and no flush pending.
+    pub(super) fn is_quiet(&self) -> bool {
+        self.requeue.is_empty() && self.flush_list.is_empty()
+    }
+
+    /// After a worker's panic: every session dropped (their sockets close).
+    pub(super) fn clear(&mut self) {
+        self.slab = Slab::new();
+        if let Some(d) = &mut self.dialer {
+            d.open.clear();
+        }
+        self.flush_list.clear();
+        self.requeue.clear();
+    }
+
+    /// Local role: where a new stream goes, if a session can take it (None:
+    /// connect to the remote for this connection alone).
+    ///
+    /// An open session that is not busy with a bulk transfer comes first;
+    /// then one being set up; then a new one (up to `max_sessions`); then
+    /// the busy session whose bulk transfer is oldest.
+    pub(super) fn place(&mut self, now: Instant) -> Option<Placement> {
+        let dialer = self.dialer.as_ref()?;
+        let listed = || {
+            dialer
+                .open
+                .iter()
+                .filter_map(|&s| Some((s, self.slab.get(s)?)))
+        };
+        let open = || listed().filter(|(_, x)| x.accepts_streams());
+        let idle = open().find(|(_, x)| !x.is_busy(now)).map(|(s, _)| s);
+        let starting = listed().find(|(_, x)| x.is_starting()).map(|(s, _)| s);
+        let least_busy = open().min_by_key(|(_, x)| x.busy_until).map(|(s, _)| s);
+        let room = dialer.open.len() < dialer.max_sessions;
+        if let Some(s) = idle {
+            return Some(Placement::Open(s));
+        }
+        if let Some(s) = starting.or_else(|| room.then(|| self.dial(now)).flatten()) {
+            return Some(Placement::Wait(s));
+        }
+        least_busy.map(Placement::Open)
+    }
+
+    /// Parks connection `key` (`serial`) until session `s` is set up.
+    pub(super) fn wait_for(&mut self, s: usize, key: usize, serial: u64) {
+        if let Some(Role::Client { waiting, .. }) = self.slab.get_mut(s).map(|x| &mut x.role) {
+            waiting.push((key, serial));
+        }
+    }
+
+    /// Local role: a new stream of open session `s` for connection `key`:
+    /// OPEN (with the destination) is queued, and `early` may follow at
+    /// once.
+    pub(super) fn open_stream(
+        &mut self,
+        s: usize,
+        key: usize,
+        dest: TargetAddr,
+        early: Vec<u8>,
+        now: Instant,
+    ) -> Option<Stream> {
+        let window = self.window();
+        let session = self.slab.get_mut(s)?;
+        let id = session.allocate_id();
+        session.tx.control(id, &Control::Open(dest));
+        session.streams.insert(id, key);
+        let stream = Stream::new(s, id, session.peer_window, window, early);
+        Counters::add(&self.counters().multiplexed, 1);
+        self.mark_dirty(s, now);
+        Some(stream)
+    }
+
+    /// Connects a new session to the remote relay and queues its whole
+    /// handshake: greeting, authentication, MULTIPLEX request, SETTINGS.
+    fn dial(&mut self, now: Instant) -> Option<usize> {
+        let window = self.window();
+        let receive_buffer = self.receive_buffer();
+        let deadline = now + self.shared.engine.handshake_timeout();
+        let dialer = self.dialer.as_mut()?;
+        if dialer.retry_at.is_some_and(|t| now < t) {
+            return None;
+        }
+        let socket = match outbound::connect(dialer.addr, dialer.mptcp) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(remote = %dialer.addr, error = %e, "relay: cannot open a session");
+                dialer.failed(now, Duration::ZERO);
+                return None;
+            }
+        };
+        outbound::prepare_session_socket(&socket, receive_buffer);
+        let creds = dialer
+            .credentials
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_str()));
+        let mut hello = Vec::with_capacity(SESSION_HANDSHAKE_BYTES);
+        let request = Request {
+            command: Command::Multiplex,
+            dest: TargetAddr::Ip(version_address()),
+        };
+        if let Err(e) = socks5::encode_client_hello_auth_request(creds, &request, &mut hello) {
+            // Credentials are validated with the configuration.
+            tracing::error!(error = %e, "relay: cannot encode the session request");
+            return None;
+        }
+        Control::Settings(Settings {
+            initial_window: window,
+        })
+        .encode(0, &mut hello)
+        .ok()?;
+        let phase = session::Phase::Handshake {
+            answers: ClientHandshake::new(creds.is_some()),
+            buf: Vec::new(),
+        };
+        let role = Role::Client {
+            next_id: 1,
+            waiting: Vec::new(),
+        };
+        let peer = dialer.addr.ip();
+        let mut session = Session::new(socket, role, phase, peer, deadline);
+        session.tx.raw(&hello);
+        let s = self.register(session, now)?;
+        if let Some(d) = &mut self.dialer {
+            d.open.push(s);
+        }
+        tracing::debug!(remote = %peer, "relay: opening a session");
+        Some(s)
+    }
+
+    /// Remote role: the SOCKS5 client `socket` (of listener `spec`) asked
+    /// for a session: the success reply and our SETTINGS go out, and
+    /// `leftover` (frames that came with the request) is read first.
+    pub(super) fn accept(
+        &mut self,
+        mut socket: TcpStream,
+        spec: usize,
+        peer: IpAddr,
+        leftover: &[u8],
+        draining: bool,
+        now: Instant,
+    ) -> Option<usize> {
+        if let Err(e) = self.registry.deregister(&mut socket) {
+            tracing::warn!(error = %e, "relay: cannot move a connection to a session");
+            return None;
+        }
+        outbound::prepare_session_socket(&socket, self.receive_buffer());
+        let role = Role::Server { spec, last_id: 0 };
+        let deadline = now + self.shared.engine.handshake_timeout();
+        let mut session = Session::new(socket, role, session::Phase::Settings, peer, deadline);
+        let mut answer = Vec::new();
+        socks5::encode_reply(ReplyCode::Succeeded, Some(version_address()), &mut answer);
+        session.tx.raw(&answer);
+        let settings = Control::Settings(Settings {
+            initial_window: self.window(),
+        });
+        session.tx.control(0, &settings);
+        session.rx.preload(leftover);
+        session.going_away = draining;
+        let s = self.register(session, now)?;
+        tracing::debug!(client = %peer, "relay: session opened");
+        Some(s)
+    }
+
+    /// Puts a session in the slab and in epoll; counts it.
+    fn register(&mut self, session: Session, now: Instant) -> Option<usize> {
+        let s = self.slab.insert(session);
+        let socket = &mut self.slab.get_mut(s)?.socket;
+        let r = self.registry.register(
+            socket,
+            session_token(s),
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "relay: cannot register a session");
+            self.slab.remove(s);
+            return None;
+        }
+        Counters::add(&self.counters().sessions_opened, 1);
+        self.mark_dirty(s, now);
+        Some(s)
+    }
+
+    /// Takes session `s` out for good: counted, and forgotten by the
+    /// dialer (a session that never opened makes the next attempt wait).
+    pub(super) fn remove(&mut self, s: usize, now: Instant) -> Option<Session> {
+        let session = self.slab.remove(s)?;
+        Counters::add(&self.counters().sessions_closed, 1);
+        if let Some(d) = &mut self.dialer
+            && matches!(session.role, Role::Client { .. })
+        {
+            d.open.retain(|&k| k != s);
+            if session.is_starting() {
+                d.failed(now, Duration::ZERO);
+            }
+        }
+        Some(session)
+    }
+
+    /// A client session's SETTINGS arrived: the remote works again.
+    pub(super) fn opened(&mut self) {
+        if let Some(d) = &mut self.dialer {
+            d.failures = 0;
+            d.retry_at = None;
+        }
+    }
+
+    /// The remote relay refused a session with "command not supported":
+    /// no new one for a long while.
+    pub(super) fn refused(&mut self, now: Instant) {
+        if let Some(d) = &mut self.dialer {
+            d.failed(now, RETRY_AFTER_REFUSAL);
+        }
+    }
+
+    /// Queues a REPLY for `stream` on its session.
+    pub(super) fn reply(
+        &mut self,
+        stream: &mut Stream,
+        code: ReplyCode,
+        bound: Option<SocketAddr>,
+        now: Instant,
+    ) {
+        if code != ReplyCode::Succeeded {
+            stream.ended = true;
+        }
+        let bound = TargetAddr::Ip(bound.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))));
+        if let Some(session) = self.slab.get_mut(stream.session) {
+            session
+                .tx
+                .control(stream.id, &Control::Reply { code, bound });
+            self.mark_dirty(stream.session, now);
+        }
+    }
+
+    /// A stream leaves its session: unmapped, and reset unless the peer
+    /// knows it is over; its empty pipes go back to `pool`.
+    pub(super) fn detach(&mut self, stream: Stream, pool: &mut PipePool, now: Instant) {
+        if let Some(session) = self.slab.get_mut(stream.session) {
+            let key = session.streams.remove(&stream.id);
+            if stream.queued {
+                session.blocked.retain(|&k| Some(k) != key);
+            }
+            if !stream.ended {
+                session
+                    .tx
+                    .control(stream.id, &Control::Reset(ReplyCode::GeneralFailure));
+            }
+            self.mark_dirty(stream.session, now);
+        }
+        stream.release(pool);
+    }
+
+    /// A bulk frame went through session `s`: it is busy for a while. A
+    /// local relay that has no other session to give new streams opens one
+    /// now, so that it is ready when they come.
+    pub(super) fn mark_busy(&mut self, s: usize, now: Instant) {
+        let Some(session) = self.slab.get_mut(s) else {
+            return;
+        };
+        let was_busy = session.is_busy(now);
+        session.busy_until = now + BUSY_HOLD;
+        let Some(dialer) = &self.dialer else { return };
+        if was_busy || !matches!(session.role, Role::Client { .. }) {
+            return;
+        }
+        let spare = dialer.open.iter().any(|&k| {
+            self.slab
+                .get(k)
+                .is_some_and(|x| x.is_starting() || (x.accepts_streams() && !x.is_busy(now)))
+        });
+        if !spare && dialer.open.len() < dialer.max_sessions {
+            self.dial(now);
+        }
+    }
+
+    /// Session `s` has frames to write: flushed at the end of the round.
+    pub(super) fn mark_dirty(&mut self, s: usize, now: Instant) {
+        if let Some(session) = self.slab.get_mut(s) {
+            session.last_active = now;
+            if !session.dirty {
+                session.dirty = true;
+                self.flush_list.push(s);
+            }
+        }
+    }
+
+    /// Writes what session `s` has queued. `Err`: writing failed, the
+    /// session must close.
+    pub(super) fn flush(&mut self, s: usize, pool: &mut PipePool) -> io::Result<()> {
+        let Some(session) = self.slab.get_mut(s) else {
+            return Ok(());
+        };
+        session.dirty = false;
+        session.tx.flush(session.socket.as_raw_fd(), pool);
+        match session.tx.take_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Draining, remote role: tells every session's client to open no more
+    /// streams here.
+    pub(super) fn go_away(&mut self, now: Instant) {
+        for s in self.slab.keys() {
+            let Some(session) = self.slab.get_mut(s) else {
+                continue;
+            };
+            if let Role::Server { last_id, .. } = session.role {
+                session.going_away = true;
+                session.tx.control(
+                    0,
+                    &Control::GoAway {
+                        last_stream: last_id,
+                    },
+                );
+                self.mark_dirty(s, now);
+            }
+        }
+    }
+
+    /// Sessions to close now, and why: those whose handshake is late, and
+    /// spare sessions (a local worker's beyond its first) that carried no
+    /// stream for a while.
+    pub(super) fn expired(&self, now: Instant) -> Vec<(usize, &'static str)> {
+        let (mut open, spare_idle) = self
+            .dialer
+            .as_ref()
+            .map_or((0, Duration::MAX), |d| (d.open.len(), d.spare_idle));
+        let mut expired = Vec::new();
+        for (s, x) in self.slab.iter() {
+            if x.is_starting() && now > x.deadline {
+                expired.push((s, "handshake timed out"));
+            } else if matches!(x.role, Role::Client { .. })
+                && open > 1
+                && x.streams.is_empty()
+                && x.tx.is_idle()
+                && now.duration_since(x.last_active) > spare_idle
+            {
+                open -= 1;
+                expired.push((s, "a spare session, idle"));
+            }
+        }
+        expired
+    }
+}
+
+/// The SOCKS5 address that carries the protocol version, `0.0.0.0:1`.
+pub(super) fn version_address() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), mux::VERSION)
+}

@@ -1,0 +1,78 @@
+//! Outgoing sockets of the relay: non-blocking connects with MPTCP and a
+//! TCP fallback, and the options a session's socket gets.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+
+use crate::socket::{self, Fallback};
+use crate::sys;
+
+/// A stream socket for `addr`'s family: MPTCP if `mptcp` (TCP when the
+/// kernel refuses MPTCP, with a warning), else TCP.
+pub(super) fn stream_socket(addr: &SocketAddr, mptcp: bool) -> io::Result<Socket> {
+    let domain = Domain::for_address(*addr);
+    if !mptcp {
+        return Socket::new(domain, Type::STREAM, Some(Protocol::TCP));
+    }
+    let created = socket::new(domain, Fallback::Tcp)?;
+    if let Some(reason) = created.fallback {
+        tracing::warn!(%reason, "relay: MPTCP socket refused, using TCP");
+    }
+    Ok(created.socket)
+}
+
+/// Starts a non-blocking connect to `addr`; completion shows as
+/// writability.
+pub(crate) fn connect(addr: SocketAddr, mptcp: bool) -> io::Result<mio::net::TcpStream> {
+    let socket = stream_socket(&addr, mptcp)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&SockAddr::from(addr)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(mio::net::TcpStream::from_std(socket.into()))
+}
+
+/// Unsent bytes a session's socket may hold.
+pub(crate) const NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// Readies a session's socket.
+///
+/// - TCP keepalives, so that a dead peer (a remote relay that rebooted,
+///   every path down) is noticed within about a minute even when no stream
+///   is active. Kernels before 6.2 refuse the timing options on MPTCP
+///   sockets; then the defaults apply.
+/// - At most [`NOTSENT_LOWAT`] bytes not yet sent in the socket: the rest
+///   waits in the relay, where a new stream's frames can go first (a few
+///   MiB of a bulk stream queued in the kernel would delay them by seconds
+///   on a slow link).
+/// - A fixed receive buffer of `receive_buffer` bytes (`SO_RCVBUFFORCE`,
+///   with CAP_NET_ADMIN). On Linux 6.18, the autotuned receive buffer of a
+///   long-lived MPTCP connection whose traffic turns around (a download,
+///   then an upload) sometimes stays too small, and the peer's data then
+///   waits in flight for seconds; a fixed one avoids it. Without the
+///   capability the buffer stays autotuned (`SO_RCVBUF` would cap it at
+///   `net.core.rmem_max`, far smaller).
+pub(crate) fn prepare_session_socket(stream: &mio::net::TcpStream, receive_buffer: usize) {
+    let socket = SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(30))
+        .with_interval(std::time::Duration::from_secs(10))
+        .with_retries(3);
+    if socket.set_tcp_keepalive(&keepalive).is_err() {
+        let _ = socket.set_keepalive(true);
+    }
+    if let Err(e) = socket.set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+        tracing::debug!(error = %e, "relay: TCP_NOTSENT_LOWAT refused on a session");
+    }
+    let size = libc::c_int::try_from(receive_buffer).unwrap_or(libc::c_int::MAX);
+    let fd = stream.as_raw_fd();
+    if let Err(e) = sys::fd::set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size) {
+        tracing::debug!(error = %e, "relay: session receive buffer stays autotuned");
+    }
+}
