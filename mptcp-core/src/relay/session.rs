@@ -19,7 +19,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use super::splice::{self, Pipe, PipePool};
-use crate::mux::{self, Control, HEADER_LEN, Header};
+use crate::mux::{self, Control, HEADER_LEN, Header, SessionState};
 use crate::socks5::{ClientHandshake, Progress};
 use crate::sys;
 
@@ -508,10 +508,8 @@ enum Fill {
 /// Which end of the session this relay is.
 #[derive(Debug)]
 pub(crate) enum Role {
-    /// The local relay: opens streams, numbered from 1.
+    /// The local relay: opens streams.
     Client {
-        /// The id of the next stream.
-        next_id: u32,
         /// Connections waiting for the handshake: (key, serial).
         waiting: Vec<(usize, u64)>,
     },
@@ -519,8 +517,6 @@ pub(crate) enum Role {
     Server {
         /// The listener the session came from (route, policy, users).
         spec: usize,
-        /// The highest stream id seen (ids only grow).
-        last_id: u32,
     },
 }
 
@@ -533,11 +529,9 @@ pub(crate) enum Phase {
         answers: ClientHandshake,
         buf: Vec<u8>,
     },
-    /// Waiting for the peer's SETTINGS, its first frame (the streams'
-    /// initial window).
-    Settings,
-    /// Frames flow.
-    Open,
+    /// Frames flow (the first the peer's SETTINGS, see
+    /// [`SessionState`]).
+    Frames,
 }
 
 /// A multiplexed session: one MPTCP connection to the other relay.
@@ -546,16 +540,14 @@ pub(crate) struct Session {
     pub socket: TcpStream,
     pub role: Role,
     pub phase: Phase,
+    /// The protocol state: SETTINGS, stream ids, GOAWAY.
+    pub state: SessionState,
     /// The other relay's address (for per-client limits and logs).
     pub peer: IpAddr,
     /// Stream id -> connection key in the worker.
     pub streams: HashMap<u32, usize>,
     pub rx: Rx,
     pub tx: Tx,
-    /// The initial window of each stream towards the peer.
-    pub peer_window: u32,
-    /// No new streams (GOAWAY sent or received, or ids used up).
-    pub going_away: bool,
     /// Connections waiting for room in `tx`, in turn (keys; a stream's
     /// `queued` flag keeps each once).
     pub blocked: VecDeque<usize>,
@@ -579,16 +571,19 @@ impl Session {
         peer: IpAddr,
         deadline: Instant,
     ) -> Session {
+        let state = match role {
+            Role::Client { .. } => SessionState::opener(),
+            Role::Server { .. } => SessionState::acceptor(),
+        };
         Session {
             socket,
             role,
             phase,
+            state,
             peer,
             streams: HashMap::new(),
             rx: Rx::new(),
             tx: Tx::default(),
-            peer_window: mux::DEFAULT_WINDOW,
-            going_away: false,
             blocked: VecDeque::new(),
             dirty: false,
             deadline,
@@ -599,7 +594,7 @@ impl Session {
 
     /// Whether a new stream may be opened on this session now.
     pub(crate) fn accepts_streams(&self) -> bool {
-        matches!(self.phase, Phase::Open) && !self.going_away
+        matches!(self.phase, Phase::Frames) && self.state.accepts_streams()
     }
 
     /// Whether a bulk transfer kept the session busy until lately.
@@ -609,21 +604,7 @@ impl Session {
 
     /// Whether the session is still being set up.
     pub(crate) fn is_starting(&self) -> bool {
-        !matches!(self.phase, Phase::Open)
-    }
-
-    /// The next stream id (client role), marking the session as going away
-    /// when the ids run out.
-    pub(crate) fn allocate_id(&mut self) -> u32 {
-        let Role::Client { next_id, .. } = &mut self.role else {
-            unreachable!("only the client side opens streams");
-        };
-        let id = *next_id;
-        match id.checked_add(1) {
-            Some(next) => *next_id = next,
-            None => self.going_away = true,
-        }
-        id
+        !matches!(self.phase, Phase::Frames) || !self.state.is_open()
     }
 }
 

@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use super::session::{Rx, TURN_BYTES, Tx};
 use super::splice::{self, Pipe, PipePool};
-use crate::mux::Control;
+use crate::mux::{self, StreamState};
 
 /// A read of this size that comes back full makes the stream a bulk one.
 const SMALL_READ: usize = 16 * 1024;
@@ -68,8 +68,9 @@ pub(crate) enum Spliced {
 /// Why a stream cannot go on.
 #[derive(Debug)]
 pub(crate) enum StreamError {
-    /// The peer sent more than the window allowed: the session is broken.
-    Window,
+    /// The peer broke the stream's protocol (more than the window, data
+    /// after FIN): the session is broken.
+    Protocol(mux::stream::StreamError),
     /// Writing to this stream's socket failed: only the stream ends.
     Socket(io::Error),
 }
@@ -81,31 +82,20 @@ pub(crate) struct Stream {
     pub session: usize,
     /// The stream id in the session.
     pub id: u32,
-    /// The peer knows the stream is over (FIN both ways, a failed REPLY, a
-    /// RESET): no RESET is needed when it goes.
-    pub ended: bool,
-    /// Bytes from the peer may go to the socket: the REPLY arrived (local)
-    /// or was sent (remote).
-    pub replied: bool,
+    /// The protocol state: windows, FINs, the REPLY, how it ends. Bytes
+    /// from the peer go to the socket only once the REPLY succeeded
+    /// (arrived on the local relay, sent on the remote).
+    pub state: StreamState,
     /// In the session's list of streams waiting for room.
     pub queued: bool,
 
     // Socket -> peer.
-    /// Bytes the peer still accepts.
-    credit: u64,
     /// Bytes for the peer before the socket's (handshake leftovers).
     early: Vec<u8>,
     early_pos: usize,
     bulk: bool,
-    sent_fin: bool,
 
     // Peer -> socket.
-    /// This side's initial window.
-    window: u32,
-    /// Bytes the peer may still send.
-    allowed: u64,
-    /// Bytes the socket took that were not yet credited back.
-    unacked: u64,
     /// Our answer to the client (SOCKS5 reply, `200`), before any data.
     prefix: Vec<u8>,
     prefix_pos: usize,
@@ -113,7 +103,6 @@ pub(crate) struct Stream {
     pipes: VecDeque<Filled>,
     backlog: Vec<u8>,
     backlog_pos: usize,
-    got_fin: bool,
     shut: bool,
 }
 
@@ -130,23 +119,16 @@ impl Stream {
         Stream {
             session,
             id,
-            ended: false,
-            replied: false,
+            state: StreamState::new(peer_window, window),
             queued: false,
-            credit: u64::from(peer_window),
             early,
             early_pos: 0,
             bulk: false,
-            sent_fin: false,
-            window,
-            allowed: u64::from(window),
-            unacked: 0,
             prefix: Vec::new(),
             prefix_pos: 0,
             pipes: VecDeque::new(),
             backlog: Vec::new(),
             backlog_pos: 0,
-            got_fin: false,
             shut: false,
         }
     }
@@ -172,7 +154,8 @@ impl Stream {
         let mut sent = Sent::default();
         let mut reads = 0;
         loop {
-            if self.sent_fin || self.credit == 0 {
+            let credit = self.state.send_limit();
+            if credit == 0 {
                 // A WINDOW frame resumes a stream out of credit.
                 return Ok(sent);
             }
@@ -187,7 +170,6 @@ impl Stream {
                 sent.blocked = true;
                 return Ok(sent);
             }
-            let credit = usize::try_from(self.credit).unwrap_or(usize::MAX);
             if self.early_pos < self.early.len() {
                 let n = credit
                     .min(self.early.len() - self.early_pos)
@@ -198,7 +180,7 @@ impl Stream {
                     self.early = Vec::new();
                     self.early_pos = 0;
                 }
-                self.credit -= n as u64;
+                self.state.sent(n);
                 sent.bytes += n as u64;
                 continue;
             }
@@ -220,14 +202,15 @@ impl Stream {
                 Err(e) => return Err(e),
             };
             if n == 0 {
-                tx.control(self.id, &Control::Fin);
-                self.sent_fin = true;
+                if let Some(fin) = self.state.send_fin() {
+                    tx.control(self.id, &fin);
+                }
                 return Ok(sent);
             }
             if n == SMALL_READ {
                 self.bulk = true;
             }
-            self.credit -= n as u64;
+            self.state.sent(n);
             sent.bytes += n as u64;
         }
     }
@@ -308,12 +291,7 @@ impl Stream {
 
     /// Takes `len` bytes from the peer against the window.
     fn take_window(&mut self, len: usize) -> Result<(), StreamError> {
-        let len = len as u64;
-        if len > self.allowed {
-            return Err(StreamError::Window);
-        }
-        self.allowed -= len;
-        Ok(())
+        self.state.on_data(len).map_err(StreamError::Protocol)
     }
 
     /// Payload bytes from the session's buffer: written to `socket` at once
@@ -328,7 +306,7 @@ impl Stream {
         self.take_window(bytes.len())?;
         let mut written = 0;
         if let Some(fd) = socket
-            && self.replied
+            && self.state.replied()
             && !self.inbound_pending()
         {
             match splice::send(fd, bytes) {
@@ -359,13 +337,13 @@ impl Stream {
         let Some(fd) = socket else {
             return Ok(Spliced::Declined);
         };
-        if !self.replied
+        if !self.state.replied()
             || self.prefix_pos < self.prefix.len()
             || self.backlog_pos < self.backlog.len()
         {
             return Ok(Spliced::Declined);
         }
-        let allowed = usize::try_from(self.allowed).unwrap_or(usize::MAX);
+        let allowed = self.state.receive_limit();
         let n = loop {
             let has_room = self
                 .pipes
@@ -430,7 +408,7 @@ impl Stream {
         tx: &mut Tx,
         pool: &mut PipePool,
     ) -> io::Result<u64> {
-        if !self.replied {
+        if !self.state.replied() {
             return Ok(0);
         }
         let mut written = 0u64;
@@ -483,12 +461,8 @@ impl Stream {
     /// Credits the peer for bytes the socket took, a quarter window at a
     /// time (fewer WINDOW frames, and the sender never runs dry).
     fn consumed(&mut self, n: u64, tx: &mut Tx) {
-        self.unacked += n;
-        if self.unacked > 0 && self.unacked >= u64::from(self.window / 4) {
-            let increment = u32::try_from(self.unacked).expect("at most a window");
-            tx.control(self.id, &Control::Window(increment));
-            self.allowed += self.unacked;
-            self.unacked = 0;
+        if let Some(window) = self.state.consumed(n) {
+            tx.control(self.id, &window);
         }
     }
 
@@ -497,30 +471,15 @@ impl Stream {
         self.bulk
     }
 
-    /// A WINDOW frame from the peer.
-    pub(crate) fn credit(&mut self, increment: u32) {
-        self.credit += u64::from(increment);
-    }
-
-    /// Whether the peer's credit ran out (a WINDOW frame will resume).
-    pub(crate) fn out_of_credit(&self) -> bool {
-        self.credit == 0 && !self.sent_fin
-    }
-
-    /// A FIN from the peer.
-    pub(crate) fn fin_received(&mut self) {
-        self.got_fin = true;
-    }
-
     /// Whether the FIN was received and everything before it written: the
     /// socket's write side can be shut (or the socket closed).
     pub(crate) fn inbound_finished(&self) -> bool {
-        self.got_fin && !self.inbound_pending()
+        self.state.fin_received() && !self.inbound_pending()
     }
 
     /// Whether the socket's EOF went to the peer.
     pub(crate) fn outbound_finished(&self) -> bool {
-        self.sent_fin
+        self.state.fin_sent()
     }
 
     /// Shuts the socket's write side once, after the peer's FIN.
@@ -589,7 +548,9 @@ mod tests {
             .unwrap();
         assert!(matches!(
             stream.receive(&[1], Some(ours.as_raw_fd()), &mut tx),
-            Err(StreamError::Window)
+            Err(StreamError::Protocol(
+                mux::stream::StreamError::WindowExceeded
+            ))
         ));
     }
 
@@ -607,7 +568,7 @@ mod tests {
                 .unwrap(),
             0
         );
-        stream.replied = true;
+        stream.state.on_reply(crate::socks5::ReplyCode::Succeeded);
         stream.answer_first(b"ANSWER ");
         assert_eq!(
             stream
@@ -648,8 +609,8 @@ mod tests {
             .send(fd, &mut tx, -1, &mut pool, 16, usize::MAX)
             .unwrap();
         assert_eq!(sent.bytes, 10);
-        assert!(stream.out_of_credit() && !stream.outbound_finished());
-        stream.credit(100);
+        assert!(stream.state.out_of_credit() && !stream.outbound_finished());
+        stream.state.on_window(100).unwrap();
         let sent = stream
             .send(fd, &mut tx, -1, &mut pool, 16, usize::MAX)
             .unwrap();

@@ -818,7 +818,6 @@ impl Conn {
                 // Remote role, multiplexed: the destination answered.
                 ctx.sessions
                     .reply(&mut stream, ReplyCode::Succeeded, bound, ctx.now);
-                stream.replied = true;
                 Phase::Tunnel {
                     socket: upstream,
                     stream,
@@ -940,8 +939,7 @@ impl Conn {
         }
         if stream.inbound_finished() {
             if stream.outbound_finished() {
-                // The close sends the socket's FIN.
-                stream.ended = true;
+                // Both FINs: the peer knows; the close sends the socket's.
                 return Ok(true);
             }
             stream.shut_socket(socket).map_err(|e| Failure::io(&e))?;
@@ -954,15 +952,14 @@ impl Conn {
         let Some((stream, _, _)) = self.phase.stream_mut() else {
             return Next::Keep;
         };
-        if stream.replied {
+        if stream.state.reply_known() {
             return Next::Keep;
         }
+        stream.state.on_reply(code);
         if code != ReplyCode::Succeeded {
-            stream.ended = true;
             let f = Failure::upstream(code, format!("remote relay: {code}"));
             return self.fail_now(f, ctx);
         }
-        stream.replied = true;
         let mut answer = Vec::new();
         self.answer.encode_success(None, &mut answer);
         stream.answer_first(&answer);
@@ -988,14 +985,17 @@ impl Conn {
                 stream,
                 local: true,
             } => {
-                let replied = stream.replied;
+                let replied = stream.state.replied();
                 (Some(socket), Some(stream), replied)
             }
             Phase::Tunnel { stream, .. } => (None, Some(stream), true),
             Phase::Relay { .. } | Phase::Closing { .. } | Phase::Closed => (None, None, true),
         };
         if let Some(mut stream) = stream {
-            if self.answer == Answer::MuxReply && !stream.replied && !stream.ended {
+            if self.answer == Answer::MuxReply
+                && !stream.state.reply_known()
+                && !stream.state.is_over()
+            {
                 ctx.sessions.reply(&mut stream, f.socks, None, ctx.now);
             }
             ctx.sessions.detach(stream, &mut ctx.pool, ctx.now);

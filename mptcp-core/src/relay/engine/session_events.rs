@@ -98,7 +98,7 @@ impl Worker {
                         )));
                     }
                     let leftover = buf.split_off(used);
-                    session.phase = session::Phase::Settings;
+                    session.phase = session::Phase::Frames;
                     session.rx.preload(&leftover);
                 }
                 Err(e) => {
@@ -195,10 +195,8 @@ impl Worker {
             }
             match outcome {
                 Ok(()) => {}
-                Err(StreamError::Window) => {
-                    return Err(ReadError::Protocol(format!(
-                        "the other relay overran the window of stream {stream_id}"
-                    )));
+                Err(StreamError::Protocol(e)) => {
+                    return Err(ReadError::Protocol(format!("stream {stream_id}: {e}")));
                 }
                 Err(StreamError::Socket(e)) => {
                     if let Some(key) = self.stream_key(s, stream_id) {
@@ -222,22 +220,23 @@ impl Worker {
             return Ok(());
         };
         let key = session.streams.get(&id).copied();
-        if matches!(session.phase, session::Phase::Settings)
-            != matches!(control, Control::Settings(_))
-        {
-            return Err("SETTINGS must be the first frame, and only the first".into());
-        }
+        session
+            .state
+            .check_order(Some(&control))
+            .map_err(|e| e.to_string())?;
         match control {
             Control::Settings(settings) => {
-                session.peer_window = settings.initial_window;
-                session.phase = session::Phase::Open;
+                session
+                    .state
+                    .on_settings(&settings)
+                    .map_err(|e| e.to_string())?;
                 tracing::debug!(peer = %session.peer, "relay: session open");
                 if matches!(session.role, Role::Client { .. }) {
                     self.ctx.sessions.opened();
                 }
                 self.session_ready(s);
             }
-            Control::GoAway { .. } => session.going_away = true,
+            Control::GoAway { .. } => session.state.on_go_away(),
             Control::Open(dest) => return self.open_remote_stream(s, id, dest),
             Control::Reply { code, .. } => {
                 if let Some(key) = key {
@@ -246,13 +245,13 @@ impl Worker {
             }
             Control::Fin => {
                 if let Some(key) = key {
-                    self.with_stream(key, Stream::fin_received);
+                    self.with_stream(key, |st| st.state.on_fin());
                     self.drive(key);
                 }
             }
             Control::Reset(code) => {
                 if let Some(key) = key {
-                    self.with_stream(key, |st| st.ended = true);
+                    self.with_stream(key, |st| st.state.on_reset());
                     let f = Failure::new(
                         ErrorKind::Io,
                         format!("the other relay reset the stream ({code})"),
@@ -262,12 +261,12 @@ impl Worker {
             }
             Control::Window(n) => {
                 if let Some(key) = key {
-                    let mut resume = false;
+                    let mut credited = Ok(false);
                     self.with_stream(key, |st| {
-                        resume = st.out_of_credit();
-                        st.credit(n);
+                        let resume = st.state.out_of_credit();
+                        credited = st.state.on_window(n).map(|()| resume);
                     });
-                    if resume {
+                    if credited.map_err(|e| format!("stream {id}: {e}"))? {
                         self.drive(key);
                     }
                 }
@@ -304,16 +303,15 @@ impl Worker {
         let Some(session) = self.ctx.sessions.get_mut(s) else {
             return Ok(());
         };
-        let Role::Server { spec, last_id } = &mut session.role else {
+        let Role::Server { spec } = session.role else {
             return Err("the remote relay sent OPEN".into());
         };
-        if id <= *last_id {
-            return Err(format!("stream id {id} reused or out of order"));
-        }
-        *last_id = id;
-        let spec = *spec;
-        let refuse = session.going_away || session.streams.len() >= max_streams;
-        let (peer, peer_window) = (session.peer, session.peer_window);
+        let accepted = session
+            .state
+            .accept_stream(id)
+            .map_err(|e| format!("stream {id}: {e}"))?;
+        let refuse = !accepted || session.streams.len() >= max_streams;
+        let (peer, peer_window) = (session.peer, session.state.peer_window());
         let mut stream = Stream::new(s, id, peer_window, window, Vec::new());
         let admission = (!refuse)
             .then(|| self.ctx.admit_as(Slot::Stream, peer))
@@ -397,7 +395,7 @@ impl Worker {
             return;
         };
         let retired = matches!(session.role, Role::Client { .. })
-            && session.going_away
+            && session.state.is_going_away()
             && session.streams.is_empty()
             && session.tx.is_idle();
         if retired {
@@ -417,7 +415,7 @@ impl Worker {
         };
         tracing::debug!(peer = %session.peer, streams = session.streams.len(), "relay: session {side} closed: {why}");
         for (_, key) in session.streams {
-            self.with_stream(key, |st| st.ended = true);
+            self.with_stream(key, |st| st.state.on_reset());
             let f = Failure::new(
                 ErrorKind::Upstream,
                 format!("session with the other relay: {why}"),

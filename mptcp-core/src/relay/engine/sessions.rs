@@ -242,10 +242,10 @@ impl Sessions {
     ) -> Option<Stream> {
         let window = self.window();
         let session = self.slab.get_mut(s)?;
-        let id = session.allocate_id();
+        let id = session.state.open_stream()?;
         session.tx.control(id, &Control::Open(dest));
         session.streams.insert(id, key);
-        let stream = Stream::new(s, id, session.peer_window, window, early);
+        let stream = Stream::new(s, id, session.state.peer_window(), window, early);
         Counters::add(&self.counters().multiplexed, 1);
         self.mark_dirty(s, now);
         Some(stream)
@@ -294,7 +294,6 @@ impl Sessions {
             buf: Vec::new(),
         };
         let role = Role::Client {
-            next_id: 1,
             waiting: Vec::new(),
         };
         let peer = dialer.addr.ip();
@@ -325,9 +324,9 @@ impl Sessions {
             return None;
         }
         outbound::prepare_session_socket(&socket, self.receive_buffer());
-        let role = Role::Server { spec, last_id: 0 };
+        let role = Role::Server { spec };
         let deadline = now + self.shared.engine.handshake_timeout();
-        let mut session = Session::new(socket, role, session::Phase::Settings, peer, deadline);
+        let mut session = Session::new(socket, role, session::Phase::Frames, peer, deadline);
         let mut answer = Vec::new();
         socks5::encode_reply(ReplyCode::Succeeded, Some(version_address()), &mut answer);
         session.tx.raw(&answer);
@@ -336,7 +335,9 @@ impl Sessions {
         });
         session.tx.control(0, &settings);
         session.rx.preload(leftover);
-        session.going_away = draining;
+        if draining && let Some(goaway) = session.state.go_away() {
+            session.tx.control(0, &goaway);
+        }
         let s = self.register(session, now)?;
         tracing::debug!(client = %peer, "relay: session opened");
         Some(s)
@@ -401,9 +402,7 @@ impl Sessions {
         bound: Option<SocketAddr>,
         now: Instant,
     ) {
-        if code != ReplyCode::Succeeded {
-            stream.ended = true;
-        }
+        stream.state.on_reply(code);
         let bound = TargetAddr::Ip(bound.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))));
         if let Some(session) = self.slab.get_mut(stream.session) {
             session
@@ -415,16 +414,14 @@ impl Sessions {
 
     /// A stream leaves its session: unmapped, and reset unless the peer
     /// knows it is over; its empty pipes go back to `pool`.
-    pub(super) fn detach(&mut self, stream: Stream, pool: &mut PipePool, now: Instant) {
+    pub(super) fn detach(&mut self, mut stream: Stream, pool: &mut PipePool, now: Instant) {
         if let Some(session) = self.slab.get_mut(stream.session) {
             let key = session.streams.remove(&stream.id);
             if stream.queued {
                 session.blocked.retain(|&k| Some(k) != key);
             }
-            if !stream.ended {
-                session
-                    .tx
-                    .control(stream.id, &Control::Reset(ReplyCode::GeneralFailure));
+            if let Some(reset) = stream.state.finish() {
+                session.tx.control(stream.id, &reset);
             }
             self.mark_dirty(stream.session, now);
         }
@@ -486,14 +483,8 @@ impl Sessions {
             let Some(session) = self.slab.get_mut(s) else {
                 continue;
             };
-            if let Role::Server { last_id, .. } = session.role {
-                session.going_away = true;
-                session.tx.control(
-                    0,
-                    &Control::GoAway {
-                        last_stream: last_id,
-                    },
-                );
+            if let Some(goaway) = session.state.go_away() {
+                session.tx.control(0, &goaway);
                 self.mark_dirty(s, now);
             }
         }

@@ -1,0 +1,77 @@
+//! The relays' multiplexing protocol: many TCP connections carried as
+//! streams of one long-lived MPTCP connection (a *session*) between a local
+//! and a remote relay. A new LAN connection then costs no MPTCP handshake,
+//! no subflow join and no round trip to the remote relay before its first
+//! byte: the OPEN frame and the first data leave together. Pure code over
+//! byte slices, like [`crate::socks5`]; the relay engine does the I/O.
+//!
+//! # Starting a session
+//! A session begins as a SOCKS5 connection: greeting, authentication, and a
+//! [`Command::Multiplex`](crate::socks5::Command::Multiplex) request whose
+//! destination is `0.0.0.0:`[`VERSION`]. A server that multiplexes answers
+//! "succeeded" with the same port as its bound address; any other SOCKS5
+//! server (dante) answers "command not supported", and the client falls
+//! back to one CONNECT per connection. Then each side sends a SETTINGS
+//! frame, and frames follow in both directions.
+//!
+//! # Frames
+//! A 10-byte header, then `length` bytes of payload:
+//!
+//! ```text
+//! +------+-------+--------------------+--------------------+-----------
+//! | type | flags | stream (u32, BE)   | length (u32, BE)   | payload...
+//! +------+-------+--------------------+--------------------+-----------
+//! ```
+//!
+//! | type | stream | payload | meaning |
+//! |---|---|---|---|
+//! | 0 DATA | id | bytes | stream data, in order |
+//! | 1 OPEN | new id | `ATYP ADDR PORT` as in SOCKS5 | client: connect to this destination; DATA may follow at once |
+//! | 2 REPLY | id | `REP ATYP BND.ADDR BND.PORT` | server: how connecting went, as a SOCKS5 reply |
+//! | 3 FIN | id | none | the sender sends no more on this stream (half-close) |
+//! | 4 RESET | id | `REP` | the stream is aborted in both directions |
+//! | 5 WINDOW | id | increment (u32, BE) | the receiver took this many more bytes |
+//! | 6 SETTINGS | 0 | (id u16, value u32)* | the sender's parameters; its first frame |
+//! | 7 GOAWAY | 0 | last stream id (u32, BE) | no new streams on this session |
+//!
+//! Stream ids are chosen by the client, increasing from 1, never reused in
+//! a session. Flags are 0. Unknown frame types are skipped and unknown
+//! settings ignored, so later versions can add both.
+//!
+//! # Flow control
+//! Per stream and direction, a sender may have sent at most the receiver's
+//! initial window ([`Settings::initial_window`]) plus the increments of the
+//! WINDOW frames it received. A receiver therefore never has to stop
+//! reading the session because one stream's reader is slow: at most a
+//! window per stream waits in its buffers, and the other streams go on.
+//!
+//! ```
+//! use mptcp_core::mux::{Control, Header, FrameType};
+//! use mptcp_core::socks5::{Progress, TargetAddr};
+//! let mut wire = Vec::new();
+//! Control::Open(TargetAddr::Domain("example.test".into(), 443)).encode(1, &mut wire).unwrap();
+//! let Ok(Progress::Done(header, used)) = Header::parse(&wire) else { panic!() };
+//! assert_eq!((header.kind, header.stream), (FrameType::Open, 1));
+//! let open = Control::parse(&header, &wire[used..]).unwrap();
+//! assert_eq!(open, Some(Control::Open(TargetAddr::Domain("example.test".into(), 443))));
+//! ```
+#![forbid(unsafe_code)]
+//!
+//! # Code
+//! - `frame`: the wire codec (re-exported here: [`Header`], [`Control`],
+//!   [`Settings`], ...);
+//! - [`stream`]: one stream's protocol state: flow-control windows in both
+//!   directions, half-close, reply and reset ([`StreamState`]);
+//! - [`session`]: a session's protocol state: SETTINGS first, stream ids,
+//!   GOAWAY ([`SessionState`]).
+//!
+//! All three are pure state machines; the relay engine
+//! (`relay::session`, `relay::stream`) drives them with its sockets.
+
+mod frame;
+pub mod session;
+pub mod stream;
+
+pub use frame::*;
+pub use session::SessionState;
+pub use stream::StreamState;
