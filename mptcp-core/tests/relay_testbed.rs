@@ -384,6 +384,71 @@ fn curl_socks5_hostname_and_proxychains_to_remote() {
     assert_eq!(stats.relayed, 2, "{stats}");
 }
 
+/// The remote relay's default policy keeps it from being a door into its
+/// own host: its own addresses (a service bound to 0.0.0.0 there) and the
+/// IPv6 spellings of loopback are refused as "not allowed", while the
+/// destination behind it is served.
+#[test]
+fn the_remote_refuses_its_own_addresses_and_ipv6_forms_of_loopback() {
+    let (rp, dir, content, _http) = site(1, None, "own-addresses", 64 << 10);
+    let remote = start_remote(&rp);
+    let own_port = 8081;
+    let _own_service = daemon(
+        rp.remote.command("python3").args([
+            "-m",
+            "http.server",
+            &own_port.to_string(),
+            "--bind",
+            "::",
+        ]),
+        "python3 (for http.server)",
+    );
+    rp.remote.wait_listening(own_port).unwrap();
+    let proxy = format!("{}:{SOCKS_PORT}", rp.remote_addr());
+    let auth = format!("{USER}:{PASS}");
+    // The service is there: the local host reaches it directly.
+    let direct = rp
+        .local
+        .command("curl")
+        .args(["-sS", "--fail", "--max-time", "10", "-o", "/dev/null"])
+        .arg(format!("http://{}:{own_port}/", rp.remote_addr()))
+        .status()
+        .unwrap();
+    assert!(
+        direct.success(),
+        "the remote host's own service must answer directly"
+    );
+    for host in [
+        rp.remote_addr().to_string(),
+        rp.remote_egress_addr().to_string(),
+        "[::ffff:127.0.0.1]".to_string(),
+        "[::127.0.0.1]".to_string(),
+        "[64:ff9b::7f00:1]".to_string(),
+    ] {
+        let url = format!("http://{host}:{own_port}/");
+        let stderr = curl_socks5_fails(&rp.local, &proxy, &auth, &url);
+        assert!(
+            stderr.contains("connection not allowed by ruleset") || stderr.contains("(2)"),
+            "{url}: {stderr}"
+        );
+    }
+    let out = dir.0.join("through");
+    download_matches(
+        &rp.local,
+        &["--socks5-hostname", &proxy, "--proxy-user", &auth],
+        &file_url(&rp),
+        &out,
+        &content,
+    );
+    let stats = remote.stats();
+    assert_eq!(stats.relayed, 1, "{stats}");
+    assert_eq!(
+        stats.error(mptcp_core::relay::ErrorKind::DestinationDenied),
+        5,
+        "{stats}"
+    );
+}
+
 #[test]
 fn local_relay_with_dante_as_remote() {
     let (rp, dir, content, _http) = site(1, None, "dante", 1 << 20);

@@ -134,7 +134,7 @@ impl<'de> serde::Deserialize<'de> for Cidr {
 /// Networks the remote relay refuses to connect to unless allowed
 /// explicitly: its own loopback, link-local, private and unspecified ranges
 /// (and the same spelled as IPv4-mapped IPv6).
-pub const DEFAULT_DENIED: [&str; 11] = [
+pub const DEFAULT_DENIED: [&str; 14] = [
     "0.0.0.0/8",
     "127.0.0.0/8",
     "10.0.0.0/8",
@@ -142,16 +142,30 @@ pub const DEFAULT_DENIED: [&str; 11] = [
     "192.168.0.0/16",
     "169.254.0.0/16",
     "100.64.0.0/10",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
     "::/128",
     "::1/128",
     "fe80::/10",
     "fc00::/7",
+    "ff00::/8",
 ];
 
 /// Where the remote relay may connect.
 ///
 /// Order of decision: `deny` wins, then `allow`, then the default denied
-/// ranges ([`DEFAULT_DENIED`]), else allowed.
+/// ranges ([`DEFAULT_DENIED`]) and the relay host's own addresses, else
+/// allowed. An IPv6 address that carries an IPv4 one (IPv4-mapped,
+/// IPv4-compatible, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is judged as
+/// both, so `::ffff:127.0.0.1` and `64:ff9b::7f00:1` are loopback too.
+///
+/// ```
+/// use mptcp_core::relay::DestinationPolicy;
+/// let policy = DestinationPolicy::new(Vec::new(), Vec::new());
+/// assert!(!policy.allows("64:ff9b::7f00:1".parse().unwrap()));
+/// assert!(!policy.allows("239.1.2.3".parse().unwrap()));
+/// assert!(policy.allows("192.0.2.1".parse().unwrap()));
+/// ```
 #[derive(Debug, Clone)]
 pub struct DestinationPolicy {
     allow: Vec<Cidr>,
@@ -173,15 +187,49 @@ impl DestinationPolicy {
         }
     }
 
-    /// Whether connecting to `ip` is allowed.
+    /// Whether connecting to `ip` is allowed (the host's own addresses
+    /// aside, see [`DestinationPolicy::allows_from`]).
     pub fn allows(&self, ip: IpAddr) -> bool {
-        if self.deny.iter().any(|c| c.contains(ip)) {
+        self.allows_from(ip, &[])
+    }
+
+    /// Whether a relay on a host with the addresses `own` may connect to
+    /// `ip`: its own addresses are denied by default like the ranges, since
+    /// services bound to `0.0.0.0` on it would be reachable otherwise.
+    pub fn allows_from(&self, ip: IpAddr, own: &[IpAddr]) -> bool {
+        let forms = [Some(ip), embedded_ipv4(ip).map(IpAddr::V4)];
+        let forms = || forms.iter().flatten().copied();
+        if forms().any(|f| self.deny.iter().any(|c| c.contains(f))) {
             return false;
         }
         if self.allow.iter().any(|c| c.contains(ip)) {
             return true;
         }
-        !self.default_denied.iter().any(|c| c.contains(ip))
+        !forms().any(|f| self.default_denied.iter().any(|c| c.contains(f)) || own.contains(&f))
+    }
+}
+
+/// The IPv4 address an IPv6 one carries, in the forms that reach it:
+/// IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`, NAT64's
+/// well-known prefix `64:ff9b::/96`, and 6to4 `2002:AABB:CCDD::/16`.
+fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else { return None };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let s = v6.segments();
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    match s {
+        // `::` and `::1` are IPv6's own unspecified and loopback addresses.
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,
+        [0, 0, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
+        [0x2002, a, b, ..] => Some(Ipv4Addr::new(
+            (a >> 8) as u8,
+            a as u8,
+            (b >> 8) as u8,
+            b as u8,
+        )),
+        _ => None,
     }
 }
 
@@ -268,5 +316,56 @@ mod tests {
         assert!(!authenticate(&users, &creds("alice", "correct hors")));
         assert!(!authenticate(&users, &creds("alice", "correct horsf")));
         assert!(!authenticate(&[], &creds("alice", "correct horse")));
+    }
+
+    #[test]
+    fn ipv6_forms_of_denied_ipv4_ranges_are_denied() {
+        let policy = DestinationPolicy::new(Vec::new(), Vec::new());
+        for denied in [
+            "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::1",
+            "2002:c0a8:101::",
+            "::ffff:169.254.169.254",
+            "255.255.255.255",
+            "224.0.0.251",
+            "239.255.255.250",
+            "ff02::1",
+            "ff05::1:3",
+        ] {
+            let ip: IpAddr = denied.parse().unwrap();
+            assert!(!policy.allows(ip), "{denied} must be denied");
+        }
+        for allowed in [
+            "64:ff9b::c000:201",
+            "2002:c000:201::1",
+            "::ffff:192.0.2.1",
+            "2001:db8::1",
+        ] {
+            let ip: IpAddr = allowed.parse().unwrap();
+            assert!(policy.allows(ip), "{allowed} must be allowed");
+        }
+    }
+
+    #[test]
+    fn the_hosts_own_addresses_are_denied_unless_allowed() {
+        let own: Vec<IpAddr> = vec![
+            "203.0.113.5".parse().unwrap(),
+            "2001:db8::5".parse().unwrap(),
+        ];
+        let policy = DestinationPolicy::new(Vec::new(), Vec::new());
+        assert!(!policy.allows_from("203.0.113.5".parse().unwrap(), &own));
+        assert!(!policy.allows_from("::ffff:203.0.113.5".parse().unwrap(), &own));
+        assert!(!policy.allows_from("2001:db8::5".parse().unwrap(), &own));
+        assert!(policy.allows_from("203.0.113.6".parse().unwrap(), &own));
+        let allowing = DestinationPolicy::new(vec!["203.0.113.5/32".parse().unwrap()], Vec::new());
+        assert!(allowing.allows_from("203.0.113.5".parse().unwrap(), &own));
+        let denying = DestinationPolicy::new(Vec::new(), vec!["192.0.2.0/24".parse().unwrap()]);
+        assert!(
+            !denying.allows("64:ff9b::c000:201".parse().unwrap()),
+            "deny sees the IPv4 form"
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! Small system calls outside sockets' data: the kernel release, an
-//! interface's name, waiting for a descriptor to become readable.
+//! interface's name, the host's addresses, waiting for a descriptor to
+//! become readable.
 
 use std::ffi::CStr;
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 
 /// Calls `f` with the kernel release string from `uname(2)`, without
@@ -32,6 +34,47 @@ pub fn interface_name(ifindex: u32) -> Option<String> {
     // SAFETY: on success if_indextoname wrote a NUL-terminated string into `buf`.
     let name = unsafe { CStr::from_ptr(buf.as_ptr()) };
     Some(name.to_string_lossy().into_owned())
+}
+
+/// The IP addresses of every interface in the calling thread's network
+/// namespace (`getifaddrs(3)`), loopback included.
+pub fn interface_addresses() -> io::Result<Vec<IpAddr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `list` is a valid place for the pointer getifaddrs allocates.
+    super::cvt(unsafe { libc::getifaddrs(&mut list) })?;
+    let mut addrs = Vec::new();
+    let mut at = list;
+    while !at.is_null() {
+        // SAFETY: `at` is an element of the list getifaddrs returned, which
+        // stays allocated until freeifaddrs below.
+        let entry = unsafe { &*at };
+        if !entry.ifa_addr.is_null() {
+            // SAFETY: a non-null `ifa_addr` points to a sockaddr whose
+            // family field says which struct it is; only the two IP
+            // families are read, each as its own struct.
+            let ip = unsafe {
+                match i32::from((*entry.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*entry.ifa_addr.cast::<libc::sockaddr_in>();
+                        Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            sin.sin_addr.s_addr,
+                        ))))
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*entry.ifa_addr.cast::<libc::sockaddr_in6>();
+                        Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+                    }
+                    _ => None,
+                }
+            };
+            addrs.extend(ip);
+        }
+        at = entry.ifa_next;
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once; no reference
+    // into it outlives this line.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(addrs)
 }
 
 /// Waits at most `timeout_ms` for `fd` to be readable (`poll(2)`, again

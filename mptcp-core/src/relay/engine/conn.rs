@@ -717,7 +717,7 @@ impl Conn {
         let total = addrs.len();
         let allowed: Vec<SocketAddr> = addrs
             .into_iter()
-            .filter(|a| policy.allows(a.ip()))
+            .filter(|a| policy.allows_from(a.ip(), &ctx.own_addresses))
             .collect();
         if allowed.is_empty() {
             let why = if total == 0 {

@@ -105,11 +105,30 @@ struct Ctx {
     requeue: Vec<usize>,
     resolve_tx: Sender<ResolveRequest>,
     next_serial: u64,
+    /// Remote role: the host's own addresses, which destinations may not
+    /// be by default (refreshed with every sweep; empty for a local role).
+    own_addresses: Vec<IpAddr>,
 }
 
 impl Ctx {
     fn counters(&self) -> &Counters {
         &self.shared.counters[self.worker]
+    }
+
+    /// Reads the host's addresses again, if a listener connects to
+    /// destinations (a failure keeps the last list).
+    fn refresh_own_addresses(&mut self) {
+        let connects = self
+            .specs
+            .iter()
+            .any(|s| matches!(&*s.route, Route::Direct { .. }));
+        if !connects {
+            return;
+        }
+        match crate::sys::os::interface_addresses() {
+            Ok(addrs) => self.own_addresses = addrs,
+            Err(e) => tracing::debug!(error = %e, "relay: cannot list the host's addresses"),
+        }
     }
 
     /// Takes a slot of `kind` for `client_ip`; `None` (and counted as
@@ -197,7 +216,7 @@ impl Worker {
             idx,
             specs.iter().map(|s| &*s.route),
         );
-        let ctx = Ctx {
+        let mut ctx = Ctx {
             worker: idx,
             now: Instant::now(),
             registry: poll.registry().try_clone()?,
@@ -208,7 +227,9 @@ impl Worker {
             requeue: Vec::new(),
             resolve_tx,
             next_serial: 0,
+            own_addresses: Vec::new(),
         };
+        ctx.refresh_own_addresses();
         Ok(Worker {
             poll,
             listeners,
@@ -311,6 +332,7 @@ impl Worker {
             self.handling = Handling::Nothing;
             self.run_requeued();
             if self.ctx.now >= next_sweep {
+                self.ctx.refresh_own_addresses();
                 self.sweep();
                 self.sweep_sessions();
                 next_sweep = self.ctx.now + SWEEP_INTERVAL;
