@@ -259,6 +259,83 @@ fn refusals_get_the_right_answer_and_spare_other_connections() {
     drop(bystander);
 }
 
+/// Connects from `source` (another loopback address) through a SOCKS5
+/// server and reports whether the login and CONNECT succeeded.
+fn socks_connect_from(
+    source: &str,
+    proxy: SocketAddr,
+    creds: (&str, &str),
+    dest: SocketAddr,
+) -> bool {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&format!("{source}:0").parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.connect(&proxy.into()).unwrap();
+    let mut s: TcpStream = socket.into();
+    timeouts(&s);
+    let mut hello = Vec::new();
+    socks5::encode_client_hello_auth_request(
+        Some(creds),
+        &Request::connect(TargetAddr::Ip(dest)),
+        &mut hello,
+    )
+    .unwrap();
+    s.write_all(&hello).unwrap();
+    let mut hs = ClientHandshake::new(true);
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 512];
+        let n = s.read(&mut chunk).unwrap_or(0);
+        buf.extend_from_slice(&chunk[..n]);
+        match hs.advance(&buf) {
+            Ok(Progress::Done(..)) => return true,
+            Ok(Progress::NeedMore) if n > 0 => {}
+            Ok(Progress::NeedMore) | Err(_) => return false,
+        }
+    }
+}
+
+/// Online guessing: a client that tries a list of passwords as fast as it
+/// is answered gets a few tries checked, then waits that double; its
+/// right guess (the tenth) is never checked, while a user at another
+/// address logs in at once.
+#[test]
+fn password_guessing_is_slowed_and_spares_other_addresses() {
+    let (echo, _e) = echo_server();
+    let relay = remote_relay();
+    let proxy = relay.listener(ListenerKind::RemoteSocks5).unwrap();
+    let start = std::time::Instant::now();
+    let mut attempts = 0u32;
+    let mut cracked = None;
+    while start.elapsed() < Duration::from_secs(3) {
+        attempts += 1;
+        let guess = if attempts == 10 {
+            PASS.to_string()
+        } else {
+            format!("guess-{attempts}")
+        };
+        if socks_connect_from("127.0.0.1", proxy, (USER, &guess), echo) {
+            cracked = Some(attempts);
+        }
+        if attempts == 50 {
+            assert!(
+                socks_connect_from("127.0.0.2", proxy, (USER, PASS), echo),
+                "a user at another address is not held up"
+            );
+        }
+    }
+    let per_second = f64::from(attempts) / start.elapsed().as_secs_f64();
+    println!("{attempts} guesses answered in 3 s ({per_second:.0}/s), the right one refused");
+    assert!(attempts > 100, "the guessing ran: {attempts} attempts");
+    assert_eq!(
+        cracked, None,
+        "the right password, tried once among the guesses, was never checked"
+    );
+    let stats = relay.stats();
+    assert_eq!(stats.error(ErrorKind::Auth), u64::from(attempts), "{stats}");
+}
+
 #[test]
 fn http_listener_statuses() {
     let remote = remote_relay();

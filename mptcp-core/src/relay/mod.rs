@@ -30,6 +30,7 @@
 
 mod config;
 mod engine;
+mod guard;
 mod limits;
 mod listeners;
 mod outbound;
@@ -115,6 +116,8 @@ pub(crate) struct Shared {
     pub engine: EngineConfig,
     pub state: AtomicU8,
     pub limits: Limits,
+    /// Failed logins per client address (online guessing slowed down).
+    pub auth_guard: guard::AuthGuard,
     /// Tests: the next connection a worker drives panics.
     #[cfg(test)]
     pub panic_next_drive: std::sync::atomic::AtomicBool,
@@ -178,6 +181,7 @@ impl Relay {
             engine: config.engine.clone(),
             state: AtomicU8::new(RUNNING),
             limits: Limits::new(&config.engine),
+            auth_guard: guard::AuthGuard::default(),
             #[cfg(test)]
             panic_next_drive: std::sync::atomic::AtomicBool::new(false),
             counters: (0..workers).map(|_| Counters::default()).collect(),

@@ -19,6 +19,7 @@ use super::answer::{Answer, Failure};
 use super::sessions::Placement;
 use super::{Ctx, READ_BUDGET, Slot, conn_tokens};
 use crate::http::{self, ProxyRequestKind};
+use crate::relay::guard::Verdict;
 use crate::relay::session;
 use crate::relay::splice::Flow;
 use crate::relay::stats::{Counters, ErrorKind};
@@ -536,11 +537,20 @@ impl Conn {
         let (dest, used, http_kind) = match parser {
             Parser::Socks5(hs) => {
                 let route = &*ctx.specs[self.spec].route;
-                let check = |c: &socks5::Credentials| match route {
-                    Route::Direct { users, .. } => crate::relay::policy::authenticate(users, c),
-                    Route::Upstream { .. } => false,
+                let client_ip = self.admission.client;
+                let mut verdict = None;
+                let check = |c: &socks5::Credentials| {
+                    let Route::Direct { users, .. } = route else {
+                        return false;
+                    };
+                    let v = ctx.shared.auth_guard.check(client_ip, ctx.now, || {
+                        crate::relay::policy::authenticate(users, c)
+                    });
+                    verdict = Some((v, String::from_utf8_lossy(&c.username).into_owned()));
+                    v == Verdict::Accepted
                 };
                 let r = hs.advance(buf, &mut self.to_client, check);
+                log_login(client_ip, verdict);
                 flush(client, &mut self.to_client)
                     .map_err(|e| Failure::new(ErrorKind::Io, format!("writing to client: {e}")))?;
                 match r {
@@ -1015,6 +1025,28 @@ impl Conn {
             Ok(true) | Err(_) => Next::Close,
             Ok(false) => self.keep(Phase::Closing { client }),
         }
+    }
+}
+
+/// Logs a failed login at the default level (the client's address and the
+/// user name, never the password), and once when an address starts to be
+/// held back; tries refused while it waits are only counted.
+fn log_login(client: IpAddr, verdict: Option<(Verdict, String)>) {
+    match verdict {
+        Some((Verdict::Rejected { failures, wait }, user)) if wait.is_zero() => {
+            tracing::warn!(%client, ?user, failures, "relay: wrong username or password");
+        }
+        Some((Verdict::Rejected { failures, wait }, user)) => tracing::warn!(
+            %client,
+            ?user,
+            failures,
+            "relay: wrong username or password; this address waits {} ms before its next try",
+            wait.as_millis()
+        ),
+        Some((Verdict::TooSoon, user)) => {
+            tracing::debug!(%client, ?user, "relay: a login too soon after failed ones, refused");
+        }
+        Some((Verdict::Accepted, _)) | None => {}
     }
 }
 
