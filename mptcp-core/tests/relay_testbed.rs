@@ -514,13 +514,26 @@ fn tproxy_and_http_proxy_listeners() {
     let remote = start_remote(&rp);
     let tproxy_port = 12346;
     let http_port = 3128;
-    let local = LocalConfig::new(SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT).to_string())
+    let remote_addr = SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT).to_string();
+    // The test bed's LAN (198.19.1.0/24) is not a private range: it must be
+    // listed for the proxy listeners, as a LAN with public addresses would.
+    let lan_net = "198.19.1.0/24".parse().unwrap();
+    let local = LocalConfig::new(remote_addr.clone())
         .credentials(USER, PASS)
         .tproxy(SocketAddr::new([0, 0, 0, 0].into(), tproxy_port))
-        .http(SocketAddr::new(rp.local_lan_addr().into(), http_port));
+        .http(SocketAddr::new(rp.local_lan_addr().into(), http_port))
+        .allow_client(lan_net);
     let local = rp
         .local
         .run(|| Relay::start(Config::new().engine(engine()).local(local)))
+        .unwrap();
+    let strict_port = 3129;
+    let strict = LocalConfig::new(remote_addr)
+        .credentials(USER, PASS)
+        .http(SocketAddr::new([0, 0, 0, 0].into(), strict_port));
+    let strict = rp
+        .local
+        .run(|| Relay::start(Config::new().engine(engine()).local(strict)))
         .unwrap();
     // TPROXY: marked packets (table 4242: the test bed's source routing
     // uses tables from 100) are delivered locally to the transparent
@@ -562,4 +575,36 @@ fn tproxy_and_http_proxy_listeners() {
     let stats = local.stats();
     assert_eq!(stats.relayed, 3, "{stats}");
     assert_eq!(remote.stats().relayed, 3);
+
+    // Without an allowlist, a proxy listener on 0.0.0.0 serves private
+    // addresses only: the LAN host here (and anyone on the WAN side) is
+    // refused before a byte goes to the remote.
+    let strict_proxy = format!("http://{}:{strict_port}", rp.local_lan_addr());
+    let refused = rp
+        .lan
+        .command("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-x",
+            &strict_proxy,
+            &url,
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        !refused.success(),
+        "a public client of an unlisted proxy is refused"
+    );
+    let stats = strict.stats();
+    assert_eq!(
+        stats.error(mptcp_core::relay::ErrorKind::ClientDenied),
+        1,
+        "{stats}"
+    );
+    assert_eq!(stats.relayed, 0, "{stats}");
+    assert_eq!(remote.stats().relayed, 3, "nothing reached the remote");
 }

@@ -165,7 +165,9 @@ pub struct LocalConfig {
     /// HTTP proxy listeners (CONNECT and absolute-URI requests).
     #[serde(default)]
     pub http: Vec<SocketAddr>,
-    /// LAN clients allowed to connect (CIDRs); empty means all.
+    /// LAN clients allowed to connect (CIDRs). Empty: the SOCKS5 and HTTP
+    /// listeners serve the private ranges (`DEFAULT_LAN_CLIENTS`), the
+    /// REDIRECT and TPROXY listeners whatever the firewall sends them.
     #[serde(default)]
     pub allowed_clients: Vec<Cidr>,
 }
@@ -536,6 +538,13 @@ impl LocalConfig {
     /// Adds an HTTP proxy listener.
     pub fn http(mut self, addr: SocketAddr) -> LocalConfig {
         self.http.push(addr);
+        self
+    }
+
+    /// Serves LAN clients of this network (may be called several times;
+    /// replaces the default of private ranges).
+    pub fn allow_client(mut self, net: Cidr) -> LocalConfig {
+        self.allowed_clients.push(net);
         self
     }
 

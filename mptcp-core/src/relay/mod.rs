@@ -41,7 +41,7 @@ mod stats;
 mod stream;
 
 pub use config::{Config, ConfigError, EngineConfig, LocalConfig, RemoteConfig, User};
-pub use policy::{Cidr, ClientAllowlist, DEFAULT_DENIED, DestinationPolicy};
+pub use policy::{Cidr, ClientAllowlist, DEFAULT_DENIED, DEFAULT_LAN_CLIENTS, DestinationPolicy};
 pub use stats::{ErrorKind, Stats};
 
 use std::io;
@@ -305,24 +305,25 @@ impl Drop for RelayHandle {
 
 fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::TcpListener)>> {
     let mut specs = Vec::new();
-    let mut add = |kind, addr: SocketAddr, mptcp, route: &Arc<Route>, clients: &[Cidr], auth| {
-        let socket = listeners::listen(
-            addr,
-            mptcp,
-            kind == ListenerKind::Tproxy,
-            config.engine.reuse_port,
-        )?;
-        let addr = socket.local_addr()?;
-        let spec = ListenerSpec {
-            kind,
-            addr,
-            route: Arc::clone(route),
-            clients: ClientAllowlist(clients.to_vec()),
-            require_auth: auth,
+    let mut add =
+        |kind, addr: SocketAddr, mptcp, route: &Arc<Route>, clients: &ClientAllowlist, auth| {
+            let socket = listeners::listen(
+                addr,
+                mptcp,
+                kind == ListenerKind::Tproxy,
+                config.engine.reuse_port,
+            )?;
+            let addr = socket.local_addr()?;
+            let spec = ListenerSpec {
+                kind,
+                addr,
+                route: Arc::clone(route),
+                clients: clients.clone(),
+                require_auth: auth,
+            };
+            specs.push((spec, socket));
+            io::Result::Ok(())
         };
-        specs.push((spec, socket));
-        io::Result::Ok(())
-    };
     if let Some(l) = &config.local {
         let addr = l
             .remote
@@ -347,18 +348,28 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             max_sessions: l.max_sessions,
             spare_idle: Duration::from_secs(l.spare_session_idle_secs),
         });
-        let c = &l.allowed_clients;
+        // Transparent listeners take what the firewall sends them; the
+        // proxy listeners serve private addresses unless told otherwise.
+        let transparent = ClientAllowlist(l.allowed_clients.clone());
+        let proxy = ClientAllowlist::or_private(&l.allowed_clients);
         for a in &l.redirect {
-            add(ListenerKind::Redirect, *a, false, &route, c, false)?;
+            add(
+                ListenerKind::Redirect,
+                *a,
+                false,
+                &route,
+                &transparent,
+                false,
+            )?;
         }
         for a in &l.tproxy {
-            add(ListenerKind::Tproxy, *a, false, &route, c, false)?;
+            add(ListenerKind::Tproxy, *a, false, &route, &transparent, false)?;
         }
         for a in &l.socks5 {
-            add(ListenerKind::LocalSocks5, *a, false, &route, c, false)?;
+            add(ListenerKind::LocalSocks5, *a, false, &route, &proxy, false)?;
         }
         for a in &l.http {
-            add(ListenerKind::Http, *a, false, &route, c, false)?;
+            add(ListenerKind::Http, *a, false, &route, &proxy, false)?;
         }
     }
     if let Some(r) = &config.remote {
@@ -370,6 +381,7 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             users: r.users.clone(),
             multiplex: r.multiplex,
         });
+        let clients = ClientAllowlist(r.allowed_clients.clone());
         for a in &r.listen {
             let auth = !r.serves_unauthenticated(a);
             add(
@@ -377,7 +389,7 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
                 *a,
                 r.mptcp,
                 &route,
-                &r.allowed_clients,
+                &clients,
                 auth,
             )?;
         }

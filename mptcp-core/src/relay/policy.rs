@@ -233,11 +233,40 @@ fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
     }
 }
 
+/// The clients a local relay's SOCKS5 and HTTP proxy listeners serve when
+/// no allowlist is configured: the private ranges (RFC 1918, shared
+/// address space, link-local, loopback, unique-local IPv6). A LAN with
+/// public addresses (IPv6 prefixes from the provider) lists its own.
+pub const DEFAULT_LAN_CLIENTS: [&str; 9] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "127.0.0.0/8",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+];
+
 /// Which client addresses may connect; empty means everyone.
 #[derive(Debug, Clone, Default)]
 pub struct ClientAllowlist(pub Vec<Cidr>);
 
 impl ClientAllowlist {
+    /// `configured`, or [`DEFAULT_LAN_CLIENTS`] when it is empty.
+    pub fn or_private(configured: &[Cidr]) -> ClientAllowlist {
+        if !configured.is_empty() {
+            return ClientAllowlist(configured.to_vec());
+        }
+        ClientAllowlist(
+            DEFAULT_LAN_CLIENTS
+                .iter()
+                .map(|s| s.parse().expect("valid built-in CIDR"))
+                .collect(),
+        )
+    }
+
     /// Whether a client at `ip` may use the relay.
     pub fn allows(&self, ip: IpAddr) -> bool {
         self.0.is_empty() || self.0.iter().any(|c| c.contains(ip))
@@ -366,6 +395,38 @@ mod tests {
         assert!(
             !denying.allows("64:ff9b::c000:201".parse().unwrap()),
             "deny sees the IPv4 form"
+        );
+    }
+
+    #[test]
+    fn the_default_lan_allowlist_serves_private_clients_only() {
+        let lan = ClientAllowlist::or_private(&[]);
+        for private in [
+            "192.168.1.20",
+            "10.9.8.7",
+            "172.31.0.1",
+            "100.64.3.4",
+            "127.0.0.1",
+            "fd00::5",
+            "fe80::1",
+            "::1",
+        ] {
+            assert!(lan.allows(private.parse().unwrap()), "{private}");
+        }
+        for public in [
+            "203.0.113.9",
+            "198.19.1.2",
+            "8.8.8.8",
+            "2001:db8::1",
+            "::ffff:203.0.113.9",
+        ] {
+            assert!(!lan.allows(canonical(public.parse().unwrap())), "{public}");
+        }
+        let listed = ClientAllowlist::or_private(&["198.19.1.0/24".parse().unwrap()]);
+        assert!(listed.allows("198.19.1.2".parse().unwrap()));
+        assert!(
+            !listed.allows("192.168.1.20".parse().unwrap()),
+            "a configured list replaces the default"
         );
     }
 }
