@@ -152,9 +152,10 @@ impl Sampler {
         std::thread::Builder::new()
             .name("sampler".into())
             .spawn(move || {
+                let mut ownership = Ownership::default();
                 loop {
                     let (totals, now) = (shared.totals(), Instant::now());
-                    let seen = own_connections();
+                    let seen = ownership.connections();
                     shared.state().add(totals, seen, now, unix_ms_now());
                     std::thread::sleep(PERIOD);
                 }
@@ -356,17 +357,47 @@ impl State {
     }
 }
 
-/// The MPTCP connections of the namespace whose socket this process holds.
-fn own_connections() -> Result<Vec<Connection>, String> {
-    let all = diag::connections().map_err(|e| e.to_string())?;
-    if all.is_empty() {
-        return Ok(all);
+/// How long a connection of another process is taken as such: one seen
+/// in the relay's accept queue is not yet among its descriptors.
+const OTHERS_RECHECKED: Duration = Duration::from_secs(10);
+
+/// Which MPTCP sockets of the namespace are this process's, remembered
+/// between samples: the descriptors are read again only when a connection
+/// neither set knows appears, or [`OTHERS_RECHECKED`] after the last read
+/// while some were others' (reading costs about 6 us a descriptor).
+#[derive(Debug, Default)]
+struct Ownership {
+    ours: HashSet<u32>,
+    others: HashSet<u32>,
+    read: Option<Instant>,
+}
+
+impl Ownership {
+    /// The MPTCP connections of the namespace whose socket this process
+    /// holds.
+    fn connections(&mut self) -> Result<Vec<Connection>, String> {
+        let all = diag::connections().map_err(|e| e.to_string())?;
+        let known = |c: &Connection| self.ours.contains(&c.inode) || self.others.contains(&c.inode);
+        let others_stale =
+            !self.others.is_empty() && self.read.is_none_or(|t| t.elapsed() >= OTHERS_RECHECKED);
+        if all.iter().all(known) && !others_stale {
+            let present: HashSet<u32> = all.iter().map(|c| c.inode).collect();
+            self.ours.retain(|i| present.contains(i));
+            self.others.retain(|i| present.contains(i));
+        } else {
+            let own = own_socket_inodes().map_err(|e| format!("reading /proc/self/fd: {e}"))?;
+            let (ours, others) = all
+                .iter()
+                .map(|c| c.inode)
+                .partition(|i| own.contains(&u64::from(*i)));
+            (self.ours, self.others) = (ours, others);
+            self.read = Some(Instant::now());
+        }
+        Ok(all
+            .into_iter()
+            .filter(|c| self.ours.contains(&c.inode))
+            .collect())
     }
-    let own = own_socket_inodes().map_err(|e| format!("reading /proc/self/fd: {e}"))?;
-    Ok(all
-        .into_iter()
-        .filter(|c| own.contains(&u64::from(c.inode)))
-        .collect())
 }
 
 /// The inodes of this process's sockets: `/proc/self/fd/N` links to
@@ -521,6 +552,52 @@ mod tests {
         }
         assert_eq!(state.points.len(), KEPT);
         assert_eq!(state.points.front().unwrap().unix_ms, 10);
+    }
+
+    #[test]
+    fn own_mptcp_connections_are_told_from_others() {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        // MPTCP over loopback: one end of a connection here, the other in
+        // a python process.
+        let listener =
+            mptcp_core::socket::bind_listener("127.0.0.1:0", mptcp_core::socket::Fallback::Fail)
+                .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let script = format!(
+            "import socket, sys, time\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)\n\
+             s.connect(('127.0.0.1', {}))\n\
+             print('connected', flush=True)\n\
+             sys.stdin.read()\n",
+            addr.port()
+        );
+        let mut other = Command::new("python3")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(other.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "connected");
+        let (_ours, peer) = listener.accept().unwrap();
+        let mut ownership = Ownership::default();
+        let ends = |o: &mut Ownership| -> Vec<(SocketAddr, SocketAddr)> {
+            o.connections()
+                .unwrap()
+                .iter()
+                .filter(|c| c.local == addr || c.remote == addr)
+                .map(|c| (c.local, c.remote))
+                .collect()
+        };
+        assert_eq!(ends(&mut ownership), [(addr, peer)], "only this end");
+        assert!(!ownership.others.is_empty(), "python's end");
+        assert_eq!(ends(&mut ownership), [(addr, peer)], "remembered");
+        drop(other.stdin.take());
+        other.wait().unwrap();
     }
 
     #[test]
