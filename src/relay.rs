@@ -2,7 +2,8 @@
 //! a TOML file (`--config`, see `examples/relay.toml`) and/or flags.
 //!
 //! Flags override the file: a listener flag replaces that list of the file.
-//! Counters go to the log on SIGUSR1 and every `--stats` seconds;
+//! Counters go to the log on SIGUSR1 and every `--stats` seconds, and with
+//! `--metrics` to a status page and Prometheus ([`crate::web`]);
 //! SIGINT/SIGTERM stop accepting and drain open connections for `--drain`
 //! seconds. SIGHUP re-reads the file and starts a relay from it beside
 //! the running one (the listeners share their ports with `SO_REUSEPORT`),
