@@ -69,7 +69,16 @@ pub fn serve(addr: SocketAddr, serving: Arc<Mutex<Serving>>, role: Role) -> io::
         .name("web".into())
         .spawn(move || {
             for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
+                let mut conn = match conn {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of descriptors, most likely: the relay's
+                        // connections come first; try again a bit later.
+                        tracing::debug!("status page: accept: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
                 if site.busy.fetch_add(1, Ordering::AcqRel) >= MAX_REQUESTS {
                     site.busy.fetch_sub(1, Ordering::AcqRel);
                     continue;
