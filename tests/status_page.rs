@@ -316,6 +316,38 @@ fn the_status_page_draws_the_relay_and_matches_its_metrics() {
         "{dom}"
     );
 
+    // What the page polls: only what it does not have yet.
+    let full: serde_json::Value = serde_json::from_str(&get(&rp.local, "/status.json")).unwrap();
+    assert_eq!(full["links_by"], "local address");
+    assert_eq!(
+        full["counters"]["bytes_down"].as_f64(),
+        Some(after["mptcp_relay_bytes_total{direction=\"down\"}"])
+    );
+    let (points, events) = (
+        full["points"].as_array().unwrap(),
+        full["events"].as_array().unwrap(),
+    );
+    assert!(points.len() >= 3 && !events.is_empty(), "{full}");
+    let (t, seq) = (&points.last().unwrap()["t"], &events.last().unwrap()["seq"]);
+    let newer: serde_json::Value = serde_json::from_str(&get(
+        &rp.local,
+        &format!("/status.json?points_after={t}&events_after={seq}"),
+    ))
+    .unwrap();
+    let newer_points = newer["points"].as_array().unwrap();
+    assert!(newer_points.len() <= 2, "{newer}");
+    assert!(
+        newer_points.iter().all(|p| p["t"].as_u64() > t.as_u64()),
+        "{newer}"
+    );
+    assert!(
+        newer["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["seq"].as_u64() > seq.as_u64())
+    );
+
     // The remote relay's side: the links are the local relay's addresses
     // (all subflows reach its one address).
     let remote = samples(&get(&rp.remote, "/metrics"));
