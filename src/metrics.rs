@@ -3,8 +3,8 @@
 //! [`crate::web`]: the engine's counters, read at each scrape, and from
 //! the sampler's last sample (a second old at most) the relay's MPTCP
 //! connections by subflow count and each link's subflows, bytes,
-//! retransmissions and RTT. Labels stay few: error kinds, directions, and
-//! links (the host's own addresses, whoever connects).
+//! retransmissions and RTT. Labels stay few: error kinds, directions,
+//! subflow counts up to `8+`, and links (at most 32, then `others`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
