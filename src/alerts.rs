@@ -21,7 +21,8 @@ const WATCHED: [(ErrorKind, &str); 7] = [
     ),
     (
         ErrorKind::Upstream,
-        "the remote relay refused the handshake (credentials?)",
+        "the remote relay refused them: a destination it could not reach, \
+         credentials, its policy (its log says which)",
     ),
     (ErrorKind::Resolve, "destination names did not resolve"),
     (ErrorKind::Limit, "refused at a connection limit"),

@@ -1,6 +1,7 @@
 //! Log output on stderr: `RUST_LOG` or `-v` choose what; colour only for a
 //! person at a terminal; under systemd, lines the journal reads as they are
-//! meant (a `<N>` syslog priority in front, no timestamp of our own).
+//! meant (a `<N>` syslog priority in front, no timestamp of our own); and
+//! the recent events for the status page ([`crate::events`]).
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -9,7 +10,11 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::events::Recorder;
 
 /// Colour in log lines only for a person at a terminal: not into pipes,
 /// files or journald, and never with `NO_COLOR` set to anything non-empty
@@ -86,6 +91,8 @@ pub fn init(verbose: u8) {
         builder
             .with_ansi(false)
             .event_format(Journal(format))
+            .finish()
+            .with(Recorder)
             .try_init()
     } else {
         builder
@@ -93,6 +100,8 @@ pub fn init(verbose: u8) {
                 std::io::stderr().is_terminal(),
                 std::env::var_os("NO_COLOR").as_deref(),
             ))
+            .finish()
+            .with(Recorder)
             .try_init()
     };
 }

@@ -6,6 +6,7 @@
 mod alerts;
 mod demo;
 mod endpoint;
+mod events;
 mod failure;
 mod logging;
 mod metrics;
@@ -17,6 +18,7 @@ mod probe;
 mod relay;
 mod status;
 mod unit;
+mod web;
 
 use std::process::ExitCode;
 

@@ -1,20 +1,22 @@
-//! `mptcp relay --metrics ADDR`: the relay's counters in the Prometheus
-//! text format (version 0.0.4, encoded by `prometheus-client`) at
-//! `GET /metrics`, from a small blocking HTTP server on its own thread.
+//! The relay's counters in the Prometheus text format (version 0.0.4,
+//! encoded by `prometheus-client`), served at `/metrics` by
+//! [`crate::web`]: the engine's counters, read at each scrape, and from
+//! the sampler's last sample (a second old at most) the relay's MPTCP
+//! connections by subflow count and each link's subflows, bytes,
+//! retransmissions and RTT. Labels stay few: error kinds, directions,
+//! subflow counts up to `8+`, and links (at most 32, then `others`).
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-use mptcp_core::relay::{ErrorKind, Stats};
+use mptcp_core::relay::ErrorKind;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::relay::Serving;
+use crate::web::Sampler;
 
 /// The port `--metrics PORT` and the address `--metrics ADDR:PORT`; a port
 /// alone listens on loopback only.
@@ -26,18 +28,27 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{text:?}: give PORT (on 127.0.0.1) or ADDR:PORT"))
 }
 
-/// The relay's counters, read at each scrape.
-#[derive(Debug)]
-struct RelayCollector(Arc<Mutex<Serving>>);
-
-impl RelayCollector {
-    fn totals(&self) -> Stats {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .totals()
-    }
+/// The registry of the relay sampled by `sampler`, prefixed `mptcp_relay`.
+pub fn registry(sampler: Arc<Sampler>) -> Registry {
+    let mut registry = Registry::with_prefix("mptcp_relay");
+    registry.register_collector(Box::new(RelayCollector(sampler)));
+    registry
 }
+
+/// The metrics of `registry` in the text format.
+pub fn encode(registry: &Registry) -> std::io::Result<String> {
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, registry)
+        .map_err(|_| std::io::Error::other("encoding the metrics"))?;
+    Ok(text)
+}
+
+/// The relay's metrics, read at each scrape.
+#[derive(Debug)]
+struct RelayCollector(Arc<Sampler>);
+
+/// Subflow counts of connections as labels: `0` to `7`, then `8+`.
+const SUBFLOW_COUNTS: [&str; 9] = ["0", "1", "2", "3", "4", "5", "6", "7", "8+"];
 
 /// One metric family of `value`s, each with its labels.
 fn family<M: EncodeMetric>(
@@ -58,7 +69,7 @@ fn family<M: EncodeMetric>(
 
 impl Collector for RelayCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.totals();
+        let s = self.0.totals();
         let e = &mut encoder;
         let counter = |v: u64| ConstCounter::new(v);
         let none: &[(&str, &str)] = &[];
@@ -124,80 +135,116 @@ impl Collector for RelayCollector {
             .zip(ErrorKind::ALL)
             .map(|(l, k)| (&l[..], counter(s.error(k))))
             .collect();
-        family(e, "errors", "Failed connections by kind", &errors)
+        family(e, "errors", "Failed connections by kind", &errors)?;
+        self.encode_subflows(e)
     }
 }
 
-/// Serves the counters of `serving` at `http://addr/metrics` from a thread;
-/// the address it listens on (with the actual port when 0 was asked).
-pub fn serve(addr: SocketAddr, serving: Arc<Mutex<Serving>>) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let addr = listener.local_addr()?;
-    let mut registry = Registry::with_prefix("mptcp_relay");
-    registry.register_collector(Box::new(RelayCollector(serving)));
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let result = conn.and_then(|mut conn| answer(&mut conn, &registry));
-                if let Err(e) = result {
-                    tracing::debug!("metrics: {e}");
-                }
-            }
-        })?;
-    Ok(addr)
-}
-
-/// Reads one request and answers it; one request per connection.
-fn answer(conn: &mut TcpStream, registry: &Registry) -> io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = conn.read(&mut buf)?;
-        if n == 0 || head.len() > 8192 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "no complete request head",
-            ));
+impl RelayCollector {
+    /// The metrics of the sampler's last sample: connections by subflow
+    /// count, and per link.
+    fn encode_subflows(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = self.0.state();
+        let connections = state.connections();
+        let mut by_count = [0u64; SUBFLOW_COUNTS.len()];
+        for c in connections {
+            by_count[c.subflows.len().min(SUBFLOW_COUNTS.len() - 1)] += 1;
         }
-        head.extend_from_slice(&buf[..n]);
+        let labels: Vec<[(&str, &str); 1]> =
+            SUBFLOW_COUNTS.iter().map(|n| [("subflows", *n)]).collect();
+        let values: Vec<(&[(&str, &str)], _)> = labels
+            .iter()
+            .zip(by_count)
+            .map(|(l, n)| (&l[..], ConstGauge::new(n)))
+            .collect();
+        family(
+            e,
+            "mptcp_connections",
+            "The relay's MPTCP connections (sessions with the other relay, connections \
+             of their own) by their number of subflows",
+            &values,
+        )?;
+        let fallback = connections.iter().filter(|c| c.fallback).count() as u64;
+        family(
+            e,
+            "mptcp_fallback_connections",
+            "Of those, connections that fell back to plain TCP",
+            &[(&[], ConstGauge::new(fallback))],
+        )?;
+        let links: Vec<(String, &crate::web::Link)> = state
+            .links
+            .iter()
+            .map(|(addr, link)| (addr.to_string(), link))
+            .collect();
+        let per_link = |value: fn(&crate::web::Link) -> u64| {
+            links
+                .iter()
+                .map(|(addr, link)| ([("link", addr.as_str())], value(link)))
+                .collect::<Vec<_>>()
+        };
+        let subflows = per_link(|l| l.subflows as u64);
+        let gauges: Vec<(&[(&str, &str)], _)> = subflows
+            .iter()
+            .map(|(l, n)| (&l[..], ConstGauge::new(*n)))
+            .collect();
+        family(
+            e,
+            "link_subflows",
+            "Subflows of the relay's connections per link (local address) now",
+            &gauges,
+        )?;
+        let bytes: Vec<([(&str, &str); 2], u64)> = links
+            .iter()
+            .flat_map(|(addr, link)| {
+                [
+                    (
+                        [("link", addr.as_str()), ("direction", "sent")],
+                        link.bytes_sent,
+                    ),
+                    (
+                        [("link", addr.as_str()), ("direction", "received")],
+                        link.bytes_received,
+                    ),
+                ]
+            })
+            .collect();
+        let counters: Vec<(&[(&str, &str)], _)> = bytes
+            .iter()
+            .map(|(l, n)| (&l[..], ConstCounter::new(*n)))
+            .collect();
+        family(
+            e,
+            "link_bytes",
+            "Bytes of the relay's subflows per link: sent (acknowledged) and received, \
+             sampled each second",
+            &counters,
+        )?;
+        let retransmits = per_link(|l| l.retransmits);
+        let counters: Vec<(&[(&str, &str)], _)> = retransmits
+            .iter()
+            .map(|(l, n)| (&l[..], ConstCounter::new(*n)))
+            .collect();
+        family(
+            e,
+            "link_retransmits",
+            "Retransmitted segments of the relay's subflows per link",
+            &counters,
+        )?;
+        let rtts: Vec<(&[(&str, &str)], _)> = links
+            .iter()
+            .zip(&subflows)
+            .filter_map(|((_, link), (l, _))| {
+                let us = link.rates.rtt_us?;
+                Some((&l[..], ConstGauge::new(f64::from(us) / 1e6)))
+            })
+            .collect();
+        family(
+            e,
+            "link_rtt_seconds",
+            "Mean smoothed RTT of the relay's subflows per link",
+            &rtts,
+        )
     }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut words = line.split(|&b| b == b' ');
-    let (method, path) = (words.next(), words.next());
-    let (status, content_type, body) = match (method, path) {
-        (Some(b"GET" | b"HEAD"), Some(b"/metrics")) => {
-            let mut text = String::new();
-            prometheus_client::encoding::prometheus_text::encode(&mut text, registry)
-                .map_err(|_| io::Error::other("encoding the metrics"))?;
-            (
-                "200 OK",
-                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-                text,
-            )
-        }
-        (Some(b"GET" | b"HEAD"), _) => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "the metrics are at /metrics\n".to_owned(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "GET /metrics\n".to_owned(),
-        ),
-    };
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    if method != Some(b"HEAD") {
-        response += &body;
-    }
-    conn.write_all(response.as_bytes())
 }
 
 #[cfg(test)]

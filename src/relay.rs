@@ -2,7 +2,8 @@
 //! a TOML file (`--config`, see `examples/relay.toml`) and/or flags.
 //!
 //! Flags override the file: a listener flag replaces that list of the file.
-//! Counters go to the log on SIGUSR1 and every `--stats` seconds;
+//! Counters go to the log on SIGUSR1 and every `--stats` seconds, and with
+//! `--metrics` to a status page and Prometheus ([`crate::web`]);
 //! SIGINT/SIGTERM stop accepting and drain open connections for `--drain`
 //! seconds. SIGHUP re-reads the file and starts a relay from it beside
 //! the running one (the listeners share their ports with `SO_REUSEPORT`),
@@ -25,6 +26,7 @@ use mptcp_core::relay::{
 use crate::alerts::Alerts;
 use crate::failure::{CmdResult, Failure};
 use crate::notify::Notifier;
+use crate::web::Role;
 
 /// `mptcp relay`.
 #[derive(Subcommand, Debug)]
@@ -64,8 +66,8 @@ pub struct CommonArgs {
     /// Allow only clients from this network (repeatable)
     #[arg(long = "allow-client", value_name = "CIDR", value_parser = parse_cidr)]
     pub allow_clients: Vec<Cidr>,
-    /// Serve the counters for Prometheus at http://ADDR/metrics (PORT
-    /// alone: on 127.0.0.1)
+    /// Serve a status page at http://ADDR/ and the counters for
+    /// Prometheus at http://ADDR/metrics (PORT alone: on 127.0.0.1)
     #[arg(long, value_name = "[ADDR:]PORT", value_parser = crate::metrics::parse_listen)]
     pub metrics: Option<SocketAddr>,
     /// Use plain TCP instead of MPTCP (towards the remote, or for listening)
@@ -522,6 +524,14 @@ impl Serving {
         total
     }
 
+    /// The listeners of the relay accepting connections.
+    pub fn listeners(&self) -> Vec<(ListenerKind, SocketAddr)> {
+        self.current
+            .as_ref()
+            .map(|r| r.listeners().to_vec())
+            .unwrap_or_default()
+    }
+
     /// Puts `next` in place of the current relay, whose counters stay as
     /// they are now until [`Serving::drained`] names its slot.
     fn retire(&mut self, next: Option<RelayHandle>) -> (RelayHandle, usize) {
@@ -646,14 +656,23 @@ fn log_listeners(relay: &RelayHandle) {
 /// the relay without dropping its connections. Tells systemd (when
 /// `NOTIFY_SOCKET` is set) when it is ready, reloading and stopping, and
 /// sends it watchdog keep-alives from the loop that handles signals.
-fn serve(build: &dyn Fn() -> Result<Config, Failure>, common: &CommonArgs) -> CmdResult {
+fn serve(
+    build: &dyn Fn() -> Result<Config, Failure>,
+    common: &CommonArgs,
+    role: Role,
+) -> CmdResult {
     let signals = handled_signals();
     block_signals(&signals)?;
     let notifier = Notifier::from_env().map_err(|e| Failure::io("NOTIFY_SOCKET", &e))?;
+    if common.metrics.is_some() {
+        // The status page lists recent events, from the first.
+        crate::events::record();
+    }
     let mut relays = Relays::start(build()?)?;
     if let Some(addr) = common.metrics {
-        let addr = crate::metrics::serve(addr, Arc::clone(&relays.serving))
+        let addr = crate::web::serve(addr, Arc::clone(&relays.serving), role)
             .map_err(|e| Failure::io(format_args!("--metrics {addr}"), &e))?;
+        tracing::info!("status page: http://{addr}/");
         tracing::info!("metrics: http://{addr}/metrics");
     }
     let notify = |state: &str| notifier.iter().for_each(|n| n.notify(state));
@@ -713,8 +732,8 @@ fn serve(build: &dyn Fn() -> Result<Config, Failure>, common: &CommonArgs) -> Cm
 /// `mptcp relay ...`.
 pub fn run(command: RelayCommand) -> CmdResult {
     match command {
-        RelayCommand::Local(args) => serve(&|| local_config(&args), &args.common),
-        RelayCommand::Remote(args) => serve(&|| remote_config(&args), &args.common),
+        RelayCommand::Local(args) => serve(&|| local_config(&args), &args.common, Role::Local),
+        RelayCommand::Remote(args) => serve(&|| remote_config(&args), &args.common, Role::Remote),
     }
 }
 

@@ -39,11 +39,13 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// Bytes per second, sent and received.
+/// Bytes per second, sent (acknowledged by the peer) and received.
 #[derive(Clone, Copy, Debug, Default)]
-struct Rate {
-    tx: f64,
-    rx: f64,
+pub struct Rate {
+    /// Sent.
+    pub tx: f64,
+    /// Received.
+    pub rx: f64,
 }
 
 fn sample() -> Result<(Instant, Vec<Connection>), Failure> {
@@ -52,12 +54,13 @@ fn sample() -> Result<(Instant, Vec<Connection>), Failure> {
     Ok((Instant::now(), conns))
 }
 
-fn subflow_key(sf: &Subflow) -> (SocketAddr, SocketAddr) {
+/// A subflow's identity between two samples: its addresses.
+pub fn subflow_key(sf: &Subflow) -> (SocketAddr, SocketAddr) {
     (sf.local, sf.remote)
 }
 
 /// Per-subflow rates between two samples, by subflow addresses.
-fn subflow_rates(
+pub fn subflow_rates(
     before: &[Connection],
     after: &[Connection],
     secs: f64,
@@ -205,7 +208,9 @@ fn print_table(
     Ok(())
 }
 
-fn to_json(
+/// Connections and their subflows (with rates, when known) as JSON, as
+/// `mptcp status --json` prints them.
+pub fn to_json(
     conns: &[Connection],
     rates: Option<&HashMap<(SocketAddr, SocketAddr), Rate>>,
 ) -> serde_json::Value {

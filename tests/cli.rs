@@ -853,3 +853,36 @@ fn relay_without_privilege_exits_3_naming_the_capability() {
     assert!(err.contains("CAP_NET_BIND_SERVICE"), "{err}");
     assert!(!err.contains("CAP_NET_ADMIN"), "{err}");
 }
+
+/// A broken table header in the example file is named as itself: an
+/// unclosed `[remote` and a misspelt `[engine]`, not a key of the table
+/// above or the one the misspelling should have been.
+#[test]
+fn relay_config_errors_name_the_broken_table() {
+    let example = include_str!("../examples/relay.toml");
+    let dir = std::env::temp_dir().join(format!("mptcp-cli-table-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let line_of = |header: &str| 1 + example.lines().position(|l| l == header).unwrap();
+    for (from, to, key, message) in [
+        ("[remote]", "[remote", "remote", "unclosed table"),
+        ("[engine]", "[locale]", "locale", "unknown field `locale`"),
+    ] {
+        let file = dir.join("relay.toml");
+        std::fs::write(
+            &file,
+            example.replacen(&format!("\n{from}\n"), &format!("\n{to}\n"), 1),
+        )
+        .unwrap();
+        let out = output(&mut mptcp(&[
+            "relay",
+            "remote",
+            "--config",
+            file.to_str().unwrap(),
+        ]));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        let want = format!("line {}, key `{key}`: {message}", line_of(from));
+        assert!(err.contains(&want), "{to}: want {want:?} in {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

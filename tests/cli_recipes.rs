@@ -239,7 +239,7 @@ fn recipe_relay_for_a_lan_over_two_links() {
     let mut local = start_line(
         &rp.local,
         "RELAY_PASSWORD='correct horse' mptcp relay local --remote 198.18.0.2:1080 \
-         --user alice --password-env RELAY_PASSWORD --redirect 0.0.0.0:12345",
+         --user alice --password-env RELAY_PASSWORD --redirect 0.0.0.0:12345 --metrics 9464",
     );
     local.wait_for("listening");
     run_line(
@@ -259,14 +259,39 @@ EOF",
         let mut conn = TcpStream::connect(dest_addr).unwrap();
         receive_and_check(&mut conn).unwrap()
     });
-    // While data flows: the relays' connection uses both WAN links.
-    std::thread::sleep(Duration::from_millis(400));
-    let status = run_line(&rp.local, "mptcp status --counters");
-    assert!(status.contains("-> 198.18.0.2:1080"), "{status}");
-    assert!(status.contains("subflows 2"), "{status}");
     let (bytes, sum) = client.join().unwrap();
     assert_eq!(bytes, 8 << 20);
     assert_eq!(sum, server.join().unwrap(), "same bytes at both ends");
+    // The relay's counters, and its session's subflows on both WAN links
+    // (sampled each second).
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = run_line(
+        &rp.local,
+        "curl -s http://127.0.0.1:9464/metrics | grep -E '^mptcp_relay_(bytes|connections|link)'",
+    );
+    assert!(
+        metrics.contains("mptcp_relay_bytes_total{direction=\"down\"} 8388608"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mptcp_relay_connections_relayed_total 1"),
+        "{metrics}"
+    );
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    let mut received = 0.0;
+    for link in ["198.18.0.1", "198.18.1.1"] {
+        let subflows = value(&format!("mptcp_relay_link_subflows{{link=\"{link}\"}}"));
+        assert!(subflows >= 1.0, "{metrics}");
+        received += value(&format!(
+            "mptcp_relay_link_bytes_total{{link=\"{link}\",direction=\"received\"}}"
+        ));
+    }
+    assert!(received >= (8 << 20) as f64, "{metrics}");
 
     // One program on the router, through the relay without the redirect.
     let page = run_line(

@@ -40,7 +40,12 @@ impl Error {
 
 impl From<socket::Error> for Error {
     fn from(err: socket::Error) -> Self {
-        Error::new(err.raw_os_error().unwrap_or(libc::EIO), err.to_string())
+        match err {
+            // An address that does not parse ("host:http", a port past
+            // 65535) is `InvalidInput`: EINVAL, as io errors map.
+            socket::Error::Io(err) => err.into(),
+            err => Error::new(err.raw_os_error().unwrap_or(libc::EIO), err.to_string()),
+        }
     }
 }
 

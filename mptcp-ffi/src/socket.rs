@@ -81,6 +81,20 @@ pub unsafe extern "C" fn mptcp_socket(
     })
 }
 
+/// A connect or listen error; an `address` that does not parse (no port, a
+/// port that is not a number up to 65535) is `EINVAL` naming it.
+fn address_error(err: socket::Error, address: &str) -> Error {
+    match err {
+        socket::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            Error::invalid(format!(
+                "`address` is {address:?}: {e} (give \"host:port\", the port a number \
+                 up to 65535)"
+            ))
+        }
+        err => err.into(),
+    }
+}
+
 /// Opens a blocking MPTCP connection to `address` (`"host:port"`,
 /// `"198.18.0.2:80"`, `"[::1]:80"`, `"example.org:443"`): tries each
 /// address the name resolves to. Returns the connected descriptor (owned by
@@ -93,7 +107,8 @@ pub unsafe extern "C" fn mptcp_connect(address: *const c_char, fallback: c_int) 
     call("mptcp_connect", || {
         // SAFETY: the caller guarantees a NUL-terminated string or NULL.
         let address = unsafe { arg_str(address, "address") }?;
-        let stream = socket::connect(address, fallback_policy(fallback)?)?;
+        let stream = socket::connect(address, fallback_policy(fallback)?)
+            .map_err(|e| address_error(e, address))?;
         Ok(stream.into_raw_fd())
     })
 }
@@ -110,7 +125,8 @@ pub unsafe extern "C" fn mptcp_listen(address: *const c_char, fallback: c_int) -
     call("mptcp_listen", || {
         // SAFETY: the caller guarantees a NUL-terminated string or NULL.
         let address = unsafe { arg_str(address, "address") }?;
-        let listener = socket::bind_listener(address, fallback_policy(fallback)?)?;
+        let listener = socket::bind_listener(address, fallback_policy(fallback)?)
+            .map_err(|e| address_error(e, address))?;
         Ok(listener.into_raw_fd())
     })
 }

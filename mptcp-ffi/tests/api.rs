@@ -112,6 +112,29 @@ fn bad_arguments_fail_with_an_errno_and_a_message_per_thread() {
             -libc::EINVAL
         );
         assert_eq!(last_error(), "mptcp_connect: `address` is NULL");
+        for bad_port in [
+            "127.0.0.1:http",
+            "127.0.0.1:65536",
+            "127.0.0.1:-1",
+            "127.0.0.1",
+        ] {
+            let address = c(bad_port);
+            assert_eq!(
+                mptcp_connect(address.as_ptr(), MPTCP_FALLBACK_TCP),
+                -libc::EINVAL,
+                "{bad_port}"
+            );
+            assert!(
+                last_error().contains(&format!("`address` is {bad_port:?}")),
+                "{}",
+                last_error()
+            );
+            assert_eq!(
+                mptcp_listen(address.as_ptr(), MPTCP_FALLBACK_TCP),
+                -libc::EINVAL,
+                "{bad_port}"
+            );
+        }
 
         let not_utf8 = [0xffu8 as c_char, 0];
         assert_eq!(

@@ -646,25 +646,39 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// The dotted key whose line contains `offset`: the innermost `[table]`
-/// header above it and the `key =` on that line.
+/// The dotted key whose line contains `offset`: on a `[table]` header (an
+/// unknown or malformed one), that table; otherwise the innermost header
+/// above it and the `key =` on that line.
 fn key_at(text: &str, offset: usize) -> Option<String> {
     let offset = offset.min(text.len());
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or("");
+    if let Some(name) = header_name(line) {
+        return Some(name.to_owned()).filter(|n| !n.is_empty());
+    }
     let key = line.split_once('=').map(|(k, _)| k.trim().to_owned());
     let table = text[..line_start]
         .lines()
         .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+        .find_map(header_name)
+        .map(str::to_owned);
     match (table, key) {
         (Some(t), Some(k)) => Some(format!("{t}.{k}")),
         (None, Some(k)) => Some(k),
         (Some(t), None) => Some(t),
         (None, None) => None,
     }
+}
+
+/// The table a `[table]` or `[[table]]` line declares (also an unclosed
+/// `[table`), without a trailing comment; `None` for other lines.
+fn header_name(line: &str) -> Option<&str> {
+    let line = line.trim();
+    if !line.starts_with('[') {
+        return None;
+    }
+    let line = line.split_once('#').map_or(line, |(header, _)| header);
+    Some(line.trim().trim_matches(|c| c == '[' || c == ']').trim())
 }
 
 /// The line of `key` (dotted: `remote.users`) in `text`: the `[[remote.users]]`
@@ -675,8 +689,7 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
     let mut table_line = None;
     for (i, raw) in text.lines().enumerate() {
         let l = raw.trim();
-        if l.starts_with('[') {
-            let name = l.trim_matches(|c| c == '[' || c == ']').trim();
+        if let Some(name) = header_name(l) {
             if name == key {
                 return Some(i + 1);
             }
@@ -703,6 +716,18 @@ mod tests {
         assert_eq!(e.line, Some(6), "{e}");
         assert_eq!(e.key.as_deref(), Some("remote.listen_mptcp"), "{e}");
         assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_table_header_is_named_as_itself() {
+        let text = "[engine]\nworkers = 2\n\n[locale] # typo\nx = 1\n";
+        let e = Config::from_toml(text).unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("locale")), "{e}");
+        assert!(e.message.contains("unknown field `locale`"), "{e}");
+        let text = "[local]\nremote = \"198.18.0.2:1080\"\n\n[remote\nlisten = []\n";
+        let e = Config::from_toml(text).unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("remote")), "{e}");
+        assert!(e.message.contains("unclosed table"), "{e}");
     }
 
     #[test]
