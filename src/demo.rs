@@ -126,8 +126,7 @@ pub fn run(opts: &Options) -> io::Result<()> {
             format!("the demo needs 2 to 8 links, not {n_links}"),
         ));
     }
-    // SAFETY: geteuid has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !mptcp_core::sys::process::is_root() {
         mptcp_testbed::enter_user_namespace()?;
     }
     mptcp_testbed::require_privileges()?;

@@ -1,7 +1,6 @@
 //! `mptcp endpoint ...` and `mptcp limits ...`: the kernel path manager,
 //! with the syntax and output of `ip mptcp endpoint` / `ip mptcp limits`.
 
-use std::ffi::CString;
 use std::net::IpAddr;
 
 use clap::{Args, Subcommand};
@@ -118,17 +117,16 @@ fn open() -> Result<PathManager, Failure> {
 
 /// The index of interface `name` in this network namespace.
 fn interface_index(name: &str) -> Result<u32, Failure> {
-    let c_name = CString::new(name)
-        .map_err(|_| Failure::usage(format!("dev {name:?}: not an interface name")))?;
-    // SAFETY: `c_name` is a valid NUL-terminated string that outlives the call;
-    // if_nametoindex only reads it.
-    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    if index == 0 {
+    if name.as_bytes().contains(&0) {
         return Err(Failure::usage(format!(
-            "dev {name}: no such interface here (see `ip link`)"
+            "dev {name:?}: not an interface name"
         )));
     }
-    Ok(index)
+    mptcp_core::sys::os::interface_index(name).ok_or_else(|| {
+        Failure::usage(format!(
+            "dev {name}: no such interface here (see `ip link`)"
+        ))
+    })
 }
 
 /// Reads the value after keyword `key`.

@@ -67,13 +67,7 @@ impl Notifier {
     /// `RELOADING=1` with the `CLOCK_MONOTONIC` time systemd 253 and later
     /// want beside it; `READY=1` ends the reload.
     pub fn reloading(&self) {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes into the timespec we own.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-        let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+        let usec = mptcp_core::sys::process::monotonic_micros();
         self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
     }
 }

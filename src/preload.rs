@@ -262,8 +262,7 @@ fn unpreloadable(path: &Path) -> Option<String> {
     use std::io::Read;
     use std::os::unix::fs::MetadataExt;
     let meta = path.metadata().ok()?;
-    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
-    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (euid, egid) = mptcp_core::sys::process::effective_ids();
     if meta.mode() & libc::S_ISUID != 0 && meta.uid() != euid {
         return Some(format!(
             "is setuid (runs as user {}): the dynamic loader ignores LD_PRELOAD for it",

@@ -12,6 +12,7 @@
 //! (`Type=notify`) it reports readiness and sends watchdog keep-alives (see
 //! [`crate::notify`]).
 
+use mptcp_core::sys::process::SignalSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -309,53 +310,9 @@ fn remote_config(args: &RemoteArgs) -> Result<Config, Failure> {
 }
 
 /// The signals the relay handles, blocked in every thread so that the main
-/// thread takes them synchronously with `sigtimedwait`.
-fn handled_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and fill the set we own; the
-    // signal numbers are valid.
-    unsafe {
-        let mut set = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        set
-    }
-}
-
-/// Blocks `set` in the calling thread; threads spawned afterwards inherit it.
-fn block_signals(set: &libc::sigset_t) -> Result<(), Failure> {
-    // SAFETY: `set` is an initialised signal set; the old mask is not wanted.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(Failure::failed(format!(
-            "blocking signals: {}",
-            std::io::Error::from_raw_os_error(rc)
-        )));
-    }
-    Ok(())
-}
-
-/// Waits for one of `set` for at most `timeout`; `None` on timeout.
-fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<libc::c_int> {
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: t.subsec_nanos() as libc::c_long,
-    });
-    loop {
-        let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const _);
-        // SAFETY: `set` is initialised, `ts_ptr` is null or points to a live
-        // timespec, and no siginfo is asked for.
-        let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), ts_ptr) };
-        if sig >= 0 {
-            return Some(sig);
-        }
-        match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::EINTR) => continue,
-            _ => return None, // EAGAIN: the timeout passed
-        }
-    }
-}
+/// thread takes them synchronously.
+const HANDLED_SIGNALS: [libc::c_int; 4] =
+    [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1, libc::SIGHUP];
 
 /// A periodic task of the main loop.
 struct Every {
@@ -661,8 +618,10 @@ fn serve(
     common: &CommonArgs,
     role: Role,
 ) -> CmdResult {
-    let signals = handled_signals();
-    block_signals(&signals)?;
+    let signals = SignalSet::new(&HANDLED_SIGNALS);
+    signals
+        .block()
+        .map_err(|e| Failure::failed(format!("blocking signals: {e}")))?;
     let notifier = Notifier::from_env().map_err(|e| Failure::io("NOTIFY_SOCKET", &e))?;
     if common.metrics.is_some() {
         // The status page lists recent events, from the first.
@@ -694,7 +653,7 @@ fn serve(
             .flatten()
             .map(|t| t.next.saturating_duration_since(now))
             .min();
-        let sig = wait_signal(&signals, timeout);
+        let sig = signals.wait(timeout);
         let now = Instant::now();
         if watchdog.as_mut().is_some_and(|t| t.due(now)) {
             notify("WATCHDOG=1");

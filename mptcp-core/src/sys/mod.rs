@@ -15,6 +15,7 @@ pub mod info;
 pub mod os;
 #[cfg(feature = "pm")]
 pub mod pm;
+pub mod process;
 pub mod socket;
 
 use std::io;

@@ -36,6 +36,15 @@ pub fn interface_name(ifindex: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// The index of interface `name` in the calling thread's namespace.
+pub fn interface_index(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `name` is a NUL-terminated string that outlives the call;
+    // if_nametoindex only reads it.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
 /// The IP addresses of every interface in the calling thread's network
 /// namespace (`getifaddrs(3)`), loopback included.
 pub fn interface_addresses() -> io::Result<Vec<IpAddr>> {
