@@ -5,7 +5,8 @@
 use std::ffi::c_char;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::error::{Error, Result, fill_text};
+use crate::error::{Error, Result};
+use crate::out::fill_text;
 
 /// Bytes of the text form of an address in the structs of this library:
 /// room for `[ffff:...:255.255.255.255%scope]:65535` and the NUL.

@@ -7,7 +7,9 @@ use std::ffi::{c_char, c_int};
 use mptcp_core::diag::{self, Connection, Subflow};
 
 use crate::addr::{self, MPTCP_ADDR_TEXT_LEN};
-use crate::error::{Error, NameTable, Plain, arg_ref, call, open_handle, take_handle, write_array};
+use crate::args::{arg_ref, open_handle, take_handle};
+use crate::error::{Error, call};
+use crate::out::{NameTable, Plain, write_array};
 
 /// A snapshot of the MPTCP connections of the network namespace of the
 /// thread that took it. Opaque; take with `mptcp_diag_open`, free with

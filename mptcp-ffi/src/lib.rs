@@ -22,8 +22,10 @@
 #![allow(non_camel_case_types)]
 
 mod addr;
+mod args;
 mod diag;
 mod error;
+mod out;
 mod pm;
 mod probe;
 mod relay;
@@ -65,6 +67,6 @@ pub unsafe extern "C" fn mptcp_last_error_message(buf: *mut c_char, len: usize) 
     let message = error::with_last_error(|message| message.to_bytes().to_vec());
     error::call("mptcp_last_error_message", || {
         // SAFETY: guaranteed by the caller.
-        unsafe { error::write_str(buf, len, &message) }
+        unsafe { out::write_str(buf, len, &message) }
     })
 }

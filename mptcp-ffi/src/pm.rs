@@ -10,10 +10,9 @@ use mptcp_core::pm::{
 };
 
 use crate::addr::{self, MPTCP_ADDR_TEXT_LEN};
-use crate::error::{
-    Error, NameTable, Plain, Result, Versioned, arg_mut, arg_ref, arg_str, call, fill_text,
-    open_handle, take_handle, write_array, write_str, write_versioned,
-};
+use crate::args::{arg_mut, arg_ref, arg_str, open_handle, take_handle};
+use crate::error::{Error, Result, call};
+use crate::out::{NameTable, Plain, Versioned, fill_text, write_array, write_str, write_versioned};
 
 /// Endpoint flag: announce this address to the peer (`ADD_ADDR`); servers.
 pub const MPTCP_ENDPOINT_SIGNAL: u32 = EndpointFlags::SIGNAL.bits();

@@ -4,7 +4,8 @@ use std::ffi::{c_char, c_int};
 
 use mptcp_core::probe::{Availability, Probe};
 
-use crate::error::{Plain, Versioned, call, fill_text, write_str, write_versioned};
+use crate::error::call;
+use crate::out::{Plain, Versioned, fill_text, write_str, write_versioned};
 
 /// What the running kernel offers for MPTCP in the calling thread's network
 /// namespace. Size-versioned like `mptcp_info_t`: set

@@ -8,10 +8,9 @@ use std::time::Duration;
 use mptcp_core::relay::{Config, ErrorKind, ListenerKind, Relay, RelayHandle, Stats};
 
 use crate::addr::{self, MPTCP_ADDR_TEXT_LEN};
-use crate::error::{
-    Error, NameTable, Plain, Result, Versioned, arg_ref, arg_str, call, open_handle, take_handle,
-    write_array, write_versioned,
-};
+use crate::args::{arg_ref, arg_str, open_handle, take_handle};
+use crate::error::{Error, Result, call};
+use crate::out::{NameTable, Plain, Versioned, write_array, write_versioned};
 
 /// A running relay. Opaque; create with `mptcp_relay_start` or
 /// `mptcp_relay_start_file`, stop and free with `mptcp_relay_stop`. Its

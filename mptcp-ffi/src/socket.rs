@@ -10,9 +10,9 @@ use mptcp_core::socket::{self, Fallback, FallbackReason};
 use socket2::Domain;
 
 use crate::addr::{self, MPTCP_ADDR_TEXT_LEN};
-use crate::error::{
-    Error, NameTable, Plain, Result, Versioned, arg_str, call, write_array, write_versioned,
-};
+use crate::args::arg_str;
+use crate::error::{Error, Result, call};
+use crate::out::{NameTable, Plain, Versioned, write_array, write_versioned};
 
 /// Fallback policy: when the kernel refuses MPTCP, create a plain TCP
 /// socket instead.
