@@ -3,6 +3,7 @@
 //! the key and, for files, the line.
 #![forbid(unsafe_code)]
 
+use super::seal::{PublicKey, SecretKey};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -170,6 +171,15 @@ pub struct LocalConfig {
     /// REDIRECT and TPROXY listeners whatever the firewall sends them.
     #[serde(default)]
     pub allowed_clients: Vec<Cidr>,
+    /// This relay's secret key (base64, from `mptcp relay keygen`); with
+    /// `remote_key`, sessions to the remote are encrypted.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The remote relay's public key, pinned: sessions are encrypted and
+    /// authenticated (Noise IK), and a server without the matching secret
+    /// key cannot answer.
+    #[serde(default)]
+    pub remote_key: Option<String>,
 }
 
 fn yes() -> bool {
@@ -228,6 +238,18 @@ pub struct RemoteConfig {
     /// Destinations always denied.
     #[serde(default)]
     pub deny_destinations: Vec<Cidr>,
+    /// This relay's secret key (base64, from `mptcp relay keygen`): local
+    /// relays that pin its public key get encrypted sessions.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Public keys of the local relays allowed in (empty: any key; the
+    /// SOCKS5 login inside the encrypted channel decides).
+    #[serde(default)]
+    pub peer_keys: Vec<String>,
+    /// Serve plain SOCKS5 clients (curl, proxychains, dante, redsocks)
+    /// beside encrypted sessions. Default: yes without a `key`, no with one.
+    #[serde(default)]
+    pub plain: Option<bool>,
 }
 
 /// A configuration problem, naming the key (and the line, for files).
@@ -432,6 +454,38 @@ impl Config {
                     "set the remote relay as \"host:port\"".into(),
                 );
             }
+            match (&l.key, &l.remote_key) {
+                (None, None) => {}
+                (Some(key), Some(remote)) => {
+                    if let Err(e) = key.parse::<SecretKey>() {
+                        return err("local.key", e.to_string());
+                    }
+                    if let Err(e) = remote.parse::<PublicKey>() {
+                        return err("local.remote_key", e.to_string());
+                    }
+                    if !l.multiplex {
+                        return err(
+                            "local.multiplex",
+                            "encryption needs multiplex = true (one connection per client \
+                             connection is not encrypted)"
+                                .into(),
+                        );
+                    }
+                }
+                (Some(_), None) => {
+                    return err(
+                        "local.remote_key",
+                        "the remote relay's public key is needed with a key".into(),
+                    );
+                }
+                (None, Some(_)) => {
+                    return err(
+                        "local.key",
+                        "this relay's own key is needed: generate one with `mptcp relay keygen`"
+                            .into(),
+                    );
+                }
+            }
             match (&l.username, &l.password) {
                 (Some(u), Some(p)) => {
                     if u.is_empty() || u.len() > 255 || p.is_empty() || p.len() > 255 {
@@ -457,6 +511,31 @@ impl Config {
                     "give at least one address, e.g. [\"0.0.0.0:1080\"]".into(),
                 );
             }
+            if let Some(key) = &r.key
+                && let Err(e) = key.parse::<SecretKey>()
+            {
+                return err("remote.key", e.to_string());
+            }
+            if !r.peer_keys.is_empty() && r.key.is_none() {
+                return err(
+                    "remote.peer_keys",
+                    "peer keys need this relay's own key (remote.key)".into(),
+                );
+            }
+            if let Some(Err(e)) = r
+                .peer_keys
+                .iter()
+                .map(|k| k.parse::<PublicKey>())
+                .find(Result::is_err)
+            {
+                return err("remote.peer_keys", e.to_string());
+            }
+            if !r.serves_plain() && r.key.is_none() {
+                return err(
+                    "remote.plain",
+                    "plain = false without a key would serve nobody".into(),
+                );
+            }
             for u in &r.users {
                 if u.username.is_empty()
                     || u.username.len() > 255
@@ -469,7 +548,10 @@ impl Config {
                     );
                 }
             }
+            // Pinned keys let only their relays in, when plain clients are not served.
+            let keys_only = !r.peer_keys.is_empty() && !r.serves_plain();
             if r.users.is_empty()
+                && !keys_only
                 && let Some(open) = r.listen.iter().find(|a| !r.serves_unauthenticated(a))
             {
                 return err(
@@ -507,6 +589,8 @@ impl LocalConfig {
             socks5: Vec::new(),
             http: Vec::new(),
             allowed_clients: Vec::new(),
+            key: None,
+            remote_key: None,
         }
     }
 
@@ -538,6 +622,14 @@ impl LocalConfig {
     /// Adds an HTTP proxy listener.
     pub fn http(mut self, addr: SocketAddr) -> LocalConfig {
         self.http.push(addr);
+        self
+    }
+
+    /// Encrypts the sessions to the remote relay whose public key is
+    /// `remote`, with this relay's `key`.
+    pub fn encrypt(mut self, key: &SecretKey, remote: &PublicKey) -> LocalConfig {
+        self.key = Some(key.to_string());
+        self.remote_key = Some(remote.to_string());
         self
     }
 
@@ -588,7 +680,34 @@ impl RemoteConfig {
             allowed_clients: Vec::new(),
             allow_destinations: Vec::new(),
             deny_destinations: Vec::new(),
+            key: None,
+            peer_keys: Vec::new(),
+            plain: None,
         }
+    }
+
+    /// Encrypted sessions for local relays that pin `key`'s public key.
+    pub fn key(mut self, key: &SecretKey) -> RemoteConfig {
+        self.key = Some(key.to_string());
+        self
+    }
+
+    /// Lets in the local relay with this public key (once any is listed,
+    /// only listed keys get in).
+    pub fn peer_key(mut self, key: &PublicKey) -> RemoteConfig {
+        self.peer_keys.push(key.to_string());
+        self
+    }
+
+    /// Serves plain SOCKS5 clients beside encrypted sessions, or not.
+    pub fn plain(mut self, on: bool) -> RemoteConfig {
+        self.plain = Some(on);
+        self
+    }
+
+    /// Whether plain SOCKS5 clients are served.
+    pub fn serves_plain(&self) -> bool {
+        self.plain.unwrap_or(self.key.is_none())
     }
 
     /// Adds a user.

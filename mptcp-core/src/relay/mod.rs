@@ -35,6 +35,7 @@ mod limits;
 mod listeners;
 mod outbound;
 mod policy;
+mod seal;
 mod session;
 mod splice;
 mod stats;
@@ -42,6 +43,7 @@ mod stream;
 
 pub use config::{Config, ConfigError, EngineConfig, LocalConfig, RemoteConfig, User};
 pub use policy::{Cidr, ClientAllowlist, DEFAULT_DENIED, DEFAULT_LAN_CLIENTS, DestinationPolicy};
+pub use seal::{KeyError, PublicKey, SecretKey};
 pub use stats::{ErrorKind, Stats};
 
 use std::io;
@@ -80,6 +82,8 @@ pub(crate) enum Route {
         users: Vec<User>,
         /// Serve SOCKS5 MULTIPLEX requests (sessions of many streams).
         multiplex: bool,
+        /// Encrypted sessions (and whether plain clients are served too).
+        keys: Option<Arc<seal::AcceptKeys>>,
     },
     /// Through a SOCKS5 server (local role).
     Upstream {
@@ -93,6 +97,8 @@ pub(crate) enum Route {
         max_sessions: usize,
         /// How long a spare session may stay idle.
         spare_idle: Duration,
+        /// Encrypted sessions, to the remote with this key.
+        keys: Option<Arc<seal::DialKeys>>,
     },
 }
 
@@ -347,6 +353,7 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             multiplex: l.multiplex,
             max_sessions: l.max_sessions,
             spare_idle: Duration::from_secs(l.spare_session_idle_secs),
+            keys: dial_keys(l)?,
         });
         // Transparent listeners take what the firewall sends them; the
         // proxy listeners serve private addresses unless told otherwise.
@@ -380,6 +387,7 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             policy,
             users: r.users.clone(),
             multiplex: r.multiplex,
+            keys: accept_keys(r)?,
         });
         let clients = ClientAllowlist(r.allowed_clients.clone());
         for a in &r.listen {
@@ -395,6 +403,36 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
         }
     }
     Ok(specs)
+}
+
+/// A key of a validated configuration.
+fn key<K: std::str::FromStr>(text: &str) -> io::Result<K> {
+    text.parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a key that does not parse"))
+}
+
+fn dial_keys(l: &LocalConfig) -> io::Result<Option<Arc<seal::DialKeys>>> {
+    let (Some(own), Some(remote)) = (&l.key, &l.remote_key) else {
+        return Ok(None);
+    };
+    Ok(Some(Arc::new(seal::DialKeys {
+        own: key(own)?,
+        remote: key(remote)?,
+    })))
+}
+
+fn accept_keys(r: &RemoteConfig) -> io::Result<Option<Arc<seal::AcceptKeys>>> {
+    let Some(own) = &r.key else { return Ok(None) };
+    let peers = r
+        .peer_keys
+        .iter()
+        .map(|k| key(k))
+        .collect::<io::Result<_>>()?;
+    Ok(Some(Arc::new(seal::AcceptKeys {
+        own: key(own)?,
+        peers,
+        plain: r.serves_plain(),
+    })))
 }
 
 fn resolver(

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use super::seal::{Initiator, Opened, Opener, Sealer};
 use super::splice::{self, Pipe, PipePool};
 use crate::mux::{self, Control, HEADER_LEN, Header, SessionState};
 use crate::socks5::{ClientHandshake, Progress};
@@ -53,6 +54,12 @@ pub(crate) const TURN_BYTES: usize = 1024 * 1024;
 
 /// Bytes of the input buffer: headers and small payloads land here.
 const RX_BUFFER: usize = 64 * 1024;
+/// The input buffer of an encrypted session: room for several whole
+/// records (each opened in one piece) besides a partial frame.
+const SEALED_RX_BUFFER: usize = 4 * super::seal::MAX_PLAINTEXT;
+/// Plaintext encrypted at once on an encrypted session: a few records per
+/// write.
+const SEAL_BATCH: usize = 4 * super::seal::MAX_PLAINTEXT;
 /// A DATA payload with at least this much left, and nothing buffered, is
 /// offered to its stream for a splice.
 pub(crate) const SPLICE_MIN: usize = 16 * 1024;
@@ -67,17 +74,37 @@ const PROBE_READ: usize = 4096;
 /// Frames waiting to be written: `head`, then the payload in `spliced`'s
 /// pipe, then `tail` (what was queued while the splice was pending).
 /// Errors are latched: the session is closed by its owner, streams just
-/// see no room.
-#[derive(Debug, Default)]
+/// see no room. On an encrypted session everything goes through the
+/// `sealer` (spliced payloads are read from their pipe to be encrypted).
+#[derive(Default)]
 pub(crate) struct Tx {
     head: Vec<u8>,
     head_pos: usize,
     spliced: Option<(Pipe, usize)>,
     tail: Vec<u8>,
     failed: Option<io::Error>,
+    sealer: Option<Sealer>,
+}
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field(
+                "queued",
+                &(self.head.len() - self.head_pos + self.tail.len()),
+            )
+            .field("spliced", &self.spliced.as_ref().map(|(_, n)| *n))
+            .field("sealed", &self.sealer.is_some())
+            .finish()
+    }
 }
 
 impl Tx {
+    /// Encrypts everything queued from now on.
+    pub(crate) fn seal_with(&mut self, sealer: Sealer) {
+        self.sealer = Some(sealer);
+    }
+
     /// Where a frame queued now goes.
     fn queue(&mut self) -> &mut Vec<u8> {
         if self.spliced.is_some() {
@@ -127,7 +154,9 @@ impl Tx {
 
     /// Nothing left to write.
     pub(crate) fn is_idle(&self) -> bool {
-        self.head_pos == self.head.len() && self.spliced.is_none()
+        self.head_pos == self.head.len()
+            && self.spliced.is_none()
+            && self.sealer.as_ref().is_none_or(|s| s.pending() == 0)
     }
 
     /// Reads up to `max` bytes from `src` straight into a DATA frame for
@@ -159,7 +188,24 @@ impl Tx {
 
     /// Writes what the socket takes. Returns whether everything went out.
     pub(crate) fn flush(&mut self, fd: RawFd, pool: &mut PipePool) -> bool {
-        self.flush_to(&mut SocketSink(fd), pool)
+        let Some(mut sealer) = self.sealer.take() else {
+            return self.flush_to(&mut SocketSink(fd), pool);
+        };
+        let mut sink = SealedSink {
+            fd,
+            sealer: &mut sealer,
+            scratch: Vec::new(),
+        };
+        let done = self.flush_to(&mut sink, pool);
+        let drained = match sealer.drain(fd) {
+            Ok(drained) => drained,
+            Err(e) => {
+                self.failed.get_or_insert(e);
+                false
+            }
+        };
+        self.sealer = Some(sealer);
+        done && drained
     }
 
     /// [`Tx::flush`] into any sink (a test's, which takes short writes).
@@ -230,6 +276,44 @@ impl FrameSink for SocketSink {
     }
 }
 
+/// An encrypted session's socket: frames are encrypted in batches of
+/// [`SEAL_BATCH`], and written once the last batch is out.
+struct SealedSink<'a> {
+    fd: RawFd,
+    sealer: &'a mut Sealer,
+    scratch: Vec<u8>,
+}
+
+impl SealedSink<'_> {
+    /// Whether the last batch went out (the next may be encrypted).
+    fn ready(&mut self) -> io::Result<()> {
+        if self.sealer.drain(self.fd)? {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+}
+
+impl FrameSink for SealedSink<'_> {
+    fn send(&mut self, bytes: &[u8], _more: bool) -> io::Result<usize> {
+        self.ready()?;
+        let n = bytes.len().min(SEAL_BATCH);
+        self.sealer.seal(&bytes[..n])?;
+        self.sealer.drain(self.fd)?;
+        Ok(n)
+    }
+
+    fn splice_from(&mut self, pipe: &Pipe, len: usize) -> io::Result<usize> {
+        self.ready()?;
+        self.scratch.resize(len.min(SEAL_BATCH), 0);
+        let n = sys::fd::read(pipe.read.as_raw_fd(), &mut self.scratch)?;
+        self.sealer.seal(&self.scratch[..n])?;
+        self.sealer.drain(self.fd)?;
+        Ok(n)
+    }
+}
+
 /// What [`Rx::next`] found.
 #[derive(Debug)]
 pub(crate) enum RxEvent<'a> {
@@ -269,8 +353,8 @@ struct Payload {
     remaining: usize,
 }
 
-/// Frame parser over a read buffer.
-#[derive(Debug)]
+/// Frame parser over a read buffer (of plaintext, on an encrypted session:
+/// the `opener` decrypts into it, and no payload is spliced).
 pub(crate) struct Rx {
     buf: Box<[u8]>,
     start: usize,
@@ -286,6 +370,17 @@ pub(crate) struct Rx {
     bytes_left: usize,
     /// The last DATA frame was a bulk one.
     bulk: bool,
+    opener: Option<Opener>,
+}
+
+impl std::fmt::Debug for Rx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rx")
+            .field("buffered", &(self.end - self.start))
+            .field("payload", &self.payload)
+            .field("sealed", &self.opener.is_some())
+            .finish()
+    }
 }
 
 impl Rx {
@@ -300,7 +395,23 @@ impl Rx {
             reads_left: 0,
             bytes_left: 0,
             bulk: false,
+            opener: None,
         }
+    }
+
+    /// Decrypts everything read from now on (with a buffer large enough to
+    /// open whole records into).
+    pub(crate) fn seal_with(&mut self, opener: Opener) {
+        let mut buf = vec![0; SEALED_RX_BUFFER].into_boxed_slice();
+        let buffered = self.end - self.start;
+        buf[..buffered].copy_from_slice(&self.buf[self.start..self.end]);
+        (self.buf, self.start, self.end) = (buf, 0, buffered);
+        self.opener = Some(opener);
+    }
+
+    /// The decrypting half, on an encrypted session.
+    pub(crate) fn opener(&mut self) -> Option<&mut Opener> {
+        self.opener.as_mut()
     }
 
     /// Bytes that arrived before the frames began (after the SOCKS5
@@ -361,6 +472,7 @@ impl Rx {
                 if let Some(stream) = p.stream
                     && p.remaining >= SPLICE_MIN
                     && !self.splice_declined
+                    && self.opener.is_none()
                 {
                     if self.budget_spent() {
                         return Ok(None);
@@ -452,6 +564,9 @@ impl Rx {
         if self.budget_spent() {
             return Ok(Fill::Blocked);
         }
+        if self.opener.is_some() {
+            return self.fill_sealed(fd);
+        }
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
         } else if self.start > 0 && self.end == self.buf.len() {
@@ -485,6 +600,30 @@ impl Rx {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => Err(RxError::Io(e)),
             };
+        }
+    }
+}
+
+impl Rx {
+    /// [`Rx::fill`] on an encrypted session: whole records, opened into
+    /// the buffer after what it holds (moved to the front first).
+    fn fill_sealed(&mut self, fd: RawFd) -> Result<Fill, RxError> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        let Some(opener) = &mut self.opener else {
+            return Ok(Fill::Blocked);
+        };
+        match opener.read(fd, &mut self.buf[self.end..]) {
+            Ok(Opened::Bytes(n)) => {
+                self.end += n;
+                self.spend(n);
+                Ok(Fill::Filled)
+            }
+            Ok(Opened::Blocked) => Ok(Fill::Blocked),
+            Ok(Opened::Eof) => Ok(Fill::Eof),
+            Err(e) => Err(RxError::Io(e)),
         }
     }
 }
@@ -526,6 +665,15 @@ pub(crate) enum Phase {
     /// Client: SOCKS5 greeting, authentication and MULTIPLEX request sent
     /// (with SETTINGS); reading the answers.
     Handshake {
+        answers: ClientHandshake,
+        buf: Vec<u8>,
+    },
+    /// Client of an encrypted session: the first handshake message sent,
+    /// waiting for the answer; then `hello` (the SOCKS5 request and
+    /// SETTINGS) goes out encrypted, and `answers` reads the replies.
+    Sealing {
+        initiator: Box<Initiator>,
+        hello: Vec<u8>,
         answers: ClientHandshake,
         buf: Vec<u8>,
     },

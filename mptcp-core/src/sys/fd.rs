@@ -66,6 +66,12 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     len_or_error(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) })
 }
 
+/// `read` into `buf` (a pipe's bytes).
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    len_or_error(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
 /// `recv` of up to `max` bytes appended to `out` (no zeroing first).
 pub fn recv_append(fd: RawFd, out: &mut Vec<u8>, max: usize) -> io::Result<usize> {
     out.reserve(max);

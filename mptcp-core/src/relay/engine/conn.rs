@@ -20,6 +20,7 @@ use super::sessions::Placement;
 use super::{Ctx, READ_BUDGET, Slot, conn_tokens};
 use crate::http::{self, ProxyRequestKind};
 use crate::relay::guard::Verdict;
+use crate::relay::seal::{self, Channel};
 use crate::relay::session;
 use crate::relay::splice::Flow;
 use crate::relay::stats::{Counters, ErrorKind};
@@ -42,6 +43,9 @@ const UPSTREAM_ANSWER_BYTES: usize = 4096;
 pub(super) enum Parser {
     Socks5(ServerHandshake),
     Http,
+    /// Remote role: the first message of an encrypted channel's
+    /// handshake; the SOCKS5 request follows inside the channel.
+    Sealing,
 }
 
 /// Where a connection came from: what asks for the destination.
@@ -63,11 +67,13 @@ pub(super) enum Greeting {
 
 /// How far a connection is, with the sockets it has then.
 pub(super) enum Phase {
-    /// Reading the client's SOCKS5 or HTTP request.
+    /// Reading the client's SOCKS5 or HTTP request (through `channel` once
+    /// a local relay set one up).
     Request {
         client: TcpStream,
         buf: Vec<u8>,
         parser: Parser,
+        channel: Option<Box<Channel>>,
     },
     /// Destination known, waiting for the resolver (`result` is filled by
     /// the worker), or about to connect.
@@ -180,8 +186,9 @@ enum Turn {
     /// Failed in this phase (kept to answer the client).
     Fail(Phase, Failure),
     /// Remote role: the SOCKS5 client asked to multiplex; its socket
-    /// becomes a session, with these bytes already read after the request.
-    Session(TcpStream, Vec<u8>),
+    /// becomes a session, with these bytes already read after the request
+    /// (and its encrypted channel, if any).
+    Session(TcpStream, Vec<u8>, Option<Channel>),
 }
 
 /// What the worker does with a connection after a step.
@@ -189,7 +196,7 @@ pub(super) enum Next {
     Keep,
     Close,
     /// Remote role: the socket becomes a session (see [`Turn::Session`]).
-    Session(TcpStream, Vec<u8>),
+    Session(TcpStream, Vec<u8>, Option<Channel>),
 }
 
 /// A connection's slot in the relay's budgets ([`Slot`]): given back, and
@@ -294,7 +301,9 @@ impl Conn {
                     return Next::Close;
                 }
                 Turn::Fail(p, f) => return self.fail(p, f, ctx),
-                Turn::Session(socket, leftover) => return Next::Session(socket, leftover),
+                Turn::Session(socket, leftover, channel) => {
+                    return Next::Session(socket, leftover, channel);
+                }
             }
         }
     }
@@ -325,7 +334,7 @@ impl Conn {
                 Next::Close
             }
             Turn::Fail(p, f) => self.fail(p, f, ctx),
-            Turn::Session(socket, leftover) => Next::Session(socket, leftover),
+            Turn::Session(socket, leftover, channel) => Next::Session(socket, leftover, channel),
         }
     }
 
@@ -346,14 +355,27 @@ impl Conn {
                 mut client,
                 mut buf,
                 mut parser,
-            } => match self.read_request(&mut client, &mut buf, &mut parser, ctx) {
+                mut channel,
+            } => match self.read_request(&mut client, &mut buf, &mut parser, &mut channel, ctx) {
                 Ok(Requested::NeedMore) => Turn::Wait(Phase::Request {
                     client,
                     buf,
                     parser,
+                    channel,
                 }),
                 Ok(Requested::Gone) => Turn::Done(Phase::Closed),
-                Ok(Requested::Session(leftover)) => Turn::Session(client, leftover),
+                Ok(Requested::Session(leftover)) => {
+                    Turn::Session(client, leftover, channel.map(|c| *c))
+                }
+                Ok(Requested::Connect(_)) if channel.is_some() => Turn::Fail(
+                    Phase::Request {
+                        client,
+                        buf,
+                        parser,
+                        channel,
+                    },
+                    not_encrypted(),
+                ),
                 Ok(Requested::Connect(dest)) => {
                     self.begin_connect(key, Origin::Client(client), dest, ctx)
                 }
@@ -362,6 +384,7 @@ impl Conn {
                         client,
                         buf,
                         parser,
+                        channel,
                     },
                     f,
                 ),
@@ -530,11 +553,34 @@ impl Conn {
         client: &mut TcpStream,
         buf: &mut Vec<u8>,
         parser: &mut Parser,
+        channel: &mut Option<Box<Channel>>,
         ctx: &Ctx,
     ) -> Result<Requested, Failure> {
-        let eof = read_some(client, buf, MAX_REQUEST_BUFFER)
-            .map_err(|e| Failure::new(ErrorKind::Io, format!("reading request: {e}")))?;
+        let read = match channel {
+            Some(ch) => ch
+                .opener
+                .read_to(client.as_raw_fd(), buf, MAX_REQUEST_BUFFER),
+            None => read_some(client, buf, MAX_REQUEST_BUFFER),
+        };
+        let eof = read.map_err(|e| Failure::new(ErrorKind::Io, format!("reading request: {e}")))?;
+        let keys = match &*ctx.specs[self.spec].route {
+            Route::Direct { keys, .. } => keys.as_deref(),
+            Route::Upstream { .. } => None,
+        };
+        if let (Some(keys), None, Some(&first)) = (keys, &channel, buf.first())
+            && matches!(parser, Parser::Socks5(_))
+        {
+            if seal::starts_handshake(first) {
+                *parser = Parser::Sealing;
+            } else if !keys.plain {
+                return Err(Failure::new(
+                    ErrorKind::Auth,
+                    "a plain SOCKS5 client: this relay serves encrypted sessions only",
+                ));
+            }
+        }
         let (dest, used, http_kind) = match parser {
+            Parser::Sealing => return self.accept_channel(client, buf, parser, channel, ctx, eof),
             Parser::Socks5(hs) => {
                 let route = &*ctx.specs[self.spec].route;
                 let client_ip = self.admission.client;
@@ -551,7 +597,7 @@ impl Conn {
                 };
                 let r = hs.advance(buf, &mut self.to_client, check);
                 log_login(client_ip, verdict);
-                flush(client, &mut self.to_client)
+                self.answer_client(client, channel.as_deref_mut())
                     .map_err(|e| Failure::new(ErrorKind::Io, format!("writing to client: {e}")))?;
                 match r {
                     Ok(Progress::NeedMore) => return self.need_more(eof, buf),
@@ -595,6 +641,74 @@ impl Conn {
             return Err(Failure::new(ErrorKind::Limit, "connection limit reached"));
         }
         Ok(Requested::Connect(dest))
+    }
+
+    /// Remote role: a local relay's first handshake message in `buf`:
+    /// answered, its key checked, and the SOCKS5 request read inside the
+    /// channel from then on.
+    fn accept_channel(
+        &mut self,
+        client: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        parser: &mut Parser,
+        channel: &mut Option<Box<Channel>>,
+        ctx: &Ctx,
+        eof: bool,
+    ) -> Result<Requested, Failure> {
+        let Route::Direct {
+            keys: Some(keys),
+            users,
+            ..
+        } = &*ctx.specs[self.spec].route
+        else {
+            return Err(Failure::new(ErrorKind::Protocol, "no key for a handshake"));
+        };
+        let handshake =
+            |e: io::Error| Failure::new(ErrorKind::Auth, format!("encryption handshake: {e}"));
+        let Some((mut ch, mut answer, used)) = seal::respond(&keys.own, buf).map_err(handshake)?
+        else {
+            return self.need_more(eof, buf);
+        };
+        if !keys.admits(&ch.peer) {
+            return Err(Failure::new(
+                ErrorKind::Auth,
+                format!("a local relay with a key not in peer_keys: {}", ch.peer),
+            ));
+        }
+        flush(client, &mut answer).map_err(handshake)?;
+        if !answer.is_empty() {
+            return Err(handshake(io::ErrorKind::WouldBlock.into()));
+        }
+        ch.opener.preload(&buf[used..]);
+        buf.clear();
+        // A pinned key is a login of its own; a password may still be asked.
+        let require_auth = if keys.pinned(&ch.peer) {
+            !users.is_empty()
+        } else {
+            ctx.specs[self.spec].require_auth
+        };
+        tracing::debug!(client = %self.admission.client, peer = %ch.peer, "relay: encrypted channel");
+        *parser = Parser::Socks5(ServerHandshake::new(require_auth).with_multiplex(true));
+        *channel = Some(Box::new(ch));
+        // The request may have come with the handshake.
+        self.read_request(client, buf, parser, channel, ctx)
+    }
+
+    /// Writes the answers queued for the client: through the channel, if
+    /// the connection has one.
+    fn answer_client(
+        &mut self,
+        client: &mut TcpStream,
+        channel: Option<&mut Channel>,
+    ) -> io::Result<()> {
+        let Some(ch) = channel else {
+            return flush(client, &mut self.to_client);
+        };
+        if !self.to_client.is_empty() {
+            ch.sealer.seal(&self.to_client)?;
+            self.to_client.clear();
+        }
+        ch.sealer.drain(client.as_raw_fd()).map(drop)
     }
 
     /// An incomplete request: wait for more, unless the client left or
@@ -668,6 +782,13 @@ impl Conn {
                 ctx.sessions.wait_for(s, key, self.serial);
                 Turn::Wait(Phase::AwaitingSession { client })
             }
+            None if ctx.sessions.fallback().is_none() => Turn::Fail(
+                Phase::AwaitingSession { client },
+                Failure::new(
+                    ErrorKind::Upstream,
+                    "no encrypted session to the remote relay (the next attempt waits)",
+                ),
+            ),
             None => self.start_connect(key, Origin::Client(client), vec![remote], ctx),
         }
     }
@@ -982,10 +1103,17 @@ impl Conn {
         ctx.counters().error(f.kind);
         tracing::debug!(client = %self.admission.client, kind = f.kind.name(), "relay: {}", f.detail);
         // The upstream socket, if any, closes with the phase.
+        let mut channel = None;
         let (client, stream, flowing) = match phase {
-            Phase::Request { client, .. }
-            | Phase::Upstream { client, .. }
-            | Phase::AwaitingSession { client } => (Some(client), None, false),
+            Phase::Request {
+                client, channel: c, ..
+            } => {
+                channel = c;
+                (Some(client), None, false)
+            }
+            Phase::Upstream { client, .. } | Phase::AwaitingSession { client } => {
+                (Some(client), None, false)
+            }
             Phase::Resolving { origin, .. } | Phase::Connecting { origin, .. } => match origin {
                 Origin::Client(client) => (Some(client), None, false),
                 Origin::Stream(stream) => (None, Some(stream), false),
@@ -1018,7 +1146,7 @@ impl Conn {
             self.answer.encode_failure(&f, &mut self.to_client);
         }
         // Best effort: the answer is a few bytes on a fresh socket.
-        let _ = flush(&mut client, &mut self.to_client);
+        let _ = self.answer_client(&mut client, channel.as_deref_mut());
         let _ = client.shutdown(std::net::Shutdown::Write);
         self.deadline = ctx.now + CLOSING_GRACE;
         match drain_until_eof(&mut client) {
@@ -1048,6 +1176,17 @@ fn log_login(client: IpAddr, verdict: Option<(Verdict, String)>) {
         }
         Some((Verdict::Accepted, _)) | None => {}
     }
+}
+
+/// A CONNECT inside an encrypted channel: only sessions are encrypted, and
+/// the data of one connection per client connection would flow in clear.
+fn not_encrypted() -> Failure {
+    let mut f = Failure::new(
+        ErrorKind::Protocol,
+        "CONNECT in an encrypted channel: only multiplexed sessions are encrypted",
+    );
+    f.socks = ReplyCode::CommandNotSupported;
+    f
 }
 
 /// Remote role: a MULTIPLEX request of our protocol version becomes a

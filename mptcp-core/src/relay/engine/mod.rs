@@ -492,6 +492,7 @@ impl Worker {
                     client,
                     buf: Vec::new(),
                     parser,
+                    channel: None,
                 };
                 conn.step(key, &mut self.ctx)
             }
@@ -527,7 +528,9 @@ impl Worker {
         match next {
             Next::Keep => self.conns.put_back(key, conn),
             Next::Close => self.remove(key, conn),
-            Next::Session(socket, leftover) => self.become_session(key, conn, socket, &leftover),
+            Next::Session(socket, leftover, channel) => {
+                self.become_session(key, conn, socket, &leftover, channel)
+            }
         }
     }
 

@@ -14,10 +14,54 @@ use super::conn::{Conn, Next, Origin, Phase, count_inbound, read_some};
 use super::sessions::SESSION_HANDSHAKE_BYTES;
 use super::{Handling, Slot, Worker};
 use crate::mux::{self, Control};
+use crate::relay::seal::Channel;
 use crate::relay::session::{self, Role, RxError, RxEvent, Session};
 use crate::relay::stats::{Counters, ErrorKind};
 use crate::relay::stream::{Spliced, Stream, StreamError};
 use crate::socks5::{Progress, ReplyCode, TargetAddr};
+
+/// Client of an encrypted session: reads the remote's answer to the first
+/// handshake message; once it is there, the channel is set up and the
+/// SOCKS5 request goes out through it.
+fn open_channel(session: &mut Session) -> Result<(), ReadError> {
+    let session::Phase::Sealing { initiator, buf, .. } = &mut session.phase else {
+        return Ok(());
+    };
+    let eof = read_some(&mut session.socket, buf, SESSION_HANDSHAKE_BYTES)
+        .map_err(|e| ReadError::Gone(format!("reading the encryption handshake: {e}")))?;
+    let (channel, used) = match initiator.finish(buf) {
+        Ok(Some(done)) => done,
+        Ok(None) if eof => {
+            return Err(ReadError::Gone(
+                "closed during the encryption handshake (does the remote relay have a key?)".into(),
+            ));
+        }
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            return Err(ReadError::Gone(format!(
+                "encryption handshake with the remote relay: {e} (is remote_key its public key?)"
+            )));
+        }
+    };
+    let leftover = buf.split_off(used);
+    let phase = std::mem::replace(&mut session.phase, session::Phase::Frames);
+    let session::Phase::Sealing { hello, answers, .. } = phase else {
+        return Ok(());
+    };
+    let Channel {
+        sealer, mut opener, ..
+    } = channel;
+    opener.preload(&leftover);
+    session.tx.seal_with(sealer);
+    session.rx.seal_with(opener);
+    session.tx.raw(&hello);
+    session.phase = session::Phase::Handshake {
+        answers,
+        buf: Vec::new(),
+    };
+    tracing::debug!(remote = %session.peer, "relay: encrypted channel to the remote relay");
+    Ok(())
+}
 
 /// Reads (or splices) per session wakeup before others get a turn.
 const SESSION_READ_BUDGET: usize = 64;
@@ -40,13 +84,14 @@ impl Worker {
         conn: Conn,
         socket: TcpStream,
         leftover: &[u8],
+        channel: Option<Channel>,
     ) {
         let (spec, peer) = (conn.spec, conn.admission.client);
         self.remove(key, conn);
         let ctx = &mut self.ctx;
         let accepted = ctx
             .sessions
-            .accept(socket, spec, peer, leftover, self.draining, ctx.now);
+            .accept(socket, spec, peer, leftover, channel, ctx.now);
         if let Some(s) = accepted {
             // The leftover frames raise no readiness event: read them now.
             self.session_event(s);
@@ -82,9 +127,20 @@ impl Worker {
         let Some(session) = self.ctx.sessions.get_mut(s) else {
             return Ok(());
         };
+        if let session::Phase::Sealing { .. } = session.phase {
+            open_channel(session)?;
+            self.ctx.sessions.mark_dirty(s, now);
+        }
+        let Some(session) = self.ctx.sessions.get_mut(s) else {
+            return Ok(());
+        };
         if let session::Phase::Handshake { answers, buf } = &mut session.phase {
-            let eof = read_some(&mut session.socket, buf, SESSION_HANDSHAKE_BYTES)
-                .map_err(|e| ReadError::Gone(format!("reading the handshake: {e}")))?;
+            let fd = session.socket.as_raw_fd();
+            let read = match session.rx.opener() {
+                Some(opener) => opener.read_to(fd, buf, SESSION_HANDSHAKE_BYTES),
+                None => read_some(&mut session.socket, buf, SESSION_HANDSHAKE_BYTES),
+            };
+            let eof = read.map_err(|e| ReadError::Gone(format!("reading the handshake: {e}")))?;
             match answers.advance(buf) {
                 Ok(Progress::NeedMore) if eof => {
                     return Err(ReadError::Gone("closed during the handshake".into()));
@@ -423,7 +479,7 @@ impl Worker {
             self.fail_key(key, f);
         }
         if let Role::Client { waiting, .. } = session.role {
-            let remote = self.ctx.sessions.remote();
+            let remote = self.ctx.sessions.fallback();
             for (key, serial) in waiting {
                 if self.is_waiting(key, serial) {
                     self.connect_without_session(key, remote);
@@ -437,7 +493,13 @@ impl Worker {
     fn connect_without_session(&mut self, key: usize, remote: Option<SocketAddr>) {
         self.with_conn(key, |conn, ctx| match remote {
             Some(a) => conn.session_failed(key, a, ctx),
-            None => conn.fail_now(Failure::new(ErrorKind::Upstream, "no remote relay"), ctx),
+            None => conn.fail_now(
+                Failure::new(
+                    ErrorKind::Upstream,
+                    "the encrypted session to the remote relay could not be opened",
+                ),
+                ctx,
+            ),
         });
     }
 

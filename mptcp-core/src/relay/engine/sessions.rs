@@ -26,6 +26,7 @@ use mio::{Interest, Registry};
 use super::session_token;
 use super::slab::Slab;
 use crate::mux::{self, Control, Settings};
+use crate::relay::seal::{Channel, DialKeys, Initiator};
 use crate::relay::session::{self, Role, Session};
 use crate::relay::splice::PipePool;
 use crate::relay::stats::Counters;
@@ -58,6 +59,8 @@ struct Dialer {
     /// A session beyond the first with no frame and no stream for this
     /// long is closed.
     spare_idle: Duration,
+    /// Encrypt the sessions, with these keys.
+    keys: Option<Arc<DialKeys>>,
     /// This worker's sessions to the remote (keys), newest last.
     open: Vec<usize>,
     /// No new session before this.
@@ -78,12 +81,14 @@ impl Dialer {
                 multiplex: true,
                 max_sessions,
                 spare_idle,
+                keys,
             } => Some(Dialer {
                 addr: *addr,
                 credentials: credentials.clone(),
                 mptcp: *mptcp,
                 max_sessions: *max_sessions,
                 spare_idle: *spare_idle,
+                keys: keys.clone(),
                 open: Vec::new(),
                 retry_at: None,
                 failures: 0,
@@ -126,6 +131,8 @@ pub(super) struct Sessions {
     registry: Registry,
     shared: Arc<Shared>,
     worker: usize,
+    /// The relay is draining: sessions accepted now go away at once.
+    draining: bool,
 }
 
 impl Sessions {
@@ -143,6 +150,7 @@ impl Sessions {
             registry,
             shared,
             worker,
+            draining: false,
         }
     }
 
@@ -155,9 +163,14 @@ impl Sessions {
         self.dialer.is_some()
     }
 
-    /// The remote relay's address (local role, multiplexing).
-    pub(super) fn remote(&self) -> Option<SocketAddr> {
-        self.dialer.as_ref().map(|d| d.addr)
+    /// Where a connection goes for itself, one SOCKS5 CONNECT to the remote
+    /// relay, when no session takes it: `None` when the sessions are
+    /// encrypted, since that connection would not be.
+    pub(super) fn fallback(&self) -> Option<SocketAddr> {
+        self.dialer
+            .as_ref()
+            .filter(|d| d.keys.is_none())
+            .map(|d| d.addr)
     }
 
     /// The window this relay announces for every stream.
@@ -289,16 +302,39 @@ impl Sessions {
         })
         .encode(0, &mut hello)
         .ok()?;
-        let phase = session::Phase::Handshake {
-            answers: ClientHandshake::new(creds.is_some()),
-            buf: Vec::new(),
+        let answers = ClientHandshake::new(creds.is_some());
+        // Encrypted: the SOCKS5 request waits for the channel; the first
+        // handshake message goes first.
+        let (first, phase) = match &dialer.keys {
+            None => (
+                hello,
+                session::Phase::Handshake {
+                    answers,
+                    buf: Vec::new(),
+                },
+            ),
+            Some(keys) => match Initiator::start(&keys.own, &keys.remote) {
+                Ok((initiator, message)) => (
+                    message,
+                    session::Phase::Sealing {
+                        initiator: Box::new(initiator),
+                        hello,
+                        answers,
+                        buf: Vec::new(),
+                    },
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "relay: cannot start the encryption handshake");
+                    return None;
+                }
+            },
         };
         let role = Role::Client {
             waiting: Vec::new(),
         };
         let peer = dialer.addr.ip();
         let mut session = Session::new(socket, role, phase, peer, deadline);
-        session.tx.raw(&hello);
+        session.tx.raw(&first);
         let s = self.register(session, now)?;
         if let Some(d) = &mut self.dialer {
             d.open.push(s);
@@ -316,7 +352,7 @@ impl Sessions {
         spec: usize,
         peer: IpAddr,
         leftover: &[u8],
-        draining: bool,
+        channel: Option<Channel>,
         now: Instant,
     ) -> Option<usize> {
         if let Err(e) = self.registry.deregister(&mut socket) {
@@ -327,6 +363,10 @@ impl Sessions {
         let role = Role::Server { spec };
         let deadline = now + self.shared.engine.handshake_timeout();
         let mut session = Session::new(socket, role, session::Phase::Frames, peer, deadline);
+        if let Some(channel) = channel {
+            session.tx.seal_with(channel.sealer);
+            session.rx.seal_with(channel.opener);
+        }
         let mut answer = Vec::new();
         socks5::encode_reply(ReplyCode::Succeeded, Some(version_address()), &mut answer);
         session.tx.raw(&answer);
@@ -335,7 +375,9 @@ impl Sessions {
         });
         session.tx.control(0, &settings);
         session.rx.preload(leftover);
-        if draining && let Some(goaway) = session.state.go_away() {
+        if self.draining
+            && let Some(goaway) = session.state.go_away()
+        {
             session.tx.control(0, &goaway);
         }
         let s = self.register(session, now)?;
@@ -479,6 +521,7 @@ impl Sessions {
     /// Draining, remote role: tells every session's client to open no more
     /// streams here.
     pub(super) fn go_away(&mut self, now: Instant) {
+        self.draining = true;
         for s in self.slab.keys() {
             let Some(session) = self.slab.get_mut(s) else {
                 continue;
