@@ -69,6 +69,9 @@ pub mod flag {
     pub const RELAY_FAILED: u32 = 1 << 6;
     /// The socket is `AF_INET6` (otherwise `AF_INET`).
     pub const IPV6: u32 = 1 << 7;
+    /// Relay hop: the SOCKS5 greeting, credentials and request are sent;
+    /// the relay's answers are awaited.
+    pub const RELAY_SENT: u32 = 1 << 8;
 }
 
 /// Options recorded per socket.
@@ -108,14 +111,16 @@ impl Record for OptionLog {
 /// Largest socket address stored (`sockaddr_in6`).
 pub const ADDR_MAX_LEN: usize = 28;
 
-/// Relay hop: the destination the program asked for, and the errno to
-/// report once through `SO_ERROR`.
+/// Relay hop: the destination the program asked for, the errno to
+/// report once, and how far the relay's answers were consumed.
 struct RelayInfo {
     link: AtomicU32,
     error: AtomicI32,
     /// The cookie of the socket the record belongs to.
     owner: AtomicU64,
     dest_len: AtomicU32,
+    /// Bytes of the relay's answers already read from the socket.
+    answered: AtomicU32,
     dest: [AtomicU64; ADDR_MAX_LEN.div_ceil(8)],
 }
 
@@ -248,8 +253,8 @@ pub fn copy(old: libc::c_int, new: libc::c_int, extra: u32) {
             if let Some(cell) = usize::try_from(new).ok().and_then(|i| CELLS.get_or_map(i)) {
                 let (dest, dest_len) = source.dest();
                 cell.reset(source.flags() | extra, source.domain(), source.cookie());
-                if dest_len > 0 {
-                    cell.set_dest(&dest[..dest_len]);
+                if dest_len > 0 && cell.set_dest(&dest[..dest_len]) {
+                    cell.set_answered(source.answered());
                 }
             }
         }
@@ -500,6 +505,7 @@ impl Cell {
             bytes[..chunk.len()].copy_from_slice(chunk);
             word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
         }
+        info.answered.store(0, Ordering::Relaxed);
         info.dest_len.store(len as u32, Ordering::Release);
         true
     }
@@ -532,6 +538,20 @@ impl Cell {
     pub fn take_relay_error(&self) -> libc::c_int {
         self.relay_info()
             .map_or(0, |info| info.error.swap(0, Ordering::AcqRel))
+    }
+
+    /// Bytes of the relay's answers already read from the socket.
+    pub fn answered(&self) -> usize {
+        self.relay_info()
+            .map_or(0, |info| info.answered.load(Ordering::Acquire) as usize)
+    }
+
+    /// Records that the first `count` bytes of the relay's answers were
+    /// read from the socket.
+    pub fn set_answered(&self, count: usize) {
+        if let Some(info) = self.relay_info() {
+            info.answered.store(count as u32, Ordering::Release);
+        }
     }
 }
 
@@ -599,6 +619,9 @@ mod tests {
         assert_eq!(&bytes[..len], &addr[..]);
         assert_eq!(cell.take_relay_error(), libc::ECONNREFUSED);
         assert_eq!(cell.take_relay_error(), 0, "reported once");
+        assert_eq!(cell.answered(), 0);
+        cell.set_answered(4);
+        assert_eq!(cell.answered(), 4);
         cell.reset(flag::INET_STREAM, libc::AF_INET, 6);
         assert_eq!(cell.dest().1, 0, "a new socket has no destination");
         assert!(cell.set_dest(&addr[..16]));
