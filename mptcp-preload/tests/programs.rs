@@ -16,7 +16,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use mptcp_testbed::{Host, danted_config, require_privileges};
-use support::{Daemon, RELAY_ONLY_NAME, TestRelay, preloaded, python};
+use support::{Daemon, RELAY_ONLY_NAME, SlowPort, TestRelay, preloaded, python};
 
 fn privileged() {
     require_privileges().expect("these tests need root: run them as root (CI does)");
@@ -274,6 +274,17 @@ fn curl_and_wget_reach_a_destination_behind_dante_and_the_project_relay() {
 /// nginx (preloaded with `env`) listening on 127.0.0.1:8080 in `host`,
 /// proxying to `upstream`; everything it writes lives in `dir`.
 fn nginx_proxy(host: &Host, dir: &Path, env: &[(&str, &str)], upstream: &str) -> Daemon {
+    nginx_with_locations(
+        host,
+        dir,
+        env,
+        &format!("location / {{ proxy_pass {upstream}; }}"),
+    )
+}
+
+/// nginx (preloaded with `env`, one worker) listening on 127.0.0.1:8080 in
+/// `host` with the `locations` given; everything it writes lives in `dir`.
+fn nginx_with_locations(host: &Host, dir: &Path, env: &[(&str, &str)], locations: &str) -> Daemon {
     let d = dir.display();
     let conf = dir.join("nginx.conf");
     std::fs::write(
@@ -283,7 +294,7 @@ fn nginx_proxy(host: &Host, dir: &Path, env: &[(&str, &str)], upstream: &str) ->
              events {{ worker_connections 64; }}\n\
              http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-             server {{ listen 127.0.0.1:8080; location / {{ proxy_pass {upstream}; }} }}\n}}\n"
+             server {{ listen 127.0.0.1:8080; {locations} }}\n}}\n"
         ),
     )
     .unwrap();
@@ -514,6 +525,73 @@ fn asyncio_and_curl_through_an_authenticating_relay_ipv4_ipv6_and_remote_dns() {
         stdout.contains(&format!("error {}", libc::EACCES)),
         "{stdout}"
     );
+}
+
+/// `curl` (not preloaded) fetching `url` in `host`: the body and how long
+/// it took.
+fn timed_fetch(host: &Host, url: &str) -> (Output, Duration) {
+    let start = std::time::Instant::now();
+    let out = host
+        .command("curl")
+        .args(["-sS", "--max-time", "20", url])
+        .output()
+        .unwrap();
+    (out, start.elapsed())
+}
+
+#[test]
+fn a_slow_relayed_upstream_does_not_delay_nginxs_other_requests() {
+    privileged();
+    let host = Host::new("nginx-slow").unwrap();
+    let files = TempDir::new("nginx-slow-www");
+    std::fs::write(files.0.join("page"), b"the upstream's page\n").unwrap();
+    let (fast_port, slow_port) = (8001, 8002);
+    let _fast = http_server(&host, &files.0, "127.0.0.1", fast_port, false);
+    let _slow = http_server(&host, &files.0, "127.0.0.1", slow_port, false);
+    host.wait_listening(fast_port).unwrap();
+    host.wait_listening(slow_port).unwrap();
+    // The relay answers CONNECT for the slow upstream after 3 s.
+    let relay_addr: SocketAddr = "127.0.0.1:1080".parse().unwrap();
+    let slow = SlowPort {
+        port: slow_port,
+        delay: Duration::from_secs(3),
+    };
+    let relay = TestRelay::start_with_slow_port(&host, relay_addr, "alice", "s3cret", Some(slow));
+    let relay_env = relay_addr.to_string();
+    let nginx_dir = TempDir::new("nginx-slow");
+    let nginx = nginx_with_locations(
+        &host,
+        &nginx_dir.0,
+        &relay_mode_env(&relay_env),
+        &format!(
+            "location /fast/ {{ proxy_pass http://127.0.0.1:{fast_port}/; }} \
+             location /slow/ {{ proxy_pass http://127.0.0.1:{slow_port}/; }}"
+        ),
+    );
+    host.wait_listening(8080).unwrap();
+
+    let slow_host = host.clone();
+    let slow_request =
+        std::thread::spawn(move || timed_fetch(&slow_host, "http://127.0.0.1:8080/slow/page"));
+    // Let nginx's worker start its connect to the slow upstream.
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, fast_took) = timed_fetch(&host, "http://127.0.0.1:8080/fast/page");
+    assert_eq!(check(&out, "the fast request"), "the upstream's page\n");
+    let (out, slow_took) = slow_request.join().unwrap();
+    assert_eq!(check(&out, "the slow request"), "the upstream's page\n");
+    assert!(
+        slow_took >= Duration::from_secs(3),
+        "the relay held the slow one: {slow_took:?}"
+    );
+    // While the slow upstream's hop was pending; 3 s when nginx's worker
+    // waits for it.
+    assert!(
+        fast_took < Duration::from_secs(1),
+        "the fast request took {fast_took:?}"
+    );
+    let nginx_log = nginx.stop();
+    assert!(!nginx_log.contains("[error]"), "nginx: {nginx_log}");
+    assert_eq!(relay.mptcp_connections(), 2, "both hops use MPTCP");
 }
 
 #[test]
@@ -948,9 +1026,11 @@ fn a_vfork_child_does_not_touch_the_parents_state() {
     assert!(stdout.contains("while spawning 6\n"), "{stdout}");
 }
 
-/// Relay mode: 100 asyncio connections through the relay while a thread
-/// spawns subprocesses (vfork) all along; prints how many got the
-/// destination's greeting with the right peer address.
+/// Relay mode: 100 concurrent asyncio connections through the relay while
+/// a thread spawns subprocesses (vfork) all along; each writes a line as
+/// soon as its connect finished (before the relay's answer can have been
+/// read) and expects it back from the destination. Prints how many got it,
+/// with the right peer address.
 const ASYNCIO_SPAWNING_PROGRAM: &str = r#"
 import asyncio, subprocess, sys, threading
 host, port = sys.argv[1], int(sys.argv[2])
@@ -960,20 +1040,18 @@ def spawn():
         subprocess.run(["true"])
 t = threading.Thread(target=spawn)
 t.start()
-async def one():
+async def one(i):
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 20)
         peer = writer.get_extra_info("peername")[:2]
-        line = await asyncio.wait_for(reader.readline(), 10)
+        writer.write(b"%d\n" % i)
+        line = await asyncio.wait_for(reader.readline(), 20)
         writer.close()
-        return line == b"hello\n" and peer == (host, port)
+        return line == b"hello %d\n" % i and peer == (host, port)
     except OSError:
         return False
 async def main():
-    ok = 0
-    for _ in range(10):
-        ok += sum(await asyncio.gather(*(one() for _ in range(10))))
-    return ok
+    return sum(await asyncio.gather(*(one(i) for i in range(100))))
 ok = asyncio.run(main())
 stop = True
 t.join()
@@ -990,7 +1068,12 @@ fn relayed_asyncio_connections_survive_a_thread_that_spawns_subprocesses() {
     let port = dest.local_addr().unwrap().port().to_string();
     let greeter = std::thread::spawn(move || {
         for stream in dest.incoming().take(100) {
-            let _ = stream.and_then(|mut s| s.write_all(b"hello\n"));
+            let _ = stream.and_then(|mut s| {
+                let mut line = Vec::new();
+                let mut reader = std::io::BufReader::new(s.try_clone()?);
+                std::io::BufRead::read_until(&mut reader, b'\n', &mut line)?;
+                s.write_all(&[b"hello ", &line[..]].concat())
+            });
         }
     });
     let relay_env = relay_addr.to_string();
