@@ -516,6 +516,18 @@ fn asyncio_and_curl_through_an_authenticating_relay_ipv4_ipv6_and_remote_dns() {
         "{stdout}"
     );
 
+    // curl learns of its connect through poll: the refusal ends it there.
+    let out = preloaded(&bed.client, "curl", &env("s3cret"))
+        .args(["-sS", "--max-time", "10", "http://127.0.0.1:8999/"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "curl to a closed port: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let out = preloaded(&bed.client, &python(), &env("wrong"))
         .args(["-c", ASYNCIO_CLIENT, "127.0.0.1", "8000"])
         .output()
@@ -592,7 +604,44 @@ fn a_slow_relayed_upstream_does_not_delay_nginxs_other_requests() {
     let nginx_log = nginx.stop();
     assert!(!nginx_log.contains("[error]"), "nginx: {nginx_log}");
     assert_eq!(relay.mptcp_connections(), 2, "both hops use MPTCP");
+
+    // A level-triggered loop (asyncio) meanwhile: the relay's first
+    // answers (method, authentication) came at once, its reply to CONNECT
+    // 3 s later; consuming the whole answers leaves nothing readable, so
+    // the loop sleeps instead of spinning on them.
+    let out = preloaded(&host, &python(), &relay_mode_env(&relay_env))
+        .args([
+            "-c",
+            ASYNCIO_CPU_PROGRAM,
+            "127.0.0.1",
+            &slow_port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "asyncio through the slow hop");
+    let fields: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(fields[..2], ["status", "200"], "{stdout}");
+    let (took, cpu): (f64, f64) = (fields[3].parse().unwrap(), fields[5].parse().unwrap());
+    assert!(took >= 3.0, "{stdout}");
+    assert!(
+        cpu < 1.0,
+        "the event loop spun while the hop was pending: {stdout}"
+    );
 }
+
+/// An asyncio HTTP/1.0 request; prints the status, the seconds it took
+/// and the CPU seconds the process used while waiting.
+const ASYNCIO_CPU_PROGRAM: &str = r#"
+import asyncio, sys, time
+async def main(host, port):
+    start, cpu = time.monotonic(), time.process_time()
+    r, w = await asyncio.open_connection(host, port)
+    w.write(b"GET /page HTTP/1.0\r\nHost: x\r\n\r\n")
+    data = await asyncio.wait_for(r.read(), 20)
+    status = data.split(b" ")[1].decode()
+    print("status", status, "took", f"{time.monotonic() - start:.2f}", "cpu", f"{time.process_time() - cpu:.2f}")
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"#;
 
 #[test]
 fn preloaded_http_server_accepts_mptcp() {
@@ -730,7 +779,7 @@ fn log_lines_stay_out_of_a_file_the_program_put_on_descriptor_2() {
 /// ended and after how many seconds: without a timeout of its own (the
 /// library's MPTCP_PRELOAD_TIMEOUT applies), with Python's timeout (a
 /// non-blocking connect and `poll`) and with `SO_SNDTIMEO` on a blocking
-/// socket.
+/// socket, then reads that socket with `SO_RCVTIMEO`.
 const SILENT_RELAY_PROGRAM: &str = r#"
 import socket, struct, sys, time
 target = (sys.argv[1], int(sys.argv[2]))
@@ -744,11 +793,15 @@ def attempt(name, connect):
     print(name, result, f"{time.monotonic() - start:.1f}")
 attempt("blocking", lambda: socket.create_connection(target).close())
 attempt("timeout", lambda: socket.create_connection(target, timeout=1).close())
+s = socket.socket()
 def sndtimeo():
-    s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 1, 0))
     s.connect(target)
 attempt("sndtimeo", sndtimeo)
+def rcvtimeo():
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 1, 0))
+    s.recv(1)
+attempt("rcvtimeo", rcvtimeo)
 "#;
 
 /// The seconds `line` (of [`SILENT_RELAY_PROGRAM`]) reports for `name`,
@@ -792,6 +845,8 @@ fn a_relay_that_does_not_answer_ends_in_the_programs_own_timeout() {
     assert!((0.9..2.5).contains(&timeout), "{stdout}");
     let sndtimeo = attempt_seconds(&stdout, "sndtimeo", &format!("errno {}", libc::EINPROGRESS));
     assert!((0.9..2.5).contains(&sndtimeo), "{stdout}");
+    let rcvtimeo = attempt_seconds(&stdout, "rcvtimeo", &format!("errno {}", libc::EAGAIN));
+    assert!((0.9..2.5).contains(&rcvtimeo), "{stdout}");
     // Only the library's own timeout is the library's to log.
     assert_eq!(
         stderr
