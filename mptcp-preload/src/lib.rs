@@ -8,7 +8,8 @@
 //! parses the environment once at load time, [`fdtable`] keeps lock-free
 //! per-descriptor state (with [`pool`]s for what only some sockets need),
 //! [`compat`] rebuilds a socket as plain TCP when the
-//! kernel refuses an option on MPTCP, [`relay`] does the relay hop, [`log`]
+//! kernel refuses an option on MPTCP, [`relay`] does the relay hop (and
+//! [`mod@select`] answers `select` with `poll` for it), [`log`]
 //! writes allocation-free log lines, [`sys`] holds the system calls that are
 //! not hooks. The exported C symbols are the hooks
 //! below and nothing else.
@@ -24,6 +25,7 @@ pub mod log;
 pub mod pool;
 pub mod real;
 pub mod relay;
+pub mod select;
 pub mod sys;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -31,8 +33,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use libc::{
-    addrinfo, c_char, c_int, c_uint, c_void, iovec, msghdr, nfds_t, pollfd, sigset_t, size_t,
-    sockaddr, socklen_t, ssize_t, timespec,
+    addrinfo, c_char, c_int, c_uint, c_void, fd_set, iovec, msghdr, nfds_t, pollfd, sigset_t,
+    size_t, sockaddr, socklen_t, ssize_t, timespec, timeval,
 };
 use mptcp_core::socket::FallbackReason;
 use mptcp_core::sys::socket::{IPPROTO_MPTCP, SOL_MPTCP};
@@ -179,6 +181,10 @@ hooks! {
     fn ppoll(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t) -> c_int => ppoll_hook;
     /// Fortified `poll`: a relay hop is writable once the relay has answered.
     fn __poll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: c_int, fds_len: size_t) -> c_int => poll_chk_hook;
+    /// `select(2)`: a relay hop is writable once the relay has answered.
+    fn select(nfds: c_int, read: *mut fd_set, write: *mut fd_set, except: *mut fd_set, timeout: *mut timeval) -> c_int => select_hook;
+    /// `pselect(2)`: a relay hop is writable once the relay has answered.
+    fn pselect(nfds: c_int, read: *mut fd_set, write: *mut fd_set, except: *mut fd_set, timeout: *const timespec, sigmask: *const sigset_t) -> c_int => pselect_hook;
     /// Fortified `ppoll`: a relay hop is writable once the relay has answered.
     fn __ppoll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t, fds_len: size_t) -> c_int => ppoll_chk_hook;
 }
@@ -756,11 +762,9 @@ unsafe fn ppoll_hook(
             nfds,
             ppoll_timeout(timeout),
             |fds, left| {
-                let ts = left.map(timespec_of);
-                let ts = ts
-                    .as_ref()
-                    .map_or(std::ptr::null(), |t| t as *const timespec);
-                real::ppoll(fds.as_mut_ptr(), nfds, ts, sigmask)
+                ppoll_left(fds, left, |fds, ts| {
+                    real::ppoll(fds.as_mut_ptr(), nfds, ts, sigmask)
+                })
             },
             || real::ppoll(fds, nfds, timeout, sigmask),
         )
@@ -781,13 +785,99 @@ unsafe fn ppoll_chk_hook(
             nfds,
             ppoll_timeout(timeout),
             |fds, left| {
-                let ts = left.map(timespec_of);
-                let ts = ts
-                    .as_ref()
-                    .map_or(std::ptr::null(), |t| t as *const timespec);
-                real::__ppoll_chk(fds.as_mut_ptr(), nfds, ts, sigmask, fds_len)
+                ppoll_left(fds, left, |fds, ts| {
+                    real::__ppoll_chk(fds.as_mut_ptr(), nfds, ts, sigmask, fds_len)
+                })
             },
             || real::__ppoll_chk(fds, nfds, timeout, sigmask, fds_len),
         )
     }
+}
+
+unsafe fn select_hook(
+    nfds: c_int,
+    read: *mut fd_set,
+    write: *mut fd_set,
+    except: *mut fd_set,
+    timeout: *mut timeval,
+) -> c_int {
+    let sets = select::Sets {
+        read,
+        write,
+        except,
+    };
+    // SAFETY: null or valid by the caller's contract.
+    let limit = unsafe { timeout.as_ref() }.map(|tv| {
+        std::time::Duration::new(
+            u64::try_from(tv.tv_sec).unwrap_or(0),
+            u32::try_from(tv.tv_usec).unwrap_or(0).saturating_mul(1000),
+        )
+    });
+    // SAFETY: the caller's sets, valid for `nfds` descriptors.
+    let gated = unsafe {
+        select::gated(config(), nfds, &sets, limit, |fds, left| {
+            real::poll(fds.as_mut_ptr(), fds.len() as nfds_t, relay::poll_ms(left))
+        })
+    };
+    match gated {
+        Some((n, left)) => {
+            // SAFETY: null or valid and writable by the caller's contract.
+            if let (Some(tv), Some(left)) = (unsafe { timeout.as_mut() }, left) {
+                tv.tv_sec = libc::time_t::try_from(left.as_secs()).unwrap_or(libc::time_t::MAX);
+                tv.tv_usec = libc::suseconds_t::from(left.subsec_micros());
+            }
+            n
+        }
+        // SAFETY: the caller's arguments.
+        None => unsafe { real::select(nfds, read, write, except, timeout) },
+    }
+}
+
+unsafe fn pselect_hook(
+    nfds: c_int,
+    read: *mut fd_set,
+    write: *mut fd_set,
+    except: *mut fd_set,
+    timeout: *const timespec,
+    sigmask: *const sigset_t,
+) -> c_int {
+    let sets = select::Sets {
+        read,
+        write,
+        except,
+    };
+    // SAFETY: the caller's sets, valid for `nfds` descriptors; `timeout`
+    // is null or valid.
+    let gated = unsafe {
+        select::gated(
+            config(),
+            nfds,
+            &sets,
+            ppoll_timeout(timeout),
+            |fds, left| {
+                ppoll_left(fds, left, |fds, ts| {
+                    real::ppoll(fds.as_mut_ptr(), fds.len() as nfds_t, ts, sigmask)
+                })
+            },
+        )
+    };
+    match gated {
+        Some((n, _)) => n,
+        // SAFETY: the caller's arguments.
+        None => unsafe { real::pselect(nfds, read, write, except, timeout, sigmask) },
+    }
+}
+
+/// Calls a `ppoll`-like `call` with `left` as its timeout (null: none).
+fn ppoll_left(
+    fds: &mut [pollfd],
+    left: Option<std::time::Duration>,
+    call: impl FnOnce(&mut [pollfd], *const timespec) -> c_int,
+) -> c_int {
+    let ts = left.map(timespec_of);
+    call(
+        fds,
+        ts.as_ref()
+            .map_or(std::ptr::null(), |t| t as *const timespec),
+    )
 }

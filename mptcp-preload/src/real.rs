@@ -14,8 +14,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libc::{
-    addrinfo, c_char, c_int, c_uint, c_void, iovec, msghdr, nfds_t, pollfd, sigset_t, size_t,
-    sockaddr, socklen_t, ssize_t, timespec,
+    addrinfo, c_char, c_int, c_uint, c_void, fd_set, iovec, msghdr, nfds_t, pollfd, sigset_t,
+    size_t, sockaddr, socklen_t, ssize_t, timespec, timeval,
 };
 
 /// Looks up the next definition of `name` after this library.
@@ -123,6 +123,10 @@ real_functions! {
     fn ppoll(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t) -> c_int;
     /// `poll(2)` checked by `_FORTIFY_SOURCE`.
     fn __poll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: c_int, fds_len: size_t) -> c_int;
+    /// `select(2)`.
+    fn select(nfds: c_int, read: *mut fd_set, write: *mut fd_set, except: *mut fd_set, timeout: *mut timeval) -> c_int;
+    /// `pselect(2)`.
+    fn pselect(nfds: c_int, read: *mut fd_set, write: *mut fd_set, except: *mut fd_set, timeout: *const timespec, sigmask: *const sigset_t) -> c_int;
     /// `ppoll(2)` checked by `_FORTIFY_SOURCE`.
     fn __ppoll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t, fds_len: size_t) -> c_int;
 }

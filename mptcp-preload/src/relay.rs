@@ -22,8 +22,9 @@
 //!   a new edge when the rest arrives); a refusal fails that read once with
 //!   the errno of the SOCKS5 reply (`ECONNREFUSED`, `EHOSTUNREACH`,
 //!   `EACCES`, ...) and the socket is shut down (later reads: end of file).
-//! - `poll`/`ppoll` (curl, Python's sockets with a timeout, most blocking
-//!   clients with a connect timeout): the hop's socket is reported writable
+//! - `poll`/`ppoll`, and `select`/`pselect` through them
+//!   ([`select`](mod@crate::select)) (curl, wget, Python's sockets with a
+//!   timeout, most clients with a connect timeout): the hop's socket is reported writable
 //!   only once the relay has answered; meanwhile the library polls it for
 //!   what the hop needs and advances it when that comes. So the program's
 //!   own connect timeout covers the whole hop, and a relay that never
@@ -41,7 +42,7 @@
 //! `fork()`; clearing `O_NONBLOCK` and doing everything inside `connect()`
 //! (proxychains) stalls event loops for the whole exchange.
 //!
-//! Limits: with epoll (and `select`, which is not hooked) a program sees
+//! Limits: with epoll a program sees
 //! its connect finish when the connection to the relay is up, so its
 //! connect timeout does not cover the SOCKS5 exchange (a relay that accepts
 //! and never answers looks like a destination that never answers); a
@@ -734,7 +735,13 @@ const POLL_GATED_MAX: usize = 64;
 /// Whether `fds` holds a relay hop that is still pending (then the call
 /// goes through [`poll`]).
 pub fn poll_gates(config: &Config, fds: &[libc::pollfd]) -> bool {
-    config.mode == crate::config::Mode::Relay && fds.iter().any(|p| pending_cell(p.fd).is_some())
+    config.mode == crate::config::Mode::Relay && fds.iter().any(|p| is_pending(p.fd))
+}
+
+/// Whether `fd` is a relay hop still waiting for the relay (or for the
+/// connection to it).
+pub fn is_pending(fd: c_int) -> bool {
+    pending_cell(fd).is_some()
 }
 
 fn pending_cell(fd: c_int) -> Option<&'static Cell> {

@@ -872,6 +872,25 @@ fn a_relay_that_does_not_answer_ends_in_the_programs_own_timeout() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(took < Duration::from_secs(3), "curl took {took:?}");
+
+    // wget's (a non-blocking connect and select).
+    let start = std::time::Instant::now();
+    let out = preloaded(&host, "wget", &env)
+        .args(["-q", "-O", "/dev/null", "--tries=1", "--connect-timeout=1"])
+        .arg("http://127.0.0.1:9/")
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "wget's network failure: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(3)).contains(&took),
+        "wget took {took:?}"
+    );
     drop(silent);
 }
 
@@ -1498,6 +1517,8 @@ fn the_library_exports_only_its_hooks() {
         "recv",
         "recvfrom",
         "recvmsg",
+        "pselect",
+        "select",
         "setsockopt",
         "socket",
     ];
