@@ -319,13 +319,13 @@ pub enum Hop {
 /// SOCKS5 request once the TCP connection to the relay is up, and reads
 /// whatever part of the relay's answer has arrived.
 pub fn advance(fd: c_int, cell: &Cell, relay: &Relay) -> Hop {
+    let Some(_turn) = Turn::take(cell) else {
+        // Another thread of the program is advancing it right now.
+        return standing(cell.flags());
+    };
     let flags = cell.flags();
     if flags & flag::RELAY_PENDING == 0 {
-        return if flags & flag::RELAY_READY != 0 {
-            Hop::Ready
-        } else {
-            Hop::Failed(libc::ENOTCONN)
-        };
+        return standing(flags);
     }
     if flags & flag::RELAY_SENT == 0 {
         match connected(fd) {
@@ -348,9 +348,46 @@ pub fn advance(fd: c_int, cell: &Cell, relay: &Relay) -> Hop {
         Ok(false) => Hop::Answering,
         Ok(true) => {
             cell.update(flag::RELAY_READY, flag::RELAY_PENDING | flag::RELAY_SENT);
+            log::line(
+                LogLevel::Debug,
+                format_args!("fd {fd}: through relay {}", relay.addr),
+            );
             Hop::Ready
         }
         Err(e) => Hop::Failed(give_up(fd, cell, e)),
+    }
+}
+
+/// Where the hop stands by its cell `flags` alone.
+fn standing(flags: u32) -> Hop {
+    if flags & flag::RELAY_PENDING != 0 {
+        if flags & flag::RELAY_SENT != 0 {
+            Hop::Answering
+        } else {
+            Hop::Connecting
+        }
+    } else if flags & flag::RELAY_READY != 0 {
+        Hop::Ready
+    } else {
+        Hop::Failed(libc::ENOTCONN)
+    }
+}
+
+/// One thread's turn at advancing a hop (released when dropped, also
+/// when a panic unwinds through it).
+struct Turn<'a>(&'a Cell);
+
+impl<'a> Turn<'a> {
+    fn take(cell: &'a Cell) -> Option<Turn<'a>> {
+        // `then`, not `then_some`: a Turn made and dropped would end
+        // another thread's turn.
+        cell.try_set(flag::RELAY_BUSY).then(|| Turn(cell))
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.update(0, flag::RELAY_BUSY);
     }
 }
 
@@ -527,40 +564,86 @@ fn expected_answers(with_auth: bool) -> &'static [u8] {
     }
 }
 
-/// Reads what has arrived of the relay's answers, without waiting: whole
-/// answers are consumed (their count kept in the cell), a partial one stays
-/// in the socket until the rest arrives. `Ok(true)` once the reply to
-/// CONNECT is consumed and was a success (the destination's first bytes
-/// stay in the socket for the program).
+/// Address types of a SOCKS5 reply (RFC 1928).
+const ATYP_IPV4: u8 = 1;
+const ATYP_DOMAIN: u8 = 3;
+const ATYP_IPV6: u8 = 4;
+
+/// How much of the relay's answers a hop has consumed, in the 32 bits its
+/// record keeps: the byte count (low 16 bits) and the two bytes of the reply
+/// to CONNECT that decide its length, the address type and the next byte
+/// (a name's length). The other consumed bytes are known (the expected
+/// method choice and authentication status, the reply's version and
+/// success code) or never looked at (reserved byte, bound address), so the
+/// parser can be replayed up to the reply's header, and once the header is
+/// known the rest is skipped by count.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct AnswerProgress(u32);
+
+impl AnswerProgress {
+    /// Bytes consumed so far.
+    fn consumed(self) -> usize {
+        (self.0 & 0xffff) as usize
+    }
+
+    /// After `input` (the replayed and the newly arrived answers) was
+    /// consumed up to `count` bytes; `expected` bytes precede the reply.
+    fn after(input: &[u8], expected: usize, count: usize) -> AnswerProgress {
+        let reply_byte = |k: usize| {
+            let at = expected + k;
+            if at < count {
+                input.get(at).copied().unwrap_or(0)
+            } else {
+                0
+            }
+        };
+        AnswerProgress(
+            count as u32 | u32::from(reply_byte(3)) << 16 | u32::from(reply_byte(4)) << 24,
+        )
+    }
+
+    /// The length of all the answers, once the reply's header is consumed.
+    fn total(self, expected: usize) -> Option<usize> {
+        let reply = self.consumed().checked_sub(expected)?;
+        let address = match (self.0 >> 16) as u8 {
+            ATYP_IPV4 if reply >= 4 => 4,
+            ATYP_IPV6 if reply >= 4 => 16,
+            ATYP_DOMAIN if reply >= 5 => 1 + (self.0 >> 24) as usize,
+            _ => return None,
+        };
+        // VER REP RSV ATYP, the address, the port.
+        Some(expected + 4 + address + 2)
+    }
+
+    /// Writes the consumed answers into `out` as the parser saw them (only
+    /// called before the reply's header is complete); returns their length.
+    fn replay(self, expected: &[u8], out: &mut [u8]) -> usize {
+        let n = self.consumed().min(out.len());
+        for (i, byte) in out[..n].iter_mut().enumerate() {
+            *byte = match i.checked_sub(expected.len()) {
+                None => expected[i],
+                Some(0) => socks5::VERSION,
+                Some(3) => (self.0 >> 16) as u8,
+                Some(4) => (self.0 >> 24) as u8,
+                // The success code; the reserved byte, unchecked.
+                Some(_) => 0,
+            };
+        }
+        n
+    }
+}
+
+/// Reads what has arrived of the relay's answers, without waiting, and
+/// consumes every byte of them (the progress kept in the cell), so nothing
+/// of the handshake lingers readable for the program's event loop to spin
+/// on. `Ok(true)` once the reply to CONNECT is consumed and was a success
+/// (the destination's first bytes stay in the socket for the program).
 fn read_answers(fd: c_int, cell: &Cell, relay: &Relay) -> Result<bool, c_int> {
     let with_auth = relay.credentials.is_some();
     let expected = expected_answers(with_auth);
-    // The answers consumed earlier were the expected ones (anything else
-    // failed the hop), so they can be replayed to the parser.
-    let answered = cell.answered().min(expected.len());
-    let mut input = [0u8; 4 + 512];
-    input[..answered].copy_from_slice(&expected[..answered]);
-    let n = loop {
-        // SAFETY: the tail of `input` is writable for the length passed.
-        let n = unsafe {
-            real::recv(
-                fd,
-                input[answered..].as_mut_ptr().cast(),
-                input.len() - answered,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 {
-            break n as usize;
-        }
-        match errno() {
-            libc::EINTR => continue,
-            libc::EAGAIN => return Ok(false),
-            e => return Err(e),
-        }
-    };
+    let progress = AnswerProgress(cell.answer_progress());
     let dest = hop_dest(cell).ok_or(libc::EINVAL)?;
-    if n == 0 {
+    let closed = || {
         log::line(
             LogLevel::Error,
             format_args!(
@@ -568,23 +651,44 @@ fn read_answers(fd: c_int, cell: &Cell, relay: &Relay) -> Result<bool, c_int> {
                 relay.addr
             ),
         );
-        return Err(libc::ECONNRESET);
+        libc::ECONNRESET
+    };
+    if let Some(total) = progress.total(expected.len()) {
+        // The rest of the reply is the bound address and port: skipped.
+        let mut sink = [0u8; 262];
+        let left = (total - progress.consumed()).min(sink.len());
+        return match recv_available(fd, &mut sink[..left], 0)? {
+            None => Ok(false),
+            Some(0) => Err(closed()),
+            Some(n) => {
+                let count = progress.consumed() + n;
+                cell.set_answer_progress(progress.0 & !0xffff | count as u32);
+                Ok(count == total)
+            }
+        };
     }
-    let input = &input[..answered + n];
+    let mut input = [0u8; 4 + 512];
+    let replayed = progress.replay(expected, &mut input);
+    let n = match recv_available(fd, &mut input[replayed..], libc::MSG_PEEK)? {
+        None => return Ok(false),
+        Some(0) => return Err(closed()),
+        Some(n) => n,
+    };
+    let input = &input[..replayed + n];
     match ClientHandshake::new(with_auth).advance(input) {
         Ok(Progress::NeedMore) => {
-            // Every answer before the reply is two bytes long.
-            let whole = input.len().min(expected.len()) / 2 * 2;
-            consume(fd, whole.saturating_sub(answered))?;
-            cell.set_answered(whole.max(answered));
+            // All of it belongs to the handshake.
+            consume(fd, n)?;
+            let progress = AnswerProgress::after(input, expected.len(), input.len());
+            cell.set_answer_progress(progress.0);
+            // A reply header completed just now: its address may be here.
+            if progress.total(expected.len()).is_some() {
+                return read_answers(fd, cell, relay);
+            }
             Ok(false)
         }
         Ok(Progress::Done(_, used)) => {
-            consume(fd, used - answered)?;
-            log::line(
-                LogLevel::Debug,
-                format_args!("fd {fd}: {dest} through relay {}", relay.addr),
-            );
+            consume(fd, used - replayed)?;
             Ok(true)
         }
         Err(e) => {
@@ -597,26 +701,39 @@ fn read_answers(fd: c_int, cell: &Cell, relay: &Relay) -> Result<bool, c_int> {
     }
 }
 
+/// One non-blocking `recv` into `buf` with `flags`: `None` when nothing is
+/// waiting, `Some(0)` at end of file.
+fn recv_available(fd: c_int, buf: &mut [u8], flags: c_int) -> Result<Option<usize>, c_int> {
+    loop {
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe {
+            real::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                flags | libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        match errno() {
+            libc::EINTR => continue,
+            libc::EAGAIN => return Ok(None),
+            e => return Err(e),
+        }
+    }
+}
+
 /// Reads and drops `count` bytes that are known to be waiting.
 fn consume(fd: c_int, mut count: usize) -> Result<(), c_int> {
     let mut sink = [0u8; 512];
     while count > 0 {
-        // SAFETY: `sink` is writable for the length passed.
-        let n = unsafe {
-            real::recv(
-                fd,
-                sink.as_mut_ptr().cast(),
-                count.min(sink.len()),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n <= 0 {
-            if n < 0 && errno() == libc::EINTR {
-                continue;
-            }
-            return Err(if n == 0 { libc::ECONNRESET } else { errno() });
+        let len = count.min(sink.len());
+        match recv_available(fd, &mut sink[..len], 0)? {
+            Some(0) | None => return Err(libc::ECONNRESET),
+            Some(n) => count -= n,
         }
-        count -= n as usize;
     }
     Ok(())
 }
@@ -877,6 +994,184 @@ mod tests {
         }
         // SAFETY: a null pointer is allowed and rejected.
         assert_eq!(unsafe { read_sockaddr(std::ptr::null(), 16) }, None);
+    }
+
+    /// A connected unix stream pair: (the hop's end, the relay's end).
+    fn socket_pair() -> (c_int, c_int) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is writable for two descriptors.
+        let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(r, 0);
+        (fds[0], fds[1])
+    }
+
+    fn write_all(fd: c_int, bytes: &[u8]) {
+        // SAFETY: `bytes` is readable for its length.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        assert_eq!(n, bytes.len() as isize);
+    }
+
+    /// What is readable on `fd` right now.
+    fn readable(fd: c_int) -> Vec<u8> {
+        let mut buf = [0u8; 64];
+        match recv_available(fd, &mut buf, 0).unwrap() {
+            Some(n) => buf[..n].to_vec(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Feeds `answers` (then the destination's first bytes) to a hop one
+    /// byte at a time: each byte is consumed as it arrives, the hop is done
+    /// exactly at the last one, and the destination's bytes are intact.
+    fn feed_byte_by_byte(credentials: bool, reply: &[u8]) {
+        let (hop, relay_end) = socket_pair();
+        let cell = fdtable::track(hop, flag::INET_STREAM, libc::AF_INET).unwrap();
+        assert!(cell.set_dest(bytes_of(
+            &to_sockaddr(&"198.18.0.9:80".parse().unwrap()).0,
+            16
+        )));
+        let relay = Relay {
+            addr: "198.18.0.2:1080".parse().unwrap(),
+            credentials: credentials.then(|| ("u".to_owned(), "p".to_owned())),
+            timeout: Duration::from_secs(1),
+        };
+        let answers = [expected_answers(credentials), reply].concat();
+        for (i, byte) in answers.iter().enumerate() {
+            write_all(relay_end, &[*byte]);
+            let done = read_answers(hop, cell, &relay).unwrap();
+            assert_eq!(
+                done,
+                i == answers.len() - 1,
+                "after byte {i} of {answers:?}"
+            );
+            assert!(readable(hop).is_empty(), "byte {i} lingers");
+        }
+        write_all(relay_end, b"HTTP/1.1 200");
+        assert_eq!(readable(hop), b"HTTP/1.1 200");
+        cell.clear();
+        // SAFETY: our own descriptors.
+        unsafe {
+            libc::close(hop);
+            libc::close(relay_end);
+        }
+    }
+
+    #[test]
+    fn answers_are_consumed_as_they_arrive_for_every_reply_type() {
+        let mut ipv4 = Vec::new();
+        socks5::encode_reply(
+            ReplyCode::Succeeded,
+            Some("192.0.2.1:4000".parse().unwrap()),
+            &mut ipv4,
+        );
+        let mut ipv6 = Vec::new();
+        socks5::encode_reply(
+            ReplyCode::Succeeded,
+            Some("[2001:db8::1]:4000".parse().unwrap()),
+            &mut ipv6,
+        );
+        // A bound address given as a (non-ASCII) name, as no relay does.
+        let name = "relay-é.example";
+        let domain = [
+            &[5, 0, 0, ATYP_DOMAIN, name.len() as u8][..],
+            name.as_bytes(),
+            &[0x0f, 0xa0],
+        ]
+        .concat();
+        for credentials in [false, true] {
+            for reply in [&ipv4, &ipv6, &domain] {
+                feed_byte_by_byte(credentials, reply);
+            }
+        }
+    }
+
+    #[test]
+    fn threads_advancing_one_hop_together_consume_each_byte_once() {
+        let (hop, relay_end) = socket_pair();
+        let cell = fdtable::track(hop, flag::INET_STREAM, libc::AF_INET).unwrap();
+        assert!(cell.set_dest(bytes_of(
+            &to_sockaddr(&"198.18.0.9:80".parse().unwrap()).0,
+            16
+        )));
+        cell.update(flag::RELAY_PENDING | flag::RELAY_SENT, 0);
+        let relay = Relay {
+            addr: "198.18.0.2:1080".parse().unwrap(),
+            credentials: Some(("u".to_owned(), "p".to_owned())),
+            timeout: Duration::from_secs(1),
+        };
+        let mut reply = Vec::new();
+        socks5::encode_reply(
+            ReplyCode::Succeeded,
+            Some("[2001:db8::1]:4000".parse().unwrap()),
+            &mut reply,
+        );
+        let answers = [expected_answers(true), &reply].concat();
+        let outcomes = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let until = Instant::now() + Duration::from_secs(5);
+                        loop {
+                            match advance(hop, cell, &relay) {
+                                Hop::Answering if Instant::now() < until => std::hint::spin_loop(),
+                                done => return done,
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for byte in &answers {
+                write_all(relay_end, &[*byte]);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        assert!(outcomes.iter().all(|h| *h == Hop::Ready), "{outcomes:?}");
+        write_all(relay_end, b"first bytes");
+        assert_eq!(readable(hop), b"first bytes");
+        assert_eq!(cell.flags() & flag::RELAY_BUSY, 0);
+        cell.clear();
+        // SAFETY: our own descriptors.
+        unsafe {
+            libc::close(hop);
+            libc::close(relay_end);
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_its_errno_even_one_byte_at_a_time() {
+        let (hop, relay_end) = socket_pair();
+        let cell = fdtable::track(hop, flag::INET_STREAM, libc::AF_INET).unwrap();
+        assert!(cell.set_dest(bytes_of(
+            &to_sockaddr(&"198.18.0.9:80".parse().unwrap()).0,
+            16
+        )));
+        let relay = Relay {
+            addr: "198.18.0.2:1080".parse().unwrap(),
+            credentials: None,
+            timeout: Duration::from_secs(1),
+        };
+        for byte in [5, 0, 5] {
+            write_all(relay_end, &[byte]);
+            match read_answers(hop, cell, &relay) {
+                Ok(done) => assert!(!done),
+                Err(e) => assert_eq!((byte, e), (5, libc::ECONNREFUSED)),
+            }
+        }
+        assert_eq!(
+            AnswerProgress(cell.answer_progress()).consumed(),
+            3,
+            "the method choice and the reply's version were consumed"
+        );
+        cell.clear();
+        // SAFETY: our own descriptors.
+        unsafe {
+            libc::close(hop);
+            libc::close(relay_end);
+        }
     }
 
     #[test]
