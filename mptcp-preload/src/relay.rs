@@ -17,9 +17,9 @@
 //!   which SOCKS5 relays forward once they reach the destination).
 //! - every read (`read`, `readv`, `recv`, `recvfrom`, `recvmsg` and their
 //!   fortified versions): the relay's answer is read first; while it is
-//!   incomplete the read fails with `EAGAIN` (whole answers are consumed,
-//!   so a level-triggered loop does not spin, and an edge-triggered one gets
-//!   a new edge when the rest arrives); a refusal fails that read once with
+//!   incomplete the read fails with `EAGAIN` (every byte of it is consumed
+//!   as it arrives, so a level-triggered loop does not spin, and an
+//!   edge-triggered one gets a new edge when the rest arrives); a refusal fails that read once with
 //!   the errno of the SOCKS5 reply (`ECONNREFUSED`, `EHOSTUNREACH`,
 //!   `EACCES`, ...) and the socket is shut down (later reads: end of file).
 //! - `poll`/`ppoll`, and `select`/`pselect` through them
@@ -31,6 +31,9 @@
 //!   answers ends in that timeout, not later.
 //! - a second `connect()` (`EALREADY`, then `EISCONN`) and `getpeername()`
 //!   (the destination once the connection to the relay is up).
+//!
+//! One thread at a time advances a hop (a flag in its cell), so threads
+//! that poll and read the same socket never consume a byte twice.
 //!
 //! Alternatives rejected: finishing the exchange inside `SO_ERROR` (the
 //! previous design) blocked an event loop's thread for the relay's round
