@@ -170,7 +170,7 @@ fn dante(host: &Host, dir: &Path, internal: SocketAddr, external: Ipv4Addr) -> D
 }
 
 #[test]
-fn curl_and_wget_reach_a_destination_behind_dante_and_the_project_relay() {
+fn curl_wget_and_asyncio_reach_a_destination_behind_dante_and_the_project_relay() {
     privileged();
     let rp = mptcp_testbed::relay_path(2, None).unwrap();
     let files = TempDir::new("www");
@@ -224,6 +224,21 @@ fn curl_and_wget_reach_a_destination_behind_dante_and_the_project_relay() {
         std::fs::read(&wget_out).unwrap() == body,
         "wget's download differs"
     );
+    // asyncio learns of its connect from epoll: its request follows the
+    // SOCKS5 request before dante has answered.
+    let want = sha256_hex(&rp.local, &body);
+    let asyncio_through = |env: &[(&str, &str)], what: &str| {
+        let out = preloaded(&rp.local, &python(), env)
+            .args(["-c", ASYNCIO_CLIENT, &dest.ip().to_string(), "8000"])
+            .output()
+            .unwrap();
+        let stdout = check(&out, what);
+        assert!(
+            stdout.contains(&format!("sha256 {want}")),
+            "{what}: {stdout}"
+        );
+    };
+    asyncio_through(&env, "asyncio through dante");
 
     // The project's own relay (mptcp_core::relay, remote role, MPTCP
     // listener, username/password), with curl.
@@ -255,14 +270,15 @@ fn curl_and_wget_reach_a_destination_behind_dante_and_the_project_relay() {
         std::fs::read(&own_out).unwrap() == body,
         "curl's download differs"
     );
+    asyncio_through(&env, "asyncio through the project's relay");
     let stats = own_relay.shutdown(Duration::from_secs(2));
-    assert_eq!(stats.relayed, 1, "{stats}");
+    assert_eq!(stats.relayed, 2, "{stats}");
 
     // All requests reached the destination from the relays' side, not
     // directly from the client.
     let log = server.stop();
     let hits: Vec<&str> = log.lines().filter(|l| l.contains("GET /blob")).collect();
-    assert_eq!(hits.len(), 3, "http.server log: {log}");
+    assert_eq!(hits.len(), 5, "http.server log: {log}");
     assert!(
         hits.iter().all(|l| l.starts_with("198.19.2.1 ")),
         "not relayed: {log}"
