@@ -662,6 +662,11 @@ unsafe fn recvfrom_chk_hook(
 }
 
 unsafe fn recvmsg_hook(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    if flags & libc::MSG_ERRQUEUE != 0 {
+        // The error queue (timestamps, zero-copy notices), not the stream.
+        // SAFETY: the caller's arguments.
+        return unsafe { real::recvmsg(fd, msg, flags) };
+    }
     relay_read(fd, flags & libc::MSG_DONTWAIT != 0, || {
         // SAFETY: the caller's arguments.
         unsafe { real::recvmsg(fd, msg, flags) }
