@@ -183,10 +183,7 @@ pub unsafe fn connect(
         return Some(match advance(fd, cell, relay) {
             Hop::Connecting => fail(libc::EALREADY),
             Hop::Answering | Hop::Ready => fail(libc::EISCONN),
-            Hop::Failed(e) => {
-                cell.take_relay_error();
-                fail(e)
-            }
+            Hop::Failed(e) => fail(reported(cell, e)),
         });
     }
     if flags & flag::RELAY_READY != 0 {
@@ -258,11 +255,8 @@ pub unsafe fn connect(
             fail(libc::EINPROGRESS)
         }
         Ok(Hop::Connecting | Hop::Answering) => fail(give_up(fd, cell, timed_out(relay))),
-        Ok(Hop::Failed(e)) | Err(e) => {
-            // Reported here; SO_ERROR must not report it a second time.
-            cell.take_relay_error();
-            fail(e)
-        }
+        // Reported here; SO_ERROR must not report it a second time.
+        Ok(Hop::Failed(e)) | Err(e) => fail(reported(cell, e)),
     })
 }
 
@@ -351,13 +345,24 @@ pub fn advance(fd: c_int, cell: &Cell, relay: &Relay) -> Hop {
         Ok(false) => Hop::Answering,
         Ok(true) => {
             cell.update(flag::RELAY_READY, flag::RELAY_PENDING | flag::RELAY_SENT);
-            log::line(
-                LogLevel::Debug,
-                format_args!("fd {fd}: through relay {}", relay.addr),
-            );
+            if let Some(dest) = hop_dest(cell) {
+                log::line(
+                    LogLevel::Debug,
+                    format_args!("fd {fd}: {dest} through relay {}", relay.addr),
+                );
+            }
             Hop::Ready
         }
         Err(e) => Hop::Failed(give_up(fd, cell, e)),
+    }
+}
+
+/// The errno to give the program for a failed hop, reported once: the
+/// stored one (the hop's own failure) if not yet reported, else `e`.
+fn reported(cell: &Cell, e: c_int) -> c_int {
+    match cell.take_relay_error() {
+        0 => e,
+        stored => stored,
     }
 }
 
@@ -777,15 +782,10 @@ pub fn so_error(config: &Config, fd: c_int, cell: &Cell, kernel_error: c_int) ->
                     relay.addr
                 ),
             );
-            give_up(fd, cell, kernel_error);
-            cell.take_relay_error();
-            return kernel_error;
+            return reported(cell, give_up(fd, cell, kernel_error));
         }
         return match advance(fd, cell, relay) {
-            Hop::Failed(e) => {
-                cell.take_relay_error();
-                e
-            }
+            Hop::Failed(e) => reported(cell, e),
             Hop::Connecting | Hop::Answering | Hop::Ready => 0,
         };
     }
@@ -841,10 +841,7 @@ fn finish_for_read(config: &Config, fd: c_int, cell: &Cell, dontwait: bool) -> O
     match hop {
         Hop::Ready => None,
         Hop::Connecting | Hop::Answering => Some(libc::EAGAIN),
-        Hop::Failed(e) => {
-            cell.take_relay_error();
-            Some(e)
-        }
+        Hop::Failed(e) => Some(reported(cell, e)),
     }
 }
 
