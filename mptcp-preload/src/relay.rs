@@ -45,7 +45,8 @@
 //! `fork()`; clearing `O_NONBLOCK` and doing everything inside `connect()`
 //! (proxychains) stalls event loops for the whole exchange.
 //!
-//! Limits: with epoll a program sees
+//! Limits: with epoll (or `select` over more than `FD_SETSIZE`
+//! descriptors) a program sees
 //! its connect finish when the connection to the relay is up, so its
 //! connect timeout does not cover the SOCKS5 exchange (a relay that accepts
 //! and never answers looks like a destination that never answers); a

@@ -47,10 +47,11 @@ pub unsafe fn gated(
     timeout: Option<Duration>,
     wait: impl FnMut(&mut [pollfd], Option<Duration>) -> c_int,
 ) -> Option<(c_int, Option<Duration>)> {
-    if config.mode != Mode::Relay || nfds <= 0 {
+    // Sets larger than `fd_set` (some programs allocate them) are left to
+    // the kernel: the conversion below handles FD_SETSIZE descriptors.
+    if config.mode != Mode::Relay || nfds <= 0 || nfds as usize > libc::FD_SETSIZE {
         return None;
     }
-    let nfds = nfds.min(libc::FD_SETSIZE as c_int);
     let mut fds = [pollfd {
         fd: -1,
         events: 0,
