@@ -603,27 +603,39 @@ fn a_slow_relayed_upstream_does_not_delay_nginxs_other_requests() {
         std::thread::spawn(move || timed_fetch(&slow_host, "http://127.0.0.1:8080/slow/page"));
     // Let nginx's worker start its connect to the slow upstream.
     std::thread::sleep(Duration::from_millis(300));
-    let (out, fast_took) = timed_fetch(&host, "http://127.0.0.1:8080/fast/page");
-    assert_eq!(check(&out, "the fast request"), "the upstream's page\n");
+    // Fast requests made while the slow one is pending (up to three, for a
+    // loaded machine): 3 s each when nginx's worker waits for the slow hop,
+    // and then the slow one is no longer pending when they end.
+    let (mut fast_times, mut fetches) = (Vec::new(), 0);
+    while fast_times.len() < 3 && !slow_request.is_finished() {
+        let (out, took) = timed_fetch(&host, "http://127.0.0.1:8080/fast/page");
+        fetches += 1;
+        assert_eq!(check(&out, "the fast request"), "the upstream's page\n");
+        if !slow_request.is_finished() {
+            fast_times.push(took);
+        }
+    }
     let (out, slow_took) = slow_request.join().unwrap();
     assert_eq!(check(&out, "the slow request"), "the upstream's page\n");
     assert!(
         slow_took >= Duration::from_secs(3),
         "the relay held the slow one: {slow_took:?}"
     );
-    // While the slow upstream's hop was pending; 3 s when nginx's worker
-    // waits for it.
     assert!(
-        fast_took < Duration::from_secs(1),
-        "the fast request took {fast_took:?}"
+        fast_times.iter().any(|t| *t < Duration::from_secs(1)),
+        "fast requests while the slow one was pending: {fast_times:?}"
     );
     let nginx_log = nginx.stop();
     assert!(!nginx_log.contains("[error]"), "nginx: {nginx_log}");
-    assert_eq!(relay.mptcp_connections(), 2, "both hops use MPTCP");
+    assert_eq!(
+        relay.mptcp_connections(),
+        1 + fetches,
+        "every hop uses MPTCP"
+    );
 
     // A level-triggered loop (asyncio) meanwhile: the relay's first
     // answers (method, authentication) came at once, its reply to CONNECT
-    // 3 s later; consuming the whole answers leaves nothing readable, so
+    // 3 s later; consuming them leaves nothing readable, so
     // the loop sleeps instead of spinning on them.
     let out = preloaded(&host, &python(), &relay_mode_env(&relay_env))
         .args([
