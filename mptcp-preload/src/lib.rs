@@ -8,8 +8,9 @@
 //! parses the environment once at load time, [`fdtable`] keeps lock-free
 //! per-descriptor state (with [`pool`]s for what only some sockets need),
 //! [`compat`] rebuilds a socket as plain TCP when the
-//! kernel refuses an option on MPTCP, [`relay`] does the relay hop (and
-//! [`mod@select`] answers `select` with `poll` for it), [`log`]
+//! kernel refuses an option on MPTCP, [`relay`] does the relay hop (its
+//! SOCKS5 bytes in [`exchange`]; [`mod@select`] answers `select` with
+//! `poll` for it), [`log`]
 //! writes allocation-free log lines, [`sys`] holds the system calls that are
 //! not hooks. The exported C symbols are the hooks
 //! below and nothing else.
@@ -20,6 +21,7 @@
 pub mod compat;
 pub mod config;
 pub mod dns;
+pub mod exchange;
 pub mod fdtable;
 pub mod log;
 pub mod pool;
