@@ -281,80 +281,103 @@ mod tests {
     use crate::fdtable::{self, flag};
     use crate::relay::{Hop, advance, bytes_of, to_sockaddr};
 
-    /// A connected unix stream pair: (the hop's end, the relay's end).
-    fn socket_pair() -> (c_int, c_int) {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` is writable for two descriptors.
-        let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
-        assert_eq!(r, 0);
-        (fds[0], fds[1])
+    /// A hop on one end of a connected unix stream pair, the relay on the
+    /// other; both closed when dropped.
+    struct TestHop {
+        hop: c_int,
+        relay_end: c_int,
+        cell: &'static Cell,
+        relay: Relay,
     }
 
-    fn write_all(fd: c_int, bytes: &[u8]) {
-        // SAFETY: `bytes` is readable for its length.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        assert_eq!(n, bytes.len() as isize);
-    }
+    impl TestHop {
+        fn new(credentials: bool) -> TestHop {
+            let mut fds = [0; 2];
+            // SAFETY: `fds` is writable for two descriptors.
+            let r =
+                unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+            assert_eq!(r, 0);
+            let cell = fdtable::track(fds[0], flag::INET_STREAM, libc::AF_INET).unwrap();
+            let (dest, len) = to_sockaddr(&"198.18.0.9:80".parse().unwrap());
+            assert!(cell.set_dest(bytes_of(&dest, len)));
+            TestHop {
+                hop: fds[0],
+                relay_end: fds[1],
+                cell,
+                relay: Relay {
+                    addr: "198.18.0.2:1080".parse().unwrap(),
+                    credentials: credentials.then(|| ("u".to_owned(), "p".to_owned())),
+                    timeout: Duration::from_secs(1),
+                },
+            }
+        }
 
-    /// What is readable on `fd` right now.
-    fn readable(fd: c_int) -> Vec<u8> {
-        let mut buf = [0u8; 64];
-        match recv_available(fd, &mut buf, 0).unwrap() {
-            Some(n) => buf[..n].to_vec(),
-            None => Vec::new(),
+        /// The relay sends `bytes`.
+        fn relay_sends(&self, bytes: &[u8]) {
+            // SAFETY: `bytes` is readable for its length.
+            let n = unsafe { libc::write(self.relay_end, bytes.as_ptr().cast(), bytes.len()) };
+            assert_eq!(n, bytes.len() as isize);
+        }
+
+        /// What the program could read on the hop right now.
+        fn readable(&self) -> Vec<u8> {
+            let mut buf = [0u8; 64];
+            match recv_available(self.hop, &mut buf, 0).unwrap() {
+                Some(n) => buf[..n].to_vec(),
+                None => Vec::new(),
+            }
+        }
+
+        fn read_answers(&self) -> Result<bool, c_int> {
+            read_answers(self.hop, self.cell, &self.relay)
         }
     }
 
-    /// Feeds `answers` (then the destination's first bytes) to a hop one
-    /// byte at a time: each byte is consumed as it arrives, the hop is done
-    /// exactly at the last one, and the destination's bytes are intact.
+    impl Drop for TestHop {
+        fn drop(&mut self) {
+            self.cell.clear();
+            // SAFETY: our own descriptors.
+            unsafe {
+                libc::close(self.hop);
+                libc::close(self.relay_end);
+            }
+        }
+    }
+
+    /// A successful reply with `bound` as its address.
+    fn success(bound: &str) -> Vec<u8> {
+        let mut reply = Vec::new();
+        socks5::encode_reply(
+            ReplyCode::Succeeded,
+            Some(bound.parse().unwrap()),
+            &mut reply,
+        );
+        reply
+    }
+
+    /// Feeds the answers with `reply` (then the destination's first bytes)
+    /// to a hop one byte at a time: each byte is consumed as it arrives, the
+    /// hop is done exactly at the last one, and the destination's bytes are
+    /// intact.
     fn feed_byte_by_byte(credentials: bool, reply: &[u8]) {
-        let (hop, relay_end) = socket_pair();
-        let cell = fdtable::track(hop, flag::INET_STREAM, libc::AF_INET).unwrap();
-        assert!(cell.set_dest(bytes_of(
-            &to_sockaddr(&"198.18.0.9:80".parse().unwrap()).0,
-            16
-        )));
-        let relay = Relay {
-            addr: "198.18.0.2:1080".parse().unwrap(),
-            credentials: credentials.then(|| ("u".to_owned(), "p".to_owned())),
-            timeout: Duration::from_secs(1),
-        };
+        let t = TestHop::new(credentials);
         let answers = [expected_answers(credentials), reply].concat();
         for (i, byte) in answers.iter().enumerate() {
-            write_all(relay_end, &[*byte]);
-            let done = read_answers(hop, cell, &relay).unwrap();
+            t.relay_sends(&[*byte]);
+            let done = t.read_answers().unwrap();
             assert_eq!(
                 done,
                 i == answers.len() - 1,
                 "after byte {i} of {answers:?}"
             );
-            assert!(readable(hop).is_empty(), "byte {i} lingers");
+            assert!(t.readable().is_empty(), "byte {i} lingers");
         }
-        write_all(relay_end, b"HTTP/1.1 200");
-        assert_eq!(readable(hop), b"HTTP/1.1 200");
-        cell.clear();
-        // SAFETY: our own descriptors.
-        unsafe {
-            libc::close(hop);
-            libc::close(relay_end);
-        }
+        t.relay_sends(b"HTTP/1.1 200");
+        assert_eq!(t.readable(), b"HTTP/1.1 200");
     }
 
     #[test]
     fn answers_are_consumed_as_they_arrive_for_every_reply_type() {
-        let mut ipv4 = Vec::new();
-        socks5::encode_reply(
-            ReplyCode::Succeeded,
-            Some("192.0.2.1:4000".parse().unwrap()),
-            &mut ipv4,
-        );
-        let mut ipv6 = Vec::new();
-        socks5::encode_reply(
-            ReplyCode::Succeeded,
-            Some("[2001:db8::1]:4000".parse().unwrap()),
-            &mut ipv6,
-        );
         // A bound address given as a (non-ASCII) name, as no relay does.
         let name = "relay-é.example";
         let domain = [
@@ -364,40 +387,28 @@ mod tests {
         ]
         .concat();
         for credentials in [false, true] {
-            for reply in [&ipv4, &ipv6, &domain] {
-                feed_byte_by_byte(credentials, reply);
+            for reply in [
+                success("192.0.2.1:4000"),
+                success("[2001:db8::1]:4000"),
+                domain.clone(),
+            ] {
+                feed_byte_by_byte(credentials, &reply);
             }
         }
     }
 
     #[test]
     fn threads_advancing_one_hop_together_consume_each_byte_once() {
-        let (hop, relay_end) = socket_pair();
-        let cell = fdtable::track(hop, flag::INET_STREAM, libc::AF_INET).unwrap();
-        assert!(cell.set_dest(bytes_of(
-            &to_sockaddr(&"198.18.0.9:80".parse().unwrap()).0,
-            16
-        )));
-        cell.update(flag::RELAY_PENDING | flag::RELAY_SENT, 0);
-        let relay = Relay {
-            addr: "198.18.0.2:1080".parse().unwrap(),
-            credentials: Some(("u".to_owned(), "p".to_owned())),
-            timeout: Duration::from_secs(1),
-        };
-        let mut reply = Vec::new();
-        socks5::encode_reply(
-            ReplyCode::Succeeded,
-            Some("[2001:db8::1]:4000".parse().unwrap()),
-            &mut reply,
-        );
-        let answers = [expected_answers(true), &reply].concat();
+        let t = TestHop::new(true);
+        t.cell.update(flag::RELAY_PENDING | flag::RELAY_SENT, 0);
+        let answers = [expected_answers(true), &success("[2001:db8::1]:4000")].concat();
         let outcomes = std::thread::scope(|scope| {
             let threads: Vec<_> = (0..4)
                 .map(|_| {
                     scope.spawn(|| {
                         let until = Instant::now() + Duration::from_secs(5);
                         loop {
-                            match advance(hop, cell, &relay) {
+                            match advance(t.hop, t.cell, &t.relay) {
                                 Hop::Answering if Instant::now() < until => std::hint::spin_loop(),
                                 done => return done,
                             }
@@ -406,57 +417,35 @@ mod tests {
                 })
                 .collect();
             for byte in &answers {
-                write_all(relay_end, &[*byte]);
+                t.relay_sends(&[*byte]);
                 std::thread::sleep(Duration::from_millis(1));
             }
             threads
                 .into_iter()
-                .map(|t| t.join().unwrap())
+                .map(|thread| thread.join().unwrap())
                 .collect::<Vec<_>>()
         });
         assert!(outcomes.iter().all(|h| *h == Hop::Ready), "{outcomes:?}");
-        write_all(relay_end, b"first bytes");
-        assert_eq!(readable(hop), b"first bytes");
-        assert_eq!(cell.flags() & flag::RELAY_BUSY, 0);
-        cell.clear();
-        // SAFETY: our own descriptors.
-        unsafe {
-            libc::close(hop);
-            libc::close(relay_end);
-        }
+        t.relay_sends(b"first bytes");
+        assert_eq!(t.readable(), b"first bytes");
+        assert_eq!(t.cell.flags() & flag::RELAY_BUSY, 0);
     }
 
     #[test]
     fn a_refusal_is_its_errno_even_one_byte_at_a_time() {
-        let (hop, relay_end) = socket_pair();
-        let cell = fdtable::track(hop, flag::INET_STREAM, libc::AF_INET).unwrap();
-        assert!(cell.set_dest(bytes_of(
-            &to_sockaddr(&"198.18.0.9:80".parse().unwrap()).0,
-            16
-        )));
-        let relay = Relay {
-            addr: "198.18.0.2:1080".parse().unwrap(),
-            credentials: None,
-            timeout: Duration::from_secs(1),
-        };
+        let t = TestHop::new(false);
         for byte in [5, 0, 5] {
-            write_all(relay_end, &[byte]);
-            match read_answers(hop, cell, &relay) {
+            t.relay_sends(&[byte]);
+            match t.read_answers() {
                 Ok(done) => assert!(!done),
                 Err(e) => assert_eq!((byte, e), (5, libc::ECONNREFUSED)),
             }
         }
         assert_eq!(
-            AnswerProgress(cell.answer_progress()).consumed(),
+            AnswerProgress(t.cell.answer_progress()).consumed(),
             3,
             "the method choice and the reply's version were consumed"
         );
-        cell.clear();
-        // SAFETY: our own descriptors.
-        unsafe {
-            libc::close(hop);
-            libc::close(relay_end);
-        }
     }
 
     #[test]
