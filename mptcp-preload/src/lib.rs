@@ -183,12 +183,12 @@ hooks! {
     fn ppoll(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t) -> c_int => ppoll_hook;
     /// Fortified `poll`: a relay hop is writable once the relay has answered.
     fn __poll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: c_int, fds_len: size_t) -> c_int => poll_chk_hook;
+    /// Fortified `ppoll`: a relay hop is writable once the relay has answered.
+    fn __ppoll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t, fds_len: size_t) -> c_int => ppoll_chk_hook;
     /// `select(2)`: a relay hop is writable once the relay has answered.
     fn select(nfds: c_int, read: *mut fd_set, write: *mut fd_set, except: *mut fd_set, timeout: *mut timeval) -> c_int => select_hook;
     /// `pselect(2)`: a relay hop is writable once the relay has answered.
     fn pselect(nfds: c_int, read: *mut fd_set, write: *mut fd_set, except: *mut fd_set, timeout: *const timespec, sigmask: *const sigset_t) -> c_int => pselect_hook;
-    /// Fortified `ppoll`: a relay hop is writable once the relay has answered.
-    fn __ppoll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t, fds_len: size_t) -> c_int => ppoll_chk_hook;
 }
 
 fn is_tcp_request(domain: c_int, ty: c_int, protocol: c_int) -> bool {
