@@ -731,7 +731,42 @@ fn start_redsocks_dante(rp: &RelayPath) -> (Daemon, Daemon) {
         .wait_listening(REDIRECT_PORT)
         .expect("redsocks listening");
     let _ = std::fs::remove_dir_all(&dir);
+    assert_dante_hop_uses_both_links(rp);
     (redsocks, dante)
+}
+
+/// The baseline must be what its users run: redsocks' connection to dante
+/// is MPTCP (not a fallback to TCP, as when the library turned dante's
+/// listener into plain TCP for its `SO_OOBINLINE`) with a subflow on each
+/// WAN link. Checked on one echo connection through the chain, with the
+/// kernel's MPTCP diagnostics (what `ss -M` shows) on the remote node.
+fn assert_dante_hop_uses_both_links(rp: &RelayPath) {
+    let echo = SocketAddr::new(rp.dest_addr().into(), ECHO);
+    let mut conn = rp
+        .lan
+        .run(|| TcpStream::connect_timeout(&echo, Duration::from_secs(5)))
+        .expect("a connection through redsocks + dante");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(b"x").unwrap();
+    conn.read_exact(&mut [0u8; 1])
+        .expect("the echo through redsocks + dante");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let conns = rp
+            .remote
+            .run(mptcp_core::diag::connections)
+            .expect("MPTCP diagnostics on the remote node");
+        let hop = conns.iter().find(|c| c.local.port() == DANTE_PORT);
+        if hop.is_some_and(|c| !c.fallback && c.subflows.len() == rp.wan.len()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dante's hop is not MPTCP over the {} WAN links: {hop:?}",
+            rp.wan.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Undoes [`redirect_rule`]: the LAN's TCP is routed again.

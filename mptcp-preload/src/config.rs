@@ -44,7 +44,8 @@ pub struct Relay {
     pub addr: SocketAddr,
     /// Username and password (RFC 1929), if the relay wants them.
     pub credentials: Option<(String, String)>,
-    /// Bound on the SOCKS5 handshake (connecting to the relay included).
+    /// Bound on the SOCKS5 handshake (connecting to the relay included) of
+    /// a blocking socket without a timeout of its own.
     pub timeout: Duration,
 }
 

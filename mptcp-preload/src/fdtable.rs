@@ -69,6 +69,12 @@ pub mod flag {
     pub const RELAY_FAILED: u32 = 1 << 6;
     /// The socket is `AF_INET6` (otherwise `AF_INET`).
     pub const IPV6: u32 = 1 << 7;
+    /// Relay hop: the SOCKS5 greeting, credentials and request are sent;
+    /// the relay's answers are awaited.
+    pub const RELAY_SENT: u32 = 1 << 8;
+    /// Relay hop: a thread is advancing it (others leave it alone, so no
+    /// byte of the relay's answers is consumed twice).
+    pub const RELAY_BUSY: u32 = 1 << 9;
 }
 
 /// Options recorded per socket.
@@ -108,14 +114,16 @@ impl Record for OptionLog {
 /// Largest socket address stored (`sockaddr_in6`).
 pub const ADDR_MAX_LEN: usize = 28;
 
-/// Relay hop: the destination the program asked for, and the errno to
-/// report once through `SO_ERROR`.
+/// Relay hop: the destination the program asked for, the errno to
+/// report once, and how far the relay's answers were consumed.
 struct RelayInfo {
     link: AtomicU32,
     error: AtomicI32,
     /// The cookie of the socket the record belongs to.
     owner: AtomicU64,
     dest_len: AtomicU32,
+    /// How far the relay's answers were read (relay.rs packs it).
+    answers: AtomicU32,
     dest: [AtomicU64; ADDR_MAX_LEN.div_ceil(8)],
 }
 
@@ -247,9 +255,13 @@ pub fn copy(old: libc::c_int, new: libc::c_int, extra: u32) {
         Some(source) => {
             if let Some(cell) = usize::try_from(new).ok().and_then(|i| CELLS.get_or_map(i)) {
                 let (dest, dest_len) = source.dest();
-                cell.reset(source.flags() | extra, source.domain(), source.cookie());
-                if dest_len > 0 {
-                    cell.set_dest(&dest[..dest_len]);
+                cell.reset(
+                    (source.flags() & !flag::RELAY_BUSY) | extra,
+                    source.domain(),
+                    source.cookie(),
+                );
+                if dest_len > 0 && cell.set_dest(&dest[..dest_len]) {
+                    cell.set_answer_progress(source.answer_progress());
                 }
             }
         }
@@ -333,6 +345,11 @@ impl Cell {
     #[inline]
     pub fn flags(&self) -> u32 {
         self.flags.load(Ordering::Acquire)
+    }
+
+    /// Sets `flag`; whether it was clear before.
+    pub fn try_set(&self, flag: u32) -> bool {
+        self.flags.fetch_or(flag, Ordering::AcqRel) & flag == 0
     }
 
     /// Sets and clears flags at once.
@@ -500,6 +517,7 @@ impl Cell {
             bytes[..chunk.len()].copy_from_slice(chunk);
             word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
         }
+        info.answers.store(0, Ordering::Relaxed);
         info.dest_len.store(len as u32, Ordering::Release);
         true
     }
@@ -532,6 +550,20 @@ impl Cell {
     pub fn take_relay_error(&self) -> libc::c_int {
         self.relay_info()
             .map_or(0, |info| info.error.swap(0, Ordering::AcqRel))
+    }
+
+    /// How far the relay's answers were read (0: not at all; the relay
+    /// module gives the value its meaning).
+    pub fn answer_progress(&self) -> u32 {
+        self.relay_info()
+            .map_or(0, |info| info.answers.load(Ordering::Acquire))
+    }
+
+    /// Records how far the relay's answers were read.
+    pub fn set_answer_progress(&self, progress: u32) {
+        if let Some(info) = self.relay_info() {
+            info.answers.store(progress, Ordering::Release);
+        }
     }
 }
 
@@ -599,6 +631,9 @@ mod tests {
         assert_eq!(&bytes[..len], &addr[..]);
         assert_eq!(cell.take_relay_error(), libc::ECONNREFUSED);
         assert_eq!(cell.take_relay_error(), 0, "reported once");
+        assert_eq!(cell.answer_progress(), 0);
+        cell.set_answer_progress(0x0103_0004);
+        assert_eq!(cell.answer_progress(), 0x0103_0004);
         cell.reset(flag::INET_STREAM, libc::AF_INET, 6);
         assert_eq!(cell.dest().1, 0, "a new socket has no destination");
         assert!(cell.set_dest(&addr[..16]));

@@ -8,7 +8,9 @@
 //! parses the environment once at load time, [`fdtable`] keeps lock-free
 //! per-descriptor state (with [`pool`]s for what only some sockets need),
 //! [`compat`] rebuilds a socket as plain TCP when the
-//! kernel refuses an option on MPTCP, [`relay`] does the relay hop, [`log`]
+//! kernel refuses an option on MPTCP, [`relay`] does the relay hop (its
+//! SOCKS5 bytes in [`exchange`]; [`mod@select`] answers `select` with
+//! `poll` for it), [`log`]
 //! writes allocation-free log lines, [`sys`] holds the system calls that are
 //! not hooks. The exported C symbols are the hooks
 //! below and nothing else.
@@ -19,18 +21,23 @@
 pub mod compat;
 pub mod config;
 pub mod dns;
+pub mod exchange;
 pub mod fdtable;
 pub mod log;
 pub mod pool;
 pub mod real;
 pub mod relay;
+pub mod select;
 pub mod sys;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use libc::{addrinfo, c_char, c_int, c_uint, c_void, sockaddr, socklen_t};
+use libc::{
+    addrinfo, c_char, c_int, c_uint, c_void, fd_set, iovec, msghdr, nfds_t, pollfd, sigset_t,
+    size_t, sockaddr, socklen_t, ssize_t, timespec, timeval,
+};
 use mptcp_core::socket::FallbackReason;
 use mptcp_core::sys::socket::{IPPROTO_MPTCP, SOL_MPTCP};
 
@@ -154,6 +161,34 @@ hooks! {
     fn getaddrinfo(node: *const c_char, service: *const c_char, hints: *const addrinfo, res: *mut *mut addrinfo) -> c_int => getaddrinfo_hook;
     /// `close_range(2)`: forgets the closed descriptors.
     fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int => close_range_hook;
+    /// `read(2)`: a relay hop's answer is read first.
+    fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t => read_hook;
+    /// `readv(2)`: a relay hop's answer is read first.
+    fn readv(fd: c_int, iov: *const iovec, count: c_int) -> ssize_t => readv_hook;
+    /// `recv(2)`: a relay hop's answer is read first.
+    fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t => recv_hook;
+    /// `recvfrom(2)`: a relay hop's answer is read first.
+    fn recvfrom(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int, addr: *mut sockaddr, addr_len: *mut socklen_t) -> ssize_t => recvfrom_hook;
+    /// `recvmsg(2)`: a relay hop's answer is read first.
+    fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t => recvmsg_hook;
+    /// Fortified `read`: a relay hop's answer is read first.
+    fn __read_chk(fd: c_int, buf: *mut c_void, count: size_t, buf_len: size_t) -> ssize_t => read_chk_hook;
+    /// Fortified `recv`: a relay hop's answer is read first.
+    fn __recv_chk(fd: c_int, buf: *mut c_void, len: size_t, buf_len: size_t, flags: c_int) -> ssize_t => recv_chk_hook;
+    /// Fortified `recvfrom`: a relay hop's answer is read first.
+    fn __recvfrom_chk(fd: c_int, buf: *mut c_void, len: size_t, buf_len: size_t, flags: c_int, addr: *mut sockaddr, addr_len: *mut socklen_t) -> ssize_t => recvfrom_chk_hook;
+    /// `poll(2)`: a relay hop is writable once the relay has answered.
+    fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int => poll_hook;
+    /// `ppoll(2)`: a relay hop is writable once the relay has answered.
+    fn ppoll(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t) -> c_int => ppoll_hook;
+    /// Fortified `poll`: a relay hop is writable once the relay has answered.
+    fn __poll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: c_int, fds_len: size_t) -> c_int => poll_chk_hook;
+    /// Fortified `ppoll`: a relay hop is writable once the relay has answered.
+    fn __ppoll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t, fds_len: size_t) -> c_int => ppoll_chk_hook;
+    /// `select(2)`: a relay hop is writable once the relay has answered.
+    fn select(nfds: c_int, read: *mut fd_set, write: *mut fd_set, except: *mut fd_set, timeout: *mut timeval) -> c_int => select_hook;
+    /// `pselect(2)`: a relay hop is writable once the relay has answered.
+    fn pselect(nfds: c_int, read: *mut fd_set, write: *mut fd_set, except: *mut fd_set, timeout: *const timespec, sigmask: *const sigset_t) -> c_int => pselect_hook;
 }
 
 fn is_tcp_request(domain: c_int, ty: c_int, protocol: c_int) -> bool {
@@ -547,4 +582,309 @@ unsafe fn getaddrinfo_hook(
         ),
     );
     0
+}
+
+/// A read of `fd` through `read`: first the relay hop's answer, if one is
+/// awaited (see [`relay::before_read`]).
+#[inline]
+fn relay_read(fd: c_int, dontwait: bool, read: impl FnOnce() -> ssize_t) -> ssize_t {
+    match relay::before_read(config(), fd, dontwait) {
+        Some(e) => {
+            set_errno(e);
+            -1
+        }
+        None => read(),
+    }
+}
+
+unsafe fn read_hook(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+    // SAFETY: the caller's arguments.
+    relay_read(fd, false, || unsafe { real::read(fd, buf, count) })
+}
+
+unsafe fn read_chk_hook(fd: c_int, buf: *mut c_void, count: size_t, buf_len: size_t) -> ssize_t {
+    // SAFETY: the caller's arguments.
+    relay_read(fd, false, || unsafe {
+        real::__read_chk(fd, buf, count, buf_len)
+    })
+}
+
+unsafe fn readv_hook(fd: c_int, iov: *const iovec, count: c_int) -> ssize_t {
+    // SAFETY: the caller's arguments.
+    relay_read(fd, false, || unsafe { real::readv(fd, iov, count) })
+}
+
+unsafe fn recv_hook(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
+    relay_read(fd, flags & libc::MSG_DONTWAIT != 0, || {
+        // SAFETY: the caller's arguments.
+        unsafe { real::recv(fd, buf, len, flags) }
+    })
+}
+
+unsafe fn recv_chk_hook(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    buf_len: size_t,
+    flags: c_int,
+) -> ssize_t {
+    relay_read(fd, flags & libc::MSG_DONTWAIT != 0, || {
+        // SAFETY: the caller's arguments.
+        unsafe { real::__recv_chk(fd, buf, len, buf_len, flags) }
+    })
+}
+
+unsafe fn recvfrom_hook(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    addr_len: *mut socklen_t,
+) -> ssize_t {
+    relay_read(fd, flags & libc::MSG_DONTWAIT != 0, || {
+        // SAFETY: the caller's arguments.
+        unsafe { real::recvfrom(fd, buf, len, flags, addr, addr_len) }
+    })
+}
+
+unsafe fn recvfrom_chk_hook(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    buf_len: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    addr_len: *mut socklen_t,
+) -> ssize_t {
+    relay_read(fd, flags & libc::MSG_DONTWAIT != 0, || {
+        // SAFETY: the caller's arguments.
+        unsafe { real::__recvfrom_chk(fd, buf, len, buf_len, flags, addr, addr_len) }
+    })
+}
+
+unsafe fn recvmsg_hook(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    if flags & libc::MSG_ERRQUEUE != 0 {
+        // The error queue (timestamps, zero-copy notices), not the stream.
+        // SAFETY: the caller's arguments.
+        return unsafe { real::recvmsg(fd, msg, flags) };
+    }
+    relay_read(fd, flags & libc::MSG_DONTWAIT != 0, || {
+        // SAFETY: the caller's arguments.
+        unsafe { real::recvmsg(fd, msg, flags) }
+    })
+}
+
+/// A poll over `fds` through `wait` (the real call, given the time left):
+/// through [`relay::poll`] when a relay hop among them is pending.
+///
+/// # Safety
+///
+/// `fds` is null or points to `nfds` writable `pollfd`s.
+unsafe fn relay_poll(
+    fds: *mut pollfd,
+    nfds: nfds_t,
+    timeout: Option<std::time::Duration>,
+    mut wait: impl FnMut(&mut [pollfd], Option<std::time::Duration>) -> c_int,
+    direct: impl FnOnce() -> c_int,
+) -> c_int {
+    let config = config();
+    if config.mode != Mode::Relay || fds.is_null() || nfds == 0 {
+        return direct();
+    }
+    let Ok(len) = usize::try_from(nfds) else {
+        return direct();
+    };
+    // SAFETY: `nfds` writable pollfds by the caller's contract.
+    let fds = unsafe { std::slice::from_raw_parts_mut(fds, len) };
+    if !relay::poll_gates(config, fds) {
+        return direct();
+    }
+    relay::poll(config, fds, timeout, |fds, left| wait(fds, left))
+}
+
+/// A `poll` timeout in milliseconds as a duration (`None`: no timeout).
+fn poll_timeout(ms: c_int) -> Option<std::time::Duration> {
+    u64::try_from(ms).ok().map(std::time::Duration::from_millis)
+}
+
+/// A `ppoll` timeout as a duration (`None`: no timeout).
+///
+/// # Safety
+///
+/// `ts` is null or valid.
+unsafe fn ppoll_timeout(ts: *const timespec) -> Option<std::time::Duration> {
+    // SAFETY: null or valid by the caller's contract.
+    let ts = unsafe { ts.as_ref() }?;
+    Some(std::time::Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    ))
+}
+
+/// `left` as a `timespec` for `ppoll`.
+fn timespec_of(left: std::time::Duration) -> timespec {
+    timespec {
+        tv_sec: libc::time_t::try_from(left.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
+    }
+}
+
+unsafe fn poll_hook(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
+    // SAFETY: the caller's arguments (the slice is the caller's array).
+    unsafe {
+        relay_poll(
+            fds,
+            nfds,
+            poll_timeout(timeout),
+            |fds, left| real::poll(fds.as_mut_ptr(), nfds, relay::poll_ms(left)),
+            || real::poll(fds, nfds, timeout),
+        )
+    }
+}
+
+unsafe fn poll_chk_hook(fds: *mut pollfd, nfds: nfds_t, timeout: c_int, fds_len: size_t) -> c_int {
+    // SAFETY: the caller's arguments (the slice is the caller's array).
+    unsafe {
+        relay_poll(
+            fds,
+            nfds,
+            poll_timeout(timeout),
+            |fds, left| real::__poll_chk(fds.as_mut_ptr(), nfds, relay::poll_ms(left), fds_len),
+            || real::__poll_chk(fds, nfds, timeout, fds_len),
+        )
+    }
+}
+
+unsafe fn ppoll_hook(
+    fds: *mut pollfd,
+    nfds: nfds_t,
+    timeout: *const timespec,
+    sigmask: *const sigset_t,
+) -> c_int {
+    // SAFETY: the caller's arguments (the slice is the caller's array).
+    unsafe {
+        relay_poll(
+            fds,
+            nfds,
+            ppoll_timeout(timeout),
+            |fds, left| {
+                ppoll_left(fds, left, |fds, ts| {
+                    real::ppoll(fds.as_mut_ptr(), nfds, ts, sigmask)
+                })
+            },
+            || real::ppoll(fds, nfds, timeout, sigmask),
+        )
+    }
+}
+
+unsafe fn ppoll_chk_hook(
+    fds: *mut pollfd,
+    nfds: nfds_t,
+    timeout: *const timespec,
+    sigmask: *const sigset_t,
+    fds_len: size_t,
+) -> c_int {
+    // SAFETY: the caller's arguments (the slice is the caller's array).
+    unsafe {
+        relay_poll(
+            fds,
+            nfds,
+            ppoll_timeout(timeout),
+            |fds, left| {
+                ppoll_left(fds, left, |fds, ts| {
+                    real::__ppoll_chk(fds.as_mut_ptr(), nfds, ts, sigmask, fds_len)
+                })
+            },
+            || real::__ppoll_chk(fds, nfds, timeout, sigmask, fds_len),
+        )
+    }
+}
+
+unsafe fn select_hook(
+    nfds: c_int,
+    read: *mut fd_set,
+    write: *mut fd_set,
+    except: *mut fd_set,
+    timeout: *mut timeval,
+) -> c_int {
+    let sets = select::Sets {
+        read,
+        write,
+        except,
+    };
+    // SAFETY: null or valid by the caller's contract.
+    let limit = unsafe { timeout.as_ref() }.map(|tv| {
+        std::time::Duration::new(
+            u64::try_from(tv.tv_sec).unwrap_or(0),
+            u32::try_from(tv.tv_usec).unwrap_or(0).saturating_mul(1000),
+        )
+    });
+    // SAFETY: the caller's sets, valid for `nfds` descriptors.
+    let gated = unsafe {
+        select::gated(config(), nfds, &sets, limit, |fds, left| {
+            real::poll(fds.as_mut_ptr(), fds.len() as nfds_t, relay::poll_ms(left))
+        })
+    };
+    match gated {
+        Some((n, left)) => {
+            // SAFETY: null or valid and writable by the caller's contract.
+            if let (Some(tv), Some(left)) = (unsafe { timeout.as_mut() }, left) {
+                tv.tv_sec = libc::time_t::try_from(left.as_secs()).unwrap_or(libc::time_t::MAX);
+                tv.tv_usec = libc::suseconds_t::from(left.subsec_micros());
+            }
+            n
+        }
+        // SAFETY: the caller's arguments.
+        None => unsafe { real::select(nfds, read, write, except, timeout) },
+    }
+}
+
+unsafe fn pselect_hook(
+    nfds: c_int,
+    read: *mut fd_set,
+    write: *mut fd_set,
+    except: *mut fd_set,
+    timeout: *const timespec,
+    sigmask: *const sigset_t,
+) -> c_int {
+    let sets = select::Sets {
+        read,
+        write,
+        except,
+    };
+    // SAFETY: the caller's sets, valid for `nfds` descriptors; `timeout`
+    // is null or valid.
+    let gated = unsafe {
+        select::gated(
+            config(),
+            nfds,
+            &sets,
+            ppoll_timeout(timeout),
+            |fds, left| {
+                ppoll_left(fds, left, |fds, ts| {
+                    real::ppoll(fds.as_mut_ptr(), fds.len() as nfds_t, ts, sigmask)
+                })
+            },
+        )
+    };
+    match gated {
+        Some((n, _)) => n,
+        // SAFETY: the caller's arguments.
+        None => unsafe { real::pselect(nfds, read, write, except, timeout, sigmask) },
+    }
+}
+
+/// Calls a `ppoll`-like `call` with `left` as its timeout (null: none).
+fn ppoll_left(
+    fds: &mut [pollfd],
+    left: Option<std::time::Duration>,
+    call: impl FnOnce(&mut [pollfd], *const timespec) -> c_int,
+) -> c_int {
+    let ts = left.map(timespec_of);
+    call(
+        fds,
+        ts.as_ref()
+            .map_or(std::ptr::null(), |t| t as *const timespec),
+    )
 }

@@ -13,7 +13,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use libc::{addrinfo, c_char, c_int, c_uint, c_void, sockaddr, socklen_t};
+use libc::{
+    addrinfo, c_char, c_int, c_uint, c_void, fd_set, iovec, msghdr, nfds_t, pollfd, sigset_t,
+    size_t, sockaddr, socklen_t, ssize_t, timespec, timeval,
+};
 
 /// Looks up the next definition of `name` after this library.
 fn lookup(name: &std::ffi::CStr) -> usize {
@@ -98,4 +101,32 @@ real_functions! {
     fn getaddrinfo(node: *const c_char, service: *const c_char, hints: *const addrinfo, res: *mut *mut addrinfo) -> c_int;
     /// `close_range(2)`.
     fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int;
+    /// `read(2)`.
+    fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t;
+    /// `readv(2)`.
+    fn readv(fd: c_int, iov: *const iovec, count: c_int) -> ssize_t;
+    /// `recv(2)`.
+    fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t;
+    /// `recvfrom(2)`.
+    fn recvfrom(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int, addr: *mut sockaddr, addr_len: *mut socklen_t) -> ssize_t;
+    /// `recvmsg(2)`.
+    fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
+    /// `read(2)` checked by `_FORTIFY_SOURCE`.
+    fn __read_chk(fd: c_int, buf: *mut c_void, count: size_t, buf_len: size_t) -> ssize_t;
+    /// `recv(2)` checked by `_FORTIFY_SOURCE`.
+    fn __recv_chk(fd: c_int, buf: *mut c_void, len: size_t, buf_len: size_t, flags: c_int) -> ssize_t;
+    /// `recvfrom(2)` checked by `_FORTIFY_SOURCE`.
+    fn __recvfrom_chk(fd: c_int, buf: *mut c_void, len: size_t, buf_len: size_t, flags: c_int, addr: *mut sockaddr, addr_len: *mut socklen_t) -> ssize_t;
+    /// `poll(2)`.
+    fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int;
+    /// `ppoll(2)`.
+    fn ppoll(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t) -> c_int;
+    /// `poll(2)` checked by `_FORTIFY_SOURCE`.
+    fn __poll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: c_int, fds_len: size_t) -> c_int;
+    /// `select(2)`.
+    fn select(nfds: c_int, read: *mut fd_set, write: *mut fd_set, except: *mut fd_set, timeout: *mut timeval) -> c_int;
+    /// `pselect(2)`.
+    fn pselect(nfds: c_int, read: *mut fd_set, write: *mut fd_set, except: *mut fd_set, timeout: *const timespec, sigmask: *const sigset_t) -> c_int;
+    /// `ppoll(2)` checked by `_FORTIFY_SOURCE`.
+    fn __ppoll_chk(fds: *mut pollfd, nfds: nfds_t, timeout: *const timespec, sigmask: *const sigset_t, fds_len: size_t) -> c_int;
 }

@@ -2,38 +2,78 @@
 //! SOCKS5 relay instead (over MPTCP when the socket is MPTCP) and asks it,
 //! with one pipelined greeting+auth+CONNECT, to reach the destination.
 //!
-//! # Non-blocking sockets
+//! # Non-blocking sockets: the hop never waits in the program's thread
 //!
 //! A non-blocking `connect()` starts the TCP connection to the relay and
-//! returns `EINPROGRESS`, as the kernel would. The SOCKS5 exchange is
-//! finished at the point where every event loop asks how its connect went:
-//! `getsockopt(SOL_SOCKET, SO_ERROR)` after the socket became writable
-//! (curl, wget, Python asyncio, nginx, libuv, Java NIO all do this), or a
-//! second `connect()`, or `getpeername()`. By then the TCP connection to
-//! the relay is up, so finishing costs one round trip to the relay plus the
-//! relay's own connect to the destination, bounded by
-//! `MPTCP_PRELOAD_TIMEOUT`; the answer (0 or the errno that matches the
-//! SOCKS5 reply) is what `SO_ERROR` returns.
+//! returns `EINPROGRESS`, as the kernel would. From then on the hop
+//! ([`Hop`]) advances without waiting, inside whatever call the program
+//! makes next on the socket:
 //!
-//! Alternatives rejected: hooking `poll`/`select`/`epoll_wait` to hide
-//! writability until the handshake is done would need every readiness API
-//! (and edge-triggered epoll cannot "un-report" an event); a helper thread
-//! inside the host process would race with the program's first write and
-//! complicates `fork()`; clearing `O_NONBLOCK` and doing everything inside
-//! `connect()` (proxychains) stalls event loops for the whole exchange.
-//! Known limit: a program that writes after `POLLOUT` without checking
-//! `SO_ERROR` (none of the above) would send its first bytes before the
-//! SOCKS5 request.
+//! - `getsockopt(SO_ERROR)`, which event loops call once the socket became
+//!   writable (nginx, Python asyncio, libuv, curl, Java NIO): the
+//!   connection to the relay is up, so the SOCKS5 request goes out (one
+//!   write: greeting, credentials, CONNECT) and `SO_ERROR` says 0. The
+//!   program writes its first bytes after the request ("optimistic data",
+//!   which SOCKS5 relays forward once they reach the destination).
+//! - every read (`read`, `readv`, `recv`, `recvfrom`, `recvmsg` and their
+//!   fortified versions): the relay's answer is read first; while it is
+//!   incomplete the read fails with `EAGAIN` (every byte of it is consumed
+//!   as it arrives, so a level-triggered loop does not spin, and an
+//!   edge-triggered one gets a new edge when the rest arrives); a refusal fails that read once with
+//!   the errno of the SOCKS5 reply (`ECONNREFUSED`, `EHOSTUNREACH`,
+//!   `EACCES`, ...) and the socket is shut down (later reads: end of file).
+//! - `poll`/`ppoll`, and `select`/`pselect` through them
+//!   ([`select`](mod@crate::select)) (curl, wget, Python's sockets with a
+//!   timeout, most clients with a connect timeout): the hop's socket is reported writable
+//!   only once the relay has answered; meanwhile the library polls it for
+//!   what the hop needs and advances it when that comes. So the program's
+//!   own connect timeout covers the whole hop, and a relay that never
+//!   answers ends in that timeout, not later.
+//! - a second `connect()` (`EALREADY`, then `EISCONN`) and `getpeername()`
+//!   (the destination once the connection to the relay is up).
+//!
+//! One thread at a time advances a hop (a flag in its cell), so threads
+//! that poll and read the same socket never consume a byte twice.
+//!
+//! Alternatives rejected: finishing the exchange inside `SO_ERROR` (the
+//! previous design) blocked an event loop's thread for the relay's round
+//! trip and its connect to the destination (an nginx worker with one slow
+//! upstream stalled every other request); hiding writability in
+//! `epoll_wait` would need a shadow of every epoll registration (user data
+//! is opaque, and an edge-triggered event cannot be re-armed unseen); a
+//! helper thread would race with the program's first write and complicates
+//! `fork()`; clearing `O_NONBLOCK` and doing everything inside `connect()`
+//! (proxychains) stalls event loops for the whole exchange.
+//!
+//! Limits: with epoll (or `select` over more than `FD_SETSIZE`
+//! descriptors) a program sees
+//! its connect finish when the connection to the relay is up, so its
+//! connect timeout does not cover the SOCKS5 exchange (a relay that accepts
+//! and never answers looks like a destination that never answers); a
+//! failure shows on the first read, not in `SO_ERROR`; the relay must
+//! accept bytes after the CONNECT request (the project's relay and dante
+//! do); `ioctl(FIONREAD)` counts the relay's answer until it is read;
+//! reads through `io_uring` are not seen. A program that writes before
+//! any of the calls above (none known) would send its bytes before the
+//! request.
+//!
+//! # Blocking sockets
+//!
+//! A blocking `connect()` does the whole hop before it returns, bounded by
+//! the program's `SO_SNDTIMEO` (then `EINPROGRESS`, as the kernel answers,
+//! and the first read finishes the hop) or else by `MPTCP_PRELOAD_TIMEOUT`
+//! (then `ETIMEDOUT`, logged). A read that finds the answer still awaited
+//! waits up to `SO_RCVTIMEO` (then `EAGAIN`) or `MPTCP_PRELOAD_TIMEOUT`.
 
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libc::{c_int, sockaddr, socklen_t};
-use mptcp_core::socks5::{self, ClientHandshake, Progress, ReplyCode, Request, TargetAddr};
 use mptcp_core::sys::socket::IPPROTO_MPTCP;
 
 use crate::compat::int_option;
 use crate::config::{Config, LogLevel, Relay};
+use crate::exchange::{hop_dest, read_answers, send_request};
 use crate::fdtable::{self, Cell, flag};
 use crate::{compat, dns, errno, log, real};
 
@@ -78,7 +118,7 @@ pub unsafe fn read_sockaddr(addr: *const sockaddr, len: socklen_t) -> Option<Soc
 }
 
 /// A socket address in C form.
-fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_in6, socklen_t) {
+pub(crate) fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_in6, socklen_t) {
     // SAFETY: sockaddr_in6 is plain integers; all-zero is valid.
     let mut storage: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
     match addr {
@@ -106,7 +146,7 @@ fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_in6, socklen_t) {
     }
 }
 
-fn bytes_of(addr: &libc::sockaddr_in6, len: socklen_t) -> &[u8] {
+pub(crate) fn bytes_of(addr: &libc::sockaddr_in6, len: socklen_t) -> &[u8] {
     // SAFETY: `addr` is a live struct of at least `len` bytes.
     unsafe {
         std::slice::from_raw_parts(
@@ -141,9 +181,10 @@ pub unsafe fn connect(
     let flags = cell.flags();
     if flags & flag::RELAY_PENDING != 0 {
         // The program calls connect() again (after EINTR, or to poll).
-        return Some(match finish(fd, cell, relay, ReadyCheck::Poll) {
-            Ok(()) => fail(libc::EISCONN),
-            Err(e) => fail(e),
+        return Some(match advance(fd, cell, relay) {
+            Hop::Connecting => fail(libc::EALREADY),
+            Hop::Answering | Hop::Ready => fail(libc::EISCONN),
+            Hop::Failed(e) => fail(reported(cell, e)),
         });
     }
     if flags & flag::RELAY_READY != 0 {
@@ -177,9 +218,18 @@ pub unsafe fn connect(
     }
     cell.update(
         flag::RELAY_PENDING | flag::CONNECT_CALLED,
-        flag::RELAY_READY | flag::RELAY_FAILED,
+        flag::RELAY_READY | flag::RELAY_FAILED | flag::RELAY_SENT,
     );
     cell.forget_options();
+    // SAFETY: reads the descriptor's status flags.
+    let nonblocking = unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK != 0;
+    // A blocking connect() is bounded by the program's SO_SNDTIMEO, as in
+    // the kernel (which also bounds the connect to the relay by it), or
+    // else by MPTCP_PRELOAD_TIMEOUT.
+    let program_timeout = (!nonblocking)
+        .then(|| socket_timeout(fd, libc::SO_SNDTIMEO))
+        .flatten();
+    let deadline = Instant::now() + program_timeout.unwrap_or(relay.timeout);
     let (relay_c, relay_len) = to_sockaddr(&relay_addr);
     // SAFETY: `relay_c` holds a valid socket address of `relay_len` bytes.
     let r = unsafe { real::connect(fd, (&raw const relay_c).cast(), relay_len) };
@@ -195,18 +245,19 @@ pub unsafe fn connect(
         );
         return Some(fail(e));
     }
-    // SAFETY: reads the descriptor's status flags.
-    let nonblocking = unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK != 0;
     if nonblocking {
         return Some(fail(libc::EINPROGRESS));
     }
-    Some(match finish(fd, cell, relay, ReadyCheck::Wait) {
-        Ok(()) => 0,
-        Err(e) => {
-            // Reported here; SO_ERROR must not report it a second time.
-            cell.take_relay_error();
-            fail(e)
+    Some(match drive(fd, cell, relay, deadline) {
+        Ok(Hop::Ready) => 0,
+        Ok(Hop::Connecting | Hop::Answering) if program_timeout.is_some() => {
+            // The kernel's answer when SO_SNDTIMEO ends a blocking connect:
+            // the hop goes on; the first read finishes it.
+            fail(libc::EINPROGRESS)
         }
+        Ok(Hop::Connecting | Hop::Answering) => fail(give_up(fd, cell, timed_out(relay))),
+        // Reported here; SO_ERROR must not report it a second time.
+        Ok(Hop::Failed(e)) | Err(e) => fail(reported(cell, e)),
     })
 }
 
@@ -248,61 +299,167 @@ fn stream_cell(fd: c_int) -> Option<&'static Cell> {
     fdtable::track(fd, flag::INET_STREAM | flag::OPTIONS_INCOMPLETE, domain)
 }
 
-/// Whether the TCP connection to the relay may still be in progress.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum ReadyCheck {
-    /// Wait for it (up to the timeout).
-    Wait,
-    /// Return `EALREADY` if it is not up yet (a repeated `connect()`).
-    Poll,
+/// Where a pending relay hop stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Hop {
+    /// The TCP connection to the relay is not up yet.
+    Connecting,
+    /// The SOCKS5 request is sent; the relay's answer is not complete.
+    Answering,
+    /// The relay reached the destination; the answer is consumed.
+    Ready,
+    /// The hop failed with this errno (logged, stored for the program,
+    /// the socket shut down).
+    Failed(c_int),
 }
 
-/// Finishes a pending relay hop: waits for the TCP connection to the relay,
-/// runs the SOCKS5 exchange, and records the outcome in the cell.
-fn finish(fd: c_int, cell: &Cell, relay: &Relay, check: ReadyCheck) -> Result<(), c_int> {
-    let deadline = Instant::now() + relay.timeout;
-    let outcome = (|| {
-        let wait = if check == ReadyCheck::Poll {
-            Some(Instant::now())
-        } else {
-            None
-        };
-        if !wait_ready(fd, libc::POLLOUT, wait.unwrap_or(deadline))? {
-            return Err(if check == ReadyCheck::Poll {
-                libc::EALREADY
-            } else {
-                timed_out(relay)
-            });
-        }
-        match int_option(fd, libc::SOL_SOCKET, libc::SO_ERROR) {
-            Some(0) => {}
-            Some(e) => {
+/// Takes the hop of `fd` as far as it can go without waiting: sends the
+/// SOCKS5 request once the TCP connection to the relay is up, and reads
+/// whatever part of the relay's answer has arrived.
+pub fn advance(fd: c_int, cell: &Cell, relay: &Relay) -> Hop {
+    let Some(_turn) = Turn::take(cell) else {
+        // Another thread of the program is advancing it right now.
+        return standing(cell.flags());
+    };
+    let flags = cell.flags();
+    if flags & flag::RELAY_PENDING == 0 {
+        return standing(flags);
+    }
+    if flags & flag::RELAY_SENT == 0 {
+        match connected(fd) {
+            Ok(false) => return Hop::Connecting,
+            Ok(true) => {}
+            Err(e) => {
                 log::line(
                     LogLevel::Error,
                     format_args!("cannot reach the relay {}: errno {e}", relay.addr),
                 );
-                return Err(e);
+                return Hop::Failed(give_up(fd, cell, e));
             }
-            None => return Err(errno()),
         }
-        handshake(fd, cell, relay, deadline)
-    })();
-    match outcome {
-        Err(libc::EALREADY) => Err(libc::EALREADY),
-        Ok(()) => {
-            cell.update(flag::RELAY_READY, flag::RELAY_PENDING);
-            Ok(())
+        if let Err(e) = send_request(fd, cell, relay) {
+            return Hop::Failed(give_up(fd, cell, e));
         }
-        Err(e) => {
-            cell.set_relay_error(e);
-            cell.update(flag::RELAY_FAILED, flag::RELAY_PENDING);
-            // The program must not talk to the relay as if it were the
-            // destination.
-            // SAFETY: shutdown on a descriptor number has no memory effects.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-            Err(e)
+        cell.update(flag::RELAY_SENT, 0);
+    }
+    match read_answers(fd, cell, relay) {
+        Ok(false) => Hop::Answering,
+        Ok(true) => {
+            cell.update(flag::RELAY_READY, flag::RELAY_PENDING | flag::RELAY_SENT);
+            if let Some(dest) = hop_dest(cell) {
+                log::line(
+                    LogLevel::Debug,
+                    format_args!("fd {fd}: {dest} through relay {}", relay.addr),
+                );
+            }
+            Hop::Ready
+        }
+        Err(e) => Hop::Failed(give_up(fd, cell, e)),
+    }
+}
+
+/// The errno to give the program for a failed hop, reported once: the
+/// stored one (the hop's own failure) if not yet reported, else `e`.
+fn reported(cell: &Cell, e: c_int) -> c_int {
+    match cell.take_relay_error() {
+        0 => e,
+        stored => stored,
+    }
+}
+
+/// Where the hop stands by its cell `flags` alone.
+fn standing(flags: u32) -> Hop {
+    if flags & flag::RELAY_PENDING != 0 {
+        if flags & flag::RELAY_SENT != 0 {
+            Hop::Answering
+        } else {
+            Hop::Connecting
+        }
+    } else if flags & flag::RELAY_READY != 0 {
+        Hop::Ready
+    } else {
+        Hop::Failed(libc::ENOTCONN)
+    }
+}
+
+/// One thread's turn at advancing a hop (released when dropped, also
+/// when a panic unwinds through it).
+struct Turn<'a>(&'a Cell);
+
+impl<'a> Turn<'a> {
+    fn take(cell: &'a Cell) -> Option<Turn<'a>> {
+        // `then`, not `then_some`: a Turn made and dropped would end
+        // another thread's turn.
+        cell.try_set(flag::RELAY_BUSY).then(|| Turn(cell))
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.update(0, flag::RELAY_BUSY);
+    }
+}
+
+/// Records that the hop failed with `errno` (reported once to the program)
+/// and shuts the socket down: the program must not talk to the relay as if
+/// it were the destination. Returns `errno`.
+fn give_up(fd: c_int, cell: &Cell, errno: c_int) -> c_int {
+    cell.set_relay_error(errno);
+    cell.update(flag::RELAY_FAILED, flag::RELAY_PENDING | flag::RELAY_SENT);
+    // SAFETY: shutdown on a descriptor number has no memory effects.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    errno
+}
+
+/// Drives a pending hop on a blocking socket until it is done or
+/// `deadline` passes (then it is still pending).
+fn drive(fd: c_int, cell: &Cell, relay: &Relay, deadline: Instant) -> Result<Hop, c_int> {
+    loop {
+        let hop = advance(fd, cell, relay);
+        let events = match hop {
+            Hop::Connecting => libc::POLLOUT,
+            Hop::Answering => libc::POLLIN,
+            Hop::Ready | Hop::Failed(_) => return Ok(hop),
+        };
+        if !wait_ready(fd, events, deadline)? {
+            return Ok(hop);
         }
     }
+}
+
+/// Whether the TCP connection of `fd` (to the relay) is up; its error if
+/// it failed.
+fn connected(fd: c_int) -> Result<bool, c_int> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    if unsafe { real::poll(&mut pfd, 1, 0) } < 0 {
+        return Err(errno());
+    }
+    if pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+        return Err(match int_option(fd, libc::SOL_SOCKET, libc::SO_ERROR) {
+            Some(0) | None => libc::ECONNREFUSED,
+            Some(e) => e,
+        });
+    }
+    Ok(pfd.revents & libc::POLLOUT != 0)
+}
+
+/// `SO_SNDTIMEO` or `SO_RCVTIMEO` of `fd`, when the program set one.
+fn socket_timeout(fd: c_int, name: c_int) -> Option<Duration> {
+    // SAFETY: timeval is plain integers; all-zero is valid.
+    let mut tv: libc::timeval = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::timeval>() as socklen_t;
+    // SAFETY: `tv` and `len` are writable for the sizes given.
+    let r = unsafe { real::getsockopt(fd, libc::SOL_SOCKET, name, (&raw mut tv).cast(), &mut len) };
+    let timeout = Duration::new(
+        u64::try_from(tv.tv_sec).ok()?,
+        u32::try_from(tv.tv_usec).ok()?.saturating_mul(1000),
+    );
+    (r == 0 && !timeout.is_zero()).then_some(timeout)
 }
 
 /// Logs that the relay hop ran out of time; returns `ETIMEDOUT`.
@@ -321,176 +478,38 @@ fn timed_out(relay: &Relay) -> c_int {
 /// Polls `fd` for `events` until `deadline`; `Ok(false)` on timeout.
 fn wait_ready(fd: c_int, events: libc::c_short, deadline: Instant) -> Result<bool, c_int> {
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = c_int::try_from(left.as_millis()).unwrap_or(c_int::MAX);
         let mut pfd = libc::pollfd {
             fd,
             events,
             revents: 0,
         };
+        let left = deadline.saturating_duration_since(Instant::now());
         // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        let n = unsafe { real::poll(&mut pfd, 1, poll_ms(Some(left))) };
         if n < 0 {
             if errno() == libc::EINTR {
                 continue;
             }
             return Err(errno());
         }
-        if n == 0 {
-            return Ok(false);
-        }
-        return Ok(true);
+        return Ok(n > 0);
     }
 }
 
-/// The SOCKS5 exchange on a connected socket: sends greeting, credentials
-/// and CONNECT in one write, then reads exactly the server's answers (the
-/// destination's first bytes stay in the socket for the program).
-fn handshake(fd: c_int, cell: &Cell, relay: &Relay, deadline: Instant) -> Result<(), c_int> {
-    let (raw, len) = cell.dest();
-    // SAFETY: `raw` holds `len` bytes of a sockaddr we stored ourselves.
-    let dest =
-        unsafe { read_sockaddr(raw.as_ptr().cast(), len as socklen_t) }.ok_or(libc::EINVAL)?;
-    let credentials = relay
-        .credentials
-        .as_ref()
-        .map(|(u, p)| (u.as_str(), p.as_str()));
-    let target = Request::connect(match dest {
-        SocketAddr::V4(v4) if dns::is_placeholder(*v4.ip()) => {
-            let name = dns::name_of(*v4.ip()).ok_or(libc::EHOSTUNREACH)?;
-            TargetAddr::Domain(name, v4.port())
-        }
-        _ => TargetAddr::Ip(dest),
-    });
-    let mut request = Vec::with_capacity(300 + credentials.map_or(0, |(u, p)| u.len() + p.len()));
-    socks5::encode_client_hello_auth_request(credentials, &target, &mut request)
-        .map_err(|_| libc::EINVAL)?;
-    let mut sent = 0;
-    while sent < request.len() {
-        // SAFETY: the slice is live for the call.
-        let n = unsafe {
-            libc::send(
-                fd,
-                request[sent..].as_ptr().cast(),
-                request.len() - sent,
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            match errno() {
-                libc::EINTR => continue,
-                libc::EAGAIN => {
-                    if !wait_ready(fd, libc::POLLOUT, deadline)? {
-                        return Err(timed_out(relay));
-                    }
-                    continue;
-                }
-                e => return Err(e),
-            }
-        }
-        sent += n as usize;
-    }
-
-    // Bytes of the server's answers already consumed from the socket.
-    let mut answers = Vec::with_capacity(32);
-    let mut parser = ClientHandshake::new(credentials.is_some());
-    loop {
-        if !wait_ready(fd, libc::POLLIN, deadline)? {
-            return Err(timed_out(relay));
-        }
-        let mut peek = [0u8; 512];
-        // SAFETY: `peek` is writable for its length.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                peek.as_mut_ptr().cast(),
-                peek.len(),
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            match errno() {
-                libc::EINTR | libc::EAGAIN => continue,
-                e => return Err(e),
-            }
-        }
-        if n == 0 {
-            log::line(
-                LogLevel::Error,
-                format_args!(
-                    "the relay {} closed during the SOCKS5 handshake for {dest}",
-                    relay.addr
-                ),
-            );
-            return Err(libc::ECONNRESET);
-        }
-        let seen = answers.len();
-        answers.extend_from_slice(&peek[..n as usize]);
-        let (take, done) = match parser.advance(&answers) {
-            Ok(Progress::NeedMore) => (n as usize, false),
-            Ok(Progress::Done(_, used)) => (used - seen, true),
-            Err(e) => {
-                log::line(
-                    LogLevel::Error,
-                    format_args!("relay {} refused {dest}: {e}", relay.addr),
-                );
-                return Err(reply_errno(e.reply));
-            }
-        };
-        answers.truncate(seen + take);
-        consume(fd, take)?;
-        if done {
-            log::line(
-                LogLevel::Debug,
-                format_args!("fd {fd}: {dest} through relay {}", relay.addr),
-            );
-            return Ok(());
-        }
-    }
-}
-
-/// Reads and drops `count` bytes that are known to be waiting.
-fn consume(fd: c_int, mut count: usize) -> Result<(), c_int> {
-    let mut sink = [0u8; 512];
-    while count > 0 {
-        // SAFETY: `sink` is writable for the length passed.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                sink.as_mut_ptr().cast(),
-                count.min(sink.len()),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n <= 0 {
-            if n < 0 && errno() == libc::EINTR {
-                continue;
-            }
-            return Err(if n == 0 { libc::ECONNRESET } else { errno() });
-        }
-        count -= n as usize;
-    }
-    Ok(())
-}
-
-/// The errno a program sees for a SOCKS5 reply.
-pub fn reply_errno(reply: ReplyCode) -> c_int {
-    match reply {
-        ReplyCode::Succeeded => 0,
-        ReplyCode::NotAllowed => libc::EACCES,
-        ReplyCode::NetworkUnreachable => libc::ENETUNREACH,
-        ReplyCode::HostUnreachable => libc::EHOSTUNREACH,
-        ReplyCode::ConnectionRefused | ReplyCode::GeneralFailure => libc::ECONNREFUSED,
-        ReplyCode::TtlExpired => libc::ETIMEDOUT,
-        ReplyCode::CommandNotSupported => libc::EOPNOTSUPP,
-        ReplyCode::AddressTypeNotSupported => libc::EAFNOSUPPORT,
-        ReplyCode::Other(_) => libc::EPROTO,
-    }
+/// A `poll` timeout in milliseconds (rounded up, so that a wait never ends
+/// just before its deadline); -1 for none.
+pub fn poll_ms(timeout: Option<Duration>) -> c_int {
+    timeout.map_or(-1, |t| {
+        c_int::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(c_int::MAX)
+    })
 }
 
 /// `getsockopt(SOL_SOCKET, SO_ERROR)` on a relayed socket, after the real
-/// call stored the kernel's answer in `*value`: finishes a pending hop and
-/// reports its outcome instead.
+/// call stored the kernel's answer in `*value`: the hop's error if it
+/// failed, else 0 once the connection to the relay is up. It never waits:
+/// this is where event loops (epoll) learn that their connect finished, and
+/// where the SOCKS5 request is sent; the relay's answer is read on the
+/// program's first read (see [`before_read`]).
 pub fn so_error(config: &Config, fd: c_int, cell: &Cell, kernel_error: c_int) -> c_int {
     let flags = cell.flags();
     let Some(relay) = config.relay.as_ref() else {
@@ -499,7 +518,6 @@ pub fn so_error(config: &Config, fd: c_int, cell: &Cell, kernel_error: c_int) ->
     if flags & flag::RELAY_PENDING != 0 {
         if kernel_error != 0 {
             // The connection to the relay itself failed.
-            cell.update(flag::RELAY_FAILED, flag::RELAY_PENDING);
             log::line(
                 LogLevel::Error,
                 format_args!(
@@ -507,14 +525,11 @@ pub fn so_error(config: &Config, fd: c_int, cell: &Cell, kernel_error: c_int) ->
                     relay.addr
                 ),
             );
-            return kernel_error;
+            return reported(cell, give_up(fd, cell, kernel_error));
         }
-        return match finish(fd, cell, relay, ReadyCheck::Wait) {
-            Ok(()) => 0,
-            Err(e) => {
-                cell.take_relay_error();
-                e
-            }
+        return match advance(fd, cell, relay) {
+            Hop::Failed(e) => reported(cell, e),
+            Hop::Connecting | Hop::Answering | Hop::Ready => 0,
         };
     }
     if flags & flag::RELAY_FAILED != 0 {
@@ -526,13 +541,146 @@ pub fn so_error(config: &Config, fd: c_int, cell: &Cell, kernel_error: c_int) ->
     kernel_error
 }
 
+/// Before a read (`read`, `recv`, `recvmsg`, ...) on `fd`: if it is a relay
+/// hop whose answer is still awaited, reads the answer first. Returns the
+/// errno the read must fail with instead of reading: `EAGAIN` while the
+/// answer is incomplete on a non-blocking socket (or `dontwait`), the
+/// hop's error once. A blocking socket waits for the answer up to its
+/// `SO_RCVTIMEO` (then `EAGAIN`, as the kernel's read would) or else
+/// `MPTCP_PRELOAD_TIMEOUT`.
+#[inline]
+pub fn before_read(config: &Config, fd: c_int, dontwait: bool) -> Option<c_int> {
+    if config.mode != crate::config::Mode::Relay {
+        return None;
+    }
+    let cell = fdtable::lookup(fd, |flags| {
+        flags & (flag::RELAY_PENDING | flag::RELAY_FAILED) != 0
+    })?;
+    finish_for_read(config, fd, cell, dontwait)
+}
+
+#[cold]
+fn finish_for_read(config: &Config, fd: c_int, cell: &Cell, dontwait: bool) -> Option<c_int> {
+    let relay = config.relay.as_ref()?;
+    if cell.flags() & flag::RELAY_FAILED != 0 {
+        let e = cell.take_relay_error();
+        return (e != 0).then_some(e);
+    }
+    // SAFETY: reads the descriptor's status flags.
+    let nonblocking = dontwait || unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK != 0;
+    let hop = if nonblocking {
+        advance(fd, cell, relay)
+    } else {
+        let program_timeout = socket_timeout(fd, libc::SO_RCVTIMEO);
+        let deadline = Instant::now() + program_timeout.unwrap_or(relay.timeout);
+        match drive(fd, cell, relay, deadline) {
+            Ok(Hop::Connecting | Hop::Answering) if program_timeout.is_none() => {
+                Hop::Failed(give_up(fd, cell, timed_out(relay)))
+            }
+            Ok(hop) => hop,
+            Err(e) => return Some(e),
+        }
+    };
+    match hop {
+        Hop::Ready => None,
+        Hop::Connecting | Hop::Answering => Some(libc::EAGAIN),
+        Hop::Failed(e) => Some(reported(cell, e)),
+    }
+}
+
+/// The most relay hops one `poll` call gates; further ones in the same call
+/// are reported as the kernel sees them.
+const POLL_GATED_MAX: usize = 64;
+
+/// Whether `fds` holds a relay hop that is still pending (then the call
+/// goes through [`poll`]).
+pub fn poll_gates(config: &Config, fds: &[libc::pollfd]) -> bool {
+    config.mode == crate::config::Mode::Relay && fds.iter().any(|p| is_pending(p.fd))
+}
+
+/// Whether `fd` is a relay hop still waiting for the relay (or for the
+/// connection to it).
+pub fn is_pending(fd: c_int) -> bool {
+    pending_cell(fd).is_some()
+}
+
+fn pending_cell(fd: c_int) -> Option<&'static Cell> {
+    fdtable::lookup(fd, |flags| flags & flag::RELAY_PENDING != 0)
+}
+
+/// `poll`/`ppoll` over descriptors some of which are pending relay hops: a
+/// hop's socket is reported to the program (writable, as a finished
+/// connect) only once the relay has answered, so the program's own connect
+/// timeout covers the whole hop. Meanwhile its entry waits for what the
+/// hop needs (writable to send the request, readable for the answer) and
+/// the hop advances whenever that comes. `wait` is the real call, given the
+/// time left.
+pub fn poll(
+    config: &Config,
+    fds: &mut [libc::pollfd],
+    timeout: Option<Duration>,
+    mut wait: impl FnMut(&mut [libc::pollfd], Option<Duration>) -> c_int,
+) -> c_int {
+    let Some(relay) = config.relay.as_ref() else {
+        return wait(fds, timeout);
+    };
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut passes_after_deadline = 0;
+    loop {
+        // (index in `fds`, the program's events)
+        let mut gated = [(0usize, 0 as libc::c_short); POLL_GATED_MAX];
+        let mut count = 0;
+        for (i, p) in fds.iter_mut().enumerate() {
+            if count == POLL_GATED_MAX {
+                break;
+            }
+            let Some(cell) = pending_cell(p.fd) else {
+                continue;
+            };
+            let needs = match advance(p.fd, cell, relay) {
+                Hop::Connecting => libc::POLLOUT,
+                Hop::Answering => libc::POLLIN,
+                // Done: the kernel's readiness is the program's.
+                Hop::Ready | Hop::Failed(_) => continue,
+            };
+            gated[count] = (i, p.events);
+            count += 1;
+            p.events = needs;
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let n = wait(fds, left);
+        let mut moved = false;
+        for &(i, events) in &gated[..count] {
+            moved |= n > 0 && fds[i].revents != 0;
+            fds[i].revents = 0;
+            fds[i].events = events;
+        }
+        if n < 0 {
+            return n;
+        }
+        let reported = fds.iter().filter(|p| p.revents != 0).count();
+        if reported > 0 || !moved {
+            return reported as c_int;
+        }
+        // A hop moved: the next pass advances it (and, if it finished,
+        // polls it with the program's events).
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            passes_after_deadline += 1;
+            if passes_after_deadline > 1 {
+                return 0;
+            }
+        }
+    }
+}
+
 /// Whether cell `flags` describe a socket of the relay hop.
 pub fn is_relayed(flags: u32) -> bool {
     flags & (flag::RELAY_PENDING | flag::RELAY_READY | flag::RELAY_FAILED) != 0
 }
 
 /// `getpeername` on a relayed socket: the program's destination, not the
-/// relay. Returns `None` for sockets that are not relayed.
+/// relay, once the connection to the relay is up (`ENOTCONN` before, and
+/// after a failed hop). Returns `None` for sockets that are not relayed.
 ///
 /// # Safety
 ///
@@ -550,7 +698,7 @@ pub unsafe fn getpeername(
     }
     if flags & flag::RELAY_PENDING != 0 {
         let relay = config.relay.as_ref()?;
-        if finish(fd, cell, relay, ReadyCheck::Poll).is_err() {
+        if matches!(advance(fd, cell, relay), Hop::Connecting | Hop::Failed(_)) {
             return Some(fail(libc::ENOTCONN));
         }
     } else if flags & flag::RELAY_FAILED != 0 {
@@ -589,16 +737,5 @@ mod tests {
         }
         // SAFETY: a null pointer is allowed and rejected.
         assert_eq!(unsafe { read_sockaddr(std::ptr::null(), 16) }, None);
-    }
-
-    #[test]
-    fn replies_map_to_distinct_errnos() {
-        assert_eq!(
-            reply_errno(ReplyCode::ConnectionRefused),
-            libc::ECONNREFUSED
-        );
-        assert_eq!(reply_errno(ReplyCode::NotAllowed), libc::EACCES);
-        assert_eq!(reply_errno(ReplyCode::HostUnreachable), libc::EHOSTUNREACH);
-        assert_eq!(reply_errno(ReplyCode::TtlExpired), libc::ETIMEDOUT);
     }
 }

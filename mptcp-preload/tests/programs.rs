@@ -16,7 +16,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use mptcp_testbed::{Host, danted_config, require_privileges};
-use support::{Daemon, RELAY_ONLY_NAME, TestRelay, preloaded, python};
+use support::{Daemon, RELAY_ONLY_NAME, SlowPort, TestRelay, preloaded, python};
 
 fn privileged() {
     require_privileges().expect("these tests need root: run them as root (CI does)");
@@ -170,7 +170,7 @@ fn dante(host: &Host, dir: &Path, internal: SocketAddr, external: Ipv4Addr) -> D
 }
 
 #[test]
-fn curl_and_wget_reach_a_destination_behind_dante_and_the_project_relay() {
+fn curl_wget_and_asyncio_reach_a_destination_behind_dante_and_the_project_relay() {
     privileged();
     let rp = mptcp_testbed::relay_path(2, None).unwrap();
     let files = TempDir::new("www");
@@ -224,6 +224,21 @@ fn curl_and_wget_reach_a_destination_behind_dante_and_the_project_relay() {
         std::fs::read(&wget_out).unwrap() == body,
         "wget's download differs"
     );
+    // asyncio learns of its connect from epoll: its request follows the
+    // SOCKS5 request before dante has answered.
+    let want = sha256_hex(&rp.local, &body);
+    let asyncio_through = |env: &[(&str, &str)], what: &str| {
+        let out = preloaded(&rp.local, &python(), env)
+            .args(["-c", ASYNCIO_CLIENT, &dest.ip().to_string(), "8000"])
+            .output()
+            .unwrap();
+        let stdout = check(&out, what);
+        assert!(
+            stdout.contains(&format!("sha256 {want}")),
+            "{what}: {stdout}"
+        );
+    };
+    asyncio_through(&env, "asyncio through dante");
 
     // The project's own relay (mptcp_core::relay, remote role, MPTCP
     // listener, username/password), with curl.
@@ -255,14 +270,15 @@ fn curl_and_wget_reach_a_destination_behind_dante_and_the_project_relay() {
         std::fs::read(&own_out).unwrap() == body,
         "curl's download differs"
     );
+    asyncio_through(&env, "asyncio through the project's relay");
     let stats = own_relay.shutdown(Duration::from_secs(2));
-    assert_eq!(stats.relayed, 1, "{stats}");
+    assert_eq!(stats.relayed, 2, "{stats}");
 
     // All requests reached the destination from the relays' side, not
     // directly from the client.
     let log = server.stop();
     let hits: Vec<&str> = log.lines().filter(|l| l.contains("GET /blob")).collect();
-    assert_eq!(hits.len(), 3, "http.server log: {log}");
+    assert_eq!(hits.len(), 5, "http.server log: {log}");
     assert!(
         hits.iter().all(|l| l.starts_with("198.19.2.1 ")),
         "not relayed: {log}"
@@ -274,6 +290,17 @@ fn curl_and_wget_reach_a_destination_behind_dante_and_the_project_relay() {
 /// nginx (preloaded with `env`) listening on 127.0.0.1:8080 in `host`,
 /// proxying to `upstream`; everything it writes lives in `dir`.
 fn nginx_proxy(host: &Host, dir: &Path, env: &[(&str, &str)], upstream: &str) -> Daemon {
+    nginx_with_locations(
+        host,
+        dir,
+        env,
+        &format!("location / {{ proxy_pass {upstream}; }}"),
+    )
+}
+
+/// nginx (preloaded with `env`, one worker) listening on 127.0.0.1:8080 in
+/// `host` with the `locations` given; everything it writes lives in `dir`.
+fn nginx_with_locations(host: &Host, dir: &Path, env: &[(&str, &str)], locations: &str) -> Daemon {
     let d = dir.display();
     let conf = dir.join("nginx.conf");
     std::fs::write(
@@ -283,7 +310,7 @@ fn nginx_proxy(host: &Host, dir: &Path, env: &[(&str, &str)], upstream: &str) ->
              events {{ worker_connections 64; }}\n\
              http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-             server {{ listen 127.0.0.1:8080; location / {{ proxy_pass {upstream}; }} }}\n}}\n"
+             server {{ listen 127.0.0.1:8080; {locations} }}\n}}\n"
         ),
     )
     .unwrap();
@@ -300,15 +327,17 @@ fn nginx_proxy(host: &Host, dir: &Path, env: &[(&str, &str)], upstream: &str) ->
 const ASYNCIO_CLIENT: &str = r#"
 import asyncio, hashlib, sys
 async def main(host, port):
+    # A refusal by the relay shows in the connect or, on an event loop
+    # that learns of its connect from epoll, in the first read.
     try:
         r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        peer = w.get_extra_info("peername")
+        w.write(b"GET /blob HTTP/1.0\r\nHost: x\r\n\r\n")
+        await w.drain()
+        data = await asyncio.wait_for(r.read(), 10)
     except OSError as e:
         print("error", e.errno)
         return
-    peer = w.get_extra_info("peername")
-    w.write(b"GET /blob HTTP/1.0\r\nHost: x\r\n\r\n")
-    await w.drain()
-    data = await asyncio.wait_for(r.read(), 10)
     head, _, body = data.partition(b"\r\n\r\n")
     print("peer", peer[0], peer[1])
     print("status", head.split(b" ")[1].decode())
@@ -503,6 +532,18 @@ fn asyncio_and_curl_through_an_authenticating_relay_ipv4_ipv6_and_remote_dns() {
         "{stdout}"
     );
 
+    // curl learns of its connect through poll: the refusal ends it there.
+    let out = preloaded(&bed.client, "curl", &env("s3cret"))
+        .args(["-sS", "--max-time", "10", "http://127.0.0.1:8999/"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "curl to a closed port: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let out = preloaded(&bed.client, &python(), &env("wrong"))
         .args(["-c", ASYNCIO_CLIENT, "127.0.0.1", "8000"])
         .output()
@@ -513,6 +554,122 @@ fn asyncio_and_curl_through_an_authenticating_relay_ipv4_ipv6_and_remote_dns() {
         "{stdout}"
     );
 }
+
+/// `curl` (not preloaded) fetching `url` in `host`: the body and how long
+/// it took.
+fn timed_fetch(host: &Host, url: &str) -> (Output, Duration) {
+    let start = std::time::Instant::now();
+    let out = host
+        .command("curl")
+        .args(["-sS", "--max-time", "20", url])
+        .output()
+        .unwrap();
+    (out, start.elapsed())
+}
+
+#[test]
+fn a_slow_relayed_upstream_does_not_delay_nginxs_other_requests() {
+    privileged();
+    let host = Host::new("nginx-slow").unwrap();
+    let files = TempDir::new("nginx-slow-www");
+    std::fs::write(files.0.join("page"), b"the upstream's page\n").unwrap();
+    let (fast_port, slow_port) = (8001, 8002);
+    let _fast = http_server(&host, &files.0, "127.0.0.1", fast_port, false);
+    let _slow = http_server(&host, &files.0, "127.0.0.1", slow_port, false);
+    host.wait_listening(fast_port).unwrap();
+    host.wait_listening(slow_port).unwrap();
+    // The relay answers CONNECT for the slow upstream after 3 s.
+    let relay_addr: SocketAddr = "127.0.0.1:1080".parse().unwrap();
+    let slow = SlowPort {
+        port: slow_port,
+        delay: Duration::from_secs(3),
+    };
+    let relay = TestRelay::start_with_slow_port(&host, relay_addr, "alice", "s3cret", Some(slow));
+    let relay_env = relay_addr.to_string();
+    let nginx_dir = TempDir::new("nginx-slow");
+    let nginx = nginx_with_locations(
+        &host,
+        &nginx_dir.0,
+        &relay_mode_env(&relay_env),
+        &format!(
+            "location /fast/ {{ proxy_pass http://127.0.0.1:{fast_port}/; }} \
+             location /slow/ {{ proxy_pass http://127.0.0.1:{slow_port}/; }}"
+        ),
+    );
+    host.wait_listening(8080).unwrap();
+
+    let slow_host = host.clone();
+    let slow_request =
+        std::thread::spawn(move || timed_fetch(&slow_host, "http://127.0.0.1:8080/slow/page"));
+    // Let nginx's worker start its connect to the slow upstream.
+    std::thread::sleep(Duration::from_millis(300));
+    // Fast requests made while the slow one is pending (up to three, for a
+    // loaded machine): 3 s each when nginx's worker waits for the slow hop,
+    // and then the slow one is no longer pending when they end.
+    let (mut fast_times, mut fetches) = (Vec::new(), 0);
+    while fast_times.len() < 3 && !slow_request.is_finished() {
+        let (out, took) = timed_fetch(&host, "http://127.0.0.1:8080/fast/page");
+        fetches += 1;
+        assert_eq!(check(&out, "the fast request"), "the upstream's page\n");
+        if !slow_request.is_finished() {
+            fast_times.push(took);
+        }
+    }
+    let (out, slow_took) = slow_request.join().unwrap();
+    assert_eq!(check(&out, "the slow request"), "the upstream's page\n");
+    assert!(
+        slow_took >= Duration::from_secs(3),
+        "the relay held the slow one: {slow_took:?}"
+    );
+    assert!(
+        fast_times.iter().any(|t| *t < Duration::from_secs(1)),
+        "fast requests while the slow one was pending: {fast_times:?}"
+    );
+    let nginx_log = nginx.stop();
+    assert!(!nginx_log.contains("[error]"), "nginx: {nginx_log}");
+    assert_eq!(
+        relay.mptcp_connections(),
+        1 + fetches,
+        "every hop uses MPTCP"
+    );
+
+    // A level-triggered loop (asyncio) meanwhile: the relay's first
+    // answers (method, authentication) came at once, its reply to CONNECT
+    // 3 s later; consuming them leaves nothing readable, so
+    // the loop sleeps instead of spinning on them.
+    let out = preloaded(&host, &python(), &relay_mode_env(&relay_env))
+        .args([
+            "-c",
+            ASYNCIO_CPU_PROGRAM,
+            "127.0.0.1",
+            &slow_port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = check(&out, "asyncio through the slow hop");
+    let fields: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(fields[..2], ["status", "200"], "{stdout}");
+    let (took, cpu): (f64, f64) = (fields[3].parse().unwrap(), fields[5].parse().unwrap());
+    assert!(took >= 3.0, "{stdout}");
+    assert!(
+        cpu < 1.0,
+        "the event loop spun while the hop was pending: {stdout}"
+    );
+}
+
+/// An asyncio HTTP/1.0 request; prints the status, the seconds it took
+/// and the CPU seconds the process used while waiting.
+const ASYNCIO_CPU_PROGRAM: &str = r#"
+import asyncio, sys, time
+async def main(host, port):
+    start, cpu = time.monotonic(), time.process_time()
+    r, w = await asyncio.open_connection(host, port)
+    w.write(b"GET /page HTTP/1.0\r\nHost: x\r\n\r\n")
+    data = await asyncio.wait_for(r.read(), 20)
+    status = data.split(b" ")[1].decode()
+    print("status", status, "took", f"{time.monotonic() - start:.2f}", "cpu", f"{time.process_time() - cpu:.2f}")
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"#;
 
 #[test]
 fn preloaded_http_server_accepts_mptcp() {
@@ -646,8 +803,49 @@ fn log_lines_stay_out_of_a_file_the_program_put_on_descriptor_2() {
     assert!(!written.contains("mptcp-preload"), "{written}");
 }
 
+/// Connects through the relay three ways and prints, for each, how it
+/// ended and after how many seconds: without a timeout of its own (the
+/// library's MPTCP_PRELOAD_TIMEOUT applies), with Python's timeout (a
+/// non-blocking connect and `poll`) and with `SO_SNDTIMEO` on a blocking
+/// socket, then reads that socket with `SO_RCVTIMEO`.
+const SILENT_RELAY_PROGRAM: &str = r#"
+import socket, struct, sys, time
+target = (sys.argv[1], int(sys.argv[2]))
+def attempt(name, connect):
+    start = time.monotonic()
+    try:
+        connect()
+        result = "ok"
+    except OSError as e:
+        result = f"errno {e.errno}" if e.errno else type(e).__name__
+    print(name, result, f"{time.monotonic() - start:.1f}")
+attempt("blocking", lambda: socket.create_connection(target).close())
+attempt("timeout", lambda: socket.create_connection(target, timeout=1).close())
+s = socket.socket()
+def sndtimeo():
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 1, 0))
+    s.connect(target)
+attempt("sndtimeo", sndtimeo)
+def rcvtimeo():
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 1, 0))
+    s.recv(1)
+attempt("rcvtimeo", rcvtimeo)
+"#;
+
+/// The seconds `line` (of [`SILENT_RELAY_PROGRAM`]) reports for `name`,
+/// after checking how the attempt ended.
+fn attempt_seconds(stdout: &str, name: &str, ended: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} line in {stdout}"));
+    let (outcome, seconds) = line[name.len() + 1..].rsplit_once(' ').unwrap();
+    assert_eq!(outcome, ended, "{stdout}");
+    seconds.parse().unwrap()
+}
+
 #[test]
-fn a_relay_that_does_not_answer_is_logged_as_a_timeout() {
+fn a_relay_that_does_not_answer_ends_in_the_programs_own_timeout() {
     privileged();
     let host = Host::new("silent-relay").unwrap();
     // Accepts connections (the kernel does, into the backlog) and never
@@ -657,28 +855,69 @@ fn a_relay_that_does_not_answer_is_logged_as_a_timeout() {
     let env = [
         ("MPTCP_PRELOAD_MODE", "relay"),
         ("MPTCP_PRELOAD_RELAY", relay.as_str()),
-        ("MPTCP_PRELOAD_TIMEOUT", "1"),
+        ("MPTCP_PRELOAD_TIMEOUT", "3"),
         ("MPTCP_PRELOAD_INCLUDE", "127.0.0.1/32"),
         ("MPTCP_PRELOAD_EXCLUDE", ""),
     ];
-    let start = std::time::Instant::now();
     let out = preloaded(&host, &python(), &env)
-        .args(["-c", CONNECT_PROGRAM, "127.0.0.1:9"])
+        .args(["-c", SILENT_RELAY_PROGRAM, "127.0.0.1", "9"])
         .output()
         .unwrap();
-    let stdout = check(&out, "connect through a silent relay");
-    assert_eq!(stdout, format!("127.0.0.1 errno {}\n", libc::ETIMEDOUT));
-    assert!(
-        start.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        start.elapsed()
-    );
+    let stdout = check(&out, "connects through a silent relay");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!(
-            "the relay {relay} did not complete the SOCKS5 exchange within 1.0 s"
-        )),
+    // The program's own timeouts (1 s) end the hop, not the library's (3 s);
+    // the bounds leave room for a loaded machine.
+    let blocking = attempt_seconds(&stdout, "blocking", &format!("errno {}", libc::ETIMEDOUT));
+    assert!((2.9..5.0).contains(&blocking), "{stdout}");
+    let timeout = attempt_seconds(&stdout, "timeout", "TimeoutError");
+    assert!((0.9..2.5).contains(&timeout), "{stdout}");
+    let sndtimeo = attempt_seconds(&stdout, "sndtimeo", &format!("errno {}", libc::EINPROGRESS));
+    assert!((0.9..2.5).contains(&sndtimeo), "{stdout}");
+    let rcvtimeo = attempt_seconds(&stdout, "rcvtimeo", &format!("errno {}", libc::EAGAIN));
+    assert!((0.9..2.5).contains(&rcvtimeo), "{stdout}");
+    // Only the library's own timeout is the library's to log.
+    assert_eq!(
+        stderr
+            .matches(&format!(
+                "the relay {relay} did not complete the SOCKS5 exchange within 3.0 s"
+            ))
+            .count(),
+        1,
         "{stderr}"
+    );
+
+    // curl's connect timeout (a non-blocking connect and poll).
+    let start = std::time::Instant::now();
+    let out = preloaded(&host, "curl", &env)
+        .args(["-sS", "--connect-timeout", "1", "http://127.0.0.1:9/"])
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(28),
+        "curl's timeout: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(3), "curl took {took:?}");
+
+    // wget's (a non-blocking connect and select).
+    let start = std::time::Instant::now();
+    let out = preloaded(&host, "wget", &env)
+        .args(["-q", "-O", "/dev/null", "--tries=1", "--connect-timeout=1"])
+        .arg("http://127.0.0.1:9/")
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "wget's network failure: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(3)).contains(&took),
+        "wget took {took:?}"
     );
     drop(silent);
 }
@@ -889,9 +1128,11 @@ fn a_vfork_child_does_not_touch_the_parents_state() {
     assert!(stdout.contains("while spawning 6\n"), "{stdout}");
 }
 
-/// Relay mode: 100 asyncio connections through the relay while a thread
-/// spawns subprocesses (vfork) all along; prints how many got the
-/// destination's greeting with the right peer address.
+/// Relay mode: 100 concurrent asyncio connections through the relay while
+/// a thread spawns subprocesses (vfork) all along; each writes a line as
+/// soon as its connect finished (before the relay's answer can have been
+/// read) and expects it back from the destination. Prints how many got it,
+/// with the right peer address.
 const ASYNCIO_SPAWNING_PROGRAM: &str = r#"
 import asyncio, subprocess, sys, threading
 host, port = sys.argv[1], int(sys.argv[2])
@@ -901,20 +1142,18 @@ def spawn():
         subprocess.run(["true"])
 t = threading.Thread(target=spawn)
 t.start()
-async def one():
+async def one(i):
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 20)
         peer = writer.get_extra_info("peername")[:2]
-        line = await asyncio.wait_for(reader.readline(), 10)
+        writer.write(b"%d\n" % i)
+        line = await asyncio.wait_for(reader.readline(), 20)
         writer.close()
-        return line == b"hello\n" and peer == (host, port)
+        return line == b"hello %d\n" % i and peer == (host, port)
     except OSError:
         return False
 async def main():
-    ok = 0
-    for _ in range(10):
-        ok += sum(await asyncio.gather(*(one() for _ in range(10))))
-    return ok
+    return sum(await asyncio.gather(*(one(i) for i in range(100))))
 ok = asyncio.run(main())
 stop = True
 t.join()
@@ -931,7 +1170,12 @@ fn relayed_asyncio_connections_survive_a_thread_that_spawns_subprocesses() {
     let port = dest.local_addr().unwrap().port().to_string();
     let greeter = std::thread::spawn(move || {
         for stream in dest.incoming().take(100) {
-            let _ = stream.and_then(|mut s| s.write_all(b"hello\n"));
+            let _ = stream.and_then(|mut s| {
+                let mut line = Vec::new();
+                let mut reader = std::io::BufReader::new(s.try_clone()?);
+                std::io::BufRead::read_until(&mut reader, b'\n', &mut line)?;
+                s.write_all(&[b"hello ", &line[..]].concat())
+            });
         }
     });
     let relay_env = relay_addr.to_string();
@@ -1279,6 +1523,11 @@ fn the_library_exports_only_its_hooks() {
         .collect();
     symbols.sort();
     let mut hooks = [
+        "__poll_chk",
+        "__ppoll_chk",
+        "__read_chk",
+        "__recv_chk",
+        "__recvfrom_chk",
         "accept",
         "accept4",
         "close",
@@ -1289,6 +1538,15 @@ fn the_library_exports_only_its_hooks() {
         "getaddrinfo",
         "getpeername",
         "getsockopt",
+        "poll",
+        "ppoll",
+        "read",
+        "readv",
+        "recv",
+        "recvfrom",
+        "recvmsg",
+        "pselect",
+        "select",
         "setsockopt",
         "socket",
     ];

@@ -107,12 +107,32 @@ pub struct TestRelay {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A destination port the relay connects to only after a delay (a slow
+/// upstream: the relay's reply to CONNECT comes that much later).
+#[derive(Clone, Copy)]
+pub struct SlowPort {
+    pub port: u16,
+    pub delay: Duration,
+}
+
 impl TestRelay {
     pub fn start(
         host: &Host,
         addr: SocketAddr,
         user: &'static str,
         pass: &'static str,
+    ) -> TestRelay {
+        TestRelay::start_with_slow_port(host, addr, user, pass, None)
+    }
+
+    /// [`TestRelay::start`], delaying its answers for `slow`'s destination
+    /// port.
+    pub fn start_with_slow_port(
+        host: &Host,
+        addr: SocketAddr,
+        user: &'static str,
+        pass: &'static str,
+        slow: Option<SlowPort>,
     ) -> TestRelay {
         let listener = host.run(|| {
             mptcp_core::socket::bind_listener(addr, mptcp_core::socket::Fallback::Fail)
@@ -122,7 +142,7 @@ impl TestRelay {
         let stop = Arc::new(AtomicBool::new(false));
         let mptcp_accepted = Arc::new(AtomicUsize::new(0));
         let (flag, count) = (Arc::clone(&stop), Arc::clone(&mptcp_accepted));
-        let thread = host.spawn(move || accept_loop(listener, &flag, &count, user, pass));
+        let thread = host.spawn(move || accept_loop(listener, &flag, &count, user, pass, slow));
         TestRelay {
             stop,
             mptcp_accepted,
@@ -153,6 +173,7 @@ fn accept_loop(
     count: &AtomicUsize,
     user: &str,
     pass: &str,
+    slow: Option<SlowPort>,
 ) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
@@ -163,7 +184,7 @@ fn accept_loop(
                 client.set_nonblocking(false).unwrap();
                 let (user, pass) = (user.to_owned(), pass.to_owned());
                 std::thread::spawn(move || {
-                    let _ = serve(client, &user, &pass);
+                    let _ = serve(client, &user, &pass, slow);
                 });
             }
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -171,7 +192,12 @@ fn accept_loop(
     }
 }
 
-fn serve(mut client: TcpStream, user: &str, pass: &str) -> std::io::Result<()> {
+fn serve(
+    mut client: TcpStream,
+    user: &str,
+    pass: &str,
+    slow: Option<SlowPort>,
+) -> std::io::Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut input = Vec::new();
     let mut handshake = ServerHandshake::new(true);
@@ -206,6 +232,9 @@ fn serve(mut client: TcpStream, user: &str, pass: &str) -> std::io::Result<()> {
             return client.write_all(&out);
         }
     };
+    if let Some(slow) = slow.filter(|s| s.port == dest.port()) {
+        std::thread::sleep(slow.delay);
+    }
     let upstream = match TcpStream::connect_timeout(&dest, Duration::from_secs(5)) {
         Ok(s) => s,
         Err(e) => {
