@@ -12,6 +12,7 @@
 //! (`Type=notify`) it reports readiness and sends watchdog keep-alives (see
 //! [`crate::notify`]).
 
+use mptcp_core::relay::{PublicKey, SecretKey};
 use mptcp_core::sys::process::SignalSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,24 @@ pub enum RelayCommand {
     #[command(after_help = "Example:\n  \
         mptcp relay remote --listen 0.0.0.0:1080 --user alice --password-env RELAY_PASSWORD")]
     Remote(RemoteArgs),
+    /// Make a key pair for the encrypted link between the relays: the
+    /// secret key goes to FILE (mode 0600), the public key to standard
+    /// output, for the other relay to pin
+    #[command(after_help = "Example:\n  \
+        mptcp relay keygen /etc/mptcp/remote.key   # prints the public key\n  \
+        mptcp relay remote --listen 0.0.0.0:1080 --key-file /etc/mptcp/remote.key \\\n      \
+        --peer-key LOCAL_PUBLIC_KEY\n  \
+        mptcp relay local --remote 203.0.113.5:1080 --key-file /etc/mptcp/local.key \\\n      \
+        --remote-key REMOTE_PUBLIC_KEY --redirect 0.0.0.0:12345")]
+    Keygen(KeygenArgs),
+}
+
+/// `mptcp relay keygen`.
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Where the secret key goes (created with mode 0600; never overwritten)
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 /// Options of both roles.
@@ -78,6 +97,10 @@ pub struct CommonArgs {
     /// connection (local role), or plain SOCKS5 only (remote role)
     #[arg(long)]
     pub no_multiplex: bool,
+    /// This relay's secret key for the encrypted link (from `mptcp relay
+    /// keygen`)
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// `mptcp relay local`.
@@ -100,6 +123,10 @@ pub struct LocalArgs {
     /// HTTP proxy listener (CONNECT and absolute URIs)
     #[arg(long, value_name = "ADDR:PORT")]
     pub http: Vec<SocketAddr>,
+    /// The remote relay's public key: the link is encrypted and only that
+    /// relay can answer (with --key-file)
+    #[arg(long, value_name = "KEY", requires = "key_file")]
+    pub remote_key: Option<PublicKey>,
 }
 
 /// `mptcp relay remote`.
@@ -122,6 +149,14 @@ pub struct RemoteArgs {
     /// Deny a destination network
     #[arg(long = "deny-destination", value_name = "CIDR", value_parser = parse_cidr)]
     pub deny_destinations: Vec<Cidr>,
+    /// Let in the local relay with this public key (repeatable; with
+    /// --key-file; none listed: any key, the login decides)
+    #[arg(long = "peer-key", value_name = "KEY", requires = "key_file")]
+    pub peer_keys: Vec<PublicKey>,
+    /// With --key-file, serve plain SOCKS5 clients (curl, proxychains,
+    /// dante) too
+    #[arg(long, requires = "key_file")]
+    pub plain: bool,
 }
 
 fn parse_cidr(text: &str) -> Result<Cidr, String> {
@@ -167,19 +202,33 @@ fn load_then(
     })
 }
 
-/// Warns when the file holds passwords and users other than its owner may
-/// read it.
+/// Warns when the file holds passwords or keys and users other than its
+/// owner may read it.
 fn warn_if_readable(path: &Path, file: &Config) {
+    let secrets = file
+        .local
+        .as_ref()
+        .is_some_and(|l| l.password.is_some() || l.key.is_some())
+        || file
+            .remote
+            .as_ref()
+            .is_some_and(|r| !r.users.is_empty() || r.key.is_some());
+    if secrets {
+        warn_if_others_may_read(path, "passwords or keys");
+    }
+}
+
+/// Warns when users other than its owner may read `path`, which holds
+/// `what` (as ssh does for its keys).
+fn warn_if_others_may_read(path: &Path, what: &str) {
     use std::os::unix::fs::PermissionsExt;
-    let secrets = file.local.as_ref().is_some_and(|l| l.password.is_some())
-        || file.remote.as_ref().is_some_and(|r| !r.users.is_empty());
     let Ok(meta) = std::fs::metadata(path) else {
         return;
     };
     let mode = meta.permissions().mode() & 0o777;
-    if secrets && mode & 0o077 != 0 {
+    if mode & 0o077 != 0 {
         tracing::warn!(
-            "{} holds passwords and others than its owner may read it (mode {mode:03o}): \
+            "{} holds {what} and others than its owner may read it (mode {mode:03o}): \
              chmod 600 {}",
             path.display(),
             path.display()
@@ -221,6 +270,42 @@ fn credentials(common: &CommonArgs) -> Result<Option<(String, String)>, Failure>
         ))
     })?;
     Ok(Some((user.clone(), password)))
+}
+
+/// The secret key of `--key-file`, if given.
+fn read_key(common: &CommonArgs) -> Result<Option<SecretKey>, Failure> {
+    let Some(path) = &common.key_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::io(format!("reading the key file {}", path.display()), &e))?;
+    let key = text.parse::<SecretKey>().map_err(|e| {
+        Failure::usage(format!(
+            "--key-file {}: {e}\n  hint: make one with `mptcp relay keygen {}`",
+            path.display(),
+            path.display()
+        ))
+    })?;
+    warn_if_others_may_read(path, "a secret key");
+    Ok(Some(key))
+}
+
+/// `mptcp relay keygen FILE`: a new key pair; the secret key into a new
+/// file only its owner reads, the public key on standard output.
+fn keygen(args: &KeygenArgs) -> CmdResult {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = SecretKey::generate();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&args.file)
+        .map_err(|e| Failure::io(format!("creating {}", args.file.display()), &e))?;
+    writeln!(file, "{key}")
+        .map_err(|e| Failure::io(format!("writing {}", args.file.display()), &e))?;
+    println!("{}", key.public_key());
+    Ok(())
 }
 
 /// Replaces `list` with `flags` when any were given.
@@ -265,6 +350,12 @@ fn local_config(args: &LocalArgs) -> Result<Config, Failure> {
         override_list(&mut local.socks5, &args.socks5);
         override_list(&mut local.http, &args.http);
         override_list(&mut local.allowed_clients, &args.common.allow_clients);
+        if let Some(key) = read_key(&args.common)? {
+            local.key = Some(key.to_string());
+        }
+        if let Some(remote_key) = &args.remote_key {
+            local.remote_key = Some(remote_key.to_string());
+        }
         config.local = Some(local);
         Ok(())
     })
@@ -304,6 +395,15 @@ fn remote_config(args: &RemoteArgs) -> Result<Config, Failure> {
         remote
             .deny_destinations
             .extend(args.deny_destinations.iter().copied());
+        if let Some(key) = read_key(&args.common)? {
+            remote.key = Some(key.to_string());
+        }
+        remote
+            .peer_keys
+            .extend(args.peer_keys.iter().map(ToString::to_string));
+        if args.plain {
+            remote.plain = Some(true);
+        }
         config.remote = Some(remote);
         Ok(())
     })
@@ -693,6 +793,7 @@ pub fn run(command: RelayCommand) -> CmdResult {
     match command {
         RelayCommand::Local(args) => serve(&|| local_config(&args), &args.common, Role::Local),
         RelayCommand::Remote(args) => serve(&|| remote_config(&args), &args.common, Role::Remote),
+        RelayCommand::Keygen(args) => keygen(&args),
     }
 }
 

@@ -137,7 +137,18 @@ fn sh(host: &Host, line: &str) -> Command {
 
 /// Runs a README line to completion; returns its stdout, panics on failure.
 fn run_line(host: &Host, line: &str) -> String {
-    let out = sh(host, line).output().unwrap();
+    run_command(line, sh(host, line))
+}
+
+/// [`run_line`] in directory `dir`.
+fn run_line_in(host: &Host, dir: &std::path::Path, line: &str) -> String {
+    let mut cmd = sh(host, line);
+    cmd.current_dir(dir);
+    run_command(line, cmd)
+}
+
+fn run_command(line: &str, mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "`{line}` failed ({}):\n{}{}",
@@ -152,6 +163,13 @@ fn run_line(host: &Host, line: &str) -> String {
 /// reach it and variable assignments in front of it work).
 fn start_line(host: &Host, line: &str) -> Daemon {
     Daemon::start(sh(host, &format!("exec env {line}")))
+}
+
+/// [`start_line`] in directory `dir`.
+fn start_line_in(host: &Host, dir: &std::path::Path, line: &str) -> Daemon {
+    let mut cmd = sh(host, &format!("exec env {line}"));
+    cmd.current_dir(dir);
+    Daemon::start(cmd)
 }
 
 /// The README recipe "Two links, one connection": endpoints and limits on
@@ -307,6 +325,128 @@ EOF",
     assert!(log.contains("stopped; counters"), "{log}");
     let log = remote.stop();
     assert!(log.contains("relayed=2"), "{log}");
+}
+
+/// The README recipe "Encrypt the link between the relays": a key pair on
+/// each side, each pinning the other's public key. A capture of both WAN
+/// links at the remote (tcpdump) holds neither the login nor a byte of the
+/// payload, which arrives intact.
+#[test]
+fn recipe_encrypted_relay_link() {
+    mptcp_testbed::require_privileges().unwrap();
+    // Rate-limited links, so that the captures keep up with every packet.
+    let rp = mptcp_testbed::relay_path(2, Some(50)).unwrap();
+    let dir = std::env::temp_dir().join(format!("mptcp-sealed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    let cleanup = Cleanup(dir.clone());
+    let marker = "SECRET-PAYLOAD-MARKER-0451 ";
+    let page = marker.repeat((2 << 20) / marker.len());
+    std::fs::write(dir.join("www/secret.txt"), &page).unwrap();
+    let _web = start_line_in(
+        &rp.dest,
+        &dir.join("www"),
+        "python3 -m http.server 8080 --bind 198.19.2.2",
+    );
+    rp.dest.wait_listening(8080).unwrap();
+
+    // Keys: each side makes its own; the public keys are exchanged.
+    run_line_in(
+        &rp.remote,
+        &dir,
+        "mptcp relay keygen remote.key > remote.pub",
+    );
+    run_line_in(&rp.local, &dir, "mptcp relay keygen local.key > local.pub");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.join("remote.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "only its owner reads a secret key");
+
+    let captures: Vec<Daemon> = (0..2)
+        .map(|i| {
+            let line = format!("tcpdump -i wan{i} -U -s 0 -w wan{i}.pcap tcp");
+            start_line_in(&rp.remote, &dir, &line)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut remote = start_line_in(
+        &rp.remote,
+        &dir,
+        r#"RELAY_PASSWORD='correct horse' mptcp relay remote --listen 198.18.0.2:1080 \
+         --user alice --password-env RELAY_PASSWORD --key-file remote.key --peer-key "$(cat local.pub)""#,
+    );
+    remote.wait_for("listening");
+    let mut local = start_line_in(
+        &rp.local,
+        &dir,
+        r#"RELAY_PASSWORD='correct horse' mptcp relay local --remote 198.18.0.2:1080 \
+         --user alice --password-env RELAY_PASSWORD --key-file local.key --remote-key "$(cat remote.pub)" \
+         --redirect 0.0.0.0:12345"#,
+    );
+    local.wait_for("listening");
+    run_line(
+        &rp.local,
+        "nft add table ip sealed; nft add chain ip sealed pre '{ type nat hook prerouting priority dstnat; }'; \
+         nft add rule ip sealed pre iifname lan0 meta l4proto tcp redirect to :12345",
+    );
+    let got = run_line(
+        &rp.lan,
+        "curl -sS --fail --max-time 20 http://198.19.2.2:8080/secret.txt",
+    );
+    assert!(
+        got == page,
+        "the page arrived intact ({} of {} bytes)",
+        got.len(),
+        page.len()
+    );
+    let log = local.stop();
+    assert!(log.contains("stopped; counters"), "{log}");
+    let log = remote.stop();
+    assert!(log.contains("relayed=1"), "{log}");
+    // Let the captures write what the kernel has handed them.
+    std::thread::sleep(Duration::from_secs(1));
+    for capture in captures {
+        let log = capture.stop();
+        assert!(
+            log.lines()
+                .any(|l| l.trim() == "0 packets dropped by kernel"),
+            "{log}"
+        );
+    }
+    let mut wire = Vec::new();
+    for i in 0..2 {
+        wire.extend(std::fs::read(dir.join(format!("wan{i}.pcap"))).unwrap());
+    }
+    assert!(
+        wire.len() > page.len(),
+        "the capture saw the transfer: {} bytes",
+        wire.len()
+    );
+    let seen = |needle: &[u8]| wire.windows(needle.len()).any(|w| w == needle);
+    for secret in [
+        "correct horse",
+        "alice",
+        marker,
+        "GET /secret.txt",
+        "198.19.2.2",
+    ] {
+        assert!(
+            !seen(secret.as_bytes()),
+            "{secret:?} crossed a WAN link in clear"
+        );
+    }
+    drop(cleanup);
+}
+
+/// Removes a test's directory, also when the test fails.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The README recipe "A whole service": the drop-in `mptcp enable` writes
