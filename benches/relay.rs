@@ -37,12 +37,14 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mptcp_core::relay::{Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig};
+use mptcp_core::relay::{
+    Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig, SecretKey,
+};
 use mptcp_core::socket::{self as mptcp_socket, Fallback};
 use mptcp_testbed::{Daemon, Host, RelayPath, danted_config, data, redsocks_config};
 use socket2::{Domain, SockAddr};
@@ -62,6 +64,8 @@ const DIRECT_MPTCP: u16 = 5010;
 const SOCKS_PORT: u16 = 1080;
 /// dante's port, in the redsocks + dante chain.
 const DANTE_PORT: u16 = 1081;
+/// shadowsocks-libev's server port.
+const SS_PORT: u16 = 8388;
 const REDIRECT_PORT: u16 = 12345;
 const THROUGHPUT_TIME: Duration = Duration::from_secs(3);
 /// Long enough over 2 × 20 Mbit/s that slow start and the second subflow's
@@ -126,6 +130,30 @@ fn main() {
         for multiplex in [true, false] {
             let _chain = start_chain(&rp, multiplex);
             twice(&format!("chain (multiplex: {multiplex})"));
+        }
+        // Encrypted: this relay against shadowsocks-libev, CPU per GB of
+        // both relays (threads here; the two shadowsocks processes).
+        let per_gb = |name: &str, cpu: &dyn Fn() -> Duration| {
+            let before = cpu();
+            let down = download(&rp.lan, dest(DOWNLOAD)).0;
+            let up = upload(&rp, dest(UPLOAD));
+            let gb = (down + up) * THROUGHPUT_TIME.as_secs_f64() / 8e3;
+            let per_gb = (cpu() - before).as_secs_f64() / gb;
+            println!(
+                "{name}: download {down:.0}, upload {up:.0} Mbit/s; relays' CPU {per_gb:.2} s per GB"
+            );
+        };
+        for (name, chain) in [
+            ("chain, muxed", start_chain(&rp, true)),
+            ("chain, encrypted", start_sealed_chain(&rp)),
+        ] {
+            per_gb(name, &relay_threads_cpu);
+            drop(chain);
+        }
+        for cipher in ["aes-256-gcm", "chacha20-ietf-poly1305"] {
+            let (redir, server) = start_shadowsocks(&rp, cipher);
+            let cpu = || process_cpu_of(redir.id()) + process_cpu_of(server.id());
+            per_gb(&format!("shadowsocks-libev {cipher}"), &cpu);
         }
         let _legacy = start_redsocks_dante(&rp);
         twice("redsocks + dante");
@@ -302,6 +330,18 @@ fn process_cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// CPU time of the relays' threads in this process (`relay-*`: workers
+/// and resolvers), from /proc/self/task.
+fn relay_threads_cpu() -> Duration {
+    let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten();
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter(|stat| stat.contains("(relay-"))
+        .map(|stat| cpu_from_stat(&stat))
+        .sum()
+}
+
 /// Wide port ranges and TIME_WAIT reuse, so the connection-rate loops do
 /// not run out of ports.
 fn tune(rp: &RelayPath) {
@@ -467,7 +507,7 @@ const BUSY_LOOPS: usize = 3;
 fn busy_loops() -> Vec<Daemon> {
     (0..BUSY_LOOPS)
         .map(|_| {
-            let mut cmd = std::process::Command::new("timeout");
+            let mut cmd = Command::new("timeout");
             cmd.args(["60", "sh", "-c", "while :; do :; done"]);
             Daemon::spawn(&mut cmd).expect("sh and timeout")
         })
@@ -708,12 +748,7 @@ fn start_redsocks_dante(rp: &RelayPath) -> (Daemon, Daemon) {
     let redsocks_conf = dir.join("redsocks.conf");
     let redsocks_text = redsocks_config(REDIRECT_PORT, dante_listen, None);
     std::fs::write(&redsocks_conf, redsocks_text).expect("redsocks.conf");
-    let mptcp = |host: &Host, program: &str| {
-        let mut cmd = host.command(program);
-        cmd.env("LD_PRELOAD", &lib)
-            .env("MPTCP_PRELOAD_MODE", "mptcp");
-        cmd
-    };
+    let mptcp = |host: &Host, program: &str| preloaded(&lib, host, program);
     let dante = Daemon::spawn(
         mptcp(&rp.remote, "/usr/sbin/danted")
             .arg("-f")
@@ -733,6 +768,67 @@ fn start_redsocks_dante(rp: &RelayPath) -> (Daemon, Daemon) {
     let _ = std::fs::remove_dir_all(&dir);
     assert_dante_hop_uses_both_links(rp);
     (redsocks, dante)
+}
+
+/// `program` in `host` with its TCP sockets made MPTCP by the preload
+/// library (the job of mptcpize, which Debian 12 does not ship).
+fn preloaded(lib: &std::path::Path, host: &Host, program: &str) -> Command {
+    let mut cmd = host.command(program);
+    cmd.env("LD_PRELOAD", lib)
+        .env("MPTCP_PRELOAD_MODE", "mptcp");
+    cmd
+}
+
+/// shadowsocks-libev as OpenMPTCProuter runs it: `ss-redir` on the router
+/// taking the redirected LAN connections, `ss-server` on the server, both
+/// over MPTCP, with the AEAD `cipher`.
+fn start_shadowsocks(rp: &RelayPath, cipher: &str) -> (Daemon, Daemon) {
+    let lib = mptcp_testbed::build_preload_library().expect("building mptcp-preload");
+    let server = rp.remote_addr().to_string();
+    let port = SS_PORT.to_string();
+    let common = ["-k", "bench-password", "-m", cipher, "--no-delay"];
+    let ss_server = Daemon::spawn(
+        preloaded(&lib, &rp.remote, "ss-server")
+            .args(["-s", &server, "-p", &port])
+            .args(common),
+    )
+    .expect("shadowsocks-libev (ss-server) must be installed");
+    let redirect = REDIRECT_PORT.to_string();
+    let ss_redir = Daemon::spawn(
+        preloaded(&lib, &rp.local, "ss-redir")
+            .args(["-s", &server, "-p", &port, "-b", "0.0.0.0", "-l", &redirect])
+            .args(common),
+    )
+    .expect("shadowsocks-libev (ss-redir) must be installed");
+    rp.remote
+        .wait_listening(SS_PORT)
+        .expect("ss-server listening");
+    rp.local
+        .wait_listening(REDIRECT_PORT)
+        .expect("ss-redir listening");
+    (ss_redir, ss_server)
+}
+
+/// CPU time of process `pid` so far (utime + stime from /proc/PID/stat).
+fn process_cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    cpu_from_stat(&stat)
+}
+
+/// utime + stime of a stat(5) line.
+fn cpu_from_stat(stat: &str) -> Duration {
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3 of stat(5), utime 14, stime 15.
+    let time = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_secs_f64((time(14) + time(15)) as f64 / 100.0) // USER_HZ
 }
 
 /// The baseline must be what its users run: redsocks' connection to dante
@@ -779,12 +875,35 @@ fn remove_redirect_rule(rp: &RelayPath) {
 /// Both relays, in this process; `multiplex`: streams of sessions, or one
 /// MPTCP connection per client connection. Add [`redirect_rule`] once.
 fn start_chain(rp: &RelayPath, multiplex: bool) -> (RelayHandle, RelayHandle) {
-    let remote_cfg = remote_config(engine());
+    start_chain_with(rp, multiplex, None)
+}
+
+/// The multiplexed chain with the link between the relays encrypted.
+fn start_sealed_chain(rp: &RelayPath) -> (RelayHandle, RelayHandle) {
+    let keys = (SecretKey::generate(), SecretKey::generate());
+    start_chain_with(rp, true, Some(&keys))
+}
+
+/// [`start_chain`], encrypted with `keys` (the remote's, the local's).
+fn start_chain_with(
+    rp: &RelayPath,
+    multiplex: bool,
+    keys: Option<&(SecretKey, SecretKey)>,
+) -> (RelayHandle, RelayHandle) {
+    let mut remote_cfg = remote_config(engine());
+    let mut local_cfg = local_config(engine(), rp.remote_addr(), multiplex);
+    if let Some((remote_key, local_key)) = keys {
+        remote_cfg.remote = remote_cfg
+            .remote
+            .map(|r| r.key(remote_key).peer_key(&local_key.public_key()));
+        local_cfg.local = local_cfg
+            .local
+            .map(|l| l.encrypt(local_key, &remote_key.public_key()));
+    }
     let remote = rp
         .remote
         .run(|| Relay::start(remote_cfg))
         .expect("remote relay");
-    let local_cfg = local_config(engine(), rp.remote_addr(), multiplex);
     let local = rp
         .local
         .run(|| Relay::start(local_cfg))
