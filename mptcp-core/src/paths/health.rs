@@ -53,10 +53,14 @@ impl Default for HealthConfig {
 }
 
 impl HealthConfig {
-    /// The longest time from a link's last answer to its being taken out
-    /// of use: `down_after` rounds, the last one's timeout included.
+    /// The longest time from a link's failure to its being taken out of
+    /// use: up to an interval until the next round starts, then
+    /// `down_after` lost rounds, which start one interval apart, or one
+    /// timeout when that is longer.
     pub fn detection_time(&self) -> Duration {
-        self.interval * self.down_after.saturating_sub(1) + self.timeout.max(self.interval)
+        self.interval
+            + self.interval.max(self.timeout) * self.down_after.saturating_sub(1)
+            + self.timeout
     }
 }
 
@@ -531,8 +535,8 @@ mod tests {
             down_after: 3,
             ..HealthConfig::default()
         };
-        assert_eq!(config.detection_time(), 700 * MS);
-        assert_eq!(HealthConfig::default().detection_time(), 3000 * MS);
+        assert_eq!(config.detection_time(), 1100 * MS);
+        assert_eq!(HealthConfig::default().detection_time(), 4000 * MS);
     }
 
     #[test]

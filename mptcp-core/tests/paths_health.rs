@@ -1,0 +1,591 @@
+//! Link health against the real kernel: a client with two 20 Mbit/s
+//! uplinks to a server, automatic paths probing both, and a long MPTCP
+//! transfer while one link fails silently (every packet dropped both ways,
+//! carrier up), loses its carrier, flaps, or is a backup. Every byte is
+//! checked; the outage tests also run the same timeline on a second bed
+//! without probes (what the kernel does alone) and print both side by side.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use mptcp_core::{
+    diag,
+    paths::{AutoPaths, Config, HealthConfig, LinkEvent, LinkRole, LinkState, LinkStatus},
+};
+use mptcp_testbed::{Host, Link, Proto, Transfer, TransferReport};
+
+/// Rate of each link, Mbit/s.
+const RATE: u32 = 20;
+
+/// How often the tests sample the transfer.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A client and a server joined by uplinks `eth0` and `eth1`; MPTCP is
+/// left to automatic paths.
+struct Bed {
+    client: Host,
+    server: Host,
+    links: Vec<Link>,
+}
+
+fn bed() -> Bed {
+    mptcp_testbed::require_privileges().expect("the link health tests need root");
+    let client = Host::new("client").unwrap();
+    let server = Host::new("server").unwrap();
+    // Loss-based Reno keeps the throughput comparisons steady (see
+    // tests/paths.rs).
+    client
+        .sysctl("net.ipv4.tcp_congestion_control", "reno")
+        .unwrap();
+    let links = (0..2)
+        .map(|i| Link::uplink(&client, &server, i, Some(RATE)).unwrap())
+        .collect();
+    Bed {
+        client,
+        server,
+        links,
+    }
+}
+
+/// The server's address on link 0: the transfer's and the probes' target.
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+/// Fast probes for short tests: a closed port of the server answers with
+/// a reset, which proves the path.
+fn health() -> HealthConfig {
+    HealthConfig {
+        targets: vec![SocketAddr::new(IpAddr::V4(SERVER), 9)],
+        interval: Duration::from_millis(200),
+        timeout: Duration::from_millis(200),
+        down_after: 3,
+        up_after: 3,
+        verify_after: Duration::from_secs(1),
+        backoff: Duration::from_millis(500),
+        max_retries: 4,
+    }
+}
+
+/// Automatic paths running in the client, its link events timestamped.
+struct Daemon {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<mptcp_core::pm::Result<()>>,
+    events: Arc<Mutex<Vec<(Instant, LinkEvent)>>>,
+    links: Arc<Mutex<Vec<LinkStatus>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(client: &Host, config: Config) -> Daemon {
+        let stop = Arc::new(AtomicBool::new(false));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let links = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, events, links, failures) = (
+                Arc::clone(&stop),
+                Arc::clone(&events),
+                Arc::clone(&links),
+                Arc::clone(&failures),
+            );
+            client.spawn(move || {
+                let mut paths = AutoPaths::new(config)?;
+                paths.run_observed(
+                    &stop,
+                    |action, error| {
+                        if let Some(e) = error {
+                            failures.lock().unwrap().push(format!("{action}: {e}"));
+                        }
+                    },
+                    |event, now| {
+                        if let Some(event) = event {
+                            events
+                                .lock()
+                                .unwrap()
+                                .push((Instant::now(), event.clone()));
+                        }
+                        *links.lock().unwrap() = now.to_vec();
+                    },
+                )
+            })
+        };
+        Daemon {
+            stop,
+            thread,
+            events,
+            links,
+            failures,
+        }
+    }
+
+    /// When `ifname` first went to `to` at or after `after`.
+    fn changed_at(&self, ifname: &str, to: LinkState, after: Instant) -> Option<Instant> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(at, e)| *at >= after && e.ifname == ifname && e.to == to)
+            .map(|(at, _)| *at)
+    }
+
+    fn events(&self) -> String {
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .map(|(_, e)| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Stops it and checks that it ended well and removed all it made.
+    fn stop(self, client: &Host) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap().unwrap();
+        let failures = self.failures.lock().unwrap();
+        assert!(failures.is_empty(), "{failures:#?}");
+        assert_eq!(endpoints(client), "", "endpoints left behind");
+        let rules = client.ip(&["rule", "show"]).unwrap();
+        assert!(!rules.contains("lookup 70"), "rules left behind:\n{rules}");
+        let routes = client.ip(&["route", "show", "table", "all"]).unwrap();
+        assert!(!routes.contains("table 70"), "routes left behind:\n{routes}");
+    }
+}
+
+fn endpoints(host: &Host) -> String {
+    host.ip(&["mptcp", "endpoint", "show"])
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Polls `probe` every 20 ms until it holds, for at most `limit`.
+fn wait_until(what: &str, limit: Duration, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !probe() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn both_endpoints(client: &Host) -> bool {
+    let shown = endpoints(client);
+    shown.contains("198.18.0.1 ") && shown.contains("198.18.1.1 ")
+}
+
+/// Bytes received by the server and sent by the client on each link, over
+/// time.
+struct Series {
+    points: Vec<(Instant, u64, [u64; 2])>,
+}
+
+impl Series {
+    fn record(transfer: &Transfer, links: &[Link], until: Instant) -> Series {
+        let mut points = Vec::new();
+        while Instant::now() < until {
+            let bytes = transfer.meter().sample().bytes;
+            let link_bytes = [0, 1].map(|i| links[i].bytes().map_or(0, |(a_to_b, _)| a_to_b));
+            points.push((Instant::now(), bytes, link_bytes));
+            thread::sleep(TICK);
+        }
+        Series { points }
+    }
+
+    /// Mbit/s received in the window of `len` that ends at `end`, with
+    /// `bytes` choosing the counter.
+    fn rate(&self, end: Instant, len: Duration, bytes: impl Fn(&(Instant, u64, [u64; 2])) -> u64) -> f64 {
+        let at = |t: Instant| self.points.iter().rev().find(|p| p.0 <= t);
+        match (at(end - len), at(end)) {
+            (Some(a), Some(b)) if b.0 > a.0 => {
+                (bytes(b) - bytes(a)) as f64 * 8.0 / 1e6 / (b.0 - a.0).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// The first instant in `[from, to]` at which the rate of the last
+    /// second reached `mbit`.
+    fn first_reaching(&self, mbit: f64, from: Instant, to: Instant) -> Option<Instant> {
+        self.points
+            .iter()
+            .map(|p| p.0)
+            .filter(|t| *t >= from && *t <= to)
+            .find(|t| self.rate(*t, Duration::from_secs(1), |p| p.1) >= mbit)
+    }
+
+    /// Throughput per second across the run, for the log.
+    fn timeline(&self, start: Instant) -> String {
+        let mut out = String::new();
+        let mut t = start + Duration::from_secs(1);
+        while self.points.last().is_some_and(|p| p.0 >= t) {
+            out.push_str(&format!("{:.0} ", self.rate(t, Duration::from_secs(1), |p| p.1)));
+            t += Duration::from_secs(1);
+        }
+        out
+    }
+}
+
+/// What breaks link 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// Every packet dropped both ways, carrier up.
+    Silent,
+    /// Both ends down.
+    Carrier,
+}
+
+impl Fault {
+    fn begin(self, link: &Link) {
+        match self {
+            Fault::Silent => link.blackhole().unwrap(),
+            Fault::Carrier => link.down().unwrap(),
+        }
+    }
+
+    fn end(self, link: &Link) {
+        match self {
+            Fault::Silent => link.restore().unwrap(),
+            Fault::Carrier => link.up().unwrap(),
+        }
+    }
+}
+
+/// One outage run: the transfer, the series, when the fault began and
+/// ended, and when a subflow from link 1 was established again.
+struct Outage {
+    report: TransferReport,
+    series: Series,
+    start: Instant,
+    fault_at: Instant,
+    return_at: Instant,
+    subflow_back: Option<Instant>,
+    daemon: Daemon,
+    bed: Bed,
+}
+
+const WARMUP: Duration = Duration::from_secs(3);
+const OUTAGE: Duration = Duration::from_secs(10);
+const AFTER: Duration = Duration::from_secs(7);
+
+/// Link 1 fails with `fault` for [`OUTAGE`] in the middle of a transfer,
+/// with automatic paths probing (`health`) or following carriers only.
+fn outage(fault: Fault, health: Option<HealthConfig>) -> Outage {
+    let bed = bed();
+    let daemon = Daemon::start(
+        &bed.client,
+        Config {
+            health,
+            ..Config::default()
+        },
+    );
+    wait_until("both endpoints exist", Duration::from_secs(10), || {
+        both_endpoints(&bed.client)
+    });
+    let transfer = Transfer::start(
+        &bed.client,
+        &bed.server,
+        SERVER,
+        Proto::Mptcp,
+        WARMUP + OUTAGE + AFTER,
+    )
+    .unwrap();
+    let start = Instant::now();
+    let fault_at = start + WARMUP;
+    let return_at = fault_at + OUTAGE;
+    let series = thread::scope(|scope| {
+        let sampler = scope.spawn(|| Series::record(&transfer, &bed.links, start + WARMUP + OUTAGE + AFTER));
+        thread::sleep(fault_at.saturating_duration_since(Instant::now()));
+        fault.begin(&bed.links[1]);
+        thread::sleep(return_at.saturating_duration_since(Instant::now()));
+        fault.end(&bed.links[1]);
+        let series = sampler.join().unwrap();
+        series
+    });
+    let subflow_back = None;
+    let report = transfer.wait().unwrap();
+    let mut run = Outage {
+        report,
+        series,
+        start,
+        fault_at,
+        return_at,
+        subflow_back,
+        daemon,
+        bed,
+    };
+    run.subflow_back = first_subflow_data(&run);
+    run
+}
+
+/// When link 1 carried data again after the return (over 2 Mbit/s in
+/// 200 ms): the subflow is back on the running connection.
+fn first_subflow_data(run: &Outage) -> Option<Instant> {
+    run.series
+        .points
+        .iter()
+        .map(|p| p.0)
+        .filter(|t| *t > run.return_at + Duration::from_millis(200))
+        .find(|t| run.series.rate(*t, Duration::from_millis(200), |p| p.2[1]) > 2.0)
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or("never".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+}
+
+/// Asserts the recovery figures of a run with probes and prints them
+/// beside the run without.
+fn check_recovery(fault: Fault, tracked: Outage, alone: Outage) {
+    let config = health();
+    for run in [&tracked, &alone] {
+        assert!(run.report.intact(), "{fault:?}: {:?}", run.report);
+    }
+    let down = tracked
+        .daemon
+        .changed_at("eth1", if fault == Fault::Silent { LinkState::Down } else { LinkState::NoCarrier }, tracked.fault_at);
+    let up = tracked.daemon.changed_at("eth1", LinkState::Up, tracked.return_at);
+    let events = tracked.daemon.events();
+    let detection = down.map(|d| d - tracked.fault_at);
+    // The configured time, plus a second for a loaded machine's scheduling.
+    let allowed = config.detection_time() + Duration::from_secs(1);
+    assert!(
+        detection.is_some_and(|d| d <= allowed),
+        "{fault:?}: detected after {}, allowed {allowed:?}; events:\n{events}",
+        secs(detection)
+    );
+    let one_link = tracked.series.rate(
+        tracked.return_at,
+        OUTAGE - Duration::from_secs(3),
+        |p| p.1,
+    );
+    let recovered = tracked.series.first_reaching(
+        1.8 * one_link,
+        tracked.return_at,
+        tracked.return_at + Duration::from_secs(5),
+    );
+    let alone_recovered = alone.series.first_reaching(
+        1.8 * one_link,
+        alone.return_at,
+        alone.return_at + AFTER,
+    );
+    eprintln!(
+        "{fault:?} outage of {OUTAGE:?} on link 1 of 2 x {RATE} Mbit/s, probes every {:?}:\n  \
+         {:<28} {:>14} {:>14}\n  \
+         {:<28} {:>14} {:>14}\n  \
+         {:<28} {:>14} {:>14}\n  \
+         {:<28} {:>14} {:>14}\n  \
+         {:<28} {:>14} {:>14}\n  \
+         throughput per second, tracked: {}\n  \
+         throughput per second, alone:   {}",
+        config.interval,
+        "",
+        "tracked",
+        "kernel alone",
+        "detection",
+        secs(detection),
+        "-",
+        "link up again (probes)",
+        secs(up.map(|u| u - tracked.return_at)),
+        "-",
+        "link 1 carries data again",
+        secs(tracked.subflow_back.map(|t| t - tracked.return_at)),
+        secs(alone.subflow_back.map(|t| t - alone.return_at)),
+        "back at 1.8 x one link",
+        secs(recovered.map(|t| t - tracked.return_at)),
+        secs(alone_recovered.map(|t| t - alone.return_at)),
+        tracked.series.timeline(tracked.start),
+        alone.series.timeline(alone.start),
+    );
+    assert!(
+        recovered.is_some(),
+        "{fault:?}: not back at 1.8 x {one_link:.1} Mbit/s within 5 s of the return; \
+         timeline {}; events:\n{events}",
+        tracked.series.timeline(tracked.start)
+    );
+    let links = tracked.daemon.links.lock().unwrap().clone();
+    assert!(
+        links.iter().all(|l| l.state == LinkState::Up),
+        "{links:#?}"
+    );
+    for run in [tracked, alone] {
+        run.daemon.stop(&run.bed.client);
+    }
+}
+
+/// Runs the same outage with and without probes at the same time.
+fn outage_side_by_side(fault: Fault) {
+    let alone = thread::spawn(move || outage(fault, None));
+    let tracked = outage(fault, Some(health()));
+    let alone = alone.join().unwrap();
+    check_recovery(fault, tracked, alone);
+}
+
+#[test]
+fn a_silent_outage_is_detected_and_every_connection_gets_the_link_back() {
+    outage_side_by_side(Fault::Silent);
+}
+
+#[test]
+fn a_carrier_outage_is_followed_and_the_link_comes_back_once_it_answers() {
+    outage_side_by_side(Fault::Carrier);
+}
+
+/// The established subflows of the client's connections, by local address.
+fn subflows_from(client: &Host, addr: Ipv4Addr) -> usize {
+    client
+        .run(diag::connections)
+        .unwrap()
+        .iter()
+        .flat_map(|c| &c.subflows)
+        .filter(|sf| sf.local.ip() == IpAddr::V4(addr) && sf.state == 1)
+        .count()
+}
+
+#[test]
+fn a_backup_link_carries_traffic_only_while_the_active_one_fails() {
+    let bed = bed();
+    let daemon = Daemon::start(
+        &bed.client,
+        Config {
+            health: Some(health()),
+            roles: vec![("eth1".into(), LinkRole::Backup)],
+            ..Config::default()
+        },
+    );
+    wait_until("both endpoints exist", Duration::from_secs(10), || {
+        both_endpoints(&bed.client)
+    });
+    assert!(
+        endpoints(&bed.client).contains("198.18.1.1 id 2 subflow backup dev eth1"),
+        "{}",
+        endpoints(&bed.client)
+    );
+    let phase = Duration::from_secs(4);
+    let transfer =
+        Transfer::start(&bed.client, &bed.server, SERVER, Proto::Mptcp, phase * 3).unwrap();
+    let start = Instant::now();
+    wait_until("the backup subflow exists", Duration::from_secs(5), || {
+        subflows_from(&bed.client, Ipv4Addr::new(198, 18, 1, 1)) == 1
+    });
+    let (series, fault_at, return_at) = thread::scope(|scope| {
+        let sampler = scope.spawn(|| Series::record(&transfer, &bed.links, start + phase * 3));
+        let fault_at = start + phase;
+        thread::sleep(fault_at.saturating_duration_since(Instant::now()));
+        bed.links[0].blackhole().unwrap();
+        let return_at = fault_at + phase;
+        thread::sleep(return_at.saturating_duration_since(Instant::now()));
+        bed.links[0].restore().unwrap();
+        (sampler.join().unwrap(), fault_at, return_at)
+    });
+    let report = transfer.wait().unwrap();
+    assert!(report.intact(), "{report:?}");
+    let events = daemon.events();
+    let share = |from: Instant, to: Instant| {
+        let at = |t: Instant| series.points.iter().rev().find(|p| p.0 <= t).unwrap();
+        let (a, b) = (at(from), at(to));
+        let l: [f64; 2] = [0, 1].map(|i| (b.2[i] - a.2[i]) as f64);
+        l[1] / (l[0] + l[1]).max(1.0)
+    };
+    let before = share(start + Duration::from_secs(1), fault_at);
+    assert!(
+        before < 0.01,
+        "the backup carried {:.1} % while the active link worked",
+        before * 100.0
+    );
+    // Traffic continues on the backup within 3 s of the failure.
+    let continued = series
+        .points
+        .iter()
+        .map(|p| p.0)
+        .filter(|t| *t > fault_at && *t <= fault_at + Duration::from_secs(3))
+        .find(|t| series.rate(*t, Duration::from_millis(500), |p| p.2[1]) > RATE as f64 / 2.0);
+    assert!(
+        continued.is_some(),
+        "no traffic on the backup within 3 s; timeline {}; events:\n{events}",
+        series.timeline(start)
+    );
+    // Once the active link is back, traffic moves back to it.
+    let end = start + phase * 3 - TICK;
+    let after = share(end - Duration::from_secs(1), end);
+    assert!(
+        after < 0.1,
+        "the backup still carries {:.0} % after the active link returned; events:\n{events}",
+        after * 100.0
+    );
+    eprintln!(
+        "backup role: {:.2} % on the backup while the active link worked, traffic on it {:.2} s \
+         after the active link failed, {:.1} % on it in the last second; timeline {}",
+        before * 100.0,
+        (continued.unwrap() - fault_at).as_secs_f64(),
+        after * 100.0,
+        series.timeline(start)
+    );
+    assert!(
+        daemon
+            .changed_at("eth0", LinkState::Up, return_at)
+            .is_some(),
+        "{events}"
+    );
+    daemon.stop(&bed.client);
+}
+
+#[test]
+fn a_flapping_link_leaks_nothing_and_the_connection_survives() {
+    let bed = bed();
+    let daemon = Daemon::start(
+        &bed.client,
+        Config {
+            health: Some(health()),
+            ..Config::default()
+        },
+    );
+    wait_until("both endpoints exist", Duration::from_secs(10), || {
+        both_endpoints(&bed.client)
+    });
+    let flaps = 10;
+    let half = Duration::from_millis(1500);
+    let transfer = Transfer::start(
+        &bed.client,
+        &bed.server,
+        SERVER,
+        Proto::Mptcp,
+        half * 2 * flaps + Duration::from_secs(3),
+    )
+    .unwrap();
+    for i in 0..flaps {
+        let fault = if i % 2 == 0 {
+            Fault::Silent
+        } else {
+            Fault::Carrier
+        };
+        fault.begin(&bed.links[1]);
+        thread::sleep(half);
+        fault.end(&bed.links[1]);
+        thread::sleep(half);
+    }
+    let report = transfer.wait().unwrap();
+    assert!(report.intact(), "{report:?}");
+    let events = daemon.events();
+    wait_until("link 1 is back in use", Duration::from_secs(10), || {
+        both_endpoints(&bed.client)
+    });
+    // What the kernel shows is what the daemon made: one endpoint per
+    // link, nothing twice.
+    let shown = endpoints(&bed.client);
+    assert_eq!(shown.lines().count(), 2, "{shown}\nevents:\n{events}");
+    let rules = bed.client.ip(&["rule", "show"]).unwrap();
+    assert_eq!(rules.matches("lookup 70").count(), 2, "{rules}");
+    let routes = bed.client.ip(&["route", "show", "table", "all"]).unwrap();
+    assert_eq!(routes.matches("table 70").count(), 4, "{routes}");
+    let downs = events.matches("-> down").count() + events.matches("-> no-carrier").count();
+    assert!(downs >= 5, "few flaps seen:\n{events}");
+    eprintln!(
+        "flapping: {flaps} flaps, {downs} seen as down; {} bytes intact",
+        report.received_bytes
+    );
+    daemon.stop(&bed.client);
+}
