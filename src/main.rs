@@ -7,6 +7,7 @@ mod alerts;
 mod demo;
 mod endpoint;
 mod failure;
+mod links;
 mod logging;
 mod metrics;
 mod monitor;

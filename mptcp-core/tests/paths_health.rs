@@ -384,7 +384,7 @@ fn check_recovery(fault: Fault, tracked: Outage, alone: Outage) {
         config.interval,
         "",
         "tracked",
-        "kernel alone",
+        "no probes",
         "detection",
         secs(detection),
         "-",
