@@ -2,11 +2,12 @@
 //! each link (state, role, probe RTT and loss), from the state file it
 //! writes (`MPTCP_LINKS_FILE` or /run/mptcp/links).
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use mptcp_core::paths::{DEFAULT_STATE_FILE, LinkStatus, read_state};
+use mptcp_core::paths::{DEFAULT_STATE_FILE, LinkState, LinkStatus, read_state};
 
 /// The state file `paths auto` writes by default (same variable as its
 /// `--state-file`).
@@ -27,9 +28,9 @@ fn age(since: SystemTime) -> String {
 }
 
 fn row(link: &LinkStatus) -> String {
-    let rtt = link
-        .rtt
-        .map_or("-".to_owned(), |r| format!("{:.1}ms", r.as_secs_f64() * 1e3));
+    let rtt = link.rtt.map_or("-".to_owned(), |r| {
+        format!("{:.1}ms", r.as_secs_f64() * 1e3)
+    });
     let addr = link.addr.map_or("-".to_owned(), |a| a.to_string());
     format!(
         "  {:<12} {:<10} {:<7} {:<26} {:>8} {:>6.1}% {:>8}",
@@ -70,6 +71,36 @@ pub fn print_section(out: &mut impl Write) -> io::Result<()> {
     Ok(())
 }
 
+/// Follows the state file for `mptcp monitor`: the links whose state
+/// changed since the last look.
+#[derive(Default)]
+pub struct LinkWatch {
+    seen: HashMap<String, LinkState>,
+}
+
+impl LinkWatch {
+    /// A watch that takes the links as they are now as seen (so only
+    /// changes from here on show).
+    pub fn start() -> LinkWatch {
+        let mut watch = LinkWatch::default();
+        watch.changes();
+        watch
+    }
+
+    /// The links whose state changed, and those that appeared. A missing
+    /// or unreadable file has no links (`paths auto` is not running).
+    pub fn changes(&mut self) -> Vec<LinkStatus> {
+        let links = read_state(&state_file()).unwrap_or_default();
+        let changed = links
+            .iter()
+            .filter(|l| self.seen.get(&l.ifname) != Some(&l.state))
+            .cloned()
+            .collect();
+        self.seen = links.into_iter().map(|l| (l.ifname, l.state)).collect();
+        changed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,7 +120,15 @@ mod tests {
             since: SystemTime::now() - Duration::from_secs(125),
         };
         let row = row(&link);
-        for part in ["wan1", "down", "backup", "198.18.1.1", "1.2ms", "100.0%", "2m05s"] {
+        for part in [
+            "wan1",
+            "down",
+            "backup",
+            "198.18.1.1",
+            "1.2ms",
+            "100.0%",
+            "2m05s",
+        ] {
             assert!(row.contains(part), "{part} missing in {row:?}");
         }
     }

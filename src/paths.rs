@@ -149,7 +149,9 @@ fn count(value: u32, what: &str) -> Result<u32, Failure> {
     if (1..=100).contains(&value) {
         Ok(value)
     } else {
-        Err(Failure::usage(format!("{what} {value}: give a count from 1 to 100")))
+        Err(Failure::usage(format!(
+            "{what} {value}: give a count from 1 to 100"
+        )))
     }
 }
 
@@ -174,12 +176,22 @@ fn health(args: &AutoArgs, file: &FileProbe) -> Result<Option<HealthConfig>, Fai
     } else {
         args.probe.clone()
     };
-    let tuned = [args.probe_interval, args.probe_timeout, file.interval, file.timeout]
+    let tuned = [
+        args.probe_interval,
+        args.probe_timeout,
+        file.interval,
+        file.timeout,
+    ]
+    .iter()
+    .any(Option::is_some)
+        || [
+            args.down_after,
+            args.up_after,
+            file.down_after,
+            file.up_after,
+        ]
         .iter()
-        .any(Option::is_some)
-        || [args.down_after, args.up_after, file.down_after, file.up_after]
-            .iter()
-            .any(Option::is_some);
+        .any(Option::is_some);
     if targets.is_empty() {
         return if tuned {
             Err(Failure::usage(

@@ -33,14 +33,14 @@ impl Drop for Scratch {
 }
 
 /// `mptcp ARGS` in `host`, its output appended to `log`.
-fn paths_auto(host: &Host, log: &Path, args: &[&str]) -> Daemon {
+fn mptcp_daemon(host: &Host, log: &Path, args: &[&str], state_file: &Path) -> Daemon {
     let mut cmd = host.command("sh");
     cmd.arg("-c")
         .arg(format!("exec \"$0\" \"$@\" >>'{}' 2>&1", log.display()))
         .arg(MPTCP)
-        .args(["paths", "auto"])
         .args(args)
-        .env("NO_COLOR", "1");
+        .env("NO_COLOR", "1")
+        .env("MPTCP_LINKS_FILE", state_file);
     Daemon::spawn(&mut cmd).unwrap()
 }
 
@@ -52,7 +52,10 @@ fn wait_for_line(log: &Path, needle: &str) {
         if text.lines().any(|l| l.contains(needle)) {
             return;
         }
-        assert!(Instant::now() < deadline, "no line with {needle:?}:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "no line with {needle:?}:\n{text}"
+        );
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -101,11 +104,11 @@ fn paths_auto_probes_links_takes_a_silent_one_out_and_status_shows_it() {
     )
     .unwrap();
     let config = config.to_str().unwrap();
-    let state_arg = state.to_str().unwrap();
-    let daemon = paths_auto(
+    let daemon = mptcp_daemon(
         &client,
         &log,
-        &["--config", config, "--down-after", "2", "--state-file", state_arg],
+        &["paths", "auto", "--config", config, "--down-after", "2"],
+        &state,
     );
     wait_for_line(&log, "link eth0 probing -> up");
     wait_for_line(&log, "link eth1 probing -> up");
@@ -119,8 +122,13 @@ fn paths_auto_probes_links_takes_a_silent_one_out_and_status_shows_it() {
     assert!(link_row(&shown, "eth0").contains(" up "), "{shown}");
     assert!(link_row(&shown, "eth1").contains(" backup "), "{shown}");
 
+    let monitor_log = scratch.path("monitor");
+    let _monitor = mptcp_daemon(&client, &monitor_log, &["monitor", "--json"], &state);
+    wait_for_line(&monitor_log, "listening for MPTCP events");
     links[1].blackhole().unwrap();
     wait_for_line(&log, "link eth1 up -> down: 2 probes lost in a row");
+    wait_for_line(&monitor_log, r#""link":"eth1","local":"198.18.1.1""#);
+    wait_for_line(&monitor_log, r#""state":"down""#);
     wait_for_line(&log, "ip mptcp endpoint delete id 2 # 198.18.1.1");
     assert!(!endpoints(&client).contains("198.18.1.1"));
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -178,13 +186,26 @@ fn paths_auto_refuses_bad_probe_settings_with_the_reason() {
     let host = Host::new("links-bad").unwrap();
     let scratch = Scratch::new("bad");
     let config = scratch.path("paths.toml");
-    std::fs::write(&config, "[probe]\ntargets = [\"198.18.0.2:9\"]\nintervall = 1\n").unwrap();
+    std::fs::write(
+        &config,
+        "[probe]\ntargets = [\"198.18.0.2:9\"]\nintervall = 1\n",
+    )
+    .unwrap();
     let config = config.to_str().unwrap();
     for (args, reason) in [
         (&["--probe-interval", "0.5"][..], "without a target"),
-        (&["--probe", "198.18.0.2:9", "--probe-interval", "0"], "give seconds"),
-        (&["--probe", "198.18.0.2:9", "--down-after", "0"], "give a count"),
-        (&["--role", "eth1=primary"], "expected active, backup or off"),
+        (
+            &["--probe", "198.18.0.2:9", "--probe-interval", "0"],
+            "give seconds",
+        ),
+        (
+            &["--probe", "198.18.0.2:9", "--down-after", "0"],
+            "give a count",
+        ),
+        (
+            &["--role", "eth1=primary"],
+            "expected active, backup or off",
+        ),
         (&["--role", "=backup"], "glob is empty"),
         (&["--config", config], "intervall"),
     ] {
@@ -215,10 +236,21 @@ fn paths_auto_gives_endpoints_to_uplinks_only() {
     let (code, text) = paths_auto_once(&host, &["--dry-run"]);
     assert_eq!(code, Some(0), "{text}");
     assert!(!text.contains("endpoint add"), "{text}");
-    host.ip(&["route", "add", "default", "via", "198.18.7.2", "dev", "wan0"])
-        .unwrap();
+    host.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.7.2",
+        "dev",
+        "wan0",
+    ])
+    .unwrap();
     let (code, text) = paths_auto_once(&host, &["--dry-run"]);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("ip mptcp endpoint add 198.18.7.1 id 1 subflow dev wan0"), "{text}");
+    assert!(
+        text.contains("ip mptcp endpoint add 198.18.7.1 id 1 subflow dev wan0"),
+        "{text}"
+    );
     assert!(!text.contains("endpoint add 198.19.1.1"), "{text}");
 }

@@ -105,10 +105,7 @@ impl Daemon {
                     },
                     |event, now| {
                         if let Some(event) = event {
-                            events
-                                .lock()
-                                .unwrap()
-                                .push((Instant::now(), event.clone()));
+                            events.lock().unwrap().push((Instant::now(), event.clone()));
                         }
                         *links.lock().unwrap() = now.to_vec();
                     },
@@ -153,7 +150,10 @@ impl Daemon {
         let rules = client.ip(&["rule", "show"]).unwrap();
         assert!(!rules.contains("lookup 70"), "rules left behind:\n{rules}");
         let routes = client.ip(&["route", "show", "table", "all"]).unwrap();
-        assert!(!routes.contains("table 70"), "routes left behind:\n{routes}");
+        assert!(
+            !routes.contains("table 70"),
+            "routes left behind:\n{routes}"
+        );
     }
 }
 
@@ -198,7 +198,12 @@ impl Series {
 
     /// Mbit/s received in the window of `len` that ends at `end`, with
     /// `bytes` choosing the counter.
-    fn rate(&self, end: Instant, len: Duration, bytes: impl Fn(&(Instant, u64, [u64; 2])) -> u64) -> f64 {
+    fn rate(
+        &self,
+        end: Instant,
+        len: Duration,
+        bytes: impl Fn(&(Instant, u64, [u64; 2])) -> u64,
+    ) -> f64 {
         let at = |t: Instant| self.points.iter().rev().find(|p| p.0 <= t);
         match (at(end - len), at(end)) {
             (Some(a), Some(b)) if b.0 > a.0 => {
@@ -223,7 +228,10 @@ impl Series {
         let mut out = String::new();
         let mut t = start + Duration::from_secs(1);
         while self.points.last().is_some_and(|p| p.0 >= t) {
-            out.push_str(&format!("{:.0} ", self.rate(t, Duration::from_secs(1), |p| p.1)));
+            out.push_str(&format!(
+                "{:.0} ",
+                self.rate(t, Duration::from_secs(1), |p| p.1)
+            ));
             t += Duration::from_secs(1);
         }
         out
@@ -298,7 +306,8 @@ fn outage(fault: Fault, health: Option<HealthConfig>) -> Outage {
     let fault_at = start + WARMUP;
     let return_at = fault_at + OUTAGE;
     let series = thread::scope(|scope| {
-        let sampler = scope.spawn(|| Series::record(&transfer, &bed.links, start + WARMUP + OUTAGE + AFTER));
+        let sampler =
+            scope.spawn(|| Series::record(&transfer, &bed.links, start + WARMUP + OUTAGE + AFTER));
         thread::sleep(fault_at.saturating_duration_since(Instant::now()));
         fault.begin(&bed.links[1]);
         thread::sleep(return_at.saturating_duration_since(Instant::now()));
@@ -344,10 +353,18 @@ fn check_recovery(fault: Fault, tracked: Outage, alone: Outage) {
     for run in [&tracked, &alone] {
         assert!(run.report.intact(), "{fault:?}: {:?}", run.report);
     }
-    let down = tracked
+    let down = tracked.daemon.changed_at(
+        "eth1",
+        if fault == Fault::Silent {
+            LinkState::Down
+        } else {
+            LinkState::NoCarrier
+        },
+        tracked.fault_at,
+    );
+    let up = tracked
         .daemon
-        .changed_at("eth1", if fault == Fault::Silent { LinkState::Down } else { LinkState::NoCarrier }, tracked.fault_at);
-    let up = tracked.daemon.changed_at("eth1", LinkState::Up, tracked.return_at);
+        .changed_at("eth1", LinkState::Up, tracked.return_at);
     let events = tracked.daemon.events();
     let detection = down.map(|d| d - tracked.fault_at);
     // The configured time, plus a second for a loaded machine's scheduling.
@@ -357,21 +374,18 @@ fn check_recovery(fault: Fault, tracked: Outage, alone: Outage) {
         "{fault:?}: detected after {}, allowed {allowed:?}; events:\n{events}",
         secs(detection)
     );
-    let one_link = tracked.series.rate(
-        tracked.return_at,
-        OUTAGE - Duration::from_secs(3),
-        |p| p.1,
-    );
+    let one_link = tracked
+        .series
+        .rate(tracked.return_at, OUTAGE - Duration::from_secs(3), |p| p.1);
     let recovered = tracked.series.first_reaching(
         1.8 * one_link,
         tracked.return_at,
         tracked.return_at + Duration::from_secs(5),
     );
-    let alone_recovered = alone.series.first_reaching(
-        1.8 * one_link,
-        alone.return_at,
-        alone.return_at + AFTER,
-    );
+    let alone_recovered =
+        alone
+            .series
+            .first_reaching(1.8 * one_link, alone.return_at, alone.return_at + AFTER);
     eprintln!(
         "{fault:?} outage of {OUTAGE:?} on link 1 of 2 x {RATE} Mbit/s, probes every {:?}:\n  \
          {:<28} {:>14} {:>14}\n  \
@@ -407,10 +421,7 @@ fn check_recovery(fault: Fault, tracked: Outage, alone: Outage) {
         tracked.series.timeline(tracked.start)
     );
     let links = tracked.daemon.links.lock().unwrap().clone();
-    assert!(
-        links.iter().all(|l| l.state == LinkState::Up),
-        "{links:#?}"
-    );
+    assert!(links.iter().all(|l| l.state == LinkState::Up), "{links:#?}");
     for run in [tracked, alone] {
         run.daemon.stop(&run.bed.client);
     }

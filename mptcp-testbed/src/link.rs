@@ -281,7 +281,10 @@ impl Link {
         )?;
         link.add_route(
             Side::A,
-            &format!("default via 198.18.{i}.2 dev {dev} metric {}", 100 + u32::from(i)),
+            &format!(
+                "default via 198.18.{i}.2 dev {dev} metric {}",
+                100 + u32::from(i)
+            ),
         )?;
         Ok(link)
     }
@@ -423,10 +426,7 @@ impl Link {
     pub fn restore(&self) -> io::Result<()> {
         for side in [Side::A, Side::B] {
             let (host, dev) = self.end(side);
-            host.exec(
-                "nft",
-                &["delete", "table", "inet", &blackhole_table(dev)],
-            )?;
+            host.exec("nft", &["delete", "table", "inet", &blackhole_table(dev)])?;
         }
         Ok(())
     }
@@ -440,7 +440,10 @@ impl Link {
 
 /// The nftables table of a [`Link::blackhole`] on `dev`.
 fn blackhole_table(dev: &str) -> String {
-    format!("testbed_blackhole_{}", dev.replace(|c: char| !c.is_ascii_alphanumeric(), "_"))
+    format!(
+        "testbed_blackhole_{}",
+        dev.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    )
 }
 
 /// Token bucket parameters for a rate.

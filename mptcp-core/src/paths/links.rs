@@ -21,7 +21,8 @@ use super::health::{LinkRole, LinkState};
 pub const DEFAULT_STATE_FILE: &str = "/run/mptcp/links";
 
 /// The header line of the state file (its first word names the format).
-const HEADER: &str = "#mptcp-links-v1 NAME INDEX STATE ROLE ADDRESS RTT_US LOSS_PERCENT SINCE_UNIX_MS";
+const HEADER: &str =
+    "#mptcp-links-v1 NAME INDEX STATE ROLE ADDRESS RTT_US LOSS_PERCENT SINCE_UNIX_MS";
 
 /// One link as the daemon sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,8 +92,7 @@ impl LinkStatus {
                 .transpose()
                 .map_err(|_| bad("rtt"))?,
             loss_percent: loss.parse().map_err(|_| bad("loss"))?,
-            since: UNIX_EPOCH
-                + Duration::from_millis(since.parse().map_err(|_| bad("time"))?),
+            since: UNIX_EPOCH + Duration::from_millis(since.parse().map_err(|_| bad("time"))?),
         })
     }
 }
@@ -128,7 +128,10 @@ pub fn read_state(path: &Path) -> io::Result<Vec<LinkStatus>> {
     lines
         .map(|line| {
             LinkStatus::from_line(line).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
             })
         })
         .collect()

@@ -48,9 +48,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-pub use self::health::{
-    HealthConfig, LinkHealth, LinkRole, LinkState, ProbeOutcome, Transition,
-};
+pub use self::health::{HealthConfig, LinkHealth, LinkRole, LinkState, ProbeOutcome, Transition};
 pub use self::links::{DEFAULT_STATE_FILE, LinkStatus, read_state, usable_links, write_state};
 pub use self::plan::{
     Action, Config, Interface, Owned, Role, Route, Rule, Snapshot, glob_match, plan, usable_address,
@@ -320,9 +318,7 @@ impl AutoPaths {
                     self.owned.record(action, now.limits);
                     if let (Action::AddEndpoint { endpoint, .. }, Some(health)) =
                         (action, &self.config.health)
-                        && let Some(link) = endpoint
-                            .ifindex
-                            .and_then(|i| self.links.get_mut(&i))
+                        && let Some(link) = endpoint.ifindex.and_then(|i| self.links.get_mut(&i))
                     {
                         link.health.endpoint_added(health, at);
                     }

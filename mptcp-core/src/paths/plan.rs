@@ -782,7 +782,10 @@ mod tests {
             down,
             iface(5, "eth1", &[("169.254.0.5", 16), ("fe80::5", 64)], &[]),
         ]);
-        assert_eq!(plan(&config, &now, &Owned::default(), &NONE_HELD, false), []);
+        assert_eq!(
+            plan(&config, &now, &Owned::default(), &NONE_HELD, false),
+            []
+        );
     }
 
     #[test]
@@ -832,7 +835,13 @@ mod tests {
             iface(2, "lan0", &[("198.19.1.1", 24)], &[]),
             iface(3, "wan1", &[("198.18.5.1", 24)], &[]),
         ]);
-        let actions = plan(&Config::default(), &now, &Owned::default(), &NONE_HELD, false);
+        let actions = plan(
+            &Config::default(),
+            &now,
+            &Owned::default(),
+            &NONE_HELD,
+            false,
+        );
         assert_eq!(endpoint_adds(&actions), Vec::<String>::new());
         let config = Config {
             include: vec!["wan*".into()],
@@ -848,7 +857,13 @@ mod tests {
         let mut ppp = iface(4, "ppp0", &[("198.18.6.1", 32)], &[]);
         ppp.default_v4 = true;
         let now = snapshot(vec![iface(2, "lan0", &[("198.19.1.1", 24)], &[]), ppp]);
-        let actions = plan(&Config::default(), &now, &Owned::default(), &NONE_HELD, false);
+        let actions = plan(
+            &Config::default(),
+            &now,
+            &Owned::default(),
+            &NONE_HELD,
+            false,
+        );
         assert_eq!(
             endpoint_adds(&actions),
             ["ip mptcp endpoint add 198.18.6.1 id 1 subflow dev ppp0"]
