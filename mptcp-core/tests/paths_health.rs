@@ -223,6 +223,16 @@ impl Series {
             .find(|t| self.rate(*t, Duration::from_secs(1), |p| p.1) >= mbit)
     }
 
+    /// When link 1 carried data again after `return_at` (over 2 Mbit/s in
+    /// 200 ms): the subflow is back on the running connection.
+    fn link1_back(&self, return_at: Instant) -> Option<Instant> {
+        self.points
+            .iter()
+            .map(|p| p.0)
+            .filter(|t| *t > return_at + Duration::from_millis(200))
+            .find(|t| self.rate(*t, Duration::from_millis(200), |p| p.2[1]) > 2.0)
+    }
+
     /// Throughput per second across the run, for the log.
     fn timeline(&self, start: Instant) -> String {
         let mut out = String::new();
@@ -264,14 +274,14 @@ impl Fault {
 }
 
 /// One outage run: the transfer, the series, when the fault began and
-/// ended, and when a subflow from link 1 was established again.
+/// ended, and when link 1 carried data again.
 struct Outage {
     report: TransferReport,
     series: Series,
     start: Instant,
     fault_at: Instant,
     return_at: Instant,
-    subflow_back: Option<Instant>,
+    link1_back: Option<Instant>,
     daemon: Daemon,
     bed: Bed,
 }
@@ -312,34 +322,20 @@ fn outage(fault: Fault, health: Option<HealthConfig>) -> Outage {
         fault.begin(&bed.links[1]);
         thread::sleep(return_at.saturating_duration_since(Instant::now()));
         fault.end(&bed.links[1]);
-        let series = sampler.join().unwrap();
-        series
+        sampler.join().unwrap()
     });
-    let subflow_back = None;
     let report = transfer.wait().unwrap();
-    let mut run = Outage {
+    let link1_back = series.link1_back(return_at);
+    Outage {
         report,
         series,
         start,
         fault_at,
         return_at,
-        subflow_back,
+        link1_back,
         daemon,
         bed,
-    };
-    run.subflow_back = first_subflow_data(&run);
-    run
-}
-
-/// When link 1 carried data again after the return (over 2 Mbit/s in
-/// 200 ms): the subflow is back on the running connection.
-fn first_subflow_data(run: &Outage) -> Option<Instant> {
-    run.series
-        .points
-        .iter()
-        .map(|p| p.0)
-        .filter(|t| *t > run.return_at + Duration::from_millis(200))
-        .find(|t| run.series.rate(*t, Duration::from_millis(200), |p| p.2[1]) > 2.0)
+    }
 }
 
 fn secs(d: Option<Duration>) -> String {
@@ -406,8 +402,8 @@ fn check_recovery(fault: Fault, tracked: Outage, alone: Outage) {
         secs(up.map(|u| u - tracked.return_at)),
         "-",
         "link 1 carries data again",
-        secs(tracked.subflow_back.map(|t| t - tracked.return_at)),
-        secs(alone.subflow_back.map(|t| t - alone.return_at)),
+        secs(tracked.link1_back.map(|t| t - tracked.return_at)),
+        secs(alone.link1_back.map(|t| t - alone.return_at)),
         "back at 1.8 x one link",
         secs(recovered.map(|t| t - tracked.return_at)),
         secs(alone_recovered.map(|t| t - alone.return_at)),
