@@ -15,6 +15,10 @@ fn state_file() -> PathBuf {
     std::env::var_os("MPTCP_LINKS_FILE").map_or_else(|| DEFAULT_STATE_FILE.into(), PathBuf::from)
 }
 
+/// How old the state file may be before the section says so (the daemon
+/// rewrites it every 2 s).
+const STALE_SECS: u64 = 10;
+
 /// `1h02m`, `3m05s`, `12s`.
 fn age(since: SystemTime) -> String {
     let secs = SystemTime::now()
@@ -53,9 +57,21 @@ pub fn print_section(out: &mut impl Write) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return writeln!(out, "\nlinks: cannot read {}: {e}", path.display()),
     };
+    // The daemon rewrites the file every few seconds: an old one was left
+    // by a daemon that was killed.
+    let age_secs = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map_or(0, |d| d.as_secs());
+    let stale = if age_secs > STALE_SECS {
+        format!(", not updated for {age_secs} s: is it still running?")
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "\nLinks (mptcp paths auto, {}):\n  {:<12} {:<10} {:<7} {:<26} {:>8} {:>7} {:>8}",
+        "\nLinks (mptcp paths auto, {}{stale}):\n  {:<12} {:<10} {:<7} {:<26} {:>8} {:>7} {:>8}",
         path.display(),
         "LINK",
         "STATE",

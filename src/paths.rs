@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use mptcp_core::paths::{
-    AutoPaths, Config, DEFAULT_STATE_FILE, HealthConfig, LinkEvent, LinkRole, LinkStatus, Role,
-    write_state,
+    AutoPaths, Config, DEFAULT_STATE_FILE, HealthConfig, LinkRole, LinkStatus, Role, write_state,
 };
 use mptcp_core::pm::EndpointFlags;
 use serde::Deserialize;
@@ -289,11 +288,6 @@ impl StateFile {
     }
 }
 
-/// Prints a link change as a line of its own (the engine logs it too).
-fn print_event(event: &LinkEvent) {
-    println!("{event}");
-}
-
 /// `mptcp paths ...`.
 pub fn run(command: PathsCommand) -> CmdResult {
     let PathsCommand::Auto(args) = command;
@@ -344,10 +338,8 @@ pub fn run(command: PathsCommand) -> CmdResult {
                 denied.get_or_insert_with(|| action.to_string());
             }
         },
-        |event, links| {
-            if let Some(event) = event {
-                print_event(event);
-            }
+        // The engine logs each link change (warn when a link goes out of use).
+        |_, links| {
             // Denied (stopping): writing would only fail the same way.
             if !STOP.load(Ordering::Relaxed) {
                 state.write(links);
