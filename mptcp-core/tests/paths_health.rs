@@ -389,8 +389,8 @@ fn check_recovery(fault: Fault, tracked: Outage, alone: Outage) {
          {:<28} {:>14} {:>14}\n  \
          {:<28} {:>14} {:>14}\n  \
          {:<28} {:>14} {:>14}\n  \
-         throughput per second, tracked: {}\n  \
-         throughput per second, alone:   {}",
+         throughput per second, tracked:   {}\n  \
+         throughput per second, no probes: {}",
         config.interval,
         "",
         "tracked",

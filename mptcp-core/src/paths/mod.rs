@@ -419,11 +419,15 @@ impl AutoPaths {
         let at = Instant::now();
         let mut until = at + STOP_POLL;
         if let Some(health) = &self.config.health {
+            // A link whose round is still in flight waits for it (the
+            // prober's deadline), not for its next round.
             let deadlines = self
                 .links
-                .values()
-                .filter(|l| l.health.state() != LinkState::NoCarrier)
-                .map(|l| l.next_round)
+                .iter()
+                .filter(|(i, l)| {
+                    l.health.state() != LinkState::NoCarrier && !self.prober.in_flight(**i)
+                })
+                .map(|(_, l)| l.next_round)
                 .chain(self.links.values().filter_map(|l| l.health.next_deadline()))
                 .chain(self.prober.next_deadline(health.timeout));
             until = deadlines.fold(until, Instant::min);
