@@ -6,6 +6,7 @@
 //! without probes (what the kernel does alone) and print both side by side.
 
 use std::{
+    io::{Read, Write},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex,
@@ -79,6 +80,8 @@ struct Daemon {
     events: Arc<Mutex<Vec<(Instant, LinkEvent)>>>,
     links: Arc<Mutex<Vec<LinkStatus>>>,
     failures: Arc<Mutex<Vec<String>>>,
+    /// Every action done, as its `ip` command.
+    actions: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
 impl Daemon {
@@ -87,21 +90,25 @@ impl Daemon {
         let events = Arc::new(Mutex::new(Vec::new()));
         let links = Arc::new(Mutex::new(Vec::new()));
         let failures = Arc::new(Mutex::new(Vec::new()));
+        let actions = Arc::new(Mutex::new(Vec::new()));
         let thread = {
-            let (stop, events, links, failures) = (
+            let (stop, events, links, failures, actions) = (
                 Arc::clone(&stop),
                 Arc::clone(&events),
                 Arc::clone(&links),
                 Arc::clone(&failures),
+                Arc::clone(&actions),
             );
             client.spawn(move || {
                 let mut paths = AutoPaths::new(config)?;
                 paths.run_observed(
                     &stop,
-                    |action, error| {
-                        if let Some(e) = error {
-                            failures.lock().unwrap().push(format!("{action}: {e}"));
-                        }
+                    |action, error| match error {
+                        Some(e) => failures.lock().unwrap().push(format!("{action}: {e}")),
+                        None => actions
+                            .lock()
+                            .unwrap()
+                            .push((Instant::now(), action.to_string())),
                     },
                     |event, now| {
                         if let Some(event) = event {
@@ -118,7 +125,19 @@ impl Daemon {
             events,
             links,
             failures,
+            actions,
         }
+    }
+
+    /// The actions done at or after `after` whose command starts with `prefix`.
+    fn actions_since(&self, after: Instant, prefix: &str) -> Vec<Instant> {
+        self.actions
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, a)| *at >= after && a.starts_with(prefix))
+            .map(|(at, _)| *at)
+            .collect()
     }
 
     /// When `ifname` first went to `to` at or after `after`.
@@ -594,5 +613,120 @@ fn a_flapping_link_leaks_nothing_and_the_connection_survives() {
         "flapping: {flaps} flaps, {downs} seen as down; {} bytes intact",
         report.received_bytes
     );
+    daemon.stop(&bed.client);
+}
+
+/// The client's established subflows from `addr` on the connection to `port`.
+fn subflows_to_port(client: &Host, port: u16, addr: Ipv4Addr) -> usize {
+    client
+        .run(diag::connections)
+        .unwrap()
+        .iter()
+        .filter(|c| c.remote.port() == port)
+        .flat_map(|c| &c.subflows)
+        .filter(|sf| sf.local.ip() == IpAddr::V4(addr) && sf.state == 1)
+        .count()
+}
+
+/// An idle connection (the relay's spare session, a quiet SSH login) loses
+/// its subflow with the link and gets it back once the link answers; when
+/// the server refuses the join at first, the daemon sees the subflow
+/// missing, takes the endpoint out and adds it again after its backoff.
+#[test]
+fn an_idle_connection_gets_its_subflow_back_and_a_refused_join_is_retried() {
+    let bed = bed();
+    let config = health();
+    let daemon = Daemon::start(
+        &bed.client,
+        Config {
+            health: Some(config.clone()),
+            ..Config::default()
+        },
+    );
+    wait_until("both endpoints exist", Duration::from_secs(10), || {
+        both_endpoints(&bed.client)
+    });
+    let bind = SocketAddr::new(IpAddr::V4(SERVER), 0);
+    let listener = bed
+        .server
+        .run(|| mptcp_testbed::transfer::listen(Proto::Mptcp, bind))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let target = SocketAddr::new(IpAddr::V4(SERVER), port);
+    let idle = bed
+        .client
+        .run(|| mptcp_testbed::transfer::connect(Proto::Mptcp, target))
+        .unwrap();
+    let (mut accepted, _) = listener.accept().unwrap();
+    // One exchange makes the connection fully established (the path
+    // manager opens subflows only then); it stays idle afterwards.
+    (&idle).write_all(b"x").unwrap();
+    let mut byte = [0u8];
+    accepted.read_exact(&mut byte).unwrap();
+    let link1 = Ipv4Addr::new(198, 18, 1, 1);
+    wait_until(
+        "the idle connection has two subflows",
+        Duration::from_secs(5),
+        || subflows_to_port(&bed.client, port, link1) == 1,
+    );
+
+    let fault_at = Instant::now();
+    bed.links[1].blackhole().unwrap();
+    wait_until(
+        "link 1 is out of use",
+        config.detection_time() + Duration::from_secs(2),
+        || {
+            daemon
+                .changed_at("eth1", LinkState::Down, fault_at)
+                .is_some()
+        },
+    );
+    wait_until(
+        "the idle connection's subflow on link 1 is closed",
+        Duration::from_secs(5),
+        || subflows_to_port(&bed.client, port, link1) == 0,
+    );
+    // The server takes no more subflows for a while.
+    bed.server
+        .ip(&["mptcp", "limits", "set", "subflows", "0"])
+        .unwrap();
+    let return_at = Instant::now();
+    bed.links[1].restore().unwrap();
+    let retry_limit =
+        config.up_after * config.interval + config.verify_after + Duration::from_secs(3);
+    wait_until("the daemon retries the endpoint", retry_limit, || {
+        daemon
+            .actions_since(return_at, "ip mptcp endpoint delete id")
+            .len()
+            == 1
+    });
+    assert_eq!(
+        subflows_to_port(&bed.client, port, link1),
+        0,
+        "the join was refused"
+    );
+    bed.server
+        .ip(&["mptcp", "limits", "set", "subflows", "2"])
+        .unwrap();
+    let allowed_at = Instant::now();
+    wait_until(
+        "the idle connection has its subflow on link 1 again",
+        config.backoff * 2 + Duration::from_secs(3),
+        || subflows_to_port(&bed.client, port, link1) == 1,
+    );
+    let adds = daemon.actions_since(return_at, "ip mptcp endpoint add 198.18.1.1");
+    assert_eq!(
+        adds.len(),
+        2,
+        "added on the return and once more after the backoff"
+    );
+    eprintln!(
+        "idle connection: subflow on link 1 back {:.2} s after the server allowed it again; \
+         endpoint re-added {:.2} s after the link returned, retried {:.2} s after that",
+        allowed_at.elapsed().as_secs_f64(),
+        (adds[0] - return_at).as_secs_f64(),
+        (adds[1] - adds[0]).as_secs_f64(),
+    );
+    drop((idle, accepted));
     daemon.stop(&bed.client);
 }
