@@ -246,7 +246,9 @@ fn paths_auto_gives_endpoints_to_uplinks_only() {
         "wan0",
     ])
     .unwrap();
-    let (code, text) = paths_auto_once(&host, &["--dry-run"]);
+    // With probes too: a dry run sends none and prints what a link that
+    // answers gets.
+    let (code, text) = paths_auto_once(&host, &["--dry-run", "--probe", "198.18.7.2:9"]);
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("ip mptcp endpoint add 198.18.7.1 id 1 subflow dev wan0"),

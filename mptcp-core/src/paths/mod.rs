@@ -239,9 +239,10 @@ impl AutoPaths {
         }
     }
 
-    /// The links whose endpoints must be out of use now.
+    /// The links whose endpoints must be out of use now. A dry run sends
+    /// no probes and prints what a working link gets.
     fn held(&self, at: Instant) -> BTreeSet<u32> {
-        if self.config.health.is_none() {
+        if self.config.health.is_none() || self.config.dry_run {
             return BTreeSet::new();
         }
         self.links
