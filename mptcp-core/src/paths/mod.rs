@@ -546,9 +546,10 @@ impl AutoPaths {
 
     /// The tokens of the connections that should have a subflow from
     /// `addr` but have none: established MPTCP connections this host opened
-    /// from one of its endpoints' addresses, with room for another subflow.
-    /// On a server (its endpoints only announce), the peers open subflows
-    /// and nothing is checked.
+    /// (from an ephemeral port, so not the ones it accepted, whose peers
+    /// open the subflows) from one of its endpoints' addresses, with room
+    /// for another subflow. On a server (its endpoints only announce),
+    /// nothing is checked.
     fn connections_missing_subflow(&mut self, addr: IpAddr) -> Vec<u32> {
         const TCP_ESTABLISHED: u8 = 1;
         let ours = self.owned.endpoints.get(&addr);
@@ -563,15 +564,30 @@ impl AutoPaths {
                 return Vec::new();
             }
         };
+        let ephemeral = ephemeral_ports();
         connections
             .iter()
             .filter(|c| c.state == TCP_ESTABLISHED && !c.fallback)
+            .filter(|c| ephemeral.contains(&c.local.port()))
             .filter(|c| self.owned.endpoints.contains_key(&c.local.ip()) || c.local.ip() == addr)
             .filter(|c| u32::from(c.extra_subflows) < limit)
             .filter(|c| !c.subflows.iter().any(|sf| sf.local.ip() == addr))
             .map(|c| c.token)
             .collect()
     }
+}
+
+/// The local ports of the connections this host opens
+/// (`net.ipv4.ip_local_port_range`, which IPv6 shares), or every port when
+/// it cannot be read.
+fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut ports = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some(ports.next()??..=ports.next()??)
+        })
+        .unwrap_or(0..=u16::MAX)
 }
 
 impl Drop for AutoPaths {
