@@ -197,19 +197,40 @@ fn both_endpoints(client: &Host) -> bool {
     shown.contains("198.18.0.1 ") && shown.contains("198.18.1.1 ")
 }
 
-/// Bytes received by the server and sent by the client on each link, over
-/// time.
+/// One sample of a run.
+struct Point {
+    at: Instant,
+    /// Bytes the server received.
+    received: u64,
+    /// Bytes the client sent on each link.
+    link_tx: [u64; 2],
+    /// Idle connections with an established subflow on link 1.
+    idle_on_link1: usize,
+}
+
+/// A run sampled every [`TICK`].
 struct Series {
-    points: Vec<(Instant, u64, [u64; 2])>,
+    points: Vec<Point>,
 }
 
 impl Series {
-    fn record(transfer: &Transfer, links: &[Link], until: Instant) -> Series {
+    fn record(
+        transfer: &Transfer,
+        bed: &Bed,
+        idle: Option<&IdleConnections>,
+        until: Instant,
+    ) -> Series {
         let mut points = Vec::new();
         while Instant::now() < until {
-            let bytes = transfer.meter().sample().bytes;
-            let link_bytes = [0, 1].map(|i| links[i].bytes().map_or(0, |(a_to_b, _)| a_to_b));
-            points.push((Instant::now(), bytes, link_bytes));
+            let received = transfer.meter().sample().bytes;
+            let link_tx = [0, 1].map(|i| bed.links[i].bytes().map_or(0, |(a_to_b, _)| a_to_b));
+            let idle_on_link1 = idle.map_or(0, |idle| idle.on_link1(&bed.client));
+            points.push(Point {
+                at: Instant::now(),
+                received,
+                link_tx,
+                idle_on_link1,
+            });
             thread::sleep(TICK);
         }
         Series { points }
@@ -217,16 +238,11 @@ impl Series {
 
     /// Mbit/s received in the window of `len` that ends at `end`, with
     /// `bytes` choosing the counter.
-    fn rate(
-        &self,
-        end: Instant,
-        len: Duration,
-        bytes: impl Fn(&(Instant, u64, [u64; 2])) -> u64,
-    ) -> f64 {
-        let at = |t: Instant| self.points.iter().rev().find(|p| p.0 <= t);
+    fn rate(&self, end: Instant, len: Duration, bytes: impl Fn(&Point) -> u64) -> f64 {
+        let at = |t: Instant| self.points.iter().rev().find(|p| p.at <= t);
         match (at(end - len), at(end)) {
-            (Some(a), Some(b)) if b.0 > a.0 => {
-                (bytes(b) - bytes(a)) as f64 * 8.0 / 1e6 / (b.0 - a.0).as_secs_f64()
+            (Some(a), Some(b)) if b.at > a.at => {
+                (bytes(b) - bytes(a)) as f64 * 8.0 / 1e6 / (b.at - a.at).as_secs_f64()
             }
             _ => 0.0,
         }
@@ -237,9 +253,9 @@ impl Series {
     fn first_reaching(&self, mbit: f64, from: Instant, to: Instant) -> Option<Instant> {
         self.points
             .iter()
-            .map(|p| p.0)
+            .map(|p| p.at)
             .filter(|t| *t >= from && *t <= to)
-            .find(|t| self.rate(*t, Duration::from_secs(1), |p| p.1) >= mbit)
+            .find(|t| self.rate(*t, Duration::from_secs(1), |p| p.received) >= mbit)
     }
 
     /// When link 1 carried data again after `return_at` (over 2 Mbit/s in
@@ -247,19 +263,19 @@ impl Series {
     fn link1_back(&self, return_at: Instant) -> Option<Instant> {
         self.points
             .iter()
-            .map(|p| p.0)
+            .map(|p| p.at)
             .filter(|t| *t > return_at + Duration::from_millis(200))
-            .find(|t| self.rate(*t, Duration::from_millis(200), |p| p.2[1]) > 2.0)
+            .find(|t| self.rate(*t, Duration::from_millis(200), |p| p.link_tx[1]) > 2.0)
     }
 
     /// Throughput per second across the run, for the log.
     fn timeline(&self, start: Instant) -> String {
         let mut out = String::new();
         let mut t = start + Duration::from_secs(1);
-        while self.points.last().is_some_and(|p| p.0 >= t) {
+        while self.points.last().is_some_and(|p| p.at >= t) {
             out.push_str(&format!(
                 "{:.0} ",
-                self.rate(t, Duration::from_secs(1), |p| p.1)
+                self.rate(t, Duration::from_secs(1), |p| p.received)
             ));
             t += Duration::from_secs(1);
         }
@@ -301,6 +317,10 @@ struct Outage {
     fault_at: Instant,
     return_at: Instant,
     link1_back: Option<Instant>,
+    /// When every idle connection had its subflow on link 1 again.
+    idle_back: Option<Instant>,
+    /// Whether an idle connection lost that subflow at all.
+    idle_lost: bool,
     daemon: Daemon,
     bed: Bed,
 }
@@ -308,6 +328,70 @@ struct Outage {
 const WARMUP: Duration = Duration::from_secs(3);
 const OUTAGE: Duration = Duration::from_secs(10);
 const AFTER: Duration = Duration::from_secs(7);
+/// Idle connections beside the transfer in an outage run.
+const IDLE: usize = 3;
+
+/// MPTCP connections from the client to the server that carry one byte
+/// (the path manager opens subflows only once a connection is fully
+/// established), then stay idle: the relay's spare sessions, a quiet SSH
+/// login.
+struct IdleConnections {
+    port: u16,
+    _pairs: Vec<(std::net::TcpStream, std::net::TcpStream)>,
+    /// Kept open: the server takes joins (new subflows) through it.
+    _listener: std::net::TcpListener,
+}
+
+impl IdleConnections {
+    fn open(bed: &Bed, n: usize) -> IdleConnections {
+        let bind = SocketAddr::new(IpAddr::V4(SERVER), 0);
+        let listener = bed
+            .server
+            .run(|| mptcp_testbed::transfer::listen(Proto::Mptcp, bind))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = SocketAddr::new(IpAddr::V4(SERVER), port);
+        let pairs = (0..n)
+            .map(|_| {
+                let client = bed
+                    .client
+                    .run(|| mptcp_testbed::transfer::connect(Proto::Mptcp, target))
+                    .unwrap();
+                let (mut server, _) = listener.accept().unwrap();
+                (&client).write_all(b"x").unwrap();
+                server.read_exact(&mut [0u8]).unwrap();
+                (client, server)
+            })
+            .collect();
+        let idle = IdleConnections {
+            port,
+            _pairs: pairs,
+            _listener: listener,
+        };
+        wait_until(
+            "the idle connections have their subflows",
+            Duration::from_secs(5),
+            || idle.on_link1(&bed.client) == n,
+        );
+        idle
+    }
+
+    /// How many have an established subflow from the client's link 1.
+    fn on_link1(&self, client: &Host) -> usize {
+        let link1 = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1));
+        client
+            .run(diag::connections)
+            .unwrap()
+            .iter()
+            .filter(|c| c.remote.port() == self.port)
+            .filter(|c| {
+                c.subflows
+                    .iter()
+                    .any(|sf| sf.local.ip() == link1 && sf.state == 1)
+            })
+            .count()
+    }
+}
 
 /// Link 1 fails with `fault` for [`OUTAGE`] in the middle of a transfer,
 /// with automatic paths probing (`health`) or following carriers only.
@@ -323,6 +407,7 @@ fn outage(fault: Fault, health: Option<HealthConfig>) -> Outage {
     wait_until("both endpoints exist", Duration::from_secs(10), || {
         both_endpoints(&bed.client)
     });
+    let idle = IdleConnections::open(&bed, IDLE);
     let transfer = Transfer::start(
         &bed.client,
         &bed.server,
@@ -335,8 +420,14 @@ fn outage(fault: Fault, health: Option<HealthConfig>) -> Outage {
     let fault_at = start + WARMUP;
     let return_at = fault_at + OUTAGE;
     let series = thread::scope(|scope| {
-        let sampler =
-            scope.spawn(|| Series::record(&transfer, &bed.links, start + WARMUP + OUTAGE + AFTER));
+        let sampler = scope.spawn(|| {
+            Series::record(
+                &transfer,
+                &bed,
+                Some(&idle),
+                start + WARMUP + OUTAGE + AFTER,
+            )
+        });
         thread::sleep(fault_at.saturating_duration_since(Instant::now()));
         fault.begin(&bed.links[1]);
         thread::sleep(return_at.saturating_duration_since(Instant::now()));
@@ -345,7 +436,18 @@ fn outage(fault: Fault, health: Option<HealthConfig>) -> Outage {
     });
     let report = transfer.wait().unwrap();
     let link1_back = series.link1_back(return_at);
+    let idle_back = series
+        .points
+        .iter()
+        .find(|p| p.at > return_at && p.idle_on_link1 == IDLE)
+        .map(|p| p.at);
+    let idle_lost = series
+        .points
+        .iter()
+        .any(|p| p.at > fault_at && p.idle_on_link1 < IDLE);
     Outage {
+        idle_back,
+        idle_lost,
         report,
         series,
         start,
@@ -354,6 +456,15 @@ fn outage(fault: Fault, health: Option<HealthConfig>) -> Outage {
         link1_back,
         daemon,
         bed,
+    }
+}
+
+/// When the idle connections had link 1 again, or that they never lost it.
+fn idle_figure(run: &Outage) -> String {
+    if run.idle_lost {
+        secs(run.idle_back.map(|t| t - run.return_at))
+    } else {
+        "never lost".into()
     }
 }
 
@@ -391,7 +502,9 @@ fn check_recovery(fault: Fault, tracked: Outage, alone: Outage) {
     );
     let one_link = tracked
         .series
-        .rate(tracked.return_at, OUTAGE - Duration::from_secs(3), |p| p.1);
+        .rate(tracked.return_at, OUTAGE - Duration::from_secs(3), |p| {
+            p.received
+        });
     let recovered = tracked.series.first_reaching(
         1.8 * one_link,
         tracked.return_at,
@@ -403,6 +516,7 @@ fn check_recovery(fault: Fault, tracked: Outage, alone: Outage) {
             .first_reaching(1.8 * one_link, alone.return_at, alone.return_at + AFTER);
     eprintln!(
         "{fault:?} outage of {OUTAGE:?} on link 1 of 2 x {RATE} Mbit/s, probes every {:?}:\n  \
+         {:<28} {:>14} {:>14}\n  \
          {:<28} {:>14} {:>14}\n  \
          {:<28} {:>14} {:>14}\n  \
          {:<28} {:>14} {:>14}\n  \
@@ -426,6 +540,9 @@ fn check_recovery(fault: Fault, tracked: Outage, alone: Outage) {
         "back at 1.8 x one link",
         secs(recovered.map(|t| t - tracked.return_at)),
         secs(alone_recovered.map(|t| t - alone.return_at)),
+        format!("{IDLE} idle conns on link 1"),
+        idle_figure(&tracked),
+        idle_figure(&alone),
         tracked.series.timeline(tracked.start),
         alone.series.timeline(alone.start),
     );
@@ -434,6 +551,14 @@ fn check_recovery(fault: Fault, tracked: Outage, alone: Outage) {
         "{fault:?}: not back at 1.8 x {one_link:.1} Mbit/s within 5 s of the return; \
          timeline {}; events:\n{events}",
         tracked.series.timeline(tracked.start)
+    );
+    // Every connection gets the link back, the idle ones too.
+    assert!(
+        tracked
+            .idle_back
+            .is_some_and(|t| t - tracked.return_at <= Duration::from_secs(5)),
+        "{fault:?}: idle connections on link 1 again: {}; events:\n{events}",
+        idle_figure(&tracked)
     );
     let links = tracked.daemon.links.lock().unwrap().clone();
     assert!(links.iter().all(|l| l.state == LinkState::Up), "{links:#?}");
@@ -498,7 +623,7 @@ fn a_backup_link_carries_traffic_only_while_the_active_one_fails() {
         subflows_from(&bed.client, Ipv4Addr::new(198, 18, 1, 1)) == 1
     });
     let (series, fault_at, return_at) = thread::scope(|scope| {
-        let sampler = scope.spawn(|| Series::record(&transfer, &bed.links, start + phase * 3));
+        let sampler = scope.spawn(|| Series::record(&transfer, &bed, None, start + phase * 3));
         let fault_at = start + phase;
         thread::sleep(fault_at.saturating_duration_since(Instant::now()));
         bed.links[0].blackhole().unwrap();
@@ -511,9 +636,9 @@ fn a_backup_link_carries_traffic_only_while_the_active_one_fails() {
     assert!(report.intact(), "{report:?}");
     let events = daemon.events();
     let share = |from: Instant, to: Instant| {
-        let at = |t: Instant| series.points.iter().rev().find(|p| p.0 <= t).unwrap();
+        let at = |t: Instant| series.points.iter().rev().find(|p| p.at <= t).unwrap();
         let (a, b) = (at(from), at(to));
-        let l: [f64; 2] = [0, 1].map(|i| (b.2[i] - a.2[i]) as f64);
+        let l: [f64; 2] = [0, 1].map(|i| (b.link_tx[i] - a.link_tx[i]) as f64);
         l[1] / (l[0] + l[1]).max(1.0)
     };
     let before = share(start + Duration::from_secs(1), fault_at);
@@ -526,9 +651,11 @@ fn a_backup_link_carries_traffic_only_while_the_active_one_fails() {
     let continued = series
         .points
         .iter()
-        .map(|p| p.0)
+        .map(|p| p.at)
         .filter(|t| *t > fault_at && *t <= fault_at + Duration::from_secs(3))
-        .find(|t| series.rate(*t, Duration::from_millis(500), |p| p.2[1]) > RATE as f64 / 2.0);
+        .find(|t| {
+            series.rate(*t, Duration::from_millis(500), |p| p.link_tx[1]) > RATE as f64 / 2.0
+        });
     assert!(
         continued.is_some(),
         "no traffic on the backup within 3 s; timeline {}; events:\n{events}",
@@ -616,18 +743,6 @@ fn a_flapping_link_leaks_nothing_and_the_connection_survives() {
     daemon.stop(&bed.client);
 }
 
-/// The client's established subflows from `addr` on the connection to `port`.
-fn subflows_to_port(client: &Host, port: u16, addr: Ipv4Addr) -> usize {
-    client
-        .run(diag::connections)
-        .unwrap()
-        .iter()
-        .filter(|c| c.remote.port() == port)
-        .flat_map(|c| &c.subflows)
-        .filter(|sf| sf.local.ip() == IpAddr::V4(addr) && sf.state == 1)
-        .count()
-}
-
 /// An idle connection (the relay's spare session, a quiet SSH login) loses
 /// its subflow with the link and gets it back once the link answers; when
 /// the server refuses the join at first, the daemon sees the subflow
@@ -646,30 +761,7 @@ fn an_idle_connection_gets_its_subflow_back_and_a_refused_join_is_retried() {
     wait_until("both endpoints exist", Duration::from_secs(10), || {
         both_endpoints(&bed.client)
     });
-    let bind = SocketAddr::new(IpAddr::V4(SERVER), 0);
-    let listener = bed
-        .server
-        .run(|| mptcp_testbed::transfer::listen(Proto::Mptcp, bind))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let target = SocketAddr::new(IpAddr::V4(SERVER), port);
-    let idle = bed
-        .client
-        .run(|| mptcp_testbed::transfer::connect(Proto::Mptcp, target))
-        .unwrap();
-    let (mut accepted, _) = listener.accept().unwrap();
-    // One exchange makes the connection fully established (the path
-    // manager opens subflows only then); it stays idle afterwards.
-    (&idle).write_all(b"x").unwrap();
-    let mut byte = [0u8];
-    accepted.read_exact(&mut byte).unwrap();
-    let link1 = Ipv4Addr::new(198, 18, 1, 1);
-    wait_until(
-        "the idle connection has two subflows",
-        Duration::from_secs(5),
-        || subflows_to_port(&bed.client, port, link1) == 1,
-    );
-
+    let idle = IdleConnections::open(&bed, 1);
     let fault_at = Instant::now();
     bed.links[1].blackhole().unwrap();
     wait_until(
@@ -684,7 +776,7 @@ fn an_idle_connection_gets_its_subflow_back_and_a_refused_join_is_retried() {
     wait_until(
         "the idle connection's subflow on link 1 is closed",
         Duration::from_secs(5),
-        || subflows_to_port(&bed.client, port, link1) == 0,
+        || idle.on_link1(&bed.client) == 0,
     );
     // The server takes no more subflows for a while.
     bed.server
@@ -700,11 +792,7 @@ fn an_idle_connection_gets_its_subflow_back_and_a_refused_join_is_retried() {
             .len()
             == 1
     });
-    assert_eq!(
-        subflows_to_port(&bed.client, port, link1),
-        0,
-        "the join was refused"
-    );
+    assert_eq!(idle.on_link1(&bed.client), 0, "the join was refused");
     bed.server
         .ip(&["mptcp", "limits", "set", "subflows", "2"])
         .unwrap();
@@ -712,7 +800,7 @@ fn an_idle_connection_gets_its_subflow_back_and_a_refused_join_is_retried() {
     wait_until(
         "the idle connection has its subflow on link 1 again",
         config.backoff * 2 + Duration::from_secs(3),
-        || subflows_to_port(&bed.client, port, link1) == 1,
+        || idle.on_link1(&bed.client) == 1,
     );
     let adds = daemon.actions_since(return_at, "ip mptcp endpoint add 198.18.1.1");
     assert_eq!(
@@ -727,6 +815,5 @@ fn an_idle_connection_gets_its_subflow_back_and_a_refused_join_is_retried() {
         (adds[0] - return_at).as_secs_f64(),
         (adds[1] - adds[0]).as_secs_f64(),
     );
-    drop((idle, accepted));
     daemon.stop(&bed.client);
 }
