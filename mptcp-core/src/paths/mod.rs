@@ -74,7 +74,8 @@ const STATUS_REFRESH: Duration = Duration::from_secs(2);
 struct Tracked {
     ifname: String,
     role: LinkRole,
-    /// The address its probes leave from (its first usable one).
+    /// The address its probes leave from (its first usable one of a
+    /// family the probe targets have).
     addr: Option<IpAddr>,
     health: LinkHealth,
     since: SystemTime,
@@ -177,13 +178,10 @@ impl AutoPaths {
     /// address has a carrier here).
     fn track_links(&mut self, now: &Snapshot, at: Instant) {
         let probing = self.config.health.is_some();
+        let targets = self.config.health.as_ref().map(|h| h.targets.clone());
         let mut seen = BTreeSet::new();
         for iface in now.interfaces.iter().filter(|i| self.config.manages(i)) {
-            let addr = iface
-                .addrs
-                .iter()
-                .map(|(a, _)| *a)
-                .find(|a| usable_address(*a));
+            let addr = probe_address(iface, targets.as_deref().unwrap_or_default());
             let carrier = iface.up && addr.is_some();
             seen.insert(iface.index);
             let link = self.links.entry(iface.index).or_insert_with(|| {
@@ -577,6 +575,21 @@ impl AutoPaths {
     }
 }
 
+/// The address a link's probes leave from: its first usable one of a
+/// family some target has, else its first usable one.
+fn probe_address(iface: &Interface, targets: &[std::net::SocketAddr]) -> Option<IpAddr> {
+    let usable = || {
+        iface
+            .addrs
+            .iter()
+            .map(|(a, _)| *a)
+            .filter(|a| usable_address(*a))
+    };
+    usable()
+        .find(|a| targets.iter().any(|t| t.is_ipv6() == a.is_ipv6()))
+        .or_else(|| usable().next())
+}
+
 /// The local ports of the connections this host opens
 /// (`net.ipv4.ip_local_port_range`, which IPv6 shares), or every port when
 /// it cannot be read.
@@ -600,5 +613,32 @@ impl Drop for AutoPaths {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_leave_from_an_address_of_a_targets_family() {
+        let iface = Interface {
+            index: 2,
+            name: "wan0".into(),
+            up: true,
+            loopback: false,
+            addrs: ["fe80::1", "2001:db8::1", "198.18.0.1"]
+                .map(|a| (a.parse().unwrap(), 64))
+                .into(),
+            gateways: Vec::new(),
+            default_v4: true,
+            default_v6: true,
+        };
+        let v4 = ["198.18.0.2:9".parse().unwrap()];
+        let v6 = ["[2001:db8::2]:9".parse().unwrap()];
+        let addr = |targets: &[std::net::SocketAddr]| probe_address(&iface, targets).unwrap();
+        assert_eq!(addr(&v4).to_string(), "198.18.0.1");
+        assert_eq!(addr(&v6).to_string(), "2001:db8::1");
+        assert_eq!(addr(&[]).to_string(), "2001:db8::1", "not link-local");
     }
 }
