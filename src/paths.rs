@@ -90,7 +90,8 @@ pub struct AutoArgs {
     #[arg(long, value_name = "GLOB=ROLE", value_parser = parse_role)]
     pub role: Vec<(String, LinkRole)>,
     /// A TOML file with `[probe]` (targets, interval, timeout, down_after,
-    /// up_after) and `[roles]` (GLOB = "ROLE"); flags take precedence
+    /// up_after) and `[roles]` (GLOB = "ROLE", exact names before globs);
+    /// flags take precedence
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where to write the state of the links, for `mptcp status`
@@ -141,7 +142,7 @@ fn seconds(value: f64, what: &str) -> Result<Duration, Failure> {
     Duration::try_from_secs_f64(value)
         .ok()
         .filter(|d| !d.is_zero() && *d <= Duration::from_secs(3600))
-        .ok_or_else(|| Failure::usage(format!("{what} {value}: give seconds from 0.001 to 3600")))
+        .ok_or_else(|| Failure::usage(format!("{what}: {value}: give seconds from 0.001 to 3600")))
 }
 
 fn count(value: u32, what: &str) -> Result<u32, Failure> {
@@ -149,23 +150,26 @@ fn count(value: u32, what: &str) -> Result<u32, Failure> {
         Ok(value)
     } else {
         Err(Failure::usage(format!(
-            "{what} {value}: give a count from 1 to 100"
+            "{what}: {value}: give a count from 1 to 100"
         )))
     }
 }
 
-/// Roles from the flags, then from the file.
+/// Roles from the flags in their order, then from the file, where a table
+/// has no order: the most specific pattern first (names without wildcards,
+/// then longer patterns), so `wan2 = "backup"` wins over `"wan*" = "active"`.
 fn roles(args: &AutoArgs, file: &FileConfig) -> Result<Vec<(String, LinkRole)>, Failure> {
-    let mut roles = args.role.clone();
+    let mut from_file = Vec::new();
     for (glob, role) in &file.roles {
         let role = role
             .as_str()
             .ok_or_else(|| format!("the role of {glob:?} is not a string"))
             .and_then(|r| r.parse())
             .map_err(|e| Failure::usage(format!("[roles] {glob}: {e}")))?;
-        roles.push((glob.clone(), role));
+        from_file.push((glob.clone(), role));
     }
-    Ok(roles)
+    from_file.sort_by_key(|(glob, _)| (glob.contains(['*', '?']), std::cmp::Reverse(glob.len())));
+    Ok(args.role.iter().cloned().chain(from_file).collect())
 }
 
 /// The probes from the flags over the file; none without targets.
@@ -206,16 +210,16 @@ fn health(args: &AutoArgs, file: &FileProbe) -> Result<Option<HealthConfig>, Fai
         ..defaults.clone()
     };
     if let Some(v) = args.probe_interval.or(file.interval) {
-        config.interval = seconds(v, "--probe-interval")?;
+        config.interval = seconds(v, "the probe interval")?;
     }
     if let Some(v) = args.probe_timeout.or(file.timeout) {
-        config.timeout = seconds(v, "--probe-timeout")?;
+        config.timeout = seconds(v, "the probe timeout")?;
     }
     if let Some(v) = args.down_after.or(file.down_after) {
-        config.down_after = count(v, "--down-after")?;
+        config.down_after = count(v, "down after")?;
     }
     if let Some(v) = args.up_after.or(file.up_after) {
-        config.up_after = count(v, "--up-after")?;
+        config.up_after = count(v, "up after")?;
     }
     Ok(Some(config))
 }
@@ -354,5 +358,48 @@ pub fn run(command: PathsCommand) -> CmdResult {
              hint: this needs CAP_NET_ADMIN: run it as root (sudo mptcp ...)"
         ))),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        paths: PathsCommand,
+    }
+
+    fn args(line: &[&str]) -> AutoArgs {
+        let PathsCommand::Auto(args) = Cli::try_parse_from(["mptcp", "auto"].iter().chain(line))
+            .unwrap()
+            .paths;
+        args
+    }
+
+    #[test]
+    fn flags_come_before_the_file_and_the_file_is_most_specific_first() {
+        let file: FileConfig = toml::from_str(
+            "[probe]\ntargets = [\"198.18.0.2:9\"]\ninterval = 0.5\nup_after = 5\n\n\
+             [roles]\n\"wan*\" = \"active\"\n\"wan1?\" = \"off\"\nwan2 = \"backup\"\n",
+        )
+        .unwrap();
+        let args = args(&["--role", "wan2=off", "--up-after", "2"]);
+        let roles = roles(&args, &file).unwrap();
+        let names: Vec<String> = roles.iter().map(|(g, r)| format!("{g}={r}")).collect();
+        assert_eq!(
+            names,
+            ["wan2=off", "wan2=backup", "wan1?=off", "wan*=active"]
+        );
+        let probes = health(&args, &file.probe).unwrap().unwrap();
+        assert_eq!(probes.interval, Duration::from_millis(500));
+        assert_eq!(probes.up_after, 2, "the flag wins");
+        assert_eq!(probes.down_after, HealthConfig::default().down_after);
+        assert_eq!(
+            health(&self::args(&[]), &FileProbe::default()).unwrap(),
+            None
+        );
     }
 }
