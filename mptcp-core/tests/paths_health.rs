@@ -817,3 +817,73 @@ fn an_idle_connection_gets_its_subflow_back_and_a_refused_join_is_retried() {
     );
     daemon.stop(&bed.client);
 }
+
+/// Both links fail silently at once: nothing is left to carry the data.
+/// When they answer again the transfer carries on over both, every byte
+/// intact. The server (the kernel's default limit of 2 subflows) still
+/// counts the dead subflows it never heard closing, so it refuses one of
+/// the new joins at first: the daemon sees the subflow missing and retries
+/// until the server has let go of the dead ones.
+#[test]
+fn both_links_failing_at_once_lose_no_connection_and_recover_after_retries() {
+    let bed = bed();
+    let daemon = Daemon::start(
+        &bed.client,
+        Config {
+            health: Some(health()),
+            ..Config::default()
+        },
+    );
+    wait_until("both endpoints exist", Duration::from_secs(10), || {
+        both_endpoints(&bed.client)
+    });
+    let idle = IdleConnections::open(&bed, 1);
+    let (before, outage, after) = (
+        Duration::from_secs(2),
+        Duration::from_secs(4),
+        Duration::from_secs(8),
+    );
+    let transfer = Transfer::start(
+        &bed.client,
+        &bed.server,
+        SERVER,
+        Proto::Mptcp,
+        before + outage + after,
+    )
+    .unwrap();
+    let start = Instant::now();
+    let return_at = start + before + outage;
+    let series = thread::scope(|scope| {
+        let sampler =
+            scope.spawn(|| Series::record(&transfer, &bed, Some(&idle), return_at + after));
+        thread::sleep(before);
+        for link in &bed.links {
+            link.blackhole().unwrap();
+        }
+        thread::sleep(return_at.saturating_duration_since(Instant::now()));
+        for link in &bed.links {
+            link.restore().unwrap();
+        }
+        sampler.join().unwrap()
+    });
+    let report = transfer.wait().unwrap();
+    assert!(report.intact(), "{report:?}");
+    let events = daemon.events();
+    let both = series.first_reaching(1.6 * f64::from(RATE), return_at, return_at + after);
+    let retries = daemon
+        .actions_since(return_at, "ip mptcp endpoint delete")
+        .len();
+    eprintln!(
+        "both links down for {outage:?}: back over both links {} after their return, {retries} \
+         endpoint retries; timeline {}",
+        secs(both.map(|t| t - return_at)),
+        series.timeline(start)
+    );
+    assert!(
+        both.is_some(),
+        "not back over both links; timeline {}; events:\n{events}",
+        series.timeline(start)
+    );
+    assert_eq!(idle.on_link1(&bed.client), 1, "{events}");
+    daemon.stop(&bed.client);
+}

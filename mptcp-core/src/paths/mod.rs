@@ -569,7 +569,13 @@ impl AutoPaths {
             .filter(|c| ephemeral.contains(&c.local.port()))
             .filter(|c| self.owned.endpoints.contains_key(&c.local.ip()) || c.local.ip() == addr)
             .filter(|c| u32::from(c.extra_subflows) < limit)
-            .filter(|c| !c.subflows.iter().any(|sf| sf.local.ip() == addr))
+            // A subflow the peer is closing lingers (FIN_WAIT2, CLOSE_WAIT)
+            // and does not count.
+            .filter(|c| {
+                !c.subflows
+                    .iter()
+                    .any(|sf| sf.local.ip() == addr && sf.state == TCP_ESTABLISHED)
+            })
             .map(|c| c.token)
             .collect()
     }

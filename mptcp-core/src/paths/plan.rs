@@ -219,6 +219,9 @@ pub struct Owned {
     pub rules: BTreeSet<Rule>,
     /// The limits before automatic paths raised them.
     pub original_limits: Option<Limits>,
+    /// Where the search for a free endpoint id starts (after the last id
+    /// given out; 0 and 1 both mean 1).
+    pub next_id: u8,
 }
 
 impl Owned {
@@ -247,6 +250,7 @@ impl Owned {
         match action {
             Action::AddEndpoint { endpoint, .. } => {
                 self.endpoints.insert(endpoint.addr, endpoint.clone());
+                self.next_id = endpoint.id.wrapping_add(1);
             }
             Action::RemoveEndpoint { addr, .. } => {
                 self.endpoints.remove(addr);
@@ -573,7 +577,14 @@ pub fn plan(
         if kept {
             continue;
         }
-        let Some(id) = (1..=u8::MAX).find(|id| !used_ids.contains(id)) else {
+        // Ids go round from the one after the last given out: an id just
+        // removed is not given to the endpoint that replaces it, since a
+        // peer that learns of the removal late (its RM_ADDR waited for a
+        // working subflow) would close the new subflow with it.
+        let Some(id) = (owned.next_id.max(1)..=u8::MAX)
+            .chain(1..owned.next_id.max(1))
+            .find(|id| !used_ids.contains(id))
+        else {
             break;
         };
         used_ids.insert(id);
@@ -908,11 +919,30 @@ mod tests {
         );
         apply(&mut now, &mut owned, &actions);
         assert_eq!(plan(&config, &now, &owned, &held, false), []);
-        // It answers again: the endpoint comes back (a fresh id is fine).
+        // It answers again: the endpoint comes back with a fresh id (a late
+        // RM_ADDR for id 1 must not close its new subflow).
         let actions = plan(&config, &now, &owned, &NONE_HELD, false);
         assert_eq!(
             commands(&actions),
-            ["ip mptcp endpoint add 198.18.0.1 id 1 subflow dev wan0"]
+            ["ip mptcp endpoint add 198.18.0.1 id 3 subflow dev wan0"]
+        );
+        apply(&mut now, &mut owned, &actions);
+        // Ids wrap around past 255, skipping those in use.
+        owned.next_id = 255;
+        now.endpoints.push(Endpoint {
+            id: 255,
+            ..Endpoint::new(ip("198.18.7.1"), EndpointFlags::SUBFLOW)
+        });
+        let held = BTreeSet::from([2, 3]);
+        let actions = plan(&config, &now, &owned, &held, false);
+        apply(&mut now, &mut owned, &actions);
+        let actions = plan(&config, &now, &owned, &NONE_HELD, false);
+        assert_eq!(
+            commands(&actions),
+            [
+                "ip mptcp endpoint add 198.18.0.1 id 1 subflow dev wan0",
+                "ip mptcp endpoint add 198.18.1.1 id 2 subflow backup dev lte0",
+            ]
         );
     }
 
