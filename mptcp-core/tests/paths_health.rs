@@ -803,10 +803,9 @@ fn an_idle_connection_gets_its_subflow_back_and_a_refused_join_is_retried() {
         || idle.on_link1(&bed.client) == 1,
     );
     let adds = daemon.actions_since(return_at, "ip mptcp endpoint add 198.18.1.1");
-    assert_eq!(
-        adds.len(),
-        2,
-        "added on the return and once more after the backoff"
+    assert!(
+        adds.len() >= 2,
+        "added on the return and again at each retry: {adds:?}"
     );
     eprintln!(
         "idle connection: subflow on link 1 back {:.2} s after the server allowed it again; \

@@ -10,7 +10,12 @@
 //! endpoint is back, the daemon checks after `verify_after` that the
 //! connections grew a subflow on it; when they did not, the endpoint is
 //! taken out again and re-added after a backoff that doubles, a bounded
-//! number of times.
+//! number of times. It stays out for the backoff rather than coming
+//! straight back: the removal's RM_ADDR must reach the peer before the new
+//! subflow's join does, or the peer closes the new subflow too (the initial
+//! address is always id 0, whatever its endpoint's id). A peer that still
+//! counts subflows that died unseen against its limit lets go of them
+//! once that RM_ADDR arrives.
 
 use std::{fmt, net::SocketAddr, str::FromStr, time::Duration, time::Instant};
 
