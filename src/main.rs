@@ -2,12 +2,15 @@
 //!
 //! One subcommand per task, in the style of `ip` and `ss`: each module
 //! below holds a subcommand's arguments (clap derive) and its `run`.
+//! System calls go through the safe wrappers of `mptcp_core::sys`.
+#![forbid(unsafe_code)]
 
 mod alerts;
 mod demo;
 mod endpoint;
 mod events;
 mod failure;
+mod links;
 mod logging;
 mod metrics;
 mod monitor;

@@ -1,12 +1,19 @@
 //! `mptcp monitor`: path-manager events (connections and subflows created,
-//! established, closed; addresses announced), as a table or JSON lines.
+//! established, closed; addresses announced) and the link changes of
+//! `mptcp paths auto` (from its state file), as a table or JSON lines.
 
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
+use mptcp_core::paths::LinkStatus;
 use mptcp_core::pm::{Event, EventListener};
 use serde_json::json;
+
+use crate::links::LinkWatch;
+
+/// How often the link state file is looked at.
+const LINK_POLL: Duration = Duration::from_millis(250);
 
 use crate::failure::{CmdResult, Failure};
 
@@ -49,6 +56,46 @@ fn event_json(event: &Event) -> serde_json::Value {
 
 const HEADER: &str = "TIME          EVENT              TOKEN     LOCAL                      REMOTE                     DETAILS";
 
+fn link_json(link: &LinkStatus) -> serde_json::Value {
+    json!({
+        "time": unix_time(),
+        "event": "link",
+        "link": link.ifname,
+        "state": link.state.name(),
+        "role": link.role.name(),
+        "local": link.addr.map(|a| a.to_string()),
+        "rtt_us": link.rtt.map(|r| r.as_micros() as u64),
+        "loss_percent": link.loss_percent,
+    })
+}
+
+fn link_row(link: &LinkStatus) -> String {
+    format!(
+        "{}  {:<18} {:<9} {:<26} {:<26} {} {}",
+        clock(),
+        format!(
+            "LINK_{}",
+            link.state.name().to_ascii_uppercase().replace('-', "_")
+        ),
+        "-",
+        link.addr.map_or("-".to_owned(), |a| a.to_string()),
+        "-",
+        link.ifname,
+        link.role.name()
+    )
+}
+
+/// The time of day (UTC), `HH:MM:SS.mmm`.
+fn clock() -> String {
+    let secs = unix_time();
+    let (h, m, s) = (
+        (secs / 3600.0) as u64 % 24,
+        (secs / 60.0) as u64 % 60,
+        secs % 60.0,
+    );
+    format!("{h:02}:{m:02}:{s:06.3}")
+}
+
 fn event_row(event: &Event) -> String {
     let addr = |a: Option<std::net::SocketAddr>| a.map_or("-".to_owned(), |a| a.to_string());
     let mut details = Vec::new();
@@ -70,14 +117,9 @@ fn event_row(event: &Event) -> String {
     if event.server_side {
         details.push("server side".to_owned());
     }
-    let secs = unix_time();
-    let (h, m, s) = (
-        (secs / 3600.0) as u64 % 24,
-        (secs / 60.0) as u64 % 60,
-        secs % 60.0,
-    );
     format!(
-        "{h:02}:{m:02}:{s:06.3}  {:<18} {:<9} {:<26} {:<26} {}",
+        "{}  {:<18} {:<9} {:<26} {:<26} {}",
+        clock(),
         event.kind.name(),
         event.token.map_or("-".to_owned(), |t| format!("{t:08x}")),
         addr(event.local),
@@ -104,33 +146,47 @@ pub fn run(args: MonitorArgs) -> CmdResult {
         println!("{HEADER}");
     }
     let mut seen = 0u64;
-    while args.count.is_none_or(|n| seen < n) {
-        let event = match deadline {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                match listener
-                    .next_event_timeout(left)
-                    .map_err(crate::endpoint::pm_failure)?
-                {
-                    Some(event) => event,
-                    None => break,
-                }
-            }
-            None => listener.next_event().map_err(crate::endpoint::pm_failure)?,
-        };
-        seen += 1;
-        let line = if args.json {
-            event_json(&event).to_string()
-        } else {
-            event_row(&event)
-        };
+    let mut links = LinkWatch::start();
+    let write = |line: String| {
         let mut out = stdout.lock();
-        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-            // The reader went away (`mptcp monitor | head`): a normal end.
-            return Ok(());
+        writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+    };
+    while args.count.is_none_or(|n| seen < n) {
+        let now = Instant::now();
+        let slice = match deadline {
+            Some(deadline) if deadline <= now => break,
+            Some(deadline) => (deadline - now).min(LINK_POLL),
+            None => LINK_POLL,
+        };
+        let event = listener
+            .next_event_timeout(slice)
+            .map_err(crate::endpoint::pm_failure)?;
+        let mut lines: Vec<String> = event
+            .iter()
+            .map(|e| {
+                if args.json {
+                    event_json(e).to_string()
+                } else {
+                    event_row(e)
+                }
+            })
+            .collect();
+        lines.extend(links.changes().iter().map(|l| {
+            if args.json {
+                link_json(l).to_string()
+            } else {
+                link_row(l)
+            }
+        }));
+        for line in lines {
+            if args.count.is_some_and(|n| seen >= n) {
+                break;
+            }
+            seen += 1;
+            if !write(line) {
+                // The reader went away (`mptcp monitor | head`): a normal end.
+                return Ok(());
+            }
         }
     }
     Ok(())

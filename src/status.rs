@@ -275,7 +275,7 @@ pub fn run(args: StatusArgs) -> CmdResult {
         let res = if args.json {
             writeln!(out, "{}", to_json(conns, rates))
         } else {
-            print_table(&mut out, conns, rates)
+            print_table(&mut out, conns, rates).and_then(|()| crate::links::print_section(&mut out))
         };
         res.and_then(|()| out.flush())
             .map_err(|e| Failure::failed(format!("writing the status: {e}")))

@@ -262,6 +262,33 @@ impl Link {
         Ok(link)
     }
 
+    /// Uplink `i` of a client whose MPTCP endpoints and source routing
+    /// are left to automatic paths: client `eth{i}` 198.18.i.1/24 (side A)
+    /// to server `eth{i}` 198.18.i.2/24 (side B), limited to `rate_mbit`,
+    /// with a client default route through it of metric 100 + i, as DHCP
+    /// would set it ([`Link::up`] puts it back).
+    pub fn uplink(client: &Host, server: &Host, i: u8, rate_mbit: Option<u32>) -> io::Result<Link> {
+        let dev = format!("eth{i}");
+        let link = Link::new(
+            client,
+            &dev,
+            Ipv4Addr::new(198, 18, i, 1),
+            server,
+            &dev,
+            Ipv4Addr::new(198, 18, i, 2),
+            24,
+            rate_mbit,
+        )?;
+        link.add_route(
+            Side::A,
+            &format!(
+                "default via 198.18.{i}.2 dev {dev} metric {}",
+                100 + u32::from(i)
+            ),
+        )?;
+        Ok(link)
+    }
+
     /// The delay line of a link with a delay (None without one).
     pub fn delay_line(&self) -> Option<&DelayLine> {
         self.delay_line.as_ref()
@@ -374,11 +401,49 @@ impl Link {
         Ok(())
     }
 
+    /// Drops every packet in and out of both ends (nftables), with the
+    /// carrier up: a DSL line whose upstream died, an LTE modem that stops
+    /// passing packets. [`Link::restore`] ends it.
+    pub fn blackhole(&self) -> io::Result<()> {
+        for side in [Side::A, Side::B] {
+            let (host, dev) = self.end(side);
+            let table = blackhole_table(dev);
+            host.exec(
+                "nft",
+                &[&format!(
+                    "add table inet {table}\n\
+                     add chain inet {table} input {{ type filter hook input priority 0; }}\n\
+                     add chain inet {table} output {{ type filter hook output priority 0; }}\n\
+                     add rule inet {table} input iifname {dev} drop\n\
+                     add rule inet {table} output oifname {dev} drop"
+                )],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Ends a [`Link::blackhole`]: packets pass again.
+    pub fn restore(&self) -> io::Result<()> {
+        for side in [Side::A, Side::B] {
+            let (host, dev) = self.end(side);
+            host.exec("nft", &["delete", "table", "inet", &blackhole_table(dev)])?;
+        }
+        Ok(())
+    }
+
     /// Bytes sent so far from A to B and from B to A, read from the counters
     /// of the A end.
     pub fn bytes(&self) -> io::Result<(u64, u64)> {
         self.a.interface_bytes(&self.a_dev)
     }
+}
+
+/// The nftables table of a [`Link::blackhole`] on `dev`.
+fn blackhole_table(dev: &str) -> String {
+    format!(
+        "testbed_blackhole_{}",
+        dev.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    )
 }
 
 /// Token bucket parameters for a rate.

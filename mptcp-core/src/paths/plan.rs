@@ -9,6 +9,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+use super::health::{HealthConfig, LinkRole};
 use crate::pm::{Endpoint, EndpointFlags, Limits};
 
 /// Whether this host opens connections or accepts them.
@@ -54,6 +55,12 @@ pub struct Config {
     pub raise_limits: bool,
     /// Print the actions instead of applying them.
     pub dry_run: bool,
+    /// Link roles by interface glob; the first match wins, `active` when
+    /// none does.
+    pub roles: Vec<(String, LinkRole)>,
+    /// Probe the links and take those that stop answering out of use;
+    /// `None`: follow the carrier only.
+    pub health: Option<HealthConfig>,
 }
 
 impl Default for Config {
@@ -67,19 +74,40 @@ impl Default for Config {
             rule_priority: 7000,
             raise_limits: true,
             dry_run: false,
+            roles: Vec::new(),
+            health: None,
         }
     }
 }
 
 impl Config {
-    fn endpoint_flags(&self) -> EndpointFlags {
-        self.flags.unwrap_or(self.role.flags())
+    fn endpoint_flags(&self, role: LinkRole) -> EndpointFlags {
+        let flags = self.flags.unwrap_or(self.role.flags());
+        match role {
+            LinkRole::Backup => flags | EndpointFlags::BACKUP,
+            LinkRole::Active | LinkRole::Off => flags,
+        }
     }
 
-    /// Whether the interface named `name` is selected by include/exclude.
+    /// Whether the interface named `name` is selected by include/exclude
+    /// (whatever its role).
     pub fn selects(&self, name: &str) -> bool {
         (self.include.is_empty() || self.include.iter().any(|p| glob_match(p, name)))
             && !self.exclude.iter().any(|p| glob_match(p, name))
+    }
+
+    /// The role of the interface named `name`.
+    pub fn role_of(&self, name: &str) -> LinkRole {
+        self.roles
+            .iter()
+            .find(|(pattern, _)| glob_match(pattern, name))
+            .map_or(LinkRole::Active, |(_, role)| *role)
+    }
+
+    /// Whether the interface is one automatic paths manages: selected, not
+    /// loopback, not `off`.
+    pub fn manages(&self, iface: &Interface) -> bool {
+        !iface.loopback && self.selects(&iface.name) && self.role_of(&iface.name) != LinkRole::Off
     }
 }
 
@@ -123,6 +151,18 @@ pub struct Interface {
     pub addrs: Vec<(IpAddr, u8)>,
     /// Gateways of the main table's default routes through this interface.
     pub gateways: Vec<IpAddr>,
+    /// It has an IPv4 default route (a gateway, or a point-to-point
+    /// device route) in some table other than the managed ones.
+    pub default_v4: bool,
+    /// The same for IPv6.
+    pub default_v6: bool,
+}
+
+impl Interface {
+    /// Whether it has a default route of the family of `v6`.
+    pub fn has_default(&self, v6: bool) -> bool {
+        if v6 { self.default_v6 } else { self.default_v4 }
+    }
 }
 
 /// A route in one of the tables automatic paths manages.
@@ -179,6 +219,9 @@ pub struct Owned {
     pub rules: BTreeSet<Rule>,
     /// The limits before automatic paths raised them.
     pub original_limits: Option<Limits>,
+    /// Where the search for a free endpoint id starts (after the last id
+    /// given out; 0 and 1 both mean 1).
+    pub next_id: u8,
 }
 
 impl Owned {
@@ -207,6 +250,7 @@ impl Owned {
         match action {
             Action::AddEndpoint { endpoint, .. } => {
                 self.endpoints.insert(endpoint.addr, endpoint.clone());
+                self.next_id = endpoint.id.wrapping_add(1);
             }
             Action::RemoveEndpoint { addr, .. } => {
                 self.endpoints.remove(addr);
@@ -415,14 +459,28 @@ impl Path<'_> {
 /// The actions that make the kernel match the interfaces: removals first
 /// (endpoints, then rules, then routes, so no subflow is left without a
 /// route), then additions (routes, rules, then endpoints, so a new subflow
-/// finds its route). With `shutdown`, everything owned is removed.
-pub fn plan(config: &Config, now: &Snapshot, owned: &Owned, shutdown: bool) -> Vec<Action> {
+/// finds its route). The interfaces in `held` (links that failed their
+/// probes) keep their routes and rules, so probes still leave through
+/// them, but lose their endpoints. With `shutdown`, everything owned is
+/// removed.
+///
+/// Only uplinks get endpoints: interfaces with a default route of the
+/// address's family in some table. When none has one, the interfaces named
+/// by `include` count as uplinks (the operator said so); without `include`,
+/// none does, so a LAN interface never becomes a subflow endpoint.
+pub fn plan(
+    config: &Config,
+    now: &Snapshot,
+    owned: &Owned,
+    held: &BTreeSet<u32>,
+    shutdown: bool,
+) -> Vec<Action> {
     let paths: Vec<Path<'_>> = if shutdown {
         Vec::new()
     } else {
         now.interfaces
             .iter()
-            .filter(|i| i.up && !i.loopback && config.selects(&i.name))
+            .filter(|i| i.up && config.manages(i))
             .flat_map(|iface| {
                 iface
                     .addrs
@@ -452,18 +510,17 @@ pub fn plan(config: &Config, now: &Snapshot, owned: &Owned, shutdown: bool) -> V
             .iter()
             .any(|e| e.addr == addr && owned.endpoints.get(&addr).map(|o| o.id) != Some(e.id))
     };
-    // Where hosts reach the world through gateways (several uplinks), a path
-    // is ready for subflows once its interface has its gateway too, which
-    // DHCP often installs after the address.
-    let has_gateway =
-        |v6: bool, iface: &Interface| iface.gateways.iter().any(|g| g.is_ipv6() == v6);
+    // A path is ready for subflows once its interface has its default
+    // route too, which DHCP often installs after the address.
     let ready = |p: &Path<'_>| {
         let v6 = p.addr.is_ipv6();
-        has_gateway(v6, p.iface) || !now.interfaces.iter().any(|i| has_gateway(v6, i))
+        p.iface.has_default(v6)
+            || (!config.include.is_empty()
+                && !paths.iter().any(|other| other.iface.has_default(v6)))
     };
     let endpoint_paths: Vec<&Path<'_>> = paths
         .iter()
-        .filter(|p| !foreign(p.addr) && ready(p))
+        .filter(|p| !foreign(p.addr) && ready(p) && !held.contains(&p.iface.index))
         .collect();
 
     let mut actions = Vec::new();
@@ -520,7 +577,14 @@ pub fn plan(config: &Config, now: &Snapshot, owned: &Owned, shutdown: bool) -> V
         if kept {
             continue;
         }
-        let Some(id) = (1..=u8::MAX).find(|id| !used_ids.contains(id)) else {
+        // Ids go round from the one after the last given out: an id just
+        // removed is not given to the endpoint that replaces it, since a
+        // peer that learns of the removal late (its RM_ADDR waited for a
+        // working subflow) would close the new subflow with it.
+        let Some(id) = (owned.next_id.max(1)..=u8::MAX)
+            .chain(1..owned.next_id.max(1))
+            .find(|id| !used_ids.contains(id))
+        else {
             break;
         };
         used_ids.insert(id);
@@ -530,7 +594,7 @@ pub fn plan(config: &Config, now: &Snapshot, owned: &Owned, shutdown: bool) -> V
                 addr: path.addr,
                 port: None,
                 ifindex: Some(path.iface.index),
-                flags: config.endpoint_flags(),
+                flags: config.endpoint_flags(config.role_of(&path.iface.name)),
             },
             ifname: path.iface.name.clone(),
         });
@@ -560,14 +624,20 @@ mod tests {
         s.parse().unwrap()
     }
 
+    const NONE_HELD: BTreeSet<u32> = BTreeSet::new();
+
+    /// An interface; each gateway is also a default route through it.
     fn iface(index: u32, name: &str, addrs: &[(&str, u8)], gateways: &[&str]) -> Interface {
+        let gateways: Vec<IpAddr> = gateways.iter().map(|g| ip(g)).collect();
         Interface {
             index,
             name: name.into(),
             up: true,
             loopback: false,
             addrs: addrs.iter().map(|(a, l)| (ip(a), *l)).collect(),
-            gateways: gateways.iter().map(|g| ip(g)).collect(),
+            default_v4: gateways.iter().any(IpAddr::is_ipv4),
+            default_v6: gateways.iter().any(IpAddr::is_ipv6),
+            gateways,
         }
     }
 
@@ -628,9 +698,10 @@ mod tests {
             ),
             iface(4, "wwan0", &[("198.18.2.1", 24)], &[]),
         ]);
-        let actions = plan(&config, &now, &Owned::default(), false);
+        let actions = plan(&config, &now, &Owned::default(), &NONE_HELD, false);
         // wwan0 has no gateway yet while the others have: it gets its table
-        // and rule but no endpoint until its gateway shows up.
+        // and rule but no endpoint until its gateway shows up; nothing has
+        // an IPv6 default route, so wlan0's IPv6 address gets none either.
         assert_eq!(
             commands(&actions),
             [
@@ -646,8 +717,6 @@ mod tests {
                 "ip -6 rule add from 2001:db8::1 lookup 7003 priority 7000",
                 "ip mptcp endpoint add 198.18.0.1 id 1 subflow dev eth0",
                 "ip mptcp endpoint add 198.18.1.1 id 2 subflow dev wlan0",
-                "ip mptcp endpoint add 2001:db8::1 id 3 subflow dev wlan0",
-                "ip mptcp limits set subflows 3 add_addr_accepted 0",
             ]
         );
     }
@@ -669,7 +738,7 @@ mod tests {
             ..Endpoint::new(ip("198.18.0.1"), EndpointFlags::SUBFLOW)
         });
         let mut owned = Owned::default();
-        let actions = plan(&config, &now, &owned, false);
+        let actions = plan(&config, &now, &owned, &NONE_HELD, false);
         assert!(
             actions
                 .iter()
@@ -681,7 +750,7 @@ mod tests {
         );
         apply(&mut now, &mut owned, &actions);
         assert_eq!(
-            plan(&config, &now, &owned, false),
+            plan(&config, &now, &owned, &NONE_HELD, false),
             [],
             "a second pass changes nothing"
         );
@@ -690,7 +759,7 @@ mod tests {
         now.interfaces[1].up = false;
         now.routes.retain(|r| r.ifindex != 3);
         owned.forget_vanished(&now);
-        let actions = plan(&config, &now, &owned, false);
+        let actions = plan(&config, &now, &owned, &NONE_HELD, false);
         assert_eq!(
             commands(&actions),
             [
@@ -701,7 +770,7 @@ mod tests {
         apply(&mut now, &mut owned, &actions);
 
         // On exit everything it made goes, the foreign endpoint stays.
-        let actions = plan(&config, &now, &owned, true);
+        let actions = plan(&config, &now, &owned, &NONE_HELD, true);
         apply(&mut now, &mut owned, &actions);
         assert!(owned.is_empty(), "{owned:?}");
         assert_eq!(now.endpoints.len(), 1);
@@ -724,19 +793,22 @@ mod tests {
             down,
             iface(5, "eth1", &[("169.254.0.5", 16), ("fe80::5", 64)], &[]),
         ]);
-        assert_eq!(plan(&config, &now, &Owned::default(), false), []);
+        assert_eq!(
+            plan(&config, &now, &Owned::default(), &NONE_HELD, false),
+            []
+        );
     }
 
     #[test]
     fn limits_are_raised_then_restored() {
         let config = Config::default();
         let mut now = snapshot(vec![
-            iface(2, "eth0", &[("198.18.0.1", 24)], &[]),
-            iface(3, "eth1", &[("198.18.1.1", 24)], &[]),
-            iface(4, "eth2", &[("198.18.2.1", 24)], &[]),
+            iface(2, "eth0", &[("198.18.0.1", 24)], &["198.18.0.2"]),
+            iface(3, "eth1", &[("198.18.1.1", 24)], &["198.18.1.2"]),
+            iface(4, "eth2", &[("198.18.2.1", 24)], &["198.18.2.2"]),
         ]);
         let mut owned = Owned::default();
-        let actions = plan(&config, &now, &owned, false);
+        let actions = plan(&config, &now, &owned, &NONE_HELD, false);
         assert_eq!(
             actions.last(),
             Some(&Action::SetLimits(Limits {
@@ -746,7 +818,7 @@ mod tests {
         );
         apply(&mut now, &mut owned, &actions);
         assert_eq!(owned.original_limits.map(|l| l.subflows), Some(2));
-        let actions = plan(&config, &now, &owned, true);
+        let actions = plan(&config, &now, &owned, &NONE_HELD, true);
         assert_eq!(
             actions.last(),
             Some(&Action::SetLimits(Limits {
@@ -756,6 +828,122 @@ mod tests {
         );
         apply(&mut now, &mut owned, &actions);
         assert!(owned.is_empty());
+    }
+
+    fn endpoint_adds(actions: &[Action]) -> Vec<String> {
+        commands(actions)
+            .into_iter()
+            .filter(|c| c.starts_with("ip mptcp endpoint add"))
+            .collect()
+    }
+
+    #[test]
+    fn without_any_default_route_only_included_interfaces_get_endpoints() {
+        // A router whose uplinks have no default route yet: its LAN must
+        // not become a subflow endpoint.
+        let now = snapshot(vec![
+            lo(),
+            iface(2, "lan0", &[("198.19.1.1", 24)], &[]),
+            iface(3, "wan1", &[("198.18.5.1", 24)], &[]),
+        ]);
+        let actions = plan(
+            &Config::default(),
+            &now,
+            &Owned::default(),
+            &NONE_HELD,
+            false,
+        );
+        assert_eq!(endpoint_adds(&actions), Vec::<String>::new());
+        let config = Config {
+            include: vec!["wan*".into()],
+            ..Config::default()
+        };
+        let actions = plan(&config, &now, &Owned::default(), &NONE_HELD, false);
+        assert_eq!(
+            endpoint_adds(&actions),
+            ["ip mptcp endpoint add 198.18.5.1 id 1 subflow dev wan1"]
+        );
+        // A default route in another table (here a point-to-point one,
+        // without gateway) makes an uplink too.
+        let mut ppp = iface(4, "ppp0", &[("198.18.6.1", 32)], &[]);
+        ppp.default_v4 = true;
+        let now = snapshot(vec![iface(2, "lan0", &[("198.19.1.1", 24)], &[]), ppp]);
+        let actions = plan(
+            &Config::default(),
+            &now,
+            &Owned::default(),
+            &NONE_HELD,
+            false,
+        );
+        assert_eq!(
+            endpoint_adds(&actions),
+            ["ip mptcp endpoint add 198.18.6.1 id 1 subflow dev ppp0"]
+        );
+    }
+
+    #[test]
+    fn roles_set_the_backup_flag_or_leave_the_link_alone_and_held_links_keep_their_routes() {
+        let config = Config {
+            roles: vec![
+                ("lte*".into(), LinkRole::Backup),
+                ("wan9".into(), LinkRole::Off),
+            ],
+            raise_limits: false,
+            ..Config::default()
+        };
+        let mut now = snapshot(vec![
+            iface(2, "wan0", &[("198.18.0.1", 24)], &["198.18.0.2"]),
+            iface(3, "lte0", &[("198.18.1.1", 24)], &["198.18.1.2"]),
+            iface(4, "wan9", &[("198.18.9.1", 24)], &["198.18.9.2"]),
+        ]);
+        let mut owned = Owned::default();
+        let actions = plan(&config, &now, &owned, &NONE_HELD, false);
+        assert_eq!(
+            endpoint_adds(&actions),
+            [
+                "ip mptcp endpoint add 198.18.0.1 id 1 subflow dev wan0",
+                "ip mptcp endpoint add 198.18.1.1 id 2 subflow backup dev lte0",
+            ]
+        );
+        assert!(
+            commands(&actions).iter().all(|c| !c.contains("wan9")),
+            "{actions:?}"
+        );
+        apply(&mut now, &mut owned, &actions);
+        // wan0 stops answering its probes: only its endpoint goes.
+        let held = BTreeSet::from([2]);
+        let actions = plan(&config, &now, &owned, &held, false);
+        assert_eq!(
+            commands(&actions),
+            ["ip mptcp endpoint delete id 1 # 198.18.0.1"]
+        );
+        apply(&mut now, &mut owned, &actions);
+        assert_eq!(plan(&config, &now, &owned, &held, false), []);
+        // It answers again: the endpoint comes back with a fresh id (a late
+        // RM_ADDR for id 1 must not close its new subflow).
+        let actions = plan(&config, &now, &owned, &NONE_HELD, false);
+        assert_eq!(
+            commands(&actions),
+            ["ip mptcp endpoint add 198.18.0.1 id 3 subflow dev wan0"]
+        );
+        apply(&mut now, &mut owned, &actions);
+        // Ids wrap around past 255, skipping those in use.
+        owned.next_id = 255;
+        now.endpoints.push(Endpoint {
+            id: 255,
+            ..Endpoint::new(ip("198.18.7.1"), EndpointFlags::SUBFLOW)
+        });
+        let held = BTreeSet::from([2, 3]);
+        let actions = plan(&config, &now, &owned, &held, false);
+        apply(&mut now, &mut owned, &actions);
+        let actions = plan(&config, &now, &owned, &NONE_HELD, false);
+        assert_eq!(
+            commands(&actions),
+            [
+                "ip mptcp endpoint add 198.18.0.1 id 1 subflow dev wan0",
+                "ip mptcp endpoint add 198.18.1.1 id 2 subflow backup dev lte0",
+            ]
+        );
     }
 
     #[test]

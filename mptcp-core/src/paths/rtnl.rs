@@ -142,7 +142,15 @@ impl Rtnl {
             let Some(&i) = oif.as_ref().and_then(|o| by_index.get(o)) else {
                 continue;
             };
-            if table == MAIN_TABLE && route.header.destination_prefix_length == 0 {
+            let default = route.header.destination_prefix_length == 0;
+            if default && !tables.contains(&table) && route.header.kind == RouteType::Unicast {
+                match route.header.address_family {
+                    AddressFamily::Inet => interfaces[i].default_v4 = true,
+                    AddressFamily::Inet6 => interfaces[i].default_v6 = true,
+                    _ => {}
+                }
+            }
+            if table == MAIN_TABLE && default {
                 if let Some(gateway) = gateway {
                     interfaces[i].gateways.push(gateway);
                 }
@@ -306,6 +314,8 @@ fn interface(link: &LinkMessage) -> Interface {
         loopback: flags.contains(LinkFlags::Loopback),
         addrs: Vec::new(),
         gateways: Vec::new(),
+        default_v4: false,
+        default_v6: false,
     }
 }
 
@@ -361,13 +371,14 @@ impl Watcher {
         Ok(Watcher { transport })
     }
 
-    /// Waits up to `timeout` for changes, then drains every notification
-    /// already queued. Returns whether anything changed. A lost notification
-    /// (ENOBUFS) counts as a change: the caller re-reads everything anyway.
-    pub(crate) fn wait(&mut self, timeout: Duration) -> Result<bool> {
-        if !self.transport.wait_readable(timeout)? {
-            return Ok(false);
-        }
+    /// The socket's descriptor, to poll it with others.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.transport.socket().as_fd()
+    }
+
+    /// Reads every notification already queued.
+    pub(crate) fn drain(&mut self) -> Result<()> {
         while self.transport.wait_readable(Duration::ZERO)? {
             match self.transport.receive::<RouteNetlinkMessage>() {
                 Ok(_) => {}
@@ -377,6 +388,6 @@ impl Watcher {
                 Err(e) => return Err(e),
             }
         }
-        Ok(true)
+        Ok(())
     }
 }

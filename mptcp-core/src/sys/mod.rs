@@ -15,6 +15,8 @@ pub mod info;
 pub mod os;
 #[cfg(feature = "pm")]
 pub mod pm;
+#[cfg(feature = "pm")]
+pub mod probe_sock;
 pub mod process;
 pub mod socket;
 
