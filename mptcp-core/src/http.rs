@@ -74,9 +74,18 @@ fn bad(reason: &'static str) -> Error {
     }
 }
 
-/// A complete response with an empty body for an error `status` (use for
-/// parse errors and for failures to reach the origin: 403, 502, 504).
-pub fn error_response(status: u16) -> Vec<u8> {
+/// A complete response for an error `status` (parse errors, and failures
+/// to reach the origin: 403, 502, 504) whose one-line body says why
+/// (`reason`), so that an unknown name and a refused connection read
+/// differently in the browser.
+///
+/// ```
+/// let r = mptcp_core::http::error_response(502, "remote relay: host unreachable");
+/// let text = String::from_utf8(r).unwrap();
+/// assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+/// assert!(text.ends_with("\r\n\r\n502 Bad Gateway: remote relay: host unreachable\n"));
+/// ```
+pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
     let text = match status {
         400 => "Bad Request",
         403 => "Forbidden",
@@ -89,8 +98,14 @@ pub fn error_response(status: u16) -> Vec<u8> {
         505 => "HTTP Version Not Supported",
         _ => "Error",
     };
-    format!("HTTP/1.1 {status} {text}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .into_bytes()
+    // One line the user sees in the browser or curl: what went wrong.
+    let body = format!("{status} {text}: {}\n", reason.replace(['\r', '\n'], " "));
+    format!(
+        "HTTP/1.1 {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Hop-by-hop headers that are not forwarded (RFC 9110 section 7.6.1).

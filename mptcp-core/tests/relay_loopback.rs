@@ -341,22 +341,40 @@ fn http_listener_statuses() {
     let remote = remote_relay();
     let local = local_relay(remote.listener(ListenerKind::RemoteSocks5).unwrap());
     let proxy = local.listener(ListenerKind::Http).unwrap();
-    let status = |req: &str| {
+    let answer = |req: &str| {
         let mut s = TcpStream::connect(proxy).unwrap();
         timeouts(&s);
         s.write_all(req.as_bytes()).unwrap();
         let mut got = String::new();
         let _ = s.read_to_string(&mut got);
-        got.get(9..12).unwrap_or("").to_owned()
+        got
     };
+    let status = |req: &str| answer(req).get(9..12).unwrap_or("").to_owned();
     assert_eq!(status("GET /x HTTP/1.1\r\n\r\n"), "400");
     assert_eq!(status("GET ftp://a.test/ HTTP/1.1\r\n\r\n"), "501");
     // Denied by the remote's policy: the SOCKS refusal becomes 403.
     assert_eq!(status("CONNECT 10.0.0.1:443 HTTP/1.1\r\n\r\n"), "403");
-    assert_eq!(
-        status("CONNECT no-such-host.invalid:443 HTTP/1.1\r\n\r\n"),
-        "502"
+    // An unknown name and a refused connection are both 502, and the body
+    // says which.
+    let unknown = answer("CONNECT no-such-host.invalid:443 HTTP/1.1\r\n\r\n");
+    assert!(unknown.starts_with("HTTP/1.1 502"), "{unknown}");
+    assert!(
+        unknown.contains("\r\n\r\n502 Bad Gateway: remote relay: host unreachable"),
+        "{unknown}"
     );
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let refused = answer(&format!("GET http://{closed}/ HTTP/1.1\r\nHost: x\r\n\r\n"));
+    assert!(refused.starts_with("HTTP/1.1 502"), "{refused}");
+    assert!(refused.contains("connection refused"), "{refused}");
+    let length: usize = refused
+        .split("Content-Length: ")
+        .nth(1)
+        .and_then(|r| r.split("\r\n").next()?.parse().ok())
+        .unwrap();
+    assert_eq!(length, refused.split("\r\n\r\n").nth(1).unwrap().len());
 }
 
 #[test]

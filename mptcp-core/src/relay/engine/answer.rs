@@ -42,7 +42,7 @@ impl Answer {
             Answer::Nothing | Answer::MuxReply => {}
             Answer::Socks5 => socks5::encode_reply(f.socks, None, out),
             Answer::HttpConnect | Answer::HttpForward => {
-                out.extend_from_slice(&http::error_response(f.http));
+                out.extend_from_slice(&http::error_response(f.http, &f.detail));
             }
         }
     }
