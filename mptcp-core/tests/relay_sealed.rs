@@ -2,6 +2,7 @@
 //! two relays sees every byte on the wire, and neither the SOCKS5 login nor
 //! the payload may appear in it; wrong keys and unknown relays are refused,
 //! and a relay that must encrypt never falls back to a plain connection.
+#![cfg(feature = "relay")]
 
 mod support;
 
