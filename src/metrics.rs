@@ -51,7 +51,7 @@ struct RelayCollector(Arc<Sampler>);
 const SUBFLOW_COUNTS: [&str; 9] = ["0", "1", "2", "3", "4", "5", "6", "7", "8+"];
 
 /// One metric family of `value`s, each with its labels.
-fn family<M: EncodeMetric>(
+pub fn family<M: EncodeMetric>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,

@@ -97,6 +97,10 @@ pub struct AutoArgs {
     /// Where to write the state of the links, for `mptcp status`
     #[arg(long, value_name = "FILE", env = "MPTCP_LINKS_FILE", default_value = DEFAULT_STATE_FILE)]
     pub state_file: PathBuf,
+    /// Serve each link's state, role, probe RTT and loss, and bytes for
+    /// Prometheus at http://ADDR/metrics (PORT alone: on 127.0.0.1)
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = crate::metrics::parse_listen)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 fn parse_role(text: &str) -> Result<(String, LinkRole), String> {
@@ -304,6 +308,12 @@ pub fn run(command: PathsCommand) -> CmdResult {
         path: args.state_file,
         failed: false,
     };
+    let board = std::sync::Arc::new(crate::web::links::LinkBoard::default());
+    if let Some(addr) = args.metrics {
+        let at = crate::web::links::serve(addr, std::sync::Arc::clone(&board))
+            .map_err(|e| Failure::io(format!("--metrics {addr}"), &e))?;
+        tracing::info!("metrics of the links at http://{at}/metrics");
+    }
     let result = paths.run_observed(
         stop,
         |action, error| {
@@ -317,6 +327,7 @@ pub fn run(command: PathsCommand) -> CmdResult {
         },
         // The engine logs each link change (warn when a link goes out of use).
         |_, links| {
+            board.update(links);
             // Denied (stopping): writing would only fail the same way.
             if !stop.load(Ordering::Relaxed) {
                 state.write(links);

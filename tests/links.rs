@@ -107,7 +107,16 @@ fn paths_auto_probes_links_takes_a_silent_one_out_and_status_shows_it() {
     let daemon = mptcp_daemon(
         &client,
         &log,
-        &["paths", "auto", "--config", config, "--down-after", "2"],
+        &[
+            "paths",
+            "auto",
+            "--config",
+            config,
+            "--down-after",
+            "2",
+            "--metrics",
+            "9465",
+        ],
         &state,
     );
     wait_for_line(&log, "link eth0 probing -> up");
@@ -135,6 +144,24 @@ fn paths_auto_probes_links_takes_a_silent_one_out_and_status_shows_it() {
     while !link_row(&status(&client, &state), "eth1").contains(" down ") {
         assert!(Instant::now() < deadline, "{}", status(&client, &state));
         thread::sleep(Duration::from_millis(50));
+    }
+    // The same for Prometheus, with each link's bytes.
+    let metrics = client
+        .command("curl")
+        .args(["-sS", "--max-time", "5", "http://127.0.0.1:9465/metrics"])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    for line in [
+        "mptcp_paths_link_state{link=\"eth1\",state=\"down\"} 1",
+        "mptcp_paths_link_state{link=\"eth0\",state=\"up\"} 1",
+        "mptcp_paths_link_role{link=\"eth1\",role=\"backup\"} 1",
+        "mptcp_paths_link_usable{link=\"eth1\"} 0",
+        "mptcp_paths_link_probe_loss_ratio{link=\"eth1\"}",
+        "mptcp_paths_link_probe_rtt_seconds{link=\"eth0\"}",
+        "mptcp_paths_link_bytes_total{link=\"eth0\",direction=\"sent\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
     links[1].restore().unwrap();
     wait_for_line(&log, "link eth1 down -> up: 3 probes answered in a row");

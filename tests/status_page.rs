@@ -163,6 +163,9 @@ fn the_status_page_draws_the_relay_and_matches_its_metrics() {
             "198.18.0.2:1080",
             "--socks5",
             "198.19.1.1:1080",
+            // The test bed's LAN is not a private range.
+            "--allow-client",
+            "198.19.1.0/24",
         ],
     );
     rp.local.wait_listening(1080).unwrap();

@@ -1,10 +1,12 @@
 //! `mptcp relay --metrics ADDR`: one small HTTP listener for the operator:
 //! the status page at `/` (one self-contained HTML page, its script and
 //! style inline), the data it polls at `/status.json`, and the Prometheus
-//! text at `/metrics`. A blocking server: a thread per request, a few at a
-//! time, one request per connection. The page's recent events are those
-//! [`crate::events`] keeps once recording.
+//! text at `/metrics`. A blocking server ([`listen`]): a thread per request,
+//! a few at a time, one request per connection; `mptcp paths auto
+//! --metrics` serves its links' metrics through it too ([`links`]). The
+//! page's recent events are those [`crate::events`] keeps once recording.
 
+pub mod links;
 mod sampler;
 mod status_json;
 
@@ -56,15 +58,28 @@ impl Role {
 /// of the relay in `role` on `addr`; the address it listens on (with the
 /// actual port when 0 was asked).
 pub fn serve(addr: SocketAddr, serving: Arc<Mutex<Serving>>, role: Role) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let addr = listener.local_addr()?;
     let sampler = Sampler::start(serving, role.link_end())?;
-    let site = Arc::new(Site {
+    let site = Site {
         registry: crate::metrics::registry(Arc::clone(&sampler)),
         sampler,
         role: role.name(),
-        busy: AtomicUsize::new(0),
-    });
+    };
+    listen(addr, Arc::new(site))
+}
+
+/// What a listener answers: a response to each GET (or HEAD) of `path`.
+pub trait Pages: Send + Sync + 'static {
+    /// The response to `path` with `query`.
+    fn get(&self, path: &str, query: &str) -> io::Result<Response>;
+}
+
+/// Serves `pages` on `addr` from a thread of its own: a thread per request,
+/// [`MAX_REQUESTS`] at a time, one request per connection. Returns the
+/// address it listens on.
+pub fn listen(addr: SocketAddr, pages: Arc<dyn Pages>) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let addr = listener.local_addr()?;
+    let busy = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("web".into())
         .spawn(move || {
@@ -79,18 +94,18 @@ pub fn serve(addr: SocketAddr, serving: Arc<Mutex<Serving>>, role: Role) -> io::
                         continue;
                     }
                 };
-                if site.busy.fetch_add(1, Ordering::AcqRel) >= MAX_REQUESTS {
-                    site.busy.fetch_sub(1, Ordering::AcqRel);
+                if busy.fetch_add(1, Ordering::AcqRel) >= MAX_REQUESTS {
+                    busy.fetch_sub(1, Ordering::AcqRel);
                     continue;
                 }
-                let site = Arc::clone(&site);
+                let (pages, busy) = (Arc::clone(&pages), Arc::clone(&busy));
                 let spawned = std::thread::Builder::new()
                     .name("web-request".into())
                     .spawn(move || {
-                        if let Err(e) = site.answer(&mut conn) {
+                        if let Err(e) = answer(&*pages, &mut conn) {
                             tracing::debug!("status page: {e}");
                         }
-                        site.busy.fetch_sub(1, Ordering::AcqRel);
+                        busy.fetch_sub(1, Ordering::AcqRel);
                     });
                 if let Err(e) = spawned {
                     tracing::debug!("status page: starting a thread: {e}");
@@ -100,48 +115,46 @@ pub fn serve(addr: SocketAddr, serving: Arc<Mutex<Serving>>, role: Role) -> io::
     Ok(addr)
 }
 
-/// What the listener serves.
+/// Reads one request and answers it from `pages`.
+fn answer(pages: &dyn Pages, conn: &mut TcpStream) -> io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let head = read_head(conn)?;
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split(' ');
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (status, content_type, body) = match method {
+        "GET" | "HEAD" => pages.get(path, query)?,
+        _ => (
+            "405 Method Not Allowed",
+            TEXT,
+            "GET or HEAD only\n".to_owned(),
+        ),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if method != "HEAD" {
+        response += &body;
+    }
+    conn.write_all(response.as_bytes())
+}
+
+/// What the relay's listener serves.
 struct Site {
     registry: Registry,
     sampler: Arc<Sampler>,
     role: &'static str,
-    /// Requests being answered now.
-    busy: AtomicUsize,
 }
 
 /// A response: status line, content type and body.
-type Response = (&'static str, &'static str, String);
+pub type Response = (&'static str, &'static str, String);
 
-impl Site {
-    /// Reads one request and answers it.
-    fn answer(&self, conn: &mut TcpStream) -> io::Result<()> {
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-        conn.set_write_timeout(Some(Duration::from_secs(5)))?;
-        let head = read_head(conn)?;
-        let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-        let line = String::from_utf8_lossy(line);
-        let mut words = line.split(' ');
-        let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let (status, content_type, body) = match method {
-            "GET" | "HEAD" => self.get(path, query)?,
-            _ => (
-                "405 Method Not Allowed",
-                TEXT,
-                "GET or HEAD only\n".to_owned(),
-            ),
-        };
-        let mut response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-             Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        if method != "HEAD" {
-            response += &body;
-        }
-        conn.write_all(response.as_bytes())
-    }
-
+impl Pages for Site {
     fn get(&self, path: &str, query: &str) -> io::Result<Response> {
         Ok(match path {
             "/" | "/status" => ("200 OK", "text/html; charset=utf-8", PAGE.to_owned()),
@@ -150,11 +163,7 @@ impl Site {
                 let status = status_json::status(&self.sampler, self.role, since);
                 ("200 OK", "application/json", status.to_string())
             }
-            "/metrics" => (
-                "200 OK",
-                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-                crate::metrics::encode(&self.registry)?,
-            ),
+            "/metrics" => metrics_response(&self.registry)?,
             _ => (
                 "404 Not Found",
                 TEXT,
@@ -165,7 +174,16 @@ impl Site {
     }
 }
 
-const TEXT: &str = "text/plain; charset=utf-8";
+/// `registry` as the answer to `/metrics`.
+pub fn metrics_response(registry: &Registry) -> io::Result<Response> {
+    Ok((
+        "200 OK",
+        prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        crate::metrics::encode(registry)?,
+    ))
+}
+
+pub const TEXT: &str = "text/plain; charset=utf-8";
 
 /// The request head, up to its blank line (at most 8 KiB).
 fn read_head(conn: &mut TcpStream) -> io::Result<Vec<u8>> {
