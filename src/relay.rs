@@ -76,13 +76,17 @@ pub struct CommonArgs {
     /// On SIGINT/SIGTERM, let open connections finish for up to SECS seconds
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub drain: u64,
-    /// Username (with --password-env): for the remote relay (local role),
-    /// or the one accepted user (remote role)
-    #[arg(long, value_name = "NAME", requires = "password_env")]
+    /// Username (with --password-env or --password-file): for the remote
+    /// relay (local role), or the one accepted user (remote role)
+    #[arg(long, value_name = "NAME", requires = "password")]
     pub user: Option<String>,
     /// Environment variable holding the password (kept off the command line)
-    #[arg(long, value_name = "VAR", requires = "user")]
+    #[arg(long, value_name = "VAR", requires = "user", group = "password")]
     pub password_env: Option<String>,
+    /// File whose first line is the password (e.g. a systemd credential:
+    /// `--password-file %d/relay-password` with `LoadCredential=`)
+    #[arg(long, value_name = "FILE", requires = "user", group = "password")]
+    pub password_file: Option<PathBuf>,
     /// Allow only clients from this network (repeatable)
     #[arg(long = "allow-client", value_name = "CIDR", value_parser = parse_cidr)]
     pub allow_clients: Vec<Cidr>,
@@ -261,14 +265,23 @@ fn worded(mut e: ConfigError, from_file: bool) -> String {
 }
 
 fn credentials(common: &CommonArgs) -> Result<Option<(String, String)>, Failure> {
-    let (Some(user), Some(var)) = (&common.user, &common.password_env) else {
+    let Some(user) = &common.user else {
         return Ok(None);
     };
-    let password = std::env::var(var).map_err(|_| {
-        Failure::usage(format!(
-            "--password-env {var}: the variable {var} is not set\n  hint: export {var}=... first"
-        ))
-    })?;
+    let password = match (&common.password_env, &common.password_file) {
+        (Some(var), _) => std::env::var(var).map_err(|_| {
+            Failure::usage(format!(
+                "--password-env {var}: the variable {var} is not set\n  hint: export {var}=... first"
+            ))
+        })?,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::io(format!("reading {}", path.display()), &e))?;
+            warn_if_others_may_read(path, "a password");
+            text.lines().next().unwrap_or_default().to_owned()
+        }
+        (None, None) => return Ok(None),
+    };
     Ok(Some((user.clone(), password)))
 }
 

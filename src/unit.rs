@@ -1,6 +1,8 @@
 //! `mptcp enable UNIT` / `mptcp disable UNIT`: a systemd drop-in that runs
 //! a service under the preload library. The vendor unit file is never
-//! touched: the drop-in adds `Environment=` lines, and `disable` removes it.
+//! touched: the drop-in adds `Environment=` lines (and a relay password as
+//! a credential, `LoadCredential=`, from a file only root reads), and
+//! `disable` removes it.
 
 use std::fs;
 use std::io;
@@ -23,6 +25,34 @@ const UNIT_DIRS: [&str; 4] = [
     "usr/lib/systemd/system",
     "lib/systemd/system",
 ];
+
+/// The name of the relay password's systemd credential.
+const CREDENTIAL: &str = "mptcp-relay-password";
+
+/// Where `enable` keeps the relay password of `unit` (under `root`).
+fn password_path(root: &Path, unit: &str) -> PathBuf {
+    root.join("etc/mptcp")
+        .join(format!("{unit}.relay-password"))
+}
+
+/// Writes `secret` to a file only its owner reads (replacing it).
+fn write_secret(path: &Path, secret: &str) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode through open: make it 0600 too.
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    writeln!(file, "{secret}")?;
+    file.sync_all()
+}
 
 /// `mptcp enable`.
 #[derive(Args, Debug)]
@@ -223,7 +253,30 @@ pub fn enable(args: EnableArgs) -> CmdResult {
         let existing = unit_environment(&args.root, &unit, "GODEBUG");
         text.push_str(&quoted("GODEBUG", &add_godebug(existing.as_deref())));
     }
-    let has_secret = env.iter().any(|(k, _)| *k == "MPTCP_PRELOAD_PASSWORD");
+    // The relay password goes to a file of its own that systemd hands the
+    // service as a credential: `systemctl show` and the unit's environment
+    // never hold it.
+    let (password, env): (Vec<_>, Vec<_>) = env
+        .into_iter()
+        .partition(|(k, _)| *k == "MPTCP_PRELOAD_PASSWORD");
+    let password_file = password_path(&args.root, &unit);
+    if let Some((_, password)) = password.first() {
+        write_secret(&password_file, password)
+            .map_err(|e| write_failure(format!("writing {}", password_file.display()), &e))?;
+        let in_root = Path::new("/").join(
+            password_file
+                .strip_prefix(&args.root)
+                .unwrap_or(&password_file),
+        );
+        text.push_str(&format!(
+            "LoadCredential={CREDENTIAL}:{}\n",
+            in_root.display()
+        ));
+        text.push_str(&quoted(
+            "MPTCP_PRELOAD_PASSWORD_FILE",
+            &format!("%d/{CREDENTIAL}"),
+        ));
+    }
     for (key, value) in &env {
         text.push_str(&quoted(key, value));
     }
@@ -234,12 +287,11 @@ pub fn enable(args: EnableArgs) -> CmdResult {
         {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
-            let mode = if has_secret { 0o600 } else { 0o644 };
             let mut file = fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .mode(mode)
+                .mode(0o644)
                 .open(&tmp)?;
             file.write_all(text.as_bytes())?;
             file.sync_all()?;
@@ -276,6 +328,10 @@ pub fn disable(args: DisableArgs) -> CmdResult {
     // The directory goes too when it was only ours.
     if let Some(dir) = path.parent() {
         let _ = fs::remove_dir(dir);
+    }
+    let password_file = password_path(&args.root, &unit);
+    if fs::remove_file(&password_file).is_ok() {
+        println!("removed {}", password_file.display());
     }
     daemon_reload(&args.root);
     if args.root == Path::new("/") {

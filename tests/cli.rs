@@ -727,6 +727,60 @@ fn enable_writes_a_drop_in_and_disable_removes_it() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// With a relay password, `enable` keeps it out of the unit: a file only
+/// root reads, handed to the service as a systemd credential
+/// (`LoadCredential=`, read through `MPTCP_PRELOAD_PASSWORD_FILE=%d/...`).
+#[test]
+fn enable_gives_the_relay_password_as_a_credential() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::env::temp_dir().join(format!("mptcp-cli-enable-pw-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("usr/lib/systemd/system")).unwrap();
+    std::fs::write(
+        root.join("usr/lib/systemd/system/web.service"),
+        "[Service]\nExecStart=/usr/bin/web\n",
+    )
+    .unwrap();
+    let root_s = root.to_str().unwrap();
+    let mut enable = mptcp(&[
+        "enable",
+        "web",
+        "--root",
+        root_s,
+        "--relay",
+        "127.0.0.1:1080",
+        "--user",
+        "alice",
+        "--password-env",
+        "WEB_RELAY_PW",
+    ]);
+    enable.env("WEB_RELAY_PW", "correct horse");
+    expect_code(&mut enable, 0);
+    let drop_in = root.join("etc/systemd/system/web.service.d/50-mptcp.conf");
+    let conf = std::fs::read_to_string(&drop_in).unwrap();
+    assert!(!conf.contains("correct horse"), "{conf}");
+    assert!(
+        conf.contains(
+            "LoadCredential=mptcp-relay-password:/etc/mptcp/web.service.relay-password\n"
+        ),
+        "{conf}"
+    );
+    assert!(
+        conf.contains("Environment=\"MPTCP_PRELOAD_PASSWORD_FILE=%d/mptcp-relay-password\""),
+        "{conf}"
+    );
+    let secret = root.join("etc/mptcp/web.service.relay-password");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "correct horse\n");
+    let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    expect_code(&mut mptcp(&["disable", "web", "--root", root_s]), 0);
+    assert!(
+        !drop_in.exists() && !secret.exists(),
+        "disable removes both"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// `enable` takes service names only, refuses a `--root` that does not
 /// exist instead of creating it, and as a normal user exits 3 saying that
 /// it needs root.

@@ -1071,6 +1071,75 @@ fn relay_warns_about_wrong_passwords() {
     relay.stop();
 }
 
+/// A remote relay taking passwords in plain SOCKS5 beyond loopback says so
+/// at start; on loopback, or with a key and no plain clients, it does not.
+#[test]
+fn relay_warns_when_passwords_would_cross_the_network_in_clear() {
+    let start = |listen: &str, extra: &[&str]| {
+        let mut cmd = Command::new(MPTCP);
+        cmd.args(["relay", "remote", "--listen", listen])
+            .args(["--user", "alice", "--password-env", "RELAY_CLEAR_PW"])
+            .args(extra)
+            .env("RELAY_CLEAR_PW", "correct horse");
+        let mut relay = Daemon::start(cmd);
+        relay.wait_for("listening: RemoteSocks5 on ");
+        relay.stop()
+    };
+    let exposed = start("0.0.0.0:0", &[]);
+    assert!(exposed.contains("passwords in clear"), "{exposed}");
+    assert!(!start("127.0.0.1:0", &[]).contains("passwords in clear"));
+    let key = std::env::temp_dir().join(format!("mptcp-clear-key-{}", std::process::id()));
+    let _cleanup = Cleanup(key.clone());
+    let out = Command::new(MPTCP)
+        .args(["relay", "keygen", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let sealed = start("0.0.0.0:0", &["--key-file", key.to_str().unwrap()]);
+    assert!(!sealed.contains("passwords in clear"), "{sealed}");
+}
+
+/// `--password-file` (a systemd credential, say): the first line is the
+/// password; the right one logs in, a wrong one does not.
+#[test]
+fn relay_takes_its_password_from_a_file() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let file = std::env::temp_dir().join(format!("mptcp-relay-pw-{}", std::process::id()));
+    std::fs::write(&file, "correct horse\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cleanup = Cleanup(file.clone());
+    let mut relay = Daemon::start(loopback_relay(&[
+        "--user",
+        "alice",
+        "--password-file",
+        file.to_str().unwrap(),
+    ]));
+    let line = relay.wait_for("listening: RemoteSocks5 on ");
+    let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let login = |password: &[u8]| {
+        let mut conn = TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut hello = vec![5, 1, 2, 1, 5];
+        hello.extend_from_slice(b"alice");
+        hello.push(password.len() as u8);
+        hello.extend_from_slice(password);
+        conn.write_all(&hello).unwrap();
+        let mut reply = [0u8; 4];
+        conn.read_exact(&mut reply).unwrap();
+        reply[3]
+    };
+    assert_eq!(login(b"correct horse"), 0, "the file's password logs in");
+    assert_ne!(login(b"correct horse\n"), 0, "without its line end");
+    let log = relay.stop();
+    assert!(
+        !log.contains("may read it"),
+        "a 0600 file draws no warning: {log}"
+    );
+    drop(cleanup);
+}
+
 /// Under systemd, with stderr the stream JOURNAL_STREAM names (a unix
 /// socket here, as journald's is), each line starts with its syslog
 /// priority and has no timestamp of its own (the journal adds one).

@@ -166,6 +166,9 @@ pub const VAR_RELAY: &str = "MPTCP_PRELOAD_RELAY";
 pub const VAR_USER: &str = "MPTCP_PRELOAD_USER";
 /// Relay password.
 pub const VAR_PASSWORD: &str = "MPTCP_PRELOAD_PASSWORD";
+/// A file holding the relay password (its first line), e.g. a systemd
+/// credential (`%d/NAME`), so that the password is in no environment.
+pub const VAR_PASSWORD_FILE: &str = "MPTCP_PRELOAD_PASSWORD_FILE";
 /// Destinations to relay.
 pub const VAR_INCLUDE: &str = "MPTCP_PRELOAD_INCLUDE";
 /// Destinations not to relay.
@@ -259,7 +262,14 @@ pub fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError
             )
         })?),
     };
-    let credentials = match (get(VAR_USER), get(VAR_PASSWORD)) {
+    let password = match (get(VAR_PASSWORD), get(VAR_PASSWORD_FILE)) {
+        (Some(password), _) => Some(password),
+        (None, Some(path)) => {
+            Some(read_password(&path).map_err(|why| err(VAR_PASSWORD_FILE, &path, &why))?)
+        }
+        (None, None) => None,
+    };
+    let credentials = match (get(VAR_USER), password) {
         (None, None) => None,
         (Some(user), Some(pass)) if user.len() <= 255 && pass.len() <= 255 => Some((user, pass)),
         (Some(user), Some(_)) if user.len() > 255 => {
@@ -412,6 +422,16 @@ fn parse_rule(item: &str) -> Option<Rule> {
     Some(Rule { net, ports })
 }
 
+/// The first line of the password file `path`.
+fn read_password(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return Err("its first line is empty".into());
+    }
+    Ok(line.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,6 +490,28 @@ mod tests {
         ])
         .unwrap();
         assert!(c.remote_dns);
+    }
+
+    #[test]
+    fn the_password_may_come_from_a_file() {
+        let path = std::env::temp_dir().join(format!("mptcp-preload-pw-{}", std::process::id()));
+        std::fs::write(&path, "correct horse\nignored\n").unwrap();
+        let file = path.to_str().unwrap();
+        let relay = [
+            (VAR_MODE, "relay"),
+            (VAR_RELAY, "198.18.0.2:1080"),
+            (VAR_USER, "u"),
+        ];
+        let c = parse_env(&[&relay[..], &[(VAR_PASSWORD_FILE, file)]].concat()).unwrap();
+        let credentials = c.relay.unwrap().credentials;
+        assert_eq!(credentials, Some(("u".into(), "correct horse".into())));
+        // The variable itself wins; a file that cannot be read is an error.
+        let both = [(VAR_PASSWORD, "p"), (VAR_PASSWORD_FILE, file)];
+        let c = parse_env(&[&relay[..], &both].concat()).unwrap();
+        assert_eq!(c.relay.unwrap().credentials, Some(("u".into(), "p".into())));
+        std::fs::remove_file(&path).unwrap();
+        let e = parse_env(&[&relay[..], &[(VAR_PASSWORD_FILE, file)]].concat()).unwrap_err();
+        assert_eq!(e.var, VAR_PASSWORD_FILE);
     }
 
     #[test]

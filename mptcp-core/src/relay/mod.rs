@@ -241,6 +241,9 @@ impl Relay {
         // sockets close when the workers drop them at shutdown.
         drop(sockets);
         tracing::info!(?listeners, workers, "relay started");
+        if let Some(r) = &config.remote {
+            warn_if_passwords_in_clear(r);
+        }
         Ok(RelayHandle {
             shared,
             wakers,
@@ -403,6 +406,27 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
         }
     }
     Ok(specs)
+}
+
+/// A remote relay that takes passwords in plain SOCKS5 on a listener that
+/// faces more than loopback or a private network: anyone on the path reads
+/// them (and the payload).
+fn warn_if_passwords_in_clear(r: &RemoteConfig) {
+    let private = ClientAllowlist::or_private(&[]);
+    let exposed = r
+        .listen
+        .iter()
+        .find(|a| a.ip().is_unspecified() || !private.allows(policy::canonical(a.ip())));
+    if let Some(addr) = exposed
+        && !r.users.is_empty()
+        && r.serves_plain()
+    {
+        tracing::warn!(
+            "relay: {addr} takes SOCKS5 passwords in clear from beyond the LAN; give the relay \
+             a key (`mptcp relay keygen`, --key-file) so that local relays encrypt, and serve \
+             plain clients only where you need them (--plain)"
+        );
+    }
 }
 
 /// A key of a validated configuration.
