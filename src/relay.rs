@@ -131,6 +131,11 @@ pub struct LocalArgs {
     /// relay can answer (with --key-file)
     #[arg(long, value_name = "KEY", requires = "key_file")]
     pub remote_key: Option<PublicKey>,
+    /// The link state `mptcp paths auto` keeps: a session with fewer
+    /// subflows than usable links there is replaced [default:
+    /// /run/mptcp/links]
+    #[arg(long, value_name = "FILE", env = "MPTCP_LINKS_FILE")]
+    pub links_file: Option<PathBuf>,
 }
 
 /// `mptcp relay remote`.
@@ -368,6 +373,9 @@ fn local_config(args: &LocalArgs) -> Result<Config, Failure> {
         }
         if let Some(remote_key) = &args.remote_key {
             local.remote_key = Some(remote_key.to_string());
+        }
+        if let Some(path) = &args.links_file {
+            local.links_file = Some(path.clone());
         }
         config.local = Some(local);
         Ok(())

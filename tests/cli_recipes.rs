@@ -117,8 +117,14 @@ impl Drop for Daemon {
 
 fn mptcp_in(host: &Host, args: &[&str]) -> Command {
     let mut cmd = host.command(MPTCP);
-    cmd.args(args);
+    cmd.args(args).env("MPTCP_LINKS_FILE", links_file());
     cmd
+}
+
+/// The link state file of this test process's `paths auto` and relays,
+/// apart from the host's `/run/mptcp/links` and from other tests'.
+fn links_file() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("mptcp-recipes-links-{}", std::process::id()))
 }
 
 /// `sh -c LINE` inside `host`, with the built `mptcp` (and the preload
@@ -131,7 +137,9 @@ fn sh(host: &Host, line: &str) -> Command {
         std::env::var("PATH").unwrap_or_default()
     );
     let mut cmd = host.command("sh");
-    cmd.args(["-c", line]).env("PATH", path);
+    cmd.args(["-c", line])
+        .env("PATH", path)
+        .env("MPTCP_LINKS_FILE", links_file());
     cmd
 }
 
@@ -1022,7 +1030,8 @@ fn paths_auto_without_privilege_exits_3() {
         "--bounding-set=-all",
     ])
     .args(["--reuid=65534", "--regid=65534", "--clear-groups", MPTCP])
-    .args(["paths", "auto", "--include", "wan*"]);
+    .args(["paths", "auto", "--include", "wan*"])
+    .env("MPTCP_LINKS_FILE", links_file());
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");

@@ -197,6 +197,10 @@ fn paths_auto_once(host: &Host, args: &[&str]) -> (Option<i32>, String) {
         .args(["paths", "auto"])
         .args(args)
         .env("NO_COLOR", "1")
+        .env(
+            "MPTCP_LINKS_FILE",
+            std::env::temp_dir().join(format!("links-once-{}", std::process::id())),
+        )
         .output()
         .unwrap();
     let text = format!(

@@ -3,8 +3,8 @@
 //! redirected into it, two 20 Mbit/s WAN links, the remote relay, a
 //! destination), run as `mptcp relay` processes, then broken on purpose:
 //! a relay killed with SIGKILL, a WAN link that silently drops everything
-//! or goes down, a reader that stops reading, SIGTERM mid-transfer, CPU
-//! contention from busy loops. Every transfer that completes is checked
+//! or goes down, a session's subflow destroyed for good, a reader that
+//! stops reading, SIGTERM mid-transfer, CPU contention from busy loops. Every transfer that completes is checked
 //! byte for byte; one that cannot complete must end (reset or EOF), never
 //! hang.
 
@@ -158,7 +158,8 @@ fn relay_command(host: &Host, log: &std::path::Path, args: &[&str]) -> Command {
         .args(args)
         .args(["--user", "alice", "--password-env", PASSWORD_VAR])
         .env(PASSWORD_VAR, "correct horse")
-        .env("NO_COLOR", "1");
+        .env("NO_COLOR", "1")
+        .env("MPTCP_LINKS_FILE", log.with_file_name("links"));
     cmd
 }
 
@@ -400,6 +401,140 @@ fn a_transfer_survives_a_silent_link_and_a_link_taken_down() {
         assert_eq!(n, LEN / 4, "upload across a {fault} link");
         assert_eq!(u64::from_le_bytes(answer[8..].try_into().unwrap()), sum);
     }
+}
+
+/// The subflows of the local relay's sessions to the remote, by session.
+fn session_subflows(chain: &Chain) -> Vec<usize> {
+    let conns = chain
+        .rp
+        .local
+        .run(mptcp_core::diag::connections)
+        .expect("MPTCP diagnostics on the local node");
+    conns
+        .iter()
+        .filter(|c| c.remote.port() == REMOTE_PORT)
+        .map(|c| c.subflows.len())
+        .collect()
+}
+
+/// What `mptcp paths auto` keeps while both WAN links answer its probes,
+/// rewritten each second as the daemon does, until dropped.
+struct BothLinksUp {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BothLinksUp {
+    fn keep(path: std::path::PathBuf) -> BothLinksUp {
+        use mptcp_core::paths::{LinkRole, LinkState, LinkStatus};
+        let links: Vec<LinkStatus> = (0..2)
+            .map(|i| LinkStatus {
+                ifname: format!("wan{i}"),
+                ifindex: 10 + i,
+                state: LinkState::Up,
+                role: LinkRole::Active,
+                addr: Some(format!("198.18.{i}.1").parse().unwrap()),
+                rtt: Some(Duration::from_millis(1)),
+                loss_percent: 0.0,
+                since: std::time::SystemTime::now(),
+            })
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let writer = std::thread::spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                mptcp_core::paths::write_state(&path, &links).unwrap();
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        BothLinksUp {
+            stop,
+            writer: Some(writer),
+        }
+    }
+}
+
+impl Drop for BothLinksUp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// A session that loses a subflow for good (its socket destroyed, as the
+/// keepalive does after a long silent outage; the kernel never makes it
+/// again) is replaced while the paths daemon says both links work: a new
+/// LAN connection runs over both links again, and the download still on
+/// the old session finishes there, intact.
+#[test]
+fn a_session_that_lost_a_link_is_replaced_and_its_streams_finish_on_it() {
+    let chain = Chain::new();
+    let _links = BothLinksUp::keep(chain.logs.join("links"));
+    const LEN: u64 = 24 << 20;
+    let old = chain.download(LEN).unwrap();
+    let reader = std::thread::spawn(move || finish_download(old));
+    // Every session (a busy one opens a spare) on both links, then
+    // every one on one.
+    let all = |n: usize| {
+        let subflows = session_subflows(&chain);
+        !subflows.is_empty() && subflows.iter().all(|&s| s == n)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !all(2) {
+        assert!(Instant::now() < deadline, "{:?}", session_subflows(&chain));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Destroy the subflows on the second WAN link (from its address).
+    let killed = chain
+        .rp
+        .local
+        .command("ss")
+        .args([
+            "-K",
+            "src",
+            "198.18.1.1",
+            "dport",
+            &format!("= :{REMOTE_PORT}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "ss -K: {killed:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !all(1) {
+        assert!(Instant::now() < deadline, "{:?}", session_subflows(&chain));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = chain.logs.join("local.log");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("misses links")
+    {
+        assert!(Instant::now() < deadline, "the session was not replaced");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        reader.join().unwrap().unwrap(),
+        LEN,
+        "the old session's download"
+    );
+    // Now a new connection: on a new session, over both links.
+    let started = Instant::now();
+    let new = chain.download(LEN / 2).unwrap();
+    assert_eq!(finish_download(new).unwrap(), LEN / 2);
+    let mbit = (LEN / 2) as f64 * 8.0 / 1e6 / started.elapsed().as_secs_f64();
+    println!("after the replacement: {mbit:.1} Mbit/s");
+    assert!(
+        mbit > 30.0,
+        "{mbit:.1} Mbit/s: more than one 20 Mbit/s link can carry"
+    );
+    assert!(
+        session_subflows(&chain).contains(&2),
+        "{:?}",
+        session_subflows(&chain)
+    );
 }
 
 #[test]

@@ -20,6 +20,8 @@ pub mod pm;
 
 #[cfg(feature = "relay")]
 pub mod http;
+#[cfg(any(feature = "pm", feature = "relay"))]
+pub mod links;
 #[cfg(feature = "relay")]
 pub mod mux;
 #[cfg(feature = "relay")]

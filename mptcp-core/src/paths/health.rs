@@ -17,7 +17,9 @@
 //! counts subflows that died unseen against its limit lets go of them
 //! once that RM_ADDR arrives.
 
-use std::{fmt, net::SocketAddr, str::FromStr, time::Duration, time::Instant};
+use std::{net::SocketAddr, time::Duration, time::Instant};
+
+pub use crate::links::{LinkRole, LinkState};
 
 /// How links are probed and judged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,99 +68,6 @@ impl HealthConfig {
         self.interval
             + self.interval.max(self.timeout) * self.down_after.saturating_sub(1)
             + self.timeout
-    }
-}
-
-/// What a link is used for, as the operator says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum LinkRole {
-    /// Carries traffic whenever it works.
-    #[default]
-    Active,
-    /// Its endpoint has the `backup` flag: the kernel sends on it only
-    /// while no active subflow works (a metered LTE line).
-    Backup,
-    /// Not used at all: no endpoint, no routes, no probes.
-    Off,
-}
-
-impl LinkRole {
-    /// `active`, `backup` or `off`.
-    pub fn name(self) -> &'static str {
-        match self {
-            LinkRole::Active => "active",
-            LinkRole::Backup => "backup",
-            LinkRole::Off => "off",
-        }
-    }
-}
-
-impl fmt::Display for LinkRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for LinkRole {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "active" => Ok(LinkRole::Active),
-            "backup" => Ok(LinkRole::Backup),
-            "off" => Ok(LinkRole::Off),
-            _ => Err(format!(
-                "unknown link role {text:?}: expected active, backup or off"
-            )),
-        }
-    }
-}
-
-/// The state of a link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LinkState {
-    /// Down or without carrier: nothing can pass.
-    NoCarrier,
-    /// Has a carrier but has not yet answered `up_after` probes in a row.
-    Probing,
-    /// Answers its probes: its endpoint is in use.
-    Up,
-    /// Has a carrier but lost `down_after` probes in a row: its endpoint is
-    /// out of use.
-    Down,
-}
-
-impl LinkState {
-    /// `no-carrier`, `probing`, `up` or `down`.
-    pub fn name(self) -> &'static str {
-        match self {
-            LinkState::NoCarrier => "no-carrier",
-            LinkState::Probing => "probing",
-            LinkState::Up => "up",
-            LinkState::Down => "down",
-        }
-    }
-}
-
-impl fmt::Display for LinkState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for LinkState {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        [
-            LinkState::NoCarrier,
-            LinkState::Probing,
-            LinkState::Up,
-            LinkState::Down,
-        ]
-        .into_iter()
-        .find(|s| s.name() == text)
-        .ok_or_else(|| format!("unknown link state {text:?}"))
     }
 }
 

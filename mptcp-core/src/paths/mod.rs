@@ -36,7 +36,6 @@
 #![forbid(unsafe_code)]
 
 mod health;
-mod links;
 mod plan;
 mod probe;
 mod rtnl;
@@ -48,13 +47,15 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-pub use self::health::{HealthConfig, LinkHealth, LinkRole, LinkState, ProbeOutcome, Transition};
-pub use self::links::{DEFAULT_STATE_FILE, LinkStatus, read_state, usable_links, write_state};
+pub use self::health::{HealthConfig, LinkHealth, ProbeOutcome, Transition};
 pub use self::plan::{
     Action, Config, Interface, Owned, Role, Route, Rule, Snapshot, glob_match, plan, usable_address,
 };
 use self::probe::Prober;
 use self::rtnl::{Rtnl, Watcher};
+pub use crate::links::{
+    DEFAULT_STATE_FILE, LinkRole, LinkState, LinkStatus, read_state, usable_links, write_state,
+};
 use crate::pm::{EndpointFlags, Error, Limits, PathManager, Result};
 use crate::sys::probe_sock::{self, READABLE};
 

@@ -180,6 +180,15 @@ pub struct LocalConfig {
     /// key cannot answer.
     #[serde(default)]
     pub remote_key: Option<String>,
+    /// The link state of `mptcp paths auto`: a session with fewer subflows
+    /// than usable links there (for a few seconds) is replaced, its streams
+    /// finishing on it. Nothing is checked while no daemon keeps the file.
+    #[serde(default = "default_links_file")]
+    pub links_file: Option<std::path::PathBuf>,
+}
+
+fn default_links_file() -> Option<std::path::PathBuf> {
+    Some(std::path::PathBuf::from("/run/mptcp/links"))
 }
 
 fn yes() -> bool {
@@ -591,6 +600,7 @@ impl LocalConfig {
             allowed_clients: Vec::new(),
             key: None,
             remote_key: None,
+            links_file: default_links_file(),
         }
     }
 

@@ -99,6 +99,8 @@ pub(crate) enum Route {
         spare_idle: Duration,
         /// Encrypted sessions, to the remote with this key.
         keys: Option<Arc<seal::DialKeys>>,
+        /// Where the paths daemon says how many links are usable.
+        links_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -357,6 +359,7 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             max_sessions: l.max_sessions,
             spare_idle: Duration::from_secs(l.spare_session_idle_secs),
             keys: dial_keys(l)?,
+            links_file: l.links_file.clone(),
         });
         // Transparent listeners take what the firewall sends them; the
         // proxy listeners serve private addresses unless told otherwise.

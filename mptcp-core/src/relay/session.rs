@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -709,6 +709,8 @@ pub(crate) struct Session {
     pub busy_until: Instant,
     /// When a frame last went either way (idle spare sessions retire).
     pub last_active: Instant,
+    /// Since when it has fewer subflows than there are usable links.
+    pub short_since: Option<Instant>,
 }
 
 impl Session {
@@ -737,6 +739,7 @@ impl Session {
             deadline,
             busy_until: Instant::now(),
             last_active: Instant::now(),
+            short_since: None,
         }
     }
 
@@ -748,6 +751,14 @@ impl Session {
     /// Whether a bulk transfer kept the session busy until lately.
     pub(crate) fn is_busy(&self, now: Instant) -> bool {
         now < self.busy_until
+    }
+
+    /// Its subflows now (MPTCP_INFO; 1 for a plain TCP connection).
+    pub(crate) fn subflows(&self) -> usize {
+        match crate::info::mptcp_info(self.socket.as_fd()) {
+            Ok(info) => usize::from(info.subflows_total.unwrap_or(info.subflows + 1)),
+            Err(_) => 1,
+        }
     }
 
     /// Whether the session is still being set up.

@@ -503,10 +503,14 @@ impl Worker {
         });
     }
 
-    /// Closes the sessions whose time is up (late handshakes, idle spares).
+    /// Closes the sessions whose time is up (late handshakes, idle spares),
+    /// and replaces those that miss links.
     pub(super) fn sweep_sessions(&mut self) {
         for (s, why) in self.ctx.sessions.expired(self.ctx.now) {
             self.close_session(s, why);
+        }
+        for s in self.ctx.sessions.replace_short(self.ctx.now) {
+            self.close_session(s, "replaced: it misses links");
         }
     }
 }

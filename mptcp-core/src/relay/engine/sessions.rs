@@ -44,6 +44,11 @@ pub(super) const RETRY_AFTER_REFUSAL: Duration = Duration::from_secs(3600);
 pub(super) const SESSION_HANDSHAKE_BYTES: usize = 1024;
 /// A session counts as busy this long after its last bulk frame.
 const BUSY_HOLD: Duration = Duration::from_millis(200);
+/// How often a worker compares its sessions' subflows with the usable links.
+const LINK_CHECK: Duration = Duration::from_secs(1);
+/// How long a session may have fewer subflows than usable links (the path
+/// manager's time to add them) before it is replaced.
+const SHORT_GRACE: Duration = Duration::from_secs(4);
 
 /// The local role's sessions to the remote relay: how to open one and when
 /// the next may be tried.
@@ -61,6 +66,10 @@ struct Dialer {
     spare_idle: Duration,
     /// Encrypt the sessions, with these keys.
     keys: Option<Arc<DialKeys>>,
+    /// The paths daemon's state of the links, if any.
+    links_file: Option<std::path::PathBuf>,
+    /// When the sessions' subflows are next compared with the links.
+    next_link_check: Instant,
     /// This worker's sessions to the remote (keys), newest last.
     open: Vec<usize>,
     /// No new session before this.
@@ -82,6 +91,7 @@ impl Dialer {
                 max_sessions,
                 spare_idle,
                 keys,
+                links_file,
             } => Some(Dialer {
                 addr: *addr,
                 credentials: credentials.clone(),
@@ -89,6 +99,8 @@ impl Dialer {
                 max_sessions: *max_sessions,
                 spare_idle: *spare_idle,
                 keys: keys.clone(),
+                links_file: links_file.clone(),
+                next_link_check: Instant::now(),
                 open: Vec::new(),
                 retry_at: None,
                 failures: 0,
@@ -531,6 +543,68 @@ impl Sessions {
                 self.mark_dirty(s, now);
             }
         }
+    }
+
+    /// Local role: sessions with fewer subflows than the paths daemon has
+    /// usable links, for [`SHORT_GRACE`], take no new streams (those they
+    /// carry finish on them) and a new session is dialled. Returns the
+    /// replaced sessions that carry no stream, to be closed now.
+    pub(super) fn replace_short(&mut self, now: Instant) -> Vec<usize> {
+        let Some(dialer) = &mut self.dialer else {
+            return Vec::new();
+        };
+        if now < dialer.next_link_check {
+            return Vec::new();
+        }
+        dialer.next_link_check = now + LINK_CHECK;
+        let Some(links) = dialer
+            .links_file
+            .as_deref()
+            .and_then(crate::links::fresh_state)
+        else {
+            return Vec::new();
+        };
+        let usable = crate::links::usable_links(&links);
+        let mut replaced = Vec::new();
+        for &s in &dialer.open {
+            let Some(session) = self.slab.get_mut(s) else {
+                continue;
+            };
+            // Only sessions that leave through a link the daemon manages
+            // (not one on loopback, or in another network namespace).
+            let local = session.socket.local_addr().ok().map(|a| a.ip());
+            let managed = links.iter().any(|l| l.addr.is_some() && l.addr == local);
+            if !session.accepts_streams() || !managed {
+                continue;
+            }
+            let subflows = session.subflows();
+            if subflows >= usable {
+                session.short_since = None;
+                continue;
+            }
+            let since = *session.short_since.get_or_insert(now);
+            if now.duration_since(since) < SHORT_GRACE {
+                continue;
+            }
+            tracing::info!(
+                remote = %session.peer,
+                subflows,
+                usable,
+                streams = session.streams.len(),
+                "relay: a session to the remote relay misses links; new streams go to a new \
+                 session, and its streams finish on it"
+            );
+            session.state.on_go_away();
+            replaced.push(s);
+        }
+        if replaced.is_empty() {
+            return Vec::new();
+        }
+        self.dial(now);
+        replaced
+            .into_iter()
+            .filter(|&s| self.slab.get(s).is_some_and(|x| x.streams.is_empty()))
+            .collect()
     }
 
     /// Sessions to close now, and why: those whose handshake is late, and

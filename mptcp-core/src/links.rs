@@ -1,6 +1,8 @@
-//! What the automatic-paths daemon knows about each link, for other
-//! processes: `mptcp status` shows it, and a relay can ask how many links
-//! are usable ([`usable_links`]). The daemon rewrites a small text file
+//! The host's links as the automatic-paths daemon (`mptcp paths auto`)
+//! knows them: their roles and states, and the file it keeps them in for
+//! other processes. `mptcp status` shows it, and the relay asks how many
+//! links are usable ([`usable_links`]), so this module builds without the
+//! path manager too. The daemon rewrites a small text file
 //! (atomically, by rename) whenever a link changes, and every few seconds
 //! for its probe figures.
 //!
@@ -9,13 +11,105 @@
 //! `NAME INDEX STATE ROLE ADDRESS RTT_US LOSS_PERCENT SINCE_UNIX_MS`.
 
 use std::{
-    fs, io,
+    fmt, fs, io,
     net::IpAddr,
     path::Path,
+    str::FromStr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use super::health::{LinkRole, LinkState};
+/// What a link is used for, as the operator says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LinkRole {
+    /// Carries traffic whenever it works.
+    #[default]
+    Active,
+    /// Its endpoint has the `backup` flag: the kernel sends on it only
+    /// while no active subflow works (a metered LTE line).
+    Backup,
+    /// Not used at all: no endpoint, no routes, no probes.
+    Off,
+}
+
+impl LinkRole {
+    /// `active`, `backup` or `off`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkRole::Active => "active",
+            LinkRole::Backup => "backup",
+            LinkRole::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for LinkRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for LinkRole {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "active" => Ok(LinkRole::Active),
+            "backup" => Ok(LinkRole::Backup),
+            "off" => Ok(LinkRole::Off),
+            _ => Err(format!(
+                "unknown link role {text:?}: expected active, backup or off"
+            )),
+        }
+    }
+}
+
+/// The state of a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkState {
+    /// Down or without carrier: nothing can pass.
+    NoCarrier,
+    /// Has a carrier but has not yet answered `up_after` probes in a row.
+    Probing,
+    /// Answers its probes: its endpoint is in use.
+    Up,
+    /// Has a carrier but lost `down_after` probes in a row: its endpoint is
+    /// out of use.
+    Down,
+}
+
+impl LinkState {
+    /// `no-carrier`, `probing`, `up` or `down`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkState::NoCarrier => "no-carrier",
+            LinkState::Probing => "probing",
+            LinkState::Up => "up",
+            LinkState::Down => "down",
+        }
+    }
+}
+
+impl fmt::Display for LinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for LinkState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        [
+            LinkState::NoCarrier,
+            LinkState::Probing,
+            LinkState::Up,
+            LinkState::Down,
+        ]
+        .into_iter()
+        .find(|s| s.name() == text)
+        .ok_or_else(|| format!("unknown link state {text:?}"))
+    }
+}
 
 /// Where `mptcp paths auto` writes the state of its links by default.
 pub const DEFAULT_STATE_FILE: &str = "/run/mptcp/links";
@@ -142,6 +236,20 @@ pub fn read_state(path: &Path) -> io::Result<Vec<LinkStatus>> {
 /// path manager had its chance) is missing a link.
 pub fn usable_links(links: &[LinkStatus]) -> usize {
     links.iter().filter(|l| l.usable()).count()
+}
+
+/// How old the state file may be and still count: the daemon rewrites it
+/// every 2 s, so an older one was left by a daemon that is gone.
+pub const FRESH: Duration = Duration::from_secs(10);
+
+/// The links of the state file at `path`, if a running daemon keeps it
+/// (written within [`FRESH`]).
+pub fn fresh_state(path: &Path) -> Option<Vec<LinkStatus>> {
+    let modified = fs::metadata(path).ok()?.modified().ok()?;
+    if modified.elapsed().unwrap_or_default() > FRESH {
+        return None;
+    }
+    read_state(path).ok()
 }
 
 #[cfg(test)]
