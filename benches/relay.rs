@@ -924,6 +924,8 @@ struct Limited {
     routed: (f64, f64),
     direct_mptcp: (f64, f64),
     chain: (f64, f64),
+    /// The multiplexed chain with the link between the relays encrypted.
+    sealed_chain: (f64, f64),
     /// New connections during a download (median, worst) and the
     /// download's rate, multiplexed chain.
     muxed_latency: ((Duration, Duration), f64),
@@ -941,12 +943,16 @@ fn limited_links() -> Limited {
     let relays = start_chain(&rp, false);
     let separate_latency = latency_under_load(&rp);
     drop(relays);
-    let _relays = start_chain(&rp, true);
+    let relays = start_chain(&rp, true);
     let muxed_latency = latency_under_load(&rp);
+    let chain = download(&rp.lan, to);
+    drop(relays);
+    let _relays = start_sealed_chain(&rp);
     Limited {
         routed,
         direct_mptcp,
-        chain: download(&rp.lan, to),
+        chain,
+        sealed_chain: download(&rp.lan, to),
         muxed_latency,
         separate_latency,
     }
@@ -1004,6 +1010,15 @@ impl Limited {
             direct.1,
             chain.1,
             chain.1 / direct.1
+        );
+        let sealed = self.sealed_chain;
+        println!(
+            "  encrypted chain: {:.1} Mb ({:.2} x one link; after the first {} s {:.1} Mb, {:.2} x)",
+            sealed.0,
+            sealed.0 / routed.0,
+            RAMP_UP.as_secs(),
+            sealed.1,
+            sealed.1 / routed.1
         );
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         for (name, ((median, worst), rate)) in [
