@@ -15,10 +15,6 @@ fn state_file() -> PathBuf {
     std::env::var_os("MPTCP_LINKS_FILE").map_or_else(|| DEFAULT_STATE_FILE.into(), PathBuf::from)
 }
 
-/// How old the state file may be before the section says so (the daemon
-/// rewrites it every 2 s).
-const STALE_SECS: u64 = 10;
-
 /// `1h02m`, `3m05s`, `12s`.
 fn age(since: SystemTime) -> String {
     let secs = SystemTime::now()
@@ -64,7 +60,7 @@ pub fn print_section(out: &mut impl Write) -> io::Result<()> {
         .ok()
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .map_or(0, |d| d.as_secs());
-    let stale = if age_secs > STALE_SECS {
+    let stale = if age_secs > mptcp_core::links::FRESH.as_secs() {
         format!(", not updated for {age_secs} s: is it still running?")
     } else {
         String::new()

@@ -43,25 +43,7 @@ fn one_link() -> (Host, Host, Link) {
 /// Link `i`: client `eth{i}` 198.18.i.1/24 to server `eth{i}` 198.18.i.2/24,
 /// and a client default route through it with metric 100 + i.
 fn add_link(client: &Host, server: &Host, i: u8) -> Link {
-    let dev = format!("eth{i}");
-    let link = Link::new(
-        client,
-        &dev,
-        Ipv4Addr::new(198, 18, i, 1),
-        server,
-        &dev,
-        Ipv4Addr::new(198, 18, i, 2),
-        24,
-        Some(RATE),
-    )
-    .unwrap();
-    client
-        .ip_batch(&[format!(
-            "route add default via 198.18.{i}.2 dev {dev} metric {}",
-            100 + u32::from(i)
-        )])
-        .unwrap();
-    link
+    Link::uplink(client, server, i, Some(RATE)).unwrap()
 }
 
 /// Polls `probe` every 20 ms until it holds, for at most 5 s.

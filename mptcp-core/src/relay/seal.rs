@@ -235,6 +235,7 @@ fn channel(handshake: HandshakeState) -> io::Result<Channel> {
             nonce: 0,
             out: Vec::new(),
             out_pos: 0,
+            scratch: Vec::new(),
         },
         opener: Opener {
             state,
@@ -326,6 +327,9 @@ pub(crate) struct Sealer {
     nonce: u64,
     out: Vec<u8>,
     out_pos: usize,
+    /// Plaintext read from a pipe to be sealed: kept, so that a bulk
+    /// stream's frames cost no allocation.
+    pub scratch: Vec<u8>,
 }
 
 impl Sealer {
@@ -431,11 +435,7 @@ impl Opener {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
-            let have = self.buf.len();
-            self.buf.resize(have + READ_AHEAD, 0);
-            let got = sys::fd::recv(fd, &mut self.buf[have..]);
-            self.buf.truncate(have + *got.as_ref().unwrap_or(&0));
-            match got {
+            match sys::fd::recv_append(fd, &mut self.buf, READ_AHEAD) {
                 Ok(0) => return Ok(Opened::Eof),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Opened::Blocked),
@@ -446,17 +446,26 @@ impl Opener {
     }
 
     /// Reads plaintext into `buf` until the socket would block or `buf`
-    /// holds `limit` bytes. Returns whether the peer closed.
+    /// holds `limit` bytes (a record may take it past). Returns whether the
+    /// peer closed.
     pub(crate) fn read_to(
         &mut self,
         fd: RawFd,
         buf: &mut Vec<u8>,
         limit: usize,
     ) -> io::Result<bool> {
-        let mut chunk = vec![0u8; MAX_PLAINTEXT];
         while buf.len() < limit {
-            match self.read(fd, &mut chunk)? {
-                Opened::Bytes(n) => buf.extend_from_slice(&chunk[..n]),
+            // Records are opened straight into `buf`'s new tail.
+            let have = buf.len();
+            buf.resize(have + MAX_PLAINTEXT, 0);
+            let opened = self.read(fd, &mut buf[have..]);
+            let n = match &opened {
+                Ok(Opened::Bytes(n)) => *n,
+                _ => 0,
+            };
+            buf.truncate(have + n);
+            match opened? {
+                Opened::Bytes(_) => {}
                 Opened::Blocked => return Ok(false),
                 Opened::Eof => return Ok(true),
             }

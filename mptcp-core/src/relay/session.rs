@@ -194,7 +194,6 @@ impl Tx {
         let mut sink = SealedSink {
             fd,
             sealer: &mut sealer,
-            scratch: Vec::new(),
         };
         let done = self.flush_to(&mut sink, pool);
         let drained = match sealer.drain(fd) {
@@ -281,7 +280,6 @@ impl FrameSink for SocketSink {
 struct SealedSink<'a> {
     fd: RawFd,
     sealer: &'a mut Sealer,
-    scratch: Vec<u8>,
 }
 
 impl SealedSink<'_> {
@@ -306,9 +304,15 @@ impl FrameSink for SealedSink<'_> {
 
     fn splice_from(&mut self, pipe: &Pipe, len: usize) -> io::Result<usize> {
         self.ready()?;
-        self.scratch.resize(len.min(SEAL_BATCH), 0);
-        let n = sys::fd::read(pipe.read.as_raw_fd(), &mut self.scratch)?;
-        self.sealer.seal(&self.scratch[..n])?;
+        let want = len.min(SEAL_BATCH);
+        let mut scratch = std::mem::take(&mut self.sealer.scratch);
+        if scratch.len() < want {
+            scratch.resize(want, 0);
+        }
+        let sealed = sys::fd::read(pipe.read.as_raw_fd(), &mut scratch[..want])
+            .and_then(|n| self.sealer.seal(&scratch[..n]).map(|()| n));
+        self.sealer.scratch = scratch;
+        let n = sealed?;
         self.sealer.drain(self.fd)?;
         Ok(n)
     }

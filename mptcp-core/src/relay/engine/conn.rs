@@ -737,7 +737,7 @@ impl Conn {
         match &*route {
             Route::Upstream { addr, .. } => match origin {
                 Origin::Client(client) if ctx.sessions.multiplexing() => {
-                    self.multiplex(key, client, *addr, ctx)
+                    self.multiplex(key, client, ctx)
                 }
                 origin => self.start_connect(key, origin, vec![*addr], ctx),
             },
@@ -768,28 +768,24 @@ impl Conn {
 
     /// Local role: the connection becomes a stream of a session, now or
     /// once one is set up; or, when no session can take it, connects to the
-    /// remote relay (`remote`) for itself.
-    fn multiplex(
-        &mut self,
-        key: usize,
-        client: TcpStream,
-        remote: SocketAddr,
-        ctx: &mut Ctx,
-    ) -> Turn {
+    /// remote relay for itself (unless the sessions must be encrypted).
+    fn multiplex(&mut self, key: usize, client: TcpStream, ctx: &mut Ctx) -> Turn {
         match ctx.sessions.place(ctx.now) {
             Some(Placement::Open(s)) => self.attach(client, s, key, ctx),
             Some(Placement::Wait(s)) => {
                 ctx.sessions.wait_for(s, key, self.serial);
                 Turn::Wait(Phase::AwaitingSession { client })
             }
-            None if ctx.sessions.fallback().is_none() => Turn::Fail(
-                Phase::AwaitingSession { client },
-                Failure::new(
-                    ErrorKind::Upstream,
-                    "no encrypted session to the remote relay (the next attempt waits)",
+            None => match ctx.sessions.fallback() {
+                Some(remote) => self.start_connect(key, Origin::Client(client), vec![remote], ctx),
+                None => Turn::Fail(
+                    Phase::AwaitingSession { client },
+                    Failure::new(
+                        ErrorKind::Upstream,
+                        "no encrypted session to the remote relay (the next attempt waits)",
+                    ),
                 ),
-            ),
-            None => self.start_connect(key, Origin::Client(client), vec![remote], ctx),
+            },
         }
     }
 
