@@ -107,30 +107,35 @@ fn echo_through(local: &RelayHandle, echo: SocketAddr, len: usize) {
     assert_eq!(echo_round_trip(s, &data), data, "echoed intact");
 }
 
-#[test]
-fn the_encrypted_link_shows_neither_the_login_nor_the_payload() {
-    let echo = server(echo);
+/// The destination as SOCKS5 and OPEN frames write it: address, port.
+fn dest(echo: SocketAddr) -> Vec<u8> {
+    let mut dest = vec![127, 0, 0, 1];
+    dest.extend_from_slice(&echo.port().to_be_bytes());
+    dest
+}
+
+/// An encrypted chain (multiplexed or one session per connection) behind a
+/// tap: small and bulk streams, several at once, echo intact, and neither
+/// the payload, the login nor `dest` crosses the tap. Returns both relays.
+fn sealed_chain_checked(
+    echo: SocketAddr,
+    dest: &[u8],
+    multiplex: bool,
+) -> (RelayHandle, RelayHandle) {
     let remote_key = SecretKey::generate();
     let local_key = SecretKey::generate();
-
-    // Control: the same chain in plain, through the same kind of tap.
-    let plain_remote = remote(RemoteConfig::new("127.0.0.1:0".parse().unwrap()));
-    let plain_tap = Tap::new(remote_listener(&plain_remote));
-    let plain_local = local(plain_tap.addr, None);
-    echo_through(&plain_local, echo, 1 << 20);
-    assert!(
-        plain_tap.saw(MARKER) && plain_tap.saw(PASS.as_bytes()),
-        "the tap sees plain text"
-    );
-
     let sealed_remote = remote(
         RemoteConfig::new("127.0.0.1:0".parse().unwrap())
             .key(&remote_key)
             .peer_key(&local_key.public_key()),
     );
     let tap = Tap::new(remote_listener(&sealed_remote));
-    let sealed_local = local(tap.addr, Some((&local_key, &remote_key.public_key())));
-    // Small and bulk streams, several at once.
+    let config = LocalConfig::new(tap.addr.to_string())
+        .credentials(USER, PASS)
+        .socks5("127.0.0.1:0".parse().unwrap())
+        .encrypt(&local_key, &remote_key.public_key())
+        .multiplex(multiplex);
+    let sealed_local = Relay::start(Config::new().engine(engine()).local(config)).unwrap();
     std::thread::scope(|scope| {
         for len in [100, 70_000, 3 << 20, 5 << 20] {
             let l = &sealed_local;
@@ -142,17 +147,32 @@ fn the_encrypted_link_shows_neither_the_login_nor_the_payload() {
         "the data went through the tap: {}",
         tap.bytes()
     );
-    // The destination as SOCKS5 and OPEN frames write it: address, port.
-    let mut dest = vec![127, 0, 0, 1];
-    dest.extend_from_slice(&echo.port().to_be_bytes());
-    assert!(plain_tap.saw(&dest));
-    for secret in [MARKER, PASS.as_bytes(), USER.as_bytes(), &dest[..]] {
+    for secret in [MARKER, PASS.as_bytes(), USER.as_bytes(), dest] {
         assert!(
             !tap.saw(secret),
             "{:?} crossed the wire in clear",
             String::from_utf8_lossy(secret)
         );
     }
+    (sealed_remote, sealed_local)
+}
+
+#[test]
+fn the_encrypted_link_shows_neither_the_login_nor_the_payload() {
+    let echo = server(echo);
+
+    // Control: the same chain in plain, through the same kind of tap.
+    let plain_remote = remote(RemoteConfig::new("127.0.0.1:0".parse().unwrap()));
+    let plain_tap = Tap::new(remote_listener(&plain_remote));
+    let plain_local = local(plain_tap.addr, None);
+    echo_through(&plain_local, echo, 1 << 20);
+    assert!(
+        plain_tap.saw(MARKER) && plain_tap.saw(PASS.as_bytes()),
+        "the tap sees plain text"
+    );
+    assert!(plain_tap.saw(&dest(echo)));
+
+    let (sealed_remote, _) = sealed_chain_checked(echo, &dest(echo), true);
     let stats = sealed_remote.stats();
     assert_eq!(stats.multiplexed, 4, "{stats}");
     assert_eq!(stats.session_errors, 0, "{stats}");
@@ -221,6 +241,23 @@ fn plain_socks5_clients_are_served_only_when_asked_for() {
 }
 
 #[test]
+fn one_connection_per_client_connection_is_encrypted_in_a_session_of_its_own() {
+    let echo = server(echo);
+    let (remote, local) = sealed_chain_checked(echo, &dest(echo), false);
+    let stats = remote.stats();
+    assert_eq!(stats.multiplexed, 4, "{stats}");
+    assert_eq!(stats.session_errors, 0, "{stats}");
+    // Each session closes with its stream, at both ends (a multiplexed
+    // relay keeps its first session open).
+    let closed = || remote.stats().sessions == 0 && local.stats().sessions == 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !closed() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(closed(), "{} / {}", local.stats(), remote.stats());
+}
+
+#[test]
 fn key_configuration_mistakes_are_named() {
     let key = SecretKey::generate();
     let remote = "127.0.0.1:1080";
@@ -235,10 +272,6 @@ fn key_configuration_mistakes_are_named() {
     let mut garbled = LocalConfig::new(remote).encrypt(&key, &key.public_key());
     garbled.remote_key = Some("not a key".into());
     assert_eq!(bad(garbled), "local.remote_key");
-    let per_connection = LocalConfig::new(remote)
-        .encrypt(&key, &key.public_key())
-        .multiplex(false);
-    assert_eq!(bad(per_connection), "local.multiplex");
     let mut nobody = RemoteConfig::new("127.0.0.1:0".parse().unwrap()).plain(false);
     nobody.users.push(mptcp_core::relay::User {
         username: USER.into(),

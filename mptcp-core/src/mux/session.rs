@@ -168,6 +168,12 @@ impl SessionState {
         self.going_away = true;
     }
 
+    /// This end starts no new streams here either (the session was
+    /// replaced, or it carries one stream only): as after a GOAWAY.
+    pub fn retire(&mut self) {
+        self.going_away = true;
+    }
+
     /// Whether no new streams start on this session.
     pub fn is_going_away(&self) -> bool {
         self.going_away

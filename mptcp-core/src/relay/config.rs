@@ -140,7 +140,8 @@ pub struct LocalConfig {
     /// worker when the remote is this project's relay: no handshake, no
     /// subflow join and no round trip to the remote per connection. Other
     /// SOCKS5 servers (dante) refuse the request and get one connection
-    /// per client connection, as with `false`.
+    /// per client connection, as with `false`. With keys, `false` gives
+    /// every client connection an encrypted session of its own.
     #[serde(default = "yes")]
     pub multiplex: bool,
     /// Sessions a worker keeps at most: one, and more while the others are
@@ -471,14 +472,6 @@ impl Config {
                     }
                     if let Err(e) = remote.parse::<PublicKey>() {
                         return err("local.remote_key", e.to_string());
-                    }
-                    if !l.multiplex {
-                        return err(
-                            "local.multiplex",
-                            "encryption needs multiplex = true (one connection per client \
-                             connection is not encrypted)"
-                                .into(),
-                        );
                     }
                 }
                 (Some(_), None) => {

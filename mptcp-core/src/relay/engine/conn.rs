@@ -1174,12 +1174,13 @@ fn log_login(client: IpAddr, verdict: Option<(Verdict, String)>) {
     }
 }
 
-/// A CONNECT inside an encrypted channel: only sessions are encrypted, and
-/// the data of one connection per client connection would flow in clear.
+/// A CONNECT inside an encrypted channel: encrypted relays carry every
+/// connection in a session (one each without multiplexing), and a CONNECT's
+/// data would flow in clear after it.
 fn not_encrypted() -> Failure {
     let mut f = Failure::new(
         ErrorKind::Protocol,
-        "CONNECT in an encrypted channel: only multiplexed sessions are encrypted",
+        "CONNECT in an encrypted channel: encrypted connections come as sessions",
     );
     f.socks = ReplyCode::CommandNotSupported;
     f

@@ -5,7 +5,9 @@
 //! Each worker of the local relay keeps a session to the remote relay (more
 //! while the others carry bulk transfers) and carries each connection as a
 //! stream of one; the remote relay turns a SOCKS5 MULTIPLEX request into a
-//! session. A session that cannot be set up (the remote does not multiplex,
+//! session. With encryption and multiplexing off, every connection gets a
+//! session of its own ("dedicated"): its own MPTCP connection and its own
+//! handshake, closed when its one stream ends. A session that cannot be set up (the remote does not multiplex,
 //! refuses us, or cannot be reached) sends its waiting connections the
 //! usual way, one SOCKS5 CONNECT each, and the next attempt waits: a second
 //! after the first failure, doubling up to a minute, and an hour after
@@ -66,6 +68,9 @@ struct Dialer {
     spare_idle: Duration,
     /// Encrypt the sessions, with these keys.
     keys: Option<Arc<DialKeys>>,
+    /// One session per connection, closed with its stream (encrypted
+    /// without multiplexing).
+    dedicated: bool,
     /// The paths daemon's state of the links, if any.
     links_file: Option<std::path::PathBuf>,
     /// When the sessions' subflows are next compared with the links.
@@ -79,26 +84,28 @@ struct Dialer {
 }
 
 impl Dialer {
-    /// The dialer for the first route that goes to a remote relay with
-    /// multiplexing on (a local role has one remote).
+    /// The dialer for the first route that goes to a remote relay in
+    /// sessions: with multiplexing on, or encrypted (a local role has one
+    /// remote).
     fn for_routes<'a>(mut routes: impl Iterator<Item = &'a Route>) -> Option<Dialer> {
         routes.find_map(|r| match r {
             Route::Upstream {
                 addr,
                 credentials,
                 mptcp,
-                multiplex: true,
+                multiplex,
                 max_sessions,
                 spare_idle,
                 keys,
                 links_file,
-            } => Some(Dialer {
+            } if *multiplex || keys.is_some() => Some(Dialer {
                 addr: *addr,
                 credentials: credentials.clone(),
                 mptcp: *mptcp,
                 max_sessions: *max_sessions,
                 spare_idle: *spare_idle,
                 keys: keys.clone(),
+                dedicated: !*multiplex,
                 links_file: links_file.clone(),
                 next_link_check: Instant::now(),
                 open: Vec::new(),
@@ -224,9 +231,13 @@ impl Sessions {
     ///
     /// An open session that is not busy with a bulk transfer comes first;
     /// then one being set up; then a new one (up to `max_sessions`); then
-    /// the busy session whose bulk transfer is oldest.
+    /// the busy session whose bulk transfer is oldest. A dedicated
+    /// session is always new.
     pub(super) fn place(&mut self, now: Instant) -> Option<Placement> {
         let dialer = self.dialer.as_ref()?;
+        if dialer.dedicated {
+            return self.dial(now).map(Placement::Wait);
+        }
         let listed = || {
             dialer
                 .open
@@ -270,6 +281,10 @@ impl Sessions {
         let id = session.state.open_stream()?;
         session.tx.control(id, &Control::Open(dest));
         session.streams.insert(id, key);
+        if self.dialer.as_ref().is_some_and(|d| d.dedicated) {
+            // Its one stream: the session closes when that ends.
+            session.state.retire();
+        }
         let stream = Stream::new(s, id, session.state.peer_window(), window, early);
         Counters::add(&self.counters().multiplexed, 1);
         self.mark_dirty(s, now);
@@ -492,7 +507,7 @@ impl Sessions {
         let was_busy = session.is_busy(now);
         session.busy_until = now + BUSY_HOLD;
         let Some(dialer) = &self.dialer else { return };
-        if was_busy || !matches!(session.role, Role::Client { .. }) {
+        if was_busy || dialer.dedicated || !matches!(session.role, Role::Client { .. }) {
             return;
         }
         let spare = dialer.open.iter().any(|&k| {
@@ -550,7 +565,7 @@ impl Sessions {
     /// carry finish on them) and a new session is dialled. Returns the
     /// replaced sessions that carry no stream, to be closed now.
     pub(super) fn replace_short(&mut self, now: Instant) -> Vec<usize> {
-        let Some(dialer) = &mut self.dialer else {
+        let Some(dialer) = self.dialer.as_mut().filter(|d| !d.dedicated) else {
             return Vec::new();
         };
         if now < dialer.next_link_check {
@@ -594,7 +609,7 @@ impl Sessions {
                 "relay: a session to the remote relay misses links; new streams go to a new \
                  session, and its streams finish on it"
             );
-            session.state.on_go_away();
+            session.state.retire();
             replaced.push(s);
         }
         if replaced.is_empty() {
