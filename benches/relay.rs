@@ -38,7 +38,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -103,12 +103,12 @@ fn main() {
 
     // `RELAY_BENCH=connect`: only the connection rates, for profiling.
     if std::env::var("RELAY_BENCH").as_deref() == Ok("connect") {
-        let routed = connect_rate(&rp, dest(CONNECT));
+        let routed = connect_rate(&rp, dest(CONNECT), &|| Duration::ZERO);
         redirect_rule(&rp);
         for multiplex in [true, false] {
             let (local, _remote) = start_chain(&rp, multiplex);
             eprintln!("measuring the chain's connection rate (multiplex: {multiplex})");
-            let rate = connect_rate(&rp, dest(CONNECT));
+            let rate = connect_rate(&rp, dest(CONNECT), &|| Duration::ZERO);
             println!(
                 "chain (multiplex: {multiplex}): {rate}; routed {routed}\n{}",
                 local.stats()
@@ -131,63 +131,52 @@ fn main() {
             let _chain = start_chain(&rp, multiplex);
             twice(&format!("chain (multiplex: {multiplex})"));
         }
-        // Encrypted: this relay against shadowsocks-libev, CPU per GB of
-        // both relays (threads here; the two shadowsocks processes).
-        // The upload is checked by an answer after the client's half-close,
-        // which shadowsocks-libev does not carry (it closes both ways).
-        let per_gb = |name: &str, cpu: &dyn Fn() -> Duration, half_close: bool| {
-            let before = cpu();
-            let down = download(&rp.lan, dest(DOWNLOAD)).0;
-            let up = half_close.then(|| upload(&rp, dest(UPLOAD)));
-            let gb = (down + up.unwrap_or(0.0)) * THROUGHPUT_TIME.as_secs_f64() / 8e3;
-            let per_gb = (cpu() - before).as_secs_f64() / gb;
-            let up = up.map_or("n/a (no half-close)".to_string(), |u| format!("{u:.0}"));
-            println!(
-                "{name}: download {down:.0}, upload {up} Mbit/s; relays' CPU {per_gb:.2} s per GB"
-            );
-        };
-        type Start = fn(&RelayPath) -> (RelayHandle, RelayHandle);
-        let chains: [(&str, Start); 2] = [
-            ("chain, muxed", |rp| start_chain(rp, true)),
-            ("chain, encrypted", start_sealed_chain),
+        // Encrypted: this relay against shadowsocks-libev, with the CPU
+        // per GB of both relays.
+        let encrypted: [Start; 3] = [
+            Contender::sealed,
+            |rp| Contender::shadowsocks(rp, "aes-256-gcm"),
+            |rp| Contender::shadowsocks(rp, "chacha20-ietf-poly1305"),
         ];
-        for (name, start) in chains {
-            let chain = start(&rp);
-            per_gb(name, &relay_threads_cpu, true);
-            drop(chain);
-        }
-        for cipher in ["aes-256-gcm", "chacha20-ietf-poly1305"] {
-            let (redir, server) = start_shadowsocks(&rp, cipher);
-            let cpu = || process_cpu_of(redir.id()) + process_cpu_of(server.id());
-            per_gb(&format!("shadowsocks-libev {cipher}"), &cpu, false);
+        for start in encrypted {
+            let contender = start(&rp);
+            let row = Row::measure(&rp, &contender);
+            println!(
+                "{}: download {:.0}, upload {:.0} Mbit/s; relays' CPU {:.2} s per GB",
+                contender.name,
+                row.down,
+                row.up,
+                row.cpu_per_gb.unwrap_or(f64::NAN)
+            );
         }
         let _legacy = start_redsocks_dante(&rp);
         twice("redsocks + dante");
         return;
     }
-    let measure = || Row {
-        down: download(&rp.lan, dest(DOWNLOAD)).0,
-        up: upload(&rp, dest(UPLOAD)),
-        conns: connect_rate(&rp, dest(CONNECT)),
-    };
     // Routed TCP is measured first and last, as other load on the machine
     // moves it between runs; the ratios are to the mean of both.
-    let routed_first = measure();
+    let routed_first = Row::measure(&rp, &Contender::routed());
     // MPTCP alone between the relays' hosts: the ceiling of any chain.
     let direct = direct_mptcp_download(&rp).0;
     redirect_rule(&rp);
-    let (local, remote) = start_chain(&rp, true);
-    let muxed = measure();
-    let (local_stats, remote_stats) = (local.stats(), remote.stats());
-    drop((local, remote));
-    let chain = start_chain(&rp, false);
-    let separate = measure();
-    drop(chain);
-    let legacy_chain = start_redsocks_dante(&rp);
-    let legacy = measure();
-    drop(legacy_chain);
+    let mut rows = Vec::new();
+    let mut muxed_stats = None;
+    let contenders: [Start; 5] = [
+        |rp: &RelayPath| Contender::chain(rp, true),
+        |rp: &RelayPath| Contender::chain(rp, false),
+        Contender::sealed,
+        |rp: &RelayPath| Contender::shadowsocks(rp, "aes-256-gcm"),
+        Contender::redsocks_dante,
+    ];
+    for start in contenders {
+        let contender = start(&rp);
+        rows.push((contender.name, Row::measure(&rp, &contender)));
+        if let Some((local, remote)) = &contender.relays {
+            muxed_stats.get_or_insert_with(|| (local.stats(), remote.stats()));
+        }
+    }
     remove_redirect_rule(&rp);
-    let routed_last = measure();
+    let routed_last = Row::measure(&rp, &Contender::routed());
     let routed = Row::mean(&routed_first, &routed_last);
     redirect_rule(&rp);
     let _chain = start_chain(&rp, false);
@@ -197,56 +186,76 @@ fn main() {
     let limited = limited_links();
 
     println!();
-    println!(
-        "{:<34} {:>14} {:>14} {:>5} {:>14} {:>5} {:>14} {:>5}",
-        "relay benchmark (veths, 2 cores)",
-        "routed TCP",
-        "chain, muxed",
-        "ratio",
-        "1 conn each",
-        "ratio",
-        "redsocks+dante",
-        "ratio"
+    print!(
+        "{:<34} {:>11}",
+        "relay benchmark (veths, 2 cores)", "routed TCP"
     );
-    let row = |name: &str, unit: &str, routed: f64, others: [Option<f64>; 3]| {
-        println!(
-            "{name:<34} {routed:>10.0} {unit:<3}{}",
-            ratio_cells(unit, routed, &others)
-        );
-    };
-    row(
-        "download (dest -> lan)",
-        "Mb",
-        routed.down,
-        [Some(muxed.down), Some(separate.down), Some(legacy.down)],
-    );
-    row(
-        "upload (lan -> dest)",
-        "Mb",
-        routed.up,
-        [Some(muxed.up), Some(separate.up), Some(legacy.up)],
-    );
-    let (r, m, c, l) = (routed.conns, muxed.conns, separate.conns, legacy.conns);
-    row(
-        "new connections/s",
-        "/s",
-        r.per_s,
-        [Some(m.per_s), Some(c.per_s), Some(l.per_s)],
-    );
-    // redsocks and dante run as processes of their own: their CPU time is
-    // not in this process's.
-    row(
-        "  CPU us per connection (process)",
+    for (name, _) in &rows {
+        print!(" {name:>17}");
+    }
+    println!();
+    let line =
+        |name: &str, unit: &str, routed: Option<f64>, value: &dyn Fn(&Row) -> Option<f64>| {
+            let cells: Vec<Option<f64>> = rows.iter().map(|(_, r)| value(r)).collect();
+            let first = routed.map_or(format!("{:>11}", "-"), |v| {
+                format!("{} {unit:<3}", figure(v))
+            });
+            println!("{name:<34} {first}{}", ratio_cells(unit, routed, &cells));
+        };
+    line("download (dest -> lan)", "Mb", Some(routed.down), &|r| {
+        Some(r.down)
+    });
+    line("upload (lan -> dest)", "Mb", Some(routed.up), &|r| {
+        Some(r.up)
+    });
+    line("  relays' CPU s per GB", "s", None, &|r| r.cpu_per_gb);
+    line("new connections/s", "/s", Some(routed.conns.per_s), &|r| {
+        Some(r.conns.per_s)
+    });
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    line("  p50 ms", "ms", Some(ms(routed.conns.p50)), &|r| {
+        Some(ms(r.conns.p50))
+    });
+    line("  p99 ms", "ms", Some(ms(routed.conns.p99)), &|r| {
+        Some(ms(r.conns.p99))
+    });
+    line(
+        "  CPU us per connection",
         "us",
-        r.cpu_us,
-        [Some(m.cpu_us), Some(c.cpu_us), None],
+        Some(routed.conns.cpu_us),
+        &|r| Some(r.conns.cpu_us),
     );
     println!(
-        "{:<34} {:>14}{}",
+        "{:<34} {:>11} {:>17}{}",
         "  1 conn each, without 2nd subflow",
         "",
-        ratio_cells("/s", r.per_s, &[None, Some(one_subflow.per_s), None])
+        "",
+        ratio_cells("/s", Some(routed.conns.per_s), &[Some(one_subflow.per_s)])
     );
+    println!(
+        "(ratios: to routed TCP; CPU per GB: to the encrypted chain. CPU includes the \
+         relay processes, the clients and servers of the bench, and the kernel's work in them)"
+    );
+    let row_of = |name: &str| rows.iter().find(|(n, _)| *n == name).map(|(_, r)| r);
+    if let (Some(sealed), Some(ss), Some(plain)) = (row_of(SEALED), row_of(SS_AES), row_of(MUXED)) {
+        let cpu = |r: &Row| r.cpu_per_gb.unwrap_or(f64::NAN);
+        println!(
+            "encrypted chain / shadowsocks-libev aes-256-gcm: download {:.2} x, upload {:.2} x, \
+             CPU per GB {:.2} x, connections/s {:.2} x (goals: >= 2 x, <= 0.5 x CPU)",
+            sealed.down / ss.down,
+            sealed.up / ss.up,
+            cpu(sealed) / cpu(ss),
+            sealed.conns.per_s / ss.conns.per_s
+        );
+        println!(
+            "encryption's cost, encrypted / plain multiplexed chain: download {:.2} x, \
+             upload {:.2} x, CPU per GB {:.2} x, connections/s {:.2} x",
+            sealed.down / plain.down,
+            sealed.up / plain.up,
+            cpu(sealed) / cpu(plain),
+            sealed.conns.per_s / plain.conns.per_s
+        );
+    }
     println!(
         "{:<34} down {:.0} / {:.0} Mb, up {:.0} / {:.0} Mb, {:.0} / {:.0} connections/s",
         "  routed TCP, first / last",
@@ -258,26 +267,123 @@ fn main() {
         routed_last.conns.per_s
     );
     println!(
-        "{:<34} {:>10.0} Mb  (no relay, local <- remote; {:.2} of routed: the ceiling of the chain)",
+        "{:<34} {:>7.0} Mb  (no relay, local <- remote; {:.2} of routed: the ceiling of the chain)",
         "direct MPTCP, 2 subflows",
         direct,
         direct / routed.down
     );
     concurrent.print();
     limited.print();
-    println!(
-        "multiplexed chain, local relay:  {local_stats}\nmultiplexed chain, remote relay: {remote_stats}"
-    );
+    if let Some((local, remote)) = muxed_stats {
+        println!(
+            "multiplexed chain, local relay:  {local}\nmultiplexed chain, remote relay: {remote}"
+        );
+    }
+}
+
+/// Starts a [`Contender`] in the test bed.
+type Start = fn(&RelayPath) -> Contender;
+
+const MUXED: &str = "chain, muxed";
+const SEALED: &str = "chain, encrypted";
+const SS_AES: &str = "ss-libev aes-gcm";
+
+/// One way of carrying the LAN's connections to the destination, running
+/// while it lives, measured in the table.
+struct Contender {
+    name: &'static str,
+    /// Our relays, in this process (their CPU is in its threads).
+    relays: Option<(RelayHandle, RelayHandle)>,
+    /// Relays that run as processes of their own (their CPU is theirs).
+    daemons: Vec<Daemon>,
+}
+
+impl Contender {
+    /// No relay: the LAN's TCP routed (the redirect rule removed).
+    fn routed() -> Contender {
+        Contender {
+            name: "routed TCP",
+            relays: None,
+            daemons: Vec::new(),
+        }
+    }
+
+    fn chain(rp: &RelayPath, multiplex: bool) -> Contender {
+        Contender {
+            name: if multiplex {
+                MUXED
+            } else {
+                "chain, 1 conn each"
+            },
+            relays: Some(start_chain(rp, multiplex)),
+            daemons: Vec::new(),
+        }
+    }
+
+    fn sealed(rp: &RelayPath) -> Contender {
+        Contender {
+            name: SEALED,
+            relays: Some(start_sealed_chain(rp)),
+            daemons: Vec::new(),
+        }
+    }
+
+    fn shadowsocks(rp: &RelayPath, cipher: &str) -> Contender {
+        let (redir, server) = start_shadowsocks(rp, cipher);
+        Contender {
+            name: if cipher.starts_with("aes") {
+                SS_AES
+            } else {
+                "ss-libev chacha20"
+            },
+            relays: None,
+            daemons: vec![redir, server],
+        }
+    }
+
+    fn redsocks_dante(rp: &RelayPath) -> Contender {
+        let (redsocks, dante) = start_redsocks_dante(rp);
+        Contender {
+            name: "redsocks+dante",
+            relays: None,
+            daemons: vec![redsocks, dante],
+        }
+    }
+
+    /// CPU time of its relays so far; `None` for routed TCP.
+    fn relay_cpu(&self) -> Option<Duration> {
+        match (&self.relays, self.daemons.is_empty()) {
+            (Some(_), _) => Some(relay_threads_cpu()),
+            (None, false) => Some(self.daemon_cpu()),
+            (None, true) => None,
+        }
+    }
+
+    /// CPU time of its relay processes so far (zero for relays in this
+    /// process, whose CPU [`process_cpu`] counts).
+    fn daemon_cpu(&self) -> Duration {
+        self.daemons.iter().map(|d| process_cpu_of(d.id())).sum()
+    }
+}
+
+/// A table's figure, 7 wide: with decimals when small.
+fn figure(v: f64) -> String {
+    if v.abs() < 100.0 {
+        format!("{v:>7.2}")
+    } else {
+        format!("{v:>7.0}")
+    }
 }
 
 /// Table cells for `values` (blank when `None`), each with its ratio to
-/// `base`.
-fn ratio_cells(unit: &str, base: f64, values: &[Option<f64>]) -> String {
+/// `base` (none without a base).
+fn ratio_cells(unit: &str, base: Option<f64>, values: &[Option<f64>]) -> String {
     values
         .iter()
-        .map(|v| match v {
-            Some(v) => format!(" {v:>10.0} {unit:<3} {:>5.2}", v / base),
-            None => format!(" {:>14} {:>5}", "-", ""),
+        .map(|v| match (v, base) {
+            (Some(v), Some(base)) => format!(" {} {unit:<3} {:>5.2}", figure(*v), v / base),
+            (Some(v), None) => format!(" {} {unit:<3} {:>5}", figure(*v), ""),
+            (None, _) => format!(" {:>11} {:>5}", "-", ""),
         })
         .collect()
 }
@@ -285,39 +391,72 @@ fn ratio_cells(unit: &str, base: f64, values: &[Option<f64>]) -> String {
 struct Row {
     down: f64,
     up: f64,
+    /// Seconds of the relays' CPU per GB carried (both directions).
+    cpu_per_gb: Option<f64>,
     conns: Rate,
 }
 
 impl Row {
+    /// Throughput both ways (with the relays' CPU per GB), then the
+    /// connection rate, through `contender`.
+    fn measure(rp: &RelayPath, contender: &Contender) -> Row {
+        eprintln!("measuring {}", contender.name);
+        let dest = |port| SocketAddr::new(rp.dest_addr().into(), port);
+        let before = contender.relay_cpu();
+        let down = download(&rp.lan, dest(DOWNLOAD)).0;
+        let up = upload(rp, dest(UPLOAD));
+        let gb = (down + up) * THROUGHPUT_TIME.as_secs_f64() / 8e3;
+        let cpu_per_gb = before
+            .zip(contender.relay_cpu())
+            .map(|(before, after)| (after - before).as_secs_f64() / gb);
+        let conns = connect_rate(rp, dest(CONNECT), &|| contender.daemon_cpu());
+        Row {
+            down,
+            up,
+            cpu_per_gb,
+            conns,
+        }
+    }
+
     fn mean(a: &Row, b: &Row) -> Row {
         let mean = |x: f64, y: f64| (x + y) / 2.0;
         Row {
             down: mean(a.down, b.down),
             up: mean(a.up, b.up),
+            cpu_per_gb: None,
             conns: Rate {
                 per_s: mean(a.conns.per_s, b.conns.per_s),
                 cpu_us: mean(a.conns.cpu_us, b.conns.cpu_us),
+                p50: (a.conns.p50 + b.conns.p50) / 2,
+                p99: (a.conns.p99 + b.conns.p99) / 2,
             },
         }
     }
 }
 
-/// New connections per second, and the CPU time this process (clients,
+/// New connections per second (16 clients, each connecting, reading the
+/// destination's byte and closing, in a loop), the time each took (p50,
+/// p99), and the CPU time spent per connection by this process (clients,
 /// servers, in-process relays, and the packet processing the kernel does
-/// in their context) spent per connection: less sensitive than the rate to
-/// other load on the machine.
+/// in their context) and by relay processes: less sensitive than the rate
+/// to other load on the machine.
 #[derive(Debug, Clone, Copy)]
 struct Rate {
     per_s: f64,
     cpu_us: f64,
+    p50: Duration,
+    p99: Duration,
 }
 
 impl std::fmt::Display for Rate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.0} connections/s, {:.0} us CPU each",
-            self.per_s, self.cpu_us
+            "{:.0} connections/s (p50 {:.2} ms, p99 {:.2} ms), {:.0} us CPU each",
+            self.per_s,
+            self.p50.as_secs_f64() * 1e3,
+            self.p99.as_secs_f64() * 1e3,
+            self.cpu_us
         )
     }
 }
@@ -382,6 +521,7 @@ fn serve(rp: &RelayPath, download_time: Duration) {
             std::thread::spawn(move || {
                 let mut s = s;
                 if let Ok((n, _)) = data::receive_and_check(&mut s) {
+                    *UPLOADED.lock().unwrap() = Some(n);
                     let _ = s.write_all(&n.to_le_bytes());
                 }
             });
@@ -639,47 +779,82 @@ fn receive_rates(mut s: TcpStream) -> (f64, f64) {
     })
 }
 
+/// The last upload the destination received intact, in bytes: how an
+/// upload is timed to its end, also through relays that cannot carry the
+/// client's half-close (shadowsocks-libev closes both ways), where the
+/// destination's answer would never come back.
+static UPLOADED: Mutex<Option<u64>> = Mutex::new(None);
+
+/// An upload of [`THROUGHPUT_TIME`], timed until the destination has all
+/// of it (checked).
 fn upload(rp: &RelayPath, to: SocketAddr) -> f64 {
     rp.lan.run(|| {
+        UPLOADED.lock().unwrap().take();
         let mut s = TcpStream::connect(to).expect("connect for upload");
         let started = Instant::now();
         let (sent, _) = data::send_pattern_for(&mut s, THROUGHPUT_TIME).expect("upload");
         s.shutdown(Shutdown::Write).unwrap();
-        let mut ack = [0u8; 8];
-        s.read_exact(&mut ack).expect("upload acknowledged");
-        assert_eq!(u64::from_le_bytes(ack), sent, "upload intact");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(received) = *UPLOADED.lock().unwrap() {
+                assert_eq!(received, sent, "upload intact");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the destination never got the upload"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         data::mbit_per_s(sent, started.elapsed())
     })
 }
 
-fn connect_rate(rp: &RelayPath, to: SocketAddr) -> Rate {
-    let done = Arc::new(AtomicU64::new(0));
+fn connect_rate(
+    rp: &RelayPath,
+    to: SocketAddr,
+    relay_processes_cpu: &dyn Fn() -> Duration,
+) -> Rate {
     let started = Instant::now();
-    let cpu_before = process_cpu();
+    let cpu_before = process_cpu() + relay_processes_cpu();
     let threads: Vec<_> = (0..CONNECT_THREADS)
         .map(|_| {
-            let done = Arc::clone(&done);
             rp.lan.spawn(move || {
                 let deadline = Instant::now() + CONNECT_TIME;
+                let mut times = Vec::new();
                 while Instant::now() < deadline {
+                    let began = Instant::now();
                     let Ok(mut s) = TcpStream::connect(to) else {
                         continue;
                     };
                     let mut b = [0u8; 1];
                     if s.read_exact(&mut b).is_ok() {
-                        done.fetch_add(1, Ordering::Relaxed);
+                        times.push(began.elapsed());
                     }
                 }
+                times
             })
         })
         .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    let n = done.load(Ordering::Relaxed) as f64;
+    let mut times: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let elapsed = started.elapsed();
+    let cpu = process_cpu() + relay_processes_cpu() - cpu_before;
+    times.sort();
+    let n = times.len().max(1);
+    let at = |q: f64| {
+        times
+            .get(((n - 1) as f64 * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
     Rate {
-        per_s: n / started.elapsed().as_secs_f64(),
-        cpu_us: (process_cpu() - cpu_before).as_secs_f64() * 1e6 / n.max(1.0),
+        per_s: times.len() as f64 / elapsed.as_secs_f64(),
+        cpu_us: cpu.as_secs_f64() * 1e6 / n as f64,
+        p50: at(0.5),
+        p99: at(0.99),
     }
 }
 
@@ -690,7 +865,7 @@ fn connect_rate_one_subflow(rp: &RelayPath, to: SocketAddr) -> Rate {
     rp.local
         .ip(&["mptcp", "endpoint", "flush"])
         .expect("removing the subflow endpoints");
-    connect_rate(rp, to)
+    connect_rate(rp, to, &|| Duration::ZERO)
 }
 
 fn engine() -> EngineConfig {

@@ -16,9 +16,12 @@
 //! encrypted connection is the high byte of the first message's length
 //! (0), never SOCKS5's version byte (5), so one listener tells both apart.
 //!
-//! Sending and receiving each keep their own nonce over a shared
-//! [`snow::StatelessTransportState`], so a session's writer ([`Sealer`])
-//! and reader ([`Opener`]) need no lock.
+//! After the handshake, records are Noise transport messages (AES-256-GCM,
+//! the nonce a 64-bit counter per direction, no associated data), sealed
+//! and opened with ring on the two keys of Noise's Split: the writer
+//! ([`Sealer`]) seals records in place in its output buffer, straight
+//! where the plaintext was read to (snow's transport API copies every
+//! record once more), and writer and reader ([`Opener`]) need no lock.
 //!
 //! ```
 //! use mptcp_core::relay::SecretKey;
@@ -33,11 +36,11 @@ use std::fmt;
 use std::io;
 use std::os::fd::RawFd;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use snow::{HandshakeState, StatelessTransportState};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use snow::HandshakeState;
 
 use crate::sys;
 
@@ -45,8 +48,8 @@ use crate::sys;
 const PATTERN: &str = "Noise_IK_25519_AESGCM_SHA256";
 /// Bound into the handshake: both ends speak this protocol and version.
 const PROLOGUE: &[u8] = b"mptcp relay session v1";
-/// The longest Noise message.
-const MAX_MESSAGE: usize = 65535;
+/// The longest Noise message: the room a record needs to be opened in.
+pub(crate) const MAX_MESSAGE: usize = 65535;
 /// The AEAD tag of every record.
 const TAG: usize = 16;
 /// The most plaintext one record carries.
@@ -218,33 +221,59 @@ pub(crate) struct Channel {
     pub peer: PublicKey,
 }
 
-fn channel(handshake: HandshakeState) -> io::Result<Channel> {
+fn channel(mut handshake: HandshakeState) -> io::Result<Channel> {
     let peer = handshake
         .get_remote_static()
         .and_then(|k| <[u8; 32]>::try_from(k).ok())
         .map(PublicKey)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no static key from the peer"))?;
-    let state = Arc::new(
-        handshake
-            .into_stateless_transport_mode()
-            .map_err(noise_error)?,
-    );
+    if !handshake.is_handshake_finished() {
+        return Err(io::Error::other("the handshake is not finished"));
+    }
+    // Noise's Split: the first key encrypts what the initiator sends.
+    let (initiator_sends, responder_sends) = handshake.dangerously_get_raw_split();
+    let (send, receive) = if handshake.is_initiator() {
+        (initiator_sends, responder_sends)
+    } else {
+        (responder_sends, initiator_sends)
+    };
+    // Boxed: an expanded AES key is large, and channels move around.
+    let key = |bytes: [u8; 32]| {
+        UnboundKey::new(&AES_256_GCM, &bytes)
+            .map(|k| Box::new(LessSafeKey::new(k)))
+            .map_err(|_| io::Error::other("encryption: a bad key length"))
+    };
     Ok(Channel {
         sealer: Sealer {
-            state: Arc::clone(&state),
+            key: key(send)?,
             nonce: 0,
             out: Vec::new(),
             out_pos: 0,
-            scratch: Vec::new(),
+            out_end: 0,
         },
         opener: Opener {
-            state,
+            key: key(receive)?,
             nonce: 0,
             buf: Vec::new(),
             start: 0,
         },
         peer,
     })
+}
+
+/// Noise's AES-GCM nonce for counter `n`: 32 zero bits, then `n` big-endian.
+fn nonce(n: u64) -> Nonce {
+    let mut bytes = [0u8; 12];
+    bytes[4..].copy_from_slice(&n.to_be_bytes());
+    Nonce::assume_unique_for_key(bytes)
+}
+
+/// A record's error: the stream was tampered with (or the keys differ).
+fn decrypt_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "encryption: a record failed authentication",
+    )
 }
 
 /// The initiator's side of the handshake (the local relay).
@@ -323,46 +352,102 @@ pub(crate) fn respond(
 /// The sending half: plaintext in, records out, written as the socket
 /// takes them.
 pub(crate) struct Sealer {
-    state: Arc<StatelessTransportState>,
+    key: Box<LessSafeKey>,
     nonce: u64,
+    /// Records to write, `out[out_pos..out_end]`; the buffer keeps its
+    /// length, so that it is not zeroed for every batch.
     out: Vec<u8>,
     out_pos: usize,
-    /// Plaintext read from a pipe to be sealed: kept, so that a bulk
-    /// stream's frames cost no allocation.
-    pub scratch: Vec<u8>,
+    out_end: usize,
 }
 
 impl Sealer {
     /// Encrypts `plain` (any length) into records queued for the socket.
     pub(crate) fn seal(&mut self, plain: &[u8]) -> io::Result<()> {
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-        }
-        for chunk in plain.chunks(MAX_PLAINTEXT) {
-            let at = self.out.len();
-            self.out.resize(at + LEN_PREFIX + chunk.len() + TAG, 0);
-            let n = self
-                .state
-                .write_message(self.nonce, chunk, &mut self.out[at + LEN_PREFIX..])
-                .map_err(noise_error)?;
-            self.nonce += 1;
-            self.out[at..at + LEN_PREFIX].copy_from_slice(&(n as u16).to_be_bytes());
-            self.out.truncate(at + LEN_PREFIX + n);
+        let mut rest = plain;
+        while !rest.is_empty() {
+            let n = rest.len().min(MAX_PLAINTEXT);
+            let (chunk, tail) = rest.split_at(n);
+            self.seal_record(n, |room| {
+                room.copy_from_slice(chunk);
+                Ok(n)
+            })?;
+            rest = tail;
         }
         Ok(())
     }
 
+    /// Encrypts up to `len` bytes that `fill` writes straight into the
+    /// records' places (a read from a pipe, say), a record at a time, until
+    /// it gives fewer than asked. Returns the plaintext bytes sealed; an
+    /// error of `fill` is returned only if nothing was sealed.
+    pub(crate) fn seal_from(
+        &mut self,
+        len: usize,
+        mut fill: impl FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let mut sealed = 0;
+        while sealed < len {
+            let want = (len - sealed).min(MAX_PLAINTEXT);
+            match self.seal_record(want, &mut fill) {
+                Ok(0) => break,
+                Ok(n) => sealed += n,
+                Err(e) if sealed == 0 => return Err(e),
+                Err(_) => break,
+            }
+            if sealed % MAX_PLAINTEXT != 0 {
+                break;
+            }
+        }
+        Ok(sealed)
+    }
+
+    /// One record of up to `want` bytes, which `fill` writes in place.
+    fn seal_record(
+        &mut self,
+        want: usize,
+        fill: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        if self.out_pos == self.out_end {
+            self.out_pos = 0;
+            self.out_end = 0;
+        }
+        let at = self.out_end;
+        let needed = at + LEN_PREFIX + want + TAG;
+        if self.out.len() < needed {
+            self.out.resize(needed, 0);
+        }
+        let body = at + LEN_PREFIX;
+        let n = fill(&mut self.out[body..body + want])?.min(want);
+        if n == 0 {
+            return Ok(0);
+        }
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                nonce(self.nonce),
+                Aad::empty(),
+                &mut self.out[body..body + n],
+            )
+            .map_err(|_| io::Error::other("encryption failed"))?;
+        self.nonce += 1;
+        self.out[body + n..body + n + TAG].copy_from_slice(tag.as_ref());
+        let record = u16::try_from(n + TAG).expect("records fit a u16 length");
+        self.out[at..body].copy_from_slice(&record.to_be_bytes());
+        self.out_end = body + n + TAG;
+        Ok(n)
+    }
+
     /// Ciphertext not yet written.
     pub(crate) fn pending(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out_end - self.out_pos
     }
 
     /// Writes queued records; `Ok(true)` once none is left, `Ok(false)`
     /// when the socket would block.
     pub(crate) fn drain(&mut self, fd: RawFd) -> io::Result<bool> {
-        while self.out_pos < self.out.len() {
-            match sys::fd::send(fd, &self.out[self.out_pos..], false) {
+        while self.out_pos < self.out_end {
+            match sys::fd::send(fd, &self.out[self.out_pos..self.out_end], false) {
                 Ok(n) => self.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -386,7 +471,7 @@ pub(crate) enum Opened {
 
 /// The receiving half: records in, plaintext out.
 pub(crate) struct Opener {
-    state: Arc<StatelessTransportState>,
+    key: Box<LessSafeKey>,
     nonce: u64,
     /// Ciphertext read and not yet opened, from `start`.
     buf: Vec<u8>,
@@ -405,13 +490,17 @@ impl Opener {
     fn open_buffered(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let mut written = 0;
         while let Some((record, used)) = take_framed(&self.buf[self.start..]) {
-            if record.len() < TAG || out.len() - written < record.len() - TAG {
+            if record.len() < TAG || out.len() - written < record.len() {
                 break;
             }
+            // Opened in the caller's buffer, where the plaintext goes.
+            let in_out = &mut out[written..written + record.len()];
+            in_out.copy_from_slice(record);
             let n = self
-                .state
-                .read_message(self.nonce, record, &mut out[written..])
-                .map_err(noise_error)?;
+                .key
+                .open_in_place(nonce(self.nonce), Aad::empty(), in_out)
+                .map_err(|_| decrypt_error())?
+                .len();
             self.nonce += 1;
             written += n;
             self.start += used;
@@ -424,7 +513,7 @@ impl Opener {
     }
 
     /// Reads and opens what `fd` has, into `out` (which must have room for
-    /// a whole record, [`MAX_PLAINTEXT`] bytes, or more).
+    /// a whole record with its tag, [`MAX_MESSAGE`] bytes, or more).
     pub(crate) fn read(&mut self, fd: RawFd, out: &mut [u8]) -> io::Result<Opened> {
         loop {
             let n = self.open_buffered(out)?;
@@ -457,7 +546,7 @@ impl Opener {
         while buf.len() < limit {
             // Records are opened straight into `buf`'s new tail.
             let have = buf.len();
-            buf.resize(have + MAX_PLAINTEXT, 0);
+            buf.resize(have + MAX_MESSAGE, 0);
             let opened = self.read(fd, &mut buf[have..]);
             let n = match &opened {
                 Ok(Opened::Bytes(n)) => *n,
@@ -511,7 +600,7 @@ mod tests {
         client.sealer.seal(&message).unwrap();
         client.sealer.seal(b"and more").unwrap();
         let mut got = Vec::new();
-        let mut out = vec![0u8; 2 * MAX_PLAINTEXT];
+        let mut out = vec![0u8; 2 * MAX_MESSAGE];
         while got.len() < message.len() + 8 {
             client.sealer.drain(a.as_raw_fd()).unwrap();
             match server.opener.read(b.as_raw_fd(), &mut out).unwrap() {
@@ -529,13 +618,68 @@ mod tests {
     }
 
     #[test]
+    fn records_are_noise_transport_messages_and_fills_are_sealed_in_place() {
+        // Our sealer against snow's own transport state on the other end.
+        let remote = SecretKey::generate();
+        let local = SecretKey::generate();
+        let (mut initiator, first) = Initiator::start(&local, &remote.public_key()).unwrap();
+        let mut responder = builder()
+            .local_private_key(&remote.0)
+            .and_then(|b| b.prologue(PROLOGUE))
+            .and_then(|b| b.build_responder())
+            .unwrap();
+        let mut payload = [0u8; 256];
+        responder
+            .read_message(&first[LEN_PREFIX..], &mut payload)
+            .unwrap();
+        let mut answer = [0u8; 256];
+        let n = responder.write_message(&[], &mut answer).unwrap();
+        let (mut client, _) = initiator.finish(&framed(&answer[..n])).unwrap().unwrap();
+        let mut snow_end = responder.into_transport_mode().unwrap();
+
+        let message: Vec<u8> = (0..150_000u32).map(|i| (i % 253) as u8).collect();
+        // `fill` hands over short pieces: each becomes a record, and the
+        // sealing stops at the first short one.
+        let mut fed = 0;
+        let sealed = client
+            .sealer
+            .seal_from(message.len(), |room| {
+                let n = room.len().min(message.len() - fed).min(40_000);
+                room[..n].copy_from_slice(&message[fed..fed + n]);
+                fed += n;
+                Ok(n)
+            })
+            .unwrap();
+        assert_eq!(sealed, 40_000, "a short fill ends the batch");
+        client.sealer.seal(&message[sealed..]).unwrap();
+        let wire = &client.sealer.out[client.sealer.out_pos..client.sealer.out_end];
+        let mut got = Vec::new();
+        let mut at = 0;
+        while let Some((record, used)) = take_framed(&wire[at..]) {
+            let mut plain = vec![0u8; record.len()];
+            let n = snow_end
+                .read_message(record, &mut plain)
+                .expect("a Noise message");
+            got.extend_from_slice(&plain[..n]);
+            at += used;
+        }
+        assert_eq!(at, wire.len());
+        assert_eq!(got, message);
+        // An error of `fill` before anything was sealed is the caller's.
+        let refused = client
+            .sealer
+            .seal_from(10, |_| Err(io::ErrorKind::WouldBlock.into()));
+        assert_eq!(refused.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
     fn a_flipped_bit_is_an_error_not_data() {
         let remote = SecretKey::generate();
         let (mut client, mut server) = handshake(&remote.public_key(), &remote).unwrap();
         let (a, b) = UnixStream::pair().unwrap();
         b.set_nonblocking(true).unwrap();
         client.sealer.seal(b"secret password").unwrap();
-        let mut wire = client.sealer.out.clone();
+        let mut wire = client.sealer.out[..client.sealer.out_end].to_vec();
         assert!(
             !wire.windows(6).any(|w| w == b"secret"),
             "no plaintext on the wire"
@@ -543,7 +687,7 @@ mod tests {
         wire[5] ^= 1;
         use std::io::Write;
         (&a).write_all(&wire).unwrap();
-        let mut out = vec![0u8; MAX_PLAINTEXT];
+        let mut out = vec![0u8; MAX_MESSAGE];
         assert!(server.opener.read(b.as_raw_fd(), &mut out).is_err());
     }
 

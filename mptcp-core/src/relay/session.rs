@@ -56,7 +56,7 @@ pub(crate) const TURN_BYTES: usize = 1024 * 1024;
 const RX_BUFFER: usize = 64 * 1024;
 /// The input buffer of an encrypted session: room for several whole
 /// records (each opened in one piece) besides a partial frame.
-const SEALED_RX_BUFFER: usize = 4 * super::seal::MAX_PLAINTEXT;
+const SEALED_RX_BUFFER: usize = 4 * super::seal::MAX_MESSAGE;
 /// Plaintext encrypted at once on an encrypted session: a few records per
 /// write.
 const SEAL_BATCH: usize = 4 * super::seal::MAX_PLAINTEXT;
@@ -75,7 +75,7 @@ const PROBE_READ: usize = 4096;
 /// pipe, then `tail` (what was queued while the splice was pending).
 /// Errors are latched: the session is closed by its owner, streams just
 /// see no room. On an encrypted session everything goes through the
-/// `sealer` (spliced payloads are read from their pipe to be encrypted).
+/// `sealer` (spliced payloads are read from their pipe into the records).
 #[derive(Default)]
 pub(crate) struct Tx {
     head: Vec<u8>,
@@ -304,15 +304,9 @@ impl FrameSink for SealedSink<'_> {
 
     fn splice_from(&mut self, pipe: &Pipe, len: usize) -> io::Result<usize> {
         self.ready()?;
-        let want = len.min(SEAL_BATCH);
-        let mut scratch = std::mem::take(&mut self.sealer.scratch);
-        if scratch.len() < want {
-            scratch.resize(want, 0);
-        }
-        let sealed = sys::fd::read(pipe.read.as_raw_fd(), &mut scratch[..want])
-            .and_then(|n| self.sealer.seal(&scratch[..n]).map(|()| n));
-        self.sealer.scratch = scratch;
-        let n = sealed?;
+        // Read from the pipe straight into the records, sealed in place.
+        let read = |room: &mut [u8]| sys::fd::read(pipe.read.as_raw_fd(), room);
+        let n = self.sealer.seal_from(len.min(SEAL_BATCH), read)?;
         self.sealer.drain(self.fd)?;
         Ok(n)
     }
