@@ -748,3 +748,212 @@ fn aborts_resets_and_closing_destinations_under_cpu_contention_break_no_session(
         );
     }
 }
+
+/// What breaks WAN link 1 in [`a_wan_outage_under_paths_auto_recovers_the_chain`].
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    /// `ip link set wan1 down`, then up (the routes go with the carrier).
+    Carrier,
+    /// Every packet dropped both ways, carrier up.
+    Silent,
+}
+
+/// A download through the chain, sampled every 100 ms while it runs.
+struct SampledDownload {
+    meter: data::Meter,
+    samples: std::sync::Arc<std::sync::Mutex<Vec<(Instant, u64)>>>,
+    reader: std::thread::JoinHandle<std::io::Result<u64>>,
+}
+
+impl SampledDownload {
+    fn start(chain: &Chain, len: u64) -> SampledDownload {
+        let mut s = chain.download(len).unwrap();
+        let meter = data::Meter::new();
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = {
+            let meter = meter.clone();
+            std::thread::spawn(move || receive_and_check(&mut meter.reader(&mut s)).map(|r| r.0))
+        };
+        {
+            let (meter, samples) = (meter.clone(), std::sync::Arc::clone(&samples));
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut last = u64::MAX;
+                while Instant::now() < deadline {
+                    let bytes = meter.sample().bytes;
+                    samples.lock().unwrap().push((Instant::now(), bytes));
+                    if bytes == last && bytes >= len {
+                        return;
+                    }
+                    last = bytes;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+        SampledDownload {
+            meter,
+            samples,
+            reader,
+        }
+    }
+
+    /// Mbit/s over the window of `len` that ends at `end`.
+    fn rate(&self, end: Instant, len: Duration) -> f64 {
+        let samples = self.samples.lock().unwrap();
+        let at = |t: Instant| samples.iter().rev().find(|(at, _)| *at <= t).copied();
+        match (at(end - len), at(end)) {
+            (Some((a, x)), Some((b, y))) if b > a => {
+                (y - x) as f64 * 8.0 / 1e6 / (b - a).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// The first sample time in `[from, to]` whose last second ran at
+    /// `mbit` or more.
+    fn first_reaching(&self, mbit: f64, from: Instant, to: Instant) -> Option<Instant> {
+        let times: Vec<Instant> = self.samples.lock().unwrap().iter().map(|s| s.0).collect();
+        times
+            .into_iter()
+            .filter(|t| *t >= from && *t <= to)
+            .find(|t| self.rate(*t, Duration::from_secs(1)) >= mbit)
+    }
+
+    fn finish(self) -> u64 {
+        let n = self.reader.join().unwrap().expect("the download intact");
+        assert_eq!(n, self.meter.sample().bytes);
+        n
+    }
+}
+
+/// The README's router: `mptcp paths auto` manages the WAN links of the
+/// local node (the test bed's own endpoints removed; each link has its
+/// default route, the second with a higher metric, as DHCP gives a
+/// multi-WAN router), probing the remote relay's port through each link,
+/// fast; it writes the link state file the local relay reads. Its log is
+/// `paths.log`.
+fn paths_auto(chain: &Chain) -> Daemon {
+    let local = &chain.rp.local;
+    local
+        .ip(&["mptcp", "endpoint", "flush"])
+        .expect("removing the test bed's endpoints");
+    local
+        .ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.18.1.2",
+            "dev",
+            "wan1",
+            "metric",
+            "200",
+        ])
+        .expect("the second link's default route");
+    let log = chain.logs.join("paths.log");
+    let probe = format!("{}:{REMOTE_PORT}", chain.rp.remote_addr());
+    let mut cmd = chain.rp.local.command("sh");
+    cmd.arg("-c")
+        .arg(format!("exec \"$0\" \"$@\" >>'{}' 2>&1", log.display()))
+        .arg(MPTCP)
+        .args(["paths", "auto", "--include", "wan*", "--probe", &probe])
+        .args(["--probe-interval", "0.2", "--probe-timeout", "0.2"])
+        .args(["--down-after", "3", "--up-after", "3"])
+        .env("NO_COLOR", "1")
+        .env("MPTCP_LINKS_FILE", chain.logs.join("links"));
+    let daemon = Daemon::spawn(&mut cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if ["wan0", "wan1"]
+            .iter()
+            .all(|l| text.contains(&format!("link {l} probing -> up")))
+            && text.contains("ip mptcp endpoint add 198.18.1.1")
+        {
+            return daemon;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "paths auto did not start:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// WAN link 1 fails for 10 s in the middle of a LAN download through the
+/// chain, with `mptcp paths auto` on the router: no byte is lost, the
+/// running download is back at 1.8 x what one link carried within 5 s of
+/// the link's return, and so is a new LAN connection afterwards.
+#[test]
+fn a_wan_outage_under_paths_auto_recovers_the_chain() {
+    for outage in [Outage::Carrier, Outage::Silent] {
+        let chain = Chain::new();
+        let paths = paths_auto(&chain);
+        const LEN: u64 = 64 << 20;
+        let download = SampledDownload::start(&chain, LEN);
+        let start = Instant::now();
+        let (fault_at, return_at) = (
+            start + Duration::from_secs(3),
+            start + Duration::from_secs(13),
+        );
+        std::thread::sleep(fault_at - Instant::now());
+        let link = &chain.rp.wan[1];
+        match outage {
+            Outage::Carrier => link.down().unwrap(),
+            Outage::Silent => link.blackhole().unwrap(),
+        }
+        std::thread::sleep(return_at.saturating_duration_since(Instant::now()));
+        match outage {
+            Outage::Carrier => link.up().unwrap(),
+            Outage::Silent => link.restore().unwrap(),
+        }
+        std::thread::sleep(Duration::from_secs(5));
+        let one_link = download.rate(return_at, Duration::from_secs(6));
+        let recovered = download.first_reaching(
+            1.8 * one_link,
+            return_at,
+            return_at + Duration::from_secs(5),
+        );
+        let timeline: Vec<String> = (1..20)
+            .map(|s| {
+                format!(
+                    "{:.0}",
+                    download.rate(start + Duration::from_secs(s), Duration::from_secs(1))
+                )
+            })
+            .collect();
+        let paths_log = std::fs::read_to_string(chain.logs.join("paths.log")).unwrap_or_default();
+        assert_eq!(
+            download.finish(),
+            LEN,
+            "{outage:?}: the download across the outage"
+        );
+        println!(
+            "{outage:?} outage of wan1 under paths auto: one link {one_link:.1} Mbit/s, back at \
+             1.8 x {} s after the return; Mbit/s per second: {}",
+            recovered.map_or("never".into(), |t| format!(
+                "{:.2}",
+                (t - return_at).as_secs_f64()
+            )),
+            timeline.join(" ")
+        );
+        assert!(
+            recovered.is_some(),
+            "{outage:?}: not back at 1.8 x {one_link:.1} Mbit/s within 5 s: {}\n{paths_log}",
+            timeline.join(" ")
+        );
+        // A new LAN connection: over both links again.
+        let started = Instant::now();
+        let new = chain.download(LEN / 4).unwrap();
+        assert_eq!(finish_download(new).unwrap(), LEN / 4);
+        let mbit = (LEN / 4) as f64 * 8.0 / 1e6 / started.elapsed().as_secs_f64();
+        println!("{outage:?}: a new LAN connection after the return: {mbit:.1} Mbit/s");
+        assert!(
+            mbit >= 1.8 * one_link,
+            "{outage:?}: a new connection ran at {mbit:.1} Mbit/s, one link {one_link:.1}; \
+             subflows {:?}\n{paths_log}",
+            session_subflows(&chain)
+        );
+        drop(paths);
+    }
+}
