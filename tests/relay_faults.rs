@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mptcp_testbed::data::{self, receive_and_check, send_pattern};
-use mptcp_testbed::{Daemon, Host, RelayPath};
+use mptcp_testbed::{Daemon, Host, LinkSpec, RelayPath};
 
 const MPTCP: &str = env!("CARGO_BIN_EXE_mptcp");
 const REMOTE_PORT: u16 = 1080;
@@ -47,8 +47,14 @@ impl Chain {
     /// The test bed at 2 × 20 Mbit/s, the destination's servers, both
     /// relays, and the LAN's TCP redirected into the local one.
     fn new() -> Chain {
+        Chain::with_links(&[Some(20), Some(20)])
+    }
+
+    /// [`Chain::new`] with one WAN link per rate (Mbit/s).
+    fn with_links(rates: &[Option<u32>]) -> Chain {
         mptcp_testbed::require_privileges().unwrap();
-        let rp = mptcp_testbed::relay_path(2, Some(20)).unwrap();
+        let specs: Vec<LinkSpec> = rates.iter().map(|&r| LinkSpec::rate(r)).collect();
+        let rp = mptcp_testbed::relay_path_with(&specs).unwrap();
         serve(&rp.dest, SOURCE_PORT, source);
         serve(&rp.dest, SINK_PORT, sink);
         serve(&rp.dest, CLOSER_PORT, closer);
@@ -956,4 +962,74 @@ fn a_wan_outage_under_paths_auto_recovers_the_chain() {
         );
         drop(paths);
     }
+}
+
+/// What WAN link `i` alone carries: one plain TCP download of `len` from
+/// the remote node's address on that link to the local node's (Mbit/s).
+fn tcp_over_link(chain: &Chain, i: usize, len: u64) -> f64 {
+    let at = SocketAddr::from(([198, 18, i as u8, 2], 5100 + i as u16));
+    let listener = chain.rp.remote.run(|| TcpListener::bind(at)).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        send_pattern(&mut s, len).unwrap();
+    });
+    let started = Instant::now();
+    let mut s = chain.rp.local.run(|| TcpStream::connect(at)).unwrap();
+    assert_eq!(receive_and_check(&mut s).unwrap().0, len);
+    server.join().unwrap();
+    len as f64 * 8.0 / 1e6 / started.elapsed().as_secs_f64()
+}
+
+/// Links of unequal rates (20 and 5 Mbit/s) under paths auto: a LAN
+/// download through the chain gets at least 0.9 of the sum of what each
+/// link carries alone (one TCP connection each, measured in the same run).
+#[test]
+fn unequal_links_under_paths_auto_give_the_chain_their_sum() {
+    let chain = Chain::with_links(&[Some(20), Some(5)]);
+    let alone = [
+        tcp_over_link(&chain, 0, 8 << 20),
+        tcp_over_link(&chain, 1, 2 << 20),
+    ];
+    let sum = alone[0] + alone[1];
+    let _paths = paths_auto(&chain);
+    // Warm the session (its second subflow joins), then measure the
+    // steady rate: after the first second of each download.
+    assert_eq!(
+        finish_download(chain.download(1 << 20).unwrap()).unwrap(),
+        1 << 20
+    );
+    let mut rates = Vec::new();
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        const LEN: u64 = 32 << 20;
+        let download = SampledDownload::start(&chain, LEN);
+        let started = Instant::now();
+        let samples = std::sync::Arc::clone(&download.samples);
+        download.finish();
+        let end = samples.lock().unwrap().last().map(|s| s.0).unwrap();
+        let steady = (end - started).saturating_sub(Duration::from_secs(1));
+        let samples = samples.lock().unwrap();
+        let at = |t: Instant| {
+            samples
+                .iter()
+                .rev()
+                .find(|(at, _)| *at <= t)
+                .copied()
+                .unwrap()
+        };
+        let ((a, x), (b, y)) = (at(end - steady), at(end));
+        let mbit = (y - x) as f64 * 8.0 / 1e6 / (b - a).as_secs_f64();
+        rates.push(format!("{mbit:.1}"));
+        best = best.max(mbit);
+        if best >= 0.9 * sum {
+            break;
+        }
+    }
+    println!(
+        "20 + 5 Mbit/s: alone {:.1} + {:.1} = {sum:.1}; through the chain {} Mbit/s",
+        alone[0],
+        alone[1],
+        rates.join(", ")
+    );
+    assert!(best >= 0.9 * sum, "{} Mbit/s of {sum:.1}", rates.join(", "));
 }
