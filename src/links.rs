@@ -44,14 +44,14 @@ fn row(link: &LinkStatus) -> String {
     )
 }
 
-/// Prints the links section after the connections, when `paths auto`
-/// runs (its state file exists); nothing otherwise.
-pub fn print_section(out: &mut impl Write) -> io::Result<()> {
+/// The state file's links and its age in seconds; `None` when `paths
+/// auto` does not run (no file).
+fn current() -> Option<(PathBuf, io::Result<(Vec<LinkStatus>, u64)>)> {
     let path = state_file();
     let links = match read_state(&path) {
         Ok(links) => links,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return writeln!(out, "\nlinks: cannot read {}: {e}", path.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => return Some((path, Err(e))),
     };
     // The daemon rewrites the file every few seconds: an old one was left
     // by a daemon that was killed.
@@ -60,6 +60,19 @@ pub fn print_section(out: &mut impl Write) -> io::Result<()> {
         .ok()
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .map_or(0, |d| d.as_secs());
+    Some((path, Ok((links, age_secs))))
+}
+
+/// Prints the links section after the connections, when `paths auto`
+/// runs (its state file exists); nothing otherwise.
+pub fn print_section(out: &mut impl Write) -> io::Result<()> {
+    let Some((path, read)) = current() else {
+        return Ok(());
+    };
+    let (links, age_secs) = match read {
+        Ok(read) => read,
+        Err(e) => return writeln!(out, "\nlinks: cannot read {}: {e}", path.display()),
+    };
     let stale = if age_secs > mptcp_core::links::FRESH.as_secs() {
         format!(", not updated for {age_secs} s: is it still running?")
     } else {
@@ -81,6 +94,39 @@ pub fn print_section(out: &mut impl Write) -> io::Result<()> {
         writeln!(out, "{}", row(link))?;
     }
     Ok(())
+}
+
+/// The links for `mptcp status --json`: `{"file", "age_s", "fresh",
+/// "links": [{"link", "state", "role", "address", "rtt_ms", "loss_percent",
+/// "since_unix"}]}`, or `{"file", "error"}`; `None` when `paths auto` does
+/// not run.
+pub fn json() -> Option<serde_json::Value> {
+    let (path, read) = current()?;
+    let file = path.display().to_string();
+    let (links, age_secs) = match read {
+        Ok(read) => read,
+        Err(e) => return Some(serde_json::json!({ "file": file, "error": e.to_string() })),
+    };
+    let links: Vec<_> = links
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "link": l.ifname,
+                "state": l.state.name(),
+                "role": l.role.name(),
+                "address": l.addr.map(|a| a.to_string()),
+                "rtt_ms": l.rtt.map(|r| r.as_secs_f64() * 1e3),
+                "loss_percent": l.loss_percent,
+                "since_unix": l.since.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            })
+        })
+        .collect();
+    Some(serde_json::json!({
+        "file": file,
+        "age_s": age_secs,
+        "fresh": age_secs <= mptcp_core::links::FRESH.as_secs(),
+        "links": links,
+    }))
 }
 
 /// Follows the state file for `mptcp monitor`: the links whose state

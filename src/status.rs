@@ -273,7 +273,11 @@ pub fn run(args: StatusArgs) -> CmdResult {
     let show = |conns: &[Connection], rates: Option<&HashMap<_, Rate>>| {
         let mut out = stdout.lock();
         let res = if args.json {
-            writeln!(out, "{}", to_json(conns, rates))
+            let mut status = to_json(conns, rates);
+            if let Some(links) = crate::links::json() {
+                status["links"] = links;
+            }
+            writeln!(out, "{status}")
         } else {
             print_table(&mut out, conns, rates).and_then(|()| crate::links::print_section(&mut out))
         };

@@ -145,6 +145,22 @@ fn paths_auto_probes_links_takes_a_silent_one_out_and_status_shows_it() {
         assert!(Instant::now() < deadline, "{}", status(&client, &state));
         thread::sleep(Duration::from_millis(50));
     }
+    // The same in `status --json`.
+    let out = client
+        .command(MPTCP)
+        .args(["status", "--counters", "--json"])
+        .env("MPTCP_LINKS_FILE", &state)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    let listed = json["links"]["links"]
+        .as_array()
+        .expect("links in the JSON");
+    let eth1 = listed.iter().find(|l| l["link"] == "eth1").expect("eth1");
+    assert_eq!(eth1["state"], "down", "{json}");
+    assert_eq!(eth1["role"], "backup", "{json}");
+    assert_eq!(eth1["address"], "198.18.1.1", "{json}");
+    assert_eq!(json["links"]["fresh"], true, "{json}");
     // The same for Prometheus, with each link's bytes.
     let metrics = client
         .command("curl")
