@@ -44,9 +44,12 @@ fn row(link: &LinkStatus) -> String {
     )
 }
 
-/// The state file's links and its age in seconds; `None` when `paths
-/// auto` does not run (no file).
-fn current() -> Option<(PathBuf, io::Result<(Vec<LinkStatus>, u64)>)> {
+/// The links of the state file, and the file's age in seconds.
+type Snapshot = (Vec<LinkStatus>, u64);
+
+/// The state file and what it holds; `None` when `paths auto` does not
+/// run (no file).
+fn current() -> Option<(PathBuf, io::Result<Snapshot>)> {
     let path = state_file();
     let links = match read_state(&path) {
         Ok(links) => links,
