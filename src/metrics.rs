@@ -100,6 +100,11 @@ impl Collector for RelayCollector {
                 "Worker panics caught (bugs; the worker serves on)",
                 s.worker_panics,
             ),
+            (
+                "direct",
+                "Connections sent directly because no remote relay worked",
+                s.direct,
+            ),
         ] {
             family(e, name, help, &[(none, counter(value))])?;
         }

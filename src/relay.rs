@@ -12,7 +12,7 @@
 //! (`Type=notify`) it reports readiness and sends watchdog keep-alives (see
 //! [`crate::notify`]).
 
-use mptcp_core::relay::{PublicKey, SecretKey};
+use mptcp_core::relay::{NoRemote, PublicKey, RemotePolicy, SecretKey};
 use mptcp_core::sys::process::SignalSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -112,9 +112,23 @@ pub struct CommonArgs {
 pub struct LocalArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// The remote relay (or any SOCKS5 server), HOST:PORT
-    #[arg(long, value_name = "HOST:PORT")]
-    pub remote: Option<String>,
+    /// The remote relay (or any SOCKS5 server), HOST:PORT; repeat it for
+    /// more remotes, in priority order (`,weight=N` sets a remote's share
+    /// under --policy spread)
+    #[arg(long, value_name = "HOST:PORT[,weight=N]", value_parser = parse_remote)]
+    pub remote: Vec<(String, u32)>,
+    /// How new connections choose among the remotes: failover (the first
+    /// that works) or spread (in turns by weight)
+    #[arg(long, value_name = "POLICY")]
+    pub policy: Option<RemotePolicy>,
+    /// What new connections do when no remote works: direct (from the
+    /// router, without aggregation) or refuse [default: direct]
+    #[arg(long, value_name = "WHAT")]
+    pub fallback: Option<NoRemote>,
+    /// Seconds a remote that failed must work before it takes new
+    /// connections again [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub remote_hold: Option<u64>,
     /// Listener for connections redirected by nftables/iptables REDIRECT
     #[arg(long, value_name = "ADDR:PORT")]
     pub redirect: Vec<SocketAddr>,
@@ -333,20 +347,41 @@ fn override_list<T: Clone>(list: &mut Vec<T>, flags: &[T]) {
     }
 }
 
+/// `HOST:PORT` or `HOST:PORT,weight=N` (1 to 1000).
+fn parse_remote(text: &str) -> Result<(String, u32), String> {
+    let (addr, weight) = match text.split_once(',') {
+        None => (text, 1),
+        Some((addr, option)) => {
+            let weight = option
+                .strip_prefix("weight=")
+                .and_then(|w| w.parse::<u32>().ok())
+                .filter(|w| (1..=1000).contains(w))
+                .ok_or_else(|| format!("`{option}`: give weight=N, N from 1 to 1000"))?;
+            (addr, weight)
+        }
+    };
+    if !addr.contains(':') {
+        return Err(format!("`{addr}`: give HOST:PORT"));
+    }
+    Ok((addr.to_owned(), weight))
+}
+
 /// The configuration of `mptcp relay local`: the file's `[local]` (if
 /// any) with the flags applied; a `[remote]` section of the file is ignored.
 fn local_config(args: &LocalArgs) -> Result<Config, Failure> {
     let credentials = credentials(&args.common)?;
     load_then(args.common.config.as_ref(), |config| {
         config.remote = None;
-        let mut local = match (config.local.take(), &args.remote) {
+        let first = args.remote.first();
+        let mut local = match (config.local.take(), first) {
             (Some(mut local), remote) => {
-                if let Some(remote) = remote {
+                if let Some((remote, _)) = remote {
                     local.remote = remote.clone();
+                    local.remotes.clear();
                 }
                 local
             }
-            (None, Some(remote)) => LocalConfig::new(remote.clone()),
+            (None, Some((remote, _))) => LocalConfig::new(remote.clone()),
             (None, None) => {
                 return Err(Failure::usage(
                     "mptcp relay local: say where the remote relay is: --remote HOST:PORT, \
@@ -354,6 +389,24 @@ fn local_config(args: &LocalArgs) -> Result<Config, Failure> {
                 ));
             }
         };
+        if let Some((_, weight)) = first {
+            local.weight = *weight;
+        }
+        for (remote, weight) in args.remote.iter().skip(1) {
+            local = local.also_remote(remote.clone());
+            if let Some(entry) = local.remotes.last_mut() {
+                entry.weight = *weight;
+            }
+        }
+        if let Some(policy) = args.policy {
+            local = local.policy(policy);
+        }
+        if let Some(fallback) = args.fallback {
+            local = local.fallback(fallback);
+        }
+        if let Some(secs) = args.remote_hold {
+            local = local.remote_hold_secs(secs);
+        }
         if let Some((user, password)) = credentials {
             local = local.credentials(&user, &password);
         }
@@ -595,6 +648,7 @@ impl Serving {
             total.multiplexed += r.multiplexed;
             total.session_errors += r.session_errors;
             total.worker_panics += r.worker_panics;
+            total.direct += r.direct;
             for (t, e) in total.errors.iter_mut().zip(r.errors) {
                 *t += e;
             }

@@ -27,12 +27,17 @@ const SINK_PORT: u16 = 5002;
 /// unread (a reset towards the remote relay).
 const CLOSER_PORT: u16 = 5003;
 const PASSWORD_VAR: &str = "RELAY_FAULTS_PASSWORD";
+/// The destination writes the address the connection came from.
+const WHOAMI_PORT: u16 = 5004;
 
 /// A chain in the test bed with both relays running as processes.
 struct Chain {
     rp: RelayPath,
     remote: Option<Daemon>,
     local: Option<Daemon>,
+    /// More arguments for `mptcp relay local` (a policy; its remotes, when
+    /// they are not the chain's one).
+    local_args: Vec<String>,
     /// The relays' logs (`local.log`, `remote.log`), removed on drop.
     logs: std::path::PathBuf,
 }
@@ -52,12 +57,19 @@ impl Chain {
 
     /// [`Chain::new`] with one WAN link per rate (Mbit/s).
     fn with_links(rates: &[Option<u32>]) -> Chain {
+        Chain::with(rates, &[])
+    }
+
+    /// [`Chain::new`] with one WAN link per rate (Mbit/s), and more
+    /// arguments for the local relay.
+    fn with(rates: &[Option<u32>], local_args: &[&str]) -> Chain {
         mptcp_testbed::require_privileges().unwrap();
         let specs: Vec<LinkSpec> = rates.iter().map(|&r| LinkSpec::rate(r)).collect();
         let rp = mptcp_testbed::relay_path_with(&specs).unwrap();
         serve(&rp.dest, SOURCE_PORT, source);
         serve(&rp.dest, SINK_PORT, sink);
         serve(&rp.dest, CLOSER_PORT, closer);
+        serve(&rp.dest, WHOAMI_PORT, whoami);
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let logs = std::env::temp_dir().join(format!("relay-faults-{}-{n}", std::process::id()));
@@ -66,6 +78,7 @@ impl Chain {
             rp,
             remote: None,
             local: None,
+            local_args: local_args.iter().map(|a| a.to_string()).collect(),
             logs,
         };
         chain.start_remote();
@@ -81,22 +94,30 @@ impl Chain {
     }
 
     fn start_remote(&mut self) {
-        let listen = format!("{}:{REMOTE_PORT}", self.rp.remote_addr());
-        let log = self.logs.join("remote.log");
+        self.remote = Some(self.spawn_remote(REMOTE_PORT, "remote.log"));
+    }
+
+    /// A remote relay on `port` of the remote node, logging to `log`.
+    fn spawn_remote(&self, port: u16, log: &str) -> Daemon {
+        let listen = format!("{}:{port}", self.rp.remote_addr());
+        let log = self.logs.join(log);
         let mut cmd = relay_command(&self.rp.remote, &log, &["remote", "--listen", &listen]);
-        self.remote = Some(Daemon::spawn(&mut cmd).unwrap());
-        self.rp.remote.wait_listening(REMOTE_PORT).unwrap();
+        let daemon = Daemon::spawn(&mut cmd).unwrap();
+        self.rp.remote.wait_listening(port).unwrap();
+        daemon
     }
 
     fn start_local(&mut self) {
         let remote = format!("{}:{REMOTE_PORT}", self.rp.remote_addr());
         let redirect = format!("0.0.0.0:{REDIRECT_PORT}");
         let log = self.logs.join("local.log");
-        let mut cmd = relay_command(
-            &self.rp.local,
-            &log,
-            &["local", "--remote", &remote, "--redirect", &redirect],
-        );
+        let mut args = vec!["local", "--redirect", &redirect];
+        // The test's own remotes, or the remote relay of the chain.
+        if !self.local_args.iter().any(|a| a == "--remote") {
+            args.extend(["--remote", &remote]);
+        }
+        args.extend(self.local_args.iter().map(String::as_str));
+        let mut cmd = relay_command(&self.rp.local, &log, &args);
         self.local = Some(Daemon::spawn(&mut cmd).unwrap());
         self.rp.local.wait_listening(REDIRECT_PORT).unwrap();
     }
@@ -132,24 +153,29 @@ impl Chain {
             _ => &self.remote,
         };
         let pid = daemon.as_ref().expect("the relay runs").id();
-        let log = self.logs.join(format!("{role}.log"));
-        let before = std::fs::read_to_string(&log).unwrap_or_default().len();
-        Command::new("kill")
-            .args(["-USR1", &pid.to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(line) = text[before..].lines().find(|l| l.contains("counters")) {
-                return line.to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no counters from the {role} relay:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        counters_of(pid, &self.logs.join(format!("{role}.log")))
+    }
+}
+
+/// The counters relay `pid` logs to `log` on SIGUSR1.
+fn counters_of(pid: u32, log: &std::path::Path) -> String {
+    let before = std::fs::read_to_string(log).unwrap_or_default().len();
+    Command::new("kill")
+        .args(["-USR1", &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text[before..].lines().find(|l| l.contains("counters")) {
+            return line.to_owned();
         }
+        assert!(
+            Instant::now() < deadline,
+            "no counters from {}:\n{text}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -208,6 +234,12 @@ fn sink(mut s: TcpStream) {
     if let Ok((n, sum)) = receive_and_check(&mut s) {
         let _ = s.write_all(&n.to_le_bytes());
         let _ = s.write_all(&sum.to_le_bytes());
+    }
+}
+
+fn whoami(mut s: TcpStream) {
+    if let Ok(peer) = s.peer_addr() {
+        let _ = s.write_all(peer.ip().to_string().as_bytes());
     }
 }
 
@@ -275,7 +307,8 @@ impl Drop for Blackhole<'_> {
 
 #[test]
 fn a_killed_remote_ends_its_streams_and_the_lan_is_back_within_2_s_of_its_restart() {
-    let mut chain = Chain::new();
+    // Refused, not direct, while the only remote is down.
+    let mut chain = Chain::with(&[Some(20), Some(20)], &["--fallback", "refuse"]);
     upload(&chain, 1 << 20).unwrap();
     // A download is running when the remote relay dies.
     let running = chain.download(256 << 20).unwrap();
@@ -1032,4 +1065,205 @@ fn unequal_links_under_paths_auto_give_the_chain_their_sum() {
         rates.join(", ")
     );
     assert!(best >= 0.9 * sum, "{} Mbit/s of {sum:.1}", rates.join(", "));
+}
+
+impl Chain {
+    /// Where the destination sees a new LAN connection come from: the
+    /// remote node's egress address through a remote relay, the router's
+    /// WAN address when it went direct.
+    fn who(&self) -> std::io::Result<String> {
+        let mut s = self.connect(WHOAMI_PORT)?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        if text.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(text)
+    }
+
+    /// Polls [`Chain::who`] until it answers `from`, for at most `limit`;
+    /// returns how long that took.
+    fn until_from(&self, from: &str, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            match self.who() {
+                Ok(seen) if seen == from => return started.elapsed(),
+                seen => assert!(
+                    started.elapsed() < limit,
+                    "no connection from {from} within {limit:?}: {seen:?}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `relayed=` of a counters line.
+fn relayed(counters: &str) -> u64 {
+    counters
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("relayed="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no relayed= in {counters}"))
+}
+
+/// The router's address on WAN link 0: where direct connections come from.
+const ROUTER: &str = "198.18.0.1";
+/// The remote node's address towards the destination.
+const REMOTE_EGRESS: &str = "198.19.2.1";
+const SECOND_PORT: u16 = 1081;
+
+/// Two remote relays, `failover`: the first takes the LAN's connections;
+/// killed mid-download, its download ends and new connections go through
+/// the second within 2 s; back, it takes them again only after the hold
+/// time. With both dead the LAN goes direct within 2 s, and through a
+/// remote again as soon as one answers.
+#[test]
+fn several_remotes_fail_over_with_a_hold_and_the_lan_goes_direct_when_none_answers() {
+    let (first, second) = (
+        format!("198.18.0.2:{REMOTE_PORT}"),
+        format!("198.18.0.2:{SECOND_PORT}"),
+    );
+    let mut chain = Chain::with(
+        &[Some(20), Some(20)],
+        &[
+            "--remote",
+            &first,
+            "--remote",
+            &second,
+            "--remote-hold",
+            "3",
+        ],
+    );
+    let mut backup = Some(chain.spawn_remote(SECOND_PORT, "second.log"));
+    let second_log = chain.logs.join("second.log");
+    let counts = |chain: &Chain, backup: &Option<Daemon>| {
+        (
+            relayed(&chain.counters("remote")),
+            relayed(&counters_of(backup.as_ref().unwrap().id(), &second_log)),
+        )
+    };
+    // The first remote takes every connection.
+    let before = counts(&chain, &backup);
+    for _ in 0..5 {
+        assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
+    }
+    let after = counts(&chain, &backup);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (5, 0),
+        "failover: all on the first"
+    );
+
+    // Killed mid-download.
+    let running = chain.download(256 << 20).unwrap();
+    let reader = std::thread::spawn(move || finish_download(running));
+    std::thread::sleep(Duration::from_secs(1));
+    drop(chain.remote.take());
+    let killed = Instant::now();
+    let took = chain.until_from(REMOTE_EGRESS, Duration::from_secs(2));
+    println!("the second remote took new connections {took:?} after the kill");
+    let result = reader.join().unwrap();
+    assert!(
+        result.is_err() || result.as_ref().is_ok_and(|&n| n < 256 << 20),
+        "{result:?}"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "the cut download ended late"
+    );
+    let on_second = relayed(&counters_of(backup.as_ref().unwrap().id(), &second_log));
+    assert!(on_second > after.1, "the second remote carried it");
+
+    // Back: the second keeps new connections until the first has worked
+    // for the hold time (3 s).
+    chain.start_remote();
+    let restarted = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = counts(&chain, &backup);
+    for _ in 0..3 {
+        assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
+    }
+    let during = counts(&chain, &backup);
+    assert!(
+        restarted.elapsed() < Duration::from_secs(3),
+        "the hold time passed too soon"
+    );
+    assert_eq!(
+        (during.0 - before.0, during.1 - before.1),
+        (0, 3),
+        "still on the second"
+    );
+    std::thread::sleep(
+        (restarted + Duration::from_secs(5)).saturating_duration_since(Instant::now()),
+    );
+    for _ in 0..3 {
+        assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
+    }
+    let back = counts(&chain, &backup);
+    assert_eq!(
+        (back.0 - during.0, back.1 - during.1),
+        (3, 0),
+        "back on the first"
+    );
+
+    // Both dead: direct, from the router's address.
+    drop(chain.remote.take());
+    drop(backup.take());
+    let took = chain.until_from(ROUTER, Duration::from_secs(2));
+    println!("with no remote, direct connections {took:?} after the kill");
+    let local = chain.counters("local");
+    assert!(local.contains("direct="), "{local}");
+    // One back: through it again.
+    backup = Some(chain.spawn_remote(SECOND_PORT, "second.log"));
+    let took = chain.until_from(REMOTE_EGRESS, Duration::from_secs(10));
+    println!("through the returned remote {took:?} after its restart");
+    drop(backup);
+}
+
+/// Two remote relays, `spread` with weights 3 and 1: new connections are
+/// shared within 10 % of the weights.
+#[test]
+fn spread_shares_new_connections_by_weight() {
+    let first = format!("198.18.0.2:{REMOTE_PORT},weight=3");
+    let second = format!("198.18.0.2:{SECOND_PORT}");
+    let chain = Chain::with(
+        &[Some(20), Some(20)],
+        &[
+            "--remote",
+            &first,
+            "--remote",
+            &second,
+            "--policy",
+            "spread",
+            "--remote-hold",
+            "1",
+        ],
+    );
+    let backup = chain.spawn_remote(SECOND_PORT, "second.log");
+    let second_log = chain.logs.join("second.log");
+    // The second, started after the local relay, may have failed its
+    // first session: it answers (its watch session retries within 2 s),
+    // then works for the hold time before the count.
+    std::thread::sleep(Duration::from_secs(4));
+    let before = (
+        relayed(&chain.counters("remote")),
+        relayed(&counters_of(backup.id(), &second_log)),
+    );
+    const N: u64 = 80;
+    for _ in 0..N {
+        assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
+    }
+    let after = (
+        relayed(&chain.counters("remote")),
+        relayed(&counters_of(backup.id(), &second_log)),
+    );
+    let (a, b) = (after.0 - before.0, after.1 - before.1);
+    println!("spread 3:1 over {N} connections: {a} and {b}");
+    assert_eq!(a + b, N);
+    let share = a as f64 / N as f64;
+    assert!(
+        (share - 0.75).abs() <= 0.075,
+        "{a} of {N} on the first, want 75 % +- 10 %"
+    );
 }

@@ -9,7 +9,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use mptcp_core::relay::{
-    Config, EngineConfig, ErrorKind, ListenerKind, LocalConfig, Relay, RelayHandle, RemoteConfig,
+    Config, EngineConfig, ErrorKind, ListenerKind, LocalConfig, NoRemote, Relay, RelayHandle,
+    RemoteConfig,
 };
 use mptcp_core::socks5::{self, ClientHandshake, Progress, ReplyCode, Request, TargetAddr};
 
@@ -50,7 +51,9 @@ fn remote_relay() -> RelayHandle {
 }
 
 fn local_relay(remote: SocketAddr) -> RelayHandle {
+    // Refused, not direct, when the remote fails (see relay_faults.rs).
     let local = LocalConfig::new(remote.to_string())
+        .fallback(NoRemote::Refuse)
         .credentials(USER, PASS)
         .socks5("127.0.0.1:0".parse().unwrap())
         .http("127.0.0.1:0".parse().unwrap());

@@ -261,6 +261,7 @@ fn raw_session(remote: SocketAddr, window: u32) -> TcpStream {
     socks5::encode_client_hello_auth_request(Some((USER, PASS)), &request, &mut hello).unwrap();
     Control::Settings(Settings {
         initial_window: window,
+        pings: false,
     })
     .encode(0, &mut hello)
     .unwrap();

@@ -11,8 +11,8 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
 use mptcp_core::relay::{
-    Config, ErrorKind, ListenerKind, LocalConfig, PublicKey, Relay, RelayHandle, RemoteConfig,
-    SecretKey,
+    Config, ErrorKind, ListenerKind, LocalConfig, NoRemote, PublicKey, Relay, RelayHandle,
+    RemoteConfig, SecretKey,
 };
 use support::{PASS, USER, connect_via, echo, echo_round_trip, engine, server};
 
@@ -90,7 +90,9 @@ fn remote_listener(relay: &RelayHandle) -> SocketAddr {
 /// A local relay to `remote` (through whatever address), encrypted when
 /// `keys` says with which.
 fn local(remote: SocketAddr, keys: Option<(&SecretKey, &PublicKey)>) -> RelayHandle {
+    // A refused session must not go direct either.
     let mut config = LocalConfig::new(remote.to_string())
+        .fallback(NoRemote::Refuse)
         .credentials(USER, PASS)
         .socks5("127.0.0.1:0".parse().unwrap());
     if let Some((own, theirs)) = keys {

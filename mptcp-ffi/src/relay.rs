@@ -175,6 +175,9 @@ pub struct mptcp_relay_stats_t {
     /// Worker panics caught since start (each closed that worker's
     /// connections; the relay went on).
     pub worker_panics: u64,
+    /// Local role: connections sent directly to their destination because
+    /// no remote relay worked.
+    pub direct: u64,
 }
 
 // SAFETY: repr(C), integers and an integer array only.
@@ -195,6 +198,7 @@ impl From<&Stats> for mptcp_relay_stats_t {
         out.multiplexed = stats.multiplexed;
         out.session_errors = stats.session_errors;
         out.worker_panics = stats.worker_panics;
+        out.direct = stats.direct;
         for (slot, count) in out.errors.iter_mut().zip(stats.errors) {
             *slot = count;
             out.error_kinds += 1;

@@ -20,6 +20,10 @@ pub const DEFAULT_WINDOW: u32 = 256 * 1024;
 pub const MAX_WINDOW: u32 = 1 << 30;
 /// Setting id: the initial window of every stream, in bytes.
 pub const SETTING_INITIAL_WINDOW: u16 = 1;
+/// Setting id: 1 when the sender answers PING with PONG (peers that do
+/// not send it skip PING frames as unknown, so the other end must not
+/// take their silence for a failure).
+pub const SETTING_PINGS: u16 = 2;
 
 /// What a frame is; the first header byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +44,10 @@ pub enum FrameType {
     Settings,
     /// 7: no new streams.
     GoAway,
+    /// 8: are you there? (answered with PONG)
+    Ping,
+    /// 9: the answer to PING, with its payload.
+    Pong,
     /// Any other value: skipped.
     Unknown(u8),
 }
@@ -56,6 +64,8 @@ impl FrameType {
             FrameType::Window => 5,
             FrameType::Settings => 6,
             FrameType::GoAway => 7,
+            FrameType::Ping => 8,
+            FrameType::Pong => 9,
             FrameType::Unknown(v) => v,
         }
     }
@@ -71,13 +81,18 @@ impl FrameType {
             5 => FrameType::Window,
             6 => FrameType::Settings,
             7 => FrameType::GoAway,
+            8 => FrameType::Ping,
+            9 => FrameType::Pong,
             v => FrameType::Unknown(v),
         }
     }
 
     /// Frames about the session as a whole carry stream 0.
     fn is_session_frame(self) -> bool {
-        matches!(self, FrameType::Settings | FrameType::GoAway)
+        matches!(
+            self,
+            FrameType::Settings | FrameType::GoAway | FrameType::Ping | FrameType::Pong
+        )
     }
 }
 
@@ -144,12 +159,15 @@ impl Header {
 pub struct Settings {
     /// Bytes the peer may send on each new stream before a WINDOW frame.
     pub initial_window: u32,
+    /// The sender answers PING ([`SETTING_PINGS`]).
+    pub pings: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             initial_window: DEFAULT_WINDOW,
+            pings: false,
         }
     }
 }
@@ -181,6 +199,11 @@ pub enum Control {
         /// The highest stream id the sender accepted.
         last_stream: u32,
     },
+    /// Liveness: the peer answers with PONG and the same payload (the
+    /// sender's clock, for the round-trip time).
+    Ping(u64),
+    /// The answer to PING.
+    Pong(u64),
 }
 
 impl Control {
@@ -219,6 +242,12 @@ impl Control {
             FrameType::GoAway => Control::GoAway {
                 last_stream: u32_of(payload).ok_or(Error("GOAWAY payload is not a u32"))?,
             },
+            FrameType::Ping => {
+                Control::Ping(u64_of(payload).ok_or(Error("PING payload is not a u64"))?)
+            }
+            FrameType::Pong => {
+                Control::Pong(u64_of(payload).ok_or(Error("PONG payload is not a u64"))?)
+            }
         };
         Ok(Some(control))
     }
@@ -233,6 +262,8 @@ impl Control {
             Control::Window(_) => FrameType::Window,
             Control::Settings(_) => FrameType::Settings,
             Control::GoAway { .. } => FrameType::GoAway,
+            Control::Ping(_) => FrameType::Ping,
+            Control::Pong(_) => FrameType::Pong,
         }
     }
 
@@ -260,6 +291,14 @@ impl Control {
             Control::Settings(s) => {
                 out.extend_from_slice(&SETTING_INITIAL_WINDOW.to_be_bytes());
                 out.extend_from_slice(&s.initial_window.to_be_bytes());
+                if s.pings {
+                    out.extend_from_slice(&SETTING_PINGS.to_be_bytes());
+                    out.extend_from_slice(&1u32.to_be_bytes());
+                }
+                Ok(())
+            }
+            Control::Ping(v) | Control::Pong(v) => {
+                out.extend_from_slice(&v.to_be_bytes());
                 Ok(())
             }
             Control::GoAway { last_stream } => {
@@ -293,6 +332,10 @@ fn whole_address(payload: &[u8]) -> Result<TargetAddr, Error> {
     }
 }
 
+fn u64_of(payload: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(payload.try_into().ok()?))
+}
+
 fn u32_of(payload: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(payload.try_into().ok()?))
 }
@@ -310,6 +353,8 @@ fn parse_settings(payload: &[u8]) -> Result<Settings, Error> {
                 return Err(Error("initial window out of range"));
             }
             settings.initial_window = value;
+        } else if id == SETTING_PINGS {
+            settings.pings = value == 1;
         }
     }
     Ok(settings)
@@ -363,9 +408,12 @@ mod tests {
                 0,
                 Control::Settings(Settings {
                     initial_window: 1 << 20,
+                    pings: true,
                 }),
             ),
             (0, Control::GoAway { last_stream: 42 }),
+            (0, Control::Ping(u64::MAX - 7)),
+            (0, Control::Pong(12_345)),
         ];
         for (stream, frame) in frames {
             assert_eq!(round_trip(stream, &frame), frame);
@@ -455,7 +503,8 @@ mod tests {
         assert_eq!(
             Control::parse(&settings, &payload),
             Ok(Some(Control::Settings(Settings {
-                initial_window: 0x4000
+                initial_window: 0x4000,
+                pings: false,
             })))
         );
     }

@@ -7,7 +7,7 @@
 //! use mptcp_core::mux::{Control, SessionState, Settings};
 //! let mut client = SessionState::opener();
 //! let mut server = SessionState::acceptor();
-//! client.on_settings(&Settings { initial_window: 65536 }).unwrap();
+//! client.on_settings(&Settings { initial_window: 65536, pings: false }).unwrap();
 //! server.on_settings(&Settings::default()).unwrap();
 //! let id = client.open_stream().unwrap();
 //! assert!(server.accept_stream(id).unwrap());
@@ -61,6 +61,8 @@ pub struct SessionState {
     open: bool,
     /// The initial window of each stream towards the peer.
     peer_window: u32,
+    /// The peer answers PING (its SETTINGS said so).
+    peer_pings: bool,
     /// No new streams: GOAWAY sent or received, or ids used up.
     going_away: bool,
 }
@@ -81,6 +83,7 @@ impl SessionState {
             ids,
             open: false,
             peer_window: DEFAULT_WINDOW,
+            peer_pings: false,
             going_away: false,
         }
     }
@@ -101,7 +104,13 @@ impl SessionState {
         }
         self.open = true;
         self.peer_window = settings.initial_window;
+        self.peer_pings = settings.pings;
         Ok(())
+    }
+
+    /// Whether the peer answers PING with PONG.
+    pub fn peer_pings(&self) -> bool {
+        self.peer_pings
     }
 
     /// Whether the peer's SETTINGS arrived.

@@ -121,13 +121,106 @@ impl EngineConfig {
     }
 }
 
+/// How the local role chooses among several remote relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemotePolicy {
+    /// The first remote (in the order given) that works takes every new
+    /// connection; the others are backups.
+    #[default]
+    Failover,
+    /// New connections take turns over the working remotes, by weight; a
+    /// connection stays on its remote for its life.
+    Spread,
+}
+
+impl std::str::FromStr for RemotePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RemotePolicy, String> {
+        match s {
+            "failover" => Ok(RemotePolicy::Failover),
+            "spread" => Ok(RemotePolicy::Spread),
+            other => Err(format!("`{other}`: give failover or spread")),
+        }
+    }
+}
+
+/// What the local role does with a new connection when no remote works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoRemote {
+    /// Connect to the destination from the router itself, over its own
+    /// routing (no aggregation, no encryption of the WAN hop): the LAN
+    /// stays online. Connections go through a remote again once one works.
+    #[default]
+    Direct,
+    /// Refuse the connection.
+    Refuse,
+}
+
+impl std::str::FromStr for NoRemote {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NoRemote, String> {
+        match s {
+            "direct" => Ok(NoRemote::Direct),
+            "refuse" => Ok(NoRemote::Refuse),
+            other => Err(format!("`{other}`: give direct or refuse")),
+        }
+    }
+}
+
+/// A remote relay beside the first (`[[local.remotes]]`); what it does not
+/// set it takes from `[local]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteEntry {
+    /// `host:port`.
+    pub address: String,
+    /// Username for it (else `local.username`).
+    pub username: Option<String>,
+    /// Password for it (else `local.password`).
+    pub password: Option<String>,
+    /// Its public key, pinned (else `local.remote_key`).
+    pub remote_key: Option<String>,
+    /// Its share of new connections under `spread`.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn default_remote_hold_secs() -> u64 {
+    10
+}
+
 /// The local role (`[local]`): accept plain TCP from the LAN and carry it
 /// to the remote relay over MPTCP, speaking SOCKS5.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalConfig {
-    /// The remote relay (or any SOCKS5 server, e.g. dante), `host:port`.
+    /// The remote relay (or any SOCKS5 server, e.g. dante), `host:port`:
+    /// the first of the remotes.
     pub remote: String,
+    /// The first remote's share of new connections under `spread`.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// More remote relays, after `remote` in priority order.
+    #[serde(default)]
+    pub remotes: Vec<RemoteEntry>,
+    /// How new connections choose among the remotes.
+    #[serde(default)]
+    pub policy: RemotePolicy,
+    /// Seconds a remote that failed must work before it takes new
+    /// connections again.
+    #[serde(default = "default_remote_hold_secs")]
+    pub remote_hold_secs: u64,
+    /// What new connections do when no remote works. Connections that
+    /// name their destination (redirected, TPROXY, SOCKS5, HTTP) can go
+    /// direct.
+    #[serde(default)]
+    pub fallback: NoRemote,
     /// Username for the remote relay; with `password`.
     pub username: Option<String>,
     /// Password for the remote relay.
@@ -464,6 +557,37 @@ impl Config {
                     "set the remote relay as \"host:port\"".into(),
                 );
             }
+            for r in &l.remotes {
+                if r.address.trim().is_empty() {
+                    return err(
+                        "local.remotes",
+                        "each remote needs an address \"host:port\"".into(),
+                    );
+                }
+                if let Some(k) = &r.remote_key
+                    && let Err(e) = k.parse::<PublicKey>()
+                {
+                    return err("local.remotes", format!("{}: {e}", r.address));
+                }
+                if r.username.is_some() != r.password.is_some() {
+                    return err(
+                        "local.remotes",
+                        format!("{}: give username and password together", r.address),
+                    );
+                }
+            }
+            if l.remotes.len() > 63 {
+                return err("local.remotes", "at most 64 remotes".into());
+            }
+            if std::iter::once(l.weight)
+                .chain(l.remotes.iter().map(|r| r.weight))
+                .any(|w| w == 0 || w > 1000)
+            {
+                return err("local.weight", "weights are 1 to 1000".into());
+            }
+            if l.remote_hold_secs > 3600 {
+                return err("local.remote_hold_secs", "at most 3600".into());
+            }
             match (&l.key, &l.remote_key) {
                 (None, None) => {}
                 (Some(key), Some(remote)) => {
@@ -580,6 +704,11 @@ impl LocalConfig {
     pub fn new(remote: impl Into<String>) -> LocalConfig {
         LocalConfig {
             remote: remote.into(),
+            weight: default_weight(),
+            remotes: Vec::new(),
+            policy: RemotePolicy::default(),
+            remote_hold_secs: default_remote_hold_secs(),
+            fallback: NoRemote::default(),
             username: None,
             password: None,
             mptcp: true,
@@ -595,6 +724,37 @@ impl LocalConfig {
             remote_key: None,
             links_file: default_links_file(),
         }
+    }
+
+    /// Adds a remote after the others (with this relay's credentials and
+    /// pinned key).
+    pub fn also_remote(mut self, remote: impl Into<String>) -> LocalConfig {
+        self.remotes.push(RemoteEntry {
+            address: remote.into(),
+            username: None,
+            password: None,
+            remote_key: None,
+            weight: default_weight(),
+        });
+        self
+    }
+
+    /// How new connections choose among the remotes.
+    pub fn policy(mut self, policy: RemotePolicy) -> LocalConfig {
+        self.policy = policy;
+        self
+    }
+
+    /// What new connections do when no remote works.
+    pub fn fallback(mut self, fallback: NoRemote) -> LocalConfig {
+        self.fallback = fallback;
+        self
+    }
+
+    /// Seconds a failed remote must work before it takes connections again.
+    pub fn remote_hold_secs(mut self, secs: u64) -> LocalConfig {
+        self.remote_hold_secs = secs;
+        self
     }
 
     /// Credentials for the remote.

@@ -35,14 +35,19 @@ mod limits;
 mod listeners;
 mod outbound;
 mod policy;
+mod remotes;
 mod seal;
 mod session;
 mod splice;
 mod stats;
 mod stream;
 
-pub use config::{Config, ConfigError, EngineConfig, LocalConfig, RemoteConfig, User};
+pub use config::{
+    Config, ConfigError, EngineConfig, LocalConfig, NoRemote, RemoteConfig, RemoteEntry,
+    RemotePolicy, User,
+};
 pub use policy::{Cidr, ClientAllowlist, DEFAULT_DENIED, DEFAULT_LAN_CLIENTS, DestinationPolicy};
+pub use remotes::RemoteState;
 pub use seal::{KeyError, PublicKey, SecretKey};
 pub use stats::{ErrorKind, Stats};
 
@@ -85,10 +90,9 @@ pub(crate) enum Route {
         /// Encrypted sessions (and whether plain clients are served too).
         keys: Option<Arc<seal::AcceptKeys>>,
     },
-    /// Through a SOCKS5 server (local role).
+    /// Through a SOCKS5 server: one of the remote relays (local role).
     Upstream {
-        addr: SocketAddr,
-        credentials: Option<(String, String)>,
+        remotes: Arc<remotes::Remotes>,
         mptcp: bool,
         /// Carry connections as streams of a session when the server
         /// multiplexes.
@@ -97,8 +101,8 @@ pub(crate) enum Route {
         max_sessions: usize,
         /// How long a spare session may stay idle.
         spare_idle: Duration,
-        /// Encrypted sessions, to the remote with this key.
-        keys: Option<Arc<seal::DialKeys>>,
+        /// Whether the sessions are encrypted (each remote has its keys).
+        sealed: bool,
         /// Where the paths daemon says how many links are usable.
         links_file: Option<std::path::PathBuf>,
     },
@@ -164,6 +168,19 @@ pub struct RelayHandle {
     workers: Vec<JoinHandle<()>>,
     resolvers: Vec<JoinHandle<()>>,
     listeners: Vec<(ListenerKind, SocketAddr)>,
+    /// Local role: the remote relays.
+    remotes: Option<Arc<remotes::Remotes>>,
+}
+
+/// What a local relay knows of one of its remote relays now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteStatus {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Working, on probation after a failure, or failed.
+    pub state: RemoteState,
+    /// The last PING round trip (remotes that answer PINGs).
+    pub rtt: Option<Duration>,
 }
 
 /// Threads resolving domain names (getaddrinfo blocks).
@@ -181,6 +198,10 @@ impl Relay {
         }
         let (specs, sockets): (Vec<_>, Vec<_>) = open_listeners(&config)?.into_iter().unzip();
         let listeners = specs.iter().map(|s| (s.kind, s.addr)).collect();
+        let remotes = specs.iter().find_map(|s| match &*s.route {
+            Route::Upstream { remotes, .. } => Some(Arc::clone(remotes)),
+            Route::Direct { .. } => None,
+        });
         let workers = match config.engine.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
@@ -252,6 +273,7 @@ impl Relay {
             workers: handles,
             resolvers,
             listeners,
+            remotes,
         })
     }
 }
@@ -273,6 +295,21 @@ impl RelayHandle {
     /// A snapshot of the live counters.
     pub fn stats(&self) -> Stats {
         Counters::sum(&self.shared.counters)
+    }
+
+    /// Local role: each remote relay's state, in priority order (empty for
+    /// a remote role).
+    pub fn remotes(&self) -> Vec<RemoteStatus> {
+        let now = crate::sys::process::monotonic_micros();
+        self.remotes
+            .iter()
+            .flat_map(|r| &r.list)
+            .map(|r| RemoteStatus {
+                addr: r.addr,
+                state: r.health.state(now),
+                rtt: r.health.rtt(),
+            })
+            .collect()
     }
 
     /// Stops accepting, lets open connections finish for up to
@@ -336,29 +373,14 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             io::Result::Ok(())
         };
     if let Some(l) = &config.local {
-        let addr = l
-            .remote
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "local.remote: cannot resolve `{}` (expected host:port)",
-                        l.remote
-                    ),
-                )
-            })?;
-        let credentials = l.username.clone().zip(l.password.clone());
+        let remotes = local_remotes(l)?;
         let route = Arc::new(Route::Upstream {
-            addr,
-            credentials,
+            sealed: remotes.list.iter().any(|r| r.keys.is_some()),
+            remotes: Arc::new(remotes),
             mptcp: l.mptcp,
             multiplex: l.multiplex,
             max_sessions: l.max_sessions,
             spare_idle: Duration::from_secs(l.spare_session_idle_secs),
-            keys: dial_keys(l)?,
             links_file: l.links_file.clone(),
         });
         // Transparent listeners take what the firewall sends them; the
@@ -438,14 +460,57 @@ fn key<K: std::str::FromStr>(text: &str) -> io::Result<K> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a key that does not parse"))
 }
 
-fn dial_keys(l: &LocalConfig) -> io::Result<Option<Arc<seal::DialKeys>>> {
-    let (Some(own), Some(remote)) = (&l.key, &l.remote_key) else {
-        return Ok(None);
+/// The remotes of a validated local role: `remote`, then `remotes`, each
+/// with its credentials and pinned key (or the role's).
+fn local_remotes(l: &LocalConfig) -> io::Result<remotes::Remotes> {
+    let first = config::RemoteEntry {
+        address: l.remote.clone(),
+        username: None,
+        password: None,
+        remote_key: None,
+        weight: l.weight,
     };
-    Ok(Some(Arc::new(seal::DialKeys {
-        own: key(own)?,
-        remote: key(remote)?,
-    })))
+    let list = std::iter::once(&first)
+        .chain(&l.remotes)
+        .map(|r| {
+            let addr = r
+                .address
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "local.remote: cannot resolve `{}` (expected host:port)",
+                            r.address
+                        ),
+                    )
+                })?;
+            let username = r.username.as_ref().or(l.username.as_ref());
+            let password = r.password.as_ref().or(l.password.as_ref());
+            let keys = match (&l.key, r.remote_key.as_ref().or(l.remote_key.as_ref())) {
+                (Some(own), Some(remote)) => Some(Arc::new(seal::DialKeys {
+                    own: key(own)?,
+                    remote: key(remote)?,
+                })),
+                _ => None,
+            };
+            Ok(remotes::Remote {
+                addr,
+                credentials: username.cloned().zip(password.cloned()),
+                keys,
+                weight: r.weight,
+                health: remotes::Health::default(),
+            })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok(remotes::Remotes::new(
+        list,
+        l.policy,
+        Duration::from_secs(l.remote_hold_secs),
+        l.fallback,
+    ))
 }
 
 fn accept_keys(r: &RemoteConfig) -> io::Result<Option<Arc<seal::AcceptKeys>>> {

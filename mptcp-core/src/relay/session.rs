@@ -649,6 +649,8 @@ pub(crate) enum Role {
     Client {
         /// Connections waiting for the handshake: (key, serial).
         waiting: Vec<(usize, u64)>,
+        /// Which of the route's remote relays.
+        remote: usize,
     },
     /// The remote relay: streams are opened by the peer.
     Server {
@@ -709,6 +711,10 @@ pub(crate) struct Session {
     pub last_active: Instant,
     /// Since when it has fewer subflows than there are usable links.
     pub short_since: Option<Instant>,
+    /// When the PING now unanswered went out.
+    pub ping_sent: Option<Instant>,
+    /// When the last PING went out.
+    pub last_ping: Instant,
 }
 
 impl Session {
@@ -738,6 +744,8 @@ impl Session {
             busy_until: Instant::now(),
             last_active: Instant::now(),
             short_since: None,
+            ping_sent: None,
+            last_ping: Instant::now(),
         }
     }
 
@@ -828,6 +836,7 @@ mod tests {
         let mut wire = Vec::new();
         Control::Settings(Settings {
             initial_window: 1 << 20,
+            pings: false,
         })
         .encode(0, &mut wire)
         .unwrap();

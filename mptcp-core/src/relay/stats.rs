@@ -100,6 +100,9 @@ pub struct Stats {
     /// Worker panics caught since start (bugs: each closed that worker's
     /// connections, and the worker went on).
     pub worker_panics: u64,
+    /// Local role: connections sent directly to their destination since
+    /// start, because no remote relay worked (`fallback = "direct"`).
+    pub direct: u64,
     /// Failures by kind, indexed like [`ErrorKind::ALL`].
     pub errors: [u64; ErrorKind::ALL.len()],
 }
@@ -116,7 +119,7 @@ impl std::fmt::Display for Stats {
         write!(
             f,
             "accepted={} active={} relayed={} bytes_up={} bytes_down={} splice_fallbacks={} \
-             sessions={} multiplexed={} session_errors={} worker_panics={}",
+             sessions={} multiplexed={} session_errors={} worker_panics={} direct={}",
             self.accepted,
             self.active,
             self.relayed,
@@ -126,7 +129,8 @@ impl std::fmt::Display for Stats {
             self.sessions,
             self.multiplexed,
             self.session_errors,
-            self.worker_panics
+            self.worker_panics,
+            self.direct
         )?;
         for kind in ErrorKind::ALL {
             let n = self.error(kind);
@@ -153,6 +157,7 @@ pub(crate) struct Counters {
     pub multiplexed: AtomicU64,
     pub session_errors: AtomicU64,
     pub worker_panics: AtomicU64,
+    pub direct: AtomicU64,
     pub errors: [AtomicU64; ErrorKind::ALL.len()],
 }
 
@@ -180,6 +185,7 @@ impl Counters {
             s.multiplexed += c.multiplexed.load(Relaxed);
             s.session_errors += c.session_errors.load(Relaxed);
             s.worker_panics += c.worker_panics.load(Relaxed);
+            s.direct += c.direct.load(Relaxed);
             for (total, e) in s.errors.iter_mut().zip(&c.errors) {
                 *total += e.load(Relaxed);
             }

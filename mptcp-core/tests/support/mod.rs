@@ -8,7 +8,8 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use mptcp_core::relay::{
-    Config, EngineConfig, ListenerKind, LocalConfig, Relay, RelayHandle, RemoteConfig, Stats,
+    Config, EngineConfig, ListenerKind, LocalConfig, NoRemote, Relay, RelayHandle, RemoteConfig,
+    Stats,
 };
 use mptcp_core::socks5::{self, ClientHandshake, Progress, ReplyCode, Request, TargetAddr};
 use mptcp_testbed::data;
@@ -56,7 +57,10 @@ pub fn remote_relay(multiplex: bool) -> RelayHandle {
 /// worker.
 pub fn local_relay(remote: &RelayHandle, engine: EngineConfig, max_sessions: usize) -> RelayHandle {
     let at = remote.listener(ListenerKind::RemoteSocks5).unwrap();
+    // Refused, not direct, when the remote fails: these tests look at
+    // the chain (tests/relay_faults.rs has the direct fallback).
     let local = LocalConfig::new(at.to_string())
+        .fallback(NoRemote::Refuse)
         .max_sessions(max_sessions)
         .credentials(USER, PASS)
         .socks5("127.0.0.1:0".parse().unwrap())

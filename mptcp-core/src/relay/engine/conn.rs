@@ -25,7 +25,7 @@ use crate::relay::session;
 use crate::relay::splice::Flow;
 use crate::relay::stats::{Counters, ErrorKind};
 use crate::relay::stream::Stream;
-use crate::relay::{ResolveRequest, Route, Shared, outbound};
+use crate::relay::{NoRemote, ResolveRequest, Route, Shared, outbound};
 use crate::socks5::{
     self, ClientHandshake, Command, Progress, ReplyCode, ServerHandshake, TargetAddr,
 };
@@ -250,6 +250,11 @@ pub(super) struct Conn {
     /// Handshake deadline, or the end of the closing grace.
     pub deadline: Instant,
     pub last_active: Instant,
+    /// Local role: the remote relay it goes through (`None`: direct, or
+    /// not chosen yet).
+    remote: Option<usize>,
+    /// Local role: the remotes that failed for it (bit i: remote i).
+    tried: u64,
 }
 
 /// What reading a request came to.
@@ -283,6 +288,8 @@ impl Conn {
             to_client: Vec::new(),
             deadline: ctx.now + ctx.shared.engine.handshake_timeout(),
             last_active: ctx.now,
+            remote: None,
+            tried: 0,
         }
     }
 
@@ -434,10 +441,13 @@ impl Conn {
                     },
                 };
                 if let Some(e) = err {
-                    if candidates.is_empty() {
-                        return Turn::Fail(Phase::before_connect(origin), Failure::connect(&e, to));
+                    if !candidates.is_empty() {
+                        return self.start_connect(key, origin, candidates, ctx);
                     }
-                    return self.start_connect(key, origin, candidates, ctx);
+                    if self.remote_failed(&format!("connecting: {e}"), ctx) {
+                        return self.through_remote(key, origin, ctx);
+                    }
+                    return Turn::Fail(Phase::before_connect(origin), Failure::connect(&e, to));
                 }
                 match (greeting, origin) {
                     (Greeting::Socks5 { out, auth }, Origin::Client(client)) => {
@@ -475,6 +485,11 @@ impl Conn {
                 &mut buf,
             ) {
                 Ok(Some(used)) => {
+                    if let (Some(r), Route::Upstream { remotes, .. }) =
+                        (self.remote, &*ctx.specs[self.spec].route)
+                    {
+                        remotes.succeeded(r, None);
+                    }
                     let leftover = buf.split_off(used);
                     Turn::Go(self.enter_data(Origin::Client(client), upstream, None, leftover, ctx))
                 }
@@ -735,49 +750,112 @@ impl Conn {
         self.dest = Some(dest.clone());
         let route = Arc::clone(&ctx.specs[self.spec].route);
         match &*route {
-            Route::Upstream { addr, .. } => match origin {
-                Origin::Client(client) if ctx.sessions.multiplexing() => {
-                    self.multiplex(key, client, ctx)
-                }
-                origin => self.start_connect(key, origin, vec![*addr], ctx),
-            },
-            Route::Direct { .. } => match dest {
-                TargetAddr::Ip(a) => match self.permitted(ctx, vec![a]) {
-                    Ok(candidates) => self.start_connect(key, origin, candidates, ctx),
-                    Err(f) => Turn::Fail(Phase::before_connect(origin), f),
-                },
-                TargetAddr::Domain(name, port) => {
-                    let req = ResolveRequest {
-                        worker: ctx.worker,
-                        conn: key,
-                        serial: self.serial,
-                        name,
-                        port,
-                    };
-                    match ctx.resolve_tx.send(req) {
-                        Ok(()) => Turn::Wait(Phase::before_connect(origin)),
-                        Err(_) => Turn::Fail(
-                            Phase::before_connect(origin),
-                            Failure::new(ErrorKind::Resolve, "resolver stopped"),
-                        ),
-                    }
-                }
-            },
+            Route::Upstream { .. } => self.through_remote(key, origin, ctx),
+            Route::Direct { .. } => self.connect_direct(key, origin, dest, ctx),
         }
     }
 
-    /// Local role: the connection becomes a stream of a session, now or
-    /// once one is set up; or, when no session can take it, connects to the
-    /// remote relay for itself (unless the sessions must be encrypted).
-    fn multiplex(&mut self, key: usize, client: TcpStream, ctx: &mut Ctx) -> Turn {
-        match ctx.sessions.place(ctx.now) {
+    /// Connects to the destination itself (remote role; or local role with
+    /// no remote working), or asks the resolver first.
+    fn connect_direct(
+        &mut self,
+        key: usize,
+        origin: Origin,
+        dest: TargetAddr,
+        ctx: &mut Ctx,
+    ) -> Turn {
+        match dest {
+            TargetAddr::Ip(a) => match self.permitted(ctx, vec![a]) {
+                Ok(candidates) => self.start_connect(key, origin, candidates, ctx),
+                Err(f) => Turn::Fail(Phase::before_connect(origin), f),
+            },
+            TargetAddr::Domain(name, port) => {
+                let req = ResolveRequest {
+                    worker: ctx.worker,
+                    conn: key,
+                    serial: self.serial,
+                    name,
+                    port,
+                };
+                match ctx.resolve_tx.send(req) {
+                    Ok(()) => Turn::Wait(Phase::before_connect(origin)),
+                    Err(_) => Turn::Fail(
+                        Phase::before_connect(origin),
+                        Failure::new(ErrorKind::Resolve, "resolver stopped"),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Local role: goes through the remote relay the route's policy picks
+    /// (one that did not fail for this connection yet), as a stream of a
+    /// session or a connection of its own; with none working, direct or
+    /// refused, as configured.
+    fn through_remote(&mut self, key: usize, origin: Origin, ctx: &mut Ctx) -> Turn {
+        let Route::Upstream { remotes, .. } = &*ctx.specs[self.spec].route else {
+            return Turn::Fail(
+                Phase::before_connect(origin),
+                Failure::new(ErrorKind::Protocol, "no remote relay on this route"),
+            );
+        };
+        let remotes = Arc::clone(remotes);
+        self.remote = remotes.pick(self.tried);
+        let Some(r) = self.remote else {
+            let Some(dest) = self
+                .dest
+                .clone()
+                .filter(|_| remotes.fallback == NoRemote::Direct)
+            else {
+                return Turn::Fail(
+                    Phase::before_connect(origin),
+                    Failure::new(ErrorKind::Upstream, "no remote relay works"),
+                );
+            };
+            Counters::add(&ctx.counters().direct, 1);
+            tracing::debug!(%dest, "relay: no remote relay works; connecting directly");
+            return self.connect_direct(key, origin, dest, ctx);
+        };
+        match origin {
+            Origin::Client(client) if ctx.sessions.multiplexing() => {
+                self.multiplex(key, client, r, ctx)
+            }
+            origin => self.start_connect(key, origin, vec![remotes.list[r].addr], ctx),
+        }
+    }
+
+    /// Local role: the chosen remote failed this connection. Returns
+    /// whether another may be tried.
+    fn remote_failed(&mut self, why: &str, ctx: &Ctx) -> bool {
+        let (Some(r), Route::Upstream { remotes, .. }) =
+            (self.remote, &*ctx.specs[self.spec].route)
+        else {
+            return false;
+        };
+        remotes.failed(r, why);
+        if r < 64 {
+            self.tried |= 1 << r;
+        }
+        true
+    }
+
+    /// Local role: the connection becomes a stream of a session to remote
+    /// `r`, now or once one is set up; or, when no session can take it,
+    /// connects to that remote for itself (unless the sessions must be
+    /// encrypted: then another remote is tried).
+    fn multiplex(&mut self, key: usize, client: TcpStream, r: usize, ctx: &mut Ctx) -> Turn {
+        match ctx.sessions.place(r, ctx.now) {
             Some(Placement::Open(s)) => self.attach(client, s, key, ctx),
             Some(Placement::Wait(s)) => {
                 ctx.sessions.wait_for(s, key, self.serial);
                 Turn::Wait(Phase::AwaitingSession { client })
             }
-            None => match ctx.sessions.fallback() {
+            None => match ctx.sessions.fallback(r) {
                 Some(remote) => self.start_connect(key, Origin::Client(client), vec![remote], ctx),
+                None if r < 64 && self.tried & (1 << r) == 0 => {
+                    self.tried |= 1 << r;
+                    self.through_remote(key, Origin::Client(client), ctx)
+                }
                 None => Turn::Fail(
                     Phase::AwaitingSession { client },
                     Failure::new(
@@ -824,12 +902,22 @@ impl Conn {
         }
     }
 
-    /// Local role: the session a connection waited for failed; it
-    /// connects to the remote relay (`remote`) for itself.
-    pub(super) fn session_failed(&mut self, key: usize, remote: SocketAddr, ctx: &mut Ctx) -> Next {
+    /// Local role: the session a connection waited for failed: it
+    /// connects to that remote for itself when it can (a plain remote that
+    /// does not multiplex), else tries another remote.
+    pub(super) fn session_failed(&mut self, key: usize, ctx: &mut Ctx) -> Next {
         match std::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::AwaitingSession { client } => {
-                let turn = self.start_connect(key, Origin::Client(client), vec![remote], ctx);
+                let origin = Origin::Client(client);
+                let turn = match self.remote.and_then(|r| ctx.sessions.fallback(r)) {
+                    Some(remote) => self.start_connect(key, origin, vec![remote], ctx),
+                    None => {
+                        if let Some(r) = self.remote.filter(|&r| r < 64) {
+                            self.tried |= 1 << r;
+                        }
+                        self.through_remote(key, origin, ctx)
+                    }
+                };
                 self.settle(key, turn, ctx)
             }
             phase => self.keep(phase),
@@ -863,9 +951,12 @@ impl Conn {
     /// What to send once connected to the upstream: to the remote relay,
     /// the SOCKS5 handshake for the destination.
     fn greeting(&self, ctx: &Ctx) -> Result<Greeting, Failure> {
-        let Route::Upstream { credentials, .. } = &*ctx.specs[self.spec].route else {
+        let (Route::Upstream { remotes, .. }, Some(r)) =
+            (&*ctx.specs[self.spec].route, self.remote)
+        else {
             return Ok(Greeting::None);
         };
+        let credentials = &remotes.list[r].credentials;
         let dest = self
             .dest
             .clone()

@@ -270,7 +270,7 @@ impl Worker {
             }
         }
         for s in self.ctx.sessions.slab.keys() {
-            self.close_session(s, "the relay stopped");
+            self.close_session(s, "the relay stopped", false);
         }
     }
 

@@ -4,14 +4,13 @@
 //! session closing (its streams fail; connections still waiting for it
 //! connect the usual way).
 
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
 use mio::net::TcpStream;
 
 use super::answer::Failure;
 use super::conn::{Conn, Next, Origin, Phase, count_inbound, read_some};
-use super::sessions::SESSION_HANDSHAKE_BYTES;
+use super::sessions::{HANDSHAKE_LATE, SESSION_HANDSHAKE_BYTES};
 use super::{Handling, Slot, Worker};
 use crate::mux::{self, Control};
 use crate::relay::seal::Channel;
@@ -109,13 +108,13 @@ impl Worker {
         self.flush_session(s);
         match self.read_session(s) {
             Ok(()) => {}
-            Err(ReadError::Gone(why)) => self.close_session(s, &why),
+            Err(ReadError::Gone(why)) => self.close_session(s, &why, true),
             Err(ReadError::Protocol(why)) => {
                 Counters::add(&self.counters().session_errors, 1);
                 if let Some(x) = self.ctx.sessions.get(s) {
                     tracing::warn!(peer = %x.peer, streams = x.streams.len(), "relay: the other relay broke the protocol: {why}");
                 }
-                self.close_session(s, &why);
+                self.close_session(s, &why, true);
             }
         }
     }
@@ -159,7 +158,7 @@ impl Worker {
                 }
                 Err(e) => {
                     if e.reply == ReplyCode::CommandNotSupported {
-                        self.ctx.sessions.refused(now);
+                        self.ctx.sessions.refused(s, now);
                         tracing::info!(
                             "relay: the remote relay does not multiplex; \
                              one connection to it per client connection"
@@ -204,9 +203,16 @@ impl Worker {
                     return Err(ReadError::Gone("the other relay closed the session".into()));
                 }
                 Ok(Some(RxEvent::Control { stream, control })) => {
+                    // Liveness frames do not make a session active (an
+                    // idle spare still closes).
+                    let liveness = matches!(control, Control::Ping(_) | Control::Pong(_));
                     self.on_control(s, stream, control)
                         .map_err(ReadError::Protocol)?;
-                    self.ctx.sessions.mark_dirty(s, self.ctx.now);
+                    if liveness {
+                        self.ctx.sessions.queue_flush(s);
+                    } else {
+                        self.ctx.sessions.mark_dirty(s, self.ctx.now);
+                    }
                     continue;
                 }
                 Ok(Some(RxEvent::Data { stream, bytes })) => {
@@ -288,11 +294,16 @@ impl Worker {
                     .map_err(|e| e.to_string())?;
                 tracing::debug!(peer = %session.peer, "relay: session open");
                 if matches!(session.role, Role::Client { .. }) {
-                    self.ctx.sessions.opened();
+                    self.ctx.sessions.opened(s);
                 }
                 self.session_ready(s);
             }
             Control::GoAway { .. } => session.state.on_go_away(),
+            Control::Ping(v) => {
+                session.tx.control(0, &Control::Pong(v));
+                self.ctx.sessions.queue_flush(s);
+            }
+            Control::Pong(v) => self.ctx.sessions.pong(s, v),
             Control::Open(dest) => return self.open_remote_stream(s, id, dest),
             Control::Reply { code, .. } => {
                 if let Some(key) = key {
@@ -430,7 +441,7 @@ impl Worker {
     fn flush_session(&mut self, s: usize) {
         let ctx = &mut self.ctx;
         if let Err(e) = ctx.sessions.flush(s, &mut ctx.pool) {
-            self.close_session(s, &format!("writing to the other relay: {e}"));
+            self.close_session(s, &format!("writing to the other relay: {e}"), true);
             return;
         }
         let waiting = self.ctx.sessions.get(s).map_or(0, |x| x.blocked.len());
@@ -455,14 +466,19 @@ impl Worker {
             && session.streams.is_empty()
             && session.tx.is_idle();
         if retired {
-            self.close_session(s, "retired: no streams left");
+            self.close_session(s, "retired: no streams left", false);
         }
     }
 
     /// Closes a session: its streams fail, connections still waiting for
-    /// it connect the usual way.
-    pub(super) fn close_session(&mut self, s: usize, why: &str) {
-        let Some(session) = self.ctx.sessions.remove(s, self.ctx.now) else {
+    /// it connect another way. `failed`: the other relay failed (not a
+    /// close of our choice), which counts against a remote.
+    pub(super) fn close_session(&mut self, s: usize, why: &str, failed: bool) {
+        let Some(session) = self
+            .ctx
+            .sessions
+            .remove(s, failed.then_some(why), self.ctx.now)
+        else {
             return;
         };
         let side = match session.role {
@@ -479,38 +495,29 @@ impl Worker {
             self.fail_key(key, f);
         }
         if let Role::Client { waiting, .. } = session.role {
-            let remote = self.ctx.sessions.fallback();
             for (key, serial) in waiting {
                 if self.is_waiting(key, serial) {
-                    self.connect_without_session(key, remote);
+                    self.with_conn(key, |conn, ctx| conn.session_failed(key, ctx));
                 }
             }
         }
     }
 
-    /// A connection whose session failed connects to the remote relay for
-    /// itself.
-    fn connect_without_session(&mut self, key: usize, remote: Option<SocketAddr>) {
-        self.with_conn(key, |conn, ctx| match remote {
-            Some(a) => conn.session_failed(key, a, ctx),
-            None => conn.fail_now(
-                Failure::new(
-                    ErrorKind::Upstream,
-                    "the encrypted session to the remote relay could not be opened",
-                ),
-                ctx,
-            ),
-        });
-    }
-
-    /// Closes the sessions whose time is up (late handshakes, idle spares),
-    /// and replaces those that miss links.
+    /// Closes the sessions whose time is up (late handshakes, idle spares,
+    /// unanswered PINGs), replaces those that miss links, and (worker 0)
+    /// keeps a session open to each remote relay to watch it.
     pub(super) fn sweep_sessions(&mut self) {
         for (s, why) in self.ctx.sessions.expired(self.ctx.now) {
-            self.close_session(s, why);
+            self.close_session(s, why, why == HANDSHAKE_LATE);
         }
         for s in self.ctx.sessions.replace_short(self.ctx.now) {
-            self.close_session(s, "replaced: it misses links");
+            self.close_session(s, "replaced: it misses links", false);
+        }
+        for s in self.ctx.sessions.ping(self.ctx.now) {
+            self.close_session(s, "the remote relay stopped answering PINGs", true);
+        }
+        if self.ctx.worker == 0 {
+            self.ctx.sessions.watch_remotes(self.ctx.now);
         }
     }
 }

@@ -28,6 +28,7 @@ use mio::{Interest, Registry};
 use super::session_token;
 use super::slab::Slab;
 use crate::mux::{self, Control, Settings};
+use crate::relay::remotes::Remotes;
 use crate::relay::seal::{Channel, DialKeys, Initiator};
 use crate::relay::session::{self, Role, Session};
 use crate::relay::splice::PipePool;
@@ -39,7 +40,7 @@ use crate::socks5::{self, ClientHandshake, Command, ReplyCode, Request, TargetAd
 /// The wait before the next session after the first failed one; it
 /// doubles with each failure in a row, up to [`RETRY_AT_MOST`].
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
-const RETRY_AT_MOST: Duration = Duration::from_secs(60);
+const RETRY_AT_MOST: Duration = Duration::from_secs(8);
 /// The wait after a remote that answered "command not supported".
 pub(super) const RETRY_AFTER_REFUSAL: Duration = Duration::from_secs(3600);
 /// Room for a session's SOCKS5 handshake (either direction).
@@ -51,8 +52,15 @@ const LINK_CHECK: Duration = Duration::from_secs(1);
 /// How long a session may have fewer subflows than usable links (the path
 /// manager's time to add them) before it is replaced.
 const SHORT_GRACE: Duration = Duration::from_secs(4);
+/// Why a session that did not open in time is closed.
+pub(super) const HANDSHAKE_LATE: &str = "handshake timed out";
+/// How often a client session PINGs a remote that answers them.
+const PING_INTERVAL: Duration = Duration::from_millis(500);
+/// A PING unanswered this long: the remote relay is gone (the session
+/// closes, and the remote takes no new connections for a while).
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The local role's sessions to the remote relay: how to open one and when
+/// The local role's sessions to one remote relay: how to open one and when
 /// the next may be tried.
 #[derive(Debug)]
 struct Dialer {
@@ -81,39 +89,55 @@ struct Dialer {
     retry_at: Option<Instant>,
     /// Sessions in a row that failed before they opened.
     failures: u32,
+    /// It answered "command not supported" (dante): no sessions for a
+    /// long while, and none kept open to watch it.
+    refused: bool,
 }
 
 impl Dialer {
-    /// The dialer for the first route that goes to a remote relay in
-    /// sessions: with multiplexing on, or encrypted (a local role has one
-    /// remote).
-    fn for_routes<'a>(mut routes: impl Iterator<Item = &'a Route>) -> Option<Dialer> {
-        routes.find_map(|r| match r {
+    /// A dialer for each remote of the first route that goes to remote
+    /// relays in sessions: with multiplexing on, or encrypted (a local
+    /// role has one such route), and those remotes.
+    fn for_routes<'a>(
+        mut routes: impl Iterator<Item = &'a Route>,
+    ) -> (Vec<Dialer>, Option<Arc<Remotes>>) {
+        let found = routes.find_map(|r| match r {
             Route::Upstream {
-                addr,
-                credentials,
+                remotes,
                 mptcp,
                 multiplex,
                 max_sessions,
                 spare_idle,
-                keys,
+                sealed,
                 links_file,
-            } if *multiplex || keys.is_some() => Some(Dialer {
-                addr: *addr,
-                credentials: credentials.clone(),
-                mptcp: *mptcp,
-                max_sessions: *max_sessions,
-                spare_idle: *spare_idle,
-                keys: keys.clone(),
-                dedicated: !*multiplex,
-                links_file: links_file.clone(),
-                next_link_check: Instant::now(),
-                open: Vec::new(),
-                retry_at: None,
-                failures: 0,
-            }),
+            } if *multiplex || *sealed => {
+                let dialers = remotes
+                    .list
+                    .iter()
+                    .map(|remote| Dialer {
+                        addr: remote.addr,
+                        credentials: remote.credentials.clone(),
+                        mptcp: *mptcp,
+                        max_sessions: *max_sessions,
+                        spare_idle: *spare_idle,
+                        keys: remote.keys.clone(),
+                        dedicated: !*multiplex,
+                        links_file: links_file.clone(),
+                        next_link_check: Instant::now(),
+                        open: Vec::new(),
+                        retry_at: None,
+                        failures: 0,
+                        refused: false,
+                    })
+                    .collect();
+                Some((dialers, Arc::clone(remotes)))
+            }
             _ => None,
-        })
+        });
+        match found {
+            Some((dialers, remotes)) => (dialers, Some(remotes)),
+            None => (Vec::new(), None),
+        }
     }
 
     /// A session failed before it opened: the next waits longer (at least
@@ -141,8 +165,10 @@ pub(super) enum Placement {
 pub(super) struct Sessions {
     /// By key; session `s` has token `SESSION_BASE + s`.
     pub(super) slab: Slab<Session>,
-    /// Local role with multiplexing: the remote relay's sessions.
-    dialer: Option<Dialer>,
+    /// Local role with sessions: the sessions of each remote relay.
+    dialers: Vec<Dialer>,
+    /// Local role: the remote relays' health.
+    remotes: Option<Arc<Remotes>>,
     /// Sessions with frames queued this round.
     pub(super) flush_list: Vec<usize>,
     /// Sessions whose read stopped for the turn's budget.
@@ -161,9 +187,11 @@ impl Sessions {
         worker: usize,
         routes: impl Iterator<Item = &'a Route>,
     ) -> Sessions {
+        let (dialers, remotes) = Dialer::for_routes(routes);
         Sessions {
             slab: Slab::new(),
-            dialer: Dialer::for_routes(routes),
+            dialers,
+            remotes,
             flush_list: Vec::new(),
             requeue: Vec::new(),
             registry,
@@ -177,19 +205,27 @@ impl Sessions {
         &self.shared.counters[self.worker]
     }
 
-    /// Whether connections go to the remote relay as streams.
+    /// Whether connections go to the remote relays as streams.
     pub(super) fn multiplexing(&self) -> bool {
-        self.dialer.is_some()
+        !self.dialers.is_empty()
     }
 
-    /// Where a connection goes for itself, one SOCKS5 CONNECT to the remote
-    /// relay, when no session takes it: `None` when the sessions are
-    /// encrypted, since that connection would not be.
-    pub(super) fn fallback(&self) -> Option<SocketAddr> {
-        self.dialer
-            .as_ref()
+    /// Where a connection to `remote` goes for itself, one SOCKS5 CONNECT,
+    /// when no session takes it: `None` when the sessions are encrypted,
+    /// since that connection would not be.
+    pub(super) fn fallback(&self, remote: usize) -> Option<SocketAddr> {
+        self.dialers
+            .get(remote)
             .filter(|d| d.keys.is_none())
             .map(|d| d.addr)
+    }
+
+    /// The remote relay of a client session.
+    fn remote_of(session: &Session) -> Option<usize> {
+        match session.role {
+            Role::Client { remote, .. } => Some(remote),
+            Role::Server { .. } => None,
+        }
     }
 
     /// The window this relay announces for every stream.
@@ -219,24 +255,24 @@ impl Sessions {
     /// After a worker's panic: every session dropped (their sockets close).
     pub(super) fn clear(&mut self) {
         self.slab = Slab::new();
-        if let Some(d) = &mut self.dialer {
+        for d in &mut self.dialers {
             d.open.clear();
         }
         self.flush_list.clear();
         self.requeue.clear();
     }
 
-    /// Local role: where a new stream goes, if a session can take it (None:
-    /// connect to the remote for this connection alone).
+    /// Local role: where a new stream to `remote` goes, if a session can
+    /// take it (None: connect to the remote for this connection alone).
     ///
     /// An open session that is not busy with a bulk transfer comes first;
     /// then one being set up; then a new one (up to `max_sessions`); then
     /// the busy session whose bulk transfer is oldest. A dedicated
     /// session is always new.
-    pub(super) fn place(&mut self, now: Instant) -> Option<Placement> {
-        let dialer = self.dialer.as_ref()?;
+    pub(super) fn place(&mut self, remote: usize, now: Instant) -> Option<Placement> {
+        let dialer = self.dialers.get(remote)?;
         if dialer.dedicated {
-            return self.dial(now).map(Placement::Wait);
+            return self.dial(remote, now).map(Placement::Wait);
         }
         let listed = || {
             dialer
@@ -252,7 +288,7 @@ impl Sessions {
         if let Some(s) = idle {
             return Some(Placement::Open(s));
         }
-        if let Some(s) = starting.or_else(|| room.then(|| self.dial(now)).flatten()) {
+        if let Some(s) = starting.or_else(|| room.then(|| self.dial(remote, now)).flatten()) {
             return Some(Placement::Wait(s));
         }
         least_busy.map(Placement::Open)
@@ -281,7 +317,7 @@ impl Sessions {
         let id = session.state.open_stream()?;
         session.tx.control(id, &Control::Open(dest));
         session.streams.insert(id, key);
-        if self.dialer.as_ref().is_some_and(|d| d.dedicated) {
+        if self.dialers.first().is_some_and(|d| d.dedicated) {
             // Its one stream: the session closes when that ends.
             session.state.retire();
         }
@@ -291,13 +327,15 @@ impl Sessions {
         Some(stream)
     }
 
-    /// Connects a new session to the remote relay and queues its whole
-    /// handshake: greeting, authentication, MULTIPLEX request, SETTINGS.
-    fn dial(&mut self, now: Instant) -> Option<usize> {
+    /// Connects a new session to remote relay `remote` and queues its
+    /// whole handshake: greeting, authentication, MULTIPLEX request,
+    /// SETTINGS.
+    fn dial(&mut self, remote: usize, now: Instant) -> Option<usize> {
         let window = self.window();
         let receive_buffer = self.receive_buffer();
         let deadline = now + self.shared.engine.handshake_timeout();
-        let dialer = self.dialer.as_mut()?;
+        let remotes = self.remotes.clone();
+        let dialer = self.dialers.get_mut(remote)?;
         if dialer.retry_at.is_some_and(|t| now < t) {
             return None;
         }
@@ -306,6 +344,9 @@ impl Sessions {
             Err(e) => {
                 tracing::warn!(remote = %dialer.addr, error = %e, "relay: cannot open a session");
                 dialer.failed(now, Duration::ZERO);
+                if let Some(r) = &remotes {
+                    r.failed(remote, &format!("cannot open a session: {e}"));
+                }
                 return None;
             }
         };
@@ -326,6 +367,7 @@ impl Sessions {
         }
         Control::Settings(Settings {
             initial_window: window,
+            pings: true,
         })
         .encode(0, &mut hello)
         .ok()?;
@@ -358,12 +400,13 @@ impl Sessions {
         };
         let role = Role::Client {
             waiting: Vec::new(),
+            remote,
         };
         let peer = dialer.addr.ip();
         let mut session = Session::new(socket, role, phase, peer, deadline);
         session.tx.raw(&first);
         let s = self.register(session, now)?;
-        if let Some(d) = &mut self.dialer {
+        if let Some(d) = self.dialers.get_mut(remote) {
             d.open.push(s);
         }
         tracing::debug!(remote = %peer, "relay: opening a session");
@@ -399,6 +442,7 @@ impl Sessions {
         session.tx.raw(&answer);
         let settings = Control::Settings(Settings {
             initial_window: self.window(),
+            pings: true,
         });
         session.tx.control(0, &settings);
         session.rx.preload(leftover);
@@ -432,34 +476,112 @@ impl Sessions {
     }
 
     /// Takes session `s` out for good: counted, and forgotten by the
-    /// dialer (a session that never opened makes the next attempt wait).
-    pub(super) fn remove(&mut self, s: usize, now: Instant) -> Option<Session> {
+    /// dialer (a session that never opened makes the next attempt wait,
+    /// and counts against its remote, as does one that `failed`).
+    pub(super) fn remove(
+        &mut self,
+        s: usize,
+        failed: Option<&str>,
+        now: Instant,
+    ) -> Option<Session> {
         let session = self.slab.remove(s)?;
         Counters::add(&self.counters().sessions_closed, 1);
-        if let Some(d) = &mut self.dialer
-            && matches!(session.role, Role::Client { .. })
-        {
-            d.open.retain(|&k| k != s);
-            if session.is_starting() {
-                d.failed(now, Duration::ZERO);
-            }
+        let Some(remote) = Sessions::remote_of(&session) else {
+            return Some(session);
+        };
+        let Some(d) = self.dialers.get_mut(remote) else {
+            return Some(session);
+        };
+        d.open.retain(|&k| k != s);
+        let refused = d.refused;
+        if session.is_starting() {
+            d.failed(now, Duration::ZERO);
+        }
+        let why = failed
+            .filter(|_| !refused)
+            .or(session.is_starting().then_some("the session did not open"));
+        if let (Some(why), Some(remotes)) = (why.filter(|_| !refused), &self.remotes) {
+            remotes.failed(remote, why);
         }
         Some(session)
     }
 
-    /// A client session's SETTINGS arrived: the remote works again.
-    pub(super) fn opened(&mut self) {
-        if let Some(d) = &mut self.dialer {
+    /// A client session's SETTINGS arrived: its remote works again.
+    pub(super) fn opened(&mut self, s: usize) {
+        let Some(remote) = self.slab.get(s).and_then(Sessions::remote_of) else {
+            return;
+        };
+        if let Some(d) = self.dialers.get_mut(remote) {
             d.failures = 0;
             d.retry_at = None;
         }
+        if let Some(remotes) = &self.remotes {
+            remotes.succeeded(remote, None);
+        }
     }
 
-    /// The remote relay refused a session with "command not supported":
-    /// no new one for a long while.
-    pub(super) fn refused(&mut self, now: Instant) {
-        if let Some(d) = &mut self.dialer {
+    /// The remote relay of session `s` refused it with "command not
+    /// supported": no new one for a long while (it still serves CONNECT).
+    pub(super) fn refused(&mut self, s: usize, now: Instant) {
+        let Some(remote) = self.slab.get(s).and_then(Sessions::remote_of) else {
+            return;
+        };
+        if let Some(d) = self.dialers.get_mut(remote) {
+            d.refused = true;
             d.failed(now, RETRY_AFTER_REFUSAL);
+        }
+    }
+
+    /// Local role, one worker: every remote relay that multiplexes keeps a
+    /// session open (when it can be reached), so that its PINGs tell at
+    /// once when it fails and when it works again.
+    pub(super) fn watch_remotes(&mut self, now: Instant) {
+        for remote in 0..self.dialers.len() {
+            let d = &self.dialers[remote];
+            let waiting = d.retry_at.is_some_and(|t| now < t);
+            if d.open.is_empty() && !d.refused && !d.dedicated && !waiting {
+                self.dial(remote, now);
+            }
+        }
+    }
+
+    /// PINGs client sessions whose remote answers them, every
+    /// [`PING_INTERVAL`]; returns the sessions whose PING went unanswered
+    /// for [`PING_TIMEOUT`], to be closed (their remote failed).
+    pub(super) fn ping(&mut self, now: Instant) -> Vec<usize> {
+        let mut silent = Vec::new();
+        let mut dirty = Vec::new();
+        for (s, x) in self.slab.iter_mut() {
+            if !matches!(x.role, Role::Client { .. }) || !x.state.peer_pings() {
+                continue;
+            }
+            match x.ping_sent {
+                Some(sent) if now.duration_since(sent) > PING_TIMEOUT => silent.push(s),
+                Some(_) => {}
+                None if now.duration_since(x.last_ping) >= PING_INTERVAL => {
+                    x.tx.control(0, &Control::Ping(crate::sys::process::monotonic_micros()));
+                    x.ping_sent = Some(now);
+                    x.last_ping = now;
+                    dirty.push(s);
+                }
+                None => {}
+            }
+        }
+        for s in dirty {
+            self.queue_flush(s);
+        }
+        silent
+    }
+
+    /// A PONG for session `s` (its payload, our clock when sent).
+    pub(super) fn pong(&mut self, s: usize, sent_us: u64) {
+        let Some(session) = self.slab.get_mut(s) else {
+            return;
+        };
+        session.ping_sent = None;
+        let rtt = crate::sys::process::monotonic_micros().saturating_sub(sent_us);
+        if let (Some(remote), Some(remotes)) = (Sessions::remote_of(session), &self.remotes) {
+            remotes.succeeded(remote, Some(Duration::from_micros(rtt)));
         }
     }
 
@@ -506,8 +628,13 @@ impl Sessions {
         };
         let was_busy = session.is_busy(now);
         session.busy_until = now + BUSY_HOLD;
-        let Some(dialer) = &self.dialer else { return };
-        if was_busy || dialer.dedicated || !matches!(session.role, Role::Client { .. }) {
+        let Some(remote) = Sessions::remote_of(session) else {
+            return;
+        };
+        let Some(dialer) = self.dialers.get(remote) else {
+            return;
+        };
+        if was_busy || dialer.dedicated {
             return;
         }
         let spare = dialer.open.iter().any(|&k| {
@@ -516,7 +643,7 @@ impl Sessions {
                 .is_some_and(|x| x.is_starting() || (x.accepts_streams() && !x.is_busy(now)))
         });
         if !spare && dialer.open.len() < dialer.max_sessions {
-            self.dial(now);
+            self.dial(remote, now);
         }
     }
 
@@ -524,10 +651,18 @@ impl Sessions {
     pub(super) fn mark_dirty(&mut self, s: usize, now: Instant) {
         if let Some(session) = self.slab.get_mut(s) {
             session.last_active = now;
-            if !session.dirty {
-                session.dirty = true;
-                self.flush_list.push(s);
-            }
+        }
+        self.queue_flush(s);
+    }
+
+    /// Session `s` has PING or PONG to write, which do not make it active
+    /// (an idle spare still closes).
+    pub(super) fn queue_flush(&mut self, s: usize) {
+        if let Some(session) = self.slab.get_mut(s)
+            && !session.dirty
+        {
+            session.dirty = true;
+            self.flush_list.push(s);
         }
     }
 
@@ -565,7 +700,24 @@ impl Sessions {
     /// carry finish on them) and a new session is dialled. Returns the
     /// replaced sessions that carry no stream, to be closed now.
     pub(super) fn replace_short(&mut self, now: Instant) -> Vec<usize> {
-        let Some(dialer) = self.dialer.as_mut().filter(|d| !d.dedicated) else {
+        let mut replaced = Vec::new();
+        for remote in 0..self.dialers.len() {
+            let short = self.short_sessions(remote, now);
+            if !short.is_empty() {
+                self.dial(remote, now);
+                replaced.extend(short);
+            }
+        }
+        replaced
+            .into_iter()
+            .filter(|&s| self.slab.get(s).is_some_and(|x| x.streams.is_empty()))
+            .collect()
+    }
+
+    /// [`Sessions::replace_short`] for one remote's sessions: those that
+    /// now take no new streams.
+    fn short_sessions(&mut self, remote: usize, now: Instant) -> Vec<usize> {
+        let Some(dialer) = self.dialers.get_mut(remote).filter(|d| !d.dedicated) else {
             return Vec::new();
         };
         if now < dialer.next_link_check {
@@ -612,35 +764,32 @@ impl Sessions {
             session.state.retire();
             replaced.push(s);
         }
-        if replaced.is_empty() {
-            return Vec::new();
-        }
-        self.dial(now);
         replaced
-            .into_iter()
-            .filter(|&s| self.slab.get(s).is_some_and(|x| x.streams.is_empty()))
-            .collect()
     }
 
     /// Sessions to close now, and why: those whose handshake is late, and
     /// spare sessions (a local worker's beyond its first) that carried no
     /// stream for a while.
     pub(super) fn expired(&self, now: Instant) -> Vec<(usize, &'static str)> {
-        let (mut open, spare_idle) = self
-            .dialer
-            .as_ref()
-            .map_or((0, Duration::MAX), |d| (d.open.len(), d.spare_idle));
+        let mut open: Vec<usize> = self.dialers.iter().map(|d| d.open.len()).collect();
         let mut expired = Vec::new();
         for (s, x) in self.slab.iter() {
             if x.is_starting() && now > x.deadline {
-                expired.push((s, "handshake timed out"));
-            } else if matches!(x.role, Role::Client { .. })
-                && open > 1
+                expired.push((s, HANDSHAKE_LATE));
+                continue;
+            }
+            let Some(remote) = Sessions::remote_of(x) else {
+                continue;
+            };
+            let (Some(d), Some(left)) = (self.dialers.get(remote), open.get_mut(remote)) else {
+                continue;
+            };
+            if *left > 1
                 && x.streams.is_empty()
                 && x.tx.is_idle()
-                && now.duration_since(x.last_active) > spare_idle
+                && now.duration_since(x.last_active) > d.spare_idle
             {
-                open -= 1;
+                *left -= 1;
                 expired.push((s, "a spare session, idle"));
             }
         }

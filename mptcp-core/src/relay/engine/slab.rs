@@ -80,4 +80,12 @@ impl<T> Slab<T> {
             .enumerate()
             .filter_map(|(k, v)| Some((k, v.as_ref()?)))
     }
+
+    /// Every value with its key, to change.
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut T)> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(k, v)| Some((k, v.as_mut()?)))
+    }
 }

@@ -1,0 +1,296 @@
+//! The local role's remote relays: which one a new connection goes to,
+//! and what each has shown of its health.
+//!
+//! Every remote has a [`Health`] shared by all workers. Anything that
+//! shows the remote working (a session set up, a PONG, a SOCKS5 handshake
+//! done) or failing (a refused or timed-out connect, a session that fails
+//! or stops answering PINGs) reports it there. A failure takes the remote
+//! out at once; it is tried again after a wait that doubles with each
+//! failure in a row (one connection at a time, which moves on to another
+//! remote if the try fails), and once it answers it is on probation: it
+//! takes new connections again (under `failover`, back from a backup)
+//! only after `hold` without a failure, so a flapping server does not flap
+//! the LAN.
+//!
+//! ```
+//! use std::time::Duration;
+//! use mptcp_core::relay::{NoRemote, RemotePolicy};
+//! let policy: RemotePolicy = "spread".parse().unwrap();
+//! assert_eq!(policy, RemotePolicy::Spread);
+//! assert_eq!("direct".parse::<NoRemote>().unwrap(), NoRemote::Direct);
+//! # let _ = Duration::ZERO;
+//! ```
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use super::config::{NoRemote, RemotePolicy};
+use super::seal::DialKeys;
+use crate::sys::process::monotonic_micros;
+
+/// The first wait before a failed remote is tried again; it doubles with
+/// each failure in a row, up to [`RETRY_AT_MOST`].
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+const RETRY_AT_MOST: Duration = Duration::from_secs(8);
+
+/// What a remote has shown lately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteState {
+    /// Working (or not tried yet).
+    Up,
+    /// Answering again after a failure, for less than the hold time.
+    Probation,
+    /// Failed; tried again after a wait.
+    Down,
+}
+
+impl RemoteState {
+    /// The state's name, as logs and metrics show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RemoteState::Up => "up",
+            RemoteState::Probation => "probation",
+            RemoteState::Down => "down",
+        }
+    }
+
+    fn from_u8(v: u8) -> RemoteState {
+        match v {
+            1 => RemoteState::Probation,
+            2 => RemoteState::Down,
+            _ => RemoteState::Up,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            RemoteState::Up => 0,
+            RemoteState::Probation => 1,
+            RemoteState::Down => 2,
+        }
+    }
+}
+
+/// One remote's health, shared by the workers (monotonic microseconds).
+#[derive(Debug, Default)]
+pub struct Health {
+    state: AtomicU8,
+    /// Since when it is in its state.
+    since: AtomicU64,
+    /// Down: not before this; probation: up at this.
+    next: AtomicU64,
+    /// Failures in a row.
+    failures: AtomicU32,
+    /// The last PING round trip, microseconds (0: none yet).
+    rtt_us: AtomicU64,
+}
+
+impl Health {
+    /// The state now (a probation that lasted the hold time is over).
+    pub fn state(&self, now_us: u64) -> RemoteState {
+        match RemoteState::from_u8(self.state.load(Relaxed)) {
+            RemoteState::Probation if now_us >= self.next.load(Relaxed) => RemoteState::Up,
+            s => s,
+        }
+    }
+
+    /// The last PING round trip.
+    pub fn rtt(&self) -> Option<Duration> {
+        match self.rtt_us.load(Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    fn set(&self, state: RemoteState, now_us: u64, next: u64) {
+        self.state.store(state.to_u8(), Relaxed);
+        self.since.store(now_us, Relaxed);
+        self.next.store(next, Relaxed);
+    }
+
+    /// It worked. Returns the new state when that changed.
+    fn succeeded(&self, now_us: u64, hold: Duration) -> Option<RemoteState> {
+        self.failures.store(0, Relaxed);
+        match self.state(now_us) {
+            RemoteState::Down => {
+                self.set(RemoteState::Probation, now_us, now_us + micros(hold));
+                Some(RemoteState::Probation)
+            }
+            RemoteState::Probation => None,
+            RemoteState::Up => {
+                if RemoteState::from_u8(self.state.load(Relaxed)) == RemoteState::Probation {
+                    self.set(RemoteState::Up, now_us, 0);
+                    return Some(RemoteState::Up);
+                }
+                None
+            }
+        }
+    }
+
+    /// It failed. Returns the new state when that changed.
+    fn failed(&self, now_us: u64) -> Option<RemoteState> {
+        let failures = self.failures.fetch_add(1, Relaxed).min(8);
+        let wait = RETRY_AFTER.saturating_mul(1 << failures).min(RETRY_AT_MOST);
+        let was = self.state(now_us);
+        self.set(RemoteState::Down, now_us, now_us + micros(wait));
+        (was != RemoteState::Down).then_some(RemoteState::Down)
+    }
+
+    /// Down and its wait is over: one connection may try it.
+    fn may_try(&self, now_us: u64) -> bool {
+        self.state(now_us) == RemoteState::Down && now_us >= self.next.load(Relaxed)
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// One remote relay (or SOCKS5 server) of the local role.
+#[derive(Debug)]
+pub struct Remote {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// SOCKS5 username and password.
+    pub credentials: Option<(String, String)>,
+    /// Sessions to it are encrypted, with these keys.
+    pub keys: Option<Arc<DialKeys>>,
+    /// Its share of new connections under `spread`.
+    pub weight: u32,
+    /// What it has shown lately.
+    pub health: Health,
+}
+
+/// The remotes of a local role, in priority order, and how to choose.
+#[derive(Debug)]
+pub struct Remotes {
+    /// In priority order (`failover` takes the first that works).
+    pub list: Vec<Remote>,
+    /// How new connections are spread.
+    pub policy: RemotePolicy,
+    /// Probation before a remote that failed takes connections again.
+    pub hold: Duration,
+    /// What connections do when no remote works.
+    pub fallback: NoRemote,
+    /// New connections so far (`spread` takes turns by weight).
+    turns: AtomicU64,
+}
+
+impl Remotes {
+    /// Remotes in priority order.
+    pub fn new(
+        list: Vec<Remote>,
+        policy: RemotePolicy,
+        hold: Duration,
+        fallback: NoRemote,
+    ) -> Remotes {
+        Remotes {
+            list,
+            policy,
+            hold,
+            fallback,
+            turns: AtomicU64::new(0),
+        }
+    }
+
+    /// The remote a new connection goes to, avoiding those in `tried`
+    /// (bit i: remote i failed for this connection); `None`: no remote
+    /// works now (see [`Remotes::fallback`]).
+    ///
+    /// Working remotes first (`failover`: the first of them; `spread`: in
+    /// turns by weight); then one on probation; then a failed one whose
+    /// wait is over, for a try; with `fallback = "refuse"`, then the
+    /// failed one whose wait ends first.
+    pub fn pick(&self, tried: u64) -> Option<usize> {
+        let now = monotonic_micros();
+        let untried = |i: &usize| *i >= 64 || tried & (1 << i) == 0;
+        let with = |state: RemoteState| {
+            (0..self.list.len())
+                .filter(untried)
+                .filter(move |&i| self.list[i].health.state(now) == state)
+        };
+        let up: Vec<usize> = with(RemoteState::Up).collect();
+        if !up.is_empty() {
+            return Some(match self.policy {
+                RemotePolicy::Failover => up[0],
+                RemotePolicy::Spread => self.by_weight(&up),
+            });
+        }
+        let probation = with(RemoteState::Probation).next();
+        let retry = || {
+            (0..self.list.len())
+                .filter(untried)
+                .find(|&i| self.list[i].health.may_try(now))
+        };
+        // Refusing without a try is worse than trying one early: the one
+        // whose wait ends first.
+        let early = || {
+            (self.fallback == NoRemote::Refuse)
+                .then(|| {
+                    (0..self.list.len())
+                        .filter(untried)
+                        .min_by_key(|&i| self.list[i].health.next.load(Relaxed))
+                })
+                .flatten()
+        };
+        probation.or_else(retry).or_else(early)
+    }
+
+    /// The next of `up` in turns by weight.
+    fn by_weight(&self, up: &[usize]) -> usize {
+        let total: u64 = up
+            .iter()
+            .map(|&i| u64::from(self.list[i].weight.max(1)))
+            .sum();
+        let mut turn = self.turns.fetch_add(1, Relaxed) % total;
+        for &i in up {
+            let w = u64::from(self.list[i].weight.max(1));
+            if turn < w {
+                return i;
+            }
+            turn -= w;
+        }
+        up[0]
+    }
+
+    /// Remote `i` worked (`rtt`: a PING's round trip).
+    pub fn succeeded(&self, i: usize, rtt: Option<Duration>) {
+        let Some(r) = self.list.get(i) else { return };
+        if let Some(rtt) = rtt {
+            r.health.rtt_us.store(micros(rtt).max(1), Relaxed);
+        }
+        match r.health.succeeded(monotonic_micros(), self.hold) {
+            Some(RemoteState::Probation) => tracing::warn!(
+                remote = %r.addr,
+                "relay: the remote relay answers again; it takes new connections after {} s \
+                 without a failure",
+                self.hold.as_secs()
+            ),
+            Some(RemoteState::Up) => {
+                tracing::warn!(remote = %r.addr, "relay: the remote relay is back in use");
+            }
+            _ => {}
+        }
+    }
+
+    /// Remote `i` failed (`why`, for the log).
+    pub fn failed(&self, i: usize, why: &str) {
+        let Some(r) = self.list.get(i) else { return };
+        if r.health.failed(monotonic_micros()).is_some() {
+            let others = (0..self.list.len()).any(|j| {
+                j != i && self.list[j].health.state(monotonic_micros()) != RemoteState::Down
+            });
+            let then = match (others, self.fallback) {
+                (true, _) => "new connections go to another remote",
+                (false, NoRemote::Direct) => {
+                    "no other remote works: new connections go direct, without aggregation"
+                }
+                (false, NoRemote::Refuse) => "no other remote works: new connections are refused",
+            };
+            tracing::warn!(remote = %r.addr, why, "relay: the remote relay failed; {then}");
+        }
+    }
+}
