@@ -33,6 +33,14 @@
 //! | 5 WINDOW | id | increment (u32, BE) | the receiver took this many more bytes |
 //! | 6 SETTINGS | 0 | (id u16, value u32)* | the sender's parameters; its first frame |
 //! | 7 GOAWAY | 0 | last stream id (u32, BE) | no new streams on this session |
+//! | 8 PING | 0 | opaque (u64, BE) | answer with PONG (only if the peer's SETTINGS offered it) |
+//! | 9 PONG | 0 | the PING's payload | the answer: the other relay is alive |
+//!
+//! Settings: 1 is the initial window of every stream (bytes); 2 set to 1
+//! says the sender answers PING. A local relay PINGs a remote that offers
+//! it every half second and takes a PING unanswered for 3 s for a remote
+//! that is gone (a peer of version 1 without the setting is never PINGed:
+//! it would skip the frames).
 //!
 //! Stream ids are chosen by the client, increasing from 1, never reused in
 //! a session. Flags are 0. Unknown frame types are skipped and unknown

@@ -294,3 +294,117 @@ impl Remotes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remotes(
+        weights: &[u32],
+        policy: RemotePolicy,
+        hold: Duration,
+        fallback: NoRemote,
+    ) -> Remotes {
+        let list = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| Remote {
+                addr: SocketAddr::from(([198, 18, 0, 2], 1080 + i as u16)),
+                credentials: None,
+                keys: None,
+                weight,
+                health: Health::default(),
+            })
+            .collect();
+        Remotes::new(list, policy, hold, fallback)
+    }
+
+    #[test]
+    fn failover_takes_the_first_that_works_and_a_failure_moves_on() {
+        let r = remotes(
+            &[1, 1, 1],
+            RemotePolicy::Failover,
+            Duration::from_secs(60),
+            NoRemote::Direct,
+        );
+        assert_eq!(r.pick(0), Some(0));
+        assert_eq!(
+            r.pick(0b001),
+            Some(1),
+            "the remote that failed this connection is skipped"
+        );
+        r.failed(0, "test");
+        assert_eq!(r.pick(0), Some(1));
+        r.failed(1, "test");
+        r.failed(2, "test");
+        assert_eq!(r.pick(0), None, "all down, none due for a try: direct");
+        // Answering again: on probation, used only while none is up.
+        r.succeeded(2, None);
+        assert_eq!(r.pick(0), Some(2));
+        assert_eq!(
+            r.list[2].health.state(monotonic_micros()),
+            RemoteState::Probation
+        );
+    }
+
+    #[test]
+    fn probation_lasts_the_hold_time_without_a_failure() {
+        let h = Health::default();
+        let hold = Duration::from_secs(10);
+        let t0 = 1_000_000;
+        assert_eq!(h.failed(t0), Some(RemoteState::Down));
+        assert!(!h.may_try(t0 + 500_000), "waits a second first");
+        assert!(h.may_try(t0 + 1_000_000));
+        assert_eq!(
+            h.succeeded(t0 + 1_000_000, hold),
+            Some(RemoteState::Probation)
+        );
+        assert_eq!(h.state(t0 + 10_999_999), RemoteState::Probation);
+        assert_eq!(h.state(t0 + 11_000_000), RemoteState::Up);
+        // A failure during probation starts over; failures in a row wait
+        // longer each (a success in between resets that).
+        let t1 = t0 + 2_000_000;
+        assert_eq!(h.failed(t1), Some(RemoteState::Down));
+        assert!(h.may_try(t1 + 1_000_000));
+        assert!(h.failed(t1 + 1_000_000).is_none(), "already down");
+        assert!(!h.may_try(t1 + 2_999_999));
+        assert!(h.may_try(t1 + 3_000_000));
+    }
+
+    #[test]
+    fn spread_takes_turns_by_weight_over_the_working_remotes() {
+        let r = remotes(
+            &[3, 1, 2],
+            RemotePolicy::Spread,
+            Duration::from_secs(60),
+            NoRemote::Direct,
+        );
+        let mut counts = [0; 3];
+        for _ in 0..600 {
+            counts[r.pick(0).unwrap()] += 1;
+        }
+        assert_eq!(counts, [300, 100, 200]);
+        r.failed(0, "test");
+        let mut counts = [0; 3];
+        for _ in 0..300 {
+            counts[r.pick(0).unwrap()] += 1;
+        }
+        assert_eq!(counts, [0, 100, 200]);
+    }
+
+    #[test]
+    fn refuse_tries_the_remote_due_first_rather_than_none() {
+        let r = remotes(
+            &[1, 1],
+            RemotePolicy::Failover,
+            Duration::from_secs(60),
+            NoRemote::Refuse,
+        );
+        r.failed(0, "test");
+        r.failed(1, "test");
+        r.failed(1, "test");
+        assert_eq!(r.pick(0), Some(0), "the one whose wait ends first");
+        assert_eq!(r.pick(0b01), Some(1));
+        assert_eq!(r.pick(0b11), None);
+    }
+}

@@ -57,8 +57,13 @@ pub(super) const HANDSHAKE_LATE: &str = "handshake timed out";
 /// How often a client session PINGs a remote that answers them.
 const PING_INTERVAL: Duration = Duration::from_millis(500);
 /// A PING unanswered this long: the remote relay is gone (the session
-/// closes, and the remote takes no new connections for a while).
-const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// closes, and the remote takes no new connections for a while). Longer
+/// than MPTCP takes to move a session's bytes off a link that went silent
+/// (its retransmission timeouts mark the subflow stale after about 3 s;
+/// reinjection onto the other links comes sooner), so that a lost link is
+/// not taken for a lost remote. A remote that dies with its host up
+/// resets its sessions, which tells at once.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The local role's sessions to one remote relay: how to open one and when
 /// the next may be tried.
