@@ -13,6 +13,33 @@ pub fn getpid() -> libc::pid_t {
     unsafe { libc::getpid() }
 }
 
+/// Whether a variable of the process environment has a name starting with
+/// `prefix`: one pass over `environ`, comparing bytes in place (no lock, no
+/// allocation, unlike `std::env`).
+pub fn environment_has_prefix(prefix: &str) -> bool {
+    // SAFETY: `environ` is libc's NULL-terminated array of NUL-terminated
+    // strings (or NULL); nothing in this library changes it.
+    let mut entry = unsafe { libc::environ }.cast_const();
+    while !entry.is_null() {
+        // SAFETY: `entry` points into the array, at or before its NULL.
+        let var = unsafe { *entry };
+        if var.is_null() {
+            break;
+        }
+        // SAFETY: every entry is a NUL-terminated string.
+        if unsafe { std::ffi::CStr::from_ptr(var) }
+            .to_bytes()
+            .starts_with(prefix.as_bytes())
+        {
+            return true;
+        }
+        // SAFETY: `entry` is not the array's NULL yet, so the next one is
+        // inside the array.
+        entry = unsafe { entry.add(1) };
+    }
+    false
+}
+
 /// Runs `handler` in the child of every `fork()` that goes through libc
 /// (not in `vfork`/`posix_spawn` children, which share the parent's memory,
 /// nor after a raw `clone`).
