@@ -180,6 +180,9 @@ extern "C" fn claim() {
 /// neither the `getpid` nor the `atfork` registration. The first socket is
 /// made by the process that loaded the library (a `vfork` child may only
 /// `exec`), so the owner is the same as if the constructor had claimed it.
+/// `pthread_atfork` takes libc's fork-handler lock, which no thread can hold
+/// in a `fork()` child (`fork` holds it itself while it forks), so the first
+/// socket of such a child cannot hang on it.
 #[inline]
 fn claim_before_first_socket() {
     if OWNER.load(Ordering::Relaxed) != 0 {

@@ -8,8 +8,8 @@
 //!
 //! Nothing is looked up when the library loads: a program pays one lookup
 //! per hook it calls, and `/bin/true` none (all 26 lookups in the load-time
-//! constructor cost about 20 us per `exec` on a virtual machine, a tenth of
-//! a short-lived program's start). A first lookup may happen in the child of
+//! constructor cost about 20 us per `exec` on the project's virtual machine,
+//! 4% of a `/bin/true`). A first lookup may happen in the child of
 //! a multithreaded `fork()`: glibc reinitializes the dynamic loader's lock
 //! there (`__rtld_lock_initialize(GL(dl_load_lock))` in `fork.c`), so it
 //! cannot wait for a thread that is gone. Two threads racing on the first
