@@ -237,6 +237,9 @@ impl Preload {
     }
 }
 
+/// Where Debian's `mptcpize` package keeps its preload library.
+const MPTCPIZE_LIB: &str = "/usr/lib/x86_64-linux-gnu/mptcpize/libmptcpwrap.so.0.0.1";
+
 /// A shared object built from an empty C file: loading it costs what any
 /// preloaded object costs, whatever its code.
 fn empty_shared_object() -> PathBuf {
@@ -301,18 +304,23 @@ fn percentile(times: &[Duration], percent: usize) -> f64 {
     times[(times.len() - 1) * percent / 100].as_secs_f64() * 1e6
 }
 
-/// `/bin/true` with no preload, the empty object and the library, one run
-/// of each in turn, `rounds` times; prints each one's CPU time per run and
+/// `/bin/true` with no preload, the empty object and the library (and
+/// mptcpize's, if installed), one run of each in turn, `rounds` times; prints each one's CPU time per run and
 /// its ratio to no preload. Low percentiles are quoted beside the median:
 /// on a shared machine other work only ever adds time.
 fn startup(_: &mut Criterion) {
     let ours = mptcp_testbed::build_preload_library().expect("building mptcp-preload");
     let empty = empty_shared_object();
-    let variants = [
+    let mut variants = vec![
         Preload::new("no preload", None),
         Preload::new("empty C object (floor)", Some(&empty)),
         Preload::new("libmptcp_preload.so", Some(&ours)),
     ];
+    // Debian's mptcpize (a small C library), when installed, for comparison.
+    let mptcpize = Path::new(MPTCPIZE_LIB);
+    if mptcpize.exists() {
+        variants.push(Preload::new("mptcpize's libmptcpwrap", Some(mptcpize)));
+    }
     let rounds = 2000;
     let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(rounds); variants.len()];
     for round in 0..rounds + 50 {
