@@ -1,4 +1,5 @@
-//! Configuration from environment variables, parsed once at load time.
+//! Configuration from environment variables, parsed once at load time when
+//! any of them is set ([`Config::UNCONFIGURED`] otherwise).
 //! Pure code: no unsafe, no I/O besides reading the variables, so every
 //! rule is unit-tested.
 #![forbid(unsafe_code)]

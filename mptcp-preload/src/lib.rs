@@ -5,7 +5,7 @@
 //! environment variables.
 //!
 //! Layout: [`real`] finds the libc functions behind the hooks, [`mod@config`]
-//! parses the environment once at load time, [`fdtable`] keeps lock-free
+//! parses the environment read at load time, [`fdtable`] keeps lock-free
 //! per-descriptor state (with [`pool`]s for what only some sockets need),
 //! [`compat`] rebuilds a socket as plain TCP when the
 //! kernel refuses an option on MPTCP, [`relay`] does the relay hop (its

@@ -1,6 +1,7 @@
 //! System interfaces the library needs besides the hooked functions: the
 //! process id, the fork handler, the environment, file and socket
-//! identities and the list of open descriptors. Nothing here allocates or takes a lock.
+//! identities and the list of open descriptors. Nothing here allocates or
+//! takes a lock.
 
 use libc::c_int;
 
