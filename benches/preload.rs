@@ -1,7 +1,11 @@
 //! Cost of the LD_PRELOAD hooks: `socket()`+`close()` and
 //! `socket()`+`connect()`+`close()` through `libmptcp_preload.so` (MPTCP
 //! mode) against the same calls made directly to the kernel with
-//! `IPPROTO_MPTCP`.
+//! `IPPROTO_MPTCP`; and the library's start-up cost: `/bin/true` run with
+//! no preload, with an empty C shared object preloaded (the floor: what
+//! loading any second object costs) and with the library, in turn, and the
+//! child's CPU time of each run compared (target: at most 1.05 times no
+//! preload; see the README for what this machine allows).
 //!
 //! The bench builds the library (`cargo build -p mptcp-preload --release`,
 //! a no-op when up to date), `dlopen`s it with `RTLD_LOCAL` and calls its
@@ -11,9 +15,12 @@
 //! for (target: at most 5% over the kernel's MPTCP socket cost).
 //!
 //! `cargo bench --bench preload -- --warm-up-time 1 --measurement-time 3`
+//! (or `cargo build --release --bench preload` and run
+//! `target/release/deps/preload-* --bench`)
 use std::ffi::CString;
 use std::hint::black_box;
 use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -214,5 +221,138 @@ fn hooks(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, hooks);
+/// What `/bin/true` is started with.
+struct Preload {
+    label: &'static str,
+    /// The `LD_PRELOAD=...` entry of its environment, if any.
+    env: Option<CString>,
+}
+
+impl Preload {
+    fn new(label: &'static str, lib: Option<&Path>) -> Preload {
+        let env = lib.map(|lib| {
+            CString::new(format!("LD_PRELOAD={}", lib.display())).expect("a path without NUL")
+        });
+        Preload { label, env }
+    }
+}
+
+/// Where Debian's `mptcpize` package keeps its preload library.
+const MPTCPIZE_LIB: &str = "/usr/lib/x86_64-linux-gnu/mptcpize/libmptcpwrap.so.0.0.1";
+
+/// A shared object built from an empty C file: loading it costs what any
+/// preloaded object costs, whatever its code.
+fn empty_shared_object() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mptcp-bench-empty-so-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating a temporary directory");
+    let source = dir.join("empty.c");
+    std::fs::write(&source, "").expect("writing empty.c");
+    let lib = dir.join("libempty.so");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(&source)
+        .status()
+        .expect("a C compiler (cc) must be installed");
+    assert!(status.success(), "cc failed to build {}", lib.display());
+    lib
+}
+
+/// Starts `/bin/true` with `preload`'s environment (nothing else in it) and
+/// returns the child's user + system CPU time.
+fn run_true(preload: &Preload) -> Duration {
+    let program = c"/bin/true";
+    let argv = [program.as_ptr().cast_mut(), std::ptr::null_mut()];
+    let envp = [
+        preload
+            .env
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |e| e.as_ptr().cast_mut()),
+        std::ptr::null_mut(),
+    ];
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: NUL-terminated program path; argv and envp are NULL-terminated
+    // arrays of NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::posix_spawn(
+            &mut pid,
+            program.as_ptr(),
+            std::ptr::null(),
+            std::ptr::null(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "posix_spawn /bin/true failed");
+    let mut status: c_int = 0;
+    // SAFETY: `rusage` is plain integers; all-zero is valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; both out-pointers are writable.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4 failed");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{}: /bin/true did not exit 0 (status {status:#x})",
+        preload.label
+    );
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+}
+
+/// The `percent`th percentile of sorted `times`, in microseconds.
+fn percentile(times: &[Duration], percent: usize) -> f64 {
+    times[(times.len() - 1) * percent / 100].as_secs_f64() * 1e6
+}
+
+/// `/bin/true` with no preload, the empty object and the library (and
+/// mptcpize's, if installed), one run of each in turn, `rounds` times; prints each one's CPU time per run and
+/// its ratio to no preload. Low percentiles are quoted beside the median:
+/// on a shared machine other work only ever adds time.
+fn startup(_: &mut Criterion) {
+    let ours = mptcp_testbed::build_preload_library().expect("building mptcp-preload");
+    let empty = empty_shared_object();
+    let mut variants = vec![
+        Preload::new("no preload", None),
+        Preload::new("empty C object (floor)", Some(&empty)),
+        Preload::new("libmptcp_preload.so", Some(&ours)),
+    ];
+    // Debian's mptcpize (a small C library), when installed, for comparison.
+    let mptcpize = Path::new(MPTCPIZE_LIB);
+    if mptcpize.exists() {
+        variants.push(Preload::new("mptcpize's libmptcpwrap", Some(mptcpize)));
+    }
+    let rounds = 2000;
+    let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(rounds); variants.len()];
+    for round in 0..rounds + 50 {
+        for (variant, times) in variants.iter().zip(&mut times) {
+            let time = run_true(variant);
+            // The first rounds warm the page cache and are not counted.
+            if round >= 50 {
+                times.push(time);
+            }
+        }
+    }
+    for times in &mut times {
+        times.sort();
+    }
+    let (p10, p50) = (percentile(&times[0], 10), percentile(&times[0], 50));
+    eprintln!("/bin/true start-up, {rounds} runs each, CPU time of the child (user + system):");
+    for (variant, times) in variants.iter().zip(&times) {
+        let (v10, v50) = (percentile(times, 10), percentile(times, 50));
+        eprintln!(
+            "  {:<24} p10 {v10:6.1} us  median {v50:6.1} us   ratio to no preload: p10 {:.3}  median {:.3}",
+            variant.label,
+            v10 / p10,
+            v50 / p50
+        );
+    }
+    let floor = percentile(&times[1], 10);
+    eprintln!(
+        "  libmptcp_preload.so over the empty object: {:.3} (p10)",
+        percentile(&times[2], 10) / floor
+    );
+    let _ = std::fs::remove_dir_all(empty.parent().expect("the temporary directory"));
+}
+
+criterion_group!(benches, hooks, startup);
 criterion_main!(benches);

@@ -1,8 +1,10 @@
-//! Configuration from environment variables, parsed once at load time.
+//! Configuration from environment variables, parsed once at load time when
+//! any of them is set ([`Config::UNCONFIGURED`] otherwise).
 //! Pure code: no unsafe, no I/O besides reading the variables, so every
 //! rule is unit-tested.
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
 use std::ffi::CString;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -92,8 +94,20 @@ pub struct Rules {
     /// A destination must match one of these (empty: every destination).
     pub include: Vec<Rule>,
     /// ... and none of these.
-    pub exclude: Vec<Rule>,
+    pub exclude: Cow<'static, [Rule]>,
 }
+
+/// The exclusions when `MPTCP_PRELOAD_EXCLUDE` is unset: loopback.
+const LOOPBACK: &[Rule] = &[
+    Rule {
+        net: Some((IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8)),
+        ports: None,
+    },
+    Rule {
+        net: Some((IpAddr::V6(Ipv6Addr::LOCALHOST), 128)),
+        ports: None,
+    },
+];
 
 impl Rules {
     /// Whether `dest` goes through the relay.
@@ -121,6 +135,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// The configuration of an environment that sets none of the
+    /// variables (what [`parse`] makes of it): MPTCP mode. A constant, so
+    /// a program started without them gets it without parsing or
+    /// allocating anything.
+    pub const UNCONFIGURED: Config = Config {
+        mode: Mode::Mptcp,
+        relay: None,
+        rules: Rules {
+            include: Vec::new(),
+            exclude: Cow::Borrowed(LOOPBACK),
+        },
+        log_level: LogLevel::Error,
+        log_file: None,
+        remote_dns: false,
+    };
+
     /// The configuration of a library that does nothing.
     pub fn off() -> Config {
         Config {
@@ -128,7 +158,7 @@ impl Config {
             relay: None,
             rules: Rules {
                 include: Vec::new(),
-                exclude: Vec::new(),
+                exclude: Cow::Borrowed(&[]),
             },
             log_level: LogLevel::Error,
             log_file: None,
@@ -158,6 +188,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// What every variable's name starts with.
+pub const VAR_PREFIX: &str = "MPTCP_PRELOAD_";
 /// Variable names (documented in the crate's README).
 pub const VAR_MODE: &str = "MPTCP_PRELOAD_MODE";
 /// Relay address, `host:port` or `[v6]:port`.
@@ -339,17 +371,10 @@ pub fn parse(var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError
         Some(text) => parse_rules(&text).map_err(|bad| err(VAR_INCLUDE, &bad, RULE_SYNTAX))?,
     };
     config.rules.exclude = match var(VAR_EXCLUDE) {
-        None => vec![
-            Rule {
-                net: Some((IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8)),
-                ports: None,
-            },
-            Rule {
-                net: Some((IpAddr::V6(Ipv6Addr::LOCALHOST), 128)),
-                ports: None,
-            },
-        ],
-        Some(text) => parse_rules(&text).map_err(|bad| err(VAR_EXCLUDE, &bad, RULE_SYNTAX))?,
+        None => Cow::Borrowed(LOOPBACK),
+        Some(text) => {
+            Cow::Owned(parse_rules(&text).map_err(|bad| err(VAR_EXCLUDE, &bad, RULE_SYNTAX))?)
+        }
     };
     Ok(config)
 }
@@ -577,6 +602,28 @@ mod tests {
         ]);
         assert_eq!(c.mode, Mode::Blocked);
         assert!(line.unwrap().starts_with("MPTCP_PRELOAD_FAIL_OPEN="));
+    }
+
+    #[test]
+    fn no_variables_is_the_unconfigured_constant() {
+        assert_eq!(parse_env(&[]).unwrap(), Config::UNCONFIGURED);
+        assert_eq!(load(|_| None), (Config::UNCONFIGURED, None));
+        let names = [
+            VAR_MODE,
+            VAR_RELAY,
+            VAR_USER,
+            VAR_PASSWORD,
+            VAR_PASSWORD_FILE,
+            VAR_INCLUDE,
+            VAR_EXCLUDE,
+            VAR_TIMEOUT,
+            VAR_DNS,
+            VAR_LOG,
+            VAR_LOG_FILE,
+            VAR_FAIL_OPEN,
+        ];
+        // The constructor skips parsing when no variable has the prefix.
+        assert!(names.iter().all(|name| name.starts_with(VAR_PREFIX)));
     }
 
     #[test]

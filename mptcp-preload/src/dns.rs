@@ -4,11 +4,14 @@
 //! programs reject); `connect()` to a placeholder sends the name to the
 //! relay, which resolves it. No DNS query leaves the machine.
 //!
-//! Names live in a fixed table of atomic words (no lock, no allocation);
+//! Names live in a table of atomic words (no lock, no `malloc`; mapped by
+//! the first name, so programs that never use it do not pay its 1 MiB);
 //! when it is full the oldest entry is reused.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::pool::{Chunked, Zeroed};
 
 /// Names remembered at once.
 const SLOTS: usize = 4096;
@@ -18,12 +21,19 @@ const WORDS: usize = 32;
 const NET: u32 = 240 << 24;
 const NET_MASK: u32 = 0xff00_0000;
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-static NAMES: [[AtomicU64; WORDS]; SLOTS] = [const { [const { AtomicU64::new(0) }; WORDS] }; SLOTS];
+/// One remembered name: its length byte, then its bytes.
+struct Slot([AtomicU64; WORDS]);
 
-fn load(slot: &[AtomicU64; WORDS]) -> [u8; WORDS * 8] {
+// SAFETY: only atomics; all-zero is an empty slot.
+unsafe impl Zeroed for Slot {}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+/// `SLOTS` slots, in chunks of 32 KiB.
+static NAMES: Chunked<Slot, 128> = Chunked::new();
+
+fn load(slot: &Slot) -> [u8; WORDS * 8] {
     let mut bytes = [0u8; WORDS * 8];
-    for (word, out) in slot.iter().zip(bytes.chunks_mut(8)) {
+    for (word, out) in slot.0.iter().zip(bytes.chunks_mut(8)) {
         out.copy_from_slice(&word.load(Ordering::Acquire).to_ne_bytes());
     }
     bytes
@@ -36,7 +46,7 @@ pub fn placeholder(name: &[u8]) -> Option<Ipv4Addr> {
         return None;
     }
     let used = (NEXT.load(Ordering::Acquire) as usize).min(SLOTS);
-    for (index, slot) in NAMES[..used].iter().enumerate() {
+    for (index, slot) in (0..used).filter_map(|i| Some((i, NAMES.get(i)?))) {
         let bytes = load(slot);
         if usize::from(bytes[0]) == name.len() && &bytes[1..=name.len()] == name {
             return Some(address(index));
@@ -46,7 +56,7 @@ pub fn placeholder(name: &[u8]) -> Option<Ipv4Addr> {
     let mut bytes = [0u8; WORDS * 8];
     bytes[0] = name.len() as u8;
     bytes[1..=name.len()].copy_from_slice(name);
-    for (word, chunk) in NAMES[index].iter().zip(bytes.chunks(8)) {
+    for (word, chunk) in NAMES.get_or_map(index)?.0.iter().zip(bytes.chunks(8)) {
         word.store(
             u64::from_ne_bytes(chunk.try_into().unwrap_or_default()),
             Ordering::Release,
@@ -67,6 +77,9 @@ pub fn is_placeholder(addr: Ipv4Addr) -> bool {
 /// The name behind a placeholder address.
 pub fn name_of(addr: Ipv4Addr) -> Option<String> {
     let index = (u32::from(addr).checked_sub(NET + 1)?) as usize;
+    if index >= SLOTS {
+        return None;
+    }
     let slot = NAMES.get(index)?;
     let bytes = load(slot);
     let len = usize::from(bytes[0]);

@@ -29,15 +29,15 @@
 //! A `vfork` child (`posix_spawn`, CPython's `subprocess`) runs in the
 //! parent's memory until it execs, and its `close`, `close_range` and `dup2`
 //! calls would rewrite the parent's table. The table belongs to one process
-//! (the one that loaded the library, then each child of a libc `fork()`,
-//! through an `atfork` handler), and [`forget`], [`closed`],
+//! (the one that made the first socket, then each child of a libc `fork()`,
+//! through an `atfork` handler registered then), and [`forget`], [`closed`],
 //! [`clear_range`] and [`copy`] do nothing in any other process (one `getpid`, only when there
 //! is a cell to change). Other writes are not checked: POSIX allows a
 //! `vfork` child nothing but `_exit` and `exec`, and a child that creates a
 //! socket anyway can at worst make the parent forget a socket's record,
 //! never act on another socket (the cookie would not match).
 
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use crate::pool::{Chunked, Pool, Record, Zeroed};
 use crate::sys;
@@ -158,24 +158,41 @@ pub struct Cell {
 // SAFETY: only atomics; all-zero is the empty state.
 unsafe impl Zeroed for Cell {}
 
-/// The process that owns the table; 0 until the first hook or the
-/// constructor sets it.
+/// The process that owns the table; 0 until the first socket is tracked
+/// (an empty table needs no owner: nothing in it can be changed).
 static OWNER: AtomicI32 = AtomicI32::new(0);
 
 /// Whether the calling process owns the table (it is not a `vfork` child
 /// running in its parent's memory).
 pub fn owned() -> bool {
-    let pid = sys::getpid();
-    match OWNER.compare_exchange(0, pid, Ordering::Relaxed, Ordering::Relaxed) {
-        Ok(_) => true,
-        Err(owner) => owner == pid,
-    }
+    OWNER.load(Ordering::Relaxed) == sys::getpid()
 }
 
-/// Makes the calling process the owner: from the constructor and in the
-/// child of a libc `fork()`, whose copy of the table is its own.
-pub fn claim() {
+/// Makes the calling process the owner: in the child of a libc `fork()`,
+/// whose copy of the table is its own.
+extern "C" fn claim() {
     OWNER.store(sys::getpid(), Ordering::Relaxed);
+}
+
+/// Before the first socket enters the table: the calling process becomes
+/// its owner, and so will each child of a later `fork()`. Done here rather
+/// than when the library loads, so a program that makes no socket pays
+/// neither the `getpid` nor the `atfork` registration. The first socket is
+/// made by the process that loaded the library (a `vfork` child may only
+/// `exec`), so the owner is the same as if the constructor had claimed it.
+/// `pthread_atfork` takes libc's fork-handler lock, which no thread can hold
+/// in a `fork()` child (`fork` holds it itself while it forks), so the first
+/// socket of such a child cannot hang on it.
+#[inline]
+fn claim_before_first_socket() {
+    if OWNER.load(Ordering::Relaxed) != 0 {
+        return;
+    }
+    static FORK_HANDLER: AtomicBool = AtomicBool::new(false);
+    if !FORK_HANDLER.swap(true, Ordering::AcqRel) {
+        sys::on_fork_child(claim);
+    }
+    let _ = OWNER.compare_exchange(0, sys::getpid(), Ordering::Relaxed, Ordering::Relaxed);
 }
 
 /// The cell of `fd` if its flags satisfy `wanted` (checked first, without
@@ -209,6 +226,7 @@ pub fn mark_connected(fd: libc::c_int, wanted: impl FnOnce(u32) -> bool) {
 pub fn track(fd: libc::c_int, flags: u32, domain: libc::c_int) -> Option<&'static Cell> {
     let index = usize::try_from(fd).ok()?;
     let cookie = sys::socket_cookie(fd)?;
+    claim_before_first_socket();
     let cell = CELLS.get_or_map(index)?;
     cell.reset(flags, domain, cookie);
     Some(cell)

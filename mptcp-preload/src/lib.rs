@@ -5,7 +5,7 @@
 //! environment variables.
 //!
 //! Layout: [`real`] finds the libc functions behind the hooks, [`mod@config`]
-//! parses the environment once at load time, [`fdtable`] keeps lock-free
+//! parses the environment read at load time, [`fdtable`] keeps lock-free
 //! per-descriptor state (with [`pool`]s for what only some sockets need),
 //! [`compat`] rebuilds a socket as plain TCP when the
 //! kernel refuses an option on MPTCP, [`relay`] does the relay hop (its
@@ -32,7 +32,7 @@ pub mod sys;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use libc::{
     addrinfo, c_char, c_int, c_uint, c_void, fd_set, iovec, msghdr, nfds_t, pollfd, sigset_t,
@@ -44,12 +44,19 @@ use mptcp_core::sys::socket::{IPPROTO_MPTCP, SOL_MPTCP};
 use config::{Config, LogLevel, Mode};
 use fdtable::flag;
 
-static CONFIG: OnceLock<Config> = OnceLock::new();
-
-/// The configuration, parsed on first use (normally by the constructor,
-/// while the process is single-threaded, so no hook ever waits on it).
+/// The configuration, from the environment the program started with: the
+/// constructor reads it before the program can change its environment or
+/// start threads (a hook that runs before the constructor, from another
+/// library's, reads it then). Without any `MPTCP_PRELOAD_` variable it is
+/// [`Config::UNCONFIGURED`], with nothing parsed or allocated, which is what
+/// nearly every program started under the library gets.
 pub fn config() -> &'static Config {
-    CONFIG.get_or_init(|| {
+    static UNCONFIGURED: Config = Config::UNCONFIGURED;
+    static PARSED: OnceLock<Config> = OnceLock::new();
+    if !environment_configures_library() {
+        return &UNCONFIGURED;
+    }
+    PARSED.get_or_init(|| {
         let (config, problem) = config::load(|name| std::env::var(name).ok());
         if let Some(line) = problem {
             // Always on standard error, whatever the log settings.
@@ -59,18 +66,45 @@ pub fn config() -> &'static Config {
     })
 }
 
-/// Runs at load time: resolves the real functions and parses the
-/// configuration before the program can start threads.
+/// Whether the environment sets any of the library's variables, looked at
+/// once.
+fn environment_configures_library() -> bool {
+    const UNKNOWN: u8 = 0;
+    const NO: u8 = 1;
+    const YES: u8 = 2;
+    static SEEN: AtomicU8 = AtomicU8::new(UNKNOWN);
+    match SEEN.load(Ordering::Relaxed) {
+        NO => false,
+        YES => true,
+        _ => {
+            let set = sys::environment_has_prefix(config::VAR_PREFIX);
+            SEEN.store(if set { YES } else { NO }, Ordering::Relaxed);
+            set
+        }
+    }
+}
+
+/// Runs at load time, in every program started under the library, so it
+/// does only what cannot wait: it notes which file descriptor 2 is (before
+/// the program can reopen it) and reads the configuration (see
+/// [`config`]). The real functions are looked up on first use ([`real`]),
+/// the table gets its owner with its first socket ([`fdtable`]) and the
+/// panic hook is installed by the first hook call.
 extern "C" fn init() {
     let _ = catch_unwind(|| {
-        real::resolve_all();
         log::remember_stderr();
-        fdtable::claim();
-        sys::on_fork_child(forked);
         config();
-        // A panic in a hook is caught and the libc call made instead; its
-        // message is a log line like the others (std's own hook would
-        // print it, with a backtrace, to whatever descriptor 2 is).
+    });
+}
+
+/// Makes a panic in a hook one log line like the others (std's own hook
+/// would print it, with a backtrace, to whatever descriptor 2 is); the
+/// hook then makes the libc call instead. Installed by the first hook
+/// call, before its body runs: a panic can only happen inside a hook.
+#[inline]
+fn install_panic_hook() {
+    static INSTALLED: AtomicBool = AtomicBool::new(false);
+    if !INSTALLED.load(Ordering::Relaxed) {
         std::panic::set_hook(Box::new(|info| {
             let what = mptcp_core::panic_message(info.payload()).unwrap_or("a panic");
             let (file, line) = info.location().map_or(("?", 0), |l| (l.file(), l.line()));
@@ -81,12 +115,8 @@ extern "C" fn init() {
                 ),
             );
         }));
-    });
-}
-
-/// In the child of a libc `fork()`: the copy of the table is the child's.
-unsafe extern "C" fn forked() {
-    fdtable::claim();
+        INSTALLED.store(true, Ordering::Relaxed);
+    }
 }
 
 #[used]
@@ -124,9 +154,12 @@ macro_rules! hooks {
             /// The contract of the libc function of the same name.
             #[unsafe(no_mangle)]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
-                // SAFETY: the body upholds the libc contract the caller
-                // promised.
-                match catch_unwind(AssertUnwindSafe(|| unsafe { $body($($arg),*) })) {
+                match catch_unwind(AssertUnwindSafe(|| {
+                    install_panic_hook();
+                    // SAFETY: the body upholds the libc contract the caller
+                    // promised.
+                    unsafe { $body($($arg),*) }
+                })) {
                     Ok(result) => result,
                     // SAFETY: the caller's arguments, unchanged.
                     Err(_) => unsafe { real::$name($($arg),*) },

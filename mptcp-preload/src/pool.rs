@@ -4,8 +4,12 @@
 //! destinations, so the per-descriptor table stays a few bytes per
 //! descriptor).
 //!
-//! A [`Chunked`] array is a fixed array of chunk pointers; a chunk is mapped
-//! with `mmap` when an index first lands in it and never unmapped. Free
+//! A [`Chunked`] array is a directory of chunk pointers; the directory is
+//! mapped with `mmap` when the array is first written, and a chunk when an
+//! index first lands in it, and neither is ever unmapped. So an unused array
+//! is one pointer of the library's `.bss`: a `.bss` larger than the page
+//! after `.data` would cost every program started under the library one
+//! more mapping. Free
 //! records form a stack (a Treiber stack whose head carries a counter, so a
 //! record popped and pushed back meanwhile cannot fool a `compare_exchange`);
 //! records never used come from a bump counter. No lock and no `malloc`: safe
@@ -35,7 +39,46 @@ const CHUNKS: usize = 4096;
 /// An array of `CHUNK * 4096` values of `T`, each chunk mapped when first
 /// needed.
 pub struct Chunked<T: Zeroed, const CHUNK: usize> {
-    chunks: [AtomicPtr<T>; CHUNKS],
+    /// `CHUNKS` chunk pointers, or null while nothing was mapped.
+    directory: AtomicPtr<AtomicPtr<T>>,
+}
+
+/// A new zero-filled private mapping of `len` bytes (page-aligned), or
+/// `None` when the kernel refuses memory.
+fn map_zeroed(len: usize) -> Option<*mut libc::c_void> {
+    // SAFETY: an anonymous private mapping with no address hint; the result
+    // is checked against MAP_FAILED.
+    let mem = unsafe {
+        libc::mmap(
+            null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    (mem != libc::MAP_FAILED).then_some(mem)
+}
+
+/// `*slot`, or else a new zero-filled mapping of `len` bytes published in
+/// it (when another thread publishes one first, ours is unmapped and
+/// theirs returned).
+fn get_or_map_into<P>(slot: &AtomicPtr<P>, len: usize) -> Option<*mut P> {
+    let current = slot.load(Ordering::Acquire);
+    if !current.is_null() {
+        return Some(current);
+    }
+    let mem = map_zeroed(len)?;
+    match slot.compare_exchange(null_mut(), mem.cast(), Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => Some(mem.cast()),
+        Err(theirs) => {
+            // SAFETY: `mem` is our own mapping of `len` bytes, never
+            // published.
+            unsafe { libc::munmap(mem, len) };
+            Some(theirs)
+        }
+    }
 }
 
 impl<T: Zeroed, const CHUNK: usize> Chunked<T, CHUNK> {
@@ -45,14 +88,26 @@ impl<T: Zeroed, const CHUNK: usize> Chunked<T, CHUNK> {
     /// An array with nothing mapped.
     pub const fn new() -> Self {
         Chunked {
-            chunks: [const { AtomicPtr::new(null_mut()) }; CHUNKS],
+            directory: AtomicPtr::new(null_mut()),
         }
+    }
+
+    /// The pointer slot of chunk `chunk`, if the directory is mapped.
+    #[inline]
+    fn slot(&self, chunk: usize) -> Option<&AtomicPtr<T>> {
+        let directory = self.directory.load(Ordering::Acquire);
+        if directory.is_null() || chunk >= CHUNKS {
+            return None;
+        }
+        // SAFETY: a non-null directory is a mapping of CHUNKS atomic
+        // pointers that is never unmapped, zero-filled (null) until written.
+        Some(unsafe { &*directory.add(chunk) })
     }
 
     /// The value at `index`, if its chunk is mapped.
     #[inline]
     pub fn get(&self, index: usize) -> Option<&T> {
-        let chunk = self.chunks.get(index / CHUNK)?.load(Ordering::Acquire);
+        let chunk = self.slot(index / CHUNK)?.load(Ordering::Acquire);
         if chunk.is_null() {
             return None;
         }
@@ -66,44 +121,21 @@ impl<T: Zeroed, const CHUNK: usize> Chunked<T, CHUNK> {
     /// Whether the chunk holding `index` is mapped.
     #[inline]
     pub fn is_mapped(&self, index: usize) -> bool {
-        self.chunks
-            .get(index / CHUNK)
+        self.slot(index / CHUNK)
             .is_some_and(|c| !c.load(Ordering::Acquire).is_null())
     }
 
-    /// The value at `index`, mapping its chunk if needed. `None` beyond the
-    /// array or when the kernel refuses memory.
+    /// The value at `index`, mapping the directory and its chunk if
+    /// needed. `None` beyond the array or when the kernel refuses memory.
     pub fn get_or_map(&self, index: usize) -> Option<&T> {
         if let Some(value) = self.get(index) {
             return Some(value);
         }
-        let slot = self.chunks.get(index / CHUNK)?;
-        let size = size_of::<T>() * CHUNK;
-        // SAFETY: an anonymous private mapping with no address hint; the
-        // result is checked against MAP_FAILED.
-        let mem = unsafe {
-            libc::mmap(
-                null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if mem == libc::MAP_FAILED {
+        if index >= Self::LEN {
             return None;
         }
-        // Zero-filled and page-aligned: CHUNK empty values.
-        if slot
-            .compare_exchange(null_mut(), mem.cast(), Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            // Another thread mapped this chunk first.
-            // SAFETY: `mem` is our own mapping of `size` bytes, never
-            // published.
-            unsafe { libc::munmap(mem, size) };
-        }
+        get_or_map_into(&self.directory, size_of::<AtomicPtr<T>>() * CHUNKS)?;
+        get_or_map_into(self.slot(index / CHUNK)?, size_of::<T>() * CHUNK)?;
         self.get(index)
     }
 }

@@ -1509,6 +1509,79 @@ fn the_library_loads_nothing_but_libc() {
     );
 }
 
+/// The system calls of `/bin/true` by name, in order, run by strace with
+/// nothing in its environment but `LD_PRELOAD=preload` (if any).
+fn system_calls_of_true(preload: Option<&Path>) -> Vec<String> {
+    let mut cmd = std::process::Command::new("strace");
+    cmd.env_clear().arg("-qq");
+    if let Some(lib) = preload {
+        // Only the traced program gets it, not strace.
+        cmd.arg("-E").arg(format!("LD_PRELOAD={}", lib.display()));
+    }
+    let out = cmd
+        .arg("/bin/true")
+        .output()
+        .expect("strace must be installed");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|line| {
+            let (name, _) = line.split_once('(')?;
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                .then(|| name.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn loading_the_library_costs_a_program_only_its_mapping_and_one_fstat() {
+    // Every program started under the library pays for its constructor, so
+    // it does no work that can wait: no malloc (brk, getrandom), no getpid,
+    // no anonymous segment for a large .bss; what the loader needs to map
+    // the library (one mmap per PT_LOAD), and the fstat of descriptor 2.
+    let lib = support::preload_lib();
+    let mut extra = system_calls_of_true(Some(&lib));
+    for call in system_calls_of_true(None) {
+        if let Some(at) = extra.iter().position(|c| *c == call) {
+            extra.remove(at);
+        }
+    }
+    let allowed = [
+        "openat",
+        "read",
+        "pread64",
+        "newfstatat",
+        "fstat",
+        "mmap",
+        "mprotect",
+        "close",
+    ];
+    assert!(
+        extra.iter().all(|call| allowed.contains(&call.as_str())),
+        "system calls the library adds to /bin/true: {extra:?}"
+    );
+    let out = std::process::Command::new("readelf")
+        .arg("-lW")
+        .arg(&lib)
+        .output()
+        .expect("readelf (binutils) must be installed");
+    let segments = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("LOAD "))
+        .count();
+    let mappings = extra.iter().filter(|c| *c == "mmap").count();
+    assert_eq!(
+        mappings, segments,
+        "one mapping per PT_LOAD segment, none for .bss: {extra:?}"
+    );
+    let stats = extra
+        .iter()
+        .filter(|c| *c == "fstat" || *c == "newfstatat")
+        .count();
+    assert_eq!(stats, 2, "the loader's and descriptor 2's: {extra:?}");
+}
+
 #[test]
 fn the_library_exports_only_its_hooks() {
     let out = std::process::Command::new("nm")
