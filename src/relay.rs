@@ -595,6 +595,7 @@ impl Serving {
             total.multiplexed += r.multiplexed;
             total.session_errors += r.session_errors;
             total.worker_panics += r.worker_panics;
+            total.udp.add(&r.udp);
             for (t, e) in total.errors.iter_mut().zip(r.errors) {
                 *t += e;
             }

@@ -30,6 +30,7 @@
 
 mod config;
 mod engine;
+mod flows;
 mod guard;
 mod limits;
 mod listeners;
@@ -44,7 +45,7 @@ mod stream;
 pub use config::{Config, ConfigError, EngineConfig, LocalConfig, RemoteConfig, User};
 pub use policy::{Cidr, ClientAllowlist, DEFAULT_DENIED, DEFAULT_LAN_CLIENTS, DestinationPolicy};
 pub use seal::{KeyError, PublicKey, SecretKey};
-pub use stats::{ErrorKind, Stats};
+pub use stats::{ErrorKind, Stats, UdpDrop, UdpStats};
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -84,6 +85,8 @@ pub(crate) enum Route {
         multiplex: bool,
         /// Encrypted sessions (and whether plain clients are served too).
         keys: Option<Arc<seal::AcceptKeys>>,
+        /// Serve SOCKS5 UDP ASSOCIATE.
+        udp_associate: bool,
     },
     /// Through a SOCKS5 server (local role).
     Upstream {
@@ -147,6 +150,8 @@ pub(crate) struct ResolveRequest {
 pub(crate) struct Resolved {
     pub conn: usize,
     pub serial: u64,
+    /// The name asked (a UDP association keeps names apart by it).
+    pub name: String,
     pub addrs: io::Result<Vec<SocketAddr>>,
 }
 
@@ -394,6 +399,7 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             users: r.users.clone(),
             multiplex: r.multiplex,
             keys: accept_keys(r)?,
+            udp_associate: r.udp_associate,
         });
         let clients = ClientAllowlist(r.allowed_clients.clone());
         for a in &r.listen {
@@ -481,6 +487,7 @@ fn resolver(
         let answer = Resolved {
             conn: req.conn,
             serial: req.serial,
+            name: req.name,
             addrs,
         };
         if answers[req.worker].send(answer).is_ok() {

@@ -17,6 +17,7 @@ use mio::net::TcpStream;
 
 use super::answer::{Answer, Failure};
 use super::sessions::Placement;
+use super::udp::Association;
 use super::{Ctx, READ_BUDGET, Slot, conn_tokens};
 use crate::http::{self, ProxyRequestKind};
 use crate::relay::guard::Verdict;
@@ -25,11 +26,11 @@ use crate::relay::session;
 use crate::relay::splice::Flow;
 use crate::relay::stats::{Counters, ErrorKind};
 use crate::relay::stream::Stream;
-use crate::relay::{ResolveRequest, Route, Shared, outbound};
+use crate::relay::{EngineConfig, ResolveRequest, Route, Shared, outbound};
 use crate::socks5::{
     self, ClientHandshake, Command, Progress, ReplyCode, ServerHandshake, TargetAddr,
 };
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Largest handshake buffer (a SOCKS5 handshake is at most 1,032 bytes; an
 /// HTTP head at most `http::MAX_HEAD`).
@@ -117,6 +118,12 @@ pub(super) enum Phase {
         stream: Stream,
         local: bool,
     },
+    /// Remote role: a SOCKS5 UDP association, alive while its client keeps
+    /// `control` (the connection it asked on) open.
+    Associated {
+        control: TcpStream,
+        udp: Box<Association>,
+    },
     /// Failed: the answer is on its way, reading until the client closes.
     Closing { client: TcpStream },
     /// Over (and, for a moment, while a phase turns into the next).
@@ -134,7 +141,18 @@ impl Phase {
 
     /// Whether data flows (idle timeouts apply, not the handshake's).
     pub(super) fn is_data(&self) -> bool {
-        matches!(self, Phase::Relay { .. } | Phase::Tunnel { .. })
+        matches!(
+            self,
+            Phase::Relay { .. } | Phase::Tunnel { .. } | Phase::Associated { .. }
+        )
+    }
+
+    /// How long a phase with data may stay idle (`None`: forever).
+    pub(super) fn idle_timeout(&self, engine: &EngineConfig) -> Option<Duration> {
+        match self {
+            Phase::Associated { .. } => Some(engine.udp_idle_timeout()),
+            _ => engine.idle_timeout(),
+        }
     }
 
     /// The stream of a multiplexed connection, with its socket once it
@@ -261,6 +279,9 @@ enum Requested {
     Session(Vec<u8>),
     /// A destination to connect to.
     Connect(TargetAddr),
+    /// Remote role: a UDP association for a client sending from this
+    /// address (zeros: not said).
+    Associate(TargetAddr),
 }
 
 impl Conn {
@@ -379,6 +400,7 @@ impl Conn {
                 Ok(Requested::Connect(dest)) => {
                     self.begin_connect(key, Origin::Client(client), dest, ctx)
                 }
+                Ok(Requested::Associate(from)) => self.associate(key, client, &from, ctx),
                 Err(f) => Turn::Fail(
                     Phase::Request {
                         client,
@@ -530,6 +552,25 @@ impl Conn {
                     Err(f) => Turn::Fail(phase, f),
                 }
             }
+            Phase::Associated {
+                mut control,
+                mut udp,
+            } => {
+                // The association ends with its control connection.
+                if flush(&mut control, &mut self.to_client).is_err()
+                    || !matches!(drain_until_eof(&mut control), Ok(false))
+                {
+                    return Turn::Done(Phase::Closed);
+                }
+                let pumped = udp.pump(ctx);
+                if pumped.moved {
+                    self.last_active = ctx.now;
+                }
+                if pumped.budget_exhausted {
+                    ctx.requeue.push(key);
+                }
+                Turn::Wait(Phase::Associated { control, udp })
+            }
             Phase::Closing { mut client } => match drain_until_eof(&mut client) {
                 Ok(true) | Err(_) => Turn::Done(Phase::Closed),
                 Ok(false) => Turn::Wait(Phase::Closing { client }),
@@ -603,6 +644,12 @@ impl Conn {
                     Ok(Progress::NeedMore) => return self.need_more(eof, buf),
                     Ok(Progress::Done(req, used)) if req.command == Command::Multiplex => {
                         return session_request(&req, &buf[used..]);
+                    }
+                    Ok(Progress::Done(req, _)) if req.command == Command::UdpAssociate => {
+                        if !self.admission.promote() {
+                            return Err(Failure::new(ErrorKind::Limit, "connection limit reached"));
+                        }
+                        return Ok(Requested::Associate(req.dest));
                     }
                     Ok(Progress::Done(req, used)) => (req.dest, used, None),
                     Err(e) => {
@@ -763,6 +810,29 @@ impl Conn {
                     }
                 }
             },
+        }
+    }
+
+    /// Remote role: opens the UDP association a client asked for and
+    /// tells it the port to send to.
+    fn associate(
+        &mut self,
+        key: usize,
+        client: TcpStream,
+        from: &TargetAddr,
+        ctx: &mut Ctx,
+    ) -> Turn {
+        match Association::open(key, self.serial, self.spec, &client, from, ctx) {
+            Ok(udp) => {
+                self.answer
+                    .encode_success(Some(udp.bound()), &mut self.to_client);
+                self.last_active = ctx.now;
+                Turn::Go(Phase::Associated {
+                    control: client,
+                    udp: Box::new(udp),
+                })
+            }
+            Err(f) => Turn::Fail(Phase::before_connect(Origin::Client(client)), f),
         }
     }
 
@@ -1123,7 +1193,10 @@ impl Conn {
                 (Some(socket), Some(stream), replied)
             }
             Phase::Tunnel { stream, .. } => (None, Some(stream), true),
-            Phase::Relay { .. } | Phase::Closing { .. } | Phase::Closed => (None, None, true),
+            Phase::Relay { .. }
+            | Phase::Associated { .. }
+            | Phase::Closing { .. }
+            | Phase::Closed => (None, None, true),
         };
         if let Some(mut stream) = stream {
             if self.answer == Answer::MuxReply

@@ -19,6 +19,7 @@ mod conn;
 mod session_events;
 mod sessions;
 mod slab;
+mod udp;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -48,9 +49,11 @@ use crate::socks5::{ServerHandshake, TargetAddr};
 pub(crate) const WAKER: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE + i`; session `s` has
 /// `SESSION_BASE + s`; connection `k` has tokens `2k` (client) and `2k + 1`
-/// (upstream).
+/// (upstream, or a UDP association's client port), and `UDP_BASE + k` (a
+/// UDP association's outgoing socket).
 const LISTENER_BASE: usize = usize::MAX / 2;
 const SESSION_BASE: usize = usize::MAX / 4;
+const UDP_BASE: usize = usize::MAX / 8;
 /// Reads per direction per wakeup before other connections get a turn.
 const READ_BUDGET: usize = 16;
 /// How long accepting pauses after EMFILE/ENFILE.
@@ -63,6 +66,11 @@ const POOL_PIPES: usize = 1024;
 /// Connection `key`'s tokens: its client socket's and its upstream's.
 fn conn_tokens(key: usize) -> (Token, Token) {
     (Token(2 * key), Token(2 * key + 1))
+}
+
+/// The token of connection `key`'s UDP association's outgoing socket.
+fn udp_token(key: usize) -> Token {
+    Token(UDP_BASE + key)
 }
 
 /// Session `s`'s token.
@@ -84,6 +92,7 @@ impl Target {
             WAKER => Target::Waker,
             Token(t) if t >= LISTENER_BASE => Target::Listener(t - LISTENER_BASE),
             Token(t) if t >= SESSION_BASE => Target::Session(t - SESSION_BASE),
+            Token(t) if t >= UDP_BASE => Target::Conn(t - UDP_BASE),
             Token(t) => Target::Conn(t / 2),
         }
     }
@@ -108,6 +117,8 @@ struct Ctx {
     /// Remote role: the host's own addresses, which destinations may not
     /// be by default (refreshed with every sweep; empty for a local role).
     own_addresses: Vec<IpAddr>,
+    /// Where UDP associations read their datagrams.
+    udp_buf: udp::DatagramBuffer,
 }
 
 impl Ctx {
@@ -228,6 +239,7 @@ impl Worker {
             resolve_tx,
             next_serial: 0,
             own_addresses: Vec::new(),
+            udp_buf: udp::DatagramBuffer::default(),
         };
         ctx.refresh_own_addresses();
         Ok(Worker {
@@ -443,14 +455,19 @@ impl Worker {
         let parser = match kind {
             ListenerKind::Http => Parser::Http,
             _ => {
-                let multiplex = matches!(
-                    &*spec.route,
+                let (multiplex, udp_associate) = match &*spec.route {
                     Route::Direct {
-                        multiplex: true,
+                        multiplex,
+                        udp_associate,
                         ..
-                    }
-                );
-                Parser::Socks5(ServerHandshake::new(spec.require_auth).with_multiplex(multiplex))
+                    } => (*multiplex, *udp_associate),
+                    Route::Upstream { .. } => (false, false),
+                };
+                Parser::Socks5(
+                    ServerHandshake::new(spec.require_auth)
+                        .with_multiplex(multiplex)
+                        .with_udp_associate(udp_associate),
+                )
             }
         };
         let Some(admission) = self.ctx.admit_as(slot, client_ip) else {
@@ -553,22 +570,33 @@ impl Worker {
             if conn.serial != answer.serial {
                 continue;
             }
-            if let Phase::Resolving { result, .. } = &mut conn.phase {
-                *result = Some(answer.addrs);
-                self.drive(answer.conn);
+            match &mut conn.phase {
+                Phase::Resolving { result, .. } => {
+                    *result = Some(answer.addrs);
+                    self.drive(answer.conn);
+                }
+                Phase::Associated { udp, .. } => {
+                    let moved = udp.resolved(answer.name, answer.addrs, &mut self.ctx);
+                    if moved {
+                        conn.last_active = self.ctx.now;
+                    }
+                }
+                _ => {}
             }
         }
     }
 
     /// Closes connections past their handshake deadline or idle timeout.
     fn sweep(&mut self) {
-        let idle = self.ctx.shared.engine.idle_timeout();
+        let engine = &self.ctx.shared.engine;
         let now = self.ctx.now;
         let mut keys = std::mem::take(&mut self.scratch_keys);
         keys.clear();
         for (k, c) in self.conns.iter() {
             let expired = if c.phase.is_data() {
-                idle.is_some_and(|d| now.duration_since(c.last_active) > d)
+                c.phase
+                    .idle_timeout(engine)
+                    .is_some_and(|d| now.duration_since(c.last_active) > d)
             } else {
                 now > c.deadline
             };
