@@ -523,3 +523,90 @@ fn an_association_ends_with_its_connection_and_after_its_idle_timeout() {
     assert_eq!(s.error(ErrorKind::IdleTimeout), 1, "{s}");
     assert!(port_closed(&rp, b.relay), "its port is closed");
 }
+
+/// A UDP program that knows nothing of SOCKS5 (Python), run by Dante's
+/// `socksify` (dante-client): its datagrams go through the relay's UDP
+/// ASSOCIATE, with the username and password.
+#[test]
+fn dantes_socksify_carries_a_programs_datagrams() {
+    let (rp, relay) = testbed(engine());
+    responders(&rp, [ECHO_PORT]);
+    let conf = std::env::temp_dir().join(format!("relay-udp-dante-{}.conf", std::process::id()));
+    std::fs::write(
+        &conf,
+        format!(
+            "route {{\n  from: 0.0.0.0/0 to: 0.0.0.0/0 via: {} port = {SOCKS_PORT}\n  \
+             proxyprotocol: socks_v5\n  protocol: tcp udp\n  method: username\n}}\n",
+            rp.remote_addr()
+        ),
+    )
+    .unwrap();
+    let program = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.settimeout(3)\n\
+         for i in range(3):\n\
+         \x20   s.sendto(b'query %d' % i, ('{}', {ECHO_PORT}))\n\
+         \x20   data, sender = s.recvfrom(100)\n\
+         \x20   print(data.decode(), sender[0], sender[1])\n",
+        rp.dest_addr()
+    );
+    let out = rp
+        .local
+        .command("socksify")
+        .args(["python3", "-c", &program])
+        .env("SOCKS_CONF", &conf)
+        .env("SOCKS_USERNAME", USER)
+        .env("SOCKS_PASSWORD", PASS)
+        .output()
+        .expect("socksify (dante-client) must be installed");
+    let _ = std::fs::remove_file(&conf);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: String = (0..3)
+        .map(|i| format!("re:query {i} {} {ECHO_PORT}\n", rp.dest_addr()))
+        .collect();
+    assert_eq!(stdout, want);
+    let s = relay.stats();
+    assert_eq!(s.udp.associations_opened, 1, "{s}");
+    assert_eq!((s.udp.datagrams_up, s.udp.datagrams_down), (3, 3), "{s}");
+}
+
+/// Associations take connection slots: past the per-client limit they are
+/// refused and counted, and the open ones carry on.
+#[test]
+fn a_flood_of_associations_is_refused_by_the_admission_limits() {
+    let engine = EngineConfig {
+        max_connections_per_client: 3,
+        ..engine()
+    };
+    let (rp, relay) = testbed(engine);
+    responders(&rp, [ECHO_PORT]);
+    let echo = dest(&rp, ECHO_PORT);
+    let open: Vec<Association> = (0..3).map(|_| Association::open(&rp, false)).collect();
+    let any = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
+    for _ in 0..5 {
+        let r = rp
+            .local
+            .run(|| socks5(relay_addr(&rp), Some((USER, PASS)), 3, any));
+        assert_eq!(r.err(), Some(1), "refused: general failure");
+    }
+    for a in &open {
+        assert_eq!(a.ask(&ip4(echo), b"on"), expected_answer(echo, b"on"));
+    }
+    let s = relay.stats();
+    assert_eq!(s.error(ErrorKind::Limit), 5, "{s}");
+    assert_eq!(s.udp.associations_opened, 3, "{s}");
+    // A slot given back is taken again.
+    drop(open);
+    stats_until(&relay, |s| s.udp.associations == 0);
+    let again = Association::open(&rp, false);
+    assert_eq!(
+        again.ask(&ip4(echo), b"again"),
+        expected_answer(echo, b"again")
+    );
+}
