@@ -5,15 +5,17 @@
 //! header; logins and the destination policy apply as to CONNECT; bad
 //! datagrams, strangers and floods are dropped and counted while other
 //! traffic goes on; an association ends with its TCP connection and after
-//! its idle timeout.
+//! its idle timeout. On loopback: IPv6, and the listeners that refuse UDP
+//! ASSOCIATE (the local role's, and a remote with `udp_associate = false`).
 #![cfg(feature = "relay")]
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use mptcp_core::relay::{
-    Config, EngineConfig, ErrorKind, Relay, RelayHandle, RemoteConfig, Stats, UdpDrop,
+    Config, EngineConfig, ErrorKind, ListenerKind, LocalConfig, Relay, RelayHandle, RemoteConfig,
+    Stats, UdpDrop,
 };
 use mptcp_testbed::RelayPath;
 
@@ -89,14 +91,20 @@ fn tcp_echo(rp: &RelayPath) {
     });
 }
 
-/// The SOCKS5 request header for `cmd` to an IPv4 address, by the RFC.
+/// The SOCKS5 request for `cmd` to an address, by the RFC.
 fn request(cmd: u8, addr: SocketAddr) -> Vec<u8> {
-    let SocketAddr::V4(a) = addr else {
-        panic!("IPv4 only")
-    };
-    let mut r = vec![5, cmd, 0, 1];
-    r.extend_from_slice(&a.ip().octets());
-    r.extend_from_slice(&a.port().to_be_bytes());
+    let mut r = vec![5, cmd, 0];
+    match addr {
+        SocketAddr::V4(a) => {
+            r.push(1);
+            r.extend_from_slice(&a.ip().octets());
+        }
+        SocketAddr::V6(a) => {
+            r.push(4);
+            r.extend_from_slice(&a.ip().octets());
+        }
+    }
+    r.extend_from_slice(&addr.port().to_be_bytes());
     r
 }
 
@@ -132,7 +140,7 @@ fn socks5(
         }
     }
     s.write_all(&request(cmd, addr)).unwrap();
-    let mut reply = [0u8; 10];
+    let mut reply = [0u8; 4];
     match s.read(&mut reply[..2]) {
         Ok(2) => {}
         other => panic!("no reply: {other:?}"),
@@ -141,10 +149,22 @@ fn socks5(
         return Err(reply[1]);
     }
     s.read_exact(&mut reply[2..]).unwrap();
-    assert_eq!(reply[3], 1, "an IPv4 BND.ADDR for an IPv4 client");
-    let ip = Ipv4Addr::new(reply[4], reply[5], reply[6], reply[7]);
-    let port = u16::from_be_bytes([reply[8], reply[9]]);
-    Ok((s, SocketAddr::new(ip.into(), port)))
+    let ip = match reply[3] {
+        1 => {
+            let mut o = [0u8; 4];
+            s.read_exact(&mut o).unwrap();
+            IpAddr::from(o)
+        }
+        4 => {
+            let mut o = [0u8; 16];
+            s.read_exact(&mut o).unwrap();
+            IpAddr::from(o)
+        }
+        atyp => panic!("BND.ADDR of type {atyp}"),
+    };
+    let mut port = [0u8; 2];
+    s.read_exact(&mut port).unwrap();
+    Ok((s, SocketAddr::new(ip, u16::from_be_bytes(port))))
 }
 
 /// An association: its control connection, the client's UDP socket, and
@@ -223,8 +243,8 @@ impl Association {
     }
 }
 
-/// ATYP, address and port of an IPv4 destination.
-fn ip4(addr: SocketAddr) -> Vec<u8> {
+/// ATYP, address and port of a destination.
+fn atyp_addr(addr: SocketAddr) -> Vec<u8> {
     request(0, addr)[3..].to_vec()
 }
 
@@ -240,7 +260,7 @@ fn name(host: &str, port: u16) -> Vec<u8> {
 /// the header naming the responder, then its datagram.
 fn expected_answer(from: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let mut a = vec![0, 0, 0];
-    a.extend_from_slice(&ip4(from));
+    a.extend_from_slice(&atyp_addr(from));
     a.extend_from_slice(b"re:");
     a.extend_from_slice(payload);
     a
@@ -298,7 +318,7 @@ fn answers_come_back_with_their_header_and_denied_destinations_get_nothing() {
     let a = Association::open(&rp, false);
     // To an address, and to a name the relay resolves.
     assert_eq!(
-        a.ask(&ip4(echo), b"query 1"),
+        a.ask(&atyp_addr(echo), b"query 1"),
         expected_answer(echo, b"query 1")
     );
     let by_name = name(&rp.dest_addr().to_string(), ECHO_PORT);
@@ -308,7 +328,7 @@ fn answers_come_back_with_their_header_and_denied_destinations_get_nothing() {
     );
     // A large datagram keeps every byte.
     let big: Vec<u8> = (0..60_000).map(|i| (i % 251) as u8).collect();
-    assert_eq!(a.ask(&ip4(echo), &big), expected_answer(echo, &big));
+    assert_eq!(a.ask(&atyp_addr(echo), &big), expected_answer(echo, &big));
 
     // Loopback at the remote (by address and by name) and the relay's own
     // address are denied: nothing is sent, and they are counted.
@@ -317,10 +337,10 @@ fn answers_come_back_with_their_header_and_denied_destinations_get_nothing() {
         .set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     let lo = loopback_echo.local_addr().unwrap();
-    a.send(&ip4(lo), b"to loopback");
+    a.send(&atyp_addr(lo), b"to loopback");
     a.send(&name("localhost", lo.port()), b"to localhost");
     a.send(
-        &ip4(SocketAddr::new(rp.remote_egress_addr().into(), 53)),
+        &atyp_addr(SocketAddr::new(rp.remote_egress_addr().into(), 53)),
         b"to the relay",
     );
     assert_eq!(a.recv(), None, "denied destinations give no answer");
@@ -337,7 +357,7 @@ fn answers_come_back_with_their_header_and_denied_destinations_get_nothing() {
         s.set_read_timeout(Some(WAIT)).unwrap();
         s
     });
-    a.send(&ip4(spy_at), b"hello spy");
+    a.send(&atyp_addr(spy_at), b"hello spy");
     let mut buf = [0u8; 64];
     let (n, outgoing) = spy.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"hello spy");
@@ -350,7 +370,7 @@ fn answers_come_back_with_their_header_and_denied_destinations_get_nothing() {
     assert_eq!(a.recv(), None, "the intruder's datagram is dropped");
     spy.send_to(b"asked", outgoing).unwrap();
     let mut want = vec![0, 0, 0];
-    want.extend_from_slice(&ip4(spy_at));
+    want.extend_from_slice(&atyp_addr(spy_at));
     want.extend_from_slice(b"asked");
     assert_eq!(a.recv(), Some(want), "the host written to answers");
 
@@ -402,14 +422,14 @@ fn bad_datagrams_strangers_and_floods_are_dropped_and_counted_and_spare_the_rest
         (&stream).read_exact(&mut got).unwrap();
         assert_eq!(got, round.as_bytes());
         assert_eq!(
-            other.ask(&ip4(echo), round.as_bytes()),
+            other.ask(&atyp_addr(echo), round.as_bytes()),
             expected_answer(echo, round.as_bytes())
         );
     };
     check_others("before");
 
     let a = Association::open(&rp, true);
-    assert_eq!(a.ask(&ip4(echo), b"ok"), expected_answer(echo, b"ok"));
+    assert_eq!(a.ask(&atyp_addr(echo), b"ok"), expected_answer(echo, b"ok"));
     // Malformed: a short header, an unknown address type, a truncated
     // address, reserved bytes set; a fragment.
     for bad in [
@@ -421,7 +441,7 @@ fn bad_datagrams_strangers_and_floods_are_dropped_and_counted_and_spare_the_rest
         a.socket.send_to(bad, a.relay).unwrap();
     }
     let mut fragment = vec![0, 0, 1];
-    fragment.extend_from_slice(&ip4(echo));
+    fragment.extend_from_slice(&atyp_addr(echo));
     fragment.extend_from_slice(b"frag");
     a.socket.send_to(&fragment, a.relay).unwrap();
     // From another port than the one the request named.
@@ -430,7 +450,7 @@ fn bad_datagrams_strangers_and_floods_are_dropped_and_counted_and_spare_the_rest
         .run(|| UdpSocket::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)))
         .unwrap();
     let mut d = vec![0, 0, 0];
-    d.extend_from_slice(&ip4(echo));
+    d.extend_from_slice(&atyp_addr(echo));
     d.extend_from_slice(b"stranger");
     stranger.send_to(&d, a.relay).unwrap();
     assert_eq!(a.recv(), None, "nothing answered");
@@ -442,7 +462,7 @@ fn bad_datagrams_strangers_and_floods_are_dropped_and_counted_and_spare_the_rest
     // A flood of new flows: 4 (with the first one) get through, the rest
     // are dropped; the flows already open still work.
     for &port in &ports[1..] {
-        a.send(&ip4(dest(&rp, port)), b"flood");
+        a.send(&atyp_addr(dest(&rp, port)), b"flood");
     }
     let mut answered = Vec::new();
     while let Some(d) = a.recv() {
@@ -451,7 +471,10 @@ fn bad_datagrams_strangers_and_floods_are_dropped_and_counted_and_spare_the_rest
     assert_eq!(answered.len(), 3, "the flow limit holds");
     let s = stats_until(&relay, |s| s.udp.dropped(UdpDrop::FlowLimit) >= 8);
     assert_eq!(s.udp.dropped(UdpDrop::FlowLimit), 8, "{s}");
-    assert_eq!(a.ask(&ip4(echo), b"still"), expected_answer(echo, b"still"));
+    assert_eq!(
+        a.ask(&atyp_addr(echo), b"still"),
+        expected_answer(echo, b"still")
+    );
 
     // A closed association's port takes nothing any more.
     let closed = a.relay;
@@ -482,7 +505,7 @@ fn an_association_ends_with_its_connection_and_after_its_idle_timeout() {
 
     // Closing the TCP connection ends the association at once.
     let a = Association::open(&rp, false);
-    assert_eq!(a.ask(&ip4(echo), b"hi"), expected_answer(echo, b"hi"));
+    assert_eq!(a.ask(&atyp_addr(echo), b"hi"), expected_answer(echo, b"hi"));
     a.control.shutdown(Shutdown::Both).unwrap();
     let s = stats_until(&relay, |s| s.udp.associations == 0);
     assert_eq!(s.udp.associations, 0, "{s}");
@@ -495,7 +518,10 @@ fn an_association_ends_with_its_connection_and_after_its_idle_timeout() {
     let mut quiet = started;
     while started.elapsed() < Duration::from_secs(3) {
         std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(b.ask(&ip4(echo), b"alive"), expected_answer(echo, b"alive"));
+        assert_eq!(
+            b.ask(&atyp_addr(echo), b"alive"),
+            expected_answer(echo, b"alive")
+        );
         quiet = Instant::now();
     }
     assert_eq!(
@@ -596,7 +622,7 @@ fn a_flood_of_associations_is_refused_by_the_admission_limits() {
         assert_eq!(r.err(), Some(1), "refused: general failure");
     }
     for a in &open {
-        assert_eq!(a.ask(&ip4(echo), b"on"), expected_answer(echo, b"on"));
+        assert_eq!(a.ask(&atyp_addr(echo), b"on"), expected_answer(echo, b"on"));
     }
     let s = relay.stats();
     assert_eq!(s.error(ErrorKind::Limit), 5, "{s}");
@@ -606,7 +632,63 @@ fn a_flood_of_associations_is_refused_by_the_admission_limits() {
     stats_until(&relay, |s| s.udp.associations == 0);
     let again = Association::open(&rp, false);
     assert_eq!(
-        again.ask(&ip4(echo), b"again"),
+        again.ask(&atyp_addr(echo), b"again"),
         expected_answer(echo, b"again")
     );
+}
+
+/// The local role's SOCKS5 listener, and a remote with `udp_associate =
+/// false`, refuse UDP ASSOCIATE as not supported (RFC 1928's answer, which
+/// tells a client to do without).
+#[test]
+fn udp_associate_is_refused_where_it_is_not_served() {
+    let mut remote = RemoteConfig::new("127.0.0.1:0".parse().unwrap()).user(USER, PASS);
+    remote.udp_associate = false;
+    let remote = Relay::start(Config::new().engine(engine()).remote(remote)).unwrap();
+    let remote_at = remote.listener(ListenerKind::RemoteSocks5).unwrap();
+    let local = LocalConfig::new(remote_at.to_string())
+        .credentials(USER, PASS)
+        .socks5("127.0.0.1:0".parse().unwrap());
+    let local = Relay::start(Config::new().engine(engine()).local(local)).unwrap();
+    let local_at = local.listener(ListenerKind::LocalSocks5).unwrap();
+    let any = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
+    assert_eq!(socks5(remote_at, Some((USER, PASS)), 3, any).err(), Some(7));
+    assert_eq!(socks5(local_at, None, 3, any).err(), Some(7));
+    assert_eq!(remote.stats().udp.associations_opened, 0);
+}
+
+/// An IPv6 client and destination (on loopback, allowed for the test):
+/// the reply names the relay's IPv6 address, answers carry IPv6 headers.
+#[test]
+fn ipv6_clients_and_destinations() {
+    let remote = RemoteConfig::new("[::1]:0".parse().unwrap())
+        .allow_unauthenticated_loopback(true)
+        .allow_destination("::1/128".parse().unwrap());
+    let relay = Relay::start(Config::new().engine(engine()).remote(remote)).unwrap();
+    let at = relay.listener(ListenerKind::RemoteSocks5).unwrap();
+    let echo = UdpSocket::bind("[::1]:0").unwrap();
+    let echo_at = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let mut answer = b"re:".to_vec();
+            answer.extend_from_slice(&buf[..n]);
+            let _ = echo.send_to(&answer, from);
+        }
+    });
+    let any = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0);
+    let (control, bound) = socks5(at, None, 3, any).expect("UDP ASSOCIATE");
+    assert_eq!(bound.ip(), at.ip(), "BND.ADDR: where we reached the relay");
+    let socket = UdpSocket::bind("[::1]:0").unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    let a = Association {
+        control,
+        socket,
+        relay: bound,
+    };
+    assert_eq!(
+        a.ask(&atyp_addr(echo_at), b"six"),
+        expected_answer(echo_at, b"six")
+    );
+    assert_eq!(relay.stats().udp.datagrams_down, 1);
 }

@@ -40,8 +40,10 @@ const DATAGRAM_BUDGET: usize = 64;
 const ANSWER_HEADROOM: usize = 22;
 /// Largest UDP payload, and the scratch buffer it is read into.
 const MAX_DATAGRAM: usize = 65_535;
-/// Datagrams at most waiting for their names, per association.
+/// Datagrams at most waiting for their names, per association, and their
+/// bytes at most.
 const MAX_WAITING: usize = 16;
+const MAX_WAITING_BYTES: usize = 64 * 1024;
 /// How long a name that did not resolve stays unresolved.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
@@ -72,7 +74,9 @@ pub(super) struct Association {
     client_port: Option<u16>,
     flows: FlowTable<SocketAddr>,
     names: HashMap<String, Name>,
+    /// Datagrams waiting for their names, and their bytes.
     waiting: usize,
+    waiting_bytes: usize,
     max_names: usize,
     idle: Duration,
     route: Arc<Route>,
@@ -144,6 +148,7 @@ impl Association {
             flows: FlowTable::new(engine.udp_max_flows, engine.udp_idle_timeout(), ctx.now),
             names: HashMap::new(),
             waiting: 0,
+            waiting_bytes: 0,
             max_names: engine.udp_max_flows,
             idle: engine.udp_idle_timeout(),
             route: Arc::clone(&ctx.specs[spec].route),
@@ -232,10 +237,13 @@ impl Association {
                 }
             };
         }
+        let room =
+            self.waiting < MAX_WAITING && self.waiting_bytes + payload.len() <= MAX_WAITING_BYTES;
         if let Some(Name::Waiting(queue)) = self.names.get_mut(&name) {
-            if self.waiting < MAX_WAITING {
+            if room {
                 queue.push((port, payload.to_vec()));
                 self.waiting += 1;
+                self.waiting_bytes += payload.len();
             } else {
                 counters.udp_drop(UdpDrop::Resolve);
             }
@@ -248,7 +256,7 @@ impl Association {
                 Name::Waiting(_) => true,
             });
         }
-        if self.waiting >= MAX_WAITING || self.names.len() >= self.max_names {
+        if !room || self.names.len() >= self.max_names {
             counters.udp_drop(UdpDrop::Resolve);
             return false;
         }
@@ -266,6 +274,7 @@ impl Association {
         self.names
             .insert(name, Name::Waiting(vec![(port, payload.to_vec())]));
         self.waiting += 1;
+        self.waiting_bytes += payload.len();
         false
     }
 
@@ -291,6 +300,7 @@ impl Association {
             return false;
         };
         self.waiting -= queue.len();
+        self.waiting_bytes -= queue.iter().map(|(_, p)| p.len()).sum::<usize>();
         let mut moved = false;
         for (port, payload) in queue {
             match picked {
