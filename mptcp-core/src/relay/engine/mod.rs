@@ -576,7 +576,7 @@ impl Worker {
                     self.drive(answer.conn);
                 }
                 Phase::Associated { udp, .. } => {
-                    let moved = udp.resolved(answer.name, answer.addrs, &mut self.ctx);
+                    let moved = udp.egress.resolved(answer.name, answer.addrs, &self.ctx);
                     if moved {
                         conn.last_active = self.ctx.now;
                     }
