@@ -692,3 +692,25 @@ fn ipv6_clients_and_destinations() {
     );
     assert_eq!(relay.stats().udp.datagrams_down, 1);
 }
+
+/// Password guessing through UDP ASSOCIATE meets the same backoff as
+/// through CONNECT: past the free failures even the right password waits.
+#[test]
+fn guessing_passwords_for_associations_is_slowed_down() {
+    let remote = RemoteConfig::new("127.0.0.1:0".parse().unwrap()).user(USER, PASS);
+    let relay = Relay::start(Config::new().engine(engine()).remote(remote)).unwrap();
+    let at = relay.listener(ListenerKind::RemoteSocks5).unwrap();
+    let any = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
+    for _ in 0..4 {
+        assert_eq!(socks5(at, Some((USER, "guess")), 3, any).err(), Some(0xff));
+    }
+    assert_eq!(
+        socks5(at, Some((USER, PASS)), 3, any).err(),
+        Some(0xff),
+        "too soon after the fourth failure"
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(socks5(at, Some((USER, PASS)), 3, any).is_ok(), "after the wait");
+    let s = relay.stats();
+    assert_eq!((s.error(ErrorKind::Auth), s.udp.associations_opened), (5, 1), "{s}");
+}
