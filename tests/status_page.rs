@@ -130,8 +130,14 @@ const COUNTERS: [(&str, &str); 13] = [
     ("session_errors", "mptcp_relay_session_errors_total"),
     ("worker_panics", "mptcp_relay_worker_panics_total"),
     ("udp_associations", "mptcp_relay_udp_associations"),
-    ("udp_datagrams_up", "mptcp_relay_udp_datagrams_total{direction=\"up\"}"),
-    ("udp_datagrams_down", "mptcp_relay_udp_datagrams_total{direction=\"down\"}"),
+    (
+        "udp_datagrams_up",
+        "mptcp_relay_udp_datagrams_total{direction=\"up\"}",
+    ),
+    (
+        "udp_datagrams_down",
+        "mptcp_relay_udp_datagrams_total{direction=\"down\"}",
+    ),
 ];
 
 #[test]

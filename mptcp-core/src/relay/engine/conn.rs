@@ -18,7 +18,7 @@ use mio::net::TcpStream;
 use super::answer::{Answer, Failure};
 use super::sessions::Placement;
 use super::udp::Association;
-use super::{Ctx, READ_BUDGET, Slot, conn_tokens};
+use super::{Ctx, READ_BUDGET, Slot, Woken, conn_tokens};
 use crate::http::{self, ProxyRequestKind};
 use crate::relay::guard::Verdict;
 use crate::relay::seal::{self, Channel};
@@ -268,6 +268,8 @@ pub(super) struct Conn {
     /// Handshake deadline, or the end of the closing grace.
     pub deadline: Instant,
     pub last_active: Instant,
+    /// Its sockets that events named since its last step.
+    pub woken: Woken,
 }
 
 /// What reading a request came to.
@@ -304,6 +306,7 @@ impl Conn {
             to_client: Vec::new(),
             deadline: ctx.now + ctx.shared.engine.handshake_timeout(),
             last_active: ctx.now,
+            woken: Woken::default(),
         }
     }
 
@@ -556,17 +559,20 @@ impl Conn {
                 mut control,
                 mut udp,
             } => {
+                let woken = std::mem::take(&mut self.woken);
                 // The association ends with its control connection.
-                if flush(&mut control, &mut self.to_client).is_err()
-                    || !matches!(drain_until_eof(&mut control), Ok(false))
+                if woken.contains(Woken::CLIENT)
+                    && (flush(&mut control, &mut self.to_client).is_err()
+                        || !matches!(drain_until_eof(&mut control), Ok(false)))
                 {
                     return Turn::Done(Phase::Closed);
                 }
-                let pumped = udp.pump(ctx);
+                let pumped = udp.pump(woken, ctx);
                 if pumped.moved {
                     self.last_active = ctx.now;
                 }
-                if pumped.budget_exhausted {
+                if pumped.unfinished != Woken::default() {
+                    self.woken.insert(pumped.unfinished);
                     ctx.requeue.push(key);
                 }
                 Turn::Wait(Phase::Associated { control, udp })
@@ -827,6 +833,8 @@ impl Conn {
                 self.answer
                     .encode_success(Some(udp.bound()), &mut self.to_client);
                 self.last_active = ctx.now;
+                // The reply goes out, and datagrams may have come already.
+                self.woken = Woken::ALL;
                 Turn::Go(Phase::Associated {
                     control: client,
                     udp: Box::new(udp),

@@ -78,12 +78,37 @@ fn session_token(s: usize) -> Token {
     Token(SESSION_BASE + s)
 }
 
+/// Which of a connection's sockets events named since its last step: a
+/// UDP association reads only those (its datagrams cost no read of the
+/// others); other phases try all of theirs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Woken(u8);
+
+impl Woken {
+    /// The client's socket (token `2k`).
+    pub const CLIENT: Woken = Woken(1);
+    /// The upstream socket, or an association's client port (`2k + 1`).
+    pub const UPSTREAM: Woken = Woken(2);
+    /// An association's outgoing socket (`UDP_BASE + k`).
+    pub const DATAGRAMS: Woken = Woken(4);
+    /// Every socket.
+    pub const ALL: Woken = Woken(7);
+
+    pub fn contains(self, other: Woken) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn insert(&mut self, other: Woken) {
+        self.0 |= other.0;
+    }
+}
+
 /// What an event's token stands for.
 enum Target {
     Waker,
     Listener(usize),
     Session(usize),
-    Conn(usize),
+    Conn(usize, Woken),
 }
 
 impl Target {
@@ -92,8 +117,9 @@ impl Target {
             WAKER => Target::Waker,
             Token(t) if t >= LISTENER_BASE => Target::Listener(t - LISTENER_BASE),
             Token(t) if t >= SESSION_BASE => Target::Session(t - SESSION_BASE),
-            Token(t) if t >= UDP_BASE => Target::Conn(t - UDP_BASE),
-            Token(t) => Target::Conn(t / 2),
+            Token(t) if t >= UDP_BASE => Target::Conn(t - UDP_BASE, Woken::DATAGRAMS),
+            Token(t) if t % 2 == 0 => Target::Conn(t / 2, Woken::CLIENT),
+            Token(t) => Target::Conn(t / 2, Woken::UPSTREAM),
         }
     }
 }
@@ -338,7 +364,12 @@ impl Worker {
                     Target::Waker => self.take_answers(),
                     Target::Listener(i) => self.accept_all(i),
                     Target::Session(s) => self.session_event(s),
-                    Target::Conn(key) => self.drive(key),
+                    Target::Conn(key, socket) => {
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            conn.woken.insert(socket);
+                        }
+                        self.drive(key);
+                    }
                 }
             }
             self.handling = Handling::Nothing;

@@ -27,8 +27,8 @@ use mio::Interest;
 use mio::net::{TcpStream, UdpSocket};
 
 use self::egress::Egress;
-use super::Ctx;
 use super::answer::Failure;
+use super::{Ctx, Woken};
 use crate::relay::Shared;
 use crate::relay::policy::canonical;
 use crate::relay::stats::{Counters, ErrorKind, UdpDrop};
@@ -70,8 +70,8 @@ pub(super) struct Association {
 pub(super) struct Pumped {
     /// A datagram went through (the association is not idle).
     pub moved: bool,
-    /// A socket had more than the budget: run again soon.
-    pub budget_exhausted: bool,
+    /// The sockets that had more than the budget: read them again soon.
+    pub unfinished: Woken,
 }
 
 impl Association {
@@ -126,12 +126,15 @@ impl Association {
         self.bound
     }
 
-    /// Moves what both sockets have: the client's datagrams on to their
-    /// destinations, the answers back to the client.
-    pub(super) fn pump(&mut self, ctx: &mut Ctx) -> Pumped {
+    /// Moves what the `woken` sockets have: the client's datagrams on to
+    /// their destinations, the answers back to the client.
+    pub(super) fn pump(&mut self, woken: Woken, ctx: &mut Ctx) -> Pumped {
         let mut buf = std::mem::take(&mut ctx.udp_buf);
         let mut done = Pumped::default();
-        for from_client in [true, false] {
+        for (from_client, socket) in [(true, Woken::UPSTREAM), (false, Woken::DATAGRAMS)] {
+            if !woken.contains(socket) {
+                continue;
+            }
             let mut n = 0;
             while n < DATAGRAM_BUDGET {
                 let r = if from_client {
@@ -148,7 +151,9 @@ impl Association {
                 }
                 n += 1;
             }
-            done.budget_exhausted |= n == DATAGRAM_BUDGET;
+            if n == DATAGRAM_BUDGET {
+                done.unfinished.insert(socket);
+            }
         }
         ctx.udp_buf = buf;
         done
