@@ -9,7 +9,8 @@
 //!   stream, opening and accepting them);
 //! - [`session_events`]: what a session's frames and failures do to the
 //!   connections of its streams;
-//! - [`answer`]: what a client is told on success and on failure.
+//! - [`answer`]: what a client is told on success and on failure;
+//! - [`udp`]: a SOCKS5 UDP association (remote role).
 //!
 //! Every socket is registered once for both readiness kinds. Connections
 //! and sessions live in slabs indexed by token, so events allocate nothing.
