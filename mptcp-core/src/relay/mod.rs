@@ -10,7 +10,8 @@
 //!   speaking SOCKS5 (greeting, authentication and request in one packet).
 //! - **remote** (on a server): a SOCKS5 server on an MPTCP listener that
 //!   authenticates clients, serves sessions, applies a destination policy
-//!   and connects onward.
+//!   and connects onward; it also relays SOCKS5 clients' UDP (UDP
+//!   ASSOCIATE) under the same logins and policy.
 //!
 //! Data flows through `splice(2)` wherever a pipe can carry it. A few worker
 //! threads each run an epoll loop (mio) over their connections and

@@ -229,16 +229,16 @@ pub(super) struct Admission {
 
 impl Admission {
     /// The request was read and authenticated: a handshake slot becomes a
-    /// connection slot. `false`: no room for a connection.
-    fn promote(&mut self) -> bool {
+    /// connection slot, or the connection fails for want of room.
+    fn promote(&mut self) -> Result<(), Failure> {
         if self.kind != Slot::Handshake {
-            return true;
+            return Ok(());
         }
         if !self.shared.limits.promote(self.client) {
-            return false;
+            return Err(Failure::new(ErrorKind::Limit, "connection limit reached"));
         }
         self.kind = Slot::Connection;
-        true
+        Ok(())
     }
 }
 
@@ -652,9 +652,7 @@ impl Conn {
                         return session_request(&req, &buf[used..]);
                     }
                     Ok(Progress::Done(req, _)) if req.command == Command::UdpAssociate => {
-                        if !self.admission.promote() {
-                            return Err(Failure::new(ErrorKind::Limit, "connection limit reached"));
-                        }
+                        self.admission.promote()?;
                         return Ok(Requested::Associate(req.dest));
                     }
                     Ok(Progress::Done(req, used)) => (req.dest, used, None),
@@ -690,9 +688,7 @@ impl Conn {
         };
         early.extend_from_slice(&buf[used..]);
         self.early = early;
-        if !self.admission.promote() {
-            return Err(Failure::new(ErrorKind::Limit, "connection limit reached"));
-        }
+        self.admission.promote()?;
         Ok(Requested::Connect(dest))
     }
 

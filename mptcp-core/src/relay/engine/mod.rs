@@ -95,10 +95,12 @@ impl Woken {
     /// Every socket.
     pub const ALL: Woken = Woken(7);
 
+    /// Whether every socket of `other` is named here.
     pub fn contains(self, other: Woken) -> bool {
         self.0 & other.0 == other.0
     }
 
+    /// Names the sockets of `other` too.
     pub fn insert(&mut self, other: Woken) {
         self.0 |= other.0;
     }
