@@ -530,7 +530,7 @@ fn an_association_ends_with_its_connection_and_after_its_idle_timeout() {
         "kept alive by its datagrams"
     );
     b.control
-        .set_read_timeout(Some(Duration::from_secs(6)))
+        .set_read_timeout(Some(Duration::from_secs(8)))
         .unwrap();
     let mut rest = Vec::new();
     let eof = b.control.read_to_end(&mut rest);
@@ -539,9 +539,10 @@ fn an_association_ends_with_its_connection_and_after_its_idle_timeout() {
         "the relay closed it: {eof:?}"
     );
     let after = quiet.elapsed();
-    // The sweep runs twice a second.
+    // The sweep runs twice a second (`quiet` is a moment after the relay
+    // saw the last datagram).
     assert!(
-        after >= Duration::from_secs(2) && after < Duration::from_secs(4),
+        after >= Duration::from_millis(1900) && after < Duration::from_secs(7),
         "{after:?}"
     );
     let s = stats_until(&relay, |s| s.udp.associations == 0);
@@ -699,27 +700,34 @@ fn ipv6_clients_and_destinations() {
 /// through CONNECT: past the free failures even the right password waits.
 #[test]
 fn guessing_passwords_for_associations_is_slowed_down() {
-    let remote = RemoteConfig::new("127.0.0.1:0".parse().unwrap()).user(USER, PASS);
-    let relay = Relay::start(Config::new().engine(engine()).remote(remote)).unwrap();
-    let at = relay.listener(ListenerKind::RemoteSocks5).unwrap();
     let any = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
-    for _ in 0..4 {
-        assert_eq!(socks5(at, Some((USER, "guess")), 3, any).err(), Some(0xff));
+    // The first wait is 250 ms: a try that takes longer than that to get
+    // going (a loaded machine) measures nothing, and the run is repeated.
+    for _ in 0..3 {
+        let remote = RemoteConfig::new("127.0.0.1:0".parse().unwrap()).user(USER, PASS);
+        let relay = Relay::start(Config::new().engine(engine()).remote(remote)).unwrap();
+        let at = relay.listener(ListenerKind::RemoteSocks5).unwrap();
+        for _ in 0..4 {
+            assert_eq!(socks5(at, Some((USER, "guess")), 3, any).err(), Some(0xff));
+        }
+        let started = Instant::now();
+        let soon = socks5(at, Some((USER, PASS)), 3, any);
+        if started.elapsed() > Duration::from_millis(200) {
+            continue;
+        }
+        assert_eq!(soon.err(), Some(0xff), "too soon after the fourth failure");
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(
+            socks5(at, Some((USER, PASS)), 3, any).is_ok(),
+            "after the wait"
+        );
+        let s = relay.stats();
+        assert_eq!(
+            (s.error(ErrorKind::Auth), s.udp.associations_opened),
+            (5, 1),
+            "{s}"
+        );
+        return;
     }
-    assert_eq!(
-        socks5(at, Some((USER, PASS)), 3, any).err(),
-        Some(0xff),
-        "too soon after the fourth failure"
-    );
-    std::thread::sleep(Duration::from_millis(600));
-    assert!(
-        socks5(at, Some((USER, PASS)), 3, any).is_ok(),
-        "after the wait"
-    );
-    let s = relay.stats();
-    assert_eq!(
-        (s.error(ErrorKind::Auth), s.udp.associations_opened),
-        (5, 1),
-        "{s}"
-    );
+    panic!("every try took longer than the guard's first wait");
 }
