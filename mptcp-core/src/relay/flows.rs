@@ -113,6 +113,45 @@ mod tests {
         assert!(t.flows.is_empty(), "an idle flow is forgotten");
     }
 
+    proptest::proptest! {
+        /// Against a model (every key's last datagram out or in): never
+        /// more flows than the limit; a datagram in passes exactly when
+        /// its flow is live; a datagram out to a live flow always passes.
+        #[test]
+        fn the_table_keeps_its_limit_and_lets_in_only_live_flows(
+            max in 1usize..6,
+            steps in proptest::collection::vec((proptest::bool::ANY, 0u8..10, 0u64..40), 1..200),
+        ) {
+            let idle = Duration::from_millis(100);
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut t = FlowTable::new(max, idle, t0);
+            let mut last: std::collections::HashMap<u8, Instant> = Default::default();
+            for (out, key, advance_ms) in steps {
+                now += Duration::from_millis(advance_ms);
+                let live = last.get(&key).is_some_and(|l| now.duration_since(*l) <= idle);
+                if out {
+                    let passed = t.outbound(key, now);
+                    if live {
+                        proptest::prop_assert!(passed);
+                    }
+                    if passed {
+                        last.insert(key, now);
+                    }
+                } else {
+                    let passed = t.inbound(key, now);
+                    proptest::prop_assert_eq!(passed, live);
+                    if passed {
+                        last.insert(key, now);
+                    } else if !live {
+                        last.remove(&key);
+                    }
+                }
+                proptest::prop_assert!(t.flows.len() <= max);
+            }
+        }
+    }
+
     #[test]
     fn a_flood_at_the_limit_scans_at_most_once_a_second() {
         let t0 = Instant::now();
