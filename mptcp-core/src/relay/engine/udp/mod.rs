@@ -42,12 +42,18 @@ const ANSWER_HEADROOM: usize = 22;
 const MAX_DATAGRAM: usize = 65_535;
 
 /// The worker's buffer for one datagram at a time, with headroom for a
-/// header (one per worker, not per association).
+/// header (one per worker, not per association; allocated at its first
+/// use, and empty while an association has it, so that taking it out
+/// costs nothing).
+#[derive(Default)]
 pub(super) struct DatagramBuffer(Vec<u8>);
 
-impl Default for DatagramBuffer {
-    fn default() -> Self {
-        DatagramBuffer(vec![0; ANSWER_HEADROOM + MAX_DATAGRAM])
+impl DatagramBuffer {
+    fn room(&mut self) -> &mut [u8] {
+        if self.0.is_empty() {
+            self.0 = vec![0; ANSWER_HEADROOM + MAX_DATAGRAM];
+        }
+        &mut self.0
     }
 }
 
@@ -60,6 +66,8 @@ pub(super) struct Association {
     client_port: Option<u16>,
     /// Towards destinations (the resolver's answers go to it).
     pub egress: Egress,
+    /// Where an answer's header is written before it goes in front of it.
+    header: Vec<u8>,
     /// For the count of open associations, however this one ends.
     shared: Arc<Shared>,
     worker: usize,
@@ -116,6 +124,7 @@ impl Association {
             client_ip,
             client_port: (asked_port != 0).then_some(asked_port),
             egress,
+            header: Vec::with_capacity(ANSWER_HEADROOM),
             shared: Arc::clone(&ctx.shared),
             worker: ctx.worker,
         })
@@ -138,9 +147,9 @@ impl Association {
             let mut n = 0;
             while n < DATAGRAM_BUDGET {
                 let r = if from_client {
-                    self.client_datagram(&mut buf.0, ctx)
+                    self.client_datagram(buf.room(), ctx)
                 } else {
-                    self.answer(&mut buf.0, ctx)
+                    self.answer(buf.room(), ctx)
                 };
                 match r {
                     Ok(moved) => done.moved |= moved,
@@ -197,10 +206,10 @@ impl Association {
             counters.udp_drop(UdpDrop::UnknownSender);
             return Ok(false);
         };
-        let mut header = Vec::with_capacity(ANSWER_HEADROOM);
-        udp::encode_header(&TargetAddr::Ip(src), &mut header).expect("IP addresses encode");
-        let start = ANSWER_HEADROOM - header.len();
-        buf[start..ANSWER_HEADROOM].copy_from_slice(&header);
+        self.header.clear();
+        udp::encode_header(&TargetAddr::Ip(src), &mut self.header).expect("IP addresses encode");
+        let start = ANSWER_HEADROOM - self.header.len();
+        buf[start..ANSWER_HEADROOM].copy_from_slice(&self.header);
         let client = SocketAddr::new(self.client_ip, port);
         match self
             .client_socket
