@@ -201,6 +201,12 @@
 #define MPTCP_RELAY_ERROR_SLOTS 32
 
 /**
+ * Slots of `mptcp_relay_stats_t.udp_drops`; `udp_drop_kinds` of them are
+ * used.
+ */
+#define MPTCP_RELAY_UDP_DROP_SLOTS 16
+
+/**
  * Fallback policy: when the kernel refuses MPTCP, create a plain TCP
  * socket instead.
  */
@@ -727,6 +733,48 @@ typedef struct mptcp_relay_stats_t {
    * connections; the relay went on).
    */
   uint64_t worker_panics;
+  /**
+   * Local role: connections sent directly to their destination because
+   * no remote relay worked.
+   */
+  uint64_t direct;
+  /**
+   * SOCKS5 UDP associations open now.
+   */
+  uint64_t udp_associations;
+  /**
+   * SOCKS5 UDP associations opened since start.
+   */
+  uint64_t udp_associations_opened;
+  /**
+   * Datagrams from clients sent on to destinations.
+   */
+  uint64_t udp_datagrams_up;
+  /**
+   * Datagrams from destinations sent on to clients.
+   */
+  uint64_t udp_datagrams_down;
+  /**
+   * Payload bytes of `udp_datagrams_up`.
+   */
+  uint64_t udp_bytes_up;
+  /**
+   * Payload bytes of `udp_datagrams_down`.
+   */
+  uint64_t udp_bytes_down;
+  /**
+   * How many entries of `udp_drops` this library fills.
+   */
+  uint32_t udp_drop_kinds;
+  /**
+   * Reserved, 0.
+   */
+  uint32_t reserved_udp;
+  /**
+   * Datagrams dropped by reason; `mptcp_relay_udp_drop_name(i)` names
+   * entry `i`.
+   */
+  uint64_t udp_drops[MPTCP_RELAY_UDP_DROP_SLOTS];
 } mptcp_relay_stats_t;
 
 /**
@@ -1444,6 +1492,13 @@ int mptcp_relay_stats(const struct mptcp_relay_t *relay, struct mptcp_relay_stat
  * static: never free it.
  */
 const char *mptcp_relay_error_name(uint32_t index);
+
+/**
+ * The name of entry `index` of `mptcp_relay_stats_t.udp_drops`
+ * (`"malformed"`, `"fragment"`, ...); NULL past `udp_drop_kinds`. The
+ * string is static: never free it.
+ */
+const char *mptcp_relay_udp_drop_name(uint32_t index);
 
 /**
  * Stops the relay: stops accepting, lets open connections finish for up

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use mptcp_core::relay::{ErrorKind, Stats};
+use mptcp_core::relay::{ErrorKind, Stats, UdpDrop};
 
 /// At most one warning this often.
 const QUIET: Duration = Duration::from_secs(60);
@@ -33,6 +33,20 @@ const WATCHED: [(ErrorKind, &str); 7] = [
     ),
 ];
 
+/// The datagrams of UDP associations whose drops an operator should see
+/// (the others are a client's or a stranger's doing).
+const WATCHED_UDP: [(UdpDrop, &str); 3] = [
+    (
+        UdpDrop::FlowLimit,
+        "datagrams to more destinations than udp_max_flows",
+    ),
+    (
+        UdpDrop::SendFailed,
+        "datagrams a full socket buffer or an error refused",
+    ),
+    (UdpDrop::Resolve, "datagrams to names that did not resolve"),
+];
+
 /// What was last reported, and when.
 #[derive(Debug, Default)]
 pub struct Alerts {
@@ -54,6 +68,10 @@ impl Alerts {
                 let n = totals.error(kind) - self.reported.error(kind);
                 (n > 0).then(|| format!("err_{}={n} ({meaning})", kind.name()))
             })
+            .chain(WATCHED_UDP.iter().filter_map(|&(why, meaning)| {
+                let n = totals.udp.dropped(why) - self.reported.udp.dropped(why);
+                (n > 0).then(|| format!("udp_drop_{}={n} ({meaning})", why.name()))
+            }))
             .collect();
         for (name, now_count, before, meaning) in [
             (
@@ -103,5 +121,14 @@ mod tests {
         alerts.check(&s, t0 + QUIET);
         assert_eq!(alerts.last, Some(t0 + QUIET));
         assert_eq!(alerts.reported.error(ErrorKind::Auth), 3);
+        // A client's malformed datagrams are its own business; a flow
+        // limit reached is the operator's.
+        s.udp.drops[UdpDrop::Malformed as usize] = 9;
+        let later = t0 + QUIET * 2;
+        alerts.check(&s, later);
+        assert_eq!(alerts.last, Some(t0 + QUIET));
+        s.udp.drops[UdpDrop::FlowLimit as usize] = 1;
+        alerts.check(&s, later);
+        assert_eq!(alerts.last, Some(later));
     }
 }

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mptcp_core::relay::ErrorKind;
+use mptcp_core::relay::{ErrorKind, UdpDrop};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -67,6 +67,24 @@ pub fn family<M: EncodeMetric>(
     Ok(())
 }
 
+/// One counter family with one label, `label`, whose values name the
+/// counters.
+fn counters_by(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let labels: Vec<[(&str, &str); 1]> = values.iter().map(|(v, _)| [(label, *v)]).collect();
+    let counters: Vec<(&[(&str, &str)], _)> = labels
+        .iter()
+        .zip(values)
+        .map(|(l, (_, n))| (&l[..], ConstCounter::new(*n)))
+        .collect();
+    family(encoder, name, help, &counters)
+}
+
 impl Collector for RelayCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.0.totals();
@@ -105,6 +123,11 @@ impl Collector for RelayCollector {
                 "Connections sent directly because no remote relay worked",
                 s.direct,
             ),
+            (
+                "udp_associations_opened",
+                "SOCKS5 UDP associations opened",
+                s.udp.associations_opened,
+            ),
         ] {
             family(e, name, help, &[(none, counter(value))])?;
         }
@@ -119,28 +142,46 @@ impl Collector for RelayCollector {
                 "Multiplexed sessions with the other relay open now",
                 s.sessions,
             ),
+            (
+                "udp_associations",
+                "SOCKS5 UDP associations open now",
+                s.udp.associations,
+            ),
         ] {
             family(e, name, help, &[(none, ConstGauge::new(value))])?;
         }
-        family(
+        let errors = ErrorKind::ALL.map(|k| (k.name(), s.error(k)));
+        counters_by(e, "errors", "Failed connections by kind", "kind", &errors)?;
+        for (name, help, up, down) in [
+            (
+                "bytes",
+                "Bytes relayed: up from clients, down from destinations",
+                s.bytes_up,
+                s.bytes_down,
+            ),
+            (
+                "udp_datagrams",
+                "Datagrams of UDP associations: up from clients, down from destinations",
+                s.udp.datagrams_up,
+                s.udp.datagrams_down,
+            ),
+            (
+                "udp_bytes",
+                "Payload bytes of UDP associations: up from clients, down from destinations",
+                s.udp.bytes_up,
+                s.udp.bytes_down,
+            ),
+        ] {
+            counters_by(e, name, help, "direction", &[("up", up), ("down", down)])?;
+        }
+        let drops = UdpDrop::ALL.map(|k| (k.name(), s.udp.dropped(k)));
+        counters_by(
             e,
-            "bytes",
-            "Bytes relayed: up from clients, down from destinations",
-            &[
-                (&[("direction", "up")], counter(s.bytes_up)),
-                (&[("direction", "down")], counter(s.bytes_down)),
-            ],
+            "udp_drops",
+            "Datagrams of UDP associations dropped, by reason",
+            "reason",
+            &drops,
         )?;
-        let labels: Vec<[(&str, &str); 1]> = ErrorKind::ALL
-            .iter()
-            .map(|k| [("kind", k.name())])
-            .collect();
-        let errors: Vec<(&[(&str, &str)], _)> = labels
-            .iter()
-            .zip(ErrorKind::ALL)
-            .map(|(l, k)| (&l[..], counter(s.error(k))))
-            .collect();
-        family(e, "errors", "Failed connections by kind", &errors)?;
         self.encode_subflows(e)
     }
 }

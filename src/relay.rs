@@ -649,6 +649,7 @@ impl Serving {
             total.session_errors += r.session_errors;
             total.worker_panics += r.worker_panics;
             total.direct += r.direct;
+            total.udp.add(&r.udp);
             for (t, e) in total.errors.iter_mut().zip(r.errors) {
                 *t += e;
             }

@@ -451,6 +451,53 @@ fn recipe_encrypted_relay_link() {
 /// Removes a test's directory, also when the test fails.
 struct Cleanup(std::path::PathBuf);
 
+/// The README recipe "UDP through the remote relay": Dante's `socksify`
+/// runs socat, whose datagram goes through the remote relay's UDP
+/// ASSOCIATE to a UDP service behind it, and whose answer comes back.
+#[test]
+fn recipe_udp_through_the_remote_relay() {
+    mptcp_testbed::require_privileges().unwrap();
+    let rp = mptcp_testbed::relay_path(1, None).unwrap();
+    let service = rp
+        .dest
+        .run(|| std::net::UdpSocket::bind("198.19.2.2:5353"))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = service.recv_from(&mut buf) {
+            let mut answer = b"answer: ".to_vec();
+            answer.extend_from_slice(&buf[..n]);
+            let _ = service.send_to(&answer, from);
+        }
+    });
+    let mut remote = start_line(
+        &rp.remote,
+        "RELAY_PASSWORD='correct horse' mptcp relay remote --listen 198.18.0.2:1080 \
+         --user alice --password-env RELAY_PASSWORD",
+    );
+    remote.wait_for("listening");
+    let dir = std::env::temp_dir().join(format!("mptcp-recipe-udp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = Cleanup(dir.clone());
+    run_line_in(
+        &rp.local,
+        &dir,
+        r"printf 'route {\n from: 0.0.0.0/0 to: 0.0.0.0/0 via: 198.18.0.2 port = 1080\n proxyprotocol: socks_v5\n protocol: tcp udp\n method: username\n}\n' > dante.conf",
+    );
+    let out = run_line_in(
+        &rp.local,
+        &dir,
+        "echo query | SOCKS_CONF=dante.conf SOCKS_USERNAME=alice SOCKS_PASSWORD='correct horse' \
+         socksify socat -t 2 - UDP:198.19.2.2:5353",
+    );
+    assert_eq!(out, "answer: query\n");
+    let log = remote.stop();
+    assert!(
+        log.contains("udp_associations=0 udp_datagrams_up=1 udp_datagrams_down=1"),
+        "{log}"
+    );
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -996,6 +1043,15 @@ fn relay_metrics_count_connections_bytes_and_errors() {
     assert_eq!(value(&text, "mptcp_relay_errors_total{kind=\"auth\"}"), 0);
     assert_eq!(value(&text, "mptcp_relay_session_errors_total"), 0);
     assert_eq!(value(&text, "mptcp_relay_worker_panics_total"), 0);
+    assert_eq!(value(&text, "mptcp_relay_udp_associations"), 0);
+    assert_eq!(
+        value(&text, "mptcp_relay_udp_datagrams_total{direction=\"up\"}"),
+        0
+    );
+    assert_eq!(
+        value(&text, "mptcp_relay_udp_drops_total{reason=\"fragment\"}"),
+        0
+    );
     drop(conn);
     let deadline = Instant::now() + Duration::from_secs(5);
     while value(&scrape(), "mptcp_relay_connections_active") != 0 {

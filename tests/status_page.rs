@@ -118,7 +118,7 @@ fn browse(host: &Host, url: &str) -> String {
 }
 
 /// Series of `text` of the relay's engine counters, as the page names them.
-const COUNTERS: [(&str, &str); 10] = [
+const COUNTERS: [(&str, &str); 13] = [
     ("accepted", "mptcp_relay_connections_accepted_total"),
     ("active", "mptcp_relay_connections_active"),
     ("relayed", "mptcp_relay_connections_relayed_total"),
@@ -129,6 +129,15 @@ const COUNTERS: [(&str, &str); 10] = [
     ("splice_fallbacks", "mptcp_relay_splice_fallbacks_total"),
     ("session_errors", "mptcp_relay_session_errors_total"),
     ("worker_panics", "mptcp_relay_worker_panics_total"),
+    ("udp_associations", "mptcp_relay_udp_associations"),
+    (
+        "udp_datagrams_up",
+        "mptcp_relay_udp_datagrams_total{direction=\"up\"}",
+    ),
+    (
+        "udp_datagrams_down",
+        "mptcp_relay_udp_datagrams_total{direction=\"down\"}",
+    ),
 ];
 
 #[test]

@@ -35,6 +35,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+pub mod udp;
+
 /// The protocol version byte of SOCKS5.
 pub const VERSION: u8 = 5;
 /// The version byte of the username/password sub-negotiation (RFC 1929).
@@ -427,7 +429,7 @@ pub enum Command {
     Connect,
     /// 0x02: wait for an incoming connection (not served by the relay).
     Bind,
-    /// 0x03: relay UDP datagrams (not served by the relay).
+    /// 0x03: relay UDP datagrams (served by the remote role, see [`udp`]).
     UdpAssociate,
     /// 0x80, a private extension of this project: the connection becomes a
     /// session carrying many streams ([`crate::mux`]) between a local and
@@ -677,6 +679,7 @@ pub struct ServerHandshake {
     state: ServerState,
     require_auth: bool,
     multiplex: bool,
+    udp_associate: bool,
     consumed: usize,
 }
 
@@ -689,6 +692,7 @@ impl ServerHandshake {
             state: ServerState::Greeting,
             require_auth,
             multiplex: false,
+            udp_associate: false,
             consumed: 0,
         }
     }
@@ -697,6 +701,13 @@ impl ServerHandshake {
     /// [`ReplyCode::CommandNotSupported`] otherwise, like BIND and UDP).
     pub fn with_multiplex(mut self, on: bool) -> ServerHandshake {
         self.multiplex = on;
+        self
+    }
+
+    /// Also accept [`Command::UdpAssociate`] requests (refused with
+    /// [`ReplyCode::CommandNotSupported`] otherwise, like BIND).
+    pub fn with_udp_associate(mut self, on: bool) -> ServerHandshake {
+        self.udp_associate = on;
         self
     }
 
@@ -777,7 +788,8 @@ impl ServerHandshake {
                         let served = match request.command {
                             Command::Connect => true,
                             Command::Multiplex => self.multiplex,
-                            Command::Bind | Command::UdpAssociate => false,
+                            Command::UdpAssociate => self.udp_associate,
+                            Command::Bind => false,
                         };
                         if !served {
                             let e = Error {

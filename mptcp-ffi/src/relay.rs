@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_int};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mptcp_core::relay::{Config, ErrorKind, ListenerKind, Relay, RelayHandle, Stats};
+use mptcp_core::relay::{Config, ErrorKind, ListenerKind, Relay, RelayHandle, Stats, UdpDrop};
 
 use crate::addr::{self, MPTCP_ADDR_TEXT_LEN};
 use crate::args::{arg_ref, arg_str, open_handle, take_handle};
@@ -138,6 +138,10 @@ pub unsafe extern "C" fn mptcp_relay_listeners(
 /// Slots of `mptcp_relay_stats_t.errors`; `error_kinds` of them are used.
 pub const MPTCP_RELAY_ERROR_SLOTS: usize = 32;
 
+/// Slots of `mptcp_relay_stats_t.udp_drops`; `udp_drop_kinds` of them are
+/// used.
+pub const MPTCP_RELAY_UDP_DROP_SLOTS: usize = 16;
+
 /// A snapshot of a relay's counters. Size-versioned like `mptcp_info_t`:
 /// set `struct_size = sizeof(mptcp_relay_stats_t)`.
 #[repr(C)]
@@ -178,6 +182,25 @@ pub struct mptcp_relay_stats_t {
     /// Local role: connections sent directly to their destination because
     /// no remote relay worked.
     pub direct: u64,
+    /// SOCKS5 UDP associations open now.
+    pub udp_associations: u64,
+    /// SOCKS5 UDP associations opened since start.
+    pub udp_associations_opened: u64,
+    /// Datagrams from clients sent on to destinations.
+    pub udp_datagrams_up: u64,
+    /// Datagrams from destinations sent on to clients.
+    pub udp_datagrams_down: u64,
+    /// Payload bytes of `udp_datagrams_up`.
+    pub udp_bytes_up: u64,
+    /// Payload bytes of `udp_datagrams_down`.
+    pub udp_bytes_down: u64,
+    /// How many entries of `udp_drops` this library fills.
+    pub udp_drop_kinds: u32,
+    /// Reserved, 0.
+    pub reserved_udp: u32,
+    /// Datagrams dropped by reason; `mptcp_relay_udp_drop_name(i)` names
+    /// entry `i`.
+    pub udp_drops: [u64; MPTCP_RELAY_UDP_DROP_SLOTS],
 }
 
 // SAFETY: repr(C), integers and an integer array only.
@@ -202,6 +225,17 @@ impl From<&Stats> for mptcp_relay_stats_t {
         for (slot, count) in out.errors.iter_mut().zip(stats.errors) {
             *slot = count;
             out.error_kinds += 1;
+        }
+        let udp = &stats.udp;
+        out.udp_associations = udp.associations;
+        out.udp_associations_opened = udp.associations_opened;
+        out.udp_datagrams_up = udp.datagrams_up;
+        out.udp_datagrams_down = udp.datagrams_down;
+        out.udp_bytes_up = udp.bytes_up;
+        out.udp_bytes_down = udp.bytes_down;
+        for (slot, count) in out.udp_drops.iter_mut().zip(udp.drops) {
+            *slot = count;
+            out.udp_drop_kinds += 1;
         }
         out
     }
@@ -237,6 +271,17 @@ static ERROR_NAMES: NameTable = NameTable::new();
 pub extern "C" fn mptcp_relay_error_name(index: u32) -> *const c_char {
     let names = || ErrorKind::ALL.iter().map(|k| k.name().to_owned()).collect();
     ERROR_NAMES.name("mptcp_relay_error_name", names, || Some(index as usize))
+}
+
+static UDP_DROP_NAMES: NameTable = NameTable::new();
+
+/// The name of entry `index` of `mptcp_relay_stats_t.udp_drops`
+/// (`"malformed"`, `"fragment"`, ...); NULL past `udp_drop_kinds`. The
+/// string is static: never free it.
+#[unsafe(no_mangle)]
+pub extern "C" fn mptcp_relay_udp_drop_name(index: u32) -> *const c_char {
+    let names = || UdpDrop::ALL.iter().map(|k| k.name().to_owned()).collect();
+    UDP_DROP_NAMES.name("mptcp_relay_udp_drop_name", names, || Some(index as usize))
 }
 
 /// Stops the relay: stops accepting, lets open connections finish for up

@@ -7,7 +7,7 @@
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::io::{Read, Write};
 use std::mem::size_of;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::ptr;
 use std::time::{Duration, Instant};
@@ -676,6 +676,43 @@ fn relay_carries_a_socks5_connection_and_counts_it() {
         assert_eq!((stats.accepted, stats.relayed), (1, 1));
         drop(socks);
 
+        // A UDP association (RFC 1928 section 7), and a fragment sent on
+        // it: dropped, and counted by reason.
+        let mut control = TcpStream::connect(&relay_addr).unwrap();
+        control.write_all(&[5, 1, 0]).unwrap();
+        let mut answer = [0u8; 12];
+        control.read_exact(&mut answer[..2]).unwrap();
+        control.write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]).unwrap();
+        control.read_exact(&mut answer[2..]).unwrap();
+        assert_eq!(answer[2..6], [5, 0, 0, 1], "UDP ASSOCIATE accepted");
+        let bound = SocketAddr::from((
+            [answer[6], answer[7], answer[8], answer[9]],
+            u16::from_be_bytes([answer[10], answer[11]]),
+        ));
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.send_to(&[0, 0, 1, 1, 127, 0, 0, 1, 0, 7, b'x'], bound)
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats.udp_drops[1] == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(mptcp_relay_stats(relay, &mut stats), 0);
+        }
+        assert_eq!(
+            static_str(mptcp_relay_udp_drop_name(1)).unwrap(),
+            "fragment"
+        );
+        assert_eq!(
+            (stats.udp_associations, stats.udp_drops[1]),
+            (1, 1),
+            "{stats:?}"
+        );
+        assert_eq!(
+            stats.udp_drop_kinds as usize,
+            mptcp_core::relay::UdpDrop::ALL.len()
+        );
+        assert!(mptcp_relay_udp_drop_name(stats.udp_drop_kinds).is_null());
+        drop(control);
+
         // A local relay in front: its connection becomes a stream of a
         // session, which both relays count.
         let local_config = c(&format!(
@@ -713,7 +750,11 @@ fn relay_carries_a_socks5_connection_and_counts_it() {
         );
         // Bytes are counted as connections end; the session's SOCKS5
         // connection was accepted too.
-        assert_eq!((last.accepted, last.active, last.sessions), (3, 0, 0));
+        assert_eq!((last.accepted, last.active, last.sessions), (4, 0, 0));
+        assert_eq!(
+            (last.udp_associations, last.udp_associations_opened),
+            (0, 1)
+        );
         assert_eq!(last.bytes_up, 17 + 19);
         // Down: the echo, after the SOCKS5 reply.
         assert!(last.bytes_down >= 17, "{last:?}");

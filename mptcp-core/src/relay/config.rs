@@ -87,6 +87,13 @@ pub struct EngineConfig {
     /// stream's throughput is at most this per round trip between the
     /// relays; only a stream whose reader is slow holds that much.
     pub stream_window: u32,
+    /// Seconds without a datagram either way before a UDP association
+    /// ends (and before one of its flows stops counting against
+    /// `udp_max_flows`).
+    pub udp_idle_timeout_secs: u64,
+    /// Destinations (address and port) one UDP association may send to
+    /// within the idle timeout; datagrams to more are dropped.
+    pub udp_max_flows: usize,
 }
 
 impl Default for EngineConfig {
@@ -105,6 +112,8 @@ impl Default for EngineConfig {
             raise_fd_limit: true,
             reuse_port: false,
             stream_window: 4 << 20,
+            udp_idle_timeout_secs: 60,
+            udp_max_flows: 256,
         }
     }
 }
@@ -118,6 +127,11 @@ impl EngineConfig {
     /// The idle timeout, `None` when disabled.
     pub fn idle_timeout(&self) -> Option<Duration> {
         (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
+    }
+
+    /// The idle timeout of UDP associations and their flows.
+    pub fn udp_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.udp_idle_timeout_secs)
     }
 }
 
@@ -353,6 +367,10 @@ pub struct RemoteConfig {
     /// beside encrypted sessions. Default: yes without a `key`, no with one.
     #[serde(default)]
     pub plain: Option<bool>,
+    /// Serve SOCKS5 UDP ASSOCIATE (RFC 1928 section 7) to plain SOCKS5
+    /// clients, with the same logins and destination policy as CONNECT.
+    #[serde(default = "yes")]
+    pub udp_associate: bool,
 }
 
 /// A configuration problem, naming the key (and the line, for files).
@@ -526,6 +544,18 @@ impl Config {
             return err(
                 "engine.stream_window",
                 format!("must be between 65536 and {} bytes", crate::mux::MAX_WINDOW),
+            );
+        }
+        if !(1..=86_400).contains(&e.udp_idle_timeout_secs) {
+            return err(
+                "engine.udp_idle_timeout_secs",
+                "must be between 1 and 86400 seconds".into(),
+            );
+        }
+        if !(1..=65_536).contains(&e.udp_max_flows) {
+            return err(
+                "engine.udp_max_flows",
+                "must be between 1 and 65536 flows per association".into(),
             );
         }
         if !(e.pipe_size..=(1 << 30)).contains(&e.pipe_max_size) {
@@ -846,6 +876,7 @@ impl RemoteConfig {
             key: None,
             peer_keys: Vec::new(),
             plain: None,
+            udp_associate: true,
         }
     }
 
@@ -1045,6 +1076,23 @@ mod tests {
         let e = Config::from_toml(text).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("engine.pipe_max_size"), "{e}");
         assert!(e.message.contains("pipe_size (262144)"), "{e}");
+    }
+
+    #[test]
+    fn bad_udp_settings_are_named() {
+        for (key, value, says) in [
+            ("udp_idle_timeout_secs", "0", "between 1 and 86400 seconds"),
+            ("udp_max_flows", "0", "between 1 and 65536"),
+        ] {
+            let text = format!(
+                "[engine]\n{key} = {value}\n\n[remote]\nlisten = [\"127.0.0.1:1080\"]\n\
+                 allow_unauthenticated_loopback = true\n"
+            );
+            let e = Config::from_toml(&text).unwrap_err();
+            assert_eq!(e.key, Some(format!("engine.{key}")), "{e}");
+            assert_eq!(e.line, Some(2), "{e}");
+            assert!(e.message.contains(says), "{e}");
+        }
     }
 
     #[test]

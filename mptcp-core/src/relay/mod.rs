@@ -10,7 +10,8 @@
 //!   speaking SOCKS5 (greeting, authentication and request in one packet).
 //! - **remote** (on a server): a SOCKS5 server on an MPTCP listener that
 //!   authenticates clients, serves sessions, applies a destination policy
-//!   and connects onward.
+//!   and connects onward; it also relays SOCKS5 clients' UDP (UDP
+//!   ASSOCIATE) under the same logins and policy.
 //!
 //! Data flows through `splice(2)` wherever a pipe can carry it. A few worker
 //! threads each run an epoll loop (mio) over their connections and
@@ -30,6 +31,7 @@
 
 mod config;
 mod engine;
+mod flows;
 mod guard;
 mod limits;
 mod listeners;
@@ -49,7 +51,7 @@ pub use config::{
 pub use policy::{Cidr, ClientAllowlist, DEFAULT_DENIED, DEFAULT_LAN_CLIENTS, DestinationPolicy};
 pub use remotes::RemoteState;
 pub use seal::{KeyError, PublicKey, SecretKey};
-pub use stats::{ErrorKind, Stats};
+pub use stats::{ErrorKind, Stats, UdpDrop, UdpStats};
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -89,6 +91,8 @@ pub(crate) enum Route {
         multiplex: bool,
         /// Encrypted sessions (and whether plain clients are served too).
         keys: Option<Arc<seal::AcceptKeys>>,
+        /// Serve SOCKS5 UDP ASSOCIATE.
+        udp_associate: bool,
     },
     /// Through a SOCKS5 server: one of the remote relays (local role).
     Upstream {
@@ -151,6 +155,8 @@ pub(crate) struct ResolveRequest {
 pub(crate) struct Resolved {
     pub conn: usize,
     pub serial: u64,
+    /// The name asked (a UDP association keeps names apart by it).
+    pub name: String,
     pub addrs: io::Result<Vec<SocketAddr>>,
 }
 
@@ -416,6 +422,7 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             users: r.users.clone(),
             multiplex: r.multiplex,
             keys: accept_keys(r)?,
+            udp_associate: r.udp_associate,
         });
         let clients = ClientAllowlist(r.allowed_clients.clone());
         for a in &r.listen {
@@ -546,6 +553,7 @@ fn resolver(
         let answer = Resolved {
             conn: req.conn,
             serial: req.serial,
+            name: req.name,
             addrs,
         };
         if answers[req.worker].send(answer).is_ok() {

@@ -76,3 +76,31 @@ pub(crate) fn prepare_session_socket(stream: &mio::net::TcpStream, receive_buffe
         tracing::debug!(error = %e, "relay: session receive buffer stays autotuned");
     }
 }
+
+/// A non-blocking UDP socket that reaches destinations of both families:
+/// IPv6 with IPv4-mapped addresses (`IPV6_V6ONLY` off), or IPv4 alone on
+/// a host without IPv6. Returns it and whether it is IPv6.
+pub(crate) fn datagram_socket() -> io::Result<(mio::net::UdpSocket, bool)> {
+    let dual = || -> io::Result<Socket> {
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_only_v6(false)?;
+        s.bind(&SockAddr::from(SocketAddr::from((
+            std::net::Ipv6Addr::UNSPECIFIED,
+            0,
+        ))))?;
+        Ok(s)
+    };
+    let (socket, v6) = match dual() {
+        Ok(s) => (s, true),
+        Err(_) => {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+            s.bind(&SockAddr::from(SocketAddr::from((
+                std::net::Ipv4Addr::UNSPECIFIED,
+                0,
+            ))))?;
+            (s, false)
+        }
+    };
+    socket.set_nonblocking(true)?;
+    Ok((mio::net::UdpSocket::from_std(socket.into()), v6))
+}

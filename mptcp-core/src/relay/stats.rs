@@ -74,6 +74,102 @@ impl ErrorKind {
     }
 }
 
+/// Why a datagram of a UDP association was dropped; counted in
+/// [`UdpStats::drops`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum UdpDrop {
+    /// From the client, with a malformed SOCKS5 UDP header (short,
+    /// reserved bytes set, unknown address type, a bad name).
+    Malformed,
+    /// From the client, a fragment (`FRAG != 0`), which is not reassembled.
+    Fragment,
+    /// To the association's client port from another address than the
+    /// client's.
+    ForeignSource,
+    /// To the association's outgoing port from a host it did not send to.
+    UnknownSender,
+    /// To a destination the policy denies.
+    DestinationDenied,
+    /// To a new destination while the association has `udp_max_flows`.
+    FlowLimit,
+    /// To a name that did not resolve, or while too many wait for theirs.
+    Resolve,
+    /// The socket did not take it (its buffer full, or an error).
+    SendFailed,
+    /// A reply too large for a datagram once its header is prefixed.
+    TooLarge,
+}
+
+impl UdpDrop {
+    /// All reasons, in counter order.
+    pub const ALL: [UdpDrop; 9] = [
+        UdpDrop::Malformed,
+        UdpDrop::Fragment,
+        UdpDrop::ForeignSource,
+        UdpDrop::UnknownSender,
+        UdpDrop::DestinationDenied,
+        UdpDrop::FlowLimit,
+        UdpDrop::Resolve,
+        UdpDrop::SendFailed,
+        UdpDrop::TooLarge,
+    ];
+
+    /// A short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            UdpDrop::Malformed => "malformed",
+            UdpDrop::Fragment => "fragment",
+            UdpDrop::ForeignSource => "foreign_source",
+            UdpDrop::UnknownSender => "unknown_sender",
+            UdpDrop::DestinationDenied => "destination_denied",
+            UdpDrop::FlowLimit => "flow_limit",
+            UdpDrop::Resolve => "resolve",
+            UdpDrop::SendFailed => "send_failed",
+            UdpDrop::TooLarge => "too_large",
+        }
+    }
+}
+
+/// The counters of SOCKS5 UDP associations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UdpStats {
+    /// Associations open now.
+    pub associations: u64,
+    /// Associations opened since start.
+    pub associations_opened: u64,
+    /// Datagrams from clients sent on to destinations.
+    pub datagrams_up: u64,
+    /// Datagrams from destinations sent on to clients.
+    pub datagrams_down: u64,
+    /// Payload bytes of `datagrams_up` (without the SOCKS5 header).
+    pub bytes_up: u64,
+    /// Payload bytes of `datagrams_down`.
+    pub bytes_down: u64,
+    /// Datagrams dropped, by reason, indexed like [`UdpDrop::ALL`].
+    pub drops: [u64; UdpDrop::ALL.len()],
+}
+
+impl UdpStats {
+    /// The datagrams dropped for one reason.
+    pub fn dropped(&self, why: UdpDrop) -> u64 {
+        self.drops[why as usize]
+    }
+
+    /// Adds `other`'s counts to these (relays replaced by a reload).
+    pub fn add(&mut self, other: &UdpStats) {
+        self.associations += other.associations;
+        self.associations_opened += other.associations_opened;
+        self.datagrams_up += other.datagrams_up;
+        self.datagrams_down += other.datagrams_down;
+        self.bytes_up += other.bytes_up;
+        self.bytes_down += other.bytes_down;
+        for (total, d) in self.drops.iter_mut().zip(other.drops) {
+            *total += d;
+        }
+    }
+}
+
 /// A snapshot of the counters of a running relay.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -105,6 +201,8 @@ pub struct Stats {
     pub direct: u64,
     /// Failures by kind, indexed like [`ErrorKind::ALL`].
     pub errors: [u64; ErrorKind::ALL.len()],
+    /// SOCKS5 UDP associations and their datagrams.
+    pub udp: UdpStats,
 }
 
 impl Stats {
@@ -138,6 +236,18 @@ impl std::fmt::Display for Stats {
                 write!(f, " err_{}={n}", kind.name())?;
             }
         }
+        let u = &self.udp;
+        write!(
+            f,
+            " udp_associations={} udp_datagrams_up={} udp_datagrams_down={}",
+            u.associations, u.datagrams_up, u.datagrams_down
+        )?;
+        for why in UdpDrop::ALL {
+            let n = u.dropped(why);
+            if n > 0 {
+                write!(f, " udp_drop_{}={n}", why.name())?;
+            }
+        }
         Ok(())
     }
 }
@@ -159,6 +269,13 @@ pub(crate) struct Counters {
     pub worker_panics: AtomicU64,
     pub direct: AtomicU64,
     pub errors: [AtomicU64; ErrorKind::ALL.len()],
+    pub udp_opened: AtomicU64,
+    pub udp_closed: AtomicU64,
+    pub udp_datagrams_up: AtomicU64,
+    pub udp_datagrams_down: AtomicU64,
+    pub udp_bytes_up: AtomicU64,
+    pub udp_bytes_down: AtomicU64,
+    pub udp_drops: [AtomicU64; UdpDrop::ALL.len()],
 }
 
 impl Counters {
@@ -170,9 +287,13 @@ impl Counters {
         self.errors[kind as usize].fetch_add(1, Relaxed);
     }
 
+    pub fn udp_drop(&self, why: UdpDrop) {
+        self.udp_drops[why as usize].fetch_add(1, Relaxed);
+    }
+
     pub fn sum(all: &[Counters]) -> Stats {
         let mut s = Stats::default();
-        let (mut closed, mut sessions_closed) = (0, 0);
+        let (mut closed, mut sessions_closed, mut udp_closed) = (0, 0, 0);
         for c in all {
             s.accepted += c.accepted.load(Relaxed);
             closed += c.closed.load(Relaxed);
@@ -189,7 +310,18 @@ impl Counters {
             for (total, e) in s.errors.iter_mut().zip(&c.errors) {
                 *total += e.load(Relaxed);
             }
+            let u = &mut s.udp;
+            u.associations_opened += c.udp_opened.load(Relaxed);
+            udp_closed += c.udp_closed.load(Relaxed);
+            u.datagrams_up += c.udp_datagrams_up.load(Relaxed);
+            u.datagrams_down += c.udp_datagrams_down.load(Relaxed);
+            u.bytes_up += c.udp_bytes_up.load(Relaxed);
+            u.bytes_down += c.udp_bytes_down.load(Relaxed);
+            for (total, d) in u.drops.iter_mut().zip(&c.udp_drops) {
+                *total += d.load(Relaxed);
+            }
         }
+        s.udp.associations = s.udp.associations_opened.saturating_sub(udp_closed);
         s.active = s.accepted.saturating_sub(closed);
         s.sessions = s.sessions.saturating_sub(sessions_closed);
         s

@@ -17,7 +17,8 @@ use mio::net::TcpStream;
 
 use super::answer::{Answer, Failure};
 use super::sessions::Placement;
-use super::{Ctx, READ_BUDGET, Slot, conn_tokens};
+use super::udp::Association;
+use super::{Ctx, READ_BUDGET, Slot, Woken, conn_tokens};
 use crate::http::{self, ProxyRequestKind};
 use crate::relay::guard::Verdict;
 use crate::relay::seal::{self, Channel};
@@ -25,11 +26,11 @@ use crate::relay::session;
 use crate::relay::splice::Flow;
 use crate::relay::stats::{Counters, ErrorKind};
 use crate::relay::stream::Stream;
-use crate::relay::{NoRemote, ResolveRequest, Route, Shared, outbound};
+use crate::relay::{EngineConfig, NoRemote, ResolveRequest, Route, Shared, outbound};
 use crate::socks5::{
     self, ClientHandshake, Command, Progress, ReplyCode, ServerHandshake, TargetAddr,
 };
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Largest handshake buffer (a SOCKS5 handshake is at most 1,032 bytes; an
 /// HTTP head at most `http::MAX_HEAD`).
@@ -117,6 +118,12 @@ pub(super) enum Phase {
         stream: Stream,
         local: bool,
     },
+    /// Remote role: a SOCKS5 UDP association, alive while its client keeps
+    /// `control` (the connection it asked on) open.
+    Associated {
+        control: TcpStream,
+        udp: Box<Association>,
+    },
     /// Failed: the answer is on its way, reading until the client closes.
     Closing { client: TcpStream },
     /// Over (and, for a moment, while a phase turns into the next).
@@ -134,7 +141,18 @@ impl Phase {
 
     /// Whether data flows (idle timeouts apply, not the handshake's).
     pub(super) fn is_data(&self) -> bool {
-        matches!(self, Phase::Relay { .. } | Phase::Tunnel { .. })
+        matches!(
+            self,
+            Phase::Relay { .. } | Phase::Tunnel { .. } | Phase::Associated { .. }
+        )
+    }
+
+    /// How long a phase with data may stay idle (`None`: forever).
+    pub(super) fn idle_timeout(&self, engine: &EngineConfig) -> Option<Duration> {
+        match self {
+            Phase::Associated { .. } => Some(engine.udp_idle_timeout()),
+            _ => engine.idle_timeout(),
+        }
     }
 
     /// The stream of a multiplexed connection, with its socket once it
@@ -211,16 +229,16 @@ pub(super) struct Admission {
 
 impl Admission {
     /// The request was read and authenticated: a handshake slot becomes a
-    /// connection slot. `false`: no room for a connection.
-    fn promote(&mut self) -> bool {
+    /// connection slot, or the connection fails for want of room.
+    fn promote(&mut self) -> Result<(), Failure> {
         if self.kind != Slot::Handshake {
-            return true;
+            return Ok(());
         }
         if !self.shared.limits.promote(self.client) {
-            return false;
+            return Err(Failure::new(ErrorKind::Limit, "connection limit reached"));
         }
         self.kind = Slot::Connection;
-        true
+        Ok(())
     }
 }
 
@@ -255,6 +273,8 @@ pub(super) struct Conn {
     remote: Option<usize>,
     /// Local role: the remotes that failed for it (bit i: remote i).
     tried: u64,
+    /// Its sockets that events named since its last step.
+    pub woken: Woken,
 }
 
 /// What reading a request came to.
@@ -266,6 +286,9 @@ enum Requested {
     Session(Vec<u8>),
     /// A destination to connect to.
     Connect(TargetAddr),
+    /// Remote role: a UDP association for a client sending from this
+    /// address (zeros: not said).
+    Associate(TargetAddr),
 }
 
 impl Conn {
@@ -290,6 +313,7 @@ impl Conn {
             last_active: ctx.now,
             remote: None,
             tried: 0,
+            woken: Woken::default(),
         }
     }
 
@@ -386,6 +410,7 @@ impl Conn {
                 Ok(Requested::Connect(dest)) => {
                     self.begin_connect(key, Origin::Client(client), dest, ctx)
                 }
+                Ok(Requested::Associate(from)) => self.associate(key, client, &from, ctx),
                 Err(f) => Turn::Fail(
                     Phase::Request {
                         client,
@@ -545,6 +570,28 @@ impl Conn {
                     Err(f) => Turn::Fail(phase, f),
                 }
             }
+            Phase::Associated {
+                mut control,
+                mut udp,
+            } => {
+                let woken = std::mem::take(&mut self.woken);
+                // The association ends with its control connection.
+                if woken.contains(Woken::CLIENT)
+                    && (flush(&mut control, &mut self.to_client).is_err()
+                        || !matches!(drain_until_eof(&mut control), Ok(false)))
+                {
+                    return Turn::Done(Phase::Closed);
+                }
+                let pumped = udp.pump(woken, ctx);
+                if pumped.moved {
+                    self.last_active = ctx.now;
+                }
+                if pumped.unfinished != Woken::default() {
+                    self.woken.insert(pumped.unfinished);
+                    ctx.requeue.push(key);
+                }
+                Turn::Wait(Phase::Associated { control, udp })
+            }
             Phase::Closing { mut client } => match drain_until_eof(&mut client) {
                 Ok(true) | Err(_) => Turn::Done(Phase::Closed),
                 Ok(false) => Turn::Wait(Phase::Closing { client }),
@@ -619,6 +666,10 @@ impl Conn {
                     Ok(Progress::Done(req, used)) if req.command == Command::Multiplex => {
                         return session_request(&req, &buf[used..]);
                     }
+                    Ok(Progress::Done(req, _)) if req.command == Command::UdpAssociate => {
+                        self.admission.promote()?;
+                        return Ok(Requested::Associate(req.dest));
+                    }
                     Ok(Progress::Done(req, used)) => (req.dest, used, None),
                     Err(e) => {
                         let kind = if e.reply == ReplyCode::NotAllowed {
@@ -652,9 +703,7 @@ impl Conn {
         };
         early.extend_from_slice(&buf[used..]);
         self.early = early;
-        if !self.admission.promote() {
-            return Err(Failure::new(ErrorKind::Limit, "connection limit reached"));
-        }
+        self.admission.promote()?;
         Ok(Requested::Connect(dest))
     }
 
@@ -837,6 +886,31 @@ impl Conn {
             self.tried |= 1 << r;
         }
         true
+    }
+
+    /// Remote role: opens the UDP association a client asked for and
+    /// tells it the port to send to.
+    fn associate(
+        &mut self,
+        key: usize,
+        client: TcpStream,
+        from: &TargetAddr,
+        ctx: &mut Ctx,
+    ) -> Turn {
+        match Association::open(key, self.serial, self.spec, &client, from, ctx) {
+            Ok(udp) => {
+                self.answer
+                    .encode_success(Some(udp.bound()), &mut self.to_client);
+                self.last_active = ctx.now;
+                // The reply goes out, and datagrams may have come already.
+                self.woken = Woken::ALL;
+                Turn::Go(Phase::Associated {
+                    control: client,
+                    udp: Box::new(udp),
+                })
+            }
+            Err(f) => Turn::Fail(Phase::before_connect(Origin::Client(client)), f),
+        }
     }
 
     /// Local role: the connection becomes a stream of a session to remote
@@ -1214,7 +1288,10 @@ impl Conn {
                 (Some(socket), Some(stream), replied)
             }
             Phase::Tunnel { stream, .. } => (None, Some(stream), true),
-            Phase::Relay { .. } | Phase::Closing { .. } | Phase::Closed => (None, None, true),
+            Phase::Relay { .. }
+            | Phase::Associated { .. }
+            | Phase::Closing { .. }
+            | Phase::Closed => (None, None, true),
         };
         if let Some(mut stream) = stream {
             if self.answer == Answer::MuxReply

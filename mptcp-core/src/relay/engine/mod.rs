@@ -9,7 +9,8 @@
 //!   stream, opening and accepting them);
 //! - [`session_events`]: what a session's frames and failures do to the
 //!   connections of its streams;
-//! - [`answer`]: what a client is told on success and on failure.
+//! - [`answer`]: what a client is told on success and on failure;
+//! - [`udp`]: a SOCKS5 UDP association (remote role).
 //!
 //! Every socket is registered once for both readiness kinds. Connections
 //! and sessions live in slabs indexed by token, so events allocate nothing.
@@ -19,6 +20,7 @@ mod conn;
 mod session_events;
 mod sessions;
 mod slab;
+mod udp;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -48,9 +50,11 @@ use crate::socks5::{ServerHandshake, TargetAddr};
 pub(crate) const WAKER: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE + i`; session `s` has
 /// `SESSION_BASE + s`; connection `k` has tokens `2k` (client) and `2k + 1`
-/// (upstream).
+/// (upstream, or a UDP association's client port), and `UDP_BASE + k` (a
+/// UDP association's outgoing socket).
 const LISTENER_BASE: usize = usize::MAX / 2;
 const SESSION_BASE: usize = usize::MAX / 4;
+const UDP_BASE: usize = usize::MAX / 8;
 /// Reads per direction per wakeup before other connections get a turn.
 const READ_BUDGET: usize = 16;
 /// How long accepting pauses after EMFILE/ENFILE.
@@ -65,9 +69,41 @@ fn conn_tokens(key: usize) -> (Token, Token) {
     (Token(2 * key), Token(2 * key + 1))
 }
 
+/// The token of connection `key`'s UDP association's outgoing socket.
+fn udp_token(key: usize) -> Token {
+    Token(UDP_BASE + key)
+}
+
 /// Session `s`'s token.
 fn session_token(s: usize) -> Token {
     Token(SESSION_BASE + s)
+}
+
+/// Which of a connection's sockets events named since its last step: a
+/// UDP association reads only those (its datagrams cost no read of the
+/// others); other phases try all of theirs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Woken(u8);
+
+impl Woken {
+    /// The client's socket (token `2k`).
+    pub const CLIENT: Woken = Woken(1);
+    /// The upstream socket, or an association's client port (`2k + 1`).
+    pub const UPSTREAM: Woken = Woken(2);
+    /// An association's outgoing socket (`UDP_BASE + k`).
+    pub const DATAGRAMS: Woken = Woken(4);
+    /// Every socket.
+    pub const ALL: Woken = Woken(7);
+
+    /// Whether every socket of `other` is named here.
+    pub fn contains(self, other: Woken) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Names the sockets of `other` too.
+    pub fn insert(&mut self, other: Woken) {
+        self.0 |= other.0;
+    }
 }
 
 /// What an event's token stands for.
@@ -75,7 +111,7 @@ enum Target {
     Waker,
     Listener(usize),
     Session(usize),
-    Conn(usize),
+    Conn(usize, Woken),
 }
 
 impl Target {
@@ -84,7 +120,9 @@ impl Target {
             WAKER => Target::Waker,
             Token(t) if t >= LISTENER_BASE => Target::Listener(t - LISTENER_BASE),
             Token(t) if t >= SESSION_BASE => Target::Session(t - SESSION_BASE),
-            Token(t) => Target::Conn(t / 2),
+            Token(t) if t >= UDP_BASE => Target::Conn(t - UDP_BASE, Woken::DATAGRAMS),
+            Token(t) if t % 2 == 0 => Target::Conn(t / 2, Woken::CLIENT),
+            Token(t) => Target::Conn(t / 2, Woken::UPSTREAM),
         }
     }
 }
@@ -108,6 +146,8 @@ struct Ctx {
     /// Remote role: the host's own addresses, which destinations may not
     /// be by default (refreshed with every sweep; empty for a local role).
     own_addresses: Vec<IpAddr>,
+    /// Where UDP associations read their datagrams.
+    udp_buf: udp::DatagramBuffer,
 }
 
 impl Ctx {
@@ -228,6 +268,7 @@ impl Worker {
             resolve_tx,
             next_serial: 0,
             own_addresses: Vec::new(),
+            udp_buf: udp::DatagramBuffer::default(),
         };
         ctx.refresh_own_addresses();
         Ok(Worker {
@@ -326,7 +367,12 @@ impl Worker {
                     Target::Waker => self.take_answers(),
                     Target::Listener(i) => self.accept_all(i),
                     Target::Session(s) => self.session_event(s),
-                    Target::Conn(key) => self.drive(key),
+                    Target::Conn(key, socket) => {
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            conn.woken.insert(socket);
+                        }
+                        self.drive(key);
+                    }
                 }
             }
             self.handling = Handling::Nothing;
@@ -443,14 +489,19 @@ impl Worker {
         let parser = match kind {
             ListenerKind::Http => Parser::Http,
             _ => {
-                let multiplex = matches!(
-                    &*spec.route,
+                let (multiplex, udp_associate) = match &*spec.route {
                     Route::Direct {
-                        multiplex: true,
+                        multiplex,
+                        udp_associate,
                         ..
-                    }
-                );
-                Parser::Socks5(ServerHandshake::new(spec.require_auth).with_multiplex(multiplex))
+                    } => (*multiplex, *udp_associate),
+                    Route::Upstream { .. } => (false, false),
+                };
+                Parser::Socks5(
+                    ServerHandshake::new(spec.require_auth)
+                        .with_multiplex(multiplex)
+                        .with_udp_associate(udp_associate),
+                )
             }
         };
         let Some(admission) = self.ctx.admit_as(slot, client_ip) else {
@@ -553,22 +604,33 @@ impl Worker {
             if conn.serial != answer.serial {
                 continue;
             }
-            if let Phase::Resolving { result, .. } = &mut conn.phase {
-                *result = Some(answer.addrs);
-                self.drive(answer.conn);
+            match &mut conn.phase {
+                Phase::Resolving { result, .. } => {
+                    *result = Some(answer.addrs);
+                    self.drive(answer.conn);
+                }
+                Phase::Associated { udp, .. } => {
+                    let moved = udp.egress.resolved(answer.name, answer.addrs, &self.ctx);
+                    if moved {
+                        conn.last_active = self.ctx.now;
+                    }
+                }
+                _ => {}
             }
         }
     }
 
     /// Closes connections past their handshake deadline or idle timeout.
     fn sweep(&mut self) {
-        let idle = self.ctx.shared.engine.idle_timeout();
+        let engine = &self.ctx.shared.engine;
         let now = self.ctx.now;
         let mut keys = std::mem::take(&mut self.scratch_keys);
         keys.clear();
         for (k, c) in self.conns.iter() {
             let expired = if c.phase.is_data() {
-                idle.is_some_and(|d| now.duration_since(c.last_active) > d)
+                c.phase
+                    .idle_timeout(engine)
+                    .is_some_and(|d| now.duration_since(c.last_active) > d)
             } else {
                 now > c.deadline
             };
