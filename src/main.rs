@@ -19,6 +19,7 @@ mod paths;
 mod preload;
 mod probe;
 mod relay;
+mod remotes;
 mod status;
 mod unit;
 mod web;

@@ -182,11 +182,67 @@ impl Collector for RelayCollector {
             "reason",
             &drops,
         )?;
-        self.encode_subflows(e)
+        self.encode_subflows(e)?;
+        self.encode_remotes(e)
     }
 }
 
 impl RelayCollector {
+    /// A local relay's remotes: state, PING round trip, sessions and
+    /// connections.
+    fn encode_remotes(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let remotes = self.0.serving().remotes();
+        let names: Vec<String> = remotes.iter().map(|r| r.addr.to_string()).collect();
+        let states: Vec<[(&str, &str); 2]> = remotes
+            .iter()
+            .zip(&names)
+            .map(|(r, n)| [("remote", n.as_str()), ("state", r.state.name())])
+            .collect();
+        let values: Vec<(&[(&str, &str)], _)> = states
+            .iter()
+            .map(|l| (&l[..], ConstGauge::new(1u64)))
+            .collect();
+        family(
+            e,
+            "remote_state",
+            "Each remote relay's state: up, probation (answering again, not yet taking \
+             connections) or down",
+            &values,
+        )?;
+        let labels: Vec<[(&str, &str); 1]> =
+            names.iter().map(|n| [("remote", n.as_str())]).collect();
+        let per_remote = |value: fn(&mptcp_core::relay::RemoteStatus) -> u64| {
+            labels
+                .iter()
+                .zip(&remotes)
+                .map(|(l, r)| (&l[..], ConstGauge::new(value(r))))
+                .collect::<Vec<_>>()
+        };
+        family(
+            e,
+            "remote_sessions",
+            "Sessions to each remote relay now",
+            &per_remote(|r| r.sessions),
+        )?;
+        family(
+            e,
+            "remote_connections",
+            "Connections through each remote relay now",
+            &per_remote(|r| r.connections),
+        )?;
+        let rtts: Vec<(&[(&str, &str)], _)> = labels
+            .iter()
+            .zip(&remotes)
+            .filter_map(|(l, r)| Some((&l[..], ConstGauge::new(r.rtt?.as_secs_f64()))))
+            .collect();
+        family(
+            e,
+            "remote_rtt_seconds",
+            "The last PING round trip to each remote relay",
+            &rtts,
+        )
+    }
+
     /// The metrics of the sampler's last sample: connections by subflow
     /// count, and per link.
     fn encode_subflows(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {

@@ -150,6 +150,10 @@ pub struct LocalArgs {
     /// /run/mptcp/links]
     #[arg(long, value_name = "FILE", env = "MPTCP_LINKS_FILE")]
     pub links_file: Option<PathBuf>,
+    /// Where the state of the remote relays is kept each second, for
+    /// `mptcp status` (removed at exit)
+    #[arg(long, value_name = "FILE", env = "MPTCP_REMOTES_FILE", default_value = crate::remotes::DEFAULT_FILE)]
+    pub remotes_file: PathBuf,
 }
 
 /// `mptcp relay remote`.
@@ -629,6 +633,15 @@ pub struct Serving {
 }
 
 impl Serving {
+    /// The remote relays of the relay in force (local role), with their
+    /// state.
+    pub fn remotes(&self) -> Vec<mptcp_core::relay::RemoteStatus> {
+        self.current
+            .as_ref()
+            .map(RelayHandle::remotes)
+            .unwrap_or_default()
+    }
+
     /// The counters of every relay this process has run, added up, so that
     /// they only grow across reloads.
     pub fn totals(&self) -> Stats {
@@ -793,6 +806,7 @@ fn serve(
     build: &dyn Fn() -> Result<Config, Failure>,
     common: &CommonArgs,
     role: Role,
+    remotes_file: Option<&Path>,
 ) -> CmdResult {
     let signals = SignalSet::new(&HANDLED_SIGNALS);
     signals
@@ -822,6 +836,8 @@ fn serve(
         .map(Every::new);
     let mut alerts = Alerts::default();
     let mut failures = Every::new(Duration::from_secs(1));
+    // Said once: the state file cannot be written.
+    let mut remotes_unwritable = None;
     loop {
         let now = Instant::now();
         let timeout = [stats.as_ref(), watchdog.as_ref(), Some(&failures)]
@@ -839,6 +855,14 @@ fn serve(
         }
         if failures.due(now) {
             alerts.check(&relays.totals(), now);
+            if let Some(path) = remotes_file {
+                let remotes = lock(&relays.serving).remotes();
+                if let Err(e) = crate::remotes::write(path, &remotes) {
+                    remotes_unwritable.get_or_insert_with(|| {
+                        tracing::warn!("cannot keep the remotes' state in {}: {e}", path.display());
+                    });
+                }
+            }
         }
         match sig {
             Some(libc::SIGHUP) => {
@@ -860,6 +884,9 @@ fn serve(
     }
     notify("STOPPING=1");
     let stats = relays.shutdown(Duration::from_secs(common.drain));
+    if let Some(path) = remotes_file {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("stopped; counters: {stats}");
     Ok(())
 }
@@ -867,8 +894,15 @@ fn serve(
 /// `mptcp relay ...`.
 pub fn run(command: RelayCommand) -> CmdResult {
     match command {
-        RelayCommand::Local(args) => serve(&|| local_config(&args), &args.common, Role::Local),
-        RelayCommand::Remote(args) => serve(&|| remote_config(&args), &args.common, Role::Remote),
+        RelayCommand::Local(args) => serve(
+            &|| local_config(&args),
+            &args.common,
+            Role::Local,
+            Some(&args.remotes_file),
+        ),
+        RelayCommand::Remote(args) => {
+            serve(&|| remote_config(&args), &args.common, Role::Remote, None)
+        }
         RelayCommand::Keygen(args) => keygen(&args),
     }
 }

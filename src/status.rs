@@ -277,9 +277,14 @@ pub fn run(args: StatusArgs) -> CmdResult {
             if let Some(links) = crate::links::json() {
                 status["links"] = links;
             }
+            if let Some(remotes) = crate::remotes::json(conns) {
+                status["remotes"] = remotes;
+            }
             writeln!(out, "{status}")
         } else {
-            print_table(&mut out, conns, rates).and_then(|()| crate::links::print_section(&mut out))
+            print_table(&mut out, conns, rates)
+                .and_then(|()| crate::links::print_section(&mut out))
+                .and_then(|()| crate::remotes::print_section(&mut out, conns))
         };
         res.and_then(|()| out.flush())
             .map_err(|e| Failure::failed(format!("writing the status: {e}")))

@@ -506,6 +506,110 @@ impl Drop for Cleanup {
 
 /// The README recipe "A whole service": the drop-in `mptcp enable` writes
 /// (with `--root`, as packaging does; on a live system without it).
+/// The README recipe "Several remote relays": two remotes on the rented
+/// server, the router's relay with both; the first killed, the LAN goes
+/// through the second; both killed, the LAN goes direct; the status shows
+/// each remote's state.
+#[test]
+fn recipe_several_remote_relays() {
+    mptcp_testbed::require_privileges().unwrap();
+    let rp = mptcp_testbed::relay_path(2, Some(20)).unwrap();
+    let _web = start_line(&rp.dest, "python3 -m http.server 8080 --bind 198.19.2.2");
+    rp.dest.wait_listening(8080).unwrap();
+    let remote_on = |port: u16| {
+        let mut remote = start_line(
+            &rp.remote,
+            &format!(
+                "RELAY_PASSWORD='correct horse' mptcp relay remote --listen 198.18.0.2:{port} \
+                 --user alice --password-env RELAY_PASSWORD"
+            ),
+        );
+        remote.wait_for("listening");
+        remote
+    };
+    let first = remote_on(1080);
+    let second = remote_on(1081);
+    let remotes_file =
+        std::env::temp_dir().join(format!("mptcp-recipes-remotes-{}", std::process::id()));
+    let mut cmd = sh(
+        &rp.local,
+        "exec env RELAY_PASSWORD='correct horse' mptcp relay local --remote 198.18.0.2:1080 --remote 198.18.0.2:1081 --user alice --password-env RELAY_PASSWORD --redirect 0.0.0.0:12345",
+    );
+    cmd.env("MPTCP_REMOTES_FILE", &remotes_file);
+    let mut local = Daemon::start(cmd);
+    local.wait_for("listening");
+    run_line(
+        &rp.local,
+        "nft add table ip r; nft add chain ip r p '{ type nat hook prerouting priority dstnat; }'; \
+         nft add rule ip r p iifname lan0 meta l4proto tcp redirect to :12345",
+    );
+    let fetch = || {
+        rp.lan
+            .command("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg("http://198.19.2.2:8080/")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let status = || {
+        let mut cmd = mptcp_in(&rp.local, &["status", "--counters"]);
+        cmd.env("MPTCP_REMOTES_FILE", &remotes_file);
+        let out = cmd.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let row = |status: &str, port: &str| {
+        status
+            .lines()
+            .skip_while(|l| !l.starts_with("Remote relays"))
+            .find(|l| l.contains(&format!("198.18.0.2:{port} ")))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    assert_eq!(fetch(), "200");
+    // Both remotes up in the status (the relay writes it each second; no
+    // row before the first time).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(row(&status(), "1080").contains(" up ") && row(&status(), "1081").contains(" up ")) {
+        if Instant::now() > deadline {
+            panic!("{}\n{}", status(), local.stop());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(first);
+    let killed = Instant::now();
+    while fetch() != "200" {
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "no LAN fetch within 2 s"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !row(&status(), "1080").contains(" down ") {
+        assert!(Instant::now() < deadline, "{}", status());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(second);
+    let killed = Instant::now();
+    while fetch() != "200" {
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "no direct fetch within 2 s"
+        );
+    }
+    let log = local.stop();
+    assert!(log.contains("new connections go direct"), "{log}");
+    assert!(!remotes_file.exists(), "the relay removes its state file");
+}
+
 #[test]
 fn recipe_enable_a_service() {
     let root = std::env::temp_dir().join(format!("mptcp-recipe-enable-{}", std::process::id()));

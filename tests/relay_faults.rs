@@ -1267,3 +1267,89 @@ fn spread_shares_new_connections_by_weight() {
         "{a} of {N} on the first, want 75 % +- 10 %"
     );
 }
+
+/// A first remote that flaps (3 s up, 3 s down, for 30 s) beside a steady
+/// second, `failover` with a 10 s hold: the LAN never loses a new
+/// connection, the flapping remote is never taken back while it flaps
+/// (at most one switch per hold time), it is once it stays up, and the
+/// local relay leaks no session or descriptor.
+#[test]
+fn a_flapping_remote_does_not_flap_the_lan() {
+    let (first, second) = (
+        format!("198.18.0.2:{REMOTE_PORT}"),
+        format!("198.18.0.2:{SECOND_PORT}"),
+    );
+    let mut chain = Chain::with(
+        &[Some(20), Some(20)],
+        &[
+            "--remote",
+            &first,
+            "--remote",
+            &second,
+            "--remote-hold",
+            "10",
+        ],
+    );
+    let _steady = chain.spawn_remote(SECOND_PORT, "second.log");
+    assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
+    let local_pid = chain.local.as_ref().unwrap().id();
+    let fds_before = open_fds(local_pid);
+    let log = chain.logs.join("local.log");
+    let back_in_use = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("back in use") && l.contains(&first))
+            .count()
+    };
+    let started = Instant::now();
+    let mut failed = 0;
+    let mut probes = 0;
+    while started.elapsed() < Duration::from_secs(30) {
+        let cycle = started.elapsed().as_secs() / 3;
+        let up = cycle % 2 == 1;
+        if up && chain.remote.is_none() {
+            chain.start_remote();
+        } else if !up && chain.remote.is_some() {
+            drop(chain.remote.take());
+        }
+        probes += 1;
+        if chain.who().map_or(true, |w| w != REMOTE_EGRESS) {
+            failed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let switches = back_in_use();
+    println!(
+        "30 s of flapping: {probes} new LAN connections, {failed} failed; taken back {switches} times"
+    );
+    assert_eq!(failed, 0, "every new LAN connection worked");
+    assert!(
+        switches <= 1,
+        "taken back {switches} times while flapping (hold 10 s)"
+    );
+    // It stays up: taken back after the hold.
+    if chain.remote.is_none() {
+        chain.start_remote();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while back_in_use() == switches {
+        assert!(Instant::now() < deadline, "not taken back after staying up");
+        assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Nothing leaked: a session per remote and worker at most, and the
+    // descriptors of the start (give or take the sessions).
+    let counters = chain.counters("local");
+    let sessions: u64 = counters
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sessions="))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(sessions <= 2 * 2 * 4, "{counters}");
+    let fds_after = open_fds(local_pid);
+    assert!(
+        fds_after <= fds_before + 16,
+        "descriptors {fds_before} -> {fds_after}"
+    );
+}

@@ -48,9 +48,9 @@ fn rates_json(rates: &LinkRates) -> Value {
 
 /// The page's data for role `role`.
 pub fn status(sampler: &Sampler, role: &str, since: Since) -> Value {
-    let (totals, listeners) = {
+    let (totals, listeners, remotes) = {
         let serving = sampler.serving();
-        (serving.totals(), serving.listeners())
+        (serving.totals(), serving.listeners(), serving.remotes())
     };
     let errors: Map<String, Value> = ErrorKind::ALL
         .iter()
@@ -111,8 +111,21 @@ pub fn status(sampler: &Sampler, role: &str, since: Since) -> Value {
             })
         })
         .collect();
+    let remotes: Vec<Value> = remotes
+        .iter()
+        .map(|r| {
+            json!({
+                "remote": r.addr.to_string(),
+                "state": r.state.name(),
+                "rtt_us": r.rtt.map(|d| d.as_micros() as u64),
+                "sessions": r.sessions,
+                "connections": r.connections,
+            })
+        })
+        .collect();
     json!({
         "role": role,
+        "remotes": remotes,
         "version": env!("CARGO_PKG_VERSION"),
         "started": sampler.started_unix_ms,
         "now": events::unix_ms_now(),

@@ -187,6 +187,10 @@ pub struct RemoteStatus {
     pub state: RemoteState,
     /// The last PING round trip (remotes that answer PINGs).
     pub rtt: Option<Duration>,
+    /// Sessions to it open now.
+    pub sessions: u64,
+    /// Connections through it now.
+    pub connections: u64,
 }
 
 /// Threads resolving domain names (getaddrinfo blocks).
@@ -314,6 +318,8 @@ impl RelayHandle {
                 addr: r.addr,
                 state: r.health.state(now),
                 rtt: r.health.rtt(),
+                sessions: r.sessions.load(Ordering::Relaxed),
+                connections: r.connections.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -509,6 +515,8 @@ fn local_remotes(l: &LocalConfig) -> io::Result<remotes::Remotes> {
                 keys,
                 weight: r.weight,
                 health: remotes::Health::default(),
+                sessions: std::sync::atomic::AtomicU64::new(0),
+                connections: std::sync::atomic::AtomicU64::new(0),
             })
         })
         .collect::<io::Result<Vec<_>>>()?;

@@ -162,6 +162,49 @@ pub struct Remote {
     pub weight: u32,
     /// What it has shown lately.
     pub health: Health,
+    /// Sessions to it open now (all workers).
+    pub sessions: AtomicU64,
+    /// Connections through it now (streams and connections of their own).
+    pub connections: AtomicU64,
+}
+
+/// A connection's hold on remote `index`: counted in its `connections`
+/// while the claim lives.
+#[derive(Debug)]
+pub(crate) struct RemoteClaim {
+    remotes: Arc<Remotes>,
+    index: usize,
+}
+
+impl RemoteClaim {
+    /// Claims remote `index` of `remotes` for a connection.
+    pub(crate) fn new(remotes: &Arc<Remotes>, index: usize) -> RemoteClaim {
+        if let Some(r) = remotes.list.get(index) {
+            r.connections.fetch_add(1, Relaxed);
+        }
+        RemoteClaim {
+            remotes: Arc::clone(remotes),
+            index,
+        }
+    }
+
+    /// Which remote.
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The remotes it is one of.
+    pub(crate) fn remotes(&self) -> &Remotes {
+        &self.remotes
+    }
+}
+
+impl Drop for RemoteClaim {
+    fn drop(&mut self) {
+        if let Some(r) = self.remotes.list.get(self.index) {
+            r.connections.fetch_sub(1, Relaxed);
+        }
+    }
 }
 
 /// The remotes of a local role, in priority order, and how to choose.
@@ -314,6 +357,8 @@ mod tests {
                 keys: None,
                 weight,
                 health: Health::default(),
+                sessions: AtomicU64::new(0),
+                connections: AtomicU64::new(0),
             })
             .collect();
         Remotes::new(list, policy, hold, fallback)

@@ -21,6 +21,7 @@ use super::udp::Association;
 use super::{Ctx, READ_BUDGET, Slot, Woken, conn_tokens};
 use crate::http::{self, ProxyRequestKind};
 use crate::relay::guard::Verdict;
+use crate::relay::remotes::RemoteClaim;
 use crate::relay::seal::{self, Channel};
 use crate::relay::session;
 use crate::relay::splice::Flow;
@@ -270,7 +271,7 @@ pub(super) struct Conn {
     pub last_active: Instant,
     /// Local role: the remote relay it goes through (`None`: direct, or
     /// not chosen yet).
-    remote: Option<usize>,
+    remote: Option<RemoteClaim>,
     /// Local role: the remotes that failed for it (bit i: remote i).
     tried: u64,
     /// Its sockets that events named since its last step.
@@ -469,7 +470,7 @@ impl Conn {
                     if !candidates.is_empty() {
                         return self.start_connect(key, origin, candidates, ctx);
                     }
-                    if self.remote_failed(&format!("connecting: {e}"), ctx) {
+                    if self.remote_failed(&format!("connecting: {e}")) {
                         return self.through_remote(key, origin, ctx);
                     }
                     return Turn::Fail(Phase::before_connect(origin), Failure::connect(&e, to));
@@ -510,10 +511,8 @@ impl Conn {
                 &mut buf,
             ) {
                 Ok(Some(used)) => {
-                    if let (Some(r), Route::Upstream { remotes, .. }) =
-                        (self.remote, &*ctx.specs[self.spec].route)
-                    {
-                        remotes.succeeded(r, None);
+                    if let Some(claim) = &self.remote {
+                        claim.remotes().succeeded(claim.index(), None);
                     }
                     let leftover = buf.split_off(used);
                     Turn::Go(self.enter_data(Origin::Client(client), upstream, None, leftover, ctx))
@@ -849,8 +848,10 @@ impl Conn {
             );
         };
         let remotes = Arc::clone(remotes);
-        self.remote = remotes.pick(self.tried);
-        let Some(r) = self.remote else {
+        self.remote = remotes
+            .pick(self.tried)
+            .map(|r| RemoteClaim::new(&remotes, r));
+        let Some(r) = self.remote.as_ref().map(RemoteClaim::index) else {
             let Some(dest) = self
                 .dest
                 .clone()
@@ -875,13 +876,12 @@ impl Conn {
 
     /// Local role: the chosen remote failed this connection. Returns
     /// whether another may be tried.
-    fn remote_failed(&mut self, why: &str, ctx: &Ctx) -> bool {
-        let (Some(r), Route::Upstream { remotes, .. }) =
-            (self.remote, &*ctx.specs[self.spec].route)
-        else {
+    fn remote_failed(&mut self, why: &str) -> bool {
+        let Some(claim) = &self.remote else {
             return false;
         };
-        remotes.failed(r, why);
+        let r = claim.index();
+        claim.remotes().failed(r, why);
         if r < 64 {
             self.tried |= 1 << r;
         }
@@ -983,10 +983,11 @@ impl Conn {
         match std::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::AwaitingSession { client } => {
                 let origin = Origin::Client(client);
-                let turn = match self.remote.and_then(|r| ctx.sessions.fallback(r)) {
+                let chosen = self.remote.as_ref().map(RemoteClaim::index);
+                let turn = match chosen.and_then(|r| ctx.sessions.fallback(r)) {
                     Some(remote) => self.start_connect(key, origin, vec![remote], ctx),
                     None => {
-                        if let Some(r) = self.remote.filter(|&r| r < 64) {
+                        if let Some(r) = chosen.filter(|&r| r < 64) {
                             self.tried |= 1 << r;
                         }
                         self.through_remote(key, origin, ctx)
@@ -1024,13 +1025,11 @@ impl Conn {
 
     /// What to send once connected to the upstream: to the remote relay,
     /// the SOCKS5 handshake for the destination.
-    fn greeting(&self, ctx: &Ctx) -> Result<Greeting, Failure> {
-        let (Route::Upstream { remotes, .. }, Some(r)) =
-            (&*ctx.specs[self.spec].route, self.remote)
-        else {
+    fn greeting(&self) -> Result<Greeting, Failure> {
+        let Some(claim) = &self.remote else {
             return Ok(Greeting::None);
         };
-        let credentials = &remotes.list[r].credentials;
+        let credentials = &claim.remotes().list[claim.index()].credentials;
         let dest = self
             .dest
             .clone()
@@ -1053,7 +1052,7 @@ impl Conn {
         mut candidates: Vec<SocketAddr>,
         ctx: &mut Ctx,
     ) -> Turn {
-        let greeting = match self.greeting(ctx) {
+        let greeting = match self.greeting() {
             Ok(g) => g,
             Err(f) => return Turn::Fail(Phase::before_connect(origin), f),
         };

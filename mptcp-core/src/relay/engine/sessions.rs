@@ -414,6 +414,10 @@ impl Sessions {
         if let Some(d) = self.dialers.get_mut(remote) {
             d.open.push(s);
         }
+        if let Some(r) = self.remotes.as_ref().and_then(|r| r.list.get(remote)) {
+            r.sessions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         tracing::debug!(remote = %peer, "relay: opening a session");
         Some(s)
     }
@@ -499,6 +503,10 @@ impl Sessions {
         };
         d.open.retain(|&k| k != s);
         let refused = d.refused;
+        if let Some(r) = self.remotes.as_ref().and_then(|r| r.list.get(remote)) {
+            r.sessions
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if session.is_starting() {
             d.failed(now, Duration::ZERO);
         }
