@@ -37,15 +37,25 @@ fn expect_code(cmd: &mut Command, code: i32) -> String {
     text(&out.stdout)
 }
 
+/// State files of daemons this test process does not run: none, whatever
+/// the host's own `paths auto` or relay keep.
+fn no_daemon_state(cmd: &mut Command) {
+    let none = std::env::temp_dir().join(format!("mptcp-cli-none-{}", std::process::id()));
+    cmd.env("MPTCP_LINKS_FILE", &none)
+        .env("MPTCP_REMOTES_FILE", &none);
+}
+
 fn mptcp(args: &[&str]) -> Command {
     let mut cmd = Command::new(MPTCP);
     cmd.args(args);
+    no_daemon_state(&mut cmd);
     cmd
 }
 
 fn in_host(host: &Host, args: &[&str]) -> Command {
     let mut cmd = host.command(MPTCP);
     cmd.args(args);
+    no_daemon_state(&mut cmd);
     cmd
 }
 

@@ -117,7 +117,9 @@ impl Drop for Daemon {
 
 fn mptcp_in(host: &Host, args: &[&str]) -> Command {
     let mut cmd = host.command(MPTCP);
-    cmd.args(args).env("MPTCP_LINKS_FILE", links_file());
+    cmd.args(args)
+        .env("MPTCP_LINKS_FILE", links_file())
+        .env("MPTCP_REMOTES_FILE", remotes_file());
     cmd
 }
 
@@ -125,6 +127,11 @@ fn mptcp_in(host: &Host, args: &[&str]) -> Command {
 /// apart from the host's `/run/mptcp/links` and from other tests'.
 fn links_file() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("mptcp-recipes-links-{}", std::process::id()))
+}
+
+/// The remote relays' state file of this test process's local relays.
+fn remotes_file() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("mptcp-recipes-remotes-{}", std::process::id()))
 }
 
 /// `sh -c LINE` inside `host`, with the built `mptcp` (and the preload
@@ -139,7 +146,8 @@ fn sh(host: &Host, line: &str) -> Command {
     let mut cmd = host.command("sh");
     cmd.args(["-c", line])
         .env("PATH", path)
-        .env("MPTCP_LINKS_FILE", links_file());
+        .env("MPTCP_LINKS_FILE", links_file())
+        .env("MPTCP_REMOTES_FILE", remotes_file());
     cmd
 }
 
@@ -531,10 +539,8 @@ fn recipe_several_remote_relays() {
     let second = remote_on(1081);
     let remotes_file =
         std::env::temp_dir().join(format!("mptcp-recipes-remotes-{}", std::process::id()));
-    let mut cmd = sh(
-        &rp.local,
-        "exec env RELAY_PASSWORD='correct horse' mptcp relay local --remote 198.18.0.2:1080 --remote 198.18.0.2:1081 --user alice --password-env RELAY_PASSWORD --redirect 0.0.0.0:12345",
-    );
+    let line = "RELAY_PASSWORD='correct horse' mptcp relay local --remote 198.18.0.2:1080 --remote 198.18.0.2:1081 --user alice --password-env RELAY_PASSWORD --redirect 0.0.0.0:12345";
+    let mut cmd = sh(&rp.local, &format!("exec env {line}"));
     cmd.env("MPTCP_REMOTES_FILE", &remotes_file);
     let mut local = Daemon::start(cmd);
     local.wait_for("listening");
@@ -561,9 +567,10 @@ fn recipe_several_remote_relays() {
             .unwrap_or_default()
     };
     let status = || {
-        let mut cmd = mptcp_in(&rp.local, &["status", "--counters"]);
-        cmd.env("MPTCP_REMOTES_FILE", &remotes_file);
-        let out = cmd.output().unwrap();
+        let out = mptcp_in(&rp.local, &["status", "--counters"])
+            .env("MPTCP_REMOTES_FILE", &remotes_file)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let row = |status: &str, port: &str| {

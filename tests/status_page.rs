@@ -26,7 +26,11 @@ fn relay(host: &Host, args: &[&str]) -> Daemon {
         .args(args)
         .args(["--user", "alice", "--password-env", "PAGE_TEST_PASSWORD"])
         .args(["--metrics", WEB])
-        .env("PAGE_TEST_PASSWORD", "correct horse");
+        .env("PAGE_TEST_PASSWORD", "correct horse")
+        .env(
+            "MPTCP_REMOTES_FILE",
+            std::env::temp_dir().join(format!("mptcp-page-remotes-{}", std::process::id())),
+        );
     Daemon::spawn(&mut cmd).unwrap()
 }
 
