@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mptcp_testbed::data::{self, receive_and_check, send_pattern};
-use mptcp_testbed::{Daemon, Host, LinkSpec, RelayPath};
+use mptcp_testbed::{Daemon, Host, LinkSpec, RelayPath, danted_config};
 
 const MPTCP: &str = env!("CARGO_BIN_EXE_mptcp");
 const REMOTE_PORT: u16 = 1080;
@@ -112,8 +112,13 @@ impl Chain {
         let redirect = format!("0.0.0.0:{REDIRECT_PORT}");
         let log = self.logs.join("local.log");
         let mut args = vec!["local", "--redirect", &redirect];
-        // The test's own remotes, or the remote relay of the chain.
-        if !self.local_args.iter().any(|a| a == "--remote") {
+        // The test's own remotes (flags or a file), or the remote relay of
+        // the chain.
+        if !self
+            .local_args
+            .iter()
+            .any(|a| a == "--remote" || a == "--config")
+        {
             args.extend(["--remote", &remote]);
         }
         args.extend(self.local_args.iter().map(String::as_str));
@@ -1367,4 +1372,61 @@ fn a_flapping_remote_does_not_flap_the_lan() {
         fds_after <= fds_before + 16,
         "descriptors {fds_before} -> {fds_after}"
     );
+}
+
+/// dante as the second remote (a plain SOCKS5 server, no MULTIPLEX, no
+/// login), from the config file: with our remote relay killed, new LAN
+/// connections go through dante, one connection to it each.
+#[test]
+fn dante_serves_as_a_backup_remote() {
+    mptcp_testbed::require_privileges().unwrap();
+    let dir = std::env::temp_dir().join(format!("relay-faults-dante-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("local.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[local]\nremote = \"198.18.0.2:{REMOTE_PORT}\"\nredirect = [\"0.0.0.0:{REDIRECT_PORT}\"]\n\
+             links_file = \"{}\"\n\n[[local.remotes]]\naddress = \"198.18.0.2:{SECOND_PORT}\"\nanonymous = true\n",
+            dir.join("links").display()
+        ),
+    )
+    .unwrap();
+    let mut chain = Chain::with(
+        &[Some(20), Some(20)],
+        &["--config", config.to_str().unwrap()],
+    );
+    let dante_conf = dir.join("danted.conf");
+    let listen = SocketAddr::new(chain.rp.remote_addr().into(), SECOND_PORT);
+    std::fs::write(
+        &dante_conf,
+        danted_config(listen, chain.rp.remote_egress_addr(), "/dev/null"),
+    )
+    .unwrap();
+    let _dante = Daemon::spawn(
+        chain
+            .rp
+            .remote
+            .command("/usr/sbin/danted")
+            .arg("-f")
+            .arg(&dante_conf)
+            .arg("-p")
+            .arg(dir.join("danted.pid")),
+    )
+    .expect("dante-server (/usr/sbin/danted)");
+    chain.rp.remote.wait_listening(SECOND_PORT).unwrap();
+    let before = relayed(&chain.counters("remote"));
+    assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
+    assert_eq!(
+        relayed(&chain.counters("remote")),
+        before + 1,
+        "our remote first"
+    );
+    drop(chain.remote.take());
+    let took = chain.until_from(REMOTE_EGRESS, Duration::from_secs(2));
+    println!("dante took new connections {took:?} after the kill");
+    for _ in 0..5 {
+        assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -199,6 +199,10 @@ pub struct RemoteEntry {
     /// Its share of new connections under `spread`.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Log in with no username and password, whatever `[local]` says
+    /// (a SOCKS5 server such as dante that takes anyone from the router).
+    #[serde(default)]
+    pub anonymous: bool,
 }
 
 fn default_weight() -> u32 {
@@ -599,6 +603,12 @@ impl Config {
                 {
                     return err("local.remotes", format!("{}: {e}", r.address));
                 }
+                if r.anonymous && r.username.is_some() {
+                    return err(
+                        "local.remotes",
+                        format!("{}: anonymous, or a username: not both", r.address),
+                    );
+                }
                 if r.username.is_some() != r.password.is_some() {
                     return err(
                         "local.remotes",
@@ -765,6 +775,7 @@ impl LocalConfig {
             password: None,
             remote_key: None,
             weight: default_weight(),
+            anonymous: false,
         });
         self
     }

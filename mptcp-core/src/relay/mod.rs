@@ -482,6 +482,7 @@ fn local_remotes(l: &LocalConfig) -> io::Result<remotes::Remotes> {
         password: None,
         remote_key: None,
         weight: l.weight,
+        anonymous: false,
     };
     let list = std::iter::once(&first)
         .chain(&l.remotes)
@@ -509,9 +510,10 @@ fn local_remotes(l: &LocalConfig) -> io::Result<remotes::Remotes> {
                 })),
                 _ => None,
             };
+            let credentials = username.cloned().zip(password.cloned());
             Ok(remotes::Remote {
                 addr,
-                credentials: username.cloned().zip(password.cloned()),
+                credentials: credentials.filter(|_| !r.anonymous),
                 keys,
                 weight: r.weight,
                 health: remotes::Health::default(),

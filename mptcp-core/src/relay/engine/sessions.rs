@@ -543,6 +543,10 @@ impl Sessions {
             d.refused = true;
             d.failed(now, RETRY_AFTER_REFUSAL);
         }
+        // It answered: it works, for connections of their own.
+        if let Some(remotes) = &self.remotes {
+            remotes.succeeded(remote, None);
+        }
     }
 
     /// Local role, one worker: every remote relay that multiplexes keeps a
