@@ -642,6 +642,11 @@ impl Serving {
             .unwrap_or_default()
     }
 
+    /// What new connections of the relay in force do when no remote works.
+    pub fn fallback(&self) -> Option<NoRemote> {
+        self.current.as_ref().and_then(RelayHandle::fallback)
+    }
+
     /// The counters of every relay this process has run, added up, so that
     /// they only grow across reloads.
     pub fn totals(&self) -> Stats {
@@ -856,8 +861,11 @@ fn serve(
         if failures.due(now) {
             alerts.check(&relays.totals(), now);
             if let Some(path) = remotes_file {
-                let remotes = lock(&relays.serving).remotes();
-                if let Err(e) = crate::remotes::write(path, &remotes) {
+                let (remotes, fallback) = {
+                    let serving = lock(&relays.serving);
+                    (serving.remotes(), serving.fallback())
+                };
+                if let Err(e) = crate::remotes::write(path, &remotes, fallback) {
                     remotes_unwritable.get_or_insert_with(|| {
                         tracing::warn!("cannot keep the remotes' state in {}: {e}", path.display());
                     });

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mptcp_core::diag::Connection;
-use mptcp_core::relay::RemoteStatus;
+use mptcp_core::relay::{NoRemote, RemoteStatus};
 use serde_json::json;
 
 /// Where a local relay keeps its remotes' state by default.
@@ -20,9 +20,14 @@ pub fn state_file() -> PathBuf {
     std::env::var_os("MPTCP_REMOTES_FILE").map_or_else(|| DEFAULT_FILE.into(), PathBuf::from)
 }
 
-/// Writes the remotes' state to `path`, one JSON object per line (through a
-/// temporary file and a rename, so a reader never sees half a file).
-pub fn write(path: &Path, remotes: &[RemoteStatus]) -> io::Result<()> {
+/// Writes the remotes' state to `path`, one JSON object per line, each
+/// with what new connections do when none works (through a temporary file
+/// and a rename, so a reader never sees half a file).
+pub fn write(path: &Path, remotes: &[RemoteStatus], fallback: Option<NoRemote>) -> io::Result<()> {
+    let fallback = match fallback {
+        Some(NoRemote::Refuse) => "refuse",
+        _ => "direct",
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -34,6 +39,7 @@ pub fn write(path: &Path, remotes: &[RemoteStatus]) -> io::Result<()> {
             "rtt_us": r.rtt.map(|d| d.as_micros() as u64),
             "sessions": r.sessions,
             "connections": r.connections,
+            "fallback": fallback,
         });
         text.push_str(&line.to_string());
         text.push('\n');
@@ -54,6 +60,8 @@ struct Row {
     connections: u64,
     sent: u64,
     received: u64,
+    /// What new connections do when no remote works.
+    fallback: String,
 }
 
 /// The rows of the state file; `None` when no local relay runs (no file).
@@ -78,6 +86,7 @@ fn rows(conns: &[Connection]) -> Option<io::Result<Vec<Row>>> {
             connections: v["connections"].as_u64()?,
             sent,
             received,
+            fallback: v["fallback"].as_str().unwrap_or("direct").to_owned(),
         })
     };
     Some(
@@ -116,6 +125,13 @@ pub fn print_section(out: &mut impl Write, conns: &[Connection]) -> io::Result<(
         "SENT",
         "RECEIVED"
     )?;
+    if !rows.is_empty() && rows.iter().all(|r| r.state == "down") {
+        let then = match rows[0].fallback.as_str() {
+            "refuse" => "are refused",
+            _ => "go directly to their destinations, without aggregation",
+        };
+        writeln!(out, "  no remote relay works: new LAN connections {then}")?;
+    }
     for r in rows {
         let rtt = r
             .rtt

@@ -324,6 +324,11 @@ impl RelayHandle {
             .collect()
     }
 
+    /// Local role: what new connections do when no remote works.
+    pub fn fallback(&self) -> Option<NoRemote> {
+        self.remotes.as_ref().map(|r| r.fallback)
+    }
+
     /// Stops accepting, lets open connections finish for up to
     /// `drain_timeout`, then closes what is left. Returns the final counters.
     pub fn shutdown(mut self, drain_timeout: Duration) -> Stats {
