@@ -1341,7 +1341,7 @@ fn a_flapping_remote_does_not_flap_the_lan() {
     }
     let switches = back_in_use();
     println!(
-        "30 s of flapping: {probes} new LAN connections, {failed} failed; taken back {switches} times"
+        "60 s of flapping: {probes} new LAN connections, {failed} failed; taken back {switches} times"
     );
     assert_eq!(failed, 0, "every new LAN connection worked");
     assert!(
