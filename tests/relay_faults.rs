@@ -1430,3 +1430,53 @@ fn dante_serves_as_a_backup_remote() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The first remote goes silent (its host drops every packet of its port,
+/// no reset): a new LAN connection opened 2 s later goes through the second
+/// and completes at once, and the first takes connections again after it
+/// answers for the hold time.
+#[test]
+fn a_silent_remote_is_left_for_new_connections_within_2_s() {
+    let (first, second) = (
+        format!("198.18.0.2:{REMOTE_PORT}"),
+        format!("198.18.0.2:{SECOND_PORT}"),
+    );
+    let chain = Chain::with(
+        &[Some(20), Some(20)],
+        &[
+            "--remote",
+            &first,
+            "--remote",
+            &second,
+            "--remote-hold",
+            "2",
+        ],
+    );
+    let _second = chain.spawn_remote(SECOND_PORT, "second.log");
+    assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
+    std::thread::sleep(Duration::from_secs(3));
+    nft(
+        &chain.rp.remote,
+        &format!(
+            "table inet silent_remote {{\n\
+             chain i {{ type filter hook input priority 0; tcp dport {REMOTE_PORT} drop; }}\n\
+             chain o {{ type filter hook output priority 0; tcp sport {REMOTE_PORT} drop; }}\n}}\n"
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+    let seen = chain.who();
+    let took = started.elapsed();
+    let _ = chain
+        .rp
+        .remote
+        .exec("nft", &["delete", "table", "inet", "silent_remote"]);
+    println!("a new connection 2 s after the remote went silent: {seen:?} in {took:?}");
+    assert_eq!(seen.unwrap(), REMOTE_EGRESS);
+    assert!(
+        took < Duration::from_secs(1),
+        "{took:?}: it waited for the silent remote"
+    );
+    let log = std::fs::read_to_string(chain.logs.join("local.log")).unwrap_or_default();
+    assert!(log.contains("slow to answer PINGs"), "{log}");
+}

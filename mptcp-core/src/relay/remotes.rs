@@ -41,6 +41,9 @@ const RETRY_AT_MOST: Duration = Duration::from_secs(8);
 pub enum RemoteState {
     /// Working (or not tried yet).
     Up,
+    /// Working, but a PING went unanswered for a while: new connections
+    /// go to the others while they can.
+    Suspect,
     /// Answering again after a failure, for less than the hold time.
     Probation,
     /// Failed; tried again after a wait.
@@ -52,6 +55,7 @@ impl RemoteState {
     pub fn name(self) -> &'static str {
         match self {
             RemoteState::Up => "up",
+            RemoteState::Suspect => "suspect",
             RemoteState::Probation => "probation",
             RemoteState::Down => "down",
         }
@@ -67,7 +71,7 @@ impl RemoteState {
 
     fn to_u8(self) -> u8 {
         match self {
-            RemoteState::Up => 0,
+            RemoteState::Up | RemoteState::Suspect => 0,
             RemoteState::Probation => 1,
             RemoteState::Down => 2,
         }
@@ -86,13 +90,19 @@ pub struct Health {
     failures: AtomicU32,
     /// The last PING round trip, microseconds (0: none yet).
     rtt_us: AtomicU64,
+    /// A PING is unanswered for long (cleared by any success).
+    suspect: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
     /// The state now (a probation that lasted the hold time is over).
     pub fn state(&self, now_us: u64) -> RemoteState {
-        match RemoteState::from_u8(self.state.load(Relaxed)) {
+        let state = match RemoteState::from_u8(self.state.load(Relaxed)) {
             RemoteState::Probation if now_us >= self.next.load(Relaxed) => RemoteState::Up,
+            s => s,
+        };
+        match state {
+            RemoteState::Up if self.suspect.load(Relaxed) => RemoteState::Suspect,
             s => s,
         }
     }
@@ -114,12 +124,13 @@ impl Health {
     /// It worked. Returns the new state when that changed.
     fn succeeded(&self, now_us: u64, hold: Duration) -> Option<RemoteState> {
         self.failures.store(0, Relaxed);
+        self.suspect.store(false, Relaxed);
         match self.state(now_us) {
             RemoteState::Down => {
                 self.set(RemoteState::Probation, now_us, now_us + micros(hold));
                 Some(RemoteState::Probation)
             }
-            RemoteState::Probation => None,
+            RemoteState::Probation | RemoteState::Suspect => None,
             RemoteState::Up => {
                 if RemoteState::from_u8(self.state.load(Relaxed)) == RemoteState::Probation {
                     self.set(RemoteState::Up, now_us, 0);
@@ -244,7 +255,7 @@ impl Remotes {
     /// works now (see [`Remotes::fallback`]).
     ///
     /// Working remotes first (`failover`: the first of them; `spread`: in
-    /// turns by weight); then one on probation; then a failed one whose
+    /// turns by weight); then a suspect one; then one on probation; then a failed one whose
     /// wait is over, for a try; with `fallback = "refuse"`, then the
     /// failed one whose wait ends first.
     pub fn pick(&self, tried: u64) -> Option<usize> {
@@ -262,7 +273,9 @@ impl Remotes {
                 RemotePolicy::Spread => self.by_weight(&up),
             });
         }
-        let probation = with(RemoteState::Probation).next();
+        let probation = with(RemoteState::Suspect)
+            .next()
+            .or_else(|| with(RemoteState::Probation).next());
         let retry = || {
             (0..self.list.len())
                 .filter(untried)
@@ -316,6 +329,16 @@ impl Remotes {
                 tracing::warn!(remote = %r.addr, "relay: the remote relay is back in use");
             }
             _ => {}
+        }
+    }
+
+    /// A PING to remote `i` is unanswered for long: new connections
+    /// prefer the others until it answers.
+    pub fn suspect(&self, i: usize) {
+        if let Some(r) = self.list.get(i)
+            && !r.health.suspect.swap(true, Relaxed)
+        {
+            tracing::info!(remote = %r.addr, "relay: the remote relay is slow to answer PINGs; new connections go to the others meanwhile");
         }
     }
 
@@ -435,6 +458,27 @@ mod tests {
             counts[r.pick(0).unwrap()] += 1;
         }
         assert_eq!(counts, [0, 100, 200]);
+    }
+
+    #[test]
+    fn a_suspect_remote_is_left_while_another_works_and_kept_when_alone() {
+        let r = remotes(
+            &[1, 1],
+            RemotePolicy::Failover,
+            Duration::from_secs(60),
+            NoRemote::Direct,
+        );
+        r.suspect(0);
+        assert_eq!(
+            r.list[0].health.state(monotonic_micros()),
+            RemoteState::Suspect
+        );
+        assert_eq!(r.pick(0), Some(1));
+        r.failed(1, "test");
+        assert_eq!(r.pick(0), Some(0), "a suspect remote rather than none");
+        r.succeeded(0, Some(Duration::from_millis(3)));
+        assert_eq!(r.list[0].health.state(monotonic_micros()), RemoteState::Up);
+        assert_eq!(r.list[0].health.rtt(), Some(Duration::from_millis(3)));
     }
 
     #[test]

@@ -56,6 +56,9 @@ const SHORT_GRACE: Duration = Duration::from_secs(4);
 pub(super) const HANDSHAKE_LATE: &str = "handshake timed out";
 /// How often a client session PINGs a remote that answers them.
 const PING_INTERVAL: Duration = Duration::from_millis(500);
+/// A PING unanswered this long makes its remote suspect: new connections
+/// go to other remotes while they can.
+const PING_SUSPECT: Duration = Duration::from_secs(1);
 /// A PING unanswered this long: the remote relay is gone (the session
 /// closes, and the remote takes no new connections for a while). Longer
 /// than MPTCP takes to move a session's bytes off a link that went silent
@@ -574,6 +577,11 @@ impl Sessions {
             }
             match x.ping_sent {
                 Some(sent) if now.duration_since(sent) > PING_TIMEOUT => silent.push(s),
+                Some(sent) if now.duration_since(sent) > PING_SUSPECT => {
+                    if let (Role::Client { remote, .. }, Some(remotes)) = (&x.role, &self.remotes) {
+                        remotes.suspect(*remote);
+                    }
+                }
                 Some(_) => {}
                 None if now.duration_since(x.last_ping) >= PING_INTERVAL => {
                     x.tx.control(0, &Control::Ping(crate::sys::process::monotonic_micros()));
