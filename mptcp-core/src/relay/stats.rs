@@ -99,11 +99,17 @@ pub enum UdpDrop {
     SendFailed,
     /// A reply too large for a datagram once its header is prefixed.
     TooLarge,
+    /// Carried in a session: its output buffer had no room right then (a
+    /// datagram is never queued behind it).
+    SessionFull,
+    /// An answer for a session whose peer takes no DATAGRAM frames, or a
+    /// datagram on a session whose listener serves no UDP.
+    NotOffered,
 }
 
 impl UdpDrop {
     /// All reasons, in counter order.
-    pub const ALL: [UdpDrop; 9] = [
+    pub const ALL: [UdpDrop; 11] = [
         UdpDrop::Malformed,
         UdpDrop::Fragment,
         UdpDrop::ForeignSource,
@@ -113,6 +119,8 @@ impl UdpDrop {
         UdpDrop::Resolve,
         UdpDrop::SendFailed,
         UdpDrop::TooLarge,
+        UdpDrop::SessionFull,
+        UdpDrop::NotOffered,
     ];
 
     /// A short name for logs and metrics.
@@ -127,6 +135,8 @@ impl UdpDrop {
             UdpDrop::Resolve => "resolve",
             UdpDrop::SendFailed => "send_failed",
             UdpDrop::TooLarge => "too_large",
+            UdpDrop::SessionFull => "session_full",
+            UdpDrop::NotOffered => "not_offered",
         }
     }
 }

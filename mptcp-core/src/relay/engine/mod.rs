@@ -51,7 +51,8 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE + i`; session `s` has
 /// `SESSION_BASE + s`; connection `k` has tokens `2k` (client) and `2k + 1`
 /// (upstream, or a UDP association's client port), and `UDP_BASE + k` (a
-/// UDP association's outgoing socket).
+/// UDP association's outgoing socket); a flow carried in a session has
+/// `udp::CARRIED_BASE + f` (between the sessions' and the listeners').
 const LISTENER_BASE: usize = usize::MAX / 2;
 const SESSION_BASE: usize = usize::MAX / 4;
 const UDP_BASE: usize = usize::MAX / 8;
@@ -111,6 +112,7 @@ enum Target {
     Waker,
     Listener(usize),
     Session(usize),
+    CarriedFlow(usize),
     Conn(usize, Woken),
 }
 
@@ -119,6 +121,7 @@ impl Target {
         match token {
             WAKER => Target::Waker,
             Token(t) if t >= LISTENER_BASE => Target::Listener(t - LISTENER_BASE),
+            Token(t) if t >= udp::CARRIED_BASE => Target::CarriedFlow(t - udp::CARRIED_BASE),
             Token(t) if t >= SESSION_BASE => Target::Session(t - SESSION_BASE),
             Token(t) if t >= UDP_BASE => Target::Conn(t - UDP_BASE, Woken::DATAGRAMS),
             Token(t) if t % 2 == 0 => Target::Conn(t / 2, Woken::CLIENT),
@@ -197,6 +200,8 @@ pub(crate) struct Worker {
     poll: Poll,
     listeners: Vec<WorkerListener>,
     conns: Slab<Conn>,
+    /// Remote role: UDP flows carried in the sessions.
+    carried: udp::CarriedFlows,
     ctx: Ctx,
     answers: Receiver<Resolved>,
     scratch_keys: Vec<usize>,
@@ -275,6 +280,7 @@ impl Worker {
             poll,
             listeners,
             conns: Slab::new(),
+            carried: udp::CarriedFlows::default(),
             ctx,
             answers,
             scratch_keys: Vec::new(),
@@ -319,6 +325,7 @@ impl Worker {
     /// (dropping them closes their sockets and gives their slots back).
     fn reset(&mut self) {
         self.conns = Slab::new();
+        self.carried = udp::CarriedFlows::default();
         self.ctx.sessions.clear();
         self.ctx.requeue.clear();
         self.handling = Handling::Nothing;
@@ -349,7 +356,9 @@ impl Worker {
                     wake_at = wake_at.min(t);
                 }
             }
-            let idle = self.ctx.requeue.is_empty() && self.ctx.sessions.is_quiet();
+            let idle = self.ctx.requeue.is_empty()
+                && self.ctx.sessions.is_quiet()
+                && self.carried.requeue.is_empty();
             let timeout = if idle {
                 wake_at.saturating_duration_since(Instant::now())
             } else {
@@ -367,6 +376,7 @@ impl Worker {
                     Target::Waker => self.take_answers(),
                     Target::Listener(i) => self.accept_all(i),
                     Target::Session(s) => self.session_event(s),
+                    Target::CarriedFlow(f) => self.carried.answers(f, &mut self.ctx),
                     Target::Conn(key, socket) => {
                         if let Some(conn) = self.conns.get_mut(key) {
                             conn.woken.insert(socket);
@@ -380,6 +390,7 @@ impl Worker {
             if self.ctx.now >= next_sweep {
                 self.ctx.refresh_own_addresses();
                 self.sweep();
+                self.carried.sweep(self.ctx.now);
                 self.sweep_sessions();
                 next_sweep = self.ctx.now + SWEEP_INTERVAL;
             }
@@ -394,6 +405,10 @@ impl Worker {
     fn run_requeued(&mut self) {
         self.for_each_listed(|w| &mut w.ctx.sessions.requeue, Worker::session_event);
         self.for_each_listed(|w| &mut w.ctx.requeue, Worker::drive);
+        self.for_each_listed(
+            |w| &mut w.carried.requeue,
+            |w, f| w.carried.answers(f, &mut w.ctx),
+        );
     }
 
     /// Runs `f` for every key of the list `list` picks, as it is now; keys
@@ -598,6 +613,12 @@ impl Worker {
 
     fn take_answers(&mut self) {
         while let Ok(answer) = self.answers.try_recv() {
+            if self.carried.asked(answer.conn, answer.serial) {
+                let ctx = &self.ctx;
+                self.carried
+                    .resolved(answer.conn, answer.name, answer.addrs, ctx);
+                continue;
+            }
             let Some(conn) = self.conns.get_mut(answer.conn) else {
                 continue;
             };

@@ -15,7 +15,7 @@ use super::{Handling, Slot, Worker};
 use crate::mux::{self, Control};
 use crate::relay::seal::Channel;
 use crate::relay::session::{self, Role, RxError, RxEvent, Session};
-use crate::relay::stats::{Counters, ErrorKind};
+use crate::relay::stats::{Counters, ErrorKind, UdpDrop};
 use crate::relay::stream::{Spliced, Stream, StreamError};
 use crate::socks5::{Progress, ReplyCode, TargetAddr};
 
@@ -185,7 +185,11 @@ impl Worker {
             };
             let fd = session.socket.as_raw_fd();
             let Session {
-                rx, tx, streams, ..
+                rx,
+                tx,
+                streams,
+                role,
+                ..
             } = session;
             let counters = &ctx.shared.counters[ctx.worker];
             let (stream_id, outcome) = match rx.next(fd) {
@@ -213,6 +217,19 @@ impl Worker {
                     } else {
                         self.ctx.sessions.mark_dirty(s, self.ctx.now);
                     }
+                    continue;
+                }
+                Ok(Some(RxEvent::Datagram { flow, peer, bytes })) => {
+                    let Role::Server { spec } = *role else {
+                        // The local role opens no flows yet.
+                        counters.udp_drop(UdpDrop::UnknownSender);
+                        continue;
+                    };
+                    let mut buf = std::mem::take(&mut ctx.udp_buf);
+                    let payload = buf.copy_of(bytes);
+                    self.carried
+                        .datagram(s, spec, flow, peer, payload, &mut self.ctx);
+                    self.ctx.udp_buf = buf;
                     continue;
                 }
                 Ok(Some(RxEvent::Data { stream, bytes })) => {
@@ -481,6 +498,7 @@ impl Worker {
         else {
             return;
         };
+        self.carried.session_closed(s);
         let side = match session.role {
             Role::Client { .. } => "to the remote relay",
             Role::Server { .. } => "from a local relay",

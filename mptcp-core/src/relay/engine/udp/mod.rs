@@ -16,7 +16,11 @@
 //! the client wrote to within the idle timeout (its flows, at most
 //! `udp_max_flows`), and reach the client with the SOCKS5 header naming
 //! their sender.
+//!
+//! [`CarriedFlows`] reuses the destinations' side for datagrams that
+//! arrive in a session's DATAGRAM frames (from a local relay).
 
+mod carried;
 mod egress;
 
 use std::io;
@@ -26,6 +30,7 @@ use std::sync::Arc;
 use mio::Interest;
 use mio::net::{TcpStream, UdpSocket};
 
+pub(super) use self::carried::{CARRIED_BASE, CarriedFlows};
 use self::egress::Egress;
 use super::answer::Failure;
 use super::{Ctx, Woken};
@@ -54,6 +59,14 @@ impl DatagramBuffer {
             self.0 = vec![0; ANSWER_HEADROOM + MAX_DATAGRAM];
         }
         &mut self.0
+    }
+
+    /// A copy of `datagram` (at most a datagram long), in the buffer.
+    pub(super) fn copy_of(&mut self, datagram: &[u8]) -> &[u8] {
+        let room = self.room();
+        let n = datagram.len().min(room.len());
+        room[..n].copy_from_slice(&datagram[..n]);
+        &room[..n]
     }
 }
 
@@ -114,8 +127,8 @@ impl Association {
         ctx.registry
             .register(&mut client_socket, client_token, Interest::READABLE)
             .map_err(|e| fail("register", e))?;
-        let egress =
-            Egress::open(key, serial, spec, ctx).map_err(|e| fail("outgoing socket", e))?;
+        let egress = Egress::open(super::udp_token(key), key, serial, spec, ctx)
+            .map_err(|e| fail("outgoing socket", e))?;
         Counters::add(&ctx.counters().udp_opened, 1);
         tracing::debug!(client = %peer, %bound, "relay: UDP association");
         Ok(Association {
