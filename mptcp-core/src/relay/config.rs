@@ -268,6 +268,13 @@ pub struct LocalConfig {
     /// CAP_NET_ADMIN; the original destination is the local address).
     #[serde(default)]
     pub tproxy: Vec<SocketAddr>,
+    /// UDP listeners for `TPROXY` (`IP_TRANSPARENT`, needs CAP_NET_ADMIN;
+    /// each datagram's original destination from `IP_RECVORIGDSTADDR`):
+    /// every (LAN source, destination) is a flow carried to a remote relay
+    /// in a session, and its answers leave with the destination as their
+    /// source.
+    #[serde(default)]
+    pub tproxy_udp: Vec<SocketAddr>,
     /// SOCKS5 listeners for LAN clients (no authentication).
     #[serde(default)]
     pub socks5: Vec<SocketAddr>,
@@ -570,12 +577,14 @@ impl Config {
         if let Some(l) = &self.local {
             if l.redirect.is_empty()
                 && l.tproxy.is_empty()
+                && l.tproxy_udp.is_empty()
                 && l.socks5.is_empty()
                 && l.http.is_empty()
             {
                 return err(
                     "local",
-                    "no listener: set at least one of redirect, tproxy, socks5, http".into(),
+                    "no listener: set at least one of redirect, tproxy, tproxy_udp, socks5, http"
+                        .into(),
                 );
             }
             if !(1..=64).contains(&l.max_sessions) {
@@ -747,6 +756,7 @@ impl LocalConfig {
             spare_session_idle_secs: default_spare_session_idle_secs(),
             redirect: Vec::new(),
             tproxy: Vec::new(),
+            tproxy_udp: Vec::new(),
             socks5: Vec::new(),
             http: Vec::new(),
             allowed_clients: Vec::new(),
@@ -803,6 +813,12 @@ impl LocalConfig {
     /// Adds a TPROXY listener.
     pub fn tproxy(mut self, addr: SocketAddr) -> LocalConfig {
         self.tproxy.push(addr);
+        self
+    }
+
+    /// Adds a UDP TPROXY listener.
+    pub fn tproxy_udp(mut self, addr: SocketAddr) -> LocalConfig {
+        self.tproxy_udp.push(addr);
         self
     }
 

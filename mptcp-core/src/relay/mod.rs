@@ -202,9 +202,13 @@ impl Relay {
         if config.engine.raise_fd_limit {
             raise_fd_limit();
         }
-        let (specs, sockets): (Vec<_>, Vec<_>) = open_listeners(&config)?.into_iter().unzip();
+        let (listening, local_route) = open_listeners(&config)?;
+        let (specs, sockets): (Vec<_>, Vec<_>) = listening.into_iter().unzip();
+        // One worker reads the UDP listeners, so that each flow stays on
+        // one worker's session.
+        let mut udp_sockets = Some(open_udp_listeners(&config)?);
         let listeners = specs.iter().map(|s| (s.kind, s.addr)).collect();
-        let remotes = specs.iter().find_map(|s| match &*s.route {
+        let remotes = local_route.as_deref().and_then(|r| match r {
             Route::Upstream { remotes, .. } => Some(Arc::clone(remotes)),
             Route::Direct { .. } => None,
         });
@@ -257,7 +261,11 @@ impl Relay {
                 poll,
                 Arc::clone(&shared),
                 Arc::clone(&specs),
-                &sockets,
+                engine::Listening {
+                    tcp: &sockets,
+                    udp: udp_sockets.take().unwrap_or_default(),
+                    local_route: local_route.clone(),
+                },
                 resolve_tx.clone(),
                 answers,
             )?;
@@ -357,7 +365,26 @@ impl Drop for RelayHandle {
     }
 }
 
-fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::TcpListener)>> {
+/// The local role's TPROXY UDP listeners.
+fn open_udp_listeners(config: &Config) -> io::Result<Vec<std::net::UdpSocket>> {
+    let Some(l) = &config.local else {
+        return Ok(Vec::new());
+    };
+    l.tproxy_udp
+        .iter()
+        .map(|&addr| listeners::listen_udp_tproxy(addr))
+        .collect()
+}
+
+/// The TCP listeners with their specs, and the local role's route (which
+/// the UDP listeners share with them).
+type Listening = (
+    Vec<(ListenerSpec, std::net::TcpListener)>,
+    Option<Arc<Route>>,
+);
+
+fn open_listeners(config: &Config) -> io::Result<Listening> {
+    let mut local_route = None;
     let mut specs = Vec::new();
     let mut add =
         |kind, addr: SocketAddr, mptcp, route: &Arc<Route>, clients: &ClientAllowlist, auth| {
@@ -389,6 +416,7 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             spare_idle: Duration::from_secs(l.spare_session_idle_secs),
             links_file: l.links_file.clone(),
         });
+        local_route = Some(Arc::clone(&route));
         // Transparent listeners take what the firewall sends them; the
         // proxy listeners serve private addresses unless told otherwise.
         let transparent = ClientAllowlist(l.allowed_clients.clone());
@@ -437,7 +465,7 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             )?;
         }
     }
-    Ok(specs)
+    Ok((specs, local_route))
 }
 
 /// A remote relay that takes passwords in plain SOCKS5 on a listener that

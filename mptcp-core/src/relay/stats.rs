@@ -105,11 +105,14 @@ pub enum UdpDrop {
     /// An answer for a session whose peer takes no DATAGRAM frames, or a
     /// datagram on a session whose listener serves no UDP.
     NotOffered,
+    /// From the LAN, a new flow while no session to a remote relay is
+    /// open (none works, or its session is being set up).
+    NoSession,
 }
 
 impl UdpDrop {
     /// All reasons, in counter order.
-    pub const ALL: [UdpDrop; 11] = [
+    pub const ALL: [UdpDrop; 12] = [
         UdpDrop::Malformed,
         UdpDrop::Fragment,
         UdpDrop::ForeignSource,
@@ -121,6 +124,7 @@ impl UdpDrop {
         UdpDrop::TooLarge,
         UdpDrop::SessionFull,
         UdpDrop::NotOffered,
+        UdpDrop::NoSession,
     ];
 
     /// A short name for logs and metrics.
@@ -137,6 +141,7 @@ impl UdpDrop {
             UdpDrop::TooLarge => "too_large",
             UdpDrop::SessionFull => "session_full",
             UdpDrop::NotOffered => "not_offered",
+            UdpDrop::NoSession => "no_session",
         }
     }
 }

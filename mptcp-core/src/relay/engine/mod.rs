@@ -52,7 +52,8 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 /// `SESSION_BASE + s`; connection `k` has tokens `2k` (client) and `2k + 1`
 /// (upstream, or a UDP association's client port), and `UDP_BASE + k` (a
 /// UDP association's outgoing socket); a flow carried in a session has
-/// `udp::CARRIED_BASE + f` (between the sessions' and the listeners').
+/// `udp::CARRIED_BASE + f` (between the sessions' and the listeners'), and
+/// a TPROXY UDP listener `udp::LAN_UDP_BASE + i` (above those).
 const LISTENER_BASE: usize = usize::MAX / 2;
 const SESSION_BASE: usize = usize::MAX / 4;
 const UDP_BASE: usize = usize::MAX / 8;
@@ -113,6 +114,7 @@ enum Target {
     Listener(usize),
     Session(usize),
     CarriedFlow(usize),
+    LanUdp(usize),
     Conn(usize, Woken),
 }
 
@@ -121,6 +123,7 @@ impl Target {
         match token {
             WAKER => Target::Waker,
             Token(t) if t >= LISTENER_BASE => Target::Listener(t - LISTENER_BASE),
+            Token(t) if t >= udp::LAN_UDP_BASE => Target::LanUdp(t - udp::LAN_UDP_BASE),
             Token(t) if t >= udp::CARRIED_BASE => Target::CarriedFlow(t - udp::CARRIED_BASE),
             Token(t) if t >= SESSION_BASE => Target::Session(t - SESSION_BASE),
             Token(t) if t >= UDP_BASE => Target::Conn(t - UDP_BASE, Woken::DATAGRAMS),
@@ -196,12 +199,25 @@ struct WorkerListener {
     paused_until: Option<Instant>,
 }
 
+/// What a worker listens on.
+pub(crate) struct Listening<'a> {
+    /// The TCP listeners (each worker polls its own descriptor of each).
+    pub tcp: &'a [std::net::TcpListener],
+    /// TPROXY UDP listeners (one worker's).
+    pub udp: Vec<std::net::UdpSocket>,
+    /// The local role's route, which its sessions (also those of UDP
+    /// flows) take.
+    pub local_route: Option<Arc<Route>>,
+}
+
 pub(crate) struct Worker {
     poll: Poll,
     listeners: Vec<WorkerListener>,
     conns: Slab<Conn>,
     /// Remote role: UDP flows carried in the sessions.
     carried: udp::CarriedFlows,
+    /// Local role: UDP from the LAN (TPROXY), carried in the sessions.
+    lan: udp::LanFlows,
     ctx: Ctx,
     answers: Receiver<Resolved>,
     scratch_keys: Vec<usize>,
@@ -234,10 +250,15 @@ impl Worker {
         poll: Poll,
         shared: Arc<Shared>,
         specs: Arc<[ListenerSpec]>,
-        sockets: &[std::net::TcpListener],
+        listening: Listening<'_>,
         resolve_tx: Sender<ResolveRequest>,
         answers: Receiver<Resolved>,
     ) -> io::Result<Worker> {
+        let Listening {
+            tcp: sockets,
+            udp: udp_sockets,
+            local_route,
+        } = listening;
         // Every worker polls its own descriptor of each listening socket;
         // whichever wakes first accepts.
         let mut listeners = Vec::new();
@@ -259,8 +280,12 @@ impl Worker {
             poll.registry().try_clone()?,
             Arc::clone(&shared),
             idx,
-            specs.iter().map(|s| &*s.route),
+            specs
+                .iter()
+                .map(|s| &*s.route)
+                .chain(local_route.as_deref()),
         );
+        let lan = udp::LanFlows::new(udp_sockets, poll.registry(), &shared.engine, Instant::now())?;
         let mut ctx = Ctx {
             worker: idx,
             now: Instant::now(),
@@ -281,6 +306,7 @@ impl Worker {
             listeners,
             conns: Slab::new(),
             carried: udp::CarriedFlows::default(),
+            lan,
             ctx,
             answers,
             scratch_keys: Vec::new(),
@@ -326,6 +352,7 @@ impl Worker {
     fn reset(&mut self) {
         self.conns = Slab::new();
         self.carried = udp::CarriedFlows::default();
+        self.lan.clear();
         self.ctx.sessions.clear();
         self.ctx.requeue.clear();
         self.handling = Handling::Nothing;
@@ -358,7 +385,8 @@ impl Worker {
             }
             let idle = self.ctx.requeue.is_empty()
                 && self.ctx.sessions.is_quiet()
-                && self.carried.requeue.is_empty();
+                && self.carried.requeue.is_empty()
+                && self.lan.requeue.is_empty();
             let timeout = if idle {
                 wake_at.saturating_duration_since(Instant::now())
             } else {
@@ -377,6 +405,7 @@ impl Worker {
                     Target::Listener(i) => self.accept_all(i),
                     Target::Session(s) => self.session_event(s),
                     Target::CarriedFlow(f) => self.carried.answers(f, &mut self.ctx),
+                    Target::LanUdp(i) => self.lan.read(i, &mut self.ctx),
                     Target::Conn(key, socket) => {
                         if let Some(conn) = self.conns.get_mut(key) {
                             conn.woken.insert(socket);
@@ -391,6 +420,7 @@ impl Worker {
                 self.ctx.refresh_own_addresses();
                 self.sweep();
                 self.carried.sweep(self.ctx.now);
+                self.lan.sweep(self.ctx.now);
                 self.sweep_sessions();
                 next_sweep = self.ctx.now + SWEEP_INTERVAL;
             }
@@ -409,6 +439,7 @@ impl Worker {
             |w| &mut w.carried.requeue,
             |w, f| w.carried.answers(f, &mut w.ctx),
         );
+        self.for_each_listed(|w| &mut w.lan.requeue, |w, i| w.lan.read(i, &mut w.ctx));
     }
 
     /// Runs `f` for every key of the list `list` picks, as it is now; keys

@@ -15,7 +15,7 @@ use super::{Handling, Slot, Worker};
 use crate::mux::{self, Control};
 use crate::relay::seal::Channel;
 use crate::relay::session::{self, Role, RxError, RxEvent, Session};
-use crate::relay::stats::{Counters, ErrorKind, UdpDrop};
+use crate::relay::stats::{Counters, ErrorKind};
 use crate::relay::stream::{Spliced, Stream, StreamError};
 use crate::socks5::{Progress, ReplyCode, TargetAddr};
 
@@ -221,8 +221,7 @@ impl Worker {
                 }
                 Ok(Some(RxEvent::Datagram { flow, peer, bytes })) => {
                     let Role::Server { spec } = *role else {
-                        // The local role opens no flows yet.
-                        counters.udp_drop(UdpDrop::UnknownSender);
+                        self.lan.answer(s, flow, &peer, bytes, counters, ctx.now);
                         continue;
                     };
                     let mut buf = std::mem::take(&mut ctx.udp_buf);
@@ -499,6 +498,7 @@ impl Worker {
             return;
         };
         self.carried.session_closed(s);
+        self.lan.session_closed(s);
         let side = match session.role {
             Role::Client { .. } => "to the remote relay",
             Role::Server { .. } => "from a local relay",

@@ -237,6 +237,12 @@ impl Sessions {
         !self.dialers.is_empty()
     }
 
+    /// Local role: the remote relay a new UDP flow goes to (the route's
+    /// choice, as for a connection).
+    pub(super) fn pick_remote(&self) -> Option<usize> {
+        self.remotes.as_ref()?.pick(0)
+    }
+
     /// Where a connection to `remote` goes for itself, one SOCKS5 CONNECT,
     /// when no session takes it: `None` when the sessions are encrypted,
     /// since that connection would not be.

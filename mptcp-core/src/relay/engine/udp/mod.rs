@@ -18,10 +18,12 @@
 //! their sender.
 //!
 //! [`CarriedFlows`] reuses the destinations' side for datagrams that
-//! arrive in a session's DATAGRAM frames (from a local relay).
+//! arrive in a session's DATAGRAM frames (from a local relay);
+//! [`LanFlows`] is the local relay's end: UDP from the LAN through TPROXY.
 
 mod carried;
 mod egress;
+mod tproxy;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -32,6 +34,7 @@ use mio::net::{TcpStream, UdpSocket};
 
 pub(super) use self::carried::{CARRIED_BASE, CarriedFlows};
 use self::egress::Egress;
+pub(super) use self::tproxy::{LAN_UDP_BASE, LanFlows};
 use super::answer::Failure;
 use super::{Ctx, Woken};
 use crate::relay::Shared;

@@ -1,0 +1,271 @@
+//! Local role: UDP from LAN hosts through TPROXY ([`LanFlows`]). The
+//! firewall diverts the LAN's datagrams to a transparent UDP socket, which
+//! reads each with its original destination. Each (LAN source, original
+//! destination) is a flow: at its first datagram it gets an id and the
+//! session of a remote relay (the route's choice, as for a connection),
+//! and its datagrams go as DATAGRAM frames on that session, if the remote
+//! takes them. Answers come back on the flow and leave towards the LAN
+//! host from a transparent socket bound to the original destination, so
+//! that the host sees the address it wrote to. Flows live in the worker
+//! (one worker reads the UDP listeners: a flow stays on one worker's
+//! session), at most `udp_max_flows`, each forgotten after
+//! `udp_idle_timeout_secs`; a session's flows end with it, and their next
+//! datagram opens them again on another.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use mio::net::UdpSocket;
+use mio::{Interest, Registry, Token};
+
+use super::super::Ctx;
+use super::super::sessions::Placement;
+use super::{DATAGRAM_BUDGET, send_failure};
+use crate::relay::flows::FlowTable;
+use crate::relay::listeners;
+use crate::relay::policy::canonical;
+use crate::relay::stats::{Counters, UdpDrop};
+use crate::socks5::TargetAddr;
+use crate::sys::udp::recv_with_destination;
+
+/// UDP listener `i` has token `LAN_UDP_BASE + i` (above the carried
+/// flows', below the TCP listeners').
+pub(in crate::relay::engine) const LAN_UDP_BASE: usize = super::CARRIED_BASE + usize::MAX / 16;
+
+/// A flow: the LAN host's address and where it wrote to.
+type FlowKey = (SocketAddr, SocketAddr);
+
+/// One flow: its id and session, and the socket its answers leave from
+/// (opened at the first answer).
+struct LanFlow {
+    id: u32,
+    session: usize,
+    reply: Option<std::net::UdpSocket>,
+}
+
+/// The worker's TPROXY UDP listeners and their flows.
+pub(in crate::relay::engine) struct LanFlows {
+    listeners: Vec<UdpSocket>,
+    table: FlowTable<FlowKey>,
+    flows: HashMap<FlowKey, LanFlow>,
+    /// (session, flow id) -> flow.
+    ids: HashMap<(usize, u32), FlowKey>,
+    next_id: u32,
+    /// Listeners that stopped for the turn's budget.
+    pub requeue: Vec<usize>,
+}
+
+impl LanFlows {
+    /// Takes `sockets` (TPROXY UDP listeners) into `registry`.
+    pub(in crate::relay::engine) fn new(
+        sockets: Vec<std::net::UdpSocket>,
+        registry: &Registry,
+        ctx_engine: &crate::relay::EngineConfig,
+        now: Instant,
+    ) -> io::Result<LanFlows> {
+        let mut listeners = Vec::new();
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let mut socket = UdpSocket::from_std(socket);
+            registry.register(&mut socket, Token(LAN_UDP_BASE + i), Interest::READABLE)?;
+            listeners.push(socket);
+        }
+        Ok(LanFlows {
+            listeners,
+            table: FlowTable::new(ctx_engine.udp_max_flows, ctx_engine.udp_idle_timeout(), now),
+            flows: HashMap::new(),
+            ids: HashMap::new(),
+            next_id: 0,
+            requeue: Vec::new(),
+        })
+    }
+
+    /// After a worker's panic: the flows are forgotten, the listeners stay.
+    pub(in crate::relay::engine) fn clear(&mut self) {
+        self.flows.clear();
+        self.ids.clear();
+        self.requeue.clear();
+    }
+
+    /// Listener `i` is readable: its datagrams go to their sessions, up to
+    /// the turn's budget (then it is requeued).
+    pub(in crate::relay::engine) fn read(&mut self, i: usize, ctx: &mut Ctx) {
+        let mut buf = std::mem::take(&mut ctx.udp_buf);
+        for n in 0.. {
+            if n == DATAGRAM_BUDGET {
+                self.requeue.push(i);
+                break;
+            }
+            let Some(socket) = self.listeners.get(i) else {
+                break;
+            };
+            let room = buf.room();
+            let got = match recv_with_destination(socket.as_fd(), room) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => continue,
+            };
+            let counters = ctx.counters();
+            if got.truncated {
+                counters.udp_drop(UdpDrop::TooLarge);
+                continue;
+            }
+            let Some(to) = got.to else {
+                counters.udp_drop(UdpDrop::Malformed);
+                continue;
+            };
+            let from = SocketAddr::new(canonical(got.from.ip()), got.from.port());
+            let to = SocketAddr::new(canonical(to.ip()), to.port());
+            self.datagram(from, to, &room[..got.len], ctx);
+        }
+        ctx.udp_buf = buf;
+    }
+
+    /// A LAN host's datagram from `from` to `to`: sent on its flow's
+    /// session (the flow opened if new). Drops are counted.
+    fn datagram(&mut self, from: SocketAddr, to: SocketAddr, payload: &[u8], ctx: &mut Ctx) {
+        let key = (from, to);
+        let mut forgotten = Vec::new();
+        if !self.table.outbound_forgetting(key, ctx.now, &mut forgotten) {
+            ctx.counters().udp_drop(UdpDrop::FlowLimit);
+            return;
+        }
+        for old in forgotten {
+            self.forget(old);
+        }
+        let (id, s) = match self.flows.get(&key) {
+            Some(flow) => (flow.id, flow.session),
+            None => match self.open(key, ctx) {
+                Some(opened) => opened,
+                None => {
+                    self.table.forget(key);
+                    return;
+                }
+            },
+        };
+        let counters = &ctx.shared.counters[ctx.worker];
+        let Some(session) = ctx.sessions.get_mut(s) else {
+            return;
+        };
+        if !session.tx.datagram(id, &TargetAddr::Ip(to), payload) {
+            counters.udp_drop(UdpDrop::SessionFull);
+            return;
+        }
+        Counters::add(&counters.udp_datagrams_up, 1);
+        Counters::add(&counters.udp_bytes_up, payload.len() as u64);
+        ctx.sessions.mark_dirty(s, ctx.now);
+    }
+
+    /// A new flow: an id on an open session of the remote the route picks,
+    /// if that remote takes datagrams. `None`: dropped, counted.
+    fn open(&mut self, key: FlowKey, ctx: &mut Ctx) -> Option<(u32, usize)> {
+        let counters = &ctx.shared.counters[ctx.worker];
+        let placed = ctx
+            .sessions
+            .pick_remote()
+            .and_then(|remote| ctx.sessions.place(remote, ctx.now));
+        let Some(Placement::Open(s)) = placed else {
+            // No remote, or its session is still being set up.
+            counters.udp_drop(UdpDrop::NoSession);
+            return None;
+        };
+        if !ctx.sessions.get(s)?.state.peer_datagrams() {
+            counters.udp_drop(UdpDrop::NotOffered);
+            return None;
+        }
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        let id = self.next_id;
+        self.flows.insert(
+            key,
+            LanFlow {
+                id,
+                session: s,
+                reply: None,
+            },
+        );
+        self.ids.insert((s, id), key);
+        Some((id, s))
+    }
+
+    /// Forgets a flow (its reply socket closes).
+    fn forget(&mut self, key: FlowKey) {
+        if let Some(flow) = self.flows.remove(&key) {
+            self.ids.remove(&(flow.session, flow.id));
+        }
+    }
+
+    /// An answer on flow `id` of session `s` from `peer`: sent to the LAN
+    /// host from the flow's original destination. Drops are counted.
+    pub(in crate::relay::engine) fn answer(
+        &mut self,
+        s: usize,
+        id: u32,
+        peer: &TargetAddr,
+        payload: &[u8],
+        counters: &Counters,
+        now: Instant,
+    ) {
+        let Some(&key) = self.ids.get(&(s, id)) else {
+            counters.udp_drop(UdpDrop::UnknownSender);
+            return;
+        };
+        let (lan_host, destination) = key;
+        let from_destination = matches!(peer, TargetAddr::Ip(p)
+            if SocketAddr::new(canonical(p.ip()), p.port()) == destination);
+        if !from_destination || !self.table.inbound(key, now) {
+            counters.udp_drop(UdpDrop::UnknownSender);
+            if !from_destination {
+                return;
+            }
+            self.forget(key);
+            return;
+        }
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return;
+        };
+        if flow.reply.is_none() {
+            match listeners::transparent_udp(destination) {
+                Ok(socket) => flow.reply = Some(socket),
+                Err(e) => {
+                    tracing::debug!(%destination, error = %e, "relay: cannot answer as the destination");
+                    counters.udp_drop(UdpDrop::SendFailed);
+                    return;
+                }
+            }
+        }
+        let Some(reply) = &flow.reply else {
+            return;
+        };
+        match reply.send_to(payload, lan_host) {
+            Ok(_) => {
+                Counters::add(&counters.udp_datagrams_down, 1);
+                Counters::add(&counters.udp_bytes_down, payload.len() as u64);
+            }
+            Err(e) => counters.udp_drop(send_failure(&e)),
+        }
+    }
+
+    /// Session `s` closed: its flows end (their next datagram opens them
+    /// on another session).
+    pub(in crate::relay::engine) fn session_closed(&mut self, s: usize) {
+        let gone: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.session == s)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in gone {
+            self.table.forget(key);
+            self.forget(key);
+        }
+    }
+
+    /// Forgets the flows idle for longer than the idle timeout.
+    pub(in crate::relay::engine) fn sweep(&mut self, now: Instant) {
+        for key in self.table.forget_idle(now) {
+            self.forget(key);
+        }
+    }
+}

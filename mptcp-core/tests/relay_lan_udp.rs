@@ -1,0 +1,352 @@
+//! UDP from the LAN through the chain, in the test bed: nftables TPROXY on
+//! the local node sends the LAN host's datagrams to the local relay's
+//! transparent UDP listener, which carries them as DATAGRAM frames in its
+//! session (over every WAN link) to the remote relay, which sends them on
+//! to UDP responders on the destination host. Answers reach the LAN host
+//! from the address it wrote to; `iperf3 -u` above one link's rate reports
+//! loss and throughput; a WAN link taken down mid-run stops the datagrams
+//! for less than 3 s; floods of new flows are limited and counted while a
+//! TCP transfer beside them goes on.
+#![cfg(feature = "relay")]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mptcp_core::relay::{
+    Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig, Stats, UdpDrop,
+};
+use mptcp_testbed::RelayPath;
+
+const USER: &str = "alice";
+const PASS: &str = "s3cret";
+const SOCKS_PORT: u16 = 1080;
+/// The local relay's TPROXY UDP listener.
+const TPROXY_UDP_PORT: u16 = 12347;
+/// Responders on the destination host (answer `re:<sender ip>:` + data).
+const ECHO_PORT: u16 = 5353;
+const WAIT: Duration = Duration::from_secs(2);
+
+/// The chain: a remote relay, a local relay with a TPROXY UDP listener, and
+/// the nftables rule that sends the LAN's UDP to `ports` into it.
+struct Chain {
+    rp: RelayPath,
+    local: RelayHandle,
+    remote: RelayHandle,
+}
+
+impl Chain {
+    fn new(n_wan: usize, rate_mbit: Option<u32>, engine: EngineConfig, ports: &str) -> Chain {
+        mptcp_testbed::require_privileges().unwrap();
+        let rp = mptcp_testbed::relay_path(n_wan, rate_mbit).unwrap();
+        let listen = SocketAddr::new([0, 0, 0, 0].into(), SOCKS_PORT);
+        let remote = Config::new()
+            .engine(engine.clone())
+            .remote(RemoteConfig::new(listen).user(USER, PASS));
+        let remote = rp.remote.run(|| Relay::start(remote)).unwrap();
+        let remote_at = SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT);
+        let local = LocalConfig::new(remote_at.to_string())
+            .credentials(USER, PASS)
+            .tproxy_udp(SocketAddr::new([0, 0, 0, 0].into(), TPROXY_UDP_PORT));
+        let local = rp
+            .local
+            .run(|| Relay::start(Config::new().engine(engine).local(local)))
+            .unwrap();
+        // Marked packets are delivered locally (table 4242: the test bed's
+        // source routing uses tables from 100), to the transparent socket.
+        rp.local
+            .ip(&["rule", "add", "fwmark", "0x4242", "lookup", "4242"])
+            .unwrap();
+        rp.local
+            .ip(&[
+                "route",
+                "add",
+                "local",
+                "0.0.0.0/0",
+                "dev",
+                "lo",
+                "table",
+                "4242",
+            ])
+            .unwrap();
+        rp.local
+            .nft(&format!(
+                "table ip relayudp {{\n chain pre {{\n  type filter hook prerouting priority mangle;\n  \
+                 iifname \"lan0\" udp dport {ports} meta mark set 0x4242 tproxy to :{TPROXY_UDP_PORT}\n }}\n}}\n"
+            ))
+            .unwrap();
+        Chain { rp, local, remote }
+    }
+
+    fn dest(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.rp.dest_addr().into(), port)
+    }
+
+    /// A UDP socket on the LAN host.
+    fn lan_socket(&self) -> UdpSocket {
+        let s = self.rp.lan.run(|| UdpSocket::bind("0.0.0.0:0")).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s
+    }
+
+    /// Responders on the destination host on `ports`: each answers a
+    /// datagram with `re:`, the sender's IP, `:`, and the datagram.
+    fn responders(&self, ports: impl IntoIterator<Item = u16>) {
+        for port in ports {
+            let socket = self
+                .rp
+                .dest
+                .run(|| UdpSocket::bind(self.dest(port)))
+                .unwrap();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let mut answer = format!("re:{}:", from.ip()).into_bytes();
+                    answer.extend_from_slice(&buf[..n]);
+                    let _ = socket.send_to(&answer, from);
+                }
+            });
+        }
+    }
+}
+
+/// Sends `payload` from `socket` to `to` until an answer to it comes (the
+/// first may find the session still opening; UDP may lose one): the answer
+/// and its sender. Answers to earlier datagrams are skipped.
+fn ask(socket: &UdpSocket, to: SocketAddr, payload: &[u8]) -> (Vec<u8>, SocketAddr) {
+    let mut buf = [0u8; 65536];
+    for _ in 0..10 {
+        socket.send_to(payload, to).unwrap();
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            if buf[..n].ends_with(payload) {
+                return (buf[..n].to_vec(), from);
+            }
+        }
+    }
+    panic!("no answer to {payload:?} from {to}");
+}
+
+/// What a responder answers, when the datagram came through the remote
+/// relay (from its way out).
+fn relayed_answer(rp: &RelayPath, payload: &[u8]) -> Vec<u8> {
+    let mut a = format!("re:{}:", rp.remote_egress_addr()).into_bytes();
+    a.extend_from_slice(payload);
+    a
+}
+
+/// Waits (at most 5 s) until the relay's counters satisfy `ok`.
+fn stats_until(relay: &RelayHandle, ok: impl Fn(&Stats) -> bool) -> Stats {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = relay.stats();
+        if ok(&s) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn engine() -> EngineConfig {
+    EngineConfig {
+        workers: 2,
+        handshake_timeout_secs: 5,
+        ..EngineConfig::default()
+    }
+}
+
+#[test]
+fn lan_datagrams_through_tproxy_are_answered_from_their_destination() {
+    let chain = Chain::new(
+        2,
+        None,
+        engine(),
+        &format!("{{ {ECHO_PORT}, {} }}", ECHO_PORT + 1),
+    );
+    chain.responders([ECHO_PORT, ECHO_PORT + 1]);
+    let rp = &chain.rp;
+    let [echo, echo2] = [ECHO_PORT, ECHO_PORT + 1].map(|p| chain.dest(p));
+    // Two LAN sockets, one of them to two destinations: three flows, each
+    // answered from the address it wrote to, through the remote relay.
+    let a = chain.lan_socket();
+    let b = chain.lan_socket();
+    assert_eq!(ask(&a, echo, b"a1"), (relayed_answer(rp, b"a1"), echo));
+    assert_eq!(ask(&a, echo2, b"a2"), (relayed_answer(rp, b"a2"), echo2));
+    assert_eq!(ask(&b, echo, b"b1"), (relayed_answer(rp, b"b1"), echo));
+    // A large datagram keeps every byte.
+    let big: Vec<u8> = (0..30_000).map(|i| (i % 251) as u8).collect();
+    assert_eq!(ask(&b, echo, &big), (relayed_answer(rp, &big), echo));
+
+    let local = stats_until(&chain.local, |s| s.udp.datagrams_down >= 4);
+    assert!(
+        local.udp.datagrams_up >= 4 && local.udp.datagrams_down >= 4,
+        "{local}"
+    );
+    assert!(local.udp.bytes_up >= 30_000, "{local}");
+    let remote = chain.remote.stats();
+    assert!(
+        remote.udp.datagrams_up >= 4 && remote.udp.datagrams_down >= 4,
+        "{remote}"
+    );
+    assert_eq!(
+        remote.udp.associations_opened, 0,
+        "no SOCKS5 association: {remote}"
+    );
+    // Only the first datagrams may have found no session yet.
+    let others: u64 = local.udp.drops.iter().sum::<u64>() - local.udp.dropped(UdpDrop::NoSession);
+    assert_eq!(others, 0, "{local}");
+}
+
+#[test]
+fn a_flood_of_new_lan_flows_is_limited_and_counted_and_tcp_beside_it_goes_on() {
+    let engine = EngineConfig {
+        udp_max_flows: 8,
+        ..engine()
+    };
+    let chain = Chain::new(1, None, engine, &ECHO_PORT.to_string());
+    chain.responders([ECHO_PORT]);
+    let echo = chain.dest(ECHO_PORT);
+    let first = chain.lan_socket();
+    assert_eq!(ask(&first, echo, b"x").1, echo, "the session is up");
+    // A TCP transfer beside it (routed: the TPROXY rule takes UDP only).
+    let tcp_at = chain.dest(5000);
+    let listener = chain.rp.dest.run(|| TcpListener::bind(tcp_at)).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got.len()
+    });
+    let mut tcp = chain.rp.lan.run(|| TcpStream::connect(tcp_at)).unwrap();
+    // 200 new flows (a port each) in a burst: 7 more get in, the rest are
+    // dropped and counted.
+    let flood: Vec<UdpSocket> = (0..200).map(|_| chain.lan_socket()).collect();
+    for s in &flood {
+        s.send_to(b"flood", echo).unwrap();
+    }
+    tcp.write_all(&vec![7u8; 4 << 20]).unwrap();
+    drop(tcp);
+    assert_eq!(server.join().unwrap(), 4 << 20, "the TCP transfer, whole");
+    let local = stats_until(&chain.local, |s| s.udp.dropped(UdpDrop::FlowLimit) >= 190);
+    assert!(local.udp.dropped(UdpDrop::FlowLimit) >= 190, "{local}");
+    let answered = flood
+        .iter()
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            s.recv_from(&mut [0u8; 128]).is_ok()
+        })
+        .count();
+    assert!(answered <= 7, "at most the table's room: {answered}");
+    // The live flow still works.
+    assert_eq!(ask(&first, echo, b"still").1, echo);
+}
+
+/// Sends `rate` datagrams of `len` bytes per second from the LAN host to
+/// `to` for `run`; returns how many were sent.
+fn send_paced(socket: &UdpSocket, to: SocketAddr, rate: u32, len: usize, run: Duration) -> u64 {
+    let payload = vec![0x5au8; len];
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < run {
+        let due = (started.elapsed().as_secs_f64() * f64::from(rate)) as u64;
+        while sent < due {
+            let _ = socket.send_to(&payload, to);
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sent
+}
+
+#[test]
+fn udp_above_one_links_rate_uses_both_and_survives_a_link_going_down() {
+    let chain = Chain::new(2, Some(20), engine(), "{ 5201, 6000 }");
+    let rp = &chain.rp;
+    // iperf3 -u at 30 Mbit/s (above one 20 Mbit/s link) through the chain;
+    // its control connection (TCP) is routed.
+    let mut server = rp
+        .dest
+        .command("iperf3")
+        .args(["-s", "-1", "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 must be installed");
+    std::thread::sleep(Duration::from_millis(300));
+    let dest = rp.dest_addr().to_string();
+    let out = rp
+        .lan
+        .exec(
+            "iperf3",
+            &[
+                "-u", "-c", &dest, "-p", "5201", "-b", "30M", "-l", "1200", "-t", "5", "-f", "m",
+            ],
+        )
+        .unwrap();
+    let _ = server.wait();
+    let receiver = out
+        .lines()
+        .find(|l| l.contains("receiver"))
+        .unwrap_or_else(|| panic!("no receiver line in:\n{out}"));
+    println!("iperf3 -u -b 30M through the chain (2 x 20 Mbit/s): {receiver}");
+    // "[  5]   0.00-5.00   sec  17.6 MBytes  29.5 Mbits/sec  0.1 ms  10/15000 (0.07%)  receiver"
+    let fields: Vec<&str> = receiver.split_whitespace().collect();
+    let mbits: f64 = fields
+        .iter()
+        .position(|f| *f == "Mbits/sec")
+        .and_then(|i| fields[i - 1].parse().ok())
+        .unwrap_or_else(|| panic!("no rate in {receiver}"));
+    assert!(mbits > 20.0, "more than one link carries: {receiver}");
+
+    // A paced stream of datagrams; WAN link 1 goes down mid-run: the
+    // datagrams stop for less than 3 s.
+    let at = chain.dest(6000);
+    let sink = rp.dest.run(|| UdpSocket::bind(at)).unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let done_r = Arc::clone(&done);
+    let receiver = std::thread::spawn(move || {
+        let mut arrivals = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !done_r.load(Ordering::Relaxed) {
+            if sink.recv_from(&mut buf).is_ok() {
+                arrivals.push(Instant::now());
+            }
+        }
+        arrivals
+    });
+    let lan = chain.lan_socket();
+    // The flow's first datagrams may find the session still opening.
+    for _ in 0..10 {
+        lan.send_to(b"warm up", at).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let down_at = Instant::now() + Duration::from_secs(2);
+    let sender = {
+        let lan = lan.try_clone().unwrap();
+        std::thread::spawn(move || send_paced(&lan, at, 1000, 1000, Duration::from_secs(8)))
+    };
+    std::thread::sleep(down_at.saturating_duration_since(Instant::now()));
+    rp.wan[1].down().unwrap();
+    let sent = sender.join().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    done.store(true, Ordering::Relaxed);
+    let arrivals = receiver.join().unwrap();
+    let after: Vec<Instant> = arrivals.iter().copied().filter(|t| *t > down_at).collect();
+    let gap = after
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(Duration::MAX);
+    println!(
+        "paced 1000 datagrams/s, link 1 down after 2 s: {} of {sent} arrived, longest gap {gap:?}",
+        arrivals.len()
+    );
+    assert!(
+        after.len() > 1000,
+        "datagrams kept arriving: {}",
+        after.len()
+    );
+    assert!(gap < Duration::from_secs(3), "longest gap {gap:?}");
+}
