@@ -54,6 +54,7 @@ impl Chain {
             .local
             .run(|| Relay::start(Config::new().engine(engine).local(local)))
             .unwrap();
+        // The README's rules (an inet table), for the test's ports.
         // Marked packets are delivered locally (table 4242: the test bed's
         // source routing uses tables from 100), to the transparent socket.
         rp.local
@@ -73,8 +74,9 @@ impl Chain {
             .unwrap();
         rp.local
             .nft(&format!(
-                "table ip relayudp {{\n chain pre {{\n  type filter hook prerouting priority mangle;\n  \
-                 iifname \"lan0\" udp dport {ports} meta mark set 0x4242 tproxy to :{TPROXY_UDP_PORT}\n }}\n}}\n"
+                "table inet relayudp {{\n chain pre {{\n  type filter hook prerouting priority mangle;\n  \
+                 iifname \"lan0\" meta nfproto ipv4 udp dport {ports} meta mark set 0x4242 \
+                 tproxy ip to :{TPROXY_UDP_PORT}\n }}\n}}\n"
             ))
             .unwrap();
         Chain { rp, local, remote }

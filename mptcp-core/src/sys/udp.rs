@@ -22,12 +22,13 @@ const CONTROL_LEN: usize = 128;
 struct Control([u8; CONTROL_LEN]);
 
 /// Asks for the original destination of every datagram (`v6`: of an IPv6
-/// socket, which gets both families' option).
+/// socket, which is IPv6 only).
 pub fn set_recv_original_destination(fd: BorrowedFd<'_>, v6: bool) -> io::Result<()> {
-    let mut options = vec![(libc::SOL_IP, libc::IP_RECVORIGDSTADDR)];
-    if v6 {
-        options.push((libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR));
-    }
+    let options = if v6 {
+        [(libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR)]
+    } else {
+        [(libc::SOL_IP, libc::IP_RECVORIGDSTADDR)]
+    };
     for (level, name) in options {
         let one: libc::c_int = 1;
         // SAFETY: `fd` is an open descriptor; the value is a live `c_int`
@@ -165,30 +166,34 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
-    #[test]
-    fn a_datagram_comes_with_its_sender_and_destination() {
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        set_recv_original_destination(rx.as_fd(), false).unwrap();
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    /// Sends `hello` to a socket on `at` set up for destinations and reads
+    /// it into 3 bytes.
+    fn received(at: &str, v6: bool) -> (Received, SocketAddr, SocketAddr, [u8; 3]) {
+        let rx = std::net::UdpSocket::bind(at).unwrap();
+        set_recv_original_destination(rx.as_fd(), v6).unwrap();
+        let tx = std::net::UdpSocket::bind(at).unwrap();
         tx.send_to(b"hello", rx.local_addr().unwrap()).unwrap();
         let mut buf = [0u8; 3];
-        let mut got = None;
         for _ in 0..100 {
             match recv_with_destination(rx.as_fd(), &mut buf) {
-                Ok(r) => {
-                    got = Some(r);
-                    break;
-                }
+                Ok(r) => return (r, tx.local_addr().unwrap(), rx.local_addr().unwrap(), buf),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     std::thread::sleep(std::time::Duration::from_millis(10))
                 }
                 Err(e) => panic!("recvmsg: {e}"),
             }
         }
-        let r = got.expect("the datagram");
-        assert_eq!(r.from, tx.local_addr().unwrap());
-        assert_eq!(r.to, Some(rx.local_addr().unwrap()));
-        assert!(r.truncated, "5 bytes into 3");
-        assert_eq!((r.len, &buf), (3, b"hel"));
+        panic!("no datagram on {at}");
+    }
+
+    #[test]
+    fn a_datagram_comes_with_its_sender_and_destination() {
+        for (at, v6) in [("127.0.0.1:0", false), ("[::1]:0", true)] {
+            let (r, sender, receiver, buf) = received(at, v6);
+            assert_eq!(r.from, sender);
+            assert_eq!(r.to, Some(receiver));
+            assert!(r.truncated, "5 bytes into 3");
+            assert_eq!((r.len, &buf), (3, b"hel"));
+        }
     }
 }
