@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use mptcp_core::relay::{
     Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig, Stats, UdpDrop,
+    UdpPortAction,
 };
 use mptcp_testbed::RelayPath;
 
@@ -39,6 +40,17 @@ struct Chain {
 
 impl Chain {
     fn new(n_wan: usize, rate_mbit: Option<u32>, engine: EngineConfig, ports: &str) -> Chain {
+        Chain::with_choices(n_wan, rate_mbit, engine, ports, &[])
+    }
+
+    /// [`Chain::new`] with `[local] udp_ports` choices.
+    fn with_choices(
+        n_wan: usize,
+        rate_mbit: Option<u32>,
+        engine: EngineConfig,
+        ports: &str,
+        choices: &[(&str, UdpPortAction)],
+    ) -> Chain {
         mptcp_testbed::require_privileges().unwrap();
         let rp = mptcp_testbed::relay_path(n_wan, rate_mbit).unwrap();
         let listen = SocketAddr::new([0, 0, 0, 0].into(), SOCKS_PORT);
@@ -47,9 +59,12 @@ impl Chain {
             .remote(RemoteConfig::new(listen).user(USER, PASS));
         let remote = rp.remote.run(|| Relay::start(remote)).unwrap();
         let remote_at = SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT);
-        let local = LocalConfig::new(remote_at.to_string())
+        let mut local = LocalConfig::new(remote_at.to_string())
             .credentials(USER, PASS)
             .tproxy_udp(SocketAddr::new([0, 0, 0, 0].into(), TPROXY_UDP_PORT));
+        for &(ports, action) in choices {
+            local = local.udp_ports(ports, action);
+        }
         let local = rp
             .local
             .run(|| Relay::start(Config::new().engine(engine).local(local)))
@@ -198,6 +213,56 @@ fn lan_datagrams_through_tproxy_are_answered_from_their_destination() {
     // Only the first datagrams may have found no session yet.
     let others: u64 = local.udp.drops.iter().sum::<u64>() - local.udp.dropped(UdpDrop::NoSession);
     assert_eq!(others, 0, "{local}");
+}
+
+#[test]
+fn each_port_is_carried_blocked_or_sent_directly_as_configured() {
+    let [carried, blocked, direct] = [ECHO_PORT, ECHO_PORT + 1, ECHO_PORT + 2];
+    let chain = Chain::with_choices(
+        1,
+        None,
+        engine(),
+        &format!("{ECHO_PORT}-{direct}"),
+        &[
+            (&blocked.to_string(), UdpPortAction::Block),
+            (&format!("{direct}-{}", direct + 10), UdpPortAction::Direct),
+        ],
+    );
+    chain.responders([carried, blocked, direct]);
+    let rp = &chain.rp;
+    let lan = chain.lan_socket();
+    let to = |p| chain.dest(p);
+    // Carried: it leaves from the remote relay.
+    assert_eq!(
+        ask(&lan, to(carried), b"c"),
+        (relayed_answer(rp, b"c"), to(carried))
+    );
+    // Direct: from the router itself (its address on WAN link 0), and the
+    // answer still comes from the address the host wrote to.
+    let (answer, from) = ask(&lan, to(direct), b"d");
+    assert_eq!(from, to(direct));
+    assert_eq!(
+        answer,
+        b"re:198.18.0.1:d",
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Blocked: nothing comes back, and it is counted.
+    for _ in 0..3 {
+        lan.send_to(b"b", to(blocked)).unwrap();
+    }
+    assert!(
+        lan.recv_from(&mut [0u8; 64]).is_err(),
+        "a blocked port gets no answer"
+    );
+    let s = stats_until(&chain.local, |s| s.udp.dropped(UdpDrop::Blocked) >= 3);
+    assert_eq!(s.udp.dropped(UdpDrop::Blocked), 3, "{s}");
+    let remote = chain.remote.stats();
+    assert!(remote.udp.datagrams_up >= 1, "{remote}");
+    assert_eq!(
+        remote.udp.bytes_up, remote.udp.datagrams_up,
+        "only the carried one-byte datagrams reached the remote: {remote}"
+    );
 }
 
 #[test]

@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::policy::Cidr;
+use super::udp_ports::{UdpPortAction, UdpPorts};
+use std::collections::BTreeMap;
 
 /// The whole configuration: engine settings and one or both roles.
 ///
@@ -275,6 +277,11 @@ pub struct LocalConfig {
     /// source.
     #[serde(default)]
     pub tproxy_udp: Vec<SocketAddr>,
+    /// UDP from the LAN by destination port (`"443"` or `"5000-5100"`):
+    /// `carry` (the default), `block` (dropped, counted) or `direct`
+    /// (sent from the router itself).
+    #[serde(default)]
+    pub udp_ports: BTreeMap<String, UdpPortAction>,
     /// SOCKS5 listeners for LAN clients (no authentication).
     #[serde(default)]
     pub socks5: Vec<SocketAddr>,
@@ -587,6 +594,9 @@ impl Config {
                         .into(),
                 );
             }
+            if let Err(e) = UdpPorts::parse(&l.udp_ports) {
+                return err("local.udp_ports", e);
+            }
             if !(1..=64).contains(&l.max_sessions) {
                 return err("local.max_sessions", "must be between 1 and 64".into());
             }
@@ -757,6 +767,7 @@ impl LocalConfig {
             redirect: Vec::new(),
             tproxy: Vec::new(),
             tproxy_udp: Vec::new(),
+            udp_ports: BTreeMap::new(),
             socks5: Vec::new(),
             http: Vec::new(),
             allowed_clients: Vec::new(),
@@ -819,6 +830,13 @@ impl LocalConfig {
     /// Adds a UDP TPROXY listener.
     pub fn tproxy_udp(mut self, addr: SocketAddr) -> LocalConfig {
         self.tproxy_udp.push(addr);
+        self
+    }
+
+    /// Chooses what becomes of UDP from the LAN to `ports` (a port, or a
+    /// range `"LOW-HIGH"`).
+    pub fn udp_ports(mut self, ports: &str, action: UdpPortAction) -> LocalConfig {
+        self.udp_ports.insert(ports.to_string(), action);
         self
     }
 
@@ -1109,6 +1127,25 @@ mod tests {
             assert_eq!(e.line, Some(2), "{e}");
             assert!(e.message.contains(says), "{e}");
         }
+    }
+
+    #[test]
+    fn udp_ports_parse_and_bad_ones_are_named() {
+        let local = "[local]\nremote = \"198.18.0.2:1080\"\ntproxy_udp = [\"0.0.0.0:12347\"]\n";
+        let good =
+            format!("{local}udp_ports = {{ \"443\" = \"block\", \"5000-5100\" = \"direct\" }}\n");
+        let c = Config::from_toml(&good).unwrap();
+        let ports = UdpPorts::parse(&c.local.unwrap().udp_ports).unwrap();
+        assert_eq!(ports.action(443), UdpPortAction::Block);
+        assert_eq!(ports.action(5050), UdpPortAction::Direct);
+        assert_eq!(ports.action(53), UdpPortAction::Carry);
+        let bad =
+            format!("{local}udp_ports = {{ \"443\" = \"block\", \"400-500\" = \"carry\" }}\n");
+        let e = Config::from_toml(&bad).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("local.udp_ports"), "{e}");
+        assert!(e.message.contains("overlap"), "{e}");
+        let unknown = format!("{local}udp_ports = {{ \"443\" = \"drop\" }}\n");
+        assert!(Config::from_toml(&unknown).is_err(), "an unknown choice");
     }
 
     #[test]

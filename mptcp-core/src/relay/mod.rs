@@ -43,6 +43,7 @@ mod session;
 mod splice;
 mod stats;
 mod stream;
+mod udp_ports;
 
 pub use config::{
     Config, ConfigError, EngineConfig, LocalConfig, NoRemote, RemoteConfig, RemoteEntry,
@@ -52,6 +53,7 @@ pub use policy::{Cidr, ClientAllowlist, DEFAULT_DENIED, DEFAULT_LAN_CLIENTS, Des
 pub use remotes::RemoteState;
 pub use seal::{KeyError, PublicKey, SecretKey};
 pub use stats::{ErrorKind, Stats, UdpDrop, UdpStats};
+pub use udp_ports::{UdpPortAction, UdpPorts};
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -207,6 +209,11 @@ impl Relay {
         // One worker reads the UDP listeners, so that each flow stays on
         // one worker's session.
         let mut udp_sockets = Some(open_udp_listeners(&config)?);
+        let udp_ports = match &config.local {
+            Some(l) => UdpPorts::parse(&l.udp_ports)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            None => UdpPorts::default(),
+        };
         let listeners = specs.iter().map(|s| (s.kind, s.addr)).collect();
         let remotes = local_route.as_deref().and_then(|r| match r {
             Route::Upstream { remotes, .. } => Some(Arc::clone(remotes)),
@@ -264,6 +271,7 @@ impl Relay {
                 engine::Listening {
                     tcp: &sockets,
                     udp: udp_sockets.take().unwrap_or_default(),
+                    udp_ports: udp_ports.clone(),
                     local_route: local_route.clone(),
                 },
                 resolve_tx.clone(),

@@ -108,11 +108,13 @@ pub enum UdpDrop {
     /// From the LAN, a new flow while no session to a remote relay is
     /// open (none works, or its session is being set up).
     NoSession,
+    /// From the LAN, to a port `[local] udp_ports` blocks.
+    Blocked,
 }
 
 impl UdpDrop {
     /// All reasons, in counter order.
-    pub const ALL: [UdpDrop; 12] = [
+    pub const ALL: [UdpDrop; 13] = [
         UdpDrop::Malformed,
         UdpDrop::Fragment,
         UdpDrop::ForeignSource,
@@ -125,6 +127,7 @@ impl UdpDrop {
         UdpDrop::SessionFull,
         UdpDrop::NotOffered,
         UdpDrop::NoSession,
+        UdpDrop::Blocked,
     ];
 
     /// A short name for logs and metrics.
@@ -142,6 +145,7 @@ impl UdpDrop {
             UdpDrop::SessionFull => "session_full",
             UdpDrop::NotOffered => "not_offered",
             UdpDrop::NoSession => "no_session",
+            UdpDrop::Blocked => "blocked",
         }
     }
 }

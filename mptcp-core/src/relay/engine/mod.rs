@@ -53,7 +53,8 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 /// (upstream, or a UDP association's client port), and `UDP_BASE + k` (a
 /// UDP association's outgoing socket); a flow carried in a session has
 /// `udp::CARRIED_BASE + f` (between the sessions' and the listeners'), and
-/// a TPROXY UDP listener `udp::LAN_UDP_BASE + i` (above those).
+/// a TPROXY UDP listener `udp::LAN_UDP_BASE + i` and a direct LAN flow's
+/// socket `udp::LAN_DIRECT_BASE + f` (above those).
 const LISTENER_BASE: usize = usize::MAX / 2;
 const SESSION_BASE: usize = usize::MAX / 4;
 const UDP_BASE: usize = usize::MAX / 8;
@@ -115,6 +116,7 @@ enum Target {
     Session(usize),
     CarriedFlow(usize),
     LanUdp(usize),
+    LanDirect(usize),
     Conn(usize, Woken),
 }
 
@@ -123,6 +125,7 @@ impl Target {
         match token {
             WAKER => Target::Waker,
             Token(t) if t >= LISTENER_BASE => Target::Listener(t - LISTENER_BASE),
+            Token(t) if t >= udp::LAN_DIRECT_BASE => Target::LanDirect(t - udp::LAN_DIRECT_BASE),
             Token(t) if t >= udp::LAN_UDP_BASE => Target::LanUdp(t - udp::LAN_UDP_BASE),
             Token(t) if t >= udp::CARRIED_BASE => Target::CarriedFlow(t - udp::CARRIED_BASE),
             Token(t) if t >= SESSION_BASE => Target::Session(t - SESSION_BASE),
@@ -205,6 +208,8 @@ pub(crate) struct Listening<'a> {
     pub tcp: &'a [std::net::TcpListener],
     /// TPROXY UDP listeners (one worker's).
     pub udp: Vec<std::net::UdpSocket>,
+    /// What becomes of their datagrams, by destination port.
+    pub udp_ports: crate::relay::UdpPorts,
     /// The local role's route, which its sessions (also those of UDP
     /// flows) take.
     pub local_route: Option<Arc<Route>>,
@@ -257,6 +262,7 @@ impl Worker {
         let Listening {
             tcp: sockets,
             udp: udp_sockets,
+            udp_ports,
             local_route,
         } = listening;
         // Every worker polls its own descriptor of each listening socket;
@@ -285,7 +291,13 @@ impl Worker {
                 .map(|s| &*s.route)
                 .chain(local_route.as_deref()),
         );
-        let lan = udp::LanFlows::new(udp_sockets, poll.registry(), &shared.engine, Instant::now())?;
+        let lan = udp::LanFlows::new(
+            udp_sockets,
+            udp_ports,
+            poll.registry(),
+            &shared.engine,
+            Instant::now(),
+        )?;
         let mut ctx = Ctx {
             worker: idx,
             now: Instant::now(),
@@ -386,7 +398,8 @@ impl Worker {
             let idle = self.ctx.requeue.is_empty()
                 && self.ctx.sessions.is_quiet()
                 && self.carried.requeue.is_empty()
-                && self.lan.requeue.is_empty();
+                && self.lan.requeue.is_empty()
+                && self.lan.direct_requeue.is_empty();
             let timeout = if idle {
                 wake_at.saturating_duration_since(Instant::now())
             } else {
@@ -406,6 +419,7 @@ impl Worker {
                     Target::Session(s) => self.session_event(s),
                     Target::CarriedFlow(f) => self.carried.answers(f, &mut self.ctx),
                     Target::LanUdp(i) => self.lan.read(i, &mut self.ctx),
+                    Target::LanDirect(f) => self.lan.direct_answers(f, &mut self.ctx),
                     Target::Conn(key, socket) => {
                         if let Some(conn) = self.conns.get_mut(key) {
                             conn.woken.insert(socket);
@@ -440,6 +454,10 @@ impl Worker {
             |w, f| w.carried.answers(f, &mut w.ctx),
         );
         self.for_each_listed(|w| &mut w.lan.requeue, |w, i| w.lan.read(i, &mut w.ctx));
+        self.for_each_listed(
+            |w| &mut w.lan.direct_requeue,
+            |w, f| w.lan.direct_answers(f, &mut w.ctx),
+        );
     }
 
     /// Runs `f` for every key of the list `list` picks, as it is now; keys

@@ -34,7 +34,7 @@ use mio::net::{TcpStream, UdpSocket};
 
 pub(super) use self::carried::{CARRIED_BASE, CarriedFlows};
 use self::egress::Egress;
-pub(super) use self::tproxy::{LAN_UDP_BASE, LanFlows};
+pub(super) use self::tproxy::{LAN_DIRECT_BASE, LAN_UDP_BASE, LanFlows};
 use super::answer::Failure;
 use super::{Ctx, Woken};
 use crate::relay::Shared;

@@ -10,11 +10,14 @@
 //! (one worker reads the UDP listeners: a flow stays on one worker's
 //! session), at most `udp_max_flows`, each forgotten after
 //! `udp_idle_timeout_secs`; a session's flows end with it, and their next
-//! datagram opens them again on another.
+//! datagram opens them again on another. `[local] udp_ports` may block a
+//! destination port instead (dropped, counted), or send its flows directly
+//! from the router: a UDP socket of the flow's own, whose answers go to the
+//! LAN host the same way.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::time::Instant;
 
@@ -23,26 +26,38 @@ use mio::{Interest, Registry, Token};
 
 use super::super::Ctx;
 use super::super::sessions::Placement;
+use super::super::slab::Slab;
 use super::{DATAGRAM_BUDGET, send_failure};
 use crate::relay::flows::FlowTable;
 use crate::relay::listeners;
 use crate::relay::policy::canonical;
 use crate::relay::stats::{Counters, UdpDrop};
+use crate::relay::udp_ports::{UdpPortAction, UdpPorts};
 use crate::socks5::TargetAddr;
 use crate::sys::udp::recv_with_destination;
 
 /// UDP listener `i` has token `LAN_UDP_BASE + i` (above the carried
-/// flows', below the TCP listeners').
+/// flows', below the TCP listeners'); a direct flow's socket
+/// `LAN_DIRECT_BASE + slot` (above those).
 pub(in crate::relay::engine) const LAN_UDP_BASE: usize = super::CARRIED_BASE + usize::MAX / 16;
+pub(in crate::relay::engine) const LAN_DIRECT_BASE: usize = LAN_UDP_BASE + usize::MAX / 64;
 
 /// A flow: the LAN host's address and where it wrote to.
 type FlowKey = (SocketAddr, SocketAddr);
 
-/// One flow: its id and session, and the socket its answers leave from
-/// (opened at the first answer).
+/// How a flow's datagrams leave.
+enum Via {
+    /// As DATAGRAM frames of flow `id` on session `session`.
+    Session { id: u32, session: usize },
+    /// From the router, on a socket of the flow's own (slot `slot` of the
+    /// direct flows, for its token).
+    Direct { socket: UdpSocket, slot: usize },
+}
+
+/// One flow: how it leaves, and the socket its answers go to the LAN host
+/// from (opened at the first answer).
 struct LanFlow {
-    id: u32,
-    session: usize,
+    via: Via,
     reply: Option<std::net::UdpSocket>,
 }
 
@@ -53,15 +68,21 @@ pub(in crate::relay::engine) struct LanFlows {
     flows: HashMap<FlowKey, LanFlow>,
     /// (session, flow id) -> flow.
     ids: HashMap<(usize, u32), FlowKey>,
+    /// Direct flows by slot.
+    direct: Slab<FlowKey>,
+    ports: UdpPorts,
     next_id: u32,
     /// Listeners that stopped for the turn's budget.
     pub requeue: Vec<usize>,
+    /// Direct flows (slots) that stopped for the turn's budget.
+    pub direct_requeue: Vec<usize>,
 }
 
 impl LanFlows {
     /// Takes `sockets` (TPROXY UDP listeners) into `registry`.
     pub(in crate::relay::engine) fn new(
         sockets: Vec<std::net::UdpSocket>,
+        ports: UdpPorts,
         registry: &Registry,
         ctx_engine: &crate::relay::EngineConfig,
         now: Instant,
@@ -77,8 +98,11 @@ impl LanFlows {
             table: FlowTable::new(ctx_engine.udp_max_flows, ctx_engine.udp_idle_timeout(), now),
             flows: HashMap::new(),
             ids: HashMap::new(),
+            direct: Slab::new(),
+            ports,
             next_id: 0,
             requeue: Vec::new(),
+            direct_requeue: Vec::new(),
         })
     }
 
@@ -86,7 +110,9 @@ impl LanFlows {
     pub(in crate::relay::engine) fn clear(&mut self) {
         self.flows.clear();
         self.ids.clear();
+        self.direct = Slab::new();
         self.requeue.clear();
+        self.direct_requeue.clear();
     }
 
     /// Listener `i` is readable: its datagrams go to their sessions, up to
@@ -123,9 +149,14 @@ impl LanFlows {
         ctx.udp_buf = buf;
     }
 
-    /// A LAN host's datagram from `from` to `to`: sent on its flow's
-    /// session (the flow opened if new). Drops are counted.
+    /// A LAN host's datagram from `from` to `to`: blocked, or sent on its
+    /// flow (opened if new) as its port's choice says. Drops are counted.
     fn datagram(&mut self, from: SocketAddr, to: SocketAddr, payload: &[u8], ctx: &mut Ctx) {
+        let action = self.ports.action(to.port());
+        if action == UdpPortAction::Block {
+            ctx.counters().udp_drop(UdpDrop::Blocked);
+            return;
+        }
         let key = (from, to);
         let mut forgotten = Vec::new();
         if !self.table.outbound_forgetting(key, ctx.now, &mut forgotten) {
@@ -135,17 +166,31 @@ impl LanFlows {
         for old in forgotten {
             self.forget(old);
         }
-        let (id, s) = match self.flows.get(&key) {
-            Some(flow) => (flow.id, flow.session),
-            None => match self.open(key, ctx) {
-                Some(opened) => opened,
-                None => {
-                    self.table.forget(key);
-                    return;
-                }
-            },
-        };
+        if !self.flows.contains_key(&key) {
+            let opened = match action {
+                UdpPortAction::Direct => self.open_direct(key, ctx),
+                _ => self.open(key, ctx),
+            };
+            if !opened {
+                self.table.forget(key);
+                return;
+            }
+        }
         let counters = &ctx.shared.counters[ctx.worker];
+        let (id, s) = match self.flows.get(&key).map(|f| &f.via) {
+            Some(&Via::Session { id, session }) => (id, session),
+            Some(Via::Direct { socket, .. }) => {
+                match socket.send(payload) {
+                    Ok(_) => {
+                        Counters::add(&counters.udp_datagrams_up, 1);
+                        Counters::add(&counters.udp_bytes_up, payload.len() as u64);
+                    }
+                    Err(e) => counters.udp_drop(send_failure(&e)),
+                }
+                return;
+            }
+            None => return,
+        };
         let Some(session) = ctx.sessions.get_mut(s) else {
             return;
         };
@@ -159,8 +204,8 @@ impl LanFlows {
     }
 
     /// A new flow: an id on an open session of the remote the route picks,
-    /// if that remote takes datagrams. `None`: dropped, counted.
-    fn open(&mut self, key: FlowKey, ctx: &mut Ctx) -> Option<(u32, usize)> {
+    /// if that remote takes datagrams. `false`: dropped, counted.
+    fn open(&mut self, key: FlowKey, ctx: &mut Ctx) -> bool {
         let counters = &ctx.shared.counters[ctx.worker];
         let placed = ctx
             .sessions
@@ -169,31 +214,97 @@ impl LanFlows {
         let Some(Placement::Open(s)) = placed else {
             // No remote, or its session is still being set up.
             counters.udp_drop(UdpDrop::NoSession);
-            return None;
+            return false;
         };
-        if !ctx.sessions.get(s)?.state.peer_datagrams() {
+        if !ctx
+            .sessions
+            .get(s)
+            .is_some_and(|x| x.state.peer_datagrams())
+        {
             counters.udp_drop(UdpDrop::NotOffered);
-            return None;
+            return false;
         }
         self.next_id = self.next_id.checked_add(1).unwrap_or(1);
         let id = self.next_id;
-        self.flows.insert(
-            key,
-            LanFlow {
-                id,
-                session: s,
-                reply: None,
-            },
-        );
+        let via = Via::Session { id, session: s };
+        self.flows.insert(key, LanFlow { via, reply: None });
         self.ids.insert((s, id), key);
-        Some((id, s))
+        true
     }
 
-    /// Forgets a flow (its reply socket closes).
-    fn forget(&mut self, key: FlowKey) {
-        if let Some(flow) = self.flows.remove(&key) {
-            self.ids.remove(&(flow.session, flow.id));
+    /// A new direct flow: a socket of its own towards the destination,
+    /// registered for the answers. `false`: dropped, counted.
+    fn open_direct(&mut self, key: FlowKey, ctx: &Ctx) -> bool {
+        let (_, to) = key;
+        let flows = &mut self.flows;
+        let opened = self.direct.insert_with(|slot| {
+            let any: SocketAddr = if to.is_ipv4() {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let mut socket = UdpSocket::bind(any)?;
+            socket.connect(to)?;
+            let token = Token(LAN_DIRECT_BASE + slot);
+            ctx.registry
+                .register(&mut socket, token, Interest::READABLE)?;
+            let via = Via::Direct { socket, slot };
+            flows.insert(key, LanFlow { via, reply: None });
+            io::Result::Ok(key)
+        });
+        if let Err(e) = opened {
+            tracing::debug!(destination = %to, error = %e, "relay: cannot send UDP directly");
+            ctx.counters().udp_drop(UdpDrop::SendFailed);
+            return false;
         }
+        true
+    }
+
+    /// Forgets a flow (its sockets close).
+    fn forget(&mut self, key: FlowKey) {
+        match self.flows.remove(&key).map(|f| f.via) {
+            Some(Via::Session { id, session }) => {
+                self.ids.remove(&(session, id));
+            }
+            Some(Via::Direct { slot, .. }) => {
+                self.direct.remove(slot);
+            }
+            None => {}
+        }
+    }
+
+    /// Direct flow `slot`'s socket is readable: its answers go to the LAN
+    /// host, up to the turn's budget (then it is requeued).
+    pub(in crate::relay::engine) fn direct_answers(&mut self, slot: usize, ctx: &mut Ctx) {
+        let Some(&key) = self.direct.get(slot) else {
+            return;
+        };
+        let mut buf = std::mem::take(&mut ctx.udp_buf);
+        for n in 0.. {
+            if n == DATAGRAM_BUDGET {
+                self.direct_requeue.push(slot);
+                break;
+            }
+            let Some(Via::Direct { socket, .. }) = self.flows.get(&key).map(|f| &f.via) else {
+                break;
+            };
+            let room = buf.room();
+            match socket.recv(room) {
+                Ok(len) => {
+                    let counters = &ctx.shared.counters[ctx.worker];
+                    if !self.table.inbound(key, ctx.now) {
+                        counters.udp_drop(UdpDrop::UnknownSender);
+                        self.forget(key);
+                        break;
+                    }
+                    self.reply(key, &room[..len], counters);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // An ICMP error of an earlier datagram: on with the next.
+                Err(_) => {}
+            }
+        }
+        ctx.udp_buf = buf;
     }
 
     /// An answer on flow `id` of session `s` from `peer`: sent to the LAN
@@ -211,17 +322,24 @@ impl LanFlows {
             counters.udp_drop(UdpDrop::UnknownSender);
             return;
         };
-        let (lan_host, destination) = key;
         let from_destination = matches!(peer, TargetAddr::Ip(p)
-            if SocketAddr::new(canonical(p.ip()), p.port()) == destination);
-        if !from_destination || !self.table.inbound(key, now) {
+            if SocketAddr::new(canonical(p.ip()), p.port()) == key.1);
+        if !from_destination {
             counters.udp_drop(UdpDrop::UnknownSender);
-            if !from_destination {
-                return;
-            }
+            return;
+        }
+        if !self.table.inbound(key, now) {
+            counters.udp_drop(UdpDrop::UnknownSender);
             self.forget(key);
             return;
         }
+        self.reply(key, payload, counters);
+    }
+
+    /// Sends an answer of flow `key` to its LAN host, from the flow's
+    /// original destination.
+    fn reply(&mut self, key: FlowKey, payload: &[u8], counters: &Counters) {
+        let (lan_host, destination) = key;
         let Some(flow) = self.flows.get_mut(&key) else {
             return;
         };
@@ -253,7 +371,7 @@ impl LanFlows {
         let gone: Vec<FlowKey> = self
             .flows
             .iter()
-            .filter(|(_, f)| f.session == s)
+            .filter(|(_, f)| matches!(f.via, Via::Session { session, .. } if session == s))
             .map(|(k, _)| *k)
             .collect();
         for key in gone {
