@@ -6,7 +6,9 @@
 //! from the address it wrote to; `iperf3 -u` above one link's rate reports
 //! loss and throughput; a WAN link taken down mid-run stops the datagrams
 //! for less than 3 s; floods of new flows are limited and counted while a
-//! TCP transfer beside them goes on.
+//! TCP transfer beside them goes on; ports are carried, blocked or sent
+//! directly as configured; `dig` gets answers through TPROXY and through
+//! the DNS forwarder.
 #![cfg(feature = "relay")]
 
 use std::io::{Read, Write};
@@ -40,16 +42,16 @@ struct Chain {
 
 impl Chain {
     fn new(n_wan: usize, rate_mbit: Option<u32>, engine: EngineConfig, ports: &str) -> Chain {
-        Chain::with_choices(n_wan, rate_mbit, engine, ports, &[])
+        Chain::with(n_wan, rate_mbit, engine, ports, |l| l)
     }
 
-    /// [`Chain::new`] with `[local] udp_ports` choices.
-    fn with_choices(
+    /// [`Chain::new`] with more of the local relay's configuration.
+    fn with(
         n_wan: usize,
         rate_mbit: Option<u32>,
         engine: EngineConfig,
         ports: &str,
-        choices: &[(&str, UdpPortAction)],
+        configure: impl FnOnce(LocalConfig) -> LocalConfig,
     ) -> Chain {
         mptcp_testbed::require_privileges().unwrap();
         let rp = mptcp_testbed::relay_path(n_wan, rate_mbit).unwrap();
@@ -59,12 +61,11 @@ impl Chain {
             .remote(RemoteConfig::new(listen).user(USER, PASS));
         let remote = rp.remote.run(|| Relay::start(remote)).unwrap();
         let remote_at = SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT);
-        let mut local = LocalConfig::new(remote_at.to_string())
-            .credentials(USER, PASS)
-            .tproxy_udp(SocketAddr::new([0, 0, 0, 0].into(), TPROXY_UDP_PORT));
-        for &(ports, action) in choices {
-            local = local.udp_ports(ports, action);
-        }
+        let local = configure(
+            LocalConfig::new(remote_at.to_string())
+                .credentials(USER, PASS)
+                .tproxy_udp(SocketAddr::new([0, 0, 0, 0].into(), TPROXY_UDP_PORT)),
+        );
         let local = rp
             .local
             .run(|| Relay::start(Config::new().engine(engine).local(local)))
@@ -90,6 +91,7 @@ impl Chain {
         rp.local
             .nft(&format!(
                 "table inet relayudp {{\n chain pre {{\n  type filter hook prerouting priority mangle;\n  \
+                 iifname \"lan0\" ip daddr 198.19.1.0/24 return\n  \
                  iifname \"lan0\" meta nfproto ipv4 udp dport {ports} meta mark set 0x4242 \
                  tproxy ip to :{TPROXY_UDP_PORT}\n }}\n}}\n"
             ))
@@ -218,16 +220,10 @@ fn lan_datagrams_through_tproxy_are_answered_from_their_destination() {
 #[test]
 fn each_port_is_carried_blocked_or_sent_directly_as_configured() {
     let [carried, blocked, direct] = [ECHO_PORT, ECHO_PORT + 1, ECHO_PORT + 2];
-    let chain = Chain::with_choices(
-        1,
-        None,
-        engine(),
-        &format!("{ECHO_PORT}-{direct}"),
-        &[
-            (&blocked.to_string(), UdpPortAction::Block),
-            (&format!("{direct}-{}", direct + 10), UdpPortAction::Direct),
-        ],
-    );
+    let chain = Chain::with(1, None, engine(), &format!("{ECHO_PORT}-{direct}"), |l| {
+        l.udp_ports(&blocked.to_string(), UdpPortAction::Block)
+            .udp_ports(&format!("{direct}-{}", direct + 10), UdpPortAction::Direct)
+    });
     chain.responders([carried, blocked, direct]);
     let rp = &chain.rp;
     let lan = chain.lan_socket();
@@ -262,6 +258,90 @@ fn each_port_is_carried_blocked_or_sent_directly_as_configured() {
     assert_eq!(
         remote.udp.bytes_up, remote.udp.datagrams_up,
         "only the carried one-byte datagrams reached the remote: {remote}"
+    );
+}
+
+/// The address the test's DNS server gives every name.
+const ANSWER_IP: &str = "192.0.2.7";
+
+/// A DNS server on the destination host, port 53: every A query gets one
+/// answer, [`ANSWER_IP`] (RFC 1035 wire format, enough for `dig`).
+fn dns_server(rp: &RelayPath) {
+    let at = SocketAddr::new(rp.dest_addr().into(), 53);
+    let socket = rp.dest.run(|| UdpSocket::bind(at)).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let query = &buf[..n];
+            // Header (12 bytes), then the question: labels up to a zero
+            // length, type and class.
+            let mut end = 12;
+            while end < n && query[end] != 0 {
+                end += 1 + usize::from(query[end]);
+            }
+            let end = end + 5;
+            if n < end {
+                continue;
+            }
+            let mut answer = query[..2].to_vec();
+            answer.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+            answer.extend_from_slice(&query[12..end]);
+            // The name by pointer to the question, A, IN, TTL 60, 4 bytes.
+            answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            let ip: std::net::Ipv4Addr = ANSWER_IP.parse().unwrap();
+            answer.extend_from_slice(&ip.octets());
+            let _ = socket.send_to(&answer, from);
+        }
+    });
+}
+
+/// `dig +short` for `name` from the LAN host, asking `server`: its last
+/// line (a first try may time out while the session opens, which dig
+/// reports before the answer of its next).
+fn dig(rp: &RelayPath, server: &str, name: &str) -> String {
+    rp.lan
+        .exec(
+            "dig",
+            &[
+                "+short",
+                "+time=2",
+                "+tries=5",
+                &format!("@{server}"),
+                name,
+                "A",
+            ],
+        )
+        .expect("dig (package dnsutils) must be installed")
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn dig_gets_answers_through_tproxy_and_through_the_dns_forwarder() {
+    let forwarder = SocketAddr::new([0, 0, 0, 0].into(), 53);
+    let chain = Chain::with(1, None, engine(), "53", |l| {
+        l.dns(forwarder, SocketAddr::new([198, 19, 2, 2].into(), 53))
+    });
+    let rp = &chain.rp;
+    dns_server(rp);
+    // Asking the resolver directly: TPROXY takes the query into the chain.
+    assert_eq!(
+        dig(rp, &rp.dest_addr().to_string(), "direct.test"),
+        ANSWER_IP
+    );
+    // Asking the router: its forwarder sends the query to the resolver.
+    assert_eq!(
+        dig(rp, &rp.local_lan_addr().to_string(), "forwarded.test"),
+        ANSWER_IP
+    );
+    let local = stats_until(&chain.local, |s| s.udp.datagrams_down >= 2);
+    assert!(local.udp.datagrams_down >= 2, "{local}");
+    let remote = chain.remote.stats();
+    assert!(
+        remote.udp.datagrams_up >= 2 && remote.udp.datagrams_down >= 2,
+        "{remote}"
     );
 }
 
@@ -328,8 +408,17 @@ fn send_paced(socket: &UdpSocket, to: SocketAddr, rate: u32, len: usize, run: Du
 
 #[test]
 fn udp_above_one_links_rate_uses_both_and_survives_a_link_going_down() {
-    let chain = Chain::new(2, Some(20), engine(), "{ 5201, 6000 }");
+    let chain = Chain::new(
+        2,
+        Some(20),
+        engine(),
+        &format!("{{ 5201, {ECHO_PORT}, 6000 }}"),
+    );
     let rp = &chain.rp;
+    // iperf3's first datagram must not find the session still opening (it
+    // would give up): one answered datagram first.
+    chain.responders([ECHO_PORT]);
+    ask(&chain.lan_socket(), chain.dest(ECHO_PORT), b"up");
     // iperf3 -u at 30 Mbit/s (above one 20 Mbit/s link) through the chain;
     // its control connection (TCP) is routed.
     let mut server = rp

@@ -282,6 +282,14 @@ pub struct LocalConfig {
     /// (sent from the router itself).
     #[serde(default)]
     pub udp_ports: BTreeMap<String, UdpPortAction>,
+    /// A DNS forwarder for the LAN (UDP): queries to this address go to
+    /// `dns_upstream` through the remote relay.
+    #[serde(default)]
+    pub dns: Option<SocketAddr>,
+    /// The resolver the DNS forwarder's queries go to (an address, as the
+    /// remote relay sees it).
+    #[serde(default)]
+    pub dns_upstream: Option<SocketAddr>,
     /// SOCKS5 listeners for LAN clients (no authentication).
     #[serde(default)]
     pub socks5: Vec<SocketAddr>,
@@ -585,17 +593,24 @@ impl Config {
             if l.redirect.is_empty()
                 && l.tproxy.is_empty()
                 && l.tproxy_udp.is_empty()
+                && l.dns.is_none()
                 && l.socks5.is_empty()
                 && l.http.is_empty()
             {
                 return err(
                     "local",
-                    "no listener: set at least one of redirect, tproxy, tproxy_udp, socks5, http"
+                    "no listener: set at least one of redirect, tproxy, tproxy_udp, dns, socks5, http"
                         .into(),
                 );
             }
             if let Err(e) = UdpPorts::parse(&l.udp_ports) {
                 return err("local.udp_ports", e);
+            }
+            if l.dns.is_some() != l.dns_upstream.is_some() {
+                return err(
+                    "local.dns_upstream",
+                    "set both dns (the forwarder's address) and dns_upstream (its resolver)".into(),
+                );
             }
             if !(1..=64).contains(&l.max_sessions) {
                 return err("local.max_sessions", "must be between 1 and 64".into());
@@ -768,6 +783,8 @@ impl LocalConfig {
             tproxy: Vec::new(),
             tproxy_udp: Vec::new(),
             udp_ports: BTreeMap::new(),
+            dns: None,
+            dns_upstream: None,
             socks5: Vec::new(),
             http: Vec::new(),
             allowed_clients: Vec::new(),
@@ -837,6 +854,14 @@ impl LocalConfig {
     /// range `"LOW-HIGH"`).
     pub fn udp_ports(mut self, ports: &str, action: UdpPortAction) -> LocalConfig {
         self.udp_ports.insert(ports.to_string(), action);
+        self
+    }
+
+    /// A DNS forwarder on `addr` whose queries go to `resolver` through the
+    /// remote relay.
+    pub fn dns(mut self, addr: SocketAddr, resolver: SocketAddr) -> LocalConfig {
+        self.dns = Some(addr);
+        self.dns_upstream = Some(resolver);
         self
     }
 

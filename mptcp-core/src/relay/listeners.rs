@@ -83,6 +83,25 @@ pub(crate) fn listen_udp_tproxy(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(socket)
 }
 
+/// A DNS forwarder's UDP listener on `addr`, told each datagram's
+/// destination (the address the host wrote to, which its answers leave
+/// from when the listener is on a wildcard address). `SO_REUSEADDR`, like
+/// the transparent sockets that answer as port 53 of other hosts.
+pub(crate) fn listen_udp_forwarder(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on UDP {addr}: {e}")))?;
+    socket.set_nonblocking(true)?;
+    let socket: UdpSocket = socket.into();
+    crate::sys::udp::set_recv_original_destination(socket.as_fd(), addr.is_ipv6())?;
+    Ok(socket)
+}
+
 /// Where a connection redirected by nftables/iptables `REDIRECT` was going:
 /// `SO_ORIGINAL_DST` (IPv4) or `IP6T_SO_ORIGINAL_DST` (IPv6).
 pub(crate) fn original_destination(stream: &mio::net::TcpStream) -> io::Result<SocketAddr> {

@@ -373,15 +373,25 @@ impl Drop for RelayHandle {
     }
 }
 
-/// The local role's TPROXY UDP listeners.
-fn open_udp_listeners(config: &Config) -> io::Result<Vec<std::net::UdpSocket>> {
+/// The local role's UDP listeners: TPROXY, and the DNS forwarder.
+fn open_udp_listeners(config: &Config) -> io::Result<Vec<engine::LanListener>> {
     let Some(l) = &config.local else {
         return Ok(Vec::new());
     };
-    l.tproxy_udp
-        .iter()
-        .map(|&addr| listeners::listen_udp_tproxy(addr))
-        .collect()
+    let mut opened = Vec::new();
+    for &addr in &l.tproxy_udp {
+        opened.push(engine::LanListener {
+            socket: listeners::listen_udp_tproxy(addr)?,
+            forward_to: None,
+        });
+    }
+    if let (Some(addr), Some(resolver)) = (l.dns, l.dns_upstream) {
+        opened.push(engine::LanListener {
+            socket: listeners::listen_udp_forwarder(addr)?,
+            forward_to: Some(resolver),
+        });
+    }
+    Ok(opened)
 }
 
 /// The TCP listeners with their specs, and the local role's route (which

@@ -22,6 +22,8 @@ mod sessions;
 mod slab;
 mod udp;
 
+pub(crate) use self::udp::LanListener;
+
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::{self, AssertUnwindSafe};
@@ -206,8 +208,8 @@ struct WorkerListener {
 pub(crate) struct Listening<'a> {
     /// The TCP listeners (each worker polls its own descriptor of each).
     pub tcp: &'a [std::net::TcpListener],
-    /// TPROXY UDP listeners (one worker's).
-    pub udp: Vec<std::net::UdpSocket>,
+    /// The LAN side's UDP listeners: TPROXY, DNS forwarder (one worker's).
+    pub udp: Vec<LanListener>,
     /// What becomes of their datagrams, by destination port.
     pub udp_ports: crate::relay::UdpPorts,
     /// The local role's route, which its sessions (also those of UDP

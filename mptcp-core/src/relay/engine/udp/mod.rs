@@ -34,6 +34,7 @@ use mio::net::{TcpStream, UdpSocket};
 
 pub(super) use self::carried::{CARRIED_BASE, CarriedFlows};
 use self::egress::Egress;
+pub(crate) use self::tproxy::LanListener;
 pub(super) use self::tproxy::{LAN_DIRECT_BASE, LAN_UDP_BASE, LanFlows};
 use super::answer::Failure;
 use super::{Ctx, Woken};

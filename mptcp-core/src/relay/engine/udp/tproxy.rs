@@ -14,6 +14,11 @@
 //! destination port instead (dropped, counted), or send its flows directly
 //! from the router: a UDP socket of the flow's own, whose answers go to the
 //! LAN host the same way.
+//!
+//! A DNS forwarder listener (`[local] dns`) is read the same way, but its
+//! flows (LAN host, the forwarder's address) go to the configured resolver
+//! (`dns_upstream`) through the remote relay, and their answers leave from
+//! the forwarder's own socket.
 
 use std::collections::HashMap;
 use std::io;
@@ -54,16 +59,31 @@ enum Via {
     Direct { socket: UdpSocket, slot: usize },
 }
 
-/// One flow: how it leaves, and the socket its answers go to the LAN host
-/// from (opened at the first answer).
+/// One flow: how it leaves and where to, and the socket its answers go to
+/// the LAN host from (opened at the first answer, or the DNS forwarder's).
 struct LanFlow {
     via: Via,
+    /// Where its datagrams go (the original destination, or the DNS
+    /// forwarder's resolver); answers must come from there.
+    to: SocketAddr,
+    /// A DNS forwarder's flow: the listener its answers leave from.
+    forwarder: Option<usize>,
     reply: Option<std::net::UdpSocket>,
+}
+
+/// A UDP listener of the LAN side.
+pub(crate) struct LanListener {
+    /// Transparent (TPROXY), or the DNS forwarder's, told each datagram's
+    /// destination.
+    pub socket: std::net::UdpSocket,
+    /// A DNS forwarder: the resolver its queries go to.
+    pub forward_to: Option<SocketAddr>,
 }
 
 /// The worker's TPROXY UDP listeners and their flows.
 pub(in crate::relay::engine) struct LanFlows {
-    listeners: Vec<UdpSocket>,
+    /// Sockets, and the resolver of a DNS forwarder.
+    listeners: Vec<(UdpSocket, Option<SocketAddr>)>,
     table: FlowTable<FlowKey>,
     flows: HashMap<FlowKey, LanFlow>,
     /// (session, flow id) -> flow.
@@ -81,17 +101,17 @@ pub(in crate::relay::engine) struct LanFlows {
 impl LanFlows {
     /// Takes `sockets` (TPROXY UDP listeners) into `registry`.
     pub(in crate::relay::engine) fn new(
-        sockets: Vec<std::net::UdpSocket>,
+        sockets: Vec<LanListener>,
         ports: UdpPorts,
         registry: &Registry,
         ctx_engine: &crate::relay::EngineConfig,
         now: Instant,
     ) -> io::Result<LanFlows> {
         let mut listeners = Vec::new();
-        for (i, socket) in sockets.into_iter().enumerate() {
-            let mut socket = UdpSocket::from_std(socket);
+        for (i, l) in sockets.into_iter().enumerate() {
+            let mut socket = UdpSocket::from_std(l.socket);
             registry.register(&mut socket, Token(LAN_UDP_BASE + i), Interest::READABLE)?;
-            listeners.push(socket);
+            listeners.push((socket, l.forward_to));
         }
         Ok(LanFlows {
             listeners,
@@ -124,7 +144,7 @@ impl LanFlows {
                 self.requeue.push(i);
                 break;
             }
-            let Some(socket) = self.listeners.get(i) else {
+            let Some(&(ref socket, forward_to)) = self.listeners.get(i) else {
                 break;
             };
             let room = buf.room();
@@ -143,21 +163,35 @@ impl LanFlows {
                 continue;
             };
             let from = SocketAddr::new(canonical(got.from.ip()), got.from.port());
-            let to = SocketAddr::new(canonical(to.ip()), to.port());
-            self.datagram(from, to, &room[..got.len], ctx);
+            let wrote_to = SocketAddr::new(canonical(to.ip()), to.port());
+            let key = (from, wrote_to);
+            match forward_to {
+                Some(resolver) => self.datagram(key, resolver, Some(i), &room[..got.len], ctx),
+                None => self.datagram(key, wrote_to, None, &room[..got.len], ctx),
+            }
         }
         ctx.udp_buf = buf;
     }
 
-    /// A LAN host's datagram from `from` to `to`: blocked, or sent on its
-    /// flow (opened if new) as its port's choice says. Drops are counted.
-    fn datagram(&mut self, from: SocketAddr, to: SocketAddr, payload: &[u8], ctx: &mut Ctx) {
-        let action = self.ports.action(to.port());
+    /// A LAN host's datagram on flow `key`, to `to`: blocked, or sent on
+    /// its flow (opened if new) as its port's choice says (a DNS
+    /// forwarder's, of listener `forwarder`, is carried). Drops are counted.
+    fn datagram(
+        &mut self,
+        key: FlowKey,
+        to: SocketAddr,
+        forwarder: Option<usize>,
+        payload: &[u8],
+        ctx: &mut Ctx,
+    ) {
+        let action = match forwarder {
+            Some(_) => UdpPortAction::Carry,
+            None => self.ports.action(to.port()),
+        };
         if action == UdpPortAction::Block {
             ctx.counters().udp_drop(UdpDrop::Blocked);
             return;
         }
-        let key = (from, to);
         let mut forgotten = Vec::new();
         if !self.table.outbound_forgetting(key, ctx.now, &mut forgotten) {
             ctx.counters().udp_drop(UdpDrop::FlowLimit);
@@ -169,7 +203,7 @@ impl LanFlows {
         if !self.flows.contains_key(&key) {
             let opened = match action {
                 UdpPortAction::Direct => self.open_direct(key, ctx),
-                _ => self.open(key, ctx),
+                _ => self.open(key, to, forwarder, ctx),
             };
             if !opened {
                 self.table.forget(key);
@@ -205,7 +239,13 @@ impl LanFlows {
 
     /// A new flow: an id on an open session of the remote the route picks,
     /// if that remote takes datagrams. `false`: dropped, counted.
-    fn open(&mut self, key: FlowKey, ctx: &mut Ctx) -> bool {
+    fn open(
+        &mut self,
+        key: FlowKey,
+        to: SocketAddr,
+        forwarder: Option<usize>,
+        ctx: &mut Ctx,
+    ) -> bool {
         let counters = &ctx.shared.counters[ctx.worker];
         let placed = ctx
             .sessions
@@ -227,7 +267,13 @@ impl LanFlows {
         self.next_id = self.next_id.checked_add(1).unwrap_or(1);
         let id = self.next_id;
         let via = Via::Session { id, session: s };
-        self.flows.insert(key, LanFlow { via, reply: None });
+        let flow = LanFlow {
+            via,
+            to,
+            forwarder,
+            reply: None,
+        };
+        self.flows.insert(key, flow);
         self.ids.insert((s, id), key);
         true
     }
@@ -249,7 +295,13 @@ impl LanFlows {
             ctx.registry
                 .register(&mut socket, token, Interest::READABLE)?;
             let via = Via::Direct { socket, slot };
-            flows.insert(key, LanFlow { via, reply: None });
+            let flow = LanFlow {
+                via,
+                to,
+                forwarder: None,
+                reply: None,
+            };
+            flows.insert(key, flow);
             io::Result::Ok(key)
         });
         if let Err(e) = opened {
@@ -322,8 +374,9 @@ impl LanFlows {
             counters.udp_drop(UdpDrop::UnknownSender);
             return;
         };
+        let to = self.flows.get(&key).map(|f| f.to);
         let from_destination = matches!(peer, TargetAddr::Ip(p)
-            if SocketAddr::new(canonical(p.ip()), p.port()) == key.1);
+            if Some(SocketAddr::new(canonical(p.ip()), p.port())) == to);
         if !from_destination {
             counters.udp_drop(UdpDrop::UnknownSender);
             return;
@@ -336,27 +389,33 @@ impl LanFlows {
         self.reply(key, payload, counters);
     }
 
-    /// Sends an answer of flow `key` to its LAN host, from the flow's
-    /// original destination.
+    /// Sends an answer of flow `key` to its LAN host, from the address the
+    /// host wrote to (the original destination, or the DNS forwarder).
     fn reply(&mut self, key: FlowKey, payload: &[u8], counters: &Counters) {
         let (lan_host, destination) = key;
         let Some(flow) = self.flows.get_mut(&key) else {
             return;
         };
-        if flow.reply.is_none() {
-            match listeners::transparent_udp(destination) {
-                Ok(socket) => flow.reply = Some(socket),
-                Err(e) => {
-                    tracing::debug!(%destination, error = %e, "relay: cannot answer as the destination");
-                    counters.udp_drop(UdpDrop::SendFailed);
-                    return;
+        let sent = if let Some((forwarder, _)) = flow.forwarder.and_then(|i| self.listeners.get(i))
+        {
+            forwarder.send_to(payload, lan_host)
+        } else {
+            if flow.reply.is_none() {
+                match listeners::transparent_udp(destination) {
+                    Ok(socket) => flow.reply = Some(socket),
+                    Err(e) => {
+                        tracing::debug!(%destination, error = %e, "relay: cannot answer as the destination");
+                        counters.udp_drop(UdpDrop::SendFailed);
+                        return;
+                    }
                 }
             }
-        }
-        let Some(reply) = &flow.reply else {
-            return;
+            let Some(reply) = &flow.reply else {
+                return;
+            };
+            reply.send_to(payload, lan_host)
         };
-        match reply.send_to(payload, lan_host) {
+        match sent {
             Ok(_) => {
                 Counters::add(&counters.udp_datagrams_down, 1);
                 Counters::add(&counters.udp_bytes_down, payload.len() as u64);
