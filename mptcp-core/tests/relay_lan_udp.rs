@@ -32,6 +32,14 @@ const TPROXY_UDP_PORT: u16 = 12347;
 const ECHO_PORT: u16 = 5353;
 const WAIT: Duration = Duration::from_secs(2);
 
+/// How a test changes the local relay's configuration.
+type LocalOf = fn(LocalConfig) -> LocalConfig;
+
+/// The local relay's configuration as the chain builds it.
+fn local_as_is(l: LocalConfig) -> LocalConfig {
+    l
+}
+
 /// The chain: a remote relay, a local relay with a TPROXY UDP listener, and
 /// the nftables rule that sends the LAN's UDP to `ports` into it.
 struct Chain {
@@ -42,26 +50,26 @@ struct Chain {
 
 impl Chain {
     fn new(n_wan: usize, rate_mbit: Option<u32>, engine: EngineConfig, ports: &str) -> Chain {
-        Chain::with(n_wan, rate_mbit, engine, ports, |l| l)
+        Chain::with(n_wan, rate_mbit, engine, ports, |r| (local_as_is, r))
     }
 
-    /// [`Chain::new`] with more of the local relay's configuration.
+    /// [`Chain::new`] with more of the relays' configuration: `configure`
+    /// changes the remote's and says how to change the local's.
     fn with(
         n_wan: usize,
         rate_mbit: Option<u32>,
         engine: EngineConfig,
         ports: &str,
-        configure: impl FnOnce(LocalConfig) -> LocalConfig,
+        configure: impl FnOnce(RemoteConfig) -> (LocalOf, RemoteConfig),
     ) -> Chain {
         mptcp_testbed::require_privileges().unwrap();
         let rp = mptcp_testbed::relay_path(n_wan, rate_mbit).unwrap();
         let listen = SocketAddr::new([0, 0, 0, 0].into(), SOCKS_PORT);
-        let remote = Config::new()
-            .engine(engine.clone())
-            .remote(RemoteConfig::new(listen).user(USER, PASS));
+        let (local_of, remote) = configure(RemoteConfig::new(listen).user(USER, PASS));
+        let remote = Config::new().engine(engine.clone()).remote(remote);
         let remote = rp.remote.run(|| Relay::start(remote)).unwrap();
         let remote_at = SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT);
-        let local = configure(
+        let local = local_of(
             LocalConfig::new(remote_at.to_string())
                 .credentials(USER, PASS)
                 .tproxy_udp(SocketAddr::new([0, 0, 0, 0].into(), TPROXY_UDP_PORT)),
@@ -220,10 +228,13 @@ fn lan_datagrams_through_tproxy_are_answered_from_their_destination() {
 #[test]
 fn each_port_is_carried_blocked_or_sent_directly_as_configured() {
     let [carried, blocked, direct] = [ECHO_PORT, ECHO_PORT + 1, ECHO_PORT + 2];
-    let chain = Chain::with(1, None, engine(), &format!("{ECHO_PORT}-{direct}"), |l| {
+    fn choices(l: LocalConfig) -> LocalConfig {
+        let [blocked, direct] = [ECHO_PORT + 1, ECHO_PORT + 2];
         l.udp_ports(&blocked.to_string(), UdpPortAction::Block)
             .udp_ports(&format!("{direct}-{}", direct + 10), UdpPortAction::Direct)
-    });
+    }
+    let ports = format!("{ECHO_PORT}-{direct}");
+    let chain = Chain::with(1, None, engine(), &ports, |r| (choices, r));
     chain.responders([carried, blocked, direct]);
     let rp = &chain.rp;
     let lan = chain.lan_socket();
@@ -320,10 +331,11 @@ fn dig(rp: &RelayPath, server: &str, name: &str) -> String {
 
 #[test]
 fn dig_gets_answers_through_tproxy_and_through_the_dns_forwarder() {
-    let forwarder = SocketAddr::new([0, 0, 0, 0].into(), 53);
-    let chain = Chain::with(1, None, engine(), "53", |l| {
-        l.dns(forwarder, SocketAddr::new([198, 19, 2, 2].into(), 53))
-    });
+    fn forwarder(l: LocalConfig) -> LocalConfig {
+        let at = SocketAddr::new([0, 0, 0, 0].into(), 53);
+        l.dns(at, SocketAddr::new([198, 19, 2, 2].into(), 53))
+    }
+    let chain = Chain::with(1, None, engine(), "53", |r| (forwarder, r));
     let rp = &chain.rp;
     dns_server(rp);
     // Asking the resolver directly: TPROXY takes the query into the chain.
@@ -343,6 +355,35 @@ fn dig_gets_answers_through_tproxy_and_through_the_dns_forwarder() {
         remote.udp.datagrams_up >= 2 && remote.udp.datagrams_down >= 2,
         "{remote}"
     );
+}
+
+#[test]
+fn a_remote_that_does_not_offer_datagrams_is_sent_none() {
+    let chain = Chain::with(1, None, engine(), &ECHO_PORT.to_string(), |mut r| {
+        // Its SETTINGS then lack setting 3, as an older relay's do.
+        r.udp_associate = false;
+        (local_as_is, r)
+    });
+    chain.responders([ECHO_PORT]);
+    let lan = chain.lan_socket();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Until the session is open the drops are `no_session`; then every
+    // datagram is `not_offered`, and none reaches the remote relay.
+    while chain.local.stats().udp.dropped(UdpDrop::NotOffered) < 3 {
+        assert!(Instant::now() < deadline, "{}", chain.local.stats());
+        lan.send_to(b"old remote", chain.dest(ECHO_PORT)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(lan.recv_from(&mut [0u8; 64]).is_err(), "no answer");
+    let local = chain.local.stats();
+    assert_eq!(local.udp.datagrams_up, 0, "{local}");
+    let remote = chain.remote.stats();
+    assert_eq!(
+        remote.udp.datagrams_up + remote.udp.drops.iter().sum::<u64>(),
+        0,
+        "{remote}"
+    );
+    assert_eq!(remote.session_errors, 0, "{remote}");
 }
 
 #[test]
