@@ -28,6 +28,8 @@ const PASS: &str = "s3cret";
 const SOCKS_PORT: u16 = 1080;
 /// The local relay's TPROXY UDP listener.
 const TPROXY_UDP_PORT: u16 = 12347;
+/// Its TPROXY TCP listener, where a test has one.
+const TCP_TPROXY_PORT: u16 = 12346;
 /// Responders on the destination host (answer `re:<sender ip>:` + data).
 const ECHO_PORT: u16 = 5353;
 const WAIT: Duration = Duration::from_secs(2);
@@ -392,12 +394,24 @@ fn a_flood_of_new_lan_flows_is_limited_and_counted_and_tcp_beside_it_goes_on() {
         udp_max_flows: 8,
         ..engine()
     };
-    let chain = Chain::new(1, None, engine, &ECHO_PORT.to_string());
+    // TCP to port 5000 goes through the relays too, on the same session.
+    fn with_tcp(l: LocalConfig) -> LocalConfig {
+        l.tproxy(SocketAddr::new([0, 0, 0, 0].into(), TCP_TPROXY_PORT))
+    }
+    let chain = Chain::with(1, None, engine, &ECHO_PORT.to_string(), |r| (with_tcp, r));
+    chain
+        .rp
+        .local
+        .nft(&format!(
+            "table ip relaytcp {{\n chain pre {{\n  type filter hook prerouting priority mangle;\n  \
+             iifname \"lan0\" tcp dport 5000 meta mark set 0x4242 tproxy to :{TCP_TPROXY_PORT}\n }}\n}}\n"
+        ))
+        .unwrap();
     chain.responders([ECHO_PORT]);
     let echo = chain.dest(ECHO_PORT);
     let first = chain.lan_socket();
     assert_eq!(ask(&first, echo, b"x").1, echo, "the session is up");
-    // A TCP transfer beside it (routed: the TPROXY rule takes UDP only).
+    // A TCP transfer beside it, through the relays.
     let tcp_at = chain.dest(5000);
     let listener = chain.rp.dest.run(|| TcpListener::bind(tcp_at)).unwrap();
     let server = std::thread::spawn(move || {
@@ -418,6 +432,10 @@ fn a_flood_of_new_lan_flows_is_limited_and_counted_and_tcp_beside_it_goes_on() {
     assert_eq!(server.join().unwrap(), 4 << 20, "the TCP transfer, whole");
     let local = stats_until(&chain.local, |s| s.udp.dropped(UdpDrop::FlowLimit) >= 190);
     assert!(local.udp.dropped(UdpDrop::FlowLimit) >= 190, "{local}");
+    assert_eq!(
+        local.relayed, 1,
+        "the TCP transfer went through the relay: {local}"
+    );
     let answered = flood
         .iter()
         .filter(|s| {
