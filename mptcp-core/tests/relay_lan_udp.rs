@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mptcp_core::relay::{
-    Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig, Stats, UdpDrop,
+    Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig, SecretKey, Stats, UdpDrop,
     UdpPortAction,
 };
 use mptcp_testbed::RelayPath;
@@ -35,7 +35,7 @@ const ECHO_PORT: u16 = 5353;
 const WAIT: Duration = Duration::from_secs(2);
 
 /// How a test changes the local relay's configuration.
-type LocalOf = fn(LocalConfig) -> LocalConfig;
+type LocalOf = Box<dyn FnOnce(LocalConfig) -> LocalConfig>;
 
 /// The local relay's configuration as the chain builds it.
 fn local_as_is(l: LocalConfig) -> LocalConfig {
@@ -52,7 +52,9 @@ struct Chain {
 
 impl Chain {
     fn new(n_wan: usize, rate_mbit: Option<u32>, engine: EngineConfig, ports: &str) -> Chain {
-        Chain::with(n_wan, rate_mbit, engine, ports, |r| (local_as_is, r))
+        Chain::with(n_wan, rate_mbit, engine, ports, |r| {
+            (Box::new(local_as_is), r)
+        })
     }
 
     /// [`Chain::new`] with more of the relays' configuration: `configure`
@@ -236,7 +238,7 @@ fn each_port_is_carried_blocked_or_sent_directly_as_configured() {
             .udp_ports(&format!("{direct}-{}", direct + 10), UdpPortAction::Direct)
     }
     let ports = format!("{ECHO_PORT}-{direct}");
-    let chain = Chain::with(1, None, engine(), &ports, |r| (choices, r));
+    let chain = Chain::with(1, None, engine(), &ports, |r| (Box::new(choices), r));
     chain.responders([carried, blocked, direct]);
     let rp = &chain.rp;
     let lan = chain.lan_socket();
@@ -337,7 +339,7 @@ fn dig_gets_answers_through_tproxy_and_through_the_dns_forwarder() {
         let at = SocketAddr::new([0, 0, 0, 0].into(), 53);
         l.dns(at, SocketAddr::new([198, 19, 2, 2].into(), 53))
     }
-    let chain = Chain::with(1, None, engine(), "53", |r| (forwarder, r));
+    let chain = Chain::with(1, None, engine(), "53", |r| (Box::new(forwarder), r));
     let rp = &chain.rp;
     dns_server(rp);
     // Asking the resolver directly: TPROXY takes the query into the chain.
@@ -360,11 +362,36 @@ fn dig_gets_answers_through_tproxy_and_through_the_dns_forwarder() {
 }
 
 #[test]
+fn datagrams_cross_an_encrypted_session() {
+    let remote_key = SecretKey::generate();
+    let local_key = SecretKey::generate();
+    let remote_public = remote_key.public_key();
+    let chain = Chain::with(1, None, engine(), &ECHO_PORT.to_string(), |r| {
+        let r = r.key(&remote_key).peer_key(&local_key.public_key());
+        let local_of: LocalOf = Box::new(move |l| l.encrypt(&local_key, &remote_public));
+        (local_of, r)
+    });
+    chain.responders([ECHO_PORT]);
+    let echo = chain.dest(ECHO_PORT);
+    let lan = chain.lan_socket();
+    for i in 0..20u8 {
+        let query = [b'q', i];
+        assert_eq!(
+            ask(&lan, echo, &query),
+            (relayed_answer(&chain.rp, &query), echo)
+        );
+    }
+    let remote = chain.remote.stats();
+    assert!(remote.udp.datagrams_down >= 20, "{remote}");
+    assert_eq!(remote.session_errors, 0, "{remote}");
+}
+
+#[test]
 fn a_remote_that_does_not_offer_datagrams_is_sent_none() {
     let chain = Chain::with(1, None, engine(), &ECHO_PORT.to_string(), |mut r| {
         // Its SETTINGS then lack setting 3, as an older relay's do.
         r.udp_associate = false;
-        (local_as_is, r)
+        (Box::new(local_as_is), r)
     });
     chain.responders([ECHO_PORT]);
     let lan = chain.lan_socket();
@@ -398,7 +425,9 @@ fn a_flood_of_new_lan_flows_is_limited_and_counted_and_tcp_beside_it_goes_on() {
     fn with_tcp(l: LocalConfig) -> LocalConfig {
         l.tproxy(SocketAddr::new([0, 0, 0, 0].into(), TCP_TPROXY_PORT))
     }
-    let chain = Chain::with(1, None, engine, &ECHO_PORT.to_string(), |r| (with_tcp, r));
+    let chain = Chain::with(1, None, engine, &ECHO_PORT.to_string(), |r| {
+        (Box::new(with_tcp), r)
+    });
     chain
         .rp
         .local
