@@ -104,7 +104,7 @@ impl LanFlows {
         sockets: Vec<LanListener>,
         ports: UdpPorts,
         registry: &Registry,
-        ctx_engine: &crate::relay::EngineConfig,
+        engine: &crate::relay::EngineConfig,
         now: Instant,
     ) -> io::Result<LanFlows> {
         let mut listeners = Vec::new();
@@ -115,7 +115,7 @@ impl LanFlows {
         }
         Ok(LanFlows {
             listeners,
-            table: FlowTable::new(ctx_engine.udp_max_flows, ctx_engine.udp_idle_timeout(), now),
+            table: FlowTable::new(engine.udp_max_flows, engine.udp_idle_timeout(), now),
             flows: HashMap::new(),
             ids: HashMap::new(),
             direct: Slab::new(),
