@@ -135,6 +135,10 @@ pub struct LocalArgs {
     /// Listener for TPROXY (needs CAP_NET_ADMIN and policy routing)
     #[arg(long, value_name = "ADDR:PORT")]
     pub tproxy: Vec<SocketAddr>,
+    /// UDP listener for TPROXY: the LAN's datagrams, carried in the session
+    /// to the remote relay (needs CAP_NET_ADMIN and policy routing)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub tproxy_udp: Vec<SocketAddr>,
     /// SOCKS5 listener for LAN clients
     #[arg(long, value_name = "ADDR:PORT")]
     pub socks5: Vec<SocketAddr>,
@@ -422,6 +426,7 @@ fn local_config(args: &LocalArgs) -> Result<Config, Failure> {
         }
         override_list(&mut local.redirect, &args.redirect);
         override_list(&mut local.tproxy, &args.tproxy);
+        override_list(&mut local.tproxy_udp, &args.tproxy_udp);
         override_list(&mut local.socks5, &args.socks5);
         override_list(&mut local.http, &args.http);
         override_list(&mut local.allowed_clients, &args.common.allow_clients);

@@ -262,16 +262,20 @@ fn raw_session(remote: SocketAddr, window: u32) -> TcpStream {
     Control::Settings(Settings {
         initial_window: window,
         pings: false,
+        datagrams: false,
     })
     .encode(0, &mut hello)
     .unwrap();
     s.write_all(&hello).unwrap();
-    // Method, auth status, reply (IPv4: 10 bytes), SETTINGS (16 bytes).
-    let mut answer = [0u8; 2 + 2 + 10 + mux::HEADER_LEN + 6];
+    // Method, auth status, reply (IPv4: 10 bytes), SETTINGS (a header
+    // and (id, value) pairs).
+    let mut answer = [0u8; 2 + 2 + 10 + mux::HEADER_LEN];
     s.read_exact(&mut answer).unwrap();
     assert_eq!(&answer[..5], [5, 2, 1, 0, 5]);
     assert_eq!(answer[5], 0, "the remote accepted the session");
     assert_eq!(answer[14], FrameType::Settings.to_u8());
+    let len = u32::from_be_bytes(answer[20..24].try_into().unwrap());
+    s.read_exact(&mut vec![0; len as usize]).unwrap();
     s
 }
 

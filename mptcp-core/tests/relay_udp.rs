@@ -7,16 +7,21 @@
 //! traffic goes on; an association ends with its TCP connection and after
 //! its idle timeout. On loopback: IPv6, and the listeners that refuse UDP
 //! ASSOCIATE (the local role's, and a remote with `udp_associate = false`).
+//! And UDP carried in a session (DATAGRAM frames, from a session opened
+//! here as a local relay opens one): answers by flow, a port per flow,
+//! the policy, flow limits, a full session, a peer without the setting.
 #![cfg(feature = "relay")]
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
+use mptcp_core::mux::{self, Control, FrameType, Header, Settings};
 use mptcp_core::relay::{
     Config, EngineConfig, ErrorKind, ListenerKind, LocalConfig, Relay, RelayHandle, RemoteConfig,
     Stats, UdpDrop,
 };
+use mptcp_core::socks5::{self, Command, Progress, Request, TargetAddr};
 use mptcp_testbed::RelayPath;
 
 const USER: &str = "alice";
@@ -730,4 +735,227 @@ fn guessing_passwords_for_associations_is_slowed_down() {
         return;
     }
     panic!("every try took longer than the guard's first wait");
+}
+
+/// A session opened by hand from the local node, as a local relay opens
+/// one (SOCKS5 MULTIPLEX, then SETTINGS both ways), for UDP carried as
+/// DATAGRAM frames.
+struct MuxSession {
+    s: TcpStream,
+    /// The remote's SETTINGS offered DATAGRAM frames (setting 3).
+    offered: bool,
+}
+
+impl MuxSession {
+    /// Opens one; `datagrams`: our SETTINGS offer DATAGRAM frames.
+    fn open(rp: &RelayPath, datagrams: bool) -> MuxSession {
+        let mut s = rp.local.run(|| TcpStream::connect(relay_addr(rp))).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut hello = Vec::new();
+        let request = Request {
+            command: Command::Multiplex,
+            dest: TargetAddr::Ip(SocketAddr::from(([0, 0, 0, 0], mux::VERSION))),
+        };
+        socks5::encode_client_hello_auth_request(Some((USER, PASS)), &request, &mut hello).unwrap();
+        Control::Settings(Settings {
+            initial_window: 1 << 20,
+            pings: false,
+            datagrams,
+        })
+        .encode(0, &mut hello)
+        .unwrap();
+        s.write_all(&hello).unwrap();
+        // Method, auth status, reply (IPv4: 10 bytes), then SETTINGS.
+        let mut answer = [0u8; 2 + 2 + 10];
+        s.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer[..6], [5, 2, 1, 0, 5, 0], "session accepted");
+        let mut m = MuxSession { s, offered: false };
+        let (header, payload) = m.frame().expect("SETTINGS");
+        let Ok(Some(Control::Settings(settings))) = Control::parse(&header, &payload) else {
+            panic!("SETTINGS first, not {header:?}");
+        };
+        m.offered = settings.datagrams;
+        m
+    }
+
+    /// Sends a DATAGRAM frame of `flow` to `to`.
+    fn send(&mut self, flow: u32, to: &TargetAddr, payload: &[u8]) {
+        let mut frame = Vec::new();
+        mux::encode_datagram(flow, to, payload, &mut frame).unwrap();
+        self.s.write_all(&frame).unwrap();
+    }
+
+    /// The next frame, if one comes within [`WAIT`].
+    fn frame(&mut self) -> Option<(Header, Vec<u8>)> {
+        let mut head = [0u8; mux::HEADER_LEN];
+        self.s.read_exact(&mut head).ok()?;
+        let Ok(Progress::Done(header, _)) = Header::parse(&head) else {
+            panic!("a bad frame header from the remote: {head:?}");
+        };
+        let mut payload = vec![0; header.len as usize];
+        self.s.read_exact(&mut payload).unwrap();
+        Some((header, payload))
+    }
+
+    /// The next DATAGRAM frame (others are skipped) within [`WAIT`]: its
+    /// flow, sender and datagram.
+    fn recv(&mut self) -> Option<(u32, TargetAddr, Vec<u8>)> {
+        loop {
+            let (header, payload) = self.frame()?;
+            if header.kind == FrameType::Datagram {
+                let (from, datagram) = mux::parse_datagram(&payload).unwrap();
+                return Some((header.stream, from, datagram.to_vec()));
+            }
+        }
+    }
+}
+
+/// The answer a responder gives to `payload` on `flow`, as it comes back
+/// in a DATAGRAM frame.
+fn carried_answer(flow: u32, from: SocketAddr, payload: &[u8]) -> (u32, TargetAddr, Vec<u8>) {
+    let mut a = b"re:".to_vec();
+    a.extend_from_slice(payload);
+    (flow, TargetAddr::Ip(from), a)
+}
+
+#[test]
+fn datagrams_carried_in_a_session_get_their_answers_by_flow() {
+    let (rp, relay) = testbed(engine());
+    responders(&rp, [ECHO_PORT, ECHO_PORT + 1]);
+    let [echo, echo2] = [ECHO_PORT, ECHO_PORT + 1].map(|p| dest(&rp, p));
+    let mut m = MuxSession::open(&rp, true);
+    assert!(m.offered, "a remote that serves UDP offers DATAGRAM frames");
+
+    // Three flows, two to the same destination: each answer comes back on
+    // its own flow, naming its sender.
+    m.send(1, &TargetAddr::Ip(echo), b"a1");
+    m.send(2, &TargetAddr::Ip(echo), b"b2");
+    m.send(3, &TargetAddr::Ip(echo2), b"c3");
+    let mut got: Vec<_> = (0..3).map_while(|_| m.recv()).collect();
+    got.sort_by_key(|(flow, ..)| *flow);
+    assert_eq!(
+        got,
+        [
+            carried_answer(1, echo, b"a1"),
+            carried_answer(2, echo, b"b2"),
+            carried_answer(3, echo2, b"c3"),
+        ]
+    );
+    // To a name the remote resolves; and a large datagram, whole.
+    let by_name = TargetAddr::Domain(rp.dest_addr().to_string(), ECHO_PORT);
+    m.send(4, &by_name, b"named");
+    assert_eq!(m.recv(), Some(carried_answer(4, echo, b"named")));
+    let big: Vec<u8> = (0..60_000).map(|i| (i % 251) as u8).collect();
+    m.send(5, &TargetAddr::Ip(echo), &big);
+    assert_eq!(m.recv(), Some(carried_answer(5, echo, &big)));
+
+    // Each flow leaves from a port of its own (answers are told apart by
+    // flow, as behind a NAT).
+    let spy_at = dest(&rp, 6000);
+    let spy = rp.dest.run(|| UdpSocket::bind(spy_at)).unwrap();
+    spy.set_read_timeout(Some(WAIT)).unwrap();
+    m.send(6, &TargetAddr::Ip(spy_at), b"from 6");
+    m.send(7, &TargetAddr::Ip(spy_at), b"from 7");
+    let mut buf = [0u8; 64];
+    let (_, port6) = spy.recv_from(&mut buf).unwrap();
+    let (_, port7) = spy.recv_from(&mut buf).unwrap();
+    assert_eq!(port6.ip(), rp.remote_egress_addr());
+    assert_ne!(port6, port7, "two flows, two ports");
+
+    // The relay's own address is denied, as for CONNECT: dropped, counted.
+    let own = SocketAddr::new(rp.remote_egress_addr().into(), ECHO_PORT);
+    m.send(8, &TargetAddr::Ip(own), b"to the relay");
+    assert_eq!(m.recv(), None, "a denied destination gives no answer");
+
+    let s = stats_until(&relay, |s| s.udp.dropped(UdpDrop::DestinationDenied) >= 1);
+    assert_eq!(s.udp.dropped(UdpDrop::DestinationDenied), 1, "{s}");
+    assert!(s.udp.datagrams_up >= 7 && s.udp.datagrams_down >= 5, "{s}");
+    assert!(s.udp.bytes_up >= 60_000, "{s}");
+    assert_eq!(
+        s.udp.drops.iter().sum::<u64>(),
+        1,
+        "nothing else dropped: {s}"
+    );
+    assert_eq!(s.udp.associations_opened, 0, "no SOCKS5 association: {s}");
+}
+
+#[test]
+fn a_flood_of_carried_flows_is_limited_and_a_full_session_drops_datagrams() {
+    let engine = EngineConfig {
+        udp_max_flows: 4,
+        udp_idle_timeout_secs: 1,
+        ..engine()
+    };
+    let (rp, relay) = testbed(engine);
+    responders(&rp, [ECHO_PORT]);
+    let echo = dest(&rp, ECHO_PORT);
+    let mut m = MuxSession::open(&rp, true);
+
+    // Twenty new flows at once: four are carried, the rest are counted.
+    for flow in 1..=20 {
+        m.send(flow, &TargetAddr::Ip(echo), &flow.to_be_bytes());
+    }
+    let mut answered: Vec<u32> = (0..20).map_while(|_| m.recv()).map(|(f, ..)| f).collect();
+    answered.sort();
+    assert_eq!(answered, [1, 2, 3, 4]);
+    let s = stats_until(&relay, |s| s.udp.dropped(UdpDrop::FlowLimit) >= 16);
+    assert_eq!(s.udp.dropped(UdpDrop::FlowLimit), 16, "{s}");
+    // Once those idle out (1 s, found by the sweep), new flows get room.
+    std::thread::sleep(Duration::from_millis(2500));
+    m.send(21, &TargetAddr::Ip(echo), b"later");
+    assert_eq!(m.recv(), Some(carried_answer(21, echo, b"later")));
+
+    // A session whose reader stops: answers that find its output full are
+    // dropped and counted, never queued without bound...
+    let payload = [7u8; 1200];
+    for _ in 0..30_000 {
+        m.send(21, &TargetAddr::Ip(echo), &payload);
+    }
+    let s = stats_until(&relay, |s| s.udp.dropped(UdpDrop::SessionFull) > 0);
+    assert!(s.udp.dropped(UdpDrop::SessionFull) > 0, "{s}");
+    // ...and once it reads again, the session carries on (UDP may lose a
+    // datagram after such a flood: a few tries).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for _ in 0..5 {
+        m.send(22, &TargetAddr::Ip(echo), b"after");
+        while let Some((flow, ..)) = m.recv() {
+            if flow == 22 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "answers without end");
+        }
+    }
+    panic!("no answer on flow 22 after the flood: {}", relay.stats());
+}
+
+#[test]
+fn a_peer_that_does_not_offer_datagrams_is_sent_none() {
+    let (rp, relay) = testbed(engine());
+    let spy_at = dest(&rp, 6000);
+    let spy = rp.dest.run(|| UdpSocket::bind(spy_at)).unwrap();
+    spy.set_read_timeout(Some(WAIT)).unwrap();
+    let mut m = MuxSession::open(&rp, false);
+    // It sends one anyway: the datagram goes, but its answer does not
+    // come back in a frame the peer would not understand.
+    m.send(1, &TargetAddr::Ip(spy_at), b"old peer");
+    let mut buf = [0u8; 64];
+    let (n, outgoing) = spy.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"old peer");
+    spy.send_to(b"answer", outgoing).unwrap();
+    let s = stats_until(&relay, |s| s.udp.dropped(UdpDrop::NotOffered) >= 1);
+    assert_eq!(s.udp.dropped(UdpDrop::NotOffered), 1, "{s}");
+    // The session is alive (a PING is answered) and no DATAGRAM came.
+    let mut ping = Vec::new();
+    Control::Ping(42).encode(0, &mut ping).unwrap();
+    m.s.write_all(&ping).unwrap();
+    let (header, payload) = m.frame().expect("PONG");
+    assert_eq!(
+        header.kind,
+        FrameType::Pong,
+        "the first frame after SETTINGS"
+    );
+    assert_eq!(
+        Control::parse(&header, &payload),
+        Ok(Some(Control::Pong(42)))
+    );
 }

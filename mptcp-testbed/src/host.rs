@@ -191,6 +191,29 @@ impl Host {
         self.ip(&args).map(drop)
     }
 
+    /// Loads an nftables ruleset (`nft -f -`) inside the host.
+    pub fn nft(&self, ruleset: &str) -> io::Result<()> {
+        let mut child = self
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("running nft (nftables): {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(ruleset.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "host {}: nft rejected the ruleset ({}):\n{ruleset}",
+                self.name(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
     /// Runs `tc args` (iproute2) inside the host.
     pub fn tc(&self, args: &[&str]) -> io::Result<String> {
         self.exec("tc", args)

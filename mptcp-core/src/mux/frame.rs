@@ -24,6 +24,13 @@ pub const SETTING_INITIAL_WINDOW: u16 = 1;
 /// not send it skip PING frames as unknown, so the other end must not
 /// take their silence for a failure).
 pub const SETTING_PINGS: u16 = 2;
+/// Setting id: 1 when the sender takes DATAGRAM frames (UDP carried in
+/// the session); a peer without it is never sent one.
+pub const SETTING_DATAGRAMS: u16 = 3;
+/// The longest DATAGRAM payload (address and datagram): a whole frame
+/// fits the receiver's 64 KiB input buffer, where it is parsed in one
+/// piece.
+pub const MAX_DATAGRAM_FRAME_LEN: u32 = 65_000;
 
 /// What a frame is; the first header byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +55,8 @@ pub enum FrameType {
     Ping,
     /// 9: the answer to PING, with its payload.
     Pong,
+    /// 10: a UDP datagram of a flow, with its peer's address.
+    Datagram,
     /// Any other value: skipped.
     Unknown(u8),
 }
@@ -66,6 +75,7 @@ impl FrameType {
             FrameType::GoAway => 7,
             FrameType::Ping => 8,
             FrameType::Pong => 9,
+            FrameType::Datagram => 10,
             FrameType::Unknown(v) => v,
         }
     }
@@ -83,6 +93,7 @@ impl FrameType {
             7 => FrameType::GoAway,
             8 => FrameType::Ping,
             9 => FrameType::Pong,
+            10 => FrameType::Datagram,
             v => FrameType::Unknown(v),
         }
     }
@@ -121,10 +132,10 @@ impl Header {
         }
         let stream = u32::from_be_bytes(raw[2..6].try_into().expect("4 bytes"));
         let len = u32::from_be_bytes(raw[6..10].try_into().expect("4 bytes"));
-        let max = if kind == FrameType::Data {
-            MAX_DATA_LEN
-        } else {
-            MAX_CONTROL_LEN
+        let max = match kind {
+            FrameType::Data => MAX_DATA_LEN,
+            FrameType::Datagram => MAX_DATAGRAM_FRAME_LEN,
+            _ => MAX_CONTROL_LEN,
         };
         if len > max {
             return Err(Error("frame longer than the protocol allows"));
@@ -161,6 +172,8 @@ pub struct Settings {
     pub initial_window: u32,
     /// The sender answers PING ([`SETTING_PINGS`]).
     pub pings: bool,
+    /// The sender takes DATAGRAM frames ([`SETTING_DATAGRAMS`]).
+    pub datagrams: bool,
 }
 
 impl Default for Settings {
@@ -168,6 +181,7 @@ impl Default for Settings {
         Settings {
             initial_window: DEFAULT_WINDOW,
             pings: false,
+            datagrams: false,
         }
     }
 }
@@ -215,7 +229,7 @@ impl Control {
             return Err(Error("payload length differs from the header"));
         }
         let control = match header.kind {
-            FrameType::Data | FrameType::Unknown(_) => return Ok(None),
+            FrameType::Data | FrameType::Datagram | FrameType::Unknown(_) => return Ok(None),
             FrameType::Open => Control::Open(whole_address(payload)?),
             FrameType::Reply => {
                 let (&code, rest) = payload.split_first().ok_or(Error("REPLY without a code"))?;
@@ -291,9 +305,11 @@ impl Control {
             Control::Settings(s) => {
                 out.extend_from_slice(&SETTING_INITIAL_WINDOW.to_be_bytes());
                 out.extend_from_slice(&s.initial_window.to_be_bytes());
-                if s.pings {
-                    out.extend_from_slice(&SETTING_PINGS.to_be_bytes());
-                    out.extend_from_slice(&1u32.to_be_bytes());
+                for (id, on) in [(SETTING_PINGS, s.pings), (SETTING_DATAGRAMS, s.datagrams)] {
+                    if on {
+                        out.extend_from_slice(&id.to_be_bytes());
+                        out.extend_from_slice(&1u32.to_be_bytes());
+                    }
                 }
                 Ok(())
             }
@@ -320,6 +336,59 @@ impl Control {
         out[start..start + HEADER_LEN].copy_from_slice(&header.to_bytes());
         Ok(())
     }
+}
+
+/// Appends a DATAGRAM frame of flow `flow` (not 0): `peer` (the
+/// destination, from the local relay; the sender of an answer, from the
+/// remote) and the datagram. Fails, appending nothing, for a name SOCKS5
+/// cannot carry or a datagram longer than a frame takes.
+pub fn encode_datagram(
+    flow: u32,
+    peer: &TargetAddr,
+    datagram: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), DatagramError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    if peer.encode(out).is_err() {
+        out.truncate(start);
+        return Err(DatagramError::Address);
+    }
+    let len = out.len() - start - HEADER_LEN + datagram.len();
+    let Some(len) = u32::try_from(len)
+        .ok()
+        .filter(|&l| l <= MAX_DATAGRAM_FRAME_LEN)
+    else {
+        out.truncate(start);
+        return Err(DatagramError::TooLarge);
+    };
+    out.extend_from_slice(datagram);
+    let header = Header {
+        kind: FrameType::Datagram,
+        stream: flow,
+        len,
+    };
+    out[start..start + HEADER_LEN].copy_from_slice(&header.to_bytes());
+    Ok(())
+}
+
+/// Splits a DATAGRAM frame's payload into the peer's address and the
+/// datagram.
+pub fn parse_datagram(payload: &[u8]) -> Result<(TargetAddr, &[u8]), Error> {
+    match TargetAddr::parse(payload) {
+        Ok(Progress::Done(addr, used)) => Ok((addr, &payload[used..])),
+        Ok(Progress::NeedMore) => Err(Error("DATAGRAM address cut short")),
+        Err(e) => Err(Error(e.reason)),
+    }
+}
+
+/// Why a datagram could not be framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatagramError {
+    /// A name longer than SOCKS5 carries.
+    Address,
+    /// More than [`MAX_DATAGRAM_FRAME_LEN`] with its address.
+    TooLarge,
 }
 
 /// An address that must fill the payload exactly.
@@ -355,6 +424,8 @@ fn parse_settings(payload: &[u8]) -> Result<Settings, Error> {
             settings.initial_window = value;
         } else if id == SETTING_PINGS {
             settings.pings = value == 1;
+        } else if id == SETTING_DATAGRAMS {
+            settings.datagrams = value == 1;
         }
     }
     Ok(settings)
@@ -409,6 +480,7 @@ mod tests {
                 Control::Settings(Settings {
                     initial_window: 1 << 20,
                     pings: true,
+                    datagrams: true,
                 }),
             ),
             (0, Control::GoAway { last_stream: 42 }),
@@ -505,8 +577,46 @@ mod tests {
             Ok(Some(Control::Settings(Settings {
                 initial_window: 0x4000,
                 pings: false,
+                datagrams: false,
             })))
         );
+    }
+
+    #[test]
+    fn datagrams_round_trip_and_overlong_ones_are_refused() {
+        let peer = TargetAddr::Ip("198.19.2.2:53".parse().unwrap());
+        let mut wire = Vec::new();
+        encode_datagram(9, &peer, b"query", &mut wire).unwrap();
+        let Progress::Done(header, used) = Header::parse(&wire).unwrap() else {
+            panic!("a whole header");
+        };
+        assert_eq!((header.kind, header.stream), (FrameType::Datagram, 9));
+        assert_eq!(header.len as usize, wire.len() - HEADER_LEN);
+        assert_eq!(Control::parse(&header, &wire[used..]), Ok(None));
+        assert_eq!(
+            parse_datagram(&wire[used..]),
+            Ok((peer.clone(), &b"query"[..]))
+        );
+        let before = wire.len();
+        let big = vec![0; MAX_DATAGRAM_FRAME_LEN as usize];
+        assert_eq!(
+            encode_datagram(9, &peer, &big, &mut wire),
+            Err(DatagramError::TooLarge)
+        );
+        assert_eq!(wire.len(), before, "nothing appended");
+        assert!(parse_datagram(&[1, 127, 0]).is_err());
+        let on_zero = Header {
+            kind: FrameType::Datagram,
+            stream: 0,
+            len: 7,
+        };
+        assert!(Header::parse(&on_zero.to_bytes()).is_err(), "flow 0");
+        let overlong = Header {
+            kind: FrameType::Datagram,
+            stream: 1,
+            len: MAX_DATAGRAM_FRAME_LEN + 1,
+        };
+        assert!(Header::parse(&overlong.to_bytes()).is_err());
     }
 
     proptest! {

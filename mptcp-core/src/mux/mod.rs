@@ -35,9 +35,26 @@
 //! | 7 GOAWAY | 0 | last stream id (u32, BE) | no new streams on this session |
 //! | 8 PING | 0 | opaque (u64, BE) | answer with PONG (only if the peer's SETTINGS offered it) |
 //! | 9 PONG | 0 | the PING's payload | the answer: the other relay is alive |
+//! | 10 DATAGRAM | flow id | `ATYP ADDR PORT`, then the datagram | one UDP datagram of a flow (only if the peer's SETTINGS offered it) |
 //!
 //! Settings: 1 is the initial window of every stream (bytes); 2 set to 1
-//! says the sender answers PING. A local relay PINGs a remote that offers
+//! says the sender answers PING; 3 set to 1 says the sender takes
+//! DATAGRAM frames (a peer without it is sent none).
+//!
+//! # Datagrams
+//! UDP crosses a session as DATAGRAM frames. A flow (a LAN host's port
+//! talking to one destination) has an id of the local relay's choosing,
+//! its own id space beside the streams'. Every datagram carries its
+//! address: towards the remote relay the destination, back the sender of
+//! the answer. That costs 7 bytes per IPv4 datagram and needs no
+//! per-flow handshake, so a flow moves to another session (the first one
+//! failed) without a setup the new remote side could miss. The remote
+//! relay sends each flow's datagrams from its own UDP port (as a NAT
+//! maps each source apart), forgets a flow idle for `udp_idle_timeout_secs`
+//! and keeps at most `udp_max_flows` per session. Datagrams have no flow
+//! control: one that finds the session's output buffer full is dropped
+//! and counted, never queued (UDP stays UDP: no old datagram makes new
+//! ones wait). A local relay PINGs a remote that offers
 //! it every half second and takes a PING unanswered for 3 s for a remote
 //! that is gone (a peer of version 1 without the setting is never PINGed:
 //! it would skip the frames).

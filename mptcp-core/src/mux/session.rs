@@ -7,7 +7,7 @@
 //! use mptcp_core::mux::{Control, SessionState, Settings};
 //! let mut client = SessionState::opener();
 //! let mut server = SessionState::acceptor();
-//! client.on_settings(&Settings { initial_window: 65536, pings: false }).unwrap();
+//! client.on_settings(&Settings { initial_window: 65536, pings: false, datagrams: false }).unwrap();
 //! server.on_settings(&Settings::default()).unwrap();
 //! let id = client.open_stream().unwrap();
 //! assert!(server.accept_stream(id).unwrap());
@@ -63,6 +63,8 @@ pub struct SessionState {
     peer_window: u32,
     /// The peer answers PING (its SETTINGS said so).
     peer_pings: bool,
+    /// The peer takes DATAGRAM frames (its SETTINGS said so).
+    peer_datagrams: bool,
     /// No new streams: GOAWAY sent or received, or ids used up.
     going_away: bool,
 }
@@ -84,6 +86,7 @@ impl SessionState {
             open: false,
             peer_window: DEFAULT_WINDOW,
             peer_pings: false,
+            peer_datagrams: false,
             going_away: false,
         }
     }
@@ -105,12 +108,18 @@ impl SessionState {
         self.open = true;
         self.peer_window = settings.initial_window;
         self.peer_pings = settings.pings;
+        self.peer_datagrams = settings.datagrams;
         Ok(())
     }
 
     /// Whether the peer answers PING with PONG.
     pub fn peer_pings(&self) -> bool {
         self.peer_pings
+    }
+
+    /// Whether the peer takes DATAGRAM frames (never before its SETTINGS).
+    pub fn peer_datagrams(&self) -> bool {
+        self.peer_datagrams
     }
 
     /// Whether the peer's SETTINGS arrived.

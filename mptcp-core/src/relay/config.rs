@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::policy::Cidr;
+use super::udp_ports::{UdpPortAction, UdpPorts};
+use std::collections::BTreeMap;
 
 /// The whole configuration: engine settings and one or both roles.
 ///
@@ -272,6 +274,26 @@ pub struct LocalConfig {
     /// CAP_NET_ADMIN; the original destination is the local address).
     #[serde(default)]
     pub tproxy: Vec<SocketAddr>,
+    /// UDP listeners for `TPROXY` (`IP_TRANSPARENT`, needs CAP_NET_ADMIN;
+    /// each datagram's original destination from `IP_RECVORIGDSTADDR`):
+    /// every (LAN source, destination) is a flow carried to a remote relay
+    /// in a session, and its answers leave with the destination as their
+    /// source.
+    #[serde(default)]
+    pub tproxy_udp: Vec<SocketAddr>,
+    /// UDP from the LAN by destination port (`"443"` or `"5000-5100"`):
+    /// `carry` (the default), `block` (dropped, counted) or `direct`
+    /// (sent from the router itself).
+    #[serde(default)]
+    pub udp_ports: BTreeMap<String, UdpPortAction>,
+    /// A DNS forwarder for the LAN (UDP): queries to this address go to
+    /// `dns_upstream` through the remote relay.
+    #[serde(default)]
+    pub dns: Option<SocketAddr>,
+    /// The resolver the DNS forwarder's queries go to (an address, as the
+    /// remote relay sees it).
+    #[serde(default)]
+    pub dns_upstream: Option<SocketAddr>,
     /// SOCKS5 listeners for LAN clients (no authentication).
     #[serde(default)]
     pub socks5: Vec<SocketAddr>,
@@ -574,12 +596,24 @@ impl Config {
         if let Some(l) = &self.local {
             if l.redirect.is_empty()
                 && l.tproxy.is_empty()
+                && l.tproxy_udp.is_empty()
+                && l.dns.is_none()
                 && l.socks5.is_empty()
                 && l.http.is_empty()
             {
                 return err(
                     "local",
-                    "no listener: set at least one of redirect, tproxy, socks5, http".into(),
+                    "no listener: set at least one of redirect, tproxy, tproxy_udp, dns, socks5, http"
+                        .into(),
+                );
+            }
+            if let Err(e) = UdpPorts::parse(&l.udp_ports) {
+                return err("local.udp_ports", e);
+            }
+            if l.dns.is_some() != l.dns_upstream.is_some() {
+                return err(
+                    "local.dns_upstream",
+                    "set both dns (the forwarder's address) and dns_upstream (its resolver)".into(),
                 );
             }
             if !(1..=64).contains(&l.max_sessions) {
@@ -757,6 +791,10 @@ impl LocalConfig {
             spare_session_idle_secs: default_spare_session_idle_secs(),
             redirect: Vec::new(),
             tproxy: Vec::new(),
+            tproxy_udp: Vec::new(),
+            udp_ports: BTreeMap::new(),
+            dns: None,
+            dns_upstream: None,
             socks5: Vec::new(),
             http: Vec::new(),
             allowed_clients: Vec::new(),
@@ -814,6 +852,27 @@ impl LocalConfig {
     /// Adds a TPROXY listener.
     pub fn tproxy(mut self, addr: SocketAddr) -> LocalConfig {
         self.tproxy.push(addr);
+        self
+    }
+
+    /// Adds a UDP TPROXY listener.
+    pub fn tproxy_udp(mut self, addr: SocketAddr) -> LocalConfig {
+        self.tproxy_udp.push(addr);
+        self
+    }
+
+    /// Chooses what becomes of UDP from the LAN to `ports` (a port, or a
+    /// range `"LOW-HIGH"`).
+    pub fn udp_ports(mut self, ports: &str, action: UdpPortAction) -> LocalConfig {
+        self.udp_ports.insert(ports.to_string(), action);
+        self
+    }
+
+    /// A DNS forwarder on `addr` whose queries go to `resolver` through the
+    /// remote relay.
+    pub fn dns(mut self, addr: SocketAddr, resolver: SocketAddr) -> LocalConfig {
+        self.dns = Some(addr);
+        self.dns_upstream = Some(resolver);
         self
     }
 
@@ -1104,6 +1163,25 @@ mod tests {
             assert_eq!(e.line, Some(2), "{e}");
             assert!(e.message.contains(says), "{e}");
         }
+    }
+
+    #[test]
+    fn udp_ports_parse_and_bad_ones_are_named() {
+        let local = "[local]\nremote = \"198.18.0.2:1080\"\ntproxy_udp = [\"0.0.0.0:12347\"]\n";
+        let good =
+            format!("{local}udp_ports = {{ \"443\" = \"block\", \"5000-5100\" = \"direct\" }}\n");
+        let c = Config::from_toml(&good).unwrap();
+        let ports = UdpPorts::parse(&c.local.unwrap().udp_ports).unwrap();
+        assert_eq!(ports.action(443), UdpPortAction::Block);
+        assert_eq!(ports.action(5050), UdpPortAction::Direct);
+        assert_eq!(ports.action(53), UdpPortAction::Carry);
+        let bad =
+            format!("{local}udp_ports = {{ \"443\" = \"block\", \"400-500\" = \"carry\" }}\n");
+        let e = Config::from_toml(&bad).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("local.udp_ports"), "{e}");
+        assert!(e.message.contains("overlap"), "{e}");
+        let unknown = format!("{local}udp_ports = {{ \"443\" = \"drop\" }}\n");
+        assert!(Config::from_toml(&unknown).is_err(), "an unknown choice");
     }
 
     #[test]

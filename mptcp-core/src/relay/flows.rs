@@ -41,21 +41,54 @@ impl<K: Hash + Eq + Copy> FlowTable<K> {
     /// opened (forgetting idle flows when the table is full), `false` when
     /// the table is full of live flows.
     pub(crate) fn outbound(&mut self, key: K, now: Instant) -> bool {
+        self.outbound_forgetting(key, now, &mut Vec::new())
+    }
+
+    /// [`FlowTable::outbound`], adding the idle flows it forgot to
+    /// `forgotten` (whose sockets the caller closes).
+    pub(crate) fn outbound_forgetting(
+        &mut self,
+        key: K,
+        now: Instant,
+        forgotten: &mut Vec<K>,
+    ) -> bool {
         if let Some(last) = self.flows.get_mut(&key) {
             *last = now;
             return true;
         }
         if self.flows.len() >= self.max && now >= self.next_scan {
-            let idle = self.idle;
-            self.flows
-                .retain(|_, last| now.duration_since(*last) <= idle);
-            self.next_scan = now + SCAN_INTERVAL.min(idle);
+            forgotten.extend(self.forget_idle(now));
+            self.next_scan = now + SCAN_INTERVAL.min(self.idle);
         }
         if self.flows.len() >= self.max {
             return false;
         }
         self.flows.insert(key, now);
         true
+    }
+
+    /// Forgets the flows idle at `now`, and returns them.
+    pub(crate) fn forget_idle(&mut self, now: Instant) -> Vec<K> {
+        let idle = self.idle;
+        let mut gone = Vec::new();
+        self.flows.retain(|key, last| {
+            let live = now.duration_since(*last) <= idle;
+            if !live {
+                gone.push(*key);
+            }
+            live
+        });
+        gone
+    }
+
+    /// Forgets flow `key`.
+    pub(crate) fn forget(&mut self, key: K) {
+        self.flows.remove(&key);
+    }
+
+    /// Whether no flow is live.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.flows.is_empty()
     }
 
     /// A datagram in on `key`: `true` (and the flow refreshed) if it

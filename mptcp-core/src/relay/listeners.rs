@@ -2,9 +2,10 @@
 //! original destination of the connections they accept.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::AsFd;
 
-use socket2::SockRef;
+use socket2::{Domain, SockRef, Socket, Type};
 
 use super::outbound::stream_socket;
 
@@ -45,6 +46,60 @@ pub(crate) fn listen(
     socket.listen(4096)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// A non-blocking UDP socket bound to `addr` with `IP_TRANSPARENT`, which
+/// may be any address (needs CAP_NET_ADMIN): a TPROXY UDP listener, or
+/// the socket a flow's answers leave from with the LAN host's original
+/// destination as their source (`SO_REUSEADDR`: several LAN hosts may
+/// talk to one destination).
+pub(crate) fn transparent_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    socket.set_reuse_address(true)?;
+    let r = if addr.is_ipv4() {
+        socket.set_ip_transparent_v4(true)
+    } else {
+        socket.set_only_v6(true)?;
+        socket.set_ip_transparent_v6(true)
+    };
+    r.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("IP_TRANSPARENT on UDP {addr}: {e} (needs CAP_NET_ADMIN)"),
+        )
+    })?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// A TPROXY UDP listener on `addr`: transparent, and told each
+/// datagram's original destination.
+pub(crate) fn listen_udp_tproxy(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = transparent_udp(addr)?;
+    crate::sys::udp::set_recv_original_destination(socket.as_fd(), addr.is_ipv6())?;
+    Ok(socket)
+}
+
+/// A DNS forwarder's UDP listener on `addr`, told each datagram's
+/// destination (the address the host wrote to, which its answers leave
+/// from when the listener is on a wildcard address). `SO_REUSEADDR`, like
+/// the transparent sockets that answer as port 53 of other hosts.
+pub(crate) fn listen_udp_forwarder(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on UDP {addr}: {e}")))?;
+    socket.set_nonblocking(true)?;
+    let socket: UdpSocket = socket.into();
+    crate::sys::udp::set_recv_original_destination(socket.as_fd(), addr.is_ipv6())?;
+    Ok(socket)
 }
 
 /// Where a connection redirected by nftables/iptables `REDIRECT` was going:

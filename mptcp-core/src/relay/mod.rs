@@ -43,6 +43,7 @@ mod session;
 mod splice;
 mod stats;
 mod stream;
+mod udp_ports;
 
 pub use config::{
     Config, ConfigError, EngineConfig, LocalConfig, NoRemote, RemoteConfig, RemoteEntry,
@@ -52,6 +53,7 @@ pub use policy::{Cidr, ClientAllowlist, DEFAULT_DENIED, DEFAULT_LAN_CLIENTS, Des
 pub use remotes::RemoteState;
 pub use seal::{KeyError, PublicKey, SecretKey};
 pub use stats::{ErrorKind, Stats, UdpDrop, UdpStats};
+pub use udp_ports::{UdpPortAction, UdpPorts};
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -206,9 +208,18 @@ impl Relay {
         if config.engine.raise_fd_limit {
             raise_fd_limit();
         }
-        let (specs, sockets): (Vec<_>, Vec<_>) = open_listeners(&config)?.into_iter().unzip();
+        let (listening, local_route) = open_listeners(&config)?;
+        let (specs, sockets): (Vec<_>, Vec<_>) = listening.into_iter().unzip();
+        // One worker reads the UDP listeners, so that each flow stays on
+        // one worker's session.
+        let mut udp_sockets = Some(open_udp_listeners(&config)?);
+        let udp_ports = match &config.local {
+            Some(l) => UdpPorts::parse(&l.udp_ports)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            None => UdpPorts::default(),
+        };
         let listeners = specs.iter().map(|s| (s.kind, s.addr)).collect();
-        let remotes = specs.iter().find_map(|s| match &*s.route {
+        let remotes = local_route.as_deref().and_then(|r| match r {
             Route::Upstream { remotes, .. } => Some(Arc::clone(remotes)),
             Route::Direct { .. } => None,
         });
@@ -261,7 +272,12 @@ impl Relay {
                 poll,
                 Arc::clone(&shared),
                 Arc::clone(&specs),
-                &sockets,
+                engine::Listening {
+                    tcp: &sockets,
+                    udp: udp_sockets.take().unwrap_or_default(),
+                    udp_ports: udp_ports.clone(),
+                    local_route: local_route.clone(),
+                },
                 resolve_tx.clone(),
                 answers,
             )?;
@@ -368,7 +384,36 @@ impl Drop for RelayHandle {
     }
 }
 
-fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::TcpListener)>> {
+/// The local role's UDP listeners: TPROXY, and the DNS forwarder.
+fn open_udp_listeners(config: &Config) -> io::Result<Vec<engine::LanListener>> {
+    let Some(l) = &config.local else {
+        return Ok(Vec::new());
+    };
+    let mut opened = Vec::new();
+    for &addr in &l.tproxy_udp {
+        opened.push(engine::LanListener {
+            socket: listeners::listen_udp_tproxy(addr)?,
+            forward_to: None,
+        });
+    }
+    if let (Some(addr), Some(resolver)) = (l.dns, l.dns_upstream) {
+        opened.push(engine::LanListener {
+            socket: listeners::listen_udp_forwarder(addr)?,
+            forward_to: Some(resolver),
+        });
+    }
+    Ok(opened)
+}
+
+/// The TCP listeners with their specs, and the local role's route (which
+/// the UDP listeners share with them).
+type Listening = (
+    Vec<(ListenerSpec, std::net::TcpListener)>,
+    Option<Arc<Route>>,
+);
+
+fn open_listeners(config: &Config) -> io::Result<Listening> {
+    let mut local_route = None;
     let mut specs = Vec::new();
     let mut add =
         |kind, addr: SocketAddr, mptcp, route: &Arc<Route>, clients: &ClientAllowlist, auth| {
@@ -400,6 +445,7 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             spare_idle: Duration::from_secs(l.spare_session_idle_secs),
             links_file: l.links_file.clone(),
         });
+        local_route = Some(Arc::clone(&route));
         // Transparent listeners take what the firewall sends them; the
         // proxy listeners serve private addresses unless told otherwise.
         let transparent = ClientAllowlist(l.allowed_clients.clone());
@@ -448,7 +494,7 @@ fn open_listeners(config: &Config) -> io::Result<Vec<(ListenerSpec, std::net::Tc
             )?;
         }
     }
-    Ok(specs)
+    Ok((specs, local_route))
 }
 
 /// A remote relay that takes passwords in plain SOCKS5 on a listener that

@@ -21,7 +21,7 @@ use mio::net::TcpStream;
 use super::seal::{Initiator, Opened, Opener, Sealer};
 use super::splice::{self, Pipe, PipePool};
 use crate::mux::{self, Control, HEADER_LEN, Header, SessionState};
-use crate::socks5::{ClientHandshake, Progress};
+use crate::socks5::{ClientHandshake, Progress, TargetAddr};
 use crate::sys;
 
 /// Queued output above which streams stop reading until it drains: what a
@@ -134,6 +134,13 @@ impl Tx {
         let out = self.queue();
         out.extend_from_slice(&Header::data(stream, len).to_bytes());
         out.extend_from_slice(bytes);
+    }
+
+    /// Queues a DATAGRAM frame of `flow` if the output has room now (UDP is
+    /// never queued behind a full buffer). `false`: dropped (no room, a
+    /// failed session, or too long for a frame).
+    pub(crate) fn datagram(&mut self, flow: u32, peer: &TargetAddr, datagram: &[u8]) -> bool {
+        self.has_room() && mux::encode_datagram(flow, peer, datagram, self.queue()).is_ok()
     }
 
     /// Whether a stream may queue a small DATA frame now (behind a pending
@@ -323,6 +330,12 @@ pub(crate) enum RxEvent<'a> {
     Splice { stream: u32 },
     /// A control frame.
     Control { stream: u32, control: Control },
+    /// A DATAGRAM frame of `flow`: its peer's address and the datagram.
+    Datagram {
+        flow: u32,
+        peer: TargetAddr,
+        bytes: &'a [u8],
+    },
     /// The peer closed the session.
     Closed,
 }
@@ -482,6 +495,18 @@ impl Rx {
                     Parsed::Control(stream, control) => {
                         return Ok(Some(RxEvent::Control { stream, control }));
                     }
+                    Parsed::Datagram {
+                        flow,
+                        peer,
+                        at,
+                        len,
+                    } => {
+                        return Ok(Some(RxEvent::Datagram {
+                            flow,
+                            peer,
+                            bytes: &self.buf[at..at + len],
+                        }));
+                    }
                     Parsed::Payload => continue,
                     Parsed::NeedMore => {}
                 }
@@ -542,6 +567,22 @@ impl Rx {
                     remaining: len,
                 });
                 Ok(Parsed::Payload)
+            }
+            mux::FrameType::Datagram => {
+                if buffered.len() < HEADER_LEN + len {
+                    return Ok(Parsed::NeedMore);
+                }
+                let payload = &buffered[HEADER_LEN..HEADER_LEN + len];
+                let (peer, datagram) = mux::parse_datagram(payload).map_err(RxError::Protocol)?;
+                let at = self.start + HEADER_LEN + len - datagram.len();
+                let len = datagram.len();
+                self.start += HEADER_LEN + header.len as usize;
+                Ok(Parsed::Datagram {
+                    flow: header.stream,
+                    peer,
+                    at,
+                    len,
+                })
             }
             _ => {
                 if buffered.len() < HEADER_LEN + len {
@@ -629,6 +670,13 @@ impl Rx {
 /// What [`Rx::frame`] made of the buffer.
 enum Parsed {
     Control(u32, Control),
+    /// A whole DATAGRAM frame; the datagram is `buf[at..at + len]`.
+    Datagram {
+        flow: u32,
+        peer: TargetAddr,
+        at: usize,
+        len: usize,
+    },
     /// A DATA (or skipped) payload begins.
     Payload,
     NeedMore,
@@ -794,6 +842,7 @@ mod tests {
     struct Received {
         data: Vec<(u32, Vec<u8>)>,
         controls: Vec<(u32, Control)>,
+        datagrams: Vec<(u32, TargetAddr, Vec<u8>)>,
         closed: bool,
     }
 
@@ -803,6 +852,7 @@ mod tests {
         let Received {
             mut data,
             mut controls,
+            mut datagrams,
             mut closed,
         } = Received::default();
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
@@ -816,6 +866,9 @@ mod tests {
                     },
                     RxEvent::Splice { .. } => rx.declined(false),
                     RxEvent::Control { stream, control } => controls.push((stream, control)),
+                    RxEvent::Datagram { flow, peer, bytes } => {
+                        datagrams.push((flow, peer, bytes.to_vec()))
+                    }
                     RxEvent::Closed => {
                         closed = true;
                         break;
@@ -826,6 +879,7 @@ mod tests {
         Received {
             data,
             controls,
+            datagrams,
             closed,
         }
     }
@@ -837,6 +891,7 @@ mod tests {
         Control::Settings(Settings {
             initial_window: 1 << 20,
             pings: false,
+            datagrams: false,
         })
         .encode(0, &mut wire)
         .unwrap();
@@ -847,6 +902,9 @@ mod tests {
         wire.extend_from_slice(&Header::data(1, big.len() as u32).to_bytes());
         wire.extend_from_slice(&big);
         wire.extend_from_slice(&[99, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3]);
+        let peer = TargetAddr::Ip("198.19.2.2:53".parse().unwrap());
+        let datagram = &big[..60_000];
+        mux::encode_datagram(5, &peer, datagram, &mut wire).unwrap();
         Control::Fin.encode(1, &mut wire).unwrap();
         let sender = std::thread::spawn(move || {
             for chunk in wire.chunks(7777) {
@@ -857,10 +915,15 @@ mod tests {
         let Received {
             data,
             controls,
+            datagrams,
             closed,
         } = drain(&mut rx, reader.as_raw_fd());
         sender.join().unwrap();
         assert!(closed, "EOF seen");
+        assert!(
+            datagrams == [(5, peer, datagram.to_vec())],
+            "one datagram, whole, between the other frames"
+        );
         assert_eq!(data.len(), 1);
         assert!(data[0].1 == big, "payload intact");
         let kinds: Vec<_> = controls.iter().map(|(s, c)| (*s, c.kind())).collect();
@@ -1166,6 +1229,7 @@ mod tests {
                                 }
                             }
                         },
+                        RxEvent::Datagram { .. } => prop_assert!(false, "no datagram was sent"),
                         RxEvent::Closed => break 'read,
                     }
                 }

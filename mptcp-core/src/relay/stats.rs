@@ -99,11 +99,22 @@ pub enum UdpDrop {
     SendFailed,
     /// A reply too large for a datagram once its header is prefixed.
     TooLarge,
+    /// Carried in a session: its output buffer had no room right then (a
+    /// datagram is never queued behind it).
+    SessionFull,
+    /// An answer for a session whose peer takes no DATAGRAM frames, or a
+    /// datagram on a session whose listener serves no UDP.
+    NotOffered,
+    /// From the LAN, a new flow while no session to a remote relay is
+    /// open (none works, or its session is being set up).
+    NoSession,
+    /// From the LAN, to a port `[local] udp_ports` blocks.
+    Blocked,
 }
 
 impl UdpDrop {
     /// All reasons, in counter order.
-    pub const ALL: [UdpDrop; 9] = [
+    pub const ALL: [UdpDrop; 13] = [
         UdpDrop::Malformed,
         UdpDrop::Fragment,
         UdpDrop::ForeignSource,
@@ -113,6 +124,10 @@ impl UdpDrop {
         UdpDrop::Resolve,
         UdpDrop::SendFailed,
         UdpDrop::TooLarge,
+        UdpDrop::SessionFull,
+        UdpDrop::NotOffered,
+        UdpDrop::NoSession,
+        UdpDrop::Blocked,
     ];
 
     /// A short name for logs and metrics.
@@ -127,6 +142,10 @@ impl UdpDrop {
             UdpDrop::Resolve => "resolve",
             UdpDrop::SendFailed => "send_failed",
             UdpDrop::TooLarge => "too_large",
+            UdpDrop::SessionFull => "session_full",
+            UdpDrop::NotOffered => "not_offered",
+            UdpDrop::NoSession => "no_session",
+            UdpDrop::Blocked => "blocked",
         }
     }
 }

@@ -19,6 +19,8 @@ pub mod pm;
 pub mod probe_sock;
 pub mod process;
 pub mod socket;
+#[cfg(feature = "relay")]
+pub mod udp;
 
 use std::io;
 

@@ -22,6 +22,8 @@ mod sessions;
 mod slab;
 mod udp;
 
+pub(crate) use self::udp::LanListener;
+
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::{self, AssertUnwindSafe};
@@ -51,7 +53,10 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE + i`; session `s` has
 /// `SESSION_BASE + s`; connection `k` has tokens `2k` (client) and `2k + 1`
 /// (upstream, or a UDP association's client port), and `UDP_BASE + k` (a
-/// UDP association's outgoing socket).
+/// UDP association's outgoing socket); a flow carried in a session has
+/// `udp::CARRIED_BASE + f` (between the sessions' and the listeners'), and
+/// a TPROXY UDP listener `udp::LAN_UDP_BASE + i` and a direct LAN flow's
+/// socket `udp::LAN_DIRECT_BASE + f` (above those).
 const LISTENER_BASE: usize = usize::MAX / 2;
 const SESSION_BASE: usize = usize::MAX / 4;
 const UDP_BASE: usize = usize::MAX / 8;
@@ -111,6 +116,9 @@ enum Target {
     Waker,
     Listener(usize),
     Session(usize),
+    CarriedFlow(usize),
+    LanUdp(usize),
+    LanDirect(usize),
     Conn(usize, Woken),
 }
 
@@ -119,6 +127,9 @@ impl Target {
         match token {
             WAKER => Target::Waker,
             Token(t) if t >= LISTENER_BASE => Target::Listener(t - LISTENER_BASE),
+            Token(t) if t >= udp::LAN_DIRECT_BASE => Target::LanDirect(t - udp::LAN_DIRECT_BASE),
+            Token(t) if t >= udp::LAN_UDP_BASE => Target::LanUdp(t - udp::LAN_UDP_BASE),
+            Token(t) if t >= udp::CARRIED_BASE => Target::CarriedFlow(t - udp::CARRIED_BASE),
             Token(t) if t >= SESSION_BASE => Target::Session(t - SESSION_BASE),
             Token(t) if t >= UDP_BASE => Target::Conn(t - UDP_BASE, Woken::DATAGRAMS),
             Token(t) if t % 2 == 0 => Target::Conn(t / 2, Woken::CLIENT),
@@ -193,10 +204,27 @@ struct WorkerListener {
     paused_until: Option<Instant>,
 }
 
+/// What a worker listens on.
+pub(crate) struct Listening<'a> {
+    /// The TCP listeners (each worker polls its own descriptor of each).
+    pub tcp: &'a [std::net::TcpListener],
+    /// The LAN side's UDP listeners: TPROXY, DNS forwarder (one worker's).
+    pub udp: Vec<LanListener>,
+    /// What becomes of their datagrams, by destination port.
+    pub udp_ports: crate::relay::UdpPorts,
+    /// The local role's route, which its sessions (also those of UDP
+    /// flows) take.
+    pub local_route: Option<Arc<Route>>,
+}
+
 pub(crate) struct Worker {
     poll: Poll,
     listeners: Vec<WorkerListener>,
     conns: Slab<Conn>,
+    /// Remote role: UDP flows carried in the sessions.
+    carried: udp::CarriedFlows,
+    /// Local role: UDP from the LAN (TPROXY), carried in the sessions.
+    lan: udp::LanFlows,
     ctx: Ctx,
     answers: Receiver<Resolved>,
     scratch_keys: Vec<usize>,
@@ -229,10 +257,16 @@ impl Worker {
         poll: Poll,
         shared: Arc<Shared>,
         specs: Arc<[ListenerSpec]>,
-        sockets: &[std::net::TcpListener],
+        listening: Listening<'_>,
         resolve_tx: Sender<ResolveRequest>,
         answers: Receiver<Resolved>,
     ) -> io::Result<Worker> {
+        let Listening {
+            tcp: sockets,
+            udp: udp_sockets,
+            udp_ports,
+            local_route,
+        } = listening;
         // Every worker polls its own descriptor of each listening socket;
         // whichever wakes first accepts.
         let mut listeners = Vec::new();
@@ -254,8 +288,18 @@ impl Worker {
             poll.registry().try_clone()?,
             Arc::clone(&shared),
             idx,
-            specs.iter().map(|s| &*s.route),
+            specs
+                .iter()
+                .map(|s| &*s.route)
+                .chain(local_route.as_deref()),
         );
+        let lan = udp::LanFlows::new(
+            udp_sockets,
+            udp_ports,
+            poll.registry(),
+            &shared.engine,
+            Instant::now(),
+        )?;
         let mut ctx = Ctx {
             worker: idx,
             now: Instant::now(),
@@ -275,6 +319,8 @@ impl Worker {
             poll,
             listeners,
             conns: Slab::new(),
+            carried: udp::CarriedFlows::default(),
+            lan,
             ctx,
             answers,
             scratch_keys: Vec::new(),
@@ -319,6 +365,8 @@ impl Worker {
     /// (dropping them closes their sockets and gives their slots back).
     fn reset(&mut self) {
         self.conns = Slab::new();
+        self.carried = udp::CarriedFlows::default();
+        self.lan.clear();
         self.ctx.sessions.clear();
         self.ctx.requeue.clear();
         self.handling = Handling::Nothing;
@@ -349,7 +397,11 @@ impl Worker {
                     wake_at = wake_at.min(t);
                 }
             }
-            let idle = self.ctx.requeue.is_empty() && self.ctx.sessions.is_quiet();
+            let idle = self.ctx.requeue.is_empty()
+                && self.ctx.sessions.is_quiet()
+                && self.carried.requeue.is_empty()
+                && self.lan.requeue.is_empty()
+                && self.lan.direct_requeue.is_empty();
             let timeout = if idle {
                 wake_at.saturating_duration_since(Instant::now())
             } else {
@@ -367,6 +419,9 @@ impl Worker {
                     Target::Waker => self.take_answers(),
                     Target::Listener(i) => self.accept_all(i),
                     Target::Session(s) => self.session_event(s),
+                    Target::CarriedFlow(f) => self.carried.answers(f, &mut self.ctx),
+                    Target::LanUdp(i) => self.lan.read(i, &mut self.ctx),
+                    Target::LanDirect(f) => self.lan.direct_answers(f, &mut self.ctx),
                     Target::Conn(key, socket) => {
                         if let Some(conn) = self.conns.get_mut(key) {
                             conn.woken.insert(socket);
@@ -380,6 +435,8 @@ impl Worker {
             if self.ctx.now >= next_sweep {
                 self.ctx.refresh_own_addresses();
                 self.sweep();
+                self.carried.sweep(self.ctx.now);
+                self.lan.sweep(self.ctx.now);
                 self.sweep_sessions();
                 next_sweep = self.ctx.now + SWEEP_INTERVAL;
             }
@@ -394,6 +451,15 @@ impl Worker {
     fn run_requeued(&mut self) {
         self.for_each_listed(|w| &mut w.ctx.sessions.requeue, Worker::session_event);
         self.for_each_listed(|w| &mut w.ctx.requeue, Worker::drive);
+        self.for_each_listed(
+            |w| &mut w.carried.requeue,
+            |w, f| w.carried.answers(f, &mut w.ctx),
+        );
+        self.for_each_listed(|w| &mut w.lan.requeue, |w, i| w.lan.read(i, &mut w.ctx));
+        self.for_each_listed(
+            |w| &mut w.lan.direct_requeue,
+            |w, f| w.lan.direct_answers(f, &mut w.ctx),
+        );
     }
 
     /// Runs `f` for every key of the list `list` picks, as it is now; keys
@@ -598,6 +664,12 @@ impl Worker {
 
     fn take_answers(&mut self) {
         while let Ok(answer) = self.answers.try_recv() {
+            if self.carried.asked(answer.conn, answer.serial) {
+                let ctx = &self.ctx;
+                self.carried
+                    .resolved(answer.conn, answer.name, answer.addrs, ctx);
+                continue;
+            }
             let Some(conn) = self.conns.get_mut(answer.conn) else {
                 continue;
             };

@@ -185,7 +185,11 @@ impl Worker {
             };
             let fd = session.socket.as_raw_fd();
             let Session {
-                rx, tx, streams, ..
+                rx,
+                tx,
+                streams,
+                role,
+                ..
             } = session;
             let counters = &ctx.shared.counters[ctx.worker];
             let (stream_id, outcome) = match rx.next(fd) {
@@ -213,6 +217,18 @@ impl Worker {
                     } else {
                         self.ctx.sessions.mark_dirty(s, self.ctx.now);
                     }
+                    continue;
+                }
+                Ok(Some(RxEvent::Datagram { flow, peer, bytes })) => {
+                    let Role::Server { spec } = *role else {
+                        self.lan.answer(s, flow, &peer, bytes, counters, ctx.now);
+                        continue;
+                    };
+                    let mut buf = std::mem::take(&mut ctx.udp_buf);
+                    let payload = buf.copy_of(bytes);
+                    self.carried
+                        .datagram(s, spec, flow, peer, payload, &mut self.ctx);
+                    self.ctx.udp_buf = buf;
                     continue;
                 }
                 Ok(Some(RxEvent::Data { stream, bytes })) => {
@@ -481,6 +497,8 @@ impl Worker {
         else {
             return;
         };
+        self.carried.session_closed(s);
+        self.lan.session_closed(s);
         let side = match session.role {
             Role::Client { .. } => "to the remote relay",
             Role::Server { .. } => "from a local relay",

@@ -186,6 +186,8 @@ pub(super) struct Sessions {
     worker: usize,
     /// The relay is draining: sessions accepted now go away at once.
     draining: bool,
+    /// By listener: whether it serves UDP (its sessions take datagrams).
+    udp_listeners: Vec<bool>,
 }
 
 impl Sessions {
@@ -195,7 +197,20 @@ impl Sessions {
         worker: usize,
         routes: impl Iterator<Item = &'a Route>,
     ) -> Sessions {
-        let (dialers, remotes) = Dialer::for_routes(routes);
+        let routes: Vec<&Route> = routes.collect();
+        let udp_listeners = routes
+            .iter()
+            .map(|r| {
+                matches!(
+                    r,
+                    Route::Direct {
+                        udp_associate: true,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        let (dialers, remotes) = Dialer::for_routes(routes.into_iter());
         Sessions {
             slab: Slab::new(),
             dialers,
@@ -206,7 +221,14 @@ impl Sessions {
             shared,
             worker,
             draining: false,
+            udp_listeners,
         }
+    }
+
+    /// Remote role: whether listener `spec` serves UDP (SOCKS5 UDP
+    /// ASSOCIATE, and datagrams in its sessions).
+    pub(super) fn serves_udp(&self, spec: usize) -> bool {
+        self.udp_listeners.get(spec).copied().unwrap_or(false)
     }
 
     fn counters(&self) -> &Counters {
@@ -216,6 +238,12 @@ impl Sessions {
     /// Whether connections go to the remote relays as streams.
     pub(super) fn multiplexing(&self) -> bool {
         !self.dialers.is_empty()
+    }
+
+    /// Local role: the remote relay a new UDP flow goes to (the route's
+    /// choice, as for a connection).
+    pub(super) fn pick_remote(&self) -> Option<usize> {
+        self.remotes.as_ref()?.pick(0)
     }
 
     /// Where a connection to `remote` goes for itself, one SOCKS5 CONNECT,
@@ -376,6 +404,7 @@ impl Sessions {
         Control::Settings(Settings {
             initial_window: window,
             pings: true,
+            datagrams: true,
         })
         .encode(0, &mut hello)
         .ok()?;
@@ -426,7 +455,8 @@ impl Sessions {
     }
 
     /// Remote role: the SOCKS5 client `socket` (of listener `spec`) asked
-    /// for a session: the success reply and our SETTINGS go out, and
+    /// for a session: the success reply and our SETTINGS go out (taking
+    /// DATAGRAM frames if the listener serves UDP), and
     /// `leftover` (frames that came with the request) is read first.
     pub(super) fn accept(
         &mut self,
@@ -455,6 +485,7 @@ impl Sessions {
         let settings = Control::Settings(Settings {
             initial_window: self.window(),
             pings: true,
+            datagrams: self.serves_udp(spec),
         });
         session.tx.control(0, &settings);
         session.rx.preload(leftover);

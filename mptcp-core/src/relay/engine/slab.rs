@@ -8,6 +8,12 @@ pub(super) struct Slab<T> {
     len: usize,
 }
 
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab::new()
+    }
+}
+
 impl<T> Slab<T> {
     pub(super) fn new() -> Slab<T> {
         Slab {
@@ -34,6 +40,19 @@ impl<T> Slab<T> {
                 self.slots.len() - 1
             }
         }
+    }
+
+    /// Inserts what `make` builds knowing its key (for a token registered
+    /// before the value exists); nothing is inserted when it fails.
+    pub(super) fn insert_with<E>(
+        &mut self,
+        make: impl FnOnce(usize) -> Result<T, E>,
+    ) -> Result<usize, E> {
+        let key = self.free.last().copied().unwrap_or(self.slots.len());
+        let value = make(key)?;
+        let inserted = self.insert(value);
+        debug_assert_eq!(inserted, key);
+        Ok(inserted)
     }
 
     pub(super) fn get(&self, key: usize) -> Option<&T> {

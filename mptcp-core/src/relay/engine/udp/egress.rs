@@ -11,8 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::Interest;
 use mio::net::UdpSocket;
+use mio::{Interest, Token};
 
 use super::super::Ctx;
 use super::send_failure;
@@ -53,11 +53,17 @@ pub(in crate::relay::engine) struct Egress {
 }
 
 impl Egress {
-    /// A socket towards destinations for connection `key` (`serial`) of
-    /// listener `spec`, registered in the worker's poll.
-    pub(super) fn open(key: usize, serial: u64, spec: usize, ctx: &Ctx) -> io::Result<Egress> {
+    /// A socket towards destinations of listener `spec`, registered in
+    /// the worker's poll with `token`; the resolver's answers name `key`
+    /// and `serial` (a connection's, or a carried flow's).
+    pub(super) fn open(
+        token: Token,
+        key: usize,
+        serial: u64,
+        spec: usize,
+        ctx: &Ctx,
+    ) -> io::Result<Egress> {
         let (mut socket, v6) = outbound::datagram_socket()?;
-        let token = super::super::udp_token(key);
         ctx.registry
             .register(&mut socket, token, Interest::READABLE)?;
         let engine = &ctx.shared.engine;

@@ -16,8 +16,14 @@
 //! the client wrote to within the idle timeout (its flows, at most
 //! `udp_max_flows`), and reach the client with the SOCKS5 header naming
 //! their sender.
+//!
+//! [`CarriedFlows`] reuses the destinations' side for datagrams that
+//! arrive in a session's DATAGRAM frames (from a local relay);
+//! [`LanFlows`] is the local relay's end: UDP from the LAN through TPROXY.
 
+mod carried;
 mod egress;
+mod tproxy;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -26,7 +32,10 @@ use std::sync::Arc;
 use mio::Interest;
 use mio::net::{TcpStream, UdpSocket};
 
+pub(super) use self::carried::{CARRIED_BASE, CarriedFlows};
 use self::egress::Egress;
+pub(crate) use self::tproxy::LanListener;
+pub(super) use self::tproxy::{LAN_DIRECT_BASE, LAN_UDP_BASE, LanFlows};
 use super::answer::Failure;
 use super::{Ctx, Woken};
 use crate::relay::Shared;
@@ -54,6 +63,14 @@ impl DatagramBuffer {
             self.0 = vec![0; ANSWER_HEADROOM + MAX_DATAGRAM];
         }
         &mut self.0
+    }
+
+    /// A copy of `datagram` (at most a datagram long), in the buffer.
+    pub(super) fn copy_of(&mut self, datagram: &[u8]) -> &[u8] {
+        let room = self.room();
+        let n = datagram.len().min(room.len());
+        room[..n].copy_from_slice(&datagram[..n]);
+        &room[..n]
     }
 }
 
@@ -114,8 +131,8 @@ impl Association {
         ctx.registry
             .register(&mut client_socket, client_token, Interest::READABLE)
             .map_err(|e| fail("register", e))?;
-        let egress =
-            Egress::open(key, serial, spec, ctx).map_err(|e| fail("outgoing socket", e))?;
+        let egress = Egress::open(super::udp_token(key), key, serial, spec, ctx)
+            .map_err(|e| fail("outgoing socket", e))?;
         Counters::add(&ctx.counters().udp_opened, 1);
         tracing::debug!(client = %peer, %bound, "relay: UDP association");
         Ok(Association {
