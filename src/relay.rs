@@ -39,11 +39,11 @@ pub enum RelayCommand {
         mptcp relay local --remote 203.0.113.5:1080 --user alice --password-env RELAY_PASSWORD \\\n      \
         --redirect 0.0.0.0:12345 --socks5 192.168.1.1:1080\n  \
         mptcp relay local --config /etc/mptcp/relay.toml --stats 60")]
-    Local(LocalArgs),
+    Local(Box<LocalArgs>),
     /// On a server: a SOCKS5 server on MPTCP that connects onward
     #[command(after_help = "Example:\n  \
         mptcp relay remote --listen 0.0.0.0:1080 --user alice --password-env RELAY_PASSWORD")]
-    Remote(RemoteArgs),
+    Remote(Box<RemoteArgs>),
     /// Make a key pair for the encrypted link between the relays: the
     /// secret key goes to FILE (mode 0600), the public key to standard
     /// output, for the other relay to pin
