@@ -1133,18 +1133,17 @@ const ROUTER: &str = "198.18.0.1";
 const REMOTE_EGRESS: &str = "198.19.2.1";
 const SECOND_PORT: u16 = 1081;
 
-/// Two remote relays, `failover`: the first takes the LAN's connections;
-/// killed mid-download, its download ends and new connections go through
-/// the second within 2 s; back, it takes them again only after the hold
-/// time. With both dead the LAN goes direct within 2 s, and through a
-/// remote again as soon as one answers.
-#[test]
-fn several_remotes_fail_over_with_a_hold_and_the_lan_goes_direct_when_none_answers() {
-    let (first, second) = (
-        format!("198.18.0.2:{REMOTE_PORT}"),
-        format!("198.18.0.2:{SECOND_PORT}"),
-    );
-    let mut chain = Chain::with(
+/// `198.18.0.2:PORT`: a remote relay on the remote node.
+fn remote_at(port: u16) -> String {
+    format!("198.18.0.2:{port}")
+}
+
+/// The chain with two remote relays on the remote node, in failover order
+/// (ports [`REMOTE_PORT`] and [`SECOND_PORT`]) with a hold of `hold_secs`;
+/// the second runs as the returned daemon (logging to `second.log`).
+fn two_remotes(hold_secs: &str) -> (Chain, Daemon) {
+    let (first, second) = (remote_at(REMOTE_PORT), remote_at(SECOND_PORT));
+    let chain = Chain::with(
         &[Some(20), Some(20)],
         &[
             "--remote",
@@ -1152,10 +1151,22 @@ fn several_remotes_fail_over_with_a_hold_and_the_lan_goes_direct_when_none_answe
             "--remote",
             &second,
             "--remote-hold",
-            "3",
+            hold_secs,
         ],
     );
-    let mut backup = Some(chain.spawn_remote(SECOND_PORT, "second.log"));
+    let backup = chain.spawn_remote(SECOND_PORT, "second.log");
+    (chain, backup)
+}
+
+/// Two remote relays, `failover`: the first takes the LAN's connections;
+/// killed mid-download, its download ends and new connections go through
+/// the second within 2 s; back, it takes them again only after the hold
+/// time. With both dead the LAN goes direct within 2 s, and through a
+/// remote again as soon as one answers.
+#[test]
+fn several_remotes_fail_over_with_a_hold_and_the_lan_goes_direct_when_none_answers() {
+    let (mut chain, backup) = two_remotes("3");
+    let mut backup = Some(backup);
     let second_log = chain.logs.join("second.log");
     let counts = |chain: &Chain, backup: &Option<Daemon>| {
         (
@@ -1245,8 +1256,8 @@ fn several_remotes_fail_over_with_a_hold_and_the_lan_goes_direct_when_none_answe
 /// shared within 10 % of the weights.
 #[test]
 fn spread_shares_new_connections_by_weight() {
-    let first = format!("198.18.0.2:{REMOTE_PORT},weight=3");
-    let second = format!("198.18.0.2:{SECOND_PORT}");
+    let first = format!("{},weight=3", remote_at(REMOTE_PORT));
+    let second = remote_at(SECOND_PORT);
     let chain = Chain::with(
         &[Some(20), Some(20)],
         &[
@@ -1295,22 +1306,8 @@ fn spread_shares_new_connections_by_weight() {
 /// local relay leaks no session or descriptor.
 #[test]
 fn a_flapping_remote_does_not_flap_the_lan() {
-    let (first, second) = (
-        format!("198.18.0.2:{REMOTE_PORT}"),
-        format!("198.18.0.2:{SECOND_PORT}"),
-    );
-    let mut chain = Chain::with(
-        &[Some(20), Some(20)],
-        &[
-            "--remote",
-            &first,
-            "--remote",
-            &second,
-            "--remote-hold",
-            "10",
-        ],
-    );
-    let _steady = chain.spawn_remote(SECOND_PORT, "second.log");
+    let (mut chain, _steady) = two_remotes("10");
+    let first = remote_at(REMOTE_PORT);
     assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
     let local_pid = chain.local.as_ref().unwrap().id();
     let fds_before = open_fds(local_pid);
@@ -1437,22 +1434,7 @@ fn dante_serves_as_a_backup_remote() {
 /// answers for the hold time.
 #[test]
 fn a_silent_remote_is_left_for_new_connections_within_2_s() {
-    let (first, second) = (
-        format!("198.18.0.2:{REMOTE_PORT}"),
-        format!("198.18.0.2:{SECOND_PORT}"),
-    );
-    let chain = Chain::with(
-        &[Some(20), Some(20)],
-        &[
-            "--remote",
-            &first,
-            "--remote",
-            &second,
-            "--remote-hold",
-            "2",
-        ],
-    );
-    let _second = chain.spawn_remote(SECOND_PORT, "second.log");
+    let (chain, _second) = two_remotes("2");
     assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
     std::thread::sleep(Duration::from_secs(3));
     nft(

@@ -18,13 +18,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mptcp_core::relay::{
-    Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig, SecretKey, Stats, UdpDrop,
+    Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig, SecretKey, UdpDrop,
     UdpPortAction,
 };
 use mptcp_testbed::RelayPath;
 
-const USER: &str = "alice";
-const PASS: &str = "s3cret";
+mod support;
+use support::{PASS, USER, stats_until};
+
 const SOCKS_PORT: u16 = 1080;
 /// The local relay's TPROXY UDP listener.
 const TPROXY_UDP_PORT: u16 = 12347;
@@ -83,23 +84,7 @@ impl Chain {
             .run(|| Relay::start(Config::new().engine(engine).local(local)))
             .unwrap();
         // The README's rules (an inet table), for the test's ports.
-        // Marked packets are delivered locally (table 4242: the test bed's
-        // source routing uses tables from 100), to the transparent socket.
-        rp.local
-            .ip(&["rule", "add", "fwmark", "0x4242", "lookup", "4242"])
-            .unwrap();
-        rp.local
-            .ip(&[
-                "route",
-                "add",
-                "local",
-                "0.0.0.0/0",
-                "dev",
-                "lo",
-                "table",
-                "4242",
-            ])
-            .unwrap();
+        rp.local.deliver_marked_locally().unwrap();
         rp.local
             .nft(&format!(
                 "table inet relayudp {{\n chain pre {{\n  type filter hook prerouting priority mangle;\n  \
@@ -165,18 +150,6 @@ fn relayed_answer(rp: &RelayPath, payload: &[u8]) -> Vec<u8> {
     let mut a = format!("re:{}:", rp.remote_egress_addr()).into_bytes();
     a.extend_from_slice(payload);
     a
-}
-
-/// Waits (at most 5 s) until the relay's counters satisfy `ok`.
-fn stats_until(relay: &RelayHandle, ok: impl Fn(&Stats) -> bool) -> Stats {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = relay.stats();
-        if ok(&s) || Instant::now() > deadline {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn engine() -> EngineConfig {

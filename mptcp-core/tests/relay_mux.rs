@@ -10,9 +10,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use mptcp_core::mux::{self, Control, FrameType, Header, Settings};
+use mptcp_core::mux::{self, Control, FrameType, Header};
 use mptcp_core::relay::{Config, EngineConfig, ErrorKind, ListenerKind, LocalConfig, Relay};
-use mptcp_core::socks5::{self, Command, ReplyCode, Request, TargetAddr};
+use mptcp_core::socks5::{ReplyCode, TargetAddr};
 use mptcp_testbed::data;
 
 mod support;
@@ -253,20 +253,7 @@ fn a_draining_remote_lets_its_streams_finish() {
 fn raw_session(remote: SocketAddr, window: u32) -> TcpStream {
     let mut s = TcpStream::connect(remote).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut hello = Vec::new();
-    let request = Request {
-        command: Command::Multiplex,
-        dest: TargetAddr::Ip(SocketAddr::from(([0, 0, 0, 0], mux::VERSION))),
-    };
-    socks5::encode_client_hello_auth_request(Some((USER, PASS)), &request, &mut hello).unwrap();
-    Control::Settings(Settings {
-        initial_window: window,
-        pings: false,
-        datagrams: false,
-    })
-    .encode(0, &mut hello)
-    .unwrap();
-    s.write_all(&hello).unwrap();
+    s.write_all(&session_hello(window, false)).unwrap();
     // Method, auth status, reply (IPv4: 10 bytes), SETTINGS (a header
     // and (id, value) pairs).
     let mut answer = [0u8; 2 + 2 + 10 + mux::HEADER_LEN];

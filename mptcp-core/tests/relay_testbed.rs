@@ -535,24 +535,9 @@ fn tproxy_and_http_proxy_listeners() {
         .local
         .run(|| Relay::start(Config::new().engine(engine()).local(strict)))
         .unwrap();
-    // TPROXY: marked packets (table 4242: the test bed's source routing
-    // uses tables from 100) are delivered locally to the transparent
-    // listener, which sees the original destination as its local address.
-    rp.local
-        .ip(&["rule", "add", "fwmark", "0x4242", "lookup", "4242"])
-        .unwrap();
-    rp.local
-        .ip(&[
-            "route",
-            "add",
-            "local",
-            "0.0.0.0/0",
-            "dev",
-            "lo",
-            "table",
-            "4242",
-        ])
-        .unwrap();
+    // TPROXY: marked packets go to the transparent listener, which sees
+    // the original destination as its local address.
+    rp.local.deliver_marked_locally().unwrap();
     nft(
         &rp.local,
         &format!(

@@ -16,16 +16,17 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use mptcp_core::mux::{self, Control, FrameType, Header, Settings};
+use mptcp_core::mux::{self, Control, FrameType, Header};
 use mptcp_core::relay::{
     Config, EngineConfig, ErrorKind, ListenerKind, LocalConfig, Relay, RelayHandle, RemoteConfig,
-    Stats, UdpDrop,
+    UdpDrop,
 };
-use mptcp_core::socks5::{self, Command, Progress, Request, TargetAddr};
+use mptcp_core::socks5::{Progress, TargetAddr};
 use mptcp_testbed::RelayPath;
 
-const USER: &str = "alice";
-const PASS: &str = "s3cret";
+mod support;
+use support::{PASS, USER, session_hello, stats_until};
+
 const SOCKS_PORT: u16 = 1080;
 /// The destination's UDP responder (answers `re:` + the datagram).
 const ECHO_PORT: u16 = 5353;
@@ -269,18 +270,6 @@ fn expected_answer(from: SocketAddr, payload: &[u8]) -> Vec<u8> {
     a.extend_from_slice(b"re:");
     a.extend_from_slice(payload);
     a
-}
-
-/// Waits (at most 5 s) until the relay's counters satisfy `ok`.
-fn stats_until(relay: &RelayHandle, ok: impl Fn(&Stats) -> bool) -> Stats {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = relay.stats();
-        if ok(&s) || Instant::now() > deadline {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Whether nothing listens on the relay's former UDP port: a connected
@@ -751,20 +740,7 @@ impl MuxSession {
     fn open(rp: &RelayPath, datagrams: bool) -> MuxSession {
         let mut s = rp.local.run(|| TcpStream::connect(relay_addr(rp))).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
-        let mut hello = Vec::new();
-        let request = Request {
-            command: Command::Multiplex,
-            dest: TargetAddr::Ip(SocketAddr::from(([0, 0, 0, 0], mux::VERSION))),
-        };
-        socks5::encode_client_hello_auth_request(Some((USER, PASS)), &request, &mut hello).unwrap();
-        Control::Settings(Settings {
-            initial_window: 1 << 20,
-            pings: false,
-            datagrams,
-        })
-        .encode(0, &mut hello)
-        .unwrap();
-        s.write_all(&hello).unwrap();
+        s.write_all(&session_hello(1 << 20, datagrams)).unwrap();
         // Method, auth status, reply (IPv4: 10 bytes), then SETTINGS.
         let mut answer = [0u8; 2 + 2 + 10];
         s.read_exact(&mut answer).unwrap();

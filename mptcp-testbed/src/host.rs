@@ -191,6 +191,24 @@ impl Host {
         self.ip(&args).map(drop)
     }
 
+    /// The policy routing TPROXY needs: packets marked 0x4242 are
+    /// delivered locally (table 4242; the test bed's source routing uses
+    /// tables from 100), to the transparent socket that takes them.
+    pub fn deliver_marked_locally(&self) -> io::Result<()> {
+        self.ip(&["rule", "add", "fwmark", "0x4242", "lookup", "4242"])?;
+        self.ip(&[
+            "route",
+            "add",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            "4242",
+        ])
+        .map(drop)
+    }
+
     /// Loads an nftables ruleset (`nft -f -`) inside the host.
     pub fn nft(&self, ruleset: &str) -> io::Result<()> {
         let mut child = self

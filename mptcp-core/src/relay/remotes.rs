@@ -266,12 +266,13 @@ impl Remotes {
                 .filter(untried)
                 .filter(move |&i| self.list[i].health.state(now) == state)
         };
-        let up: Vec<usize> = with(RemoteState::Up).collect();
-        if !up.is_empty() {
-            return Some(match self.policy {
-                RemotePolicy::Failover => up[0],
-                RemotePolicy::Spread => self.by_weight(&up),
-            });
+        let up = || with(RemoteState::Up);
+        let working = match self.policy {
+            RemotePolicy::Failover => up().next(),
+            RemotePolicy::Spread => self.by_weight(up),
+        };
+        if working.is_some() {
+            return working;
         }
         let probation = with(RemoteState::Suspect)
             .next()
@@ -295,21 +296,22 @@ impl Remotes {
         probation.or_else(retry).or_else(early)
     }
 
-    /// The next of `up` in turns by weight.
-    fn by_weight(&self, up: &[usize]) -> usize {
-        let total: u64 = up
-            .iter()
-            .map(|&i| u64::from(self.list[i].weight.max(1)))
-            .sum();
-        let mut turn = self.turns.fetch_add(1, Relaxed) % total;
-        for &i in up {
-            let w = u64::from(self.list[i].weight.max(1));
-            if turn < w {
-                return i;
-            }
-            turn -= w;
+    /// The next of the remotes `up` gives, in turns by weight; `None`
+    /// when it gives none.
+    fn by_weight<I: Iterator<Item = usize>>(&self, up: impl Fn() -> I) -> Option<usize> {
+        let weight = |i: usize| u64::from(self.list[i].weight.max(1));
+        let total: u64 = up().map(weight).sum();
+        if total == 0 {
+            return None;
         }
-        up[0]
+        let mut turn = self.turns.fetch_add(1, Relaxed) % total;
+        for i in up() {
+            if turn < weight(i) {
+                return Some(i);
+            }
+            turn -= weight(i);
+        }
+        None
     }
 
     /// Remote `i` worked (`rtt`: a PING's round trip).

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mptcp_core::relay::{
     Config, EngineConfig, ListenerKind, LocalConfig, NoRemote, Relay, RelayHandle, RemoteConfig,
@@ -212,4 +212,38 @@ pub fn echo_round_trip(mut s: TcpStream, data: &[u8]) -> Vec<u8> {
 pub fn peer_closed(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(e.kind(), ConnectionReset | BrokenPipe | ConnectionAborted)
+}
+
+/// Waits (at most 5 s) until the relay's counters satisfy `ok`; the last
+/// counters either way.
+pub fn stats_until(relay: &RelayHandle, ok: impl Fn(&Stats) -> bool) -> Stats {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = relay.stats();
+        if ok(&s) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a local relay sends to open a session by hand: the SOCKS5
+/// greeting, login and MULTIPLEX request of this protocol version, then
+/// SETTINGS with `window` (offering DATAGRAM frames if `datagrams`).
+pub fn session_hello(window: u32, datagrams: bool) -> Vec<u8> {
+    use mptcp_core::mux::{self, Control, Settings};
+    let mut hello = Vec::new();
+    let request = Request {
+        command: socks5::Command::Multiplex,
+        dest: TargetAddr::Ip(SocketAddr::from(([0, 0, 0, 0], mux::VERSION))),
+    };
+    socks5::encode_client_hello_auth_request(Some((USER, PASS)), &request, &mut hello).unwrap();
+    Control::Settings(Settings {
+        initial_window: window,
+        pings: false,
+        datagrams,
+    })
+    .encode(0, &mut hello)
+    .unwrap();
+    hello
 }

@@ -796,8 +796,7 @@ impl Conn {
         ctx: &mut Ctx,
     ) -> Turn {
         self.dest = Some(dest.clone());
-        let route = Arc::clone(&ctx.specs[self.spec].route);
-        match &*route {
+        match *ctx.specs[self.spec].route {
             Route::Upstream { .. } => self.through_remote(key, origin, ctx),
             Route::Direct { .. } => self.connect_direct(key, origin, dest, ctx),
         }
@@ -882,10 +881,21 @@ impl Conn {
         };
         let r = claim.index();
         claim.remotes().failed(r, why);
-        if r < 64 {
-            self.tried |= 1 << r;
-        }
+        self.mark_tried(r);
         true
+    }
+
+    /// Local role: remote `r` failed this connection, so that
+    /// [`Remotes::pick`](crate::relay::remotes::Remotes::pick) skips it
+    /// from now on. Returns whether it was not marked yet.
+    fn mark_tried(&mut self, r: usize) -> bool {
+        let bit = u32::try_from(r)
+            .ok()
+            .and_then(|r| 1u64.checked_shl(r))
+            .unwrap_or(0);
+        let new = bit != 0 && self.tried & bit == 0;
+        self.tried |= bit;
+        new
     }
 
     /// Remote role: opens the UDP association a client asked for and
@@ -926,10 +936,7 @@ impl Conn {
             }
             None => match ctx.sessions.fallback(r) {
                 Some(remote) => self.start_connect(key, Origin::Client(client), vec![remote], ctx),
-                None if r < 64 && self.tried & (1 << r) == 0 => {
-                    self.tried |= 1 << r;
-                    self.through_remote(key, Origin::Client(client), ctx)
-                }
+                None if self.mark_tried(r) => self.through_remote(key, Origin::Client(client), ctx),
                 None => Turn::Fail(
                     Phase::AwaitingSession { client },
                     Failure::new(
@@ -987,8 +994,8 @@ impl Conn {
                 let turn = match chosen.and_then(|r| ctx.sessions.fallback(r)) {
                     Some(remote) => self.start_connect(key, origin, vec![remote], ctx),
                     None => {
-                        if let Some(r) = chosen.filter(|&r| r < 64) {
-                            self.tried |= 1 << r;
+                        if let Some(r) = chosen {
+                            self.mark_tried(r);
                         }
                         self.through_remote(key, origin, ctx)
                     }

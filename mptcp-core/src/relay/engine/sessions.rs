@@ -544,10 +544,9 @@ impl Sessions {
         if session.is_starting() {
             d.failed(now, Duration::ZERO);
         }
-        let why = failed
-            .filter(|_| !refused)
-            .or(session.is_starting().then_some("the session did not open"));
-        if let (Some(why), Some(remotes)) = (why.filter(|_| !refused), &self.remotes) {
+        // A remote that refused sessions still serves connections.
+        let why = failed.or(session.is_starting().then_some("the session did not open"));
+        if let (Some(why), Some(remotes), false) = (why, &self.remotes, refused) {
             remotes.failed(remote, why);
         }
         Some(session)
