@@ -1174,17 +1174,22 @@ fn several_remotes_fail_over_with_a_hold_and_the_lan_goes_direct_when_none_answe
             relayed(&counters_of(backup.as_ref().unwrap().id(), &second_log)),
         )
     };
+    // `n` new LAN connections, each through a remote: how many each took.
+    let taken = |chain: &Chain, backup: &Option<Daemon>, n: usize| {
+        let before = counts(chain, backup);
+        for _ in 0..n {
+            assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
+        }
+        let after = counts(chain, backup);
+        (after.0 - before.0, after.1 - before.1)
+    };
     // The first remote takes every connection.
-    let before = counts(&chain, &backup);
-    for _ in 0..5 {
-        assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
-    }
-    let after = counts(&chain, &backup);
     assert_eq!(
-        (after.0 - before.0, after.1 - before.1),
+        taken(&chain, &backup, 5),
         (5, 0),
         "failover: all on the first"
     );
+    let after = counts(&chain, &backup);
 
     // Killed mid-download.
     let running = chain.download(256 << 20).unwrap();
@@ -1211,32 +1216,16 @@ fn several_remotes_fail_over_with_a_hold_and_the_lan_goes_direct_when_none_answe
     chain.start_remote();
     let restarted = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
-    let before = counts(&chain, &backup);
-    for _ in 0..3 {
-        assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
-    }
-    let during = counts(&chain, &backup);
+    let during = taken(&chain, &backup, 3);
     assert!(
         restarted.elapsed() < Duration::from_secs(3),
         "the hold time passed too soon"
     );
-    assert_eq!(
-        (during.0 - before.0, during.1 - before.1),
-        (0, 3),
-        "still on the second"
-    );
+    assert_eq!(during, (0, 3), "still on the second");
     std::thread::sleep(
         (restarted + Duration::from_secs(5)).saturating_duration_since(Instant::now()),
     );
-    for _ in 0..3 {
-        assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
-    }
-    let back = counts(&chain, &backup);
-    assert_eq!(
-        (back.0 - during.0, back.1 - during.1),
-        (3, 0),
-        "back on the first"
-    );
+    assert_eq!(taken(&chain, &backup, 3), (3, 0), "back on the first");
 
     // Both dead: direct, from the router's address.
     drop(chain.remote.take());
