@@ -540,21 +540,26 @@ fn a_session_that_lost_a_link_is_replaced_and_its_streams_finish_on_it() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let before: Vec<u16> = sessions_by_port(&chain).iter().map(|s| s.0).collect();
-    // Destroy the subflows on the second WAN link (from its address).
-    let killed = chain
-        .rp
-        .local
-        .command("ss")
-        .args([
-            "-K",
-            "src",
-            "198.18.1.1",
-            "dport",
-            &format!("= :{REMOTE_PORT}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(killed.status.success(), "ss -K: {killed:?}");
+    // Destroy the subflows on the second WAN link (from its address), again
+    // while one of the sessions of before still has one: a join that was
+    // still on its way at the first kill completes after it.
+    let kill = || {
+        let killed = chain
+            .rp
+            .local
+            .command("ss")
+            .args([
+                "-K",
+                "src",
+                "198.18.1.1",
+                "dport",
+                &format!("= :{REMOTE_PORT}"),
+            ])
+            .output()
+            .unwrap();
+        assert!(killed.status.success(), "ss -K: {killed:?}");
+    };
+    kill();
     // Every session of before the kill is down to one subflow (sessions
     // opened since, a spare or the replacement, have both).
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -564,6 +569,7 @@ fn a_session_that_lost_a_link_is_replaced_and_its_streams_finish_on_it() {
     {
         assert!(Instant::now() < deadline, "{:?}", sessions_by_port(&chain));
         std::thread::sleep(Duration::from_millis(100));
+        kill();
     }
     let log = chain.logs.join("local.log");
     let deadline = Instant::now() + Duration::from_secs(15);
