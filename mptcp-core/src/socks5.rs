@@ -585,6 +585,13 @@ impl ClientHandshake {
         }
     }
 
+    /// Whether the method (and the password) went through and only the
+    /// reply to the request is missing: a server that closes now did not
+    /// take the request (dante closes on a command it does not know).
+    pub fn awaits_reply(&self) -> bool {
+        self.state == ClientState::Reply
+    }
+
     /// Feeds everything received from the server so far (the caller keeps
     /// appending to one buffer). Returns the bound address and the length of
     /// the handshake in that buffer once the server accepted the request
@@ -940,6 +947,22 @@ mod tests {
             .advance(&[5, 0, 5, 2])
             .unwrap_err();
         assert_eq!(err.reply, ReplyCode::NotAllowed);
+    }
+
+    #[test]
+    fn client_knows_when_only_the_reply_is_missing() {
+        // dante: the method, then a close instead of an answer.
+        let mut client = ClientHandshake::new(false);
+        assert_eq!(client.advance(&[5]).unwrap(), Progress::NeedMore);
+        assert!(!client.awaits_reply(), "the method choice is not complete");
+        assert_eq!(client.advance(&[5, 0]).unwrap(), Progress::NeedMore);
+        assert!(client.awaits_reply());
+        // With a password: only once the password went through.
+        let mut client = ClientHandshake::new(true);
+        assert_eq!(client.advance(&[5, 2]).unwrap(), Progress::NeedMore);
+        assert!(!client.awaits_reply(), "the password is not answered yet");
+        assert_eq!(client.advance(&[5, 2, 1, 0]).unwrap(), Progress::NeedMore);
+        assert!(client.awaits_reply());
     }
 
     #[test]

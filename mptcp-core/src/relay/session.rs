@@ -761,6 +761,9 @@ pub(crate) struct Session {
     pub short_since: Option<Instant>,
     /// When the PING now unanswered went out.
     pub ping_sent: Option<Instant>,
+    /// When a frame last came in: a peer that sends is alive, even while
+    /// its PONG waits behind the bulk data in the subflows' queues.
+    pub last_heard: Instant,
     /// When the last PING went out.
     pub last_ping: Instant,
 }
@@ -793,6 +796,7 @@ impl Session {
             last_active: Instant::now(),
             short_since: None,
             ping_sent: None,
+            last_heard: Instant::now(),
             last_ping: Instant::now(),
         }
     }
@@ -813,6 +817,19 @@ impl Session {
             Ok(info) => usize::from(info.subflows_total.unwrap_or(info.subflows + 1)),
             Err(_) => 1,
         }
+    }
+
+    /// How long since the other relay's host last sent anything (data or
+    /// an acknowledgement) on its freshest subflow; `None` for plain TCP.
+    /// While one link stalls, MPTCP holds back the bytes that arrived on
+    /// the others until the lost ones are sent again, so a session can
+    /// hear nothing for seconds with its peer alive.
+    pub(crate) fn peer_heard_on_a_subflow(&self) -> Option<std::time::Duration> {
+        crate::info::subflows(self.socket.as_fd())
+            .ok()?
+            .iter()
+            .map(|sf| sf.tcp.last_data_recv.min(sf.tcp.last_ack_recv))
+            .min()
     }
 
     /// Whether the session is still being set up.

@@ -1291,13 +1291,23 @@ impl Conn {
                 local: true,
             } => {
                 let replied = stream.state.replied();
+                if replied {
+                    reset_on_close(&socket);
+                }
                 (Some(socket), Some(stream), replied)
             }
-            Phase::Tunnel { stream, .. } => (None, Some(stream), true),
-            Phase::Relay { .. }
-            | Phase::Associated { .. }
-            | Phase::Closing { .. }
-            | Phase::Closed => (None, None, true),
+            Phase::Tunnel { socket, stream, .. } => {
+                reset_on_close(&socket);
+                (None, Some(stream), true)
+            }
+            Phase::Relay {
+                client, upstream, ..
+            } => {
+                reset_on_close(&client);
+                reset_on_close(&upstream);
+                (None, None, true)
+            }
+            Phase::Associated { .. } | Phase::Closing { .. } | Phase::Closed => (None, None, true),
         };
         if let Some(mut stream) = stream {
             if self.answer == Answer::MuxReply
@@ -1324,6 +1334,14 @@ impl Conn {
             Ok(false) => self.keep(Phase::Closing { client }),
         }
     }
+}
+
+/// Makes the close of `socket` a reset (`SO_LINGER` 0): a transfer that
+/// broke in the middle must not end with a FIN, which its peer would take
+/// for the complete data (an HTTP/1.0 body, an upload without a length).
+fn reset_on_close(socket: &TcpStream) {
+    // Best effort: a socket that cannot take the option closes with a FIN.
+    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
 }
 
 /// Logs a failed login at the default level (the client's address and the

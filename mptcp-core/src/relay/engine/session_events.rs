@@ -10,7 +10,9 @@ use mio::net::TcpStream;
 
 use super::answer::Failure;
 use super::conn::{Conn, Next, Origin, Phase, count_inbound, read_some};
-use super::sessions::{HANDSHAKE_LATE, SESSION_HANDSHAKE_BYTES};
+use super::sessions::{
+    HANDSHAKE_LATE, RETRY_AFTER_CLOSE, RETRY_AFTER_REFUSAL, SESSION_HANDSHAKE_BYTES,
+};
 use super::{Handling, Slot, Worker};
 use crate::mux::{self, Control};
 use crate::relay::seal::Channel;
@@ -141,6 +143,16 @@ impl Worker {
             };
             let eof = read.map_err(|e| ReadError::Gone(format!("reading the handshake: {e}")))?;
             match answers.advance(buf) {
+                Ok(Progress::NeedMore) if eof && answers.awaits_reply() => {
+                    self.ctx.sessions.refused(s, RETRY_AFTER_CLOSE, now);
+                    tracing::info!(
+                        "relay: the remote relay closed on the session request; \
+                         one connection to it per client connection for a while"
+                    );
+                    return Err(ReadError::Gone(
+                        "the remote relay closed on the session request".into(),
+                    ));
+                }
                 Ok(Progress::NeedMore) if eof => {
                     return Err(ReadError::Gone("closed during the handshake".into()));
                 }
@@ -158,7 +170,7 @@ impl Worker {
                 }
                 Err(e) => {
                     if e.reply == ReplyCode::CommandNotSupported {
-                        self.ctx.sessions.refused(s, now);
+                        self.ctx.sessions.refused(s, RETRY_AFTER_REFUSAL, now);
                         tracing::info!(
                             "relay: the remote relay does not multiplex; \
                              one connection to it per client connection"
@@ -189,6 +201,7 @@ impl Worker {
                 tx,
                 streams,
                 role,
+                last_heard,
                 ..
             } = session;
             let counters = &ctx.shared.counters[ctx.worker];
@@ -210,6 +223,7 @@ impl Worker {
                     // Liveness frames do not make a session active (an
                     // idle spare still closes).
                     let liveness = matches!(control, Control::Ping(_) | Control::Pong(_));
+                    self.ctx.sessions.heard(s, self.ctx.now);
                     self.on_control(s, stream, control)
                         .map_err(ReadError::Protocol)?;
                     if liveness {
@@ -220,6 +234,7 @@ impl Worker {
                     continue;
                 }
                 Ok(Some(RxEvent::Datagram { flow, peer, bytes })) => {
+                    *last_heard = ctx.now;
                     let Role::Server { spec } = *role else {
                         self.lan.answer(s, flow, &peer, bytes, counters, ctx.now);
                         continue;
@@ -267,6 +282,7 @@ impl Worker {
                 }
             };
             let ctx = &mut self.ctx;
+            ctx.sessions.heard(s, ctx.now);
             ctx.sessions.mark_dirty(s, ctx.now);
             if ctx.sessions.get(s).is_some_and(|x| x.rx.in_bulk()) {
                 ctx.sessions.mark_busy(s, ctx.now);

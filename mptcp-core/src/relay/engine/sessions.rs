@@ -43,6 +43,10 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 const RETRY_AT_MOST: Duration = Duration::from_secs(8);
 /// The wait after a remote that answered "command not supported".
 pub(super) const RETRY_AFTER_REFUSAL: Duration = Duration::from_secs(3600);
+/// The wait after a remote that took the password and then closed on the
+/// session request without an answer (dante does so on a command it does
+/// not know); shorter, since a relay killed at that moment looks the same.
+pub(super) const RETRY_AFTER_CLOSE: Duration = Duration::from_secs(60);
 /// Room for a session's SOCKS5 handshake (either direction).
 pub(super) const SESSION_HANDSHAKE_BYTES: usize = 1024;
 /// A session counts as busy this long after its last bulk frame.
@@ -59,14 +63,19 @@ const PING_INTERVAL: Duration = Duration::from_millis(500);
 /// A PING unanswered this long makes its remote suspect: new connections
 /// go to other remotes while they can.
 const PING_SUSPECT: Duration = Duration::from_secs(1);
-/// A PING unanswered this long: the remote relay is gone (the session
-/// closes, and the remote takes no new connections for a while). Longer
-/// than MPTCP takes to move a session's bytes off a link that went silent
-/// (its retransmission timeouts mark the subflow stale after about 3 s;
-/// reinjection onto the other links comes sooner), so that a lost link is
-/// not taken for a lost remote. A remote that dies with its host up
-/// resets its sessions, which tells at once.
+/// A session silent this long with a PING out: the remote relay is gone
+/// (the session closes, and the remote takes no new connections for a
+/// while), unless its host still sends on one of the session's subflows.
+/// A remote that dies with its host up resets its sessions, which tells
+/// at once.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// A session silent this long with a PING out closes even though its
+/// peer's host still answers on a subflow (a relay process that hangs).
+/// Longer than MPTCP takes to move a session's bytes off a link that went
+/// silent or down (retransmission timeouts mark the subflow stale, then
+/// its bytes are sent again on the others), so that a lost link is not
+/// taken for a lost remote.
+const PING_GIVE_UP: Duration = Duration::from_secs(15);
 
 /// The local role's sessions to one remote relay: how to open one and when
 /// the next may be tried.
@@ -97,8 +106,8 @@ struct Dialer {
     retry_at: Option<Instant>,
     /// Sessions in a row that failed before they opened.
     failures: u32,
-    /// It answered "command not supported" (dante): no sessions for a
-    /// long while, and none kept open to watch it.
+    /// It refused sessions (dante): none until `retry_at`, and none kept
+    /// open to watch it.
     refused: bool,
 }
 
@@ -560,21 +569,23 @@ impl Sessions {
         if let Some(d) = self.dialers.get_mut(remote) {
             d.failures = 0;
             d.retry_at = None;
+            d.refused = false;
         }
         if let Some(remotes) = &self.remotes {
             remotes.succeeded(remote, None);
         }
     }
 
-    /// The remote relay of session `s` refused it with "command not
-    /// supported": no new one for a long while (it still serves CONNECT).
-    pub(super) fn refused(&mut self, s: usize, now: Instant) {
+    /// The remote relay of session `s` refused it ("command not
+    /// supported", or a close): no new one for `retry_after` (it still
+    /// serves CONNECT).
+    pub(super) fn refused(&mut self, s: usize, retry_after: Duration, now: Instant) {
         let Some(remote) = self.slab.get(s).and_then(Sessions::remote_of) else {
             return;
         };
         if let Some(d) = self.dialers.get_mut(remote) {
             d.refused = true;
-            d.failed(now, RETRY_AFTER_REFUSAL);
+            d.failed(now, retry_after);
         }
         // It answered: it works, for connections of their own.
         if let Some(remotes) = &self.remotes {
@@ -605,9 +616,20 @@ impl Sessions {
             if !matches!(x.role, Role::Client { .. }) || !x.state.peer_pings() {
                 continue;
             }
-            match x.ping_sent {
-                Some(sent) if now.duration_since(sent) > PING_TIMEOUT => silent.push(s),
-                Some(sent) if now.duration_since(sent) > PING_SUSPECT => {
+            // Silent since the PING went out, or since the last frame that
+            // came in after it.
+            match x
+                .ping_sent
+                .map(|sent| now.duration_since(sent.max(x.last_heard)))
+            {
+                Some(silence)
+                    if silence > PING_GIVE_UP
+                        || (silence > PING_TIMEOUT
+                            && x.peer_heard_on_a_subflow().is_none_or(|d| d > PING_TIMEOUT)) =>
+                {
+                    silent.push(s);
+                }
+                Some(silence) if silence > PING_SUSPECT => {
                     if let (Role::Client { remote, .. }, Some(remotes)) = (&x.role, &self.remotes) {
                         remotes.suspect(*remote);
                     }
@@ -626,6 +648,13 @@ impl Sessions {
             self.queue_flush(s);
         }
         silent
+    }
+
+    /// A frame came in on session `s`.
+    pub(super) fn heard(&mut self, s: usize, now: Instant) {
+        if let Some(session) = self.slab.get_mut(s) {
+            session.last_heard = now;
+        }
     }
 
     /// A PONG for session `s` (its payload, our clock when sent).
