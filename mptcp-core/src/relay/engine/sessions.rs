@@ -618,30 +618,31 @@ impl Sessions {
             }
             // Silent since the PING went out, or since the last frame that
             // came in after it.
-            match x
+            let silence = x
                 .ping_sent
-                .map(|sent| now.duration_since(sent.max(x.last_heard)))
-            {
-                Some(silence)
-                    if silence > PING_GIVE_UP
-                        || (silence > PING_TIMEOUT
-                            && x.peer_heard_on_a_subflow().is_none_or(|d| d > PING_TIMEOUT)) =>
-                {
+                .map(|sent| now.duration_since(sent.max(x.last_heard)));
+            if let Some(silence) = silence {
+                let peer_host_silent =
+                    || x.peer_heard_on_a_subflow().is_none_or(|d| d > PING_TIMEOUT);
+                if silence > PING_GIVE_UP || (silence > PING_TIMEOUT && peer_host_silent()) {
                     silent.push(s);
+                    continue;
                 }
-                Some(silence) if silence > PING_SUSPECT => {
-                    if let (Role::Client { remote, .. }, Some(remotes)) = (&x.role, &self.remotes) {
-                        remotes.suspect(*remote);
-                    }
+                if silence > PING_SUSPECT
+                    && let (Role::Client { remote, .. }, Some(remotes)) = (&x.role, &self.remotes)
+                {
+                    remotes.suspect(*remote);
                 }
-                Some(_) => {}
-                None if now.duration_since(x.last_ping) >= PING_INTERVAL => {
-                    x.tx.control(0, &Control::Ping(crate::sys::process::monotonic_micros()));
-                    x.ping_sent = Some(now);
-                    x.last_ping = now;
-                    dirty.push(s);
-                }
-                None => {}
+            }
+            // PINGs go on while one is unanswered: the segments of the later
+            // ones, sent on a working subflow, are acknowledged by the
+            // peer's host even while the first waits on a stalled link
+            // (what `peer_heard_on_a_subflow` looks at).
+            if now.duration_since(x.last_ping) >= PING_INTERVAL {
+                x.tx.control(0, &Control::Ping(crate::sys::process::monotonic_micros()));
+                x.ping_sent.get_or_insert(now);
+                x.last_ping = now;
+                dirty.push(s);
             }
         }
         for s in dirty {
