@@ -1,22 +1,33 @@
-//! UDP through the remote relay's SOCKS5 UDP ASSOCIATE on loopback, beside
-//! the same UDP echo reached directly: datagrams per second and Mbit/s
-//! (1,200-byte datagrams, QUIC's size, 64 in flight), the relay's CPU per
-//! million datagrams (its worker threads' user + system time), and the
-//! latency of one 64-byte echo at a time (p50, p99). Prints one line per
-//! path and the ratios. Needs no privileges:
+//! UDP through the relays: first the remote relay's SOCKS5 UDP ASSOCIATE on
+//! loopback beside the same UDP echo reached directly (needs no
+//! privileges), then, when it may build the test bed, the whole chain on
+//! two unlimited WAN links (LAN host, TPROXY into the local relay, DATAGRAM
+//! frames in its MPTCP session, the remote relay, a UDP echo on the
+//! destination) beside the same echo reached by plain routing over one
+//! link. For each: datagrams per second and Mbit/s (1,200-byte datagrams,
+//! QUIC's size, 64 in flight), the relays' CPU per million datagrams (their
+//! worker threads' user + system time), and the latency of one 64-byte
+//! echo at a time (p50, p99); through the chain also while a bulk TCP
+//! download runs on the same session. Prints one line per path and the
+//! ratios:
 //!
 //! ```text
 //! cargo build --release --bench udp
 //! target/release/deps/udp-* --bench
 //! ```
 //!
-//! Every loop is bounded in time or count (about 10 s in all).
+//! Every loop is bounded in time or count (about 30 s in all).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mptcp_core::relay::{Config, EngineConfig, ListenerKind, Relay, RemoteConfig};
+use mptcp_core::relay::{
+    Config, EngineConfig, ListenerKind, LocalConfig, Relay, RelayHandle, RemoteConfig,
+};
+use mptcp_testbed::RelayPath;
 
 const PAYLOAD: usize = 1200;
 const IN_FLIGHT: usize = 64;
@@ -34,8 +45,14 @@ struct Path {
 
 impl Path {
     fn direct(echo: SocketAddr) -> Path {
+        Path::plain(client_socket("127.0.0.1:0"), echo)
+    }
+
+    /// Datagrams from `socket` straight to `echo` (the firewall may divert
+    /// them on their way).
+    fn plain(socket: UdpSocket, echo: SocketAddr) -> Path {
         Path {
-            socket: client_socket(),
+            socket,
             to: echo,
             header: Vec::new(),
             _control: None,
@@ -62,7 +79,7 @@ impl Path {
         header.extend_from_slice(&e.ip().octets());
         header.extend_from_slice(&e.port().to_be_bytes());
         Path {
-            socket: client_socket(),
+            socket: client_socket("127.0.0.1:0"),
             to,
             header,
             _control: Some(control),
@@ -83,15 +100,15 @@ impl Path {
     }
 }
 
-fn client_socket() -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+fn client_socket(at: &str) -> UdpSocket {
+    let s = UdpSocket::bind(at).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     s
 }
 
-/// A UDP echo on loopback, on its own thread.
-fn echo_server() -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+/// A UDP echo at `at`, on its own thread.
+fn echo_server(at: &str) -> SocketAddr {
+    let s = UdpSocket::bind(at).unwrap();
     let addr = s.local_addr().unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 65536];
@@ -124,12 +141,17 @@ fn throughput(path: &Path) -> (f64, u64) {
 
 /// p50 and p99 of one echo at a time, in microseconds.
 fn latency(path: &Path) -> (u128, u128) {
+    latency_of(path, ECHOES)
+}
+
+/// p50 and p99 of `echoes` echoes, one at a time, in microseconds.
+fn latency_of(path: &Path, echoes: usize) -> (u128, u128) {
     let payload = [0x33u8; 64];
     let (mut datagram, mut buf) = (Vec::new(), vec![0u8; 65536]);
-    let mut times = Vec::with_capacity(ECHOES);
+    let mut times = Vec::with_capacity(echoes);
     // Answers left over from the throughput run go first.
     while path.recv(&mut buf) {}
-    for _ in 0..ECHOES {
+    for _ in 0..echoes {
         let t = Instant::now();
         path.send(&payload, &mut datagram);
         if path.recv(&mut buf) {
@@ -137,6 +159,10 @@ fn latency(path: &Path) -> (u128, u128) {
         }
     }
     times.sort_unstable();
+    if times.is_empty() {
+        // Every echo lost (a session still opening): no figure.
+        return (0, 0);
+    }
     let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
     (at(0.5), at(0.99))
 }
@@ -163,7 +189,27 @@ fn relay_cpu_seconds() -> f64 {
 }
 
 fn main() {
-    let echo = echo_server();
+    loopback();
+    match mptcp_testbed::require_privileges() {
+        Ok(()) => chain(),
+        Err(e) => println!("\nthe chain on the test bed needs privileges: {e}"),
+    }
+}
+
+const MBIT_PER_RATE: f64 = (PAYLOAD * 8) as f64 / 1e6;
+
+/// One line of the table: a path's rate, losses and echo latency.
+fn report(name: &str, rate: f64, lost: u64, (p50, p99): (u128, u128)) {
+    println!(
+        "  {name:30} {rate:9.0} datagrams/s  {:7.1} Mbit/s each way  lost {lost:4}  \
+         echo p50 {p50} us  p99 {p99} us",
+        rate * MBIT_PER_RATE
+    );
+}
+
+/// The remote relay's UDP ASSOCIATE on loopback beside the direct echo.
+fn loopback() {
+    let echo = echo_server("127.0.0.1:0");
     let remote = RemoteConfig::new("127.0.0.1:0".parse().unwrap())
         .allow_unauthenticated_loopback(true)
         .allow_destination("127.0.0.0/8".parse().unwrap());
@@ -185,18 +231,9 @@ fn main() {
     let relay_latency = latency(&relayed);
     let stats = relay.stats();
 
-    let mbit = |rate: f64| rate * (PAYLOAD * 8) as f64 / 1e6;
     println!("UDP echo on loopback, {PAYLOAD}-byte datagrams, {IN_FLIGHT} in flight:");
-    for (name, rate, lost, (p50, p99)) in [
-        ("direct", direct_rate, direct_lost, direct_latency),
-        ("through the relay", relay_rate, relay_lost, relay_latency),
-    ] {
-        println!(
-            "  {name:18} {rate:9.0} datagrams/s  {:7.1} Mbit/s each way  lost {lost:4}  \
-             echo p50 {p50} us  p99 {p99} us",
-            mbit(rate)
-        );
-    }
+    report("direct", direct_rate, direct_lost, direct_latency);
+    report("through the relay", relay_rate, relay_lost, relay_latency);
     // Each answered datagram crossed the relay twice (up and down).
     let relayed_datagrams = relay_rate * THROUGHPUT_TIME.as_secs_f64() * 2.0;
     println!(
@@ -206,4 +243,136 @@ fn main() {
         cpu / relayed_datagrams * 1e6
     );
     println!("  relay counters: {stats}");
+}
+
+const SOCKS_PORT: u16 = 1080;
+const TPROXY_UDP_PORT: u16 = 12347;
+const REDIRECT_PORT: u16 = 12345;
+/// The echo the chain carries (TPROXY takes this port).
+const CARRIED_ECHO: u16 = 7001;
+/// The echo reached by plain routing (no rule for it).
+const ROUTED_ECHO: u16 = 7002;
+/// A TCP source on the destination for the bulk download beside the echo.
+const BULK_PORT: u16 = 7003;
+const BULK_TIME: Duration = Duration::from_secs(8);
+
+/// The chain in the test bed on two unlimited WAN links, beside routing.
+fn chain() {
+    let rp = mptcp_testbed::relay_path(2, None).unwrap();
+    let dest = rp.dest_addr();
+    for port in [CARRIED_ECHO, ROUTED_ECHO] {
+        rp.dest.run(|| echo_server(&format!("{dest}:{port}")));
+    }
+    bulk_source(&rp);
+    let (local, remote) = start_relays(&rp);
+    let lan_path = |port| {
+        let socket = rp.lan.run(|| client_socket("0.0.0.0:0"));
+        Path::plain(socket, SocketAddr::new(dest.into(), port))
+    };
+
+    let routed = lan_path(ROUTED_ECHO);
+    let (routed_rate, routed_lost) = throughput(&routed);
+    let routed_latency = latency(&routed);
+
+    let carried = lan_path(CARRIED_ECHO);
+    // The first datagrams find the session opening: let it open.
+    let _ = latency_of(&carried, 20);
+    let cpu_before = relay_cpu_seconds();
+    let (chain_rate, chain_lost) = throughput(&carried);
+    let cpu = relay_cpu_seconds() - cpu_before;
+    let chain_latency = latency(&carried);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let download = bulk_download(&rp, Arc::clone(&stop));
+    std::thread::sleep(Duration::from_secs(1));
+    let busy_latency = latency(&carried);
+    stop.store(true, Ordering::Relaxed);
+    let (bulk_bytes, bulk_time) = download.join().unwrap();
+
+    println!(
+        "\nUDP echo from the LAN host, {PAYLOAD}-byte datagrams, {IN_FLIGHT} in flight, \
+         two unlimited WAN links:"
+    );
+    report("routed (one link)", routed_rate, routed_lost, routed_latency);
+    report("through the chain", chain_rate, chain_lost, chain_latency);
+    println!(
+        "  {:30} echo p50 {} us  p99 {} us, beside a TCP download at {:.0} Mbit/s on the same \
+         session",
+        "through the chain, busy",
+        busy_latency.0,
+        busy_latency.1,
+        bulk_bytes as f64 * 8.0 / bulk_time.as_secs_f64() / 1e6
+    );
+    // Each answered datagram crossed both relays twice (up and down).
+    let relayed_datagrams = chain_rate * THROUGHPUT_TIME.as_secs_f64() * 2.0;
+    println!(
+        "  chain/routed: {:.2} of the rate; both relays' CPU {:.2} s per million datagrams \
+         carried",
+        chain_rate / routed_rate,
+        cpu / relayed_datagrams * 1e6
+    );
+    println!("  local relay: {}", local.stats());
+    println!("  remote relay: {}", remote.stats());
+}
+
+/// The remote relay, and the local one with a TPROXY UDP listener and a
+/// REDIRECT listener, one session (so that the echo and the download
+/// share it); the firewall rules that send the LAN's traffic to them.
+fn start_relays(rp: &RelayPath) -> (RelayHandle, RelayHandle) {
+    let (user, pass) = ("bench", "bench password");
+    let any = |port| SocketAddr::new([0, 0, 0, 0].into(), port);
+    let remote = Config::new().remote(RemoteConfig::new(any(SOCKS_PORT)).user(user, pass));
+    let remote = rp.remote.run(|| Relay::start(remote)).unwrap();
+    let remote_at = SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT);
+    let local = LocalConfig::new(remote_at.to_string())
+        .credentials(user, pass)
+        .tproxy_udp(any(TPROXY_UDP_PORT))
+        .redirect(any(REDIRECT_PORT))
+        .max_sessions(1);
+    let local = rp.local.run(|| Relay::start(Config::new().local(local))).unwrap();
+    rp.local.deliver_marked_locally().unwrap();
+    rp.local
+        .nft(&format!(
+            "table inet udpbench {{\n chain pre {{\n  type filter hook prerouting priority mangle;\n  \
+             iifname \"lan0\" udp dport {CARRIED_ECHO} meta mark set 0x4242 \
+             tproxy ip to :{TPROXY_UDP_PORT}\n }}\n \
+             chain nat {{\n  type nat hook prerouting priority dstnat;\n  \
+             iifname \"lan0\" tcp dport {BULK_PORT} redirect to :{REDIRECT_PORT}\n }}\n}}\n"
+        ))
+        .unwrap();
+    (local, remote)
+}
+
+/// A TCP source on the destination: sends zeros until the reader closes.
+fn bulk_source(rp: &RelayPath) {
+    let at = SocketAddr::new(rp.dest_addr().into(), BULK_PORT);
+    let listener = rp.dest.run(|| TcpListener::bind(at)).unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().map_while(Result::ok) {
+            let chunk = vec![0u8; 256 << 10];
+            while s.write_all(&chunk).is_ok() {}
+        }
+    });
+}
+
+/// A download from the LAN host through the chain until `stop` (or
+/// [`BULK_TIME`]): bytes and time.
+fn bulk_download(
+    rp: &RelayPath,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(u64, Duration)> {
+    let at = SocketAddr::new(rp.dest_addr().into(), BULK_PORT);
+    let mut s = rp.lan.run(|| TcpStream::connect(at)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    std::thread::spawn(move || {
+        let (start, mut bytes, mut buf) = (Instant::now(), 0u64, vec![0u8; 256 << 10]);
+        while !stop.load(Ordering::Relaxed) && start.elapsed() < BULK_TIME {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => bytes += n as u64,
+            }
+        }
+        let _ = s.shutdown(Shutdown::Both);
+        (bytes, start.elapsed())
+    })
 }

@@ -196,6 +196,11 @@
 #define MPTCP_RELAY_REMOTE_SOCKS5 5
 
 /**
+ * Relay listener kind: the DNS forwarder's TCP side (local role).
+ */
+#define MPTCP_RELAY_DNS_FORWARDER 6
+
+/**
  * Slots of `mptcp_relay_stats_t.errors`; `error_kinds` of them are used.
  */
 #define MPTCP_RELAY_ERROR_SLOTS 32

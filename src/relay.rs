@@ -573,6 +573,7 @@ fn listen_addrs(config: &Config) -> Vec<(ListenerKind, SocketAddr)> {
         ] {
             all.extend(addrs.iter().map(|a| (kind, *a)));
         }
+        all.extend(l.dns.map(|a| (ListenerKind::DnsForwarder, a)));
     }
     if let Some(r) = &config.remote {
         all.extend(r.listen.iter().map(|a| (ListenerKind::RemoteSocks5, *a)));

@@ -22,6 +22,7 @@ static const char *kind_name(uint32_t kind)
     case MPTCP_RELAY_LOCAL_SOCKS5: return "socks5";
     case MPTCP_RELAY_HTTP: return "http";
     case MPTCP_RELAY_REMOTE_SOCKS5: return "remote-socks5";
+    case MPTCP_RELAY_DNS_FORWARDER: return "dns";
     default: return "unknown";
     }
 }

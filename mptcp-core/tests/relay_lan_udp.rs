@@ -252,7 +252,8 @@ fn each_port_is_carried_blocked_or_sent_directly_as_configured() {
 /// The address the test's DNS server gives every name.
 const ANSWER_IP: &str = "192.0.2.7";
 
-/// A DNS server on the destination host, port 53: every A query gets one
+/// A DNS server on the destination host, port 53 on UDP and on TCP (RFC
+/// 7766: each message after its 2-byte length): every A query gets one
 /// answer, [`ANSWER_IP`] (RFC 1035 wire format, enough for `dig`).
 fn dns_server(rp: &RelayPath) {
     let at = SocketAddr::new(rp.dest_addr().into(), 53);
@@ -260,33 +261,65 @@ fn dns_server(rp: &RelayPath) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 512];
         while let Ok((n, from)) = socket.recv_from(&mut buf) {
-            let query = &buf[..n];
-            // Header (12 bytes), then the question: labels up to a zero
-            // length, type and class.
-            let mut end = 12;
-            while end < n && query[end] != 0 {
-                end += 1 + usize::from(query[end]);
+            if let Some(answer) = dns_answer(&buf[..n]) {
+                let _ = socket.send_to(&answer, from);
             }
-            let end = end + 5;
-            if n < end {
-                continue;
-            }
-            let mut answer = query[..2].to_vec();
-            answer.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
-            answer.extend_from_slice(&query[12..end]);
-            // The name by pointer to the question, A, IN, TTL 60, 4 bytes.
-            answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
-            let ip: std::net::Ipv4Addr = ANSWER_IP.parse().unwrap();
-            answer.extend_from_slice(&ip.octets());
-            let _ = socket.send_to(&answer, from);
         }
     });
+    let listener = rp.dest.run(|| TcpListener::bind(at)).unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().map_while(Result::ok) {
+            let _ = s.set_read_timeout(Some(WAIT));
+            let mut len = [0u8; 2];
+            while s.read_exact(&mut len).is_ok() {
+                let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                if s.read_exact(&mut query).is_err() {
+                    break;
+                }
+                let Some(answer) = dns_answer(&query) else {
+                    break;
+                };
+                let mut framed = u16::try_from(answer.len()).unwrap().to_be_bytes().to_vec();
+                framed.extend_from_slice(&answer);
+                if s.write_all(&framed).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+}
+
+/// The answer to DNS `query`: [`ANSWER_IP`] for its question.
+fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+    // Header (12 bytes), then the question: labels up to a zero length,
+    // type and class.
+    let mut end = 12;
+    while end < query.len() && query[end] != 0 {
+        end += 1 + usize::from(query[end]);
+    }
+    let end = end + 5;
+    if query.len() < end {
+        return None;
+    }
+    let mut answer = query[..2].to_vec();
+    answer.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+    answer.extend_from_slice(&query[12..end]);
+    // The name by pointer to the question, A, IN, TTL 60, 4 bytes.
+    answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+    let ip: std::net::Ipv4Addr = ANSWER_IP.parse().unwrap();
+    answer.extend_from_slice(&ip.octets());
+    Some(answer)
 }
 
 /// `dig +short` for `name` from the LAN host, asking `server`: its last
 /// line (a first try may time out while the session opens, which dig
 /// reports before the answer of its next).
 fn dig(rp: &RelayPath, server: &str, name: &str) -> String {
+    dig_with(rp, server, name, "+notcp")
+}
+
+/// [`dig`] with one more option (`+tcp`).
+fn dig_with(rp: &RelayPath, server: &str, name: &str, option: &str) -> String {
     rp.lan
         .exec(
             "dig",
@@ -294,6 +327,7 @@ fn dig(rp: &RelayPath, server: &str, name: &str) -> String {
                 "+short",
                 "+time=2",
                 "+tries=5",
+                option,
                 &format!("@{server}"),
                 name,
                 "A",
@@ -332,6 +366,15 @@ fn dig_gets_answers_through_tproxy_and_through_the_dns_forwarder() {
         remote.udp.datagrams_up >= 2 && remote.udp.datagrams_down >= 2,
         "{remote}"
     );
+    // Over TCP: the forwarder's TCP side carries the connection to the
+    // resolver through the remote relay.
+    let relayed = remote.relayed;
+    assert_eq!(
+        dig_with(rp, &rp.local_lan_addr().to_string(), "tcp.test", "+tcp"),
+        ANSWER_IP
+    );
+    let remote = stats_until(&chain.remote, |s| s.relayed > relayed);
+    assert!(remote.relayed > relayed, "{remote}");
 }
 
 #[test]
@@ -566,4 +609,68 @@ fn udp_above_one_links_rate_uses_both_and_survives_a_link_going_down() {
         after.len()
     );
     assert!(gap < Duration::from_secs(3), "longest gap {gap:?}");
+}
+
+/// IPv6 from the LAN (2001:2::/48, the IPv6 benchmarking range, on the
+/// LAN link and the remote's link to the destination; the relays' session
+/// stays on IPv4): `tproxy ip6` takes the datagrams to an IPv6 listener,
+/// and the answers come back from the IPv6 destination the host wrote to.
+#[test]
+fn ipv6_datagrams_through_tproxy_are_answered_from_their_destination() {
+    fn with_v6_listener(l: LocalConfig) -> LocalConfig {
+        l.tproxy_udp(SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), TPROXY_UDP_PORT))
+    }
+    let chain = Chain::with(1, None, engine(), "9", |r| (Box::new(with_v6_listener), r));
+    let rp = &chain.rp;
+    let (lan, router, egress, dest) = (
+        "2001:2:0:1::2",
+        "2001:2:0:1::1",
+        "2001:2:0:2::1",
+        "2001:2:0:2::2",
+    );
+    for (host, dev, addr) in [
+        (&rp.lan, "eth0", lan),
+        (&rp.local, "lan0", router),
+        (&rp.remote, "dst0", egress),
+        (&rp.dest, "eth0", dest),
+    ] {
+        host.ip(&["-6", "addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"])
+            .unwrap();
+    }
+    rp.lan.ip(&["-6", "route", "add", "default", "via", router]).unwrap();
+    rp.dest.ip(&["-6", "route", "add", "default", "via", egress]).unwrap();
+    rp.local
+        .ip(&["-6", "rule", "add", "fwmark", "0x4242", "lookup", "4242"])
+        .unwrap();
+    rp.local
+        .ip(&["-6", "route", "add", "local", "::/0", "dev", "lo", "table", "4242"])
+        .unwrap();
+    // The README's IPv6 rule.
+    rp.local
+        .nft(&format!(
+            "table inet relayudp6 {{\n chain pre {{\n  type filter hook prerouting priority mangle;\n  \
+             iifname \"lan0\" meta nfproto ipv6 udp dport {ECHO_PORT} meta mark set 0x4242 \
+             tproxy ip6 to :{TPROXY_UDP_PORT}\n }}\n}}\n"
+        ))
+        .unwrap();
+    let echo = SocketAddr::new(dest.parse::<std::net::Ipv6Addr>().unwrap().into(), ECHO_PORT);
+    let responder = rp.dest.run(|| UdpSocket::bind(echo)).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = responder.recv_from(&mut buf) {
+            let mut answer = format!("re:{}:", from.ip()).into_bytes();
+            answer.extend_from_slice(&buf[..n]);
+            let _ = responder.send_to(&answer, from);
+        }
+    });
+    let socket = rp.lan.run(|| UdpSocket::bind("[::]:0")).unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    // Answered from the address written to, and sent on by the remote
+    // relay (the responder saw its IPv6 egress address, not the LAN host).
+    assert_eq!(
+        ask(&socket, echo, b"six"),
+        (format!("re:{egress}:six").into_bytes(), echo)
+    );
+    let local = stats_until(&chain.local, |s| s.udp.datagrams_down >= 1);
+    assert!(local.udp.datagrams_up >= 1, "{local}");
 }

@@ -74,6 +74,8 @@ pub const MPTCP_RELAY_LOCAL_SOCKS5: u32 = 3;
 pub const MPTCP_RELAY_HTTP: u32 = 4;
 /// Relay listener kind: SOCKS5 clients of the remote role.
 pub const MPTCP_RELAY_REMOTE_SOCKS5: u32 = 5;
+/// Relay listener kind: the DNS forwarder's TCP side (local role).
+pub const MPTCP_RELAY_DNS_FORWARDER: u32 = 6;
 
 fn listener_kind_number(kind: ListenerKind) -> u32 {
     match kind {
@@ -82,6 +84,7 @@ fn listener_kind_number(kind: ListenerKind) -> u32 {
         ListenerKind::LocalSocks5 => MPTCP_RELAY_LOCAL_SOCKS5,
         ListenerKind::Http => MPTCP_RELAY_HTTP,
         ListenerKind::RemoteSocks5 => MPTCP_RELAY_REMOTE_SOCKS5,
+        ListenerKind::DnsForwarder => MPTCP_RELAY_DNS_FORWARDER,
     }
 }
 

@@ -286,8 +286,8 @@ pub struct LocalConfig {
     /// (sent from the router itself).
     #[serde(default)]
     pub udp_ports: BTreeMap<String, UdpPortAction>,
-    /// A DNS forwarder for the LAN (UDP): queries to this address go to
-    /// `dns_upstream` through the remote relay.
+    /// A DNS forwarder for the LAN, on UDP and TCP: queries to this
+    /// address go to `dns_upstream` through the remote relay.
     #[serde(default)]
     pub dns: Option<SocketAddr>,
     /// The resolver the DNS forwarder's queries go to (an address, as the

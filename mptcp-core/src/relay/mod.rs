@@ -79,6 +79,9 @@ pub enum ListenerKind {
     Http,
     /// SOCKS5 clients of the remote role.
     RemoteSocks5,
+    /// DNS over TCP from the LAN (local role): the DNS forwarder's TCP
+    /// side, each connection carried to `dns_upstream` through the remote.
+    DnsForwarder,
 }
 
 /// How connections of a listener leave the relay.
@@ -122,6 +125,8 @@ pub(crate) struct ListenerSpec {
     pub route: Arc<Route>,
     pub clients: ClientAllowlist,
     pub require_auth: bool,
+    /// Where every connection goes (the DNS forwarder's resolver).
+    pub forward_to: Option<SocketAddr>,
 }
 
 const RUNNING: u8 = 0;
@@ -415,8 +420,13 @@ type Listening = (
 fn open_listeners(config: &Config) -> io::Result<Listening> {
     let mut local_route = None;
     let mut specs = Vec::new();
-    let mut add =
-        |kind, addr: SocketAddr, mptcp, route: &Arc<Route>, clients: &ClientAllowlist, auth| {
+    let mut add = |kind,
+                   addr: SocketAddr,
+                   mptcp,
+                   route: &Arc<Route>,
+                   clients: &ClientAllowlist,
+                   auth,
+                   forward_to| {
             let socket = listeners::listen(
                 addr,
                 mptcp,
@@ -430,6 +440,7 @@ fn open_listeners(config: &Config) -> io::Result<Listening> {
                 route: Arc::clone(route),
                 clients: clients.clone(),
                 require_auth: auth,
+                forward_to,
             };
             specs.push((spec, socket));
             io::Result::Ok(())
@@ -458,16 +469,38 @@ fn open_listeners(config: &Config) -> io::Result<Listening> {
                 &route,
                 &transparent,
                 false,
+                None,
             )?;
         }
         for a in &l.tproxy {
-            add(ListenerKind::Tproxy, *a, false, &route, &transparent, false)?;
+            add(
+                ListenerKind::Tproxy,
+                *a,
+                false,
+                &route,
+                &transparent,
+                false,
+                None,
+            )?;
         }
         for a in &l.socks5 {
-            add(ListenerKind::LocalSocks5, *a, false, &route, &proxy, false)?;
+            add(ListenerKind::LocalSocks5, *a, false, &route, &proxy, false, None)?;
         }
         for a in &l.http {
-            add(ListenerKind::Http, *a, false, &route, &proxy, false)?;
+            add(ListenerKind::Http, *a, false, &route, &proxy, false, None)?;
+        }
+        // The DNS forwarder answers on TCP too (long answers, DNSSEC,
+        // zone transfers), on the address of its UDP side.
+        if let (Some(addr), Some(resolver)) = (l.dns, l.dns_upstream) {
+            add(
+                ListenerKind::DnsForwarder,
+                addr,
+                false,
+                &route,
+                &proxy,
+                false,
+                Some(resolver),
+            )?;
         }
     }
     if let Some(r) = &config.remote {
@@ -491,6 +524,7 @@ fn open_listeners(config: &Config) -> io::Result<Listening> {
                 &route,
                 &clients,
                 auth,
+                None,
             )?;
         }
     }

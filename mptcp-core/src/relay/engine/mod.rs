@@ -543,10 +543,12 @@ impl Worker {
             tracing::debug!(%peer, "relay: client not in the allowlist");
             return;
         }
-        let kind = spec.kind;
+        let (kind, forward_to) = (spec.kind, spec.forward_to);
         // Transparent connections have no request: they are real at once.
         let (slot, answer) = match kind {
-            ListenerKind::Redirect | ListenerKind::Tproxy => (Slot::Connection, Answer::Nothing),
+            ListenerKind::Redirect | ListenerKind::Tproxy | ListenerKind::DnsForwarder => {
+                (Slot::Connection, Answer::Nothing)
+            }
             ListenerKind::LocalSocks5 | ListenerKind::RemoteSocks5 => {
                 (Slot::Handshake, Answer::Socks5)
             }
@@ -594,8 +596,12 @@ impl Worker {
             return;
         };
         let next = match kind {
-            ListenerKind::Redirect | ListenerKind::Tproxy => {
-                match transparent_destination(&client, kind) {
+            ListenerKind::Redirect | ListenerKind::Tproxy | ListenerKind::DnsForwarder => {
+                let dest = match forward_to {
+                    Some(to) => Ok(TargetAddr::Ip(to)),
+                    None => transparent_destination(&client, kind),
+                };
+                match dest {
                     Ok(dest) => conn.start(key, Origin::Client(client), dest, &mut self.ctx),
                     Err(f) => conn.fail(
                         Phase::before_connect(Origin::Client(client)),
