@@ -293,7 +293,12 @@ fn chain() {
         "\nUDP echo from the LAN host, {PAYLOAD}-byte datagrams, {IN_FLIGHT} in flight, \
          two unlimited WAN links:"
     );
-    report("routed (one link)", routed_rate, routed_lost, routed_latency);
+    report(
+        "routed (one link)",
+        routed_rate,
+        routed_lost,
+        routed_latency,
+    );
     report("through the chain", chain_rate, chain_lost, chain_latency);
     println!(
         "  {:30} echo p50 {} us  p99 {} us, beside a TCP download at {:.0} Mbit/s on the same \
@@ -329,7 +334,10 @@ fn start_relays(rp: &RelayPath) -> (RelayHandle, RelayHandle) {
         .tproxy_udp(any(TPROXY_UDP_PORT))
         .redirect(any(REDIRECT_PORT))
         .max_sessions(1);
-    let local = rp.local.run(|| Relay::start(Config::new().local(local))).unwrap();
+    let local = rp
+        .local
+        .run(|| Relay::start(Config::new().local(local)))
+        .unwrap();
     rp.local.deliver_marked_locally().unwrap();
     rp.local
         .nft(&format!(

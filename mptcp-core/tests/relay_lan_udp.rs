@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mptcp_core::relay::{
-    Config, EngineConfig, LocalConfig, Relay, RelayHandle, RemoteConfig, SecretKey, UdpDrop,
-    UdpPortAction,
+    Config, EngineConfig, ErrorKind, LocalConfig, Relay, RelayHandle, RemoteConfig, SecretKey,
+    UdpDrop, UdpPortAction,
 };
 use mptcp_testbed::RelayPath;
 
@@ -344,7 +344,10 @@ fn dig_with(rp: &RelayPath, server: &str, name: &str, option: &str) -> String {
 fn dig_gets_answers_through_tproxy_and_through_the_dns_forwarder() {
     fn forwarder(l: LocalConfig) -> LocalConfig {
         let at = SocketAddr::new([0, 0, 0, 0].into(), 53);
+        // The forwarder serves private ranges unless told: the test bed's
+        // LAN is in the benchmarking range.
         l.dns(at, SocketAddr::new([198, 19, 2, 2].into(), 53))
+            .allow_client("198.19.1.0/24".parse().unwrap())
     }
     let chain = Chain::with(1, None, engine(), "53", |r| (Box::new(forwarder), r));
     let rp = &chain.rp;
@@ -375,6 +378,43 @@ fn dig_gets_answers_through_tproxy_and_through_the_dns_forwarder() {
     );
     let remote = stats_until(&chain.remote, |s| s.relayed > relayed);
     assert!(remote.relayed > relayed, "{remote}");
+}
+
+/// With no `allowed_clients`, the forwarder serves the private ranges only
+/// (an open resolver would answer the whole internet): the test bed's LAN
+/// host, in the benchmarking range, is refused on UDP and on TCP.
+#[test]
+fn the_dns_forwarder_is_not_an_open_resolver() {
+    fn forwarder(l: LocalConfig) -> LocalConfig {
+        let at = SocketAddr::new([0, 0, 0, 0].into(), 53);
+        l.dns(at, SocketAddr::new([198, 19, 2, 2].into(), 53))
+    }
+    let chain = Chain::with(1, None, engine(), "9", |r| (Box::new(forwarder), r));
+    let rp = &chain.rp;
+    dns_server(rp);
+    let router = SocketAddr::new(rp.local_lan_addr().into(), 53);
+    let socket = chain.lan_socket();
+    let query = [
+        0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 0, 0, 1, 0, 1,
+    ];
+    socket.send_to(&query, router).unwrap();
+    let mut buf = [0u8; 512];
+    assert!(socket.recv_from(&mut buf).is_err(), "a UDP answer came");
+    let mut tcp = rp
+        .lan
+        .run(|| TcpStream::connect_timeout(&router, WAIT))
+        .unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let mut framed = vec![0, query.len() as u8];
+    framed.extend_from_slice(&query);
+    let _ = tcp.write_all(&framed);
+    assert!(
+        !matches!(tcp.read(&mut buf), Ok(n) if n > 0),
+        "a TCP answer came"
+    );
+    let stats = stats_until(&chain.local, |s| s.error(ErrorKind::ClientDenied) >= 2);
+    assert!(stats.error(ErrorKind::ClientDenied) >= 2, "{stats}");
+    assert_eq!(chain.remote.stats().udp.datagrams_up, 0);
 }
 
 #[test]
@@ -618,7 +658,10 @@ fn udp_above_one_links_rate_uses_both_and_survives_a_link_going_down() {
 #[test]
 fn ipv6_datagrams_through_tproxy_are_answered_from_their_destination() {
     fn with_v6_listener(l: LocalConfig) -> LocalConfig {
-        l.tproxy_udp(SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), TPROXY_UDP_PORT))
+        l.tproxy_udp(SocketAddr::new(
+            std::net::Ipv6Addr::UNSPECIFIED.into(),
+            TPROXY_UDP_PORT,
+        ))
     }
     let chain = Chain::with(1, None, engine(), "9", |r| (Box::new(with_v6_listener), r));
     let rp = &chain.rp;
@@ -634,16 +677,30 @@ fn ipv6_datagrams_through_tproxy_are_answered_from_their_destination() {
         (&rp.remote, "dst0", egress),
         (&rp.dest, "eth0", dest),
     ] {
-        host.ip(&["-6", "addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"])
-            .unwrap();
+        host.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ])
+        .unwrap();
     }
-    rp.lan.ip(&["-6", "route", "add", "default", "via", router]).unwrap();
-    rp.dest.ip(&["-6", "route", "add", "default", "via", egress]).unwrap();
+    rp.lan
+        .ip(&["-6", "route", "add", "default", "via", router])
+        .unwrap();
+    rp.dest
+        .ip(&["-6", "route", "add", "default", "via", egress])
+        .unwrap();
     rp.local
         .ip(&["-6", "rule", "add", "fwmark", "0x4242", "lookup", "4242"])
         .unwrap();
     rp.local
-        .ip(&["-6", "route", "add", "local", "::/0", "dev", "lo", "table", "4242"])
+        .ip(&[
+            "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "4242",
+        ])
         .unwrap();
     // The README's IPv6 rule.
     rp.local
@@ -653,7 +710,10 @@ fn ipv6_datagrams_through_tproxy_are_answered_from_their_destination() {
              tproxy ip6 to :{TPROXY_UDP_PORT}\n }}\n}}\n"
         ))
         .unwrap();
-    let echo = SocketAddr::new(dest.parse::<std::net::Ipv6Addr>().unwrap().into(), ECHO_PORT);
+    let echo = SocketAddr::new(
+        dest.parse::<std::net::Ipv6Addr>().unwrap().into(),
+        ECHO_PORT,
+    );
     let responder = rp.dest.run(|| UdpSocket::bind(echo)).unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];

@@ -404,7 +404,7 @@ fn open_udp_listeners(config: &Config) -> io::Result<Vec<engine::LanListener>> {
     if let (Some(addr), Some(resolver)) = (l.dns, l.dns_upstream) {
         opened.push(engine::LanListener {
             socket: listeners::listen_udp_forwarder(addr)?,
-            forward_to: Some(resolver),
+            forward_to: Some((resolver, ClientAllowlist::or_private(&l.allowed_clients))),
         });
     }
     Ok(opened)
@@ -427,24 +427,24 @@ fn open_listeners(config: &Config) -> io::Result<Listening> {
                    clients: &ClientAllowlist,
                    auth,
                    forward_to| {
-            let socket = listeners::listen(
-                addr,
-                mptcp,
-                kind == ListenerKind::Tproxy,
-                config.engine.reuse_port,
-            )?;
-            let addr = socket.local_addr()?;
-            let spec = ListenerSpec {
-                kind,
-                addr,
-                route: Arc::clone(route),
-                clients: clients.clone(),
-                require_auth: auth,
-                forward_to,
-            };
-            specs.push((spec, socket));
-            io::Result::Ok(())
+        let socket = listeners::listen(
+            addr,
+            mptcp,
+            kind == ListenerKind::Tproxy,
+            config.engine.reuse_port,
+        )?;
+        let addr = socket.local_addr()?;
+        let spec = ListenerSpec {
+            kind,
+            addr,
+            route: Arc::clone(route),
+            clients: clients.clone(),
+            require_auth: auth,
+            forward_to,
         };
+        specs.push((spec, socket));
+        io::Result::Ok(())
+    };
     if let Some(l) = &config.local {
         let remotes = local_remotes(l)?;
         let route = Arc::new(Route::Upstream {
@@ -484,7 +484,15 @@ fn open_listeners(config: &Config) -> io::Result<Listening> {
             )?;
         }
         for a in &l.socks5 {
-            add(ListenerKind::LocalSocks5, *a, false, &route, &proxy, false, None)?;
+            add(
+                ListenerKind::LocalSocks5,
+                *a,
+                false,
+                &route,
+                &proxy,
+                false,
+                None,
+            )?;
         }
         for a in &l.http {
             add(ListenerKind::Http, *a, false, &route, &proxy, false, None)?;

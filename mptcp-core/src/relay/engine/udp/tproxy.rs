@@ -35,8 +35,8 @@ use super::super::slab::Slab;
 use super::{DATAGRAM_BUDGET, send_failure};
 use crate::relay::flows::FlowTable;
 use crate::relay::listeners;
-use crate::relay::policy::canonical;
-use crate::relay::stats::{Counters, UdpDrop};
+use crate::relay::policy::{ClientAllowlist, canonical};
+use crate::relay::stats::{Counters, ErrorKind, UdpDrop};
 use crate::relay::udp_ports::{UdpPortAction, UdpPorts};
 use crate::socks5::TargetAddr;
 use crate::sys::udp::recv_with_destination;
@@ -76,14 +76,15 @@ pub(crate) struct LanListener {
     /// Transparent (TPROXY), or the DNS forwarder's, told each datagram's
     /// destination.
     pub socket: std::net::UdpSocket,
-    /// A DNS forwarder: the resolver its queries go to.
-    pub forward_to: Option<SocketAddr>,
+    /// A DNS forwarder: the resolver its queries go to, and the LAN hosts
+    /// it serves (private ranges unless configured: not an open resolver).
+    pub forward_to: Option<(SocketAddr, ClientAllowlist)>,
 }
 
 /// The worker's TPROXY UDP listeners and their flows.
 pub(in crate::relay::engine) struct LanFlows {
-    /// Sockets, and the resolver of a DNS forwarder.
-    listeners: Vec<(UdpSocket, Option<SocketAddr>)>,
+    /// Sockets, and the resolver and clients of a DNS forwarder.
+    listeners: Vec<(UdpSocket, Option<(SocketAddr, ClientAllowlist)>)>,
     table: FlowTable<FlowKey>,
     flows: HashMap<FlowKey, LanFlow>,
     /// (session, flow id) -> flow.
@@ -144,7 +145,7 @@ impl LanFlows {
                 self.requeue.push(i);
                 break;
             }
-            let Some(&(ref socket, forward_to)) = self.listeners.get(i) else {
+            let Some((socket, forward_to)) = self.listeners.get(i) else {
                 break;
             };
             let room = buf.room();
@@ -166,7 +167,13 @@ impl LanFlows {
             let wrote_to = SocketAddr::new(canonical(to.ip()), to.port());
             let key = (from, wrote_to);
             match forward_to {
-                Some(resolver) => self.datagram(key, resolver, Some(i), &room[..got.len], ctx),
+                Some((_, clients)) if !clients.allows(from.ip()) => {
+                    counters.error(ErrorKind::ClientDenied);
+                }
+                Some((resolver, _)) => {
+                    let resolver = *resolver;
+                    self.datagram(key, resolver, Some(i), &room[..got.len], ctx);
+                }
                 None => self.datagram(key, wrote_to, None, &room[..got.len], ctx),
             }
         }
