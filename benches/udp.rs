@@ -4,7 +4,7 @@
 //! two unlimited WAN links (LAN host, TPROXY into the local relay, DATAGRAM
 //! frames in its MPTCP session, the remote relay, a UDP echo on the
 //! destination) beside the same echo reached by plain routing over one
-//! link. For each: datagrams per second and Mbit/s (1,200-byte datagrams,
+//! link, then the same on two 100 Mbit/s links. For each: datagrams per second and Mbit/s (1,200-byte datagrams,
 //! QUIC's size, 64 in flight), the relays' CPU per million datagrams (their
 //! worker threads' user + system time), and the latency of one 64-byte
 //! echo at a time (p50, p99); through the chain also while a bulk TCP
@@ -96,7 +96,12 @@ impl Path {
 
     /// Waits for the next answer; `false` on timeout (a lost datagram).
     fn recv(&self, buf: &mut [u8]) -> bool {
-        self.socket.recv(buf).is_ok()
+        self.recv_len(buf).is_some()
+    }
+
+    /// Waits for the next answer: its length, `None` on timeout.
+    fn recv_len(&self, buf: &mut [u8]) -> Option<usize> {
+        self.socket.recv(buf).ok()
     }
 }
 
@@ -144,18 +149,24 @@ fn latency(path: &Path) -> (u128, u128) {
     latency_of(path, ECHOES)
 }
 
-/// p50 and p99 of `echoes` echoes, one at a time, in microseconds.
+/// p50 and p99 of `echoes` echoes, one at a time, in microseconds. Each
+/// carries its number, and only its own answer counts: one answer later
+/// than the read timeout must not pass for the next one's.
 fn latency_of(path: &Path, echoes: usize) -> (u128, u128) {
-    let payload = [0x33u8; 64];
     let (mut datagram, mut buf) = (Vec::new(), vec![0u8; 65536]);
     let mut times = Vec::with_capacity(echoes);
     // Answers left over from the throughput run go first.
     while path.recv(&mut buf) {}
-    for _ in 0..echoes {
+    for seq in 0..echoes as u64 {
+        let mut payload = [0x33u8; 64];
+        payload[..8].copy_from_slice(&seq.to_le_bytes());
         let t = Instant::now();
         path.send(&payload, &mut datagram);
-        if path.recv(&mut buf) {
-            times.push(t.elapsed().as_micros());
+        while let Some(n) = path.recv_len(&mut buf) {
+            if buf[..n].ends_with(&payload) {
+                times.push(t.elapsed().as_micros());
+                break;
+            }
         }
     }
     times.sort_unstable();
@@ -191,7 +202,10 @@ fn relay_cpu_seconds() -> f64 {
 fn main() {
     loopback();
     match mptcp_testbed::require_privileges() {
-        Ok(()) => chain(),
+        Ok(()) => {
+            chain(None);
+            chain(Some(100));
+        }
         Err(e) => println!("\nthe chain on the test bed needs privileges: {e}"),
     }
 }
@@ -252,18 +266,24 @@ const REDIRECT_PORT: u16 = 12345;
 const CARRIED_ECHO: u16 = 7001;
 /// The echo reached by plain routing (no rule for it).
 const ROUTED_ECHO: u16 = 7002;
-/// A TCP source on the destination for the bulk download beside the echo.
+/// A TCP source on the destination for the bulk download beside the echo
+/// (REDIRECT takes this port into the chain).
 const BULK_PORT: u16 = 7003;
+/// The same, reached by plain routing.
+const ROUTED_BULK_PORT: u16 = 7004;
 const BULK_TIME: Duration = Duration::from_secs(8);
 
-/// The chain in the test bed on two unlimited WAN links, beside routing.
-fn chain() {
-    let rp = mptcp_testbed::relay_path(2, None).unwrap();
+/// The chain in the test bed on two WAN links of `rate_mbit` (or
+/// unlimited), beside routing over one.
+fn chain(rate_mbit: Option<u32>) {
+    let rp = mptcp_testbed::relay_path(2, rate_mbit).unwrap();
     let dest = rp.dest_addr();
     for port in [CARRIED_ECHO, ROUTED_ECHO] {
         rp.dest.run(|| echo_server(&format!("{dest}:{port}")));
     }
-    bulk_source(&rp);
+    for port in [BULK_PORT, ROUTED_BULK_PORT] {
+        bulk_source(&rp, port);
+    }
     let (local, remote) = start_relays(&rp);
     let lan_path = |port| {
         let socket = rp.lan.run(|| client_socket("0.0.0.0:0"));
@@ -282,16 +302,22 @@ fn chain() {
     let cpu = relay_cpu_seconds() - cpu_before;
     let chain_latency = latency(&carried);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let download = bulk_download(&rp, Arc::clone(&stop));
-    std::thread::sleep(Duration::from_secs(1));
-    let busy_latency = latency(&carried);
-    stop.store(true, Ordering::Relaxed);
-    let (bulk_bytes, bulk_time) = download.join().unwrap();
+    let beside_a_download = |path: &Path, port| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let download = bulk_download(&rp, port, Arc::clone(&stop));
+        std::thread::sleep(Duration::from_secs(1));
+        let latency = latency(path);
+        stop.store(true, Ordering::Relaxed);
+        let (bytes, time) = download.join().unwrap();
+        (latency, bytes as f64 * 8.0 / time.as_secs_f64() / 1e6)
+    };
+    let (routed_busy, routed_bulk) = beside_a_download(&routed, ROUTED_BULK_PORT);
+    let (chain_busy, chain_bulk) = beside_a_download(&carried, BULK_PORT);
 
+    let links = rate_mbit.map_or("unlimited".to_string(), |r| format!("{r} Mbit/s"));
     println!(
         "\nUDP echo from the LAN host, {PAYLOAD}-byte datagrams, {IN_FLIGHT} in flight, \
-         two unlimited WAN links:"
+         two {links} WAN links:"
     );
     report(
         "routed (one link)",
@@ -300,14 +326,20 @@ fn chain() {
         routed_latency,
     );
     report("through the chain", chain_rate, chain_lost, chain_latency);
-    println!(
-        "  {:30} echo p50 {} us  p99 {} us, beside a TCP download at {:.0} Mbit/s on the same \
-         session",
-        "through the chain, busy",
-        busy_latency.0,
-        busy_latency.1,
-        bulk_bytes as f64 * 8.0 / bulk_time.as_secs_f64() / 1e6
-    );
+    for (name, (p50, p99), bulk, beside) in [
+        ("routed, busy", routed_busy, routed_bulk, "routed"),
+        (
+            "through the chain, busy",
+            chain_busy,
+            chain_bulk,
+            "on the same session",
+        ),
+    ] {
+        println!(
+            "  {name:30} echo p50 {p50} us  p99 {p99} us, beside a TCP download at {bulk:.0} \
+             Mbit/s {beside}"
+        );
+    }
     // Each answered datagram crossed both relays twice (up and down).
     let relayed_datagrams = chain_rate * THROUGHPUT_TIME.as_secs_f64() * 2.0;
     println!(
@@ -321,12 +353,19 @@ fn chain() {
 }
 
 /// The remote relay, and the local one with a TPROXY UDP listener and a
-/// REDIRECT listener, one session (so that the echo and the download
-/// share it); the firewall rules that send the LAN's traffic to them.
+/// REDIRECT listener; one worker and one session (so that the echo and the
+/// download share it); the firewall rules that send the LAN's traffic to
+/// them.
 fn start_relays(rp: &RelayPath) -> (RelayHandle, RelayHandle) {
     let (user, pass) = ("bench", "bench password");
     let any = |port| SocketAddr::new([0, 0, 0, 0].into(), port);
-    let remote = Config::new().remote(RemoteConfig::new(any(SOCKS_PORT)).user(user, pass));
+    let config = || {
+        Config::new().engine(EngineConfig {
+            workers: 1,
+            ..EngineConfig::default()
+        })
+    };
+    let remote = config().remote(RemoteConfig::new(any(SOCKS_PORT)).user(user, pass));
     let remote = rp.remote.run(|| Relay::start(remote)).unwrap();
     let remote_at = SocketAddr::new(rp.remote_addr().into(), SOCKS_PORT);
     let local = LocalConfig::new(remote_at.to_string())
@@ -336,7 +375,7 @@ fn start_relays(rp: &RelayPath) -> (RelayHandle, RelayHandle) {
         .max_sessions(1);
     let local = rp
         .local
-        .run(|| Relay::start(Config::new().local(local)))
+        .run(|| Relay::start(config().local(local)))
         .unwrap();
     rp.local.deliver_marked_locally().unwrap();
     rp.local
@@ -351,9 +390,10 @@ fn start_relays(rp: &RelayPath) -> (RelayHandle, RelayHandle) {
     (local, remote)
 }
 
-/// A TCP source on the destination: sends zeros until the reader closes.
-fn bulk_source(rp: &RelayPath) {
-    let at = SocketAddr::new(rp.dest_addr().into(), BULK_PORT);
+/// A TCP source on the destination's `port`: sends zeros until the reader
+/// closes.
+fn bulk_source(rp: &RelayPath, port: u16) {
+    let at = SocketAddr::new(rp.dest_addr().into(), port);
     let listener = rp.dest.run(|| TcpListener::bind(at)).unwrap();
     std::thread::spawn(move || {
         for mut s in listener.incoming().map_while(Result::ok) {
@@ -363,13 +403,14 @@ fn bulk_source(rp: &RelayPath) {
     });
 }
 
-/// A download from the LAN host through the chain until `stop` (or
-/// [`BULK_TIME`]): bytes and time.
+/// A download from the LAN host of the destination's `port` until `stop`
+/// (or [`BULK_TIME`]): bytes and time.
 fn bulk_download(
     rp: &RelayPath,
+    port: u16,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<(u64, Duration)> {
-    let at = SocketAddr::new(rp.dest_addr().into(), BULK_PORT);
+    let at = SocketAddr::new(rp.dest_addr().into(), port);
     let mut s = rp.lan.run(|| TcpStream::connect(at)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     std::thread::spawn(move || {
