@@ -111,20 +111,21 @@ impl Chain {
     /// datagram with `re:`, the sender's IP, `:`, and the datagram.
     fn responders(&self, ports: impl IntoIterator<Item = u16>) {
         for port in ports {
-            let socket = self
-                .rp
-                .dest
-                .run(|| UdpSocket::bind(self.dest(port)))
-                .unwrap();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 65536];
-                while let Ok((n, from)) = socket.recv_from(&mut buf) {
-                    let mut answer = format!("re:{}:", from.ip()).into_bytes();
-                    answer.extend_from_slice(&buf[..n]);
-                    let _ = socket.send_to(&answer, from);
-                }
-            });
+            self.responder_at(self.dest(port));
         }
+    }
+
+    /// One such responder on the destination host at `at`.
+    fn responder_at(&self, at: SocketAddr) {
+        let socket = self.rp.dest.run(|| UdpSocket::bind(at)).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let mut answer = format!("re:{}:", from.ip()).into_bytes();
+                answer.extend_from_slice(&buf[..n]);
+                let _ = socket.send_to(&answer, from);
+            }
+        });
     }
 }
 
@@ -714,15 +715,7 @@ fn ipv6_datagrams_through_tproxy_are_answered_from_their_destination() {
         dest.parse::<std::net::Ipv6Addr>().unwrap().into(),
         ECHO_PORT,
     );
-    let responder = rp.dest.run(|| UdpSocket::bind(echo)).unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = responder.recv_from(&mut buf) {
-            let mut answer = format!("re:{}:", from.ip()).into_bytes();
-            answer.extend_from_slice(&buf[..n]);
-            let _ = responder.send_to(&answer, from);
-        }
-    });
+    chain.responder_at(echo);
     let socket = rp.lan.run(|| UdpSocket::bind("[::]:0")).unwrap();
     socket.set_read_timeout(Some(WAIT)).unwrap();
     // Answered from the address written to, and sent on by the remote

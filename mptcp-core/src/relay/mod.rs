@@ -461,41 +461,15 @@ fn open_listeners(config: &Config) -> io::Result<Listening> {
         // proxy listeners serve private addresses unless told otherwise.
         let transparent = ClientAllowlist(l.allowed_clients.clone());
         let proxy = ClientAllowlist::or_private(&l.allowed_clients);
-        for a in &l.redirect {
-            add(
-                ListenerKind::Redirect,
-                *a,
-                false,
-                &route,
-                &transparent,
-                false,
-                None,
-            )?;
-        }
-        for a in &l.tproxy {
-            add(
-                ListenerKind::Tproxy,
-                *a,
-                false,
-                &route,
-                &transparent,
-                false,
-                None,
-            )?;
-        }
-        for a in &l.socks5 {
-            add(
-                ListenerKind::LocalSocks5,
-                *a,
-                false,
-                &route,
-                &proxy,
-                false,
-                None,
-            )?;
-        }
-        for a in &l.http {
-            add(ListenerKind::Http, *a, false, &route, &proxy, false, None)?;
+        for (kind, addrs, clients) in [
+            (ListenerKind::Redirect, &l.redirect, &transparent),
+            (ListenerKind::Tproxy, &l.tproxy, &transparent),
+            (ListenerKind::LocalSocks5, &l.socks5, &proxy),
+            (ListenerKind::Http, &l.http, &proxy),
+        ] {
+            for a in addrs {
+                add(kind, *a, false, &route, clients, false, None)?;
+            }
         }
         // The DNS forwarder answers on TCP too (long answers, DNSSEC,
         // zone transfers), on the address of its UDP side.

@@ -205,7 +205,7 @@ impl Worker {
                 ..
             } = session;
             let counters = &ctx.shared.counters[ctx.worker];
-            let (stream_id, outcome) = match rx.next(fd) {
+            let event = match rx.next(fd) {
                 Err(RxError::Io(e)) => {
                     return Err(ReadError::Gone(format!("reading the session: {e}")));
                 }
@@ -216,14 +216,18 @@ impl Worker {
                     }
                     break;
                 }
-                Ok(Some(RxEvent::Closed)) => {
+                Ok(Some(event)) => event,
+            };
+            // The peer is alive: a frame (or a payload to splice) came in.
+            *last_heard = ctx.now;
+            let (stream_id, outcome) = match event {
+                RxEvent::Closed => {
                     return Err(ReadError::Gone("the other relay closed the session".into()));
                 }
-                Ok(Some(RxEvent::Control { stream, control })) => {
+                RxEvent::Control { stream, control } => {
                     // Liveness frames do not make a session active (an
                     // idle spare still closes).
                     let liveness = matches!(control, Control::Ping(_) | Control::Pong(_));
-                    self.ctx.sessions.heard(s, self.ctx.now);
                     self.on_control(s, stream, control)
                         .map_err(ReadError::Protocol)?;
                     if liveness {
@@ -233,8 +237,7 @@ impl Worker {
                     }
                     continue;
                 }
-                Ok(Some(RxEvent::Datagram { flow, peer, bytes })) => {
-                    *last_heard = ctx.now;
+                RxEvent::Datagram { flow, peer, bytes } => {
                     let Role::Server { spec } = *role else {
                         self.lan.answer(s, flow, &peer, bytes, counters, ctx.now);
                         continue;
@@ -246,7 +249,7 @@ impl Worker {
                     self.ctx.udp_buf = buf;
                     continue;
                 }
-                Ok(Some(RxEvent::Data { stream, bytes })) => {
+                RxEvent::Data { stream, bytes } => {
                     // A stream that is gone drops its last bytes.
                     let Some(conn) = streams.get(&stream).and_then(|&k| self.conns.get_mut(k))
                     else {
@@ -262,7 +265,7 @@ impl Worker {
                     }
                     (stream, r.map(|_| ()))
                 }
-                Ok(Some(RxEvent::Splice { stream })) => {
+                RxEvent::Splice { stream } => {
                     let conn = streams.get(&stream).and_then(|&k| self.conns.get_mut(k));
                     let Some((st, socket, local)) = conn.and_then(|c| c.phase.stream_mut()) else {
                         rx.declined(false);
@@ -282,7 +285,6 @@ impl Worker {
                 }
             };
             let ctx = &mut self.ctx;
-            ctx.sessions.heard(s, ctx.now);
             ctx.sessions.mark_dirty(s, ctx.now);
             if ctx.sessions.get(s).is_some_and(|x| x.rx.in_bulk()) {
                 ctx.sessions.mark_busy(s, ctx.now);

@@ -651,13 +651,6 @@ impl Sessions {
         silent
     }
 
-    /// A frame came in on session `s`.
-    pub(super) fn heard(&mut self, s: usize, now: Instant) {
-        if let Some(session) = self.slab.get_mut(s) {
-            session.last_heard = now;
-        }
-    }
-
     /// A PONG for session `s` (its payload, our clock when sent).
     pub(super) fn pong(&mut self, s: usize, sent_us: u64) {
         let Some(session) = self.slab.get_mut(s) else {
