@@ -4,9 +4,11 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
+use super::config::EngineConfig;
 use crate::socket::{self, Fallback};
 use crate::sys;
 
@@ -51,14 +53,18 @@ pub(crate) const NOTSENT_LOWAT: u32 = 128 * 1024;
 ///   waits in the relay, where a new stream's frames can go first (a few
 ///   MiB of a bulk stream queued in the kernel would delay them by seconds
 ///   on a slow link).
-/// - A fixed receive buffer of `receive_buffer` bytes (`SO_RCVBUFFORCE`,
-///   with CAP_NET_ADMIN). On Linux 6.18, the autotuned receive buffer of a
-///   long-lived MPTCP connection whose traffic turns around (a download,
-///   then an upload) sometimes stays too small, and the peer's data then
-///   waits in flight for seconds; a fixed one avoids it. Without the
-///   capability the buffer stays autotuned (`SO_RCVBUF` would cap it at
-///   `net.core.rmem_max`, far smaller).
-pub(crate) fn prepare_session_socket(stream: &mio::net::TcpStream, receive_buffer: usize) {
+/// - A fixed receive buffer of two stream windows (`SO_RCVBUFFORCE`, with
+///   CAP_NET_ADMIN; the kernel doubles the value for its bookkeeping). On
+///   Linux 6.18, the autotuned receive buffer of a long-lived MPTCP
+///   connection whose traffic turns around (a download, then an upload)
+///   sometimes stays too small, and the peer's data then waits in flight
+///   for seconds; a fixed one avoids it. Without the capability the buffer
+///   stays autotuned (`SO_RCVBUF` would cap it at `net.core.rmem_max`,
+///   far smaller).
+/// - The engine's `congestion_control` on the connection and, through
+///   MPTCP, on each of its subflows, present and future (see
+///   [`EngineConfig::congestion_control`]).
+pub(crate) fn prepare_session_socket(stream: &mio::net::TcpStream, engine: &EngineConfig) {
     let socket = SockRef::from(stream);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(std::time::Duration::from_secs(30))
@@ -70,10 +76,34 @@ pub(crate) fn prepare_session_socket(stream: &mio::net::TcpStream, receive_buffe
     if let Err(e) = socket.set_tcp_notsent_lowat(NOTSENT_LOWAT) {
         tracing::debug!(error = %e, "relay: TCP_NOTSENT_LOWAT refused on a session");
     }
+    let receive_buffer = 2 * engine.stream_window as usize;
     let size = libc::c_int::try_from(receive_buffer).unwrap_or(libc::c_int::MAX);
     let fd = stream.as_raw_fd();
     if let Err(e) = sys::fd::set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size) {
         tracing::debug!(error = %e, "relay: session receive buffer stays autotuned");
+    }
+    set_congestion_control(stream, engine);
+}
+
+/// Sets the engine's congestion control on a connection between the
+/// relays (a session, or one connection per client connection); where the
+/// kernel refuses it (not built, not loadable, or not in
+/// `tcp_allowed_congestion_control` without CAP_NET_ADMIN), warns once per
+/// process and leaves the host's default.
+pub(crate) fn set_congestion_control(stream: &mio::net::TcpStream, engine: &EngineConfig) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let Some(name) = engine.session_congestion_control() else {
+        return;
+    };
+    if let Err(e) = SockRef::from(stream).set_tcp_congestion(name.as_bytes())
+        && !WARNED.swap(true, Ordering::Relaxed)
+    {
+        tracing::warn!(
+            congestion_control = name,
+            error = %e,
+            "relay: the kernel refuses this congestion control on sessions; they keep the \
+             host's default (modprobe tcp_{name}, or run the relay with CAP_NET_ADMIN)"
+        );
     }
 }
 

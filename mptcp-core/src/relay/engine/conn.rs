@@ -1063,8 +1063,9 @@ impl Conn {
             Ok(g) => g,
             Err(f) => return Turn::Fail(Phase::before_connect(origin), f),
         };
-        let mptcp = match &*ctx.specs[self.spec].route {
-            Route::Direct { mptcp, .. } | Route::Upstream { mptcp, .. } => *mptcp,
+        let (mptcp, to_a_relay) = match &*ctx.specs[self.spec].route {
+            Route::Direct { mptcp, .. } => (*mptcp, false),
+            Route::Upstream { mptcp, .. } => (*mptcp, true),
         };
         loop {
             if candidates.is_empty() {
@@ -1074,6 +1075,9 @@ impl Conn {
             let to = candidates.remove(0);
             match outbound::connect(to, mptcp) {
                 Ok(mut upstream) => {
+                    if to_a_relay {
+                        outbound::set_congestion_control(&upstream, &ctx.shared.engine);
+                    }
                     let (_, token) = conn_tokens(key);
                     let r = ctx.registry.register(
                         &mut upstream,

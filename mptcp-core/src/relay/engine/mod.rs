@@ -576,6 +576,11 @@ impl Worker {
             return;
         };
         let _ = client.set_nodelay(true);
+        if kind == ListenerKind::RemoteSocks5 {
+            // Its client is across the WAN: a local relay, in a session or
+            // one connection per client connection.
+            super::outbound::set_congestion_control(&client, &self.ctx.shared.engine);
+        }
         let conn = Conn::new(&mut self.ctx, spec_idx, admission, Phase::Closed, answer);
         let key = self.conns.insert(conn);
         let (token, _) = conn_tokens(key);

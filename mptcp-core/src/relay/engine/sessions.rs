@@ -278,12 +278,6 @@ impl Sessions {
         self.shared.engine.stream_window
     }
 
-    /// A session's receive buffer: two stream windows (the kernel doubles
-    /// the value for its bookkeeping).
-    fn receive_buffer(&self) -> usize {
-        2 * self.window() as usize
-    }
-
     pub(super) fn get(&self, s: usize) -> Option<&Session> {
         self.slab.get(s)
     }
@@ -377,7 +371,6 @@ impl Sessions {
     /// SETTINGS.
     fn dial(&mut self, remote: usize, now: Instant) -> Option<usize> {
         let window = self.window();
-        let receive_buffer = self.receive_buffer();
         let deadline = now + self.shared.engine.handshake_timeout();
         let remotes = self.remotes.clone();
         let dialer = self.dialers.get_mut(remote)?;
@@ -395,7 +388,7 @@ impl Sessions {
                 return None;
             }
         };
-        outbound::prepare_session_socket(&socket, receive_buffer);
+        outbound::prepare_session_socket(&socket, &self.shared.engine);
         let creds = dialer
             .credentials
             .as_ref()
@@ -480,7 +473,7 @@ impl Sessions {
             tracing::warn!(error = %e, "relay: cannot move a connection to a session");
             return None;
         }
-        outbound::prepare_session_socket(&socket, self.receive_buffer());
+        outbound::prepare_session_socket(&socket, &self.shared.engine);
         let role = Role::Server { spec };
         let deadline = now + self.shared.engine.handshake_timeout();
         let mut session = Session::new(socket, role, session::Phase::Frames, peer, deadline);
