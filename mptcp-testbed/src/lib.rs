@@ -44,6 +44,7 @@ mod host;
 mod link;
 mod privilege;
 mod process;
+pub mod rates;
 mod sys;
 mod topology;
 pub mod transfer;
