@@ -19,9 +19,9 @@ pub struct ProbeArgs {
 #[derive(Debug, PartialEq, Eq)]
 struct Gap {
     /// What is missing.
-    what: &'static str,
+    what: String,
     /// The command or setting that fixes it.
-    fix: &'static str,
+    fix: String,
     /// Without it MPTCP does not work at all (rather than lacking a feature).
     fatal: bool,
 }
@@ -71,21 +71,23 @@ fn gaps(probe: &Probe, path_manager: Option<PathManagerState>) -> Vec<Gap> {
     let mut gaps = Vec::new();
     if probe.enabled == Some(false) {
         gaps.push(Gap {
-            what: "MPTCP is disabled in this network namespace (net.mptcp.enabled = 0)",
-            fix: "sysctl -w net.mptcp.enabled=1",
+            what: "MPTCP is disabled in this network namespace (net.mptcp.enabled = 0)".into(),
+            fix: "sysctl -w net.mptcp.enabled=1".into(),
             fatal: true,
         });
     } else if !matches!(probe.ipv4, Availability::Available) {
         gaps.push(Gap {
-            what: "the kernel refuses MPTCP sockets (built without CONFIG_MPTCP, or older than 5.6)",
-            fix: "use a kernel built with CONFIG_MPTCP=y (Linux 5.6+; 6.x recommended)",
+            what:
+                "the kernel refuses MPTCP sockets (built without CONFIG_MPTCP, or older than 5.6)"
+                    .into(),
+            fix: "use a kernel built with CONFIG_MPTCP=y (Linux 5.6+; 6.x recommended)".into(),
             fatal: true,
         });
     }
     if probe.available() && !matches!(probe.ipv6, Availability::Available) {
         gaps.push(Gap {
-            what: "no MPTCP over IPv6 (CONFIG_MPTCP_IPV6 not set, or IPv6 disabled)",
-            fix: "use a kernel with CONFIG_MPTCP_IPV6=y and IPv6 enabled (sysctl -w net.ipv6.conf.all.disable_ipv6=0)",
+            what: "no MPTCP over IPv6 (CONFIG_MPTCP_IPV6 not set, or IPv6 disabled)".into(),
+            fix: "use a kernel with CONFIG_MPTCP_IPV6=y and IPv6 enabled (sysctl -w net.ipv6.conf.all.disable_ipv6=0)".into(),
             fatal: false,
         });
     }
@@ -93,8 +95,8 @@ fn gaps(probe: &Probe, path_manager: Option<PathManagerState>) -> Vec<Gap> {
         for (since, what, fix) in VERSIONED {
             if kernel < since {
                 gaps.push(Gap {
-                    what,
-                    fix,
+                    what: what.into(),
+                    fix: fix.into(),
                     fatal: false,
                 });
             }
@@ -103,37 +105,114 @@ fn gaps(probe: &Probe, path_manager: Option<PathManagerState>) -> Vec<Gap> {
     if probe.path_manager.as_deref() == Some("userspace") {
         gaps.push(Gap {
             what: "the userspace path manager is selected: `mptcp endpoint` settings are not used \
-                   and no extra subflows open without a daemon",
-            fix: "sysctl -w net.mptcp.path_manager=kernel (or net.mptcp.pm_type=0 before 6.15)",
+                   and no extra subflows open without a daemon"
+                .into(),
+            fix: "sysctl -w net.mptcp.path_manager=kernel (or net.mptcp.pm_type=0 before 6.15)"
+                .into(),
             fatal: false,
         });
     }
     if let Some(pm) = path_manager {
         if pm.limits.subflows == 0 {
             gaps.push(Gap {
-                what: "limits subflows is 0: connections never open a second subflow",
-                fix: "mptcp limits set subflows 2 add_addr_accepted 2",
+                what: "limits subflows is 0: connections never open a second subflow".into(),
+                fix: "mptcp limits set subflows 2 add_addr_accepted 2".into(),
                 fatal: false,
             });
         }
         if pm.endpoints == 0 {
             gaps.push(Gap {
                 what: "no MPTCP endpoints: this host opens no extra subflow as a client and \
-                       announces no extra address as a server",
+                       announces no extra address as a server"
+                    .into(),
                 fix: "mptcp endpoint add ADDR dev IFACE subflow (per extra interface, with source \
-                      routing), or let `mptcp paths auto` do both",
+                      routing), or let `mptcp paths auto` do both"
+                    .into(),
                 fatal: false,
             });
         }
     }
     if diag_missing() {
         gaps.push(Gap {
-            what: "no MPTCP socket diagnostics (`mptcp status`, `ss -M`)",
-            fix: "modprobe mptcp_diag (CONFIG_INET_MPTCP_DIAG)",
+            what: "no MPTCP socket diagnostics (`mptcp status`, `ss -M`)".into(),
+            fix: "modprobe mptcp_diag (CONFIG_INET_MPTCP_DIAG)".into(),
             fatal: false,
         });
     }
     gaps
+}
+
+/// The host's TCP settings that decide how well links with different
+/// delays aggregate (DSL beside LTE): what `tuning` checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TcpSettings {
+    /// `net.ipv4.tcp_congestion_control`.
+    congestion_control: Option<String>,
+    /// The largest buffers autotuning may give a socket: the third field of
+    /// `net.ipv4.tcp_rmem` and of `tcp_wmem`, bytes.
+    rmem_max: Option<u64>,
+    wmem_max: Option<u64>,
+}
+
+impl TcpSettings {
+    fn read() -> TcpSettings {
+        let sysctl = |name: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+                .ok()
+                .map(|v| v.trim().to_owned())
+        };
+        let third = |name: &str| {
+            sysctl(name).and_then(|v| v.split_whitespace().nth(2).and_then(|m| m.parse().ok()))
+        };
+        TcpSettings {
+            congestion_control: sysctl("tcp_congestion_control"),
+            rmem_max: third("tcp_rmem"),
+            wmem_max: third("tcp_wmem"),
+        }
+    }
+}
+
+/// The socket buffer `tuning` asks for: twice the data in flight on links
+/// summing 900 Mbit/s whose slowest round trip is 150 ms (a receiver holds
+/// what the fast links bring while the slow link's bytes are on their way).
+const BUFFER_FOR_MIXED_LINKS: u64 = 32 << 20;
+
+/// Advice for aggregating links with different delays, measured in the
+/// test bed (`tests/aggregation.rs`, `RELAY_BENCH=mix`); not gaps, since
+/// MPTCP works without it.
+fn tuning(tcp: &TcpSettings) -> Vec<Gap> {
+    let mut advice = Vec::new();
+    if let Some(cc) = tcp.congestion_control.as_deref().filter(|cc| *cc != "bbr") {
+        advice.push(Gap {
+            what: format!(
+                "congestion control {cc}: a loss-based algorithm grows a long-delay subflow's \
+                 window slowly and halves it at each loss (20 Mbit/s at 5 ms beside 20 at 75 ms \
+                 gave 0.55 of the links' sum with reno, 0.93 with bbr); the relay sets bbr on its \
+                 own sessions, this is for other MPTCP programs"
+            ),
+            fix: "modprobe tcp_bbr && sysctl -w net.ipv4.tcp_congestion_control=bbr".into(),
+            fatal: false,
+        });
+    }
+    let small = |max: Option<u64>| max.is_some_and(|m| m < BUFFER_FOR_MIXED_LINKS);
+    if small(tcp.rmem_max) || small(tcp.wmem_max) {
+        let mib = |max: Option<u64>| max.map_or("?".to_owned(), |m| format!("{}", m >> 20));
+        advice.push(Gap {
+            what: format!(
+                "socket buffers grow to {} MiB (receive) and {} MiB (send): over links with \
+                 different delays a connection needs twice the fast links' data of the slowest \
+                 round trip (32 MiB: 900 Mbit/s in all, 150 ms on the slowest)",
+                mib(tcp.rmem_max),
+                mib(tcp.wmem_max)
+            ),
+            fix: format!(
+                "sysctl -w net.ipv4.tcp_rmem='4096 131072 {BUFFER_FOR_MIXED_LINKS}' \
+                 net.ipv4.tcp_wmem='4096 16384 {BUFFER_FOR_MIXED_LINKS}'"
+            ),
+            fatal: false,
+        });
+    }
+    advice
 }
 
 /// The MPTCP sock_diag handler is absent (a dump fails).
@@ -146,6 +225,7 @@ pub fn run(args: ProbeArgs) -> CmdResult {
     let probe = Probe::read();
     let path_manager = PathManagerState::read();
     let gaps = gaps(&probe, path_manager);
+    let tuning = tuning(&TcpSettings::read());
     if args.json {
         let value = json!({
             "kernel": probe.kernel_release,
@@ -161,6 +241,7 @@ pub fn run(args: ProbeArgs) -> CmdResult {
             "endpoints": path_manager.map(|pm| pm.endpoints),
             "sysctls": probe.sysctls.iter().map(|(k, v)| (format!("net.mptcp.{k}"), serde_json::Value::from(v.as_str()))).collect::<serde_json::Map<_, _>>(),
             "gaps": gaps.iter().map(|g| json!({"missing": g.what, "fix": g.fix, "fatal": g.fatal})).collect::<Vec<_>>(),
+            "tuning": tuning.iter().map(|t| json!({"advice": t.what, "fix": t.fix})).collect::<Vec<_>>(),
         });
         println!("{value}");
     } else {
@@ -175,6 +256,12 @@ pub fn run(args: ProbeArgs) -> CmdResult {
             println!("missing:");
             for gap in &gaps {
                 println!("  - {}\n    fix: {}", gap.what, gap.fix);
+            }
+        }
+        if !tuning.is_empty() {
+            println!("tuning (links with different delays):");
+            for advice in &tuning {
+                println!("  - {}\n    fix: {}", advice.what, advice.fix);
             }
         }
     }
@@ -208,6 +295,28 @@ mod tests {
                 .filter(|g| g.fix.starts_with("mptcp"))
                 .all(|g| !g.fatal)
         );
+    }
+
+    #[test]
+    fn loss_based_congestion_control_and_small_buffers_get_advice() {
+        let tuned = TcpSettings {
+            congestion_control: Some("bbr".into()),
+            rmem_max: Some(BUFFER_FOR_MIXED_LINKS),
+            wmem_max: Some(BUFFER_FOR_MIXED_LINKS),
+        };
+        assert_eq!(tuning(&tuned), Vec::new());
+        let stock = TcpSettings {
+            congestion_control: Some("cubic".into()),
+            wmem_max: Some(4 << 20),
+            ..tuned
+        };
+        let advice = tuning(&stock);
+        assert_eq!(advice.len(), 2, "{advice:?}");
+        assert!(advice[0].what.starts_with("congestion control cubic"));
+        assert!(advice[0].fix.ends_with("tcp_congestion_control=bbr"));
+        assert!(advice[1].what.contains("32 MiB (receive) and 4 MiB (send)"));
+        assert!(advice[1].fix.contains("tcp_wmem='4096 16384 33554432'"));
+        assert!(advice.iter().all(|a| !a.fatal));
     }
 
     #[test]
