@@ -57,6 +57,8 @@ pub enum FrameType {
     Pong,
     /// 10: a UDP datagram of a flow, with its peer's address.
     Datagram,
+    /// 11: the sender has data for the stream and no credit left.
+    Blocked,
     /// Any other value: skipped.
     Unknown(u8),
 }
@@ -76,6 +78,7 @@ impl FrameType {
             FrameType::Ping => 8,
             FrameType::Pong => 9,
             FrameType::Datagram => 10,
+            FrameType::Blocked => 11,
             FrameType::Unknown(v) => v,
         }
     }
@@ -94,6 +97,7 @@ impl FrameType {
             8 => FrameType::Ping,
             9 => FrameType::Pong,
             10 => FrameType::Datagram,
+            11 => FrameType::Blocked,
             v => FrameType::Unknown(v),
         }
     }
@@ -204,8 +208,12 @@ pub enum Control {
     Fin,
     /// The stream is aborted; why, as a SOCKS5 reply code.
     Reset(ReplyCode),
-    /// The receiver took this many more bytes (at least 1).
+    /// The receiver took this many more bytes (at least 1), or grew its
+    /// window by as much.
     Window(u32),
+    /// The sender has more data for the stream than its credit: the
+    /// receiver's window may be smaller than the path holds.
+    Blocked,
     /// The sender's parameters.
     Settings(Settings),
     /// No new streams; streams up to this id are served.
@@ -244,6 +252,12 @@ impl Control {
                 }
                 Control::Fin
             }
+            FrameType::Blocked => {
+                if !payload.is_empty() {
+                    return Err(Error("BLOCKED with a payload"));
+                }
+                Control::Blocked
+            }
             FrameType::Reset => match payload {
                 [code] => Control::Reset(ReplyCode::from_u8(*code)),
                 _ => return Err(Error("RESET payload is not one code byte")),
@@ -274,6 +288,7 @@ impl Control {
             Control::Fin => FrameType::Fin,
             Control::Reset(_) => FrameType::Reset,
             Control::Window(_) => FrameType::Window,
+            Control::Blocked => FrameType::Blocked,
             Control::Settings(_) => FrameType::Settings,
             Control::GoAway { .. } => FrameType::GoAway,
             Control::Ping(_) => FrameType::Ping,
@@ -293,7 +308,7 @@ impl Control {
                 out.push(code.to_u8());
                 bound.encode(out)
             }
-            Control::Fin => Ok(()),
+            Control::Fin | Control::Blocked => Ok(()),
             Control::Reset(code) => {
                 out.push(code.to_u8());
                 Ok(())
@@ -475,6 +490,7 @@ mod tests {
             (7, Control::Fin),
             (7, Control::Reset(ReplyCode::GeneralFailure)),
             (7, Control::Window(65536)),
+            (7, Control::Blocked),
             (
                 0,
                 Control::Settings(Settings {

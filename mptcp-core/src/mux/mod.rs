@@ -36,6 +36,7 @@
 //! | 8 PING | 0 | opaque (u64, BE) | answer with PONG (only if the peer's SETTINGS offered it) |
 //! | 9 PONG | 0 | the PING's payload | the answer: the other relay is alive |
 //! | 10 DATAGRAM | flow id | `ATYP ADDR PORT`, then the datagram | one UDP datagram of a flow (only if the peer's SETTINGS offered it) |
+//! | 11 BLOCKED | id | none | the sender has data for the stream and no credit left (once per time it runs out) |
 //!
 //! Settings: 1 is the initial window of every stream (bytes); 2 set to 1
 //! says the sender answers PING; 3 set to 1 says the sender takes
@@ -69,6 +70,15 @@
 //! WINDOW frames it received. A receiver therefore never has to stop
 //! reading the session because one stream's reader is slow: at most a
 //! window per stream waits in its buffers, and the other streams go on.
+//!
+//! The initial window is a starting point, not a limit: a stream whose
+//! window is smaller than what the path between the relays holds (rate ×
+//! round trip) runs out of credit a round trip after each window it sent.
+//! Its sender then says BLOCKED, and a receiver whose reader keeps up
+//! (under a quarter window waits in its buffers) doubles its window with
+//! a WINDOW frame, up to its maximum (`stream_window_max`). So the window
+//! follows the measured path, and only a stream that needs it holds a
+//! large one. A receiver of version 1 skips BLOCKED and keeps its window.
 //!
 //! ```
 //! use mptcp_core::mux::{Control, Header, FrameType};

@@ -72,10 +72,16 @@ pub struct StreamState {
     credit: u64,
     /// Our FIN was queued: nothing more goes out.
     fin_sent: bool,
+    /// BLOCKED went out since the last WINDOW frame.
+    blocked_said: bool,
 
     // From the peer.
-    /// Our initial window.
+    /// Our window: the initial one, or what BLOCKED frames grew it to.
     window: u32,
+    /// How far BLOCKED frames may grow `window`.
+    max_window: u32,
+    /// The peer's bytes received and not yet consumed.
+    buffered: u64,
     /// Bytes the peer may still send.
     allowed: u64,
     /// Bytes consumed that were not yet credited back.
@@ -93,12 +99,16 @@ pub struct StreamState {
 
 impl StreamState {
     /// A new stream: the peer takes `peer_window` bytes before a WINDOW
-    /// frame, and may send us `window`.
+    /// frame, and may send us `window` (which stays as it is: see
+    /// [`StreamState::growing_to`]).
     pub fn new(peer_window: u32, window: u32) -> StreamState {
         StreamState {
             credit: u64::from(peer_window),
             fin_sent: false,
+            blocked_said: false,
             window,
+            max_window: window,
+            buffered: 0,
             allowed: u64::from(window),
             unacked: 0,
             fin_received: false,
@@ -106,6 +116,20 @@ impl StreamState {
             over: false,
             finished: false,
         }
+    }
+
+    /// The same stream, with a window that the peer's BLOCKED frames may
+    /// double up to `max_window` ([`StreamState::on_blocked`]).
+    pub fn growing_to(self, max_window: u32) -> StreamState {
+        StreamState {
+            max_window: max_window.max(self.window),
+            ..self
+        }
+    }
+
+    /// Our window now.
+    pub fn window(&self) -> u32 {
+        self.window
     }
 
     /// How many bytes may be sent now (0 after our FIN).
@@ -136,7 +160,35 @@ impl StreamState {
             return Err(StreamError::CreditOverflow);
         }
         self.credit = credit;
+        self.blocked_said = false;
         Ok(())
+    }
+
+    /// Out of credit with data still to send: returns the BLOCKED frame
+    /// to queue, once each time the credit runs out.
+    pub fn blocked(&mut self) -> Option<Control> {
+        if self.credit > 0 || self.fin_sent || self.finished || self.blocked_said {
+            return None;
+        }
+        self.blocked_said = true;
+        Some(Control::Blocked)
+    }
+
+    /// The peer's BLOCKED: when our reader keeps up (at most a quarter
+    /// window waits here) the window, not the reader, held the peer back,
+    /// so it doubles, up to the maximum. Returns the WINDOW frame that
+    /// grants the difference.
+    pub fn on_blocked(&mut self) -> Option<Control> {
+        let reader_keeps_up = self.buffered <= u64::from(self.window / 4);
+        if self.fin_received || self.finished || self.window >= self.max_window || !reader_keeps_up
+        {
+            return None;
+        }
+        let grown = self.window.saturating_mul(2).min(self.max_window);
+        let increment = grown - self.window;
+        self.window = grown;
+        self.allowed += u64::from(increment);
+        Some(Control::Window(increment))
     }
 
     /// Our FIN: returns the frame to queue, the first time only.
@@ -164,6 +216,7 @@ impl StreamState {
             return Err(StreamError::WindowExceeded);
         }
         self.allowed -= len;
+        self.buffered += len;
         Ok(())
     }
 
@@ -177,6 +230,7 @@ impl StreamState {
     /// returns a WINDOW frame to send once a quarter window is due (fewer
     /// frames, and the sender never runs dry).
     pub fn consumed(&mut self, n: u64) -> Option<Control> {
+        self.buffered = self.buffered.saturating_sub(n);
         self.unacked += n;
         if self.unacked == 0 || self.unacked < u64::from(self.window / 4) {
             return None;
@@ -275,6 +329,8 @@ mod tests {
         Fin,
         /// A drops the stream (a RESET, unless it is over).
         FinishA,
+        /// A says BLOCKED if it is out of credit.
+        Blocked,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -285,6 +341,7 @@ mod tests {
             Just(Op::DeliverToB),
             Just(Op::Fin),
             Just(Op::FinishA),
+            Just(Op::Blocked),
         ]
     }
 
@@ -294,19 +351,21 @@ mod tests {
         Fin,
         Reset,
         Window(u32),
+        Blocked,
     }
 
     proptest! {
         /// A sender that sends what `send_limit` allows never overruns the
-        /// receiver's window, a FIN is never followed by data, bytes
-        /// arrive in full, and the stream ends (RESET or not) once.
+        /// receiver's window (also while BLOCKED grows it), a FIN is never
+        /// followed by data, bytes arrive in full, and the stream ends
+        /// (RESET or not) once.
         #[test]
         fn the_two_ends_agree(
             peer_window in 1u32..300_000,
             ops in proptest::collection::vec(op(), 1..300),
         ) {
             let mut a = StreamState::new(peer_window, 1 << 20);
-            let mut b = StreamState::new(1 << 20, peer_window);
+            let mut b = StreamState::new(1 << 20, peer_window).growing_to(4 * peer_window);
             a.on_reply(ReplyCode::Succeeded);
             b.on_reply(ReplyCode::Succeeded);
             let (mut to_a, mut to_b) = (VecDeque::new(), VecDeque::new());
@@ -341,6 +400,11 @@ mod tests {
                         }
                         Some(Frame::Fin) => b.on_fin(),
                         Some(Frame::Reset) => b.on_reset(),
+                        Some(Frame::Blocked) => {
+                            if let Some(Control::Window(inc)) = b.on_blocked() {
+                                to_a.push_back(Frame::Window(inc));
+                            }
+                        }
                         Some(Frame::Window(_)) | None => {}
                     },
                     Op::Fin => {
@@ -355,7 +419,14 @@ mod tests {
                             to_b.push_back(Frame::Reset);
                         }
                     }
+                    Op::Blocked => {
+                        if let Some(blocked) = a.blocked() {
+                            prop_assert_eq!(blocked, Control::Blocked);
+                            to_b.push_back(Frame::Blocked);
+                        }
+                    }
                 }
+                prop_assert!(b.window() <= 4 * peer_window);
                 prop_assert!(a.send_limit() == 0 || !(a.fin_sent() || resets > 0));
             }
             // Everything in flight arrives.
@@ -367,7 +438,7 @@ mod tests {
                     }
                     Frame::Fin => b.on_fin(),
                     Frame::Reset => b.on_reset(),
-                    Frame::Window(_) => {}
+                    Frame::Window(_) | Frame::Blocked => {}
                 }
             }
             prop_assert_eq!(received, sent);
@@ -413,6 +484,44 @@ mod tests {
         );
         assert_eq!(open.finish(), None);
         assert_eq!(open.send_limit(), 0, "nothing goes out after the end");
+    }
+
+    #[test]
+    fn blocked_is_said_once_per_exhausted_credit() {
+        let mut s = StreamState::new(1000, 1000);
+        assert_eq!(s.blocked(), None, "credit left");
+        s.sent(1000);
+        assert_eq!(s.blocked(), Some(Control::Blocked));
+        assert_eq!(s.blocked(), None, "said already");
+        s.on_window(10).unwrap();
+        s.sent(10);
+        assert_eq!(s.blocked(), Some(Control::Blocked), "a WINDOW re-arms it");
+        s.on_window(10).unwrap();
+        s.sent(10);
+        s.send_fin();
+        assert_eq!(s.blocked(), None, "nothing more to send after FIN");
+    }
+
+    #[test]
+    fn a_window_grows_on_blocked_while_the_reader_keeps_up_and_only_to_its_maximum() {
+        let mut s = StreamState::new(1000, 64 * 1024).growing_to(200 * 1024);
+        s.on_data(64 * 1024).unwrap();
+        assert_eq!(s.receive_limit(), 0);
+        // The reader has not taken the bytes: the reader is the limit.
+        assert_eq!(s.on_blocked(), None);
+        assert_eq!(s.consumed(64 * 1024), Some(Control::Window(64 * 1024)));
+        // It keeps up: the window doubles, and the peer may send the
+        // difference at once.
+        assert_eq!(s.on_blocked(), Some(Control::Window(64 * 1024)));
+        assert_eq!((s.window(), s.receive_limit()), (128 * 1024, 128 * 1024));
+        assert_eq!(s.on_blocked(), Some(Control::Window(72 * 1024)), "capped");
+        assert_eq!(s.window(), 200 * 1024);
+        assert_eq!(s.on_blocked(), None, "at its maximum");
+        // More than the window never arrives unnoticed.
+        s.on_data(200 * 1024).unwrap();
+        assert_eq!(s.on_data(1), Err(StreamError::WindowExceeded));
+        let mut fixed = StreamState::new(1000, 64 * 1024);
+        assert_eq!(fixed.on_blocked(), None, "no maximum given: a fixed window");
     }
 
     #[test]

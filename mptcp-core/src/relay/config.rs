@@ -89,6 +89,13 @@ pub struct EngineConfig {
     /// stream's throughput is at most this per round trip between the
     /// relays; only a stream whose reader is slow holds that much.
     pub stream_window: u32,
+    /// How far a stream's window may grow, bytes. A stream whose window is
+    /// smaller than what the path between the relays holds (rate × round
+    /// trip: 40 Mbit/s at 150 ms is 750 KB, 1 Gbit/s at 150 ms 19 MB)
+    /// says so with BLOCKED frames, and the receiving relay doubles the
+    /// window while its reader keeps up, up to this; the session's receive
+    /// buffer grows with it. Equal to `stream_window`: windows never grow.
+    pub stream_window_max: u32,
     /// Congestion control of the MPTCP connections between the relays (all
     /// their subflows), by the kernel's name (`bbr`, `cubic`, ...; see
     /// `net.ipv4.tcp_available_congestion_control`), or `system` for the
@@ -124,6 +131,7 @@ impl Default for EngineConfig {
             raise_fd_limit: true,
             reuse_port: false,
             stream_window: 4 << 20,
+            stream_window_max: 64 << 20,
             congestion_control: "bbr".to_owned(),
             udp_idle_timeout_secs: 60,
             udp_max_flows: 256,
@@ -606,6 +614,16 @@ impl Config {
             return err(
                 "engine.stream_window",
                 format!("must be between 65536 and {} bytes", crate::mux::MAX_WINDOW),
+            );
+        }
+        if !(e.stream_window..=crate::mux::MAX_WINDOW).contains(&e.stream_window_max) {
+            return err(
+                "engine.stream_window_max",
+                format!(
+                    "must be between stream_window ({}) and {} bytes",
+                    e.stream_window,
+                    crate::mux::MAX_WINDOW
+                ),
             );
         }
         if let Err(reason) = check_congestion_control(&e.congestion_control) {

@@ -54,7 +54,8 @@ pub(crate) const NOTSENT_LOWAT: u32 = 128 * 1024;
 ///   MiB of a bulk stream queued in the kernel would delay them by seconds
 ///   on a slow link).
 /// - A fixed receive buffer of two stream windows (`SO_RCVBUFFORCE`, with
-///   CAP_NET_ADMIN; the kernel doubles the value for its bookkeeping). On
+///   CAP_NET_ADMIN; the kernel doubles the value for its bookkeeping),
+///   grown with the largest stream window later ([`set_receive_buffer`]). On
 ///   Linux 6.18, the autotuned receive buffer of a long-lived MPTCP
 ///   connection whose traffic turns around (a download, then an upload)
 ///   sometimes stays too small, and the peer's data then waits in flight
@@ -76,13 +77,29 @@ pub(crate) fn prepare_session_socket(stream: &mio::net::TcpStream, engine: &Engi
     if let Err(e) = socket.set_tcp_notsent_lowat(NOTSENT_LOWAT) {
         tracing::debug!(error = %e, "relay: TCP_NOTSENT_LOWAT refused on a session");
     }
-    let receive_buffer = 2 * engine.stream_window as usize;
-    let size = libc::c_int::try_from(receive_buffer).unwrap_or(libc::c_int::MAX);
+    set_receive_buffer(stream, session_receive_buffer(engine));
+    set_congestion_control(stream, engine);
+}
+
+/// The receive buffer a session starts with: for two initial windows.
+pub(crate) fn session_receive_buffer(engine: &EngineConfig) -> usize {
+    receive_buffer_for(engine.stream_window)
+}
+
+/// The receive buffer that carries two stream windows of `window` bytes
+/// (the kernel doubles the value for its bookkeeping).
+pub(crate) fn receive_buffer_for(window: u32) -> usize {
+    2 * window as usize
+}
+
+/// Fixes a session's receive buffer at `bytes` (`SO_RCVBUFFORCE`, with
+/// CAP_NET_ADMIN; without it the buffer stays autotuned).
+pub(crate) fn set_receive_buffer(stream: &mio::net::TcpStream, bytes: usize) {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     let fd = stream.as_raw_fd();
     if let Err(e) = sys::fd::set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size) {
         tracing::debug!(error = %e, "relay: session receive buffer stays autotuned");
     }
-    set_congestion_control(stream, engine);
 }
 
 /// Sets the engine's congestion control on a connection between the

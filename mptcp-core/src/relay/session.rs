@@ -766,6 +766,10 @@ pub(crate) struct Session {
     pub last_heard: Instant,
     /// When the last PING went out.
     pub last_ping: Instant,
+    /// The receive buffer a grown stream window asked for (bytes, as
+    /// given to the kernel); 0 while the socket has the one it was
+    /// prepared with.
+    pub receive_buffer: usize,
 }
 
 impl Session {
@@ -798,6 +802,7 @@ impl Session {
             ping_sent: None,
             last_heard: Instant::now(),
             last_ping: Instant::now(),
+            receive_buffer: 0,
         }
     }
 

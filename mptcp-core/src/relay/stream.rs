@@ -107,19 +107,13 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    /// A new stream: the peer takes `peer_window` bytes before a WINDOW
-    /// frame, and may send us `window`. `early` goes first.
-    pub(crate) fn new(
-        session: usize,
-        id: u32,
-        peer_window: u32,
-        window: u32,
-        early: Vec<u8>,
-    ) -> Stream {
+    /// A new stream of session `session`, with its flow-control `state`.
+    /// `early` goes first.
+    pub(crate) fn new(session: usize, id: u32, state: StreamState, early: Vec<u8>) -> Stream {
         Stream {
             session,
             id,
-            state: StreamState::new(peer_window, window),
+            state,
             queued: false,
             early,
             early_pos: 0,
@@ -156,7 +150,11 @@ impl Stream {
         loop {
             let credit = self.state.send_limit();
             if credit == 0 {
-                // A WINDOW frame resumes a stream out of credit.
+                // A WINDOW frame resumes a stream out of credit; BLOCKED
+                // tells the peer that its window was the limit.
+                if let Some(blocked) = self.state.blocked() {
+                    tx.control(self.id, &blocked);
+                }
                 return Ok(sent);
             }
             // Small frames may queue behind a bulk stream's spliced one;
@@ -541,7 +539,7 @@ mod tests {
     fn the_peer_may_not_send_more_than_the_window() {
         let (ours, _theirs) = socket_pair();
         let mut tx = Tx::default();
-        let mut stream = Stream::new(0, 5, 1000, 4096, Vec::new());
+        let mut stream = Stream::new(0, 5, StreamState::new(1000, 4096), Vec::new());
         // Before the REPLY nothing is written, so no credit goes back.
         stream
             .receive(&[1; 4096], Some(ours.as_raw_fd()), &mut tx)
@@ -558,7 +556,7 @@ mod tests {
     fn the_answer_goes_first_and_credit_goes_back_by_quarters() {
         let (ours, mut theirs) = socket_pair();
         let (mut tx, mut pool) = (Tx::default(), PipePool::new(65536, 65536, 2));
-        let mut stream = Stream::new(0, 5, 1000, 4096, Vec::new());
+        let mut stream = Stream::new(0, 5, StreamState::new(1000, 4096), Vec::new());
         stream
             .receive(b"data", Some(ours.as_raw_fd()), &mut tx)
             .unwrap();
@@ -601,7 +599,7 @@ mod tests {
     fn sending_stops_at_the_credit_and_ends_with_fin() {
         let (ours, mut theirs) = socket_pair();
         let (mut tx, mut pool) = (Tx::default(), PipePool::new(65536, 65536, 2));
-        let mut stream = Stream::new(0, 9, 10, 4096, b"early".to_vec());
+        let mut stream = Stream::new(0, 9, StreamState::new(10, 4096), b"early".to_vec());
         theirs.write_all(&[3; 20]).unwrap();
         theirs.shutdown(std::net::Shutdown::Write).unwrap();
         let fd = ours.as_raw_fd();

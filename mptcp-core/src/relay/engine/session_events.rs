@@ -14,7 +14,7 @@ use super::sessions::{
     HANDSHAKE_LATE, RETRY_AFTER_CLOSE, RETRY_AFTER_REFUSAL, SESSION_HANDSHAKE_BYTES,
 };
 use super::{Handling, Slot, Worker};
-use crate::mux::{self, Control};
+use crate::mux::{self, Control, StreamState};
 use crate::relay::seal::Channel;
 use crate::relay::session::{self, Role, RxError, RxEvent, Session};
 use crate::relay::stats::{Counters, ErrorKind};
@@ -360,6 +360,17 @@ impl Worker {
                     self.fail_key(key, f);
                 }
             }
+            Control::Blocked => {
+                if let Some(key) = key {
+                    let mut grown = None;
+                    self.with_stream(key, |st| {
+                        grown = st.state.on_blocked().map(|w| (w, st.state.window()));
+                    });
+                    if let Some((increment, window)) = grown {
+                        self.ctx.sessions.grow_window(s, id, &increment, window);
+                    }
+                }
+            }
             Control::Window(n) => {
                 if let Some(key) = key {
                     let mut credited = Ok(false);
@@ -400,7 +411,7 @@ impl Worker {
     /// Remote role: a new stream to `dest`, connected like a CONNECT.
     fn open_remote_stream(&mut self, s: usize, id: u32, dest: TargetAddr) -> Result<(), String> {
         let max_streams = self.ctx.shared.engine.max_streams_per_session;
-        let window = self.ctx.sessions.window();
+        let windows = self.ctx.sessions.stream_windows();
         let Some(session) = self.ctx.sessions.get_mut(s) else {
             return Ok(());
         };
@@ -413,7 +424,8 @@ impl Worker {
             .map_err(|e| format!("stream {id}: {e}"))?;
         let refuse = !accepted || session.streams.len() >= max_streams;
         let (peer, peer_window) = (session.peer, session.state.peer_window());
-        let mut stream = Stream::new(s, id, peer_window, window, Vec::new());
+        let state = StreamState::new(peer_window, windows.0).growing_to(windows.1);
+        let mut stream = Stream::new(s, id, state, Vec::new());
         let admission = (!refuse)
             .then(|| self.ctx.admit_as(Slot::Stream, peer))
             .flatten();

@@ -27,7 +27,7 @@ use mio::{Interest, Registry};
 
 use super::session_token;
 use super::slab::Slab;
-use crate::mux::{self, Control, Settings};
+use crate::mux::{self, Control, Settings, StreamState};
 use crate::relay::remotes::Remotes;
 use crate::relay::seal::{Channel, DialKeys, Initiator};
 use crate::relay::session::{self, Role, Session};
@@ -278,6 +278,12 @@ impl Sessions {
         self.shared.engine.stream_window
     }
 
+    /// A stream's initial window and how far BLOCKED frames may grow it.
+    pub(super) fn stream_windows(&self) -> (u32, u32) {
+        let engine = &self.shared.engine;
+        (engine.stream_window, engine.stream_window_max)
+    }
+
     pub(super) fn get(&self, s: usize) -> Option<&Session> {
         self.slab.get(s)
     }
@@ -351,7 +357,7 @@ impl Sessions {
         early: Vec<u8>,
         now: Instant,
     ) -> Option<Stream> {
-        let window = self.window();
+        let windows = self.stream_windows();
         let session = self.slab.get_mut(s)?;
         let id = session.state.open_stream()?;
         session.tx.control(id, &Control::Open(dest));
@@ -360,7 +366,8 @@ impl Sessions {
             // Its one stream: the session closes when that ends.
             session.state.retire();
         }
-        let stream = Stream::new(s, id, session.state.peer_window(), window, early);
+        let state = StreamState::new(session.state.peer_window(), windows.0).growing_to(windows.1);
+        let stream = Stream::new(s, id, state, early);
         Counters::add(&self.counters().multiplexed, 1);
         self.mark_dirty(s, now);
         Some(stream)
@@ -654,6 +661,24 @@ impl Sessions {
         if let (Some(remote), Some(remotes)) = (Sessions::remote_of(session), &self.remotes) {
             remotes.succeeded(remote, Some(Duration::from_micros(rtt)));
         }
+    }
+
+    /// A stream of session `s` grew its window to `window` on the peer's
+    /// BLOCKED: queues the WINDOW frame that grants the difference, and
+    /// grows the session's receive buffer to hold two such windows (the
+    /// stream's bytes cross the session's socket first).
+    pub(super) fn grow_window(&mut self, s: usize, id: u32, increment: &Control, window: u32) {
+        let initial = outbound::session_receive_buffer(&self.shared.engine);
+        let Some(session) = self.slab.get_mut(s) else {
+            return;
+        };
+        session.tx.control(id, increment);
+        let wanted = outbound::receive_buffer_for(window);
+        if wanted > session.receive_buffer.max(initial) {
+            outbound::set_receive_buffer(&session.socket, wanted);
+            session.receive_buffer = wanted;
+        }
+        self.queue_flush(s);
     }
 
     /// Queues a REPLY for `stream` on its session.
