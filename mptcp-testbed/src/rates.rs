@@ -4,9 +4,11 @@
 //! The rate is the receiver's, from [`RAMP_UP`] after the first byte to
 //! the end, so that slow start over a long round trip and what sits in
 //! the senders' buffers do not count. Neither side needs a half-close: an
-//! upload ends when the receiving server has timed enough and answers the
-//! rate, which also works through relays that close both ways on a FIN
-//! (shadowsocks-libev).
+//! upload's rate is known when the receiving server has timed enough and
+//! answers it, which also works through relays that close both ways on a
+//! FIN (shadowsocks-libev); the client then waits for the server's close,
+//! so the tail of what it sent is not still crossing the links when the
+//! next transfer starts.
 //!
 //! ```no_run
 //! use std::net::SocketAddr;
@@ -23,7 +25,7 @@
 //! ```
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -73,7 +75,8 @@ fn answer(mut s: TcpStream) -> io::Result<()> {
     let rate = receive_rate(&mut s, Some(length))?;
     s.write_all(&rate.to_le_bytes())?;
     // The client stops sending when it reads the rate; what it sent until
-    // then is read, so that the close is not a reset.
+    // then is read to its end, so that the close is not a reset and tells
+    // the client that everything arrived.
     io::copy(&mut s, &mut io::sink())?;
     Ok(())
 }
@@ -109,6 +112,11 @@ pub fn measure(proto: Proto, to: SocketAddr, way: Way, length: Duration) -> io::
     answered.store(true, Ordering::Relaxed);
     let _ = sender.join();
     read?;
+    // What the sender queued after the answer still crosses the links: the
+    // server's close says it has all of it, and the next transfer does not
+    // share the links with this one's tail.
+    s.shutdown(Shutdown::Write)?;
+    io::copy(&mut s, &mut io::sink())?;
     Ok(f64::from_le_bytes(rate))
 }
 
