@@ -25,7 +25,10 @@
 //! Mbit/s again and again: [`REPEATS`] downloads and uploads (failures,
 //! slowest and median rate against one link), and a 1-byte echo on a
 //! second stream during each direction's bulk transfer (p50, p99) beside
-//! the same over routed TCP (about five minutes). Every loop is bounded in time or count (the whole run takes
+//! the same over routed TCP (about five minutes). `RELAY_BENCH=mix`
+//! measures aggregation on links with different rates and delays beside
+//! direct MPTCP and shadowsocks-libev (see `relay/mix.rs`; about fifteen
+//! minutes). Every loop is bounded in time or count (the whole run takes
 //! about a minute).
 //!
 //! RLIMIT_NOFILE caps a process at 20,000 descriptors here (and root may
@@ -34,6 +37,9 @@
 //! processes sharing their ports with `SO_REUSEPORT` (`[engine] reuse_port`),
 //! and the destination as one more process: this binary re-executes itself
 //! with `RELAY_BENCH_CHILD` set to the role.
+
+#[path = "relay/mix.rs"]
+mod mix;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -94,6 +100,10 @@ fn main() {
     }
     if std::env::var("RELAY_BENCH").as_deref() == Ok("repeat") {
         repeated_runs();
+        return;
+    }
+    if std::env::var("RELAY_BENCH").as_deref() == Ok("mix") {
+        mix::run();
         return;
     }
     let rp = mptcp_testbed::relay_path(2, None).expect("test bed");
