@@ -733,6 +733,12 @@ fn echo_during_bulk(rp: &RelayPath, up: bool) -> Echoes {
             let mut s = TcpStream::connect(at).expect("bulk connection");
             if up {
                 let _ = data::send_pattern_for(&mut s, LIMITED_TIME);
+                // The destination's answer comes when all of it arrived:
+                // the next measurement does not share the links with the
+                // tail (the echo counts only until the sending stops).
+                done.store(true, Ordering::SeqCst);
+                let _ = s.shutdown(Shutdown::Write);
+                let _ = s.read_exact(&mut [0u8; 8]);
             } else {
                 let _ = data::receive_and_check(&mut s);
             }

@@ -301,6 +301,9 @@ pub fn run(command: PathsCommand) -> CmdResult {
     let stop = mptcp_core::sys::process::stop_on(&[libc::SIGINT, libc::SIGTERM])
         .map_err(|e| Failure::failed(format!("installing the signal handler: {e}")))?;
     tracing::info!("automatic paths running; Ctrl-C stops and removes what was added");
+    for advice in crate::probe::host_tuning() {
+        tracing::warn!(fix = %advice.fix, "paths: {}", advice.what);
+    }
     // Without the privilege nothing can ever succeed: stop at the first
     // refusal and exit 3.
     let mut denied = None;

@@ -17,11 +17,11 @@ pub struct ProbeArgs {
 
 /// One missing piece and how to get it.
 #[derive(Debug, PartialEq, Eq)]
-struct Gap {
+pub(crate) struct Gap {
     /// What is missing.
-    what: String,
+    pub what: String,
     /// The command or setting that fixes it.
-    fix: String,
+    pub fix: String,
     /// Without it MPTCP does not work at all (rather than lacking a feature).
     fatal: bool,
 }
@@ -215,6 +215,12 @@ fn tuning(tcp: &TcpSettings) -> Vec<Gap> {
     advice
 }
 
+/// The tuning advice for this host's TCP settings (`mptcp paths auto`
+/// logs it at start, where links with different delays are managed).
+pub(crate) fn host_tuning() -> Vec<Gap> {
+    tuning(&TcpSettings::read())
+}
+
 /// The MPTCP sock_diag handler is absent (a dump fails).
 fn diag_missing() -> bool {
     mptcp_core::diag::connections().is_err()
@@ -225,7 +231,7 @@ pub fn run(args: ProbeArgs) -> CmdResult {
     let probe = Probe::read();
     let path_manager = PathManagerState::read();
     let gaps = gaps(&probe, path_manager);
-    let tuning = tuning(&TcpSettings::read());
+    let tuning = host_tuning();
     if args.json {
         let value = json!({
             "kernel": probe.kernel_release,

@@ -196,11 +196,8 @@ fn counters_of(pid: u32, log: &std::path::Path) -> String {
 /// `mptcp relay ROLE ARGS` in `host`, with the test's credentials, its
 /// log appended to `log` (the daemon's own output goes nowhere).
 fn relay_command(host: &Host, log: &std::path::Path, args: &[&str]) -> Command {
-    let mut cmd = host.command("sh");
-    cmd.arg("-c")
-        .arg(format!("exec \"$0\" \"$@\" 2>>'{}'", log.display()))
-        .arg(MPTCP)
-        .arg("relay")
+    let mut cmd = host.command_logging_to(MPTCP, log);
+    cmd.arg("relay")
         .args(args)
         .args(["--user", "alice", "--password-env", PASSWORD_VAR])
         .env(PASSWORD_VAR, "correct horse")

@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use mptcp_testbed::rates::{self, Way};
-use mptcp_testbed::{LinkSpec, Proto, RelayPath, Side};
+use mptcp_testbed::{LinkSpec, Proto, RelayPath};
 
 use super::{
     Echoes, echo_during_bulk, redirect_rule, remove_redirect_rule, serve, start_chain,
@@ -81,10 +81,8 @@ fn measure_mix(rp: &RelayPath, name: &str, runs: usize) {
                 started.elapsed()
             );
         };
-        let alone = links_alone(rp);
-        let sum = alone
-            .iter()
-            .fold([0.0; 2], |a, r| [a[0] + r[0], a[1] + r[1]]);
+        let alone = rates::links_alone(rp, SINGLE_PORT, TRANSFER).expect("links alone");
+        let sum = alone.iter().fold([0.0; 2], |a, r| [a[0] + r.0, a[1] + r.1]);
         phase("links alone");
         let direct = both_ways(rp, false, direct_at);
         phase("direct MPTCP");
@@ -184,26 +182,6 @@ fn echo_line(label: &str, fast_link: Echoes, chain: Echoes) -> String {
         fast_link.n,
         chain.n
     )
-}
-
-/// Each WAN link alone, one TCP connection from the router to the server
-/// over it; all links at once, since they share nothing.
-fn links_alone(rp: &RelayPath) -> Vec<Rates> {
-    let one_way = |way| -> Vec<f64> {
-        let threads: Vec<_> = rp
-            .wan
-            .iter()
-            .map(|link| {
-                let far = SocketAddr::new(link.addr(Side::B).into(), SINGLE_PORT);
-                rp.local
-                    .spawn(move || rates::measure(Proto::Tcp, far, way, TRANSFER).expect("single"))
-            })
-            .collect();
-        threads.into_iter().map(|t| t.join().unwrap()).collect()
-    };
-    let down = one_way(Way::Down);
-    let up = one_way(Way::Up);
-    down.into_iter().zip(up).map(|(d, u)| [d, u]).collect()
 }
 
 /// A download and an upload to `to`: from the LAN host if `from_lan`

@@ -155,6 +155,19 @@ impl Host {
         cmd
     }
 
+    /// [`Host::command`] for `program` with its standard error appended to
+    /// `log` (through `sh`, which then execs the program: a [`Daemon`]
+    /// started from it is the program itself). Add the program's arguments.
+    ///
+    /// [`Daemon`]: crate::Daemon
+    pub fn command_logging_to(&self, program: &str, log: &std::path::Path) -> Command {
+        let mut cmd = self.command("sh");
+        cmd.arg("-c")
+            .arg(format!("exec \"$0\" \"$@\" 2>>'{}'", log.display()))
+            .arg(program);
+        cmd
+    }
+
     /// Runs `program args` inside the host; returns its standard output, or an
     /// error carrying the command line and its standard error.
     pub fn exec(&self, program: &str, args: &[&str]) -> io::Result<String> {

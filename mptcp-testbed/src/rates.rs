@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::transfer::{self, Proto};
-use crate::{Host, data};
+use crate::{Host, RelayPath, Side, data};
 
 /// What the rates leave out at the start of a transfer.
 pub const RAMP_UP: Duration = Duration::from_secs(1);
@@ -118,6 +118,34 @@ pub fn measure(proto: Proto, to: SocketAddr, way: Way, length: Duration) -> io::
     s.shutdown(Shutdown::Write)?;
     io::copy(&mut s, &mut io::sink())?;
     Ok(f64::from_le_bytes(rate))
+}
+
+/// Each WAN link of `rp` alone: one TCP connection from the local node to
+/// the remote node's address on that link, where [`serve`] runs on `port`
+/// (bound to any address); all links at once, since they share nothing.
+/// Returns each link's (download, upload) Mbit/s.
+pub fn links_alone(rp: &RelayPath, port: u16, length: Duration) -> io::Result<Vec<(f64, f64)>> {
+    let one_way = |way| -> io::Result<Vec<f64>> {
+        let threads: Vec<_> = rp
+            .wan
+            .iter()
+            .map(|link| {
+                let far = SocketAddr::new(link.addr(Side::B).into(), port);
+                rp.local
+                    .spawn(move || measure(Proto::Tcp, far, way, length))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .map_err(|_| io::Error::other("a link's transfer panicked"))?
+            })
+            .collect()
+    };
+    let down = one_way(Way::Down)?;
+    let up = one_way(Way::Up)?;
+    Ok(down.into_iter().zip(up).collect())
 }
 
 /// Reads the test pattern, checked, to its end or for `length` after the

@@ -76,9 +76,10 @@
 //! round trip) runs out of credit a round trip after each window it sent.
 //! Its sender then says BLOCKED, and a receiver whose reader keeps up
 //! (under a quarter window waits in its buffers) doubles its window with
-//! a WINDOW frame, up to its maximum (`stream_window_max`). So the window
-//! follows the measured path, and only a stream that needs it holds a
-//! large one. A receiver of version 1 skips BLOCKED and keeps its window.
+//! a WINDOW frame, up to its maximum (`stream_window_max`, which the relay
+//! leaves at the initial window unless configured). So the window follows
+//! the measured path, and only a stream that needs it holds a large one.
+//! A receiver of version 1 skips BLOCKED and keeps its window.
 //!
 //! ```
 //! use mptcp_core::mux::{Control, Header, FrameType};

@@ -89,12 +89,17 @@ pub struct EngineConfig {
     /// stream's throughput is at most this per round trip between the
     /// relays; only a stream whose reader is slow holds that much.
     pub stream_window: u32,
-    /// How far a stream's window may grow, bytes. A stream whose window is
-    /// smaller than what the path between the relays holds (rate × round
-    /// trip: 40 Mbit/s at 150 ms is 750 KB, 1 Gbit/s at 150 ms 19 MB)
-    /// says so with BLOCKED frames, and the receiving relay doubles the
-    /// window while its reader keeps up, up to this; the session's receive
-    /// buffer grows with it. Equal to `stream_window`: windows never grow.
+    /// How far a stream's window may grow, bytes; 0 (the default): it
+    /// stays at `stream_window`. A stream whose window is smaller than
+    /// what the path between the relays holds (rate × round trip: 40
+    /// Mbit/s at 150 ms is 750 KB, 1 Gbit/s at 150 ms 19 MB) says so with
+    /// BLOCKED frames, and the receiving relay doubles the window while its
+    /// reader keeps up, up to this; the session's receive buffer grows with
+    /// it. Off by default because a grown window also fills the sending
+    /// relay's socket buffers: a 1-byte echo beside a bulk upload on 20
+    /// Mbit/s at 5 ms + 20 at 75 ms then waited 300-400 ms in two runs of
+    /// six, against 20 ms with the fixed window. Raise it where one stream
+    /// must fill more than `stream_window` per round trip.
     pub stream_window_max: u32,
     /// Congestion control of the MPTCP connections between the relays (all
     /// their subflows), by the kernel's name (`bbr`, `cubic`, ...; see
@@ -131,7 +136,7 @@ impl Default for EngineConfig {
             raise_fd_limit: true,
             reuse_port: false,
             stream_window: 4 << 20,
-            stream_window_max: 64 << 20,
+            stream_window_max: 0,
             congestion_control: "bbr".to_owned(),
             udp_idle_timeout_secs: 60,
             udp_max_flows: 256,
@@ -153,6 +158,16 @@ impl EngineConfig {
     /// The idle timeout of UDP associations and their flows.
     pub fn udp_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.udp_idle_timeout_secs)
+    }
+
+    /// How far a stream's window may grow: `stream_window_max`, or
+    /// `stream_window` when that is 0.
+    pub fn stream_window_limit(&self) -> u32 {
+        if self.stream_window_max == 0 {
+            self.stream_window
+        } else {
+            self.stream_window_max
+        }
     }
 
     /// The congestion control to set on the sessions' sockets; `None` for
@@ -616,11 +631,13 @@ impl Config {
                 format!("must be between 65536 and {} bytes", crate::mux::MAX_WINDOW),
             );
         }
-        if !(e.stream_window..=crate::mux::MAX_WINDOW).contains(&e.stream_window_max) {
+        if e.stream_window_max != 0
+            && !(e.stream_window..=crate::mux::MAX_WINDOW).contains(&e.stream_window_max)
+        {
             return err(
                 "engine.stream_window_max",
                 format!(
-                    "must be between stream_window ({}) and {} bytes",
+                    "must be 0 (no growth) or between stream_window ({}) and {} bytes",
                     e.stream_window,
                     crate::mux::MAX_WINDOW
                 ),
@@ -1149,7 +1166,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn congestion_control_is_a_name_or_system() {
+    fn congestion_control_is_a_name_or_system_and_windows_grow_only_when_asked() {
         let parse = |value: &str| {
             Config::from_toml(&format!(
                 "[engine]\ncongestion_control = {value:?}\n[remote]\nlisten = [\"127.0.0.1:1\"]\n\
@@ -1164,6 +1181,17 @@ mod tests {
             EngineConfig::default().session_congestion_control(),
             Some("bbr")
         );
+        let defaults = EngineConfig::default();
+        assert_eq!(defaults.stream_window_limit(), defaults.stream_window);
+        let grow = |max: u32| {
+            Config::from_toml(&format!(
+                "[engine]\nstream_window = 65536\nstream_window_max = {max}\n[remote]\n\
+                 listen = [\"127.0.0.1:1\"]\nallow_unauthenticated_loopback = true\n"
+            ))
+        };
+        assert_eq!(grow(1 << 20).unwrap().engine.stream_window_limit(), 1 << 20);
+        let e = grow(4096).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("engine.stream_window_max"), "{e}");
         for bad in ["", "bbr; cubic", "a_name_far_too_long"] {
             let e = parse(bad).unwrap_err();
             assert_eq!(e.key.as_deref(), Some("engine.congestion_control"), "{e}");

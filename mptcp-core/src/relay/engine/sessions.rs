@@ -281,7 +281,7 @@ impl Sessions {
     /// A stream's initial window and how far BLOCKED frames may grow it.
     pub(super) fn stream_windows(&self) -> (u32, u32) {
         let engine = &self.shared.engine;
-        (engine.stream_window, engine.stream_window_max)
+        (engine.stream_window, engine.stream_window_limit())
     }
 
     pub(super) fn get(&self, s: usize) -> Option<&Session> {
