@@ -596,7 +596,7 @@ mod tests {
     }
 
     #[test]
-    fn sending_stops_at_the_credit_and_ends_with_fin() {
+    fn sending_stops_at_the_credit_says_blocked_and_ends_with_fin() {
         let (ours, mut theirs) = socket_pair();
         let (mut tx, mut pool) = (Tx::default(), PipePool::new(65536, 65536, 2));
         let mut stream = Stream::new(0, 9, StreamState::new(10, 4096), b"early".to_vec());
@@ -619,12 +619,14 @@ mod tests {
             .iter()
             .map(|(h, p)| (h.kind, h.stream, p.clone()))
             .collect();
-        use crate::mux::FrameType::{Data, Fin};
+        use crate::mux::FrameType::{Blocked, Data, Fin};
         assert_eq!(
             payloads,
             [
                 (Data, 9, b"early".to_vec()),
                 (Data, 9, vec![3; 5]),
+                // Out of credit with bytes left: the peer hears it once.
+                (Blocked, 9, Vec::new()),
                 (Data, 9, vec![3; 15]),
                 (Fin, 9, Vec::new()),
             ]
