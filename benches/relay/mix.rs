@@ -16,7 +16,7 @@ use mptcp_testbed::rates::{self, Way};
 use mptcp_testbed::{LinkSpec, Proto, RelayPath};
 
 use super::{
-    Echoes, echo_during_bulk, redirect_rule, remove_redirect_rule, serve, start_chain,
+    echo_during_bulk, echo_line, redirect_rule, remove_redirect_rule, serve, start_chain,
     start_shadowsocks,
 };
 
@@ -108,7 +108,7 @@ fn measure_mix(rp: &RelayPath, name: &str, runs: usize) {
         println!(
             "{}",
             echo_line(
-                &format!("during {during}"),
+                &format!("during {during} (routed: the fastest link alone)"),
                 fast_link_echo[i],
                 chain_echo[i]
             )
@@ -166,22 +166,6 @@ fn print_mix(name: &str, table: &[[Rates; 4]]) {
             table.len()
         );
     }
-}
-
-/// The echo beside a bulk transfer: over the fastest link alone, and
-/// through the chain.
-fn echo_line(label: &str, fast_link: Echoes, chain: Echoes) -> String {
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    format!(
-        "  1-byte echo {label}: fastest link alone p50 {:.1} ms p99 {:.1} ms; \
-         chain p50 {:.1} ms p99 {:.1} ms ({} and {} round trips)",
-        ms(fast_link.p50),
-        ms(fast_link.p99),
-        ms(chain.p50),
-        ms(chain.p99),
-        fast_link.n,
-        chain.n
-    )
 }
 
 /// A download and an upload to `to`: from the LAN host if `from_lan`

@@ -62,9 +62,9 @@ pub(crate) const NOTSENT_LOWAT: u32 = 128 * 1024;
 ///   for seconds; a fixed one avoids it. Without the capability the buffer
 ///   stays autotuned (`SO_RCVBUF` would cap it at `net.core.rmem_max`,
 ///   far smaller).
-/// - The engine's `congestion_control` on the connection and, through
-///   MPTCP, on each of its subflows, present and future (see
-///   [`EngineConfig::congestion_control`]).
+///
+/// The congestion control is set apart ([`set_congestion_control`]): an
+/// accepted session has it from its listener.
 pub(crate) fn prepare_session_socket(stream: &mio::net::TcpStream, engine: &EngineConfig) {
     let socket = SockRef::from(stream);
     let keepalive = socket2::TcpKeepalive::new()
@@ -78,7 +78,6 @@ pub(crate) fn prepare_session_socket(stream: &mio::net::TcpStream, engine: &Engi
         tracing::debug!(error = %e, "relay: TCP_NOTSENT_LOWAT refused on a session");
     }
     set_receive_buffer(stream, session_receive_buffer(engine));
-    set_congestion_control(stream, engine);
 }
 
 /// The receive buffer a session starts with: for two initial windows.
@@ -103,7 +102,8 @@ pub(crate) fn set_receive_buffer(stream: &mio::net::TcpStream, bytes: usize) {
 }
 
 /// Sets the engine's congestion control on a connection between the
-/// relays (a session, or one connection per client connection); where the
+/// relays (a session, or one connection per client connection) and,
+/// through MPTCP, on each of its subflows, present and future; where the
 /// kernel refuses it (not built, not loadable, or not in
 /// `tcp_allowed_congestion_control` without CAP_NET_ADMIN), warns once per
 /// process and leaves the host's default.

@@ -11,10 +11,10 @@ use mio::net::TcpStream;
 use super::answer::Failure;
 use super::conn::{Conn, Next, Origin, Phase, count_inbound, read_some};
 use super::sessions::{
-    HANDSHAKE_LATE, RETRY_AFTER_CLOSE, RETRY_AFTER_REFUSAL, SESSION_HANDSHAKE_BYTES,
+    HANDSHAKE_LATE, RETRY_AFTER_CLOSE, RETRY_AFTER_REFUSAL, SESSION_HANDSHAKE_BYTES, stream_state,
 };
 use super::{Handling, Slot, Worker};
-use crate::mux::{self, Control, StreamState};
+use crate::mux::{self, Control};
 use crate::relay::seal::Channel;
 use crate::relay::session::{self, Role, RxError, RxEvent, Session};
 use crate::relay::stats::{Counters, ErrorKind};
@@ -411,7 +411,6 @@ impl Worker {
     /// Remote role: a new stream to `dest`, connected like a CONNECT.
     fn open_remote_stream(&mut self, s: usize, id: u32, dest: TargetAddr) -> Result<(), String> {
         let max_streams = self.ctx.shared.engine.max_streams_per_session;
-        let windows = self.ctx.sessions.stream_windows();
         let Some(session) = self.ctx.sessions.get_mut(s) else {
             return Ok(());
         };
@@ -424,7 +423,7 @@ impl Worker {
             .map_err(|e| format!("stream {id}: {e}"))?;
         let refuse = !accepted || session.streams.len() >= max_streams;
         let (peer, peer_window) = (session.peer, session.state.peer_window());
-        let state = StreamState::new(peer_window, windows.0).growing_to(windows.1);
+        let state = stream_state(&self.ctx.shared.engine, peer_window);
         let mut stream = Stream::new(s, id, state, Vec::new());
         let admission = (!refuse)
             .then(|| self.ctx.admit_as(Slot::Stream, peer))

@@ -34,8 +34,15 @@ use crate::relay::session::{self, Role, Session};
 use crate::relay::splice::PipePool;
 use crate::relay::stats::Counters;
 use crate::relay::stream::Stream;
-use crate::relay::{Route, Shared, outbound};
+use crate::relay::{EngineConfig, Route, Shared, outbound};
 use crate::socks5::{self, ClientHandshake, Command, ReplyCode, Request, TargetAddr};
+
+/// A new stream's flow control: the peer takes `peer_window` bytes before
+/// a WINDOW frame; ours starts at `stream_window` and BLOCKED frames may
+/// grow it up to `stream_window_max`.
+pub(super) fn stream_state(engine: &EngineConfig, peer_window: u32) -> StreamState {
+    StreamState::new(peer_window, engine.stream_window).growing_to(engine.stream_window_limit())
+}
 
 /// The wait before the next session after the first failed one; it
 /// doubles with each failure in a row, up to [`RETRY_AT_MOST`].
@@ -278,12 +285,6 @@ impl Sessions {
         self.shared.engine.stream_window
     }
 
-    /// A stream's initial window and how far BLOCKED frames may grow it.
-    pub(super) fn stream_windows(&self) -> (u32, u32) {
-        let engine = &self.shared.engine;
-        (engine.stream_window, engine.stream_window_limit())
-    }
-
     pub(super) fn get(&self, s: usize) -> Option<&Session> {
         self.slab.get(s)
     }
@@ -357,8 +358,8 @@ impl Sessions {
         early: Vec<u8>,
         now: Instant,
     ) -> Option<Stream> {
-        let windows = self.stream_windows();
         let session = self.slab.get_mut(s)?;
+        let state = stream_state(&self.shared.engine, session.state.peer_window());
         let id = session.state.open_stream()?;
         session.tx.control(id, &Control::Open(dest));
         session.streams.insert(id, key);
@@ -366,7 +367,6 @@ impl Sessions {
             // Its one stream: the session closes when that ends.
             session.state.retire();
         }
-        let state = StreamState::new(session.state.peer_window(), windows.0).growing_to(windows.1);
         let stream = Stream::new(s, id, state, early);
         Counters::add(&self.counters().multiplexed, 1);
         self.mark_dirty(s, now);
@@ -396,6 +396,8 @@ impl Sessions {
             }
         };
         outbound::prepare_session_socket(&socket, &self.shared.engine);
+        // An accepted session has it from its listener's admission.
+        outbound::set_congestion_control(&socket, &self.shared.engine);
         let creds = dialer
             .credentials
             .as_ref()
