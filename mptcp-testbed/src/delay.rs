@@ -234,7 +234,7 @@ fn forward(
     // A wire does not wait for a CPU: as root the thread preempts ordinary
     // ones (it never spins, so it takes only what the frames need);
     // without the privilege it runs as an ordinary thread.
-    let _ = sys::set_realtime();
+    let _ = sys::set_realtime(1);
     let Ok(timer) = TimerFd::new() else {
         return;
     };

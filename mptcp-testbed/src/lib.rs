@@ -45,6 +45,7 @@ mod link;
 mod privilege;
 mod process;
 pub mod rates;
+mod stall;
 mod sys;
 mod topology;
 pub mod transfer;
@@ -58,5 +59,6 @@ pub use privilege::{
     run_ignored_test,
 };
 pub use process::{Daemon, build_preload_library, danted_config, redsocks_config};
+pub use stall::StallWatch;
 pub use topology::{RelayPath, TwoLinks, relay_path, relay_path_with, two_links, two_links_with};
 pub use transfer::{Proto, Transfer, TransferReport};

@@ -391,11 +391,13 @@ impl AsFd for TimerFd {
     }
 }
 
-/// Puts the calling thread in the SCHED_FIFO real-time class at the lowest
-/// priority, so that it runs as soon as it wakes, ahead of every ordinary
-/// thread. Needs CAP_SYS_NICE (root; not in a user namespace).
-pub(crate) fn set_realtime() -> io::Result<()> {
-    let param = libc::sched_param { sched_priority: 1 };
+/// Puts the calling thread in the SCHED_FIFO real-time class at `priority`
+/// (1 is the lowest), so that it runs as soon as it wakes, ahead of every
+/// ordinary thread. Needs CAP_SYS_NICE (root; not in a user namespace).
+pub(crate) fn set_realtime(priority: i32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
     // SAFETY: `param` is a valid sched_param alive for the call; pid 0 is
     // the calling thread.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
