@@ -598,10 +598,9 @@ fn a_session_that_lost_a_link_is_replaced_and_its_streams_finish_on_it() {
         "the old session's download"
     );
     // Now a new connection: on a new session, over both links.
-    let started = Instant::now();
-    let new = chain.download(LEN / 2).unwrap();
-    assert_eq!(finish_download(new).unwrap(), LEN / 2);
-    let mbit = (LEN / 2) as f64 * 8.0 / 1e6 / started.elapsed().as_secs_f64();
+    let mut new = SampledDownload::start(&chain, LEN / 2);
+    assert_eq!(new.finish(), LEN / 2);
+    let mbit = new.steady_rate(Duration::from_secs(1));
     println!("after the replacement: {mbit:.1} Mbit/s");
     assert!(
         mbit > 30.0,
@@ -839,7 +838,8 @@ enum Outage {
 struct SampledDownload {
     meter: data::Meter,
     samples: std::sync::Arc<std::sync::Mutex<Vec<(Instant, u64)>>>,
-    reader: std::thread::JoinHandle<std::io::Result<u64>>,
+    reader: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
+    sampler: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SampledDownload {
@@ -851,7 +851,7 @@ impl SampledDownload {
             let meter = meter.clone();
             std::thread::spawn(move || receive_and_check(&mut meter.reader(&mut s)).map(|r| r.0))
         };
-        {
+        let sampler = {
             let (meter, samples) = (meter.clone(), std::sync::Arc::clone(&samples));
             std::thread::spawn(move || {
                 let deadline = Instant::now() + Duration::from_secs(120);
@@ -865,12 +865,13 @@ impl SampledDownload {
                     last = bytes;
                     std::thread::sleep(Duration::from_millis(100));
                 }
-            });
-        }
+            })
+        };
         SampledDownload {
             meter,
             samples,
-            reader,
+            reader: Some(reader),
+            sampler: Some(sampler),
         }
     }
 
@@ -896,8 +897,35 @@ impl SampledDownload {
             .find(|t| self.rate(*t, Duration::from_secs(1)) >= mbit)
     }
 
-    fn finish(self) -> u64 {
-        let n = self.reader.join().unwrap().expect("the download intact");
+    /// Mbit/s from `skip` after the start until the last byte: what the
+    /// download ran at once its congestion control had the path's measure
+    /// (bbr probes for a few round trips, and the SOCKS exchange comes first).
+    fn steady_rate(&self, skip: Duration) -> f64 {
+        let samples = self.samples.lock().unwrap();
+        let Some(&(started, _)) = samples.first() else {
+            return 0.0;
+        };
+        let total = samples.last().map_or(0, |s| s.1);
+        let from = samples.iter().find(|(at, _)| *at >= started + skip);
+        let done = samples.iter().find(|(_, bytes)| *bytes == total);
+        match (from, done) {
+            (Some(&(a, x)), Some(&(b, y))) if b > a => {
+                (y - x) as f64 * 8.0 / 1e6 / (b - a).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Waits for the last byte (and the sample that saw it); the bytes.
+    fn finish(&mut self) -> u64 {
+        let n = self
+            .reader
+            .take()
+            .unwrap()
+            .join()
+            .unwrap()
+            .expect("the download intact");
+        self.sampler.take().unwrap().join().unwrap();
         assert_eq!(n, self.meter.sample().bytes);
         n
     }
@@ -967,7 +995,7 @@ fn a_wan_outage_under_paths_auto_recovers_the_chain() {
         let chain = Chain::new();
         let paths = paths_auto(&chain);
         const LEN: u64 = 64 << 20;
-        let download = SampledDownload::start(&chain, LEN);
+        let mut download = SampledDownload::start(&chain, LEN);
         let start = Instant::now();
         let (fault_at, return_at) = (
             start + Duration::from_secs(3),
@@ -1020,10 +1048,9 @@ fn a_wan_outage_under_paths_auto_recovers_the_chain() {
             timeline.join(" ")
         );
         // A new LAN connection: over both links again.
-        let started = Instant::now();
-        let new = chain.download(LEN / 4).unwrap();
-        assert_eq!(finish_download(new).unwrap(), LEN / 4);
-        let mbit = (LEN / 4) as f64 * 8.0 / 1e6 / started.elapsed().as_secs_f64();
+        let mut new = SampledDownload::start(&chain, LEN / 4);
+        assert_eq!(new.finish(), LEN / 4);
+        let mbit = new.steady_rate(Duration::from_secs(1));
         println!("{outage:?}: a new LAN connection after the return: {mbit:.1} Mbit/s");
         assert!(
             mbit >= 1.8 * one_link,
@@ -1076,23 +1103,9 @@ fn unequal_links_under_paths_auto_give_the_chain_their_sum() {
     let mut best = 0.0f64;
     for _ in 0..5 {
         const LEN: u64 = 32 << 20;
-        let download = SampledDownload::start(&chain, LEN);
-        let started = Instant::now();
-        let samples = std::sync::Arc::clone(&download.samples);
+        let mut download = SampledDownload::start(&chain, LEN);
         download.finish();
-        let end = samples.lock().unwrap().last().map(|s| s.0).unwrap();
-        let steady = (end - started).saturating_sub(Duration::from_secs(1));
-        let samples = samples.lock().unwrap();
-        let at = |t: Instant| {
-            samples
-                .iter()
-                .rev()
-                .find(|(at, _)| *at <= t)
-                .copied()
-                .unwrap()
-        };
-        let ((a, x), (b, y)) = (at(end - steady), at(end));
-        let mbit = (y - x) as f64 * 8.0 / 1e6 / (b - a).as_secs_f64();
+        let mbit = download.steady_rate(Duration::from_secs(1));
         rates.push(format!("{mbit:.1}"));
         best = best.max(mbit);
         if best >= 0.9 * sum {
@@ -1309,14 +1322,14 @@ fn spread_shares_new_connections_by_weight() {
     );
 }
 
-/// A first remote that flaps (3 s up, 3 s down, for a minute) beside a steady
-/// second, `failover` with a 10 s hold: the LAN never loses a new
+/// A first remote that flaps (2 s up, 2 s down, for 30 s) beside a steady
+/// second, `failover` with a 6 s hold: the LAN never loses a new
 /// connection, the flapping remote is never taken back while it flaps
 /// (at most one switch per hold time), it is once it stays up, and the
 /// local relay leaks no session or descriptor.
 #[test]
 fn a_flapping_remote_does_not_flap_the_lan() {
-    let (mut chain, _steady) = two_remotes("10");
+    let (mut chain, _steady) = two_remotes("6");
     let first = remote_at(REMOTE_PORT);
     assert_eq!(chain.who().unwrap(), REMOTE_EGRESS);
     let local_pid = chain.local.as_ref().unwrap().id();
@@ -1332,8 +1345,8 @@ fn a_flapping_remote_does_not_flap_the_lan() {
     let started = Instant::now();
     let mut failed = 0;
     let mut probes = 0;
-    while started.elapsed() < Duration::from_secs(60) {
-        let cycle = started.elapsed().as_secs() / 3;
+    while started.elapsed() < Duration::from_secs(30) {
+        let cycle = started.elapsed().as_secs() / 2;
         let up = cycle % 2 == 1;
         if up && chain.remote.is_none() {
             chain.start_remote();
@@ -1348,12 +1361,12 @@ fn a_flapping_remote_does_not_flap_the_lan() {
     }
     let switches = back_in_use();
     println!(
-        "60 s of flapping: {probes} new LAN connections, {failed} failed; taken back {switches} times"
+        "30 s of flapping: {probes} new LAN connections, {failed} failed; taken back {switches} times"
     );
     assert_eq!(failed, 0, "every new LAN connection worked");
     assert!(
         switches <= 1,
-        "taken back {switches} times while flapping (hold 10 s)"
+        "taken back {switches} times while flapping (hold 6 s)"
     );
     // It stays up: taken back after the hold.
     if chain.remote.is_none() {
