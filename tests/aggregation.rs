@@ -67,6 +67,7 @@ fn a_small_stream_window_grows_to_what_the_path_holds() {
             down: least,
             up: least,
         },
+        None,
     );
     eprintln!("  relay chain {:6.1} down {:6.1} up", chain.down, chain.up);
     assert!(
@@ -121,8 +122,7 @@ impl Mix {
         let alone = ONE_MIX_AT_A_TIME
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let specs: Vec<LinkSpec> = links.iter().map(|l| l.parse().unwrap()).collect();
-        let rp = mptcp_testbed::relay_path_with(&specs).unwrap();
+        let rp = mptcp_testbed::relay_path_with(&specs_of(links)).unwrap();
         let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         rates::serve(&rp.remote, Proto::Tcp, any(SINGLE_PORT)).unwrap();
         rates::serve(&rp.remote, Proto::Mptcp, any(DIRECT_PORT)).unwrap();
@@ -157,14 +157,63 @@ impl Mix {
     }
 
     /// From the LAN through the relays (with `relay_config`, TOML) to the
-    /// destination. The relays set bbr on their sessions themselves: the
-    /// hosts are at the kernel's own default.
-    fn chain(&self, relay_config: &str, least: Rates) -> Rates {
+    /// destination. The relays choose their sessions' congestion control
+    /// themselves: the hosts are at the kernel's own default (reno).
+    ///
+    /// `expected`: the congestion control every subflow of the relays'
+    /// sessions must run (within 3 s of the last transfer: `auto` looks
+    /// every second, and a spare session may just have opened), or `None`.
+    fn chain(&self, relay_config: &str, least: Rates, expected: Option<&str>) -> Rates {
         self.congestion_control("reno");
         let _relays = Relays::start(&self.rp, relay_config);
         let at = SocketAddr::new(self.rp.dest_addr().into(), DEST_PORT);
-        both_ways(&self.rp.lan, Proto::Tcp, at, least)
+        let rates = both_ways(&self.rp.lan, Proto::Tcp, at, least);
+        let Some(expected) = expected else {
+            return rates;
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let controls = [
+                congestion_controls(&self.rp.local, &format!("dport = :{REMOTE_PORT}")),
+                congestion_controls(&self.rp.remote, &format!("sport = :{REMOTE_PORT}")),
+            ];
+            if controls
+                .iter()
+                .all(|c| !c.is_empty() && c.iter().all(|c| c == expected))
+            {
+                return rates;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sessions' subflows run {controls:?} (local, remote), not {expected}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
+}
+
+/// The congestion control of each established TCP socket (MPTCP subflows
+/// included) in `host` that `filter` (an `ss` filter) selects.
+fn congestion_controls(host: &Host, filter: &str) -> Vec<String> {
+    let out = host
+        .command("ss")
+        .args(["-tinH", "state", "established", filter])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ss: {out:?}");
+    // `ss -i` prints the algorithm just before the window scales.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[1].starts_with("wscale:"))
+        .map(|w| w[0].to_owned())
+        .collect()
+}
+
+/// `links` parsed.
+fn specs_of(links: &[&str]) -> Vec<LinkSpec> {
+    links.iter().map(|l| l.parse().unwrap()).collect()
 }
 
 /// Measures the links alone, direct MPTCP and the chain (default relay
@@ -175,7 +224,13 @@ fn aggregates(links: &[&str]) {
     let each_alone = mix.links_alone();
     let sum = each_alone.iter().fold(Rates::default(), |a, &b| a + b);
     let direct = mix.direct(sum.times(SHARE));
-    let chain = mix.chain("", sum.times(SHARE));
+    // `congestion_control = "auto"`: bbr where a link's round trip is
+    // long, the host's reno where all are short.
+    let long = specs_of(links)
+        .iter()
+        .any(|l| 2 * l.delay >= mptcp_core::relay::LONG_ROUND_TRIP);
+    let expected = if long { "bbr" } else { "reno" };
+    let chain = mix.chain("", sum.times(SHARE), Some(expected));
 
     let mut table = format!("links {}:\n", links.join(" + "));
     for (i, r) in each_alone.iter().enumerate() {

@@ -1100,9 +1100,10 @@ fn tcp_over_link(chain: &Chain, i: usize, len: u64) -> f64 {
 /// Links of unequal rates (20 and 5 Mbit/s) under paths auto: a LAN
 /// download through the chain gets at least 0.9 of the sum of what each
 /// link carries alone (one TCP connection each, measured in the same run),
-/// in the best of five downloads: with bbr on the sessions (which long
-/// links need, tests/aggregation.rs) single downloads here range from 0.85
-/// to 0.97 of the sum, where reno gave 0.96 to 0.98.
+/// in the best of five downloads (these short round trips run cubic under
+/// `congestion_control = "auto"`; with bbr, which long links need,
+/// tests/aggregation.rs, single downloads here ranged from 0.85 to 0.97 of
+/// the sum, where reno gave 0.96 to 0.98).
 #[test]
 fn unequal_links_under_paths_auto_give_the_chain_their_sum() {
     let chain = Chain::with_links(&[Some(20), Some(5)]);

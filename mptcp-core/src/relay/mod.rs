@@ -46,8 +46,8 @@ mod stream;
 mod udp_ports;
 
 pub use config::{
-    Config, ConfigError, EngineConfig, LocalConfig, NoRemote, RemoteConfig, RemoteEntry,
-    RemotePolicy, User,
+    Config, ConfigError, EngineConfig, LONG_ROUND_TRIP, LocalConfig, NoRemote, RemoteConfig,
+    RemoteEntry, RemotePolicy, User,
 };
 pub use policy::{Cidr, ClientAllowlist, DEFAULT_DENIED, DEFAULT_LAN_CLIENTS, DestinationPolicy};
 pub use remotes::RemoteState;

@@ -770,6 +770,10 @@ pub(crate) struct Session {
     /// given to the kernel); 0 while the socket has the one it was
     /// prepared with.
     pub receive_buffer: usize,
+    /// Under `congestion_control = "auto"`: whether its subflows run the
+    /// long-round-trip congestion control (bbr, what they open with) rather
+    /// than the host's default.
+    pub long_round_trip_control: bool,
 }
 
 impl Session {
@@ -803,6 +807,7 @@ impl Session {
             last_heard: Instant::now(),
             last_ping: Instant::now(),
             receive_buffer: 0,
+            long_round_trip_control: true,
         }
     }
 
@@ -822,6 +827,19 @@ impl Session {
             Ok(info) => usize::from(info.subflows_total.unwrap_or(info.subflows + 1)),
             Err(_) => 1,
         }
+    }
+
+    /// Each subflow's path (local and remote address) with its least round
+    /// trip so far, for the subflows that have had data acknowledged (a
+    /// join whose SYN was lost measured the retransmission's second, not
+    /// its path); empty when the kernel does not say (plain TCP).
+    pub(crate) fn subflow_round_trips(&self) -> Vec<((IpAddr, IpAddr), std::time::Duration)> {
+        let subflows = crate::info::subflows(self.socket.as_fd()).unwrap_or_default();
+        subflows
+            .iter()
+            .filter(|sf| sf.tcp.bytes_acked > 1)
+            .filter_map(|sf| Some(((sf.local.ip(), sf.remote.ip()), sf.tcp.min_rtt?)))
+            .collect()
     }
 
     /// How long since the other relay's host last sent anything (data or

@@ -551,8 +551,9 @@ impl Worker {
     }
 
     /// Closes the sessions whose time is up (late handshakes, idle spares,
-    /// unanswered PINGs), replaces those that miss links, and (worker 0)
-    /// keeps a session open to each remote relay to watch it.
+    /// unanswered PINGs), replaces those that miss links, (worker 0) keeps
+    /// a session open to each remote relay to watch it, and fits the
+    /// sessions' congestion control to their round trips.
     pub(super) fn sweep_sessions(&mut self) {
         for (s, why) in self.ctx.sessions.expired(self.ctx.now) {
             self.close_session(s, why, why == HANDSHAKE_LATE);
@@ -566,5 +567,6 @@ impl Worker {
         if self.ctx.worker == 0 {
             self.ctx.sessions.watch_remotes(self.ctx.now);
         }
+        self.ctx.sessions.adapt_congestion_control(self.ctx.now);
     }
 }

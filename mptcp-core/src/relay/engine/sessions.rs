@@ -16,6 +16,7 @@
 //! What a session's frames do to the connections of its streams is the
 //! worker's ([`super::session_events`]).
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -34,7 +35,7 @@ use crate::relay::session::{self, Role, Session};
 use crate::relay::splice::PipePool;
 use crate::relay::stats::Counters;
 use crate::relay::stream::Stream;
-use crate::relay::{EngineConfig, Route, Shared, outbound};
+use crate::relay::{EngineConfig, Route, Shared, config, outbound};
 use crate::socks5::{self, ClientHandshake, Command, ReplyCode, Request, TargetAddr};
 
 /// A new stream's flow control: the peer takes `peer_window` bytes before
@@ -67,6 +68,9 @@ const SHORT_GRACE: Duration = Duration::from_secs(4);
 pub(super) const HANDSHAKE_LATE: &str = "handshake timed out";
 /// How often a client session PINGs a remote that answers them.
 const PING_INTERVAL: Duration = Duration::from_millis(500);
+/// How often `congestion_control = "auto"` looks at the sessions' round
+/// trips (a subflow that joins shows its own within a few).
+const CONGESTION_CHECK: Duration = Duration::from_secs(1);
 /// A PING unanswered this long makes its remote suspect: new connections
 /// go to other remotes while they can.
 const PING_SUSPECT: Duration = Duration::from_secs(1);
@@ -204,6 +208,10 @@ pub(super) struct Sessions {
     draining: bool,
     /// By listener: whether it serves UDP (its sessions take datagrams).
     udp_listeners: Vec<bool>,
+    /// Under `congestion_control = "auto"`: what sessions on short round
+    /// trips run, and when the sessions' round trips are next looked at.
+    /// `None` when the sessions keep what they open with.
+    congestion: Option<(ShortRoundTripControl, Instant)>,
 }
 
 impl Sessions {
@@ -227,6 +235,10 @@ impl Sessions {
             })
             .collect();
         let (dialers, remotes) = Dialer::for_routes(routes.into_iter());
+        let congestion = shared
+            .engine
+            .adapts_congestion_control()
+            .then(|| (ShortRoundTripControl::of_host(), Instant::now()));
         Sessions {
             slab: Slab::new(),
             dialers,
@@ -238,6 +250,7 @@ impl Sessions {
             worker,
             draining: false,
             udp_listeners,
+            congestion,
         }
     }
 
@@ -595,6 +608,67 @@ impl Sessions {
         }
     }
 
+    /// Under `congestion_control = "auto"`, every [`CONGESTION_CHECK`]:
+    /// a session with a subflow of a long round trip
+    /// ([`config::LONG_ROUND_TRIP`]) runs bbr on all its subflows, one whose
+    /// subflows all have short ones a loss-based algorithm
+    /// ([`ShortRoundTripControl`]; the kernel sets an MPTCP socket's
+    /// congestion control on each subflow, present and future).
+    pub(super) fn adapt_congestion_control(&mut self, now: Instant) {
+        let Some((short, check_at)) = &mut self.congestion else {
+            return;
+        };
+        if now < *check_at {
+            return;
+        }
+        *check_at = now + CONGESTION_CHECK;
+        // A subflow that opened while its link was loaded has only seen its
+        // round trip with the queue in it: each path counts with the least
+        // any session of the worker has seen on it.
+        let round_trips: Vec<(usize, Vec<(PathKey, Duration)>)> = self
+            .slab
+            .iter()
+            .map(|(s, session)| (s, session.subflow_round_trips()))
+            .collect();
+        let mut least: HashMap<PathKey, Duration> = HashMap::new();
+        for (path, rtt) in round_trips.iter().flat_map(|(_, paths)| paths) {
+            least
+                .entry(*path)
+                .and_modify(|l| *l = (*l).min(*rtt))
+                .or_insert(*rtt);
+        }
+        for (s, paths) in round_trips {
+            let Some(session) = self.slab.get_mut(s).filter(|_| !paths.is_empty()) else {
+                continue;
+            };
+            let long = paths
+                .iter()
+                .any(|(path, _)| least[path] >= config::LONG_ROUND_TRIP);
+            if long == session.long_round_trip_control {
+                continue;
+            }
+            let names = if long {
+                &[config::LONG_ROUND_TRIP_CONGESTION_CONTROL.to_owned()][..]
+            } else {
+                &short.0[..]
+            };
+            let socket = socket2::SockRef::from(&session.socket);
+            // The first the kernel takes; where it refuses all, the session
+            // keeps what it has (and is not asked again until its round
+            // trips change).
+            let set = names
+                .iter()
+                .find(|name| socket.set_tcp_congestion(name.as_bytes()).is_ok());
+            session.long_round_trip_control = long;
+            tracing::debug!(
+                peer = %session.peer,
+                congestion_control = set.map_or("unchanged", String::as_str),
+                long_round_trip = long,
+                "relay: a session's congestion control follows its subflows' round trips"
+            );
+        }
+    }
+
     /// Local role, one worker: every remote relay that multiplexes keeps a
     /// session open (when it can be reached), so that its PINGs tell at
     /// once when it fails and when it works again.
@@ -898,4 +972,28 @@ impl Sessions {
 /// The SOCKS5 address that carries the protocol version, `0.0.0.0:1`.
 pub(super) fn version_address() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), mux::VERSION)
+}
+
+/// A subflow's path: its local and remote address.
+type PathKey = (IpAddr, IpAddr);
+
+/// What `congestion_control = "auto"` runs on sessions whose round trips
+/// are all short, in order of preference: the host's default
+/// (`net.ipv4.tcp_congestion_control` in this network namespace) when it is
+/// loss-based, else cubic, else reno (which every kernel has and lets
+/// every process choose).
+struct ShortRoundTripControl(Vec<String>);
+
+impl ShortRoundTripControl {
+    fn of_host() -> ShortRoundTripControl {
+        let host = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_default();
+        let mut names = vec!["cubic".to_owned(), "reno".to_owned()];
+        if !host.is_empty() && !host.starts_with("bbr") {
+            names.retain(|name| *name != host);
+            names.insert(0, host);
+        }
+        ShortRoundTripControl(names)
+    }
 }
