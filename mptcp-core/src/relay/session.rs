@@ -730,6 +730,10 @@ pub(crate) enum Phase {
     Frames,
 }
 
+/// A subflow's path (local and remote address) and its least round trip,
+/// where that measures the path.
+pub(crate) type PathRoundTrip = ((IpAddr, IpAddr), Option<std::time::Duration>);
+
 /// A multiplexed session: one MPTCP connection to the other relay.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -830,15 +834,19 @@ impl Session {
     }
 
     /// Each subflow's path (local and remote address) with its least round
-    /// trip so far, for the subflows that have had data acknowledged (a
-    /// join whose SYN was lost measured the retransmission's second, not
-    /// its path); empty when the kernel does not say (plain TCP).
-    pub(crate) fn subflow_round_trips(&self) -> Vec<((IpAddr, IpAddr), std::time::Duration)> {
+    /// trip so far, where that measures the path: not for a subflow that
+    /// has had no data acknowledged after a retransmission timeout (a join
+    /// whose handshake was sent again measured the timeout, a second or
+    /// more). Empty when the kernel does not say (plain TCP).
+    pub(crate) fn subflow_round_trips(&self) -> Vec<PathRoundTrip> {
         let subflows = crate::info::subflows(self.socket.as_fd()).unwrap_or_default();
         subflows
             .iter()
-            .filter(|sf| sf.tcp.bytes_acked > 1)
-            .filter_map(|sf| Some(((sf.local.ip(), sf.remote.ip()), sf.tcp.min_rtt?)))
+            .map(|sf| {
+                let measured = sf.tcp.bytes_acked > 1 || sf.tcp.total_rto == Some(0);
+                let rtt = sf.tcp.min_rtt.filter(|_| measured);
+                ((sf.local.ip(), sf.remote.ip()), rtt)
+            })
             .collect()
     }
 

@@ -31,7 +31,7 @@ use super::slab::Slab;
 use crate::mux::{self, Control, Settings, StreamState};
 use crate::relay::remotes::Remotes;
 use crate::relay::seal::{Channel, DialKeys, Initiator};
-use crate::relay::session::{self, Role, Session};
+use crate::relay::session::{self, PathRoundTrip, Role, Session};
 use crate::relay::splice::PipePool;
 use crate::relay::stats::Counters;
 use crate::relay::stream::Stream;
@@ -624,26 +624,31 @@ impl Sessions {
         *check_at = now + CONGESTION_CHECK;
         // A subflow that opened while its link was loaded has only seen its
         // round trip with the queue in it: each path counts with the least
-        // any session of the worker has seen on it.
-        let round_trips: Vec<(usize, Vec<(PathKey, Duration)>)> = self
+        // any session of the worker has seen on it (and a subflow that has
+        // none of its own, with that).
+        let round_trips: Vec<(usize, Vec<PathRoundTrip>)> = self
             .slab
             .iter()
             .map(|(s, session)| (s, session.subflow_round_trips()))
             .collect();
-        let mut least: HashMap<PathKey, Duration> = HashMap::new();
+        let mut least: HashMap<(IpAddr, IpAddr), Duration> = HashMap::new();
         for (path, rtt) in round_trips.iter().flat_map(|(_, paths)| paths) {
-            least
-                .entry(*path)
-                .and_modify(|l| *l = (*l).min(*rtt))
-                .or_insert(*rtt);
+            if let Some(rtt) = *rtt {
+                least
+                    .entry(*path)
+                    .and_modify(|l| *l = (*l).min(rtt))
+                    .or_insert(rtt);
+            }
         }
         for (s, paths) in round_trips {
-            let Some(session) = self.slab.get_mut(s).filter(|_| !paths.is_empty()) else {
+            let known: Vec<Duration> = paths
+                .iter()
+                .filter_map(|(path, _)| least.get(path).copied())
+                .collect();
+            let Some(session) = self.slab.get_mut(s).filter(|_| !known.is_empty()) else {
                 continue;
             };
-            let long = paths
-                .iter()
-                .any(|(path, _)| least[path] >= config::LONG_ROUND_TRIP);
+            let long = known.iter().any(|&rtt| rtt >= config::LONG_ROUND_TRIP);
             if long == session.long_round_trip_control {
                 continue;
             }
@@ -973,9 +978,6 @@ impl Sessions {
 pub(super) fn version_address() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), mux::VERSION)
 }
-
-/// A subflow's path: its local and remote address.
-type PathKey = (IpAddr, IpAddr);
 
 /// What `congestion_control = "auto"` runs on sessions whose round trips
 /// are all short, in order of preference: the host's default
