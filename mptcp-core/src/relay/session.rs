@@ -778,6 +778,8 @@ pub(crate) struct Session {
     /// long-round-trip congestion control (bbr, what they open with) rather
     /// than the host's default.
     pub long_round_trip_control: bool,
+    /// When it was made.
+    pub opened: Instant,
 }
 
 impl Session {
@@ -812,6 +814,7 @@ impl Session {
             last_ping: Instant::now(),
             receive_buffer: 0,
             long_round_trip_control: true,
+            opened: Instant::now(),
         }
     }
 

@@ -71,6 +71,9 @@ const PING_INTERVAL: Duration = Duration::from_millis(500);
 /// How often `congestion_control = "auto"` looks at the sessions' round
 /// trips (a subflow that joins shows its own within a few).
 const CONGESTION_CHECK: Duration = Duration::from_secs(1);
+/// How old a session must be before `congestion_control = "auto"` takes
+/// it off bbr.
+const CONGESTION_SETTLE: Duration = Duration::from_secs(5);
 /// A PING unanswered this long makes its remote suspect: new connections
 /// go to other remotes while they can.
 const PING_SUSPECT: Duration = Duration::from_secs(1);
@@ -649,7 +652,13 @@ impl Sessions {
                 continue;
             };
             let long = known.iter().any(|&rtt| rtt >= config::LONG_ROUND_TRIP);
-            if long == session.long_round_trip_control {
+            // Leaving bbr waits until every subflow's path is known and the
+            // joins have had time to come: a session judged on its first
+            // subflow alone would run a loss-based algorithm on a long link
+            // that joins a moment later.
+            let settled = known.len() == paths.len()
+                && now.duration_since(session.opened) >= CONGESTION_SETTLE;
+            if long == session.long_round_trip_control || (!long && !settled) {
                 continue;
             }
             let names = if long {
@@ -989,13 +998,36 @@ struct ShortRoundTripControl(Vec<String>);
 impl ShortRoundTripControl {
     fn of_host() -> ShortRoundTripControl {
         let host = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
-            .map(|name| name.trim().to_owned())
             .unwrap_or_default();
+        ShortRoundTripControl::after(host.trim())
+    }
+
+    /// The preferences on a host whose default is `host`.
+    fn after(host: &str) -> ShortRoundTripControl {
+        let host = host.to_owned();
         let mut names = vec!["cubic".to_owned(), "reno".to_owned()];
         if !host.is_empty() && !host.starts_with("bbr") {
             names.retain(|name| *name != host);
             names.insert(0, host);
         }
         ShortRoundTripControl(names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShortRoundTripControl;
+
+    #[test]
+    fn short_round_trips_run_the_hosts_loss_based_default_else_cubic_else_reno() {
+        let after = |host: &str| ShortRoundTripControl::after(host).0;
+        assert_eq!(after("reno"), ["reno", "cubic"]);
+        assert_eq!(after("cubic"), ["cubic", "reno"]);
+        assert_eq!(after("dctcp"), ["dctcp", "cubic", "reno"]);
+        // A host on bbr (as `mptcp probe` advises) or one that cannot be
+        // read: the loss-based algorithms every kernel has.
+        assert_eq!(after("bbr"), ["cubic", "reno"]);
+        assert_eq!(after("bbr3"), ["cubic", "reno"]);
+        assert_eq!(after(""), ["cubic", "reno"]);
     }
 }
