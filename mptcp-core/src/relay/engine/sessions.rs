@@ -73,7 +73,7 @@ const PING_INTERVAL: Duration = Duration::from_millis(500);
 const CONGESTION_CHECK: Duration = Duration::from_secs(1);
 /// How old a session must be before `congestion_control = "auto"` takes
 /// it off bbr.
-const CONGESTION_SETTLE: Duration = Duration::from_secs(5);
+const CONGESTION_SETTLE: Duration = Duration::from_secs(3);
 /// A PING unanswered this long makes its remote suspect: new connections
 /// go to other remotes while they can.
 const PING_SUSPECT: Duration = Duration::from_secs(1);
