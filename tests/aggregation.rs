@@ -113,6 +113,7 @@ static ONE_MIX_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// single TCP and direct MPTCP on the remote node, TCP on the destination.
 struct Mix {
     rp: RelayPath,
+    specs: Vec<LinkSpec>,
     _alone: MutexGuard<'static, ()>,
 }
 
@@ -123,12 +124,17 @@ impl Mix {
         let alone = ONE_MIX_AT_A_TIME
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let rp = mptcp_testbed::relay_path_with(&specs_of(links)).unwrap();
+        let specs: Vec<LinkSpec> = links.iter().map(|l| l.parse().unwrap()).collect();
+        let rp = mptcp_testbed::relay_path_with(&specs).unwrap();
         let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         rates::serve(&rp.remote, Proto::Tcp, any(SINGLE_PORT)).unwrap();
         rates::serve(&rp.remote, Proto::Mptcp, any(DIRECT_PORT)).unwrap();
         rates::serve(&rp.dest, Proto::Tcp, any(DEST_PORT)).unwrap();
-        Mix { rp, _alone: alone }
+        Mix {
+            rp,
+            specs,
+            _alone: alone,
+        }
     }
 
     /// Sets the congestion control of both ends' new TCP sockets.
@@ -162,8 +168,9 @@ impl Mix {
     /// themselves: the hosts are at the kernel's own default (reno).
     ///
     /// `expected`: the congestion control every subflow of the relays'
-    /// sessions must run (within 3 s of the last transfer: `auto` looks
-    /// every second, and a spare session may just have opened), or `None`.
+    /// sessions that sent data must run (within 3 s of the last transfer:
+    /// `auto` looks every second, and a spare session may just have
+    /// opened), or `None`.
     fn chain(&self, relay_config: &str, least: Rates, expected: Option<&str>) -> Rates {
         self.congestion_control("reno");
         let _relays = Relays::start(&self.rp, relay_config);
@@ -221,11 +228,6 @@ fn congestion_controls(host: &Host, filter: &str) -> Vec<String> {
         .collect()
 }
 
-/// `links` parsed.
-fn specs_of(links: &[&str]) -> Vec<LinkSpec> {
-    links.iter().map(|l| l.parse().unwrap()).collect()
-}
-
 /// Measures the links alone, direct MPTCP and the chain (default relay
 /// settings) on `links`, prints them and asserts that both aggregates
 /// reach [`SHARE`] of the sum both ways.
@@ -236,7 +238,8 @@ fn aggregates(links: &[&str]) {
     let direct = mix.direct(sum.times(SHARE));
     // `congestion_control = "auto"`: bbr where a link's round trip is
     // long, the host's reno where all are short.
-    let long = specs_of(links)
+    let long = mix
+        .specs
         .iter()
         .any(|l| 2 * l.delay >= mptcp_core::relay::LONG_ROUND_TRIP);
     let expected = if long { "bbr" } else { "reno" };

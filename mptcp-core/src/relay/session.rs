@@ -776,7 +776,7 @@ pub(crate) struct Session {
     pub receive_buffer: usize,
     /// Under `congestion_control = "auto"`: whether its subflows run the
     /// long-round-trip congestion control (bbr, what they open with) rather
-    /// than the host's default.
+    /// than a loss-based one.
     pub long_round_trip_control: bool,
     /// When it was made.
     pub opened: Instant,

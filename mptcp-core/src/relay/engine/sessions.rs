@@ -661,22 +661,20 @@ impl Sessions {
             if long == session.long_round_trip_control || (!long && !settled) {
                 continue;
             }
-            let names = if long {
-                &[config::LONG_ROUND_TRIP_CONGESTION_CONTROL.to_owned()][..]
-            } else {
-                &short.0[..]
-            };
             let socket = socket2::SockRef::from(&session.socket);
-            // The first the kernel takes; where it refuses all, the session
-            // keeps what it has (and is not asked again until its round
-            // trips change).
-            let set = names
-                .iter()
-                .find(|name| socket.set_tcp_congestion(name.as_bytes()).is_ok());
+            let takes = |name: &&str| socket.set_tcp_congestion(name.as_bytes()).is_ok();
+            // For short round trips the first the kernel takes; where it
+            // refuses, the session keeps what it has (and is not asked again
+            // until its round trips change).
+            let set = if long {
+                Some(config::LONG_ROUND_TRIP_CONGESTION_CONTROL).filter(takes)
+            } else {
+                short.0.iter().map(String::as_str).find(takes)
+            };
             session.long_round_trip_control = long;
             tracing::debug!(
                 peer = %session.peer,
-                congestion_control = set.map_or("unchanged", String::as_str),
+                congestion_control = set.unwrap_or("unchanged"),
                 long_round_trip = long,
                 "relay: a session's congestion control follows its subflows' round trips"
             );
