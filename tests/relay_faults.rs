@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mptcp_testbed::data::{self, receive_and_check, send_pattern};
-use mptcp_testbed::{Daemon, Host, LinkSpec, RelayPath, danted_config};
+use mptcp_testbed::{CpuContention, Daemon, Host, LinkSpec, RelayPath, danted_config};
 
 const MPTCP: &str = env!("CARGO_BIN_EXE_mptcp");
 const REMOTE_PORT: u16 = 1080;
@@ -713,28 +713,6 @@ fn zombie(pid: u32) -> bool {
     })
 }
 
-/// Busy loops, one more than the cores (a small router's busy CPU); each
-/// ends by itself after two minutes at most, and all when dropped (each is
-/// a [`Daemon`]: its whole process group is killed, `timeout` and the
-/// shell it runs alike).
-struct CpuContention {
-    _loops: Vec<Daemon>,
-}
-
-impl CpuContention {
-    fn new() -> CpuContention {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let loops = (0..=cores)
-            .map(|_| {
-                let mut cmd = Command::new("timeout");
-                cmd.args(["120", "sh", "-c", "while :; do :; done"]);
-                Daemon::spawn(&mut cmd).unwrap()
-            })
-            .collect();
-        CpuContention { _loops: loops }
-    }
-}
-
 /// What one LAN client of the stress test does, by `seed`: a transfer that
 /// must complete intact (true), or one cut short on purpose (false).
 fn stress_client(chain: &Chain, seed: u64) -> bool {
@@ -788,7 +766,7 @@ fn stress_client(chain: &Chain, seed: u64) -> bool {
 #[test]
 fn aborts_resets_and_closing_destinations_under_cpu_contention_break_no_session() {
     let chain = Chain::new();
-    let _hogs = CpuContention::new();
+    let _hogs = CpuContention::new().unwrap();
     let mut complete = 0;
     for round in 0..4u64 {
         let done: Vec<bool> = std::thread::scope(|scope| {

@@ -431,6 +431,42 @@ fn limits_and_idle_timeout() {
     assert_eq!(echo_round_trip(d, b"again"), b"again");
 }
 
+/// A client whose connection the relay ended may open another at once:
+/// its slot is free by the time it sees the end, also when the workers
+/// wait for the CPU (each connection here is refused if the previous one's
+/// slot were still taken).
+#[test]
+fn a_connection_the_relay_ended_has_given_its_slot_back() {
+    // The destination resets each connection once it has a byte from it.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let resetter = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let _ = s.read(&mut [0u8; 1]);
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        }
+    });
+    let remote = RemoteConfig::new("127.0.0.1:0".parse().unwrap())
+        .user(USER, PASS)
+        .allow_destination("127.0.0.1".parse().unwrap());
+    let engine = EngineConfig {
+        max_connections_per_client: 1,
+        ..engine()
+    };
+    let relay = Relay::start(Config::new().engine(engine).remote(remote)).unwrap();
+    let proxy = relay.listener(ListenerKind::RemoteSocks5).unwrap();
+    let _hogs = mptcp_testbed::CpuContention::new().unwrap();
+    for round in 0..100 {
+        let mut s = socks_connect(proxy, Some((USER, PASS)), &TargetAddr::Ip(resetter))
+            .unwrap_or_else(|e| panic!("connection {round} refused: {e:?}\n{}", relay.stats()));
+        s.write_all(b"x").unwrap();
+        // The end: EOF or a reset, as the relay passes the destination's on.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    assert_eq!(relay.stats().error(ErrorKind::Limit), 0);
+}
+
 fn set_fd_limit(soft: u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -58,7 +58,7 @@ pub use privilege::{
     NOBODY, UnprivilegedCopy, enter_user_namespace, in_initial_user_namespace, require_privileges,
     run_ignored_test,
 };
-pub use process::{Daemon, build_preload_library, danted_config, redsocks_config};
+pub use process::{CpuContention, Daemon, build_preload_library, danted_config, redsocks_config};
 pub use stall::StallWatch;
 pub use topology::{RelayPath, TwoLinks, relay_path, relay_path_with, two_links, two_links_with};
 pub use transfer::{Proto, Transfer, TransferReport};

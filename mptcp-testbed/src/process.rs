@@ -209,3 +209,27 @@ mod tests {
         );
     }
 }
+
+/// Busy loops, one more than the cores (a small router's busy CPU); each
+/// ends by itself after two minutes at most, and all when dropped (each is
+/// a [`Daemon`]: its whole process group is killed, `timeout` and the
+/// shell it runs alike). For tests of what must hold under load.
+#[derive(Debug)]
+pub struct CpuContention {
+    _loops: Vec<Daemon>,
+}
+
+impl CpuContention {
+    /// Starts the loops.
+    pub fn new() -> io::Result<CpuContention> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let loops = (0..=cores)
+            .map(|_| {
+                let mut cmd = Command::new("timeout");
+                cmd.args(["120", "sh", "-c", "while :; do :; done"]);
+                Daemon::spawn(&mut cmd)
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(CpuContention { _loops: loops })
+    }
+}

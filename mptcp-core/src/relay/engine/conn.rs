@@ -226,6 +226,8 @@ pub(super) struct Admission {
     pub worker: usize,
     pub kind: Slot,
     pub client: IpAddr,
+    /// The slot is back already ([`Admission::give_back`]).
+    pub given_back: bool,
 }
 
 impl Admission {
@@ -241,11 +243,21 @@ impl Admission {
         self.kind = Slot::Connection;
         Ok(())
     }
+
+    /// Gives the slot back now, before the connection's sockets close: a
+    /// client that sees its connection end may open another at once, and
+    /// another worker admit it, while this one is still closing. (The
+    /// connection counts as closed when the admission is dropped.)
+    pub fn give_back(&mut self) {
+        if !std::mem::replace(&mut self.given_back, true) {
+            self.shared.limits.release(self.kind, self.client);
+        }
+    }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.shared.limits.release(self.kind, self.client);
+        self.give_back();
         Counters::add(&self.shared.counters[self.worker].closed, 1);
     }
 }
@@ -1273,8 +1285,10 @@ impl Conn {
     pub(super) fn fail(&mut self, phase: Phase, f: Failure, ctx: &mut Ctx) -> Next {
         ctx.counters().error(f.kind);
         tracing::debug!(client = %self.admission.client, kind = f.kind.name(), "relay: {}", f.detail);
-        // The upstream socket, if any, closes with the phase.
+        // The upstream socket, if any, closes with the phase; sockets of a
+        // connection that ends here close once its budget is back.
         let mut channel = None;
+        let mut ending: Vec<TcpStream> = Vec::new();
         let (client, stream, flowing) = match phase {
             Phase::Request {
                 client, channel: c, ..
@@ -1302,6 +1316,7 @@ impl Conn {
             }
             Phase::Tunnel { socket, stream, .. } => {
                 reset_on_close(&socket);
+                ending.push(socket);
                 (None, Some(stream), true)
             }
             Phase::Relay {
@@ -1309,10 +1324,21 @@ impl Conn {
             } => {
                 reset_on_close(&client);
                 reset_on_close(&upstream);
+                ending.extend([client, upstream]);
                 (None, None, true)
             }
             Phase::Associated { .. } | Phase::Closing { .. } | Phase::Closed => (None, None, true),
         };
+        // Once data flows the protocol answers are history: just close.
+        let answer_to = if flowing {
+            ending.extend(client);
+            None
+        } else {
+            client
+        };
+        if answer_to.is_none() {
+            self.admission.give_back();
+        }
         if let Some(mut stream) = stream {
             if self.answer == Answer::MuxReply
                 && !stream.state.reply_known()
@@ -1322,8 +1348,8 @@ impl Conn {
             }
             ctx.sessions.detach(stream, &mut ctx.pool, ctx.now);
         }
-        // Once data flows the protocol answers are history: just close.
-        let Some(mut client) = client.filter(|_| !flowing) else {
+        let Some(mut client) = answer_to else {
+            drop(ending);
             return Next::Close;
         };
         if !f.answered {

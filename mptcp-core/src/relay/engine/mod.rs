@@ -195,6 +195,7 @@ impl Ctx {
             worker: self.worker,
             kind,
             client: client_ip,
+            given_back: false,
         })
     }
 }
@@ -662,11 +663,12 @@ impl Worker {
         }
     }
 
-    /// Frees connection `key`'s slot; its stream leaves its session.
-    /// Dropping the rest closes its sockets (which also removes them from
-    /// epoll) and its pipes, and gives its admission back.
-    fn remove(&mut self, key: usize, conn: Conn) {
+    /// Frees connection `key`'s slot and gives its admission back; its
+    /// stream leaves its session. Dropping the rest closes its sockets
+    /// (which also removes them from epoll) and its pipes.
+    fn remove(&mut self, key: usize, mut conn: Conn) {
         self.conns.release(key);
+        conn.admission.give_back();
         if let Some(stream) = conn.phase.into_stream() {
             let ctx = &mut self.ctx;
             ctx.sessions.detach(stream, &mut ctx.pool, ctx.now);
