@@ -743,6 +743,8 @@ fn enable_writes_a_drop_in_and_disable_removes_it() {
 #[test]
 fn enable_gives_the_relay_password_as_a_credential() {
     use std::os::unix::fs::PermissionsExt;
+    // `enable` names the library in the drop-in: it must be there.
+    preload_library();
     let root = std::env::temp_dir().join(format!("mptcp-cli-enable-pw-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("usr/lib/systemd/system")).unwrap();
