@@ -37,9 +37,22 @@ fn build_package(dir: &Path) -> PathBuf {
     let profile_dir = Path::new(MPTCP).parent().unwrap();
     let target_dir = profile_dir.parent().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // What this test's build made (the command is this very binary's
-    // sibling), packaged fast: building it again with the package's own
-    // feature set and compressing it hard took 50 s of the suite.
+    // `cargo test` builds the command (this very binary's sibling) but not
+    // the libraries' cdylib and staticlib outputs: those are built here,
+    // and all is packaged fast (building the command again with the
+    // package's own feature set and compressing hard took 50 s of the suite).
+    run(Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "mptcp-preload",
+            "-p",
+            "mptcp-ffi",
+            "--lib",
+        ])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(root));
     run(Command::new(root.join("contrib/deb/build"))
         .args(["--prebuilt", "--fast", "--output"])
         .arg(dir)
