@@ -217,9 +217,9 @@ fn congestion_controls(host: &Host, filter: &str) -> BTreeMap<String, Vec<String
         .output()
         .unwrap();
     assert!(out.status.success(), "ss: {out:?}");
-    // `ss -i` prints a socket's details on a line of their own, the
-    // algorithm just before the window scales.
-    // A subflow's MPTCP details end it: `token:LOCAL(id:N)/PEER(id:M)`.
+    // `ss -i` prints a socket's details on a line of their own: the
+    // algorithm just before the window scales, and at the end a subflow's
+    // MPTCP details, `token:LOCAL(id:N)/PEER(id:M)`.
     let text = String::from_utf8_lossy(&out.stdout);
     let mut by_connection: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in text.lines() {
@@ -287,8 +287,8 @@ fn aggregates(links: &[&str]) {
     }
 }
 
-/// A download, then an upload of `length`, from `host` to a served `to`. A way that
-/// carries less than `least` gets one more try, the
+/// A download, then an upload, each of `length`, from `host` to a served
+/// `to`. A way that carries less than `least` gets one more try, the
 /// better counting: on the first mix, with bbr, single transfers range
 /// from 0.82 to 0.98 of the sum (direct MPTCP as through the chain); a
 /// loss-based algorithm stays near 0.55 every time, which this still

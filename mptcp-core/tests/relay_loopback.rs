@@ -44,10 +44,16 @@ fn engine() -> EngineConfig {
 }
 
 fn remote_relay() -> RelayHandle {
+    remote_relay_with(engine())
+}
+
+/// A remote relay on loopback that takes the test's password and relays
+/// to loopback, with `engine`.
+fn remote_relay_with(engine: EngineConfig) -> RelayHandle {
     let remote = RemoteConfig::new("127.0.0.1:0".parse().unwrap())
         .user(USER, PASS)
         .allow_destination("127.0.0.1".parse().unwrap());
-    Relay::start(Config::new().engine(engine()).remote(remote)).unwrap()
+    Relay::start(Config::new().engine(engine).remote(remote)).unwrap()
 }
 
 fn local_relay(remote: SocketAddr) -> RelayHandle {
@@ -403,15 +409,12 @@ fn graceful_shutdown_drains_open_connections() {
 #[test]
 fn limits_and_idle_timeout() {
     let (echo, _e) = echo_server();
-    let remote = RemoteConfig::new("127.0.0.1:0".parse().unwrap())
-        .user(USER, PASS)
-        .allow_destination("127.0.0.1".parse().unwrap());
     let engine = EngineConfig {
         max_connections_per_client: 2,
         idle_timeout_secs: 1,
         ..engine()
     };
-    let relay = Relay::start(Config::new().engine(engine).remote(remote)).unwrap();
+    let relay = remote_relay_with(engine);
     let proxy = relay.listener(ListenerKind::RemoteSocks5).unwrap();
     let mut a = socks_connect(proxy, Some((USER, PASS)), &TargetAddr::Ip(echo)).unwrap();
     let _b = socks_connect(proxy, Some((USER, PASS)), &TargetAddr::Ip(echo)).unwrap();
@@ -446,14 +449,11 @@ fn a_connection_the_relay_ended_has_given_its_slot_back() {
             let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
         }
     });
-    let remote = RemoteConfig::new("127.0.0.1:0".parse().unwrap())
-        .user(USER, PASS)
-        .allow_destination("127.0.0.1".parse().unwrap());
     let engine = EngineConfig {
         max_connections_per_client: 1,
         ..engine()
     };
-    let relay = Relay::start(Config::new().engine(engine).remote(remote)).unwrap();
+    let relay = remote_relay_with(engine);
     let proxy = relay.listener(ListenerKind::RemoteSocks5).unwrap();
     let _hogs = mptcp_testbed::CpuContention::new().unwrap();
     for round in 0..100 {
@@ -497,15 +497,12 @@ fn emfile_child() {
         "lowers the process's fd limit"
     );
     let (echo, _e) = echo_server();
-    let remote = RemoteConfig::new("127.0.0.1:0".parse().unwrap())
-        .user(USER, PASS)
-        .allow_destination("127.0.0.1".parse().unwrap());
     let engine = EngineConfig {
         workers: 1,
         raise_fd_limit: false,
         ..engine()
     };
-    let relay = Relay::start(Config::new().engine(engine).remote(remote)).unwrap();
+    let relay = remote_relay_with(engine);
     let proxy = relay.listener(ListenerKind::RemoteSocks5).unwrap();
     let mut held: Vec<TcpStream> = (0..3)
         .map(|_| socks_connect(proxy, Some((USER, PASS)), &TargetAddr::Ip(echo)).unwrap())
