@@ -3,7 +3,8 @@
 //! connection), their sum, direct MPTCP between the router and the server,
 //! the multiplexed relay chain, and shadowsocks-libev made MPTCP by the
 //! preload library (as OpenMPTCProuter runs it, with mptcpize), each as a
-//! download and an upload, [`RUNS`] times (`RELAY_BENCH_RUNS`). Rates are
+//! download and an upload, [`RUNS`] times (`RELAY_BENCH_RUNS`; only some
+//! mixes with `RELAY_BENCH_MIXES=0,2`, by their index in [`MIXES`]). Rates are
 //! the receiver's after the first second (`mptcp_testbed::rates`). Then a
 //! 1-byte echo during a bulk transfer, through the chain and over the
 //! fastest link alone (routed TCP on WAN link 0, queueing behind its own
@@ -48,7 +49,16 @@ type Rates = [f64; 2];
 /// Runs every mix and prints its runs and a summary.
 pub(super) fn run() {
     let runs = std::env::var("RELAY_BENCH_RUNS").map_or(RUNS, |n| n.parse().unwrap_or(RUNS));
-    for mix in MIXES {
+    // `RELAY_BENCH_MIXES=0,2`: only those mixes (by index in MIXES).
+    let chosen: Option<Vec<usize>> = std::env::var("RELAY_BENCH_MIXES").ok().map(|list| {
+        list.split(',')
+            .filter_map(|i| i.trim().parse().ok())
+            .collect()
+    });
+    for (i, mix) in MIXES.iter().enumerate() {
+        if chosen.as_ref().is_some_and(|c| !c.contains(&i)) {
+            continue;
+        }
         let specs: Vec<LinkSpec> = mix.iter().map(|l| l.parse().expect("link spec")).collect();
         let rp = mptcp_testbed::relay_path_with(&specs).expect("test bed");
         measure_mix(&rp, &mix.join(" + "), runs);
