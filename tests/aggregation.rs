@@ -83,6 +83,185 @@ fn a_small_stream_window_grows_to_what_the_path_holds() {
     );
 }
 
+/// A session that sends bulk data again after small frames only starts
+/// bbr over where bbr took those frames for the long link's rate
+/// (`outbound::restart_bbr_if_it_forgot`). An echo of one byte at a time
+/// on the relays' first session, then a download on the same session:
+/// every subflow of the remote relay (the sender) on the long link that
+/// paced at under 4 segments per round trip when the download began is in
+/// bbr's startup (pacing gain 2.89) soon after, and the download carries
+/// most of what the next one on the warm session does (without the
+/// restart the benchmark's first runs carried 0.34 to 0.58 of the links'
+/// sum after such a session).
+#[test]
+fn a_session_that_carried_small_frames_only_finds_the_long_links_rate() {
+    use std::io::{Read, Write};
+    let mix = Mix::new(&["20:5ms", "20:75ms"]);
+    mix.congestion_control("reno");
+    // One worker: the echo and the downloads take its sessions (a second
+    // worker would open one of its own for the first download).
+    let _relays = Relays::start(&mix.rp, "[engine]\nworkers = 1\n");
+    let echo_at = SocketAddr::new(mix.rp.dest_addr().into(), ECHO_PORT);
+    let echo = mix
+        .rp
+        .dest
+        .run(|| std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, ECHO_PORT))))
+        .unwrap();
+    std::thread::spawn(move || {
+        for mut s in echo.incoming().flatten() {
+            let _ = std::io::copy(&mut s.try_clone().unwrap(), &mut s);
+        }
+    });
+    // The echo's bytes take the long link: the local relay's subflow on
+    // the fast one is a backup (MP_PRIO tells the remote relay) meanwhile.
+    let endpoint = |args: String| {
+        let status = mix
+            .rp
+            .local
+            .command("ip")
+            .args(["mptcp", "endpoint"])
+            .args(args.split(' '))
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip mptcp endpoint {args}");
+    };
+    endpoint(format!("add {} dev wan0 id 9", mix.rp.local_wan_addr(0)));
+    endpoint("change id 9 backup".to_owned());
+    mix.rp.lan.run(|| {
+        let mut s = std::net::TcpStream::connect(echo_at).unwrap();
+        s.set_nodelay(true).unwrap();
+        let until = std::time::Instant::now() + 2 * TRANSFER;
+        while std::time::Instant::now() < until {
+            s.write_all(b"x").unwrap();
+            s.read_exact(&mut [0u8; 1]).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    endpoint("change id 9 nobackup".to_owned());
+    let at = SocketAddr::new(mix.rp.dest_addr().into(), DEST_PORT);
+    let download = || {
+        // Past the echo's close: the download takes the first session.
+        std::thread::sleep(Duration::from_millis(400));
+        mix.rp
+            .lan
+            .run(|| rates::measure(Proto::Tcp, at, Way::Down, TRANSFER))
+            .unwrap()
+    };
+    let forgot: Vec<String> = long_subflows(&mix.rp.remote)
+        .into_iter()
+        .filter(|s| s.forgot_rate)
+        .map(|s| s.peer)
+        .collect();
+    let (after_echo, restarted) = std::thread::scope(|scope| {
+        let after_echo = scope.spawn(download);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut restarted = Vec::new();
+        while restarted.len() < forgot.len() && std::time::Instant::now() < deadline {
+            for s in long_subflows(&mix.rp.remote) {
+                if s.starting && forgot.contains(&s.peer) && !restarted.contains(&s.peer) {
+                    restarted.push(s.peer);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (after_echo.join().unwrap(), restarted)
+    });
+    let warm = download();
+    eprintln!(
+        "  download after the echo {after_echo:.1}, then {warm:.1} Mbit/s; long subflows \
+         that forgot their rate: {forgot:?}, started over: {restarted:?}"
+    );
+    assert_eq!(
+        restarted.len(),
+        forgot.len(),
+        "bbr did not start over on each of {forgot:?}"
+    );
+    assert!(
+        after_echo >= 0.8 * warm,
+        "the download after the echo carried {after_echo:.1} Mbit/s, the next {warm:.1}"
+    );
+}
+
+/// The port of the test's echo server on the destination.
+const ECHO_PORT: u16 = 5104;
+
+/// A subflow of the relays' sessions on a long link (a least round trip
+/// of 20 ms or more), seen from `host`'s side.
+#[derive(Debug)]
+struct LongSubflow {
+    /// The other relay's address and port.
+    peer: String,
+    /// bbr is in its startup (pacing gain 2.89).
+    starting: bool,
+    /// It has sent data and paces at under 4 segments per round trip.
+    forgot_rate: bool,
+}
+
+/// The subflows on long links of the sessions in `host` (the remote
+/// relay's side).
+fn long_subflows(host: &Host) -> Vec<LongSubflow> {
+    let out = host
+        .command("ss")
+        .args([
+            "-tinH",
+            "state",
+            "established",
+            &format!("sport = :{REMOTE_PORT}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ss: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    // A socket's addresses on one line (`0 0 LOCAL PEER`), its details on
+    // the next: `... mss:1448 ... bytes_acked:N ... bbr:(bw:…,mrtt:…,
+    // pacing_gain:2.88672,cwnd_gain:2.88672) ... pacing_rate 94.8kbps ...
+    // minrtt:150.1 ...`.
+    let mut subflows = Vec::new();
+    for pair in lines.windows(2) {
+        let (addresses, details) = (pair[0], pair[1]);
+        let Some(peer) = addresses.split_whitespace().nth(3) else {
+            continue;
+        };
+        let words: Vec<&str> = details.split_whitespace().collect();
+        let field = |name: &str| words.iter().find_map(|w| w.strip_prefix(name));
+        let number = |name: &str| field(name).and_then(|n| n.parse::<f64>().ok());
+        let (Some(bbr), Some(rtt_ms), Some(mss)) =
+            (field("bbr:("), number("minrtt:"), number("mss:"))
+        else {
+            continue;
+        };
+        if rtt_ms < 20.0 {
+            continue;
+        }
+        let pacing = words
+            .iter()
+            .position(|w| *w == "pacing_rate")
+            .and_then(|i| words.get(i + 1))
+            .and_then(|rate| bits_per_second(rate))
+            .unwrap_or(f64::INFINITY);
+        let sent = number("bytes_acked:").unwrap_or(0.0) > 1.0;
+        subflows.push(LongSubflow {
+            peer: peer.to_owned(),
+            starting: bbr.contains("pacing_gain:2.88"),
+            forgot_rate: sent && pacing / 8.0 * rtt_ms / 1000.0 < 4.0 * mss,
+        });
+    }
+    subflows
+}
+
+/// `ss`'s rates: `94.8kbps`, `19.7Mbps`, `1.2Gbps`, `800bps`.
+fn bits_per_second(rate: &str) -> Option<f64> {
+    let number = rate.strip_suffix("bps")?;
+    let (digits, scale) = match number.as_bytes().last()? {
+        b'k' => (&number[..number.len() - 1], 1e3),
+        b'M' => (&number[..number.len() - 1], 1e6),
+        b'G' => (&number[..number.len() - 1], 1e9),
+        _ => (number, 1.0),
+    };
+    digits.parse::<f64>().ok().map(|n| n * scale)
+}
+
 /// Download and upload rates, Mbit/s.
 #[derive(Clone, Copy, Debug, Default)]
 struct Rates {

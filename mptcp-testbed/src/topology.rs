@@ -95,6 +95,11 @@ impl RelayPath {
         Ipv4Addr::new(198, 19, 1, 1)
     }
 
+    /// The local node's address on WAN link `link`, 198.18.`link`.1.
+    pub fn local_wan_addr(&self, link: usize) -> Ipv4Addr {
+        wan_addr(link, 1)
+    }
+
     /// The remote node's address on WAN link 0, 198.18.0.2: where an MPTCP
     /// connection from `local` goes to use all WAN links.
     pub fn remote_addr(&self) -> Ipv4Addr {

@@ -759,6 +759,8 @@ pub(crate) struct Session {
     /// stream's frames would queue behind it (in the subflows' send
     /// queues, which the relay cannot reorder), so it goes elsewhere.
     pub busy_until: Instant,
+    /// When this relay last sent a bulk frame on it (or when it was made).
+    pub bulk_sent_at: Instant,
     /// When a frame last went either way (idle spare sessions retire).
     pub last_active: Instant,
     /// Since when it has fewer subflows than there are usable links.
@@ -807,6 +809,7 @@ impl Session {
             dirty: false,
             deadline,
             busy_until: Instant::now(),
+            bulk_sent_at: Instant::now(),
             last_active: Instant::now(),
             short_since: None,
             ping_sent: None,

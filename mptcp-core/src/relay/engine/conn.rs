@@ -1249,7 +1249,7 @@ impl Conn {
         let bulk = stream.is_bulk() && sent.bytes > 0;
         ctx.sessions.mark_dirty(s, ctx.now);
         if bulk {
-            ctx.sessions.mark_busy(s, ctx.now);
+            ctx.sessions.mark_sending_bulk(s, ctx.now);
         }
         if stream.inbound_finished() {
             if stream.outbound_finished() {

@@ -59,6 +59,11 @@ pub(super) const RETRY_AFTER_CLOSE: Duration = Duration::from_secs(60);
 pub(super) const SESSION_HANDSHAKE_BYTES: usize = 1024;
 /// A session counts as busy this long after its last bulk frame.
 const BUSY_HOLD: Duration = Duration::from_millis(200);
+/// A session that sends bulk frames again after this long starts bbr over
+/// where it forgot its rate ([`outbound::restart_bbr_if_it_forgot`]): ten
+/// round trips of small frames (1.5 s at the 150 ms where `auto` runs bbr)
+/// can have replaced the rate it learnt.
+const BBR_RESTART_QUIET: Duration = Duration::from_secs(2);
 /// How often a worker compares its sessions' subflows with the usable links.
 const LINK_CHECK: Duration = Duration::from_secs(1);
 /// How long a session may have fewer subflows than usable links (the path
@@ -801,6 +806,26 @@ impl Sessions {
             self.mark_dirty(stream.session, now);
         }
         stream.release(pool);
+    }
+
+    /// This relay sends a bulk frame on session `s`: if it sent none for
+    /// [`BBR_RESTART_QUIET`], bbr may start over on its subflows (what it
+    /// received meanwhile does not count: bbr's rate is the sender's, and
+    /// a session that just carried an upload to this relay has sent it
+    /// only small frames). Then as [`Sessions::mark_busy`].
+    pub(super) fn mark_sending_bulk(&mut self, s: usize, now: Instant) {
+        if let Some(session) = self.slab.get_mut(s) {
+            let quiet = now.saturating_duration_since(session.bulk_sent_at);
+            session.bulk_sent_at = now;
+            if quiet >= BBR_RESTART_QUIET && outbound::restart_bbr_if_it_forgot(&session.socket) {
+                tracing::debug!(
+                    peer = %session.peer,
+                    quiet_ms = u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX),
+                    "relay: a session sends bulk data again: bbr starts over"
+                );
+            }
+        }
+        self.mark_busy(s, now);
     }
 
     /// A bulk frame went through session `s`: it is busy for a while. A
