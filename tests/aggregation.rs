@@ -200,18 +200,7 @@ struct LongSubflow {
 /// The subflows on long links of the sessions in `host` (the remote
 /// relay's side).
 fn long_subflows(host: &Host) -> Vec<LongSubflow> {
-    let out = host
-        .command("ss")
-        .args([
-            "-tinH",
-            "state",
-            "established",
-            &format!("sport = :{REMOTE_PORT}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ss: {out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = established_sockets(host, &format!("sport = :{REMOTE_PORT}"));
     let lines: Vec<&str> = text.lines().collect();
     // A socket's addresses on one line (`0 0 LOCAL PEER`), its details on
     // the next: `... mss:1448 ... bytes_acked:N ... bbr:(bw:…,mrtt:…,
@@ -231,7 +220,7 @@ fn long_subflows(host: &Host) -> Vec<LongSubflow> {
         else {
             continue;
         };
-        if rtt_ms < 20.0 {
+        if rtt_ms < mptcp_core::relay::LONG_ROUND_TRIP.as_secs_f64() * 1000.0 {
             continue;
         }
         let pacing = words
@@ -248,6 +237,18 @@ fn long_subflows(host: &Host) -> Vec<LongSubflow> {
         });
     }
     subflows
+}
+
+/// `ss -tinH state established FILTER` in `host`: each TCP socket's
+/// addresses on a line, its details (`-i`) on the next.
+fn established_sockets(host: &Host, filter: &str) -> String {
+    let out = host
+        .command("ss")
+        .args(["-tinH", "state", "established", filter])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ss: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `ss`'s rates: `94.8kbps`, `19.7Mbps`, `1.2Gbps`, `800bps`.
@@ -390,16 +391,10 @@ impl Mix {
 /// only received has no round trip of its own for `auto` to judge, and its
 /// sender's algorithm does not act on it), by connection (the peer's token).
 fn congestion_controls(host: &Host, filter: &str) -> BTreeMap<String, Vec<String>> {
-    let out = host
-        .command("ss")
-        .args(["-tinH", "state", "established", filter])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ss: {out:?}");
     // `ss -i` prints a socket's details on a line of their own: the
     // algorithm just before the window scales, and at the end a subflow's
     // MPTCP details, `token:LOCAL(id:N)/PEER(id:M)`.
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = established_sockets(host, filter);
     let mut by_connection: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
