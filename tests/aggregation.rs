@@ -101,17 +101,7 @@ fn a_session_that_carried_small_frames_only_finds_the_long_links_rate() {
     // One worker: the echo and the downloads take its sessions (a second
     // worker would open one of its own for the first download).
     let _relays = Relays::start(&mix.rp, "[engine]\nworkers = 1\n");
-    let echo_at = SocketAddr::new(mix.rp.dest_addr().into(), ECHO_PORT);
-    let echo = mix
-        .rp
-        .dest
-        .run(|| std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, ECHO_PORT))))
-        .unwrap();
-    std::thread::spawn(move || {
-        for mut s in echo.incoming().flatten() {
-            let _ = std::io::copy(&mut s.try_clone().unwrap(), &mut s);
-        }
-    });
+    let echo_at = serve_echo(&mix.rp);
     // The echo's bytes take the long link: the local relay's subflow on
     // the fast one is a backup (MP_PRIO tells the remote relay) meanwhile.
     let endpoint = |args: String| {
@@ -182,8 +172,103 @@ fn a_session_that_carried_small_frames_only_finds_the_long_links_rate() {
     );
 }
 
+/// A 1-byte echo beside a download, then beside an upload, through the
+/// chain on 20 Mbit/s at 5 ms + 20 at 75 ms keeps to the fast link: an echo
+/// that crosses the long link one way takes 80 ms or more, and at most one
+/// in a hundred may. The local relay's PINGs on the echo's session held the
+/// fast link's subflow busy for a round trip (the PING's, then the PONG's
+/// on the remote relay), and the kernel's scheduler sent the next small
+/// frame on the idle long one: 8 or 9 echoes in about 105 crossed it
+/// beside a download, one per PING.
+#[test]
+fn small_requests_beside_bulk_transfers_keep_to_the_fast_link() {
+    let mix = Mix::new(&["20:5ms", "20:75ms"]);
+    mix.congestion_control("reno");
+    let _relays = Relays::start(&mix.rp, "");
+    let echo_at = serve_echo(&mix.rp);
+    for way in [Way::Down, Way::Up] {
+        let times = echoes_beside(&mix, echo_at, way);
+        // The first echo also opens the stream (and its session may have a
+        // PING in flight: it is idle until then).
+        let long: Vec<_> = times
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(_, t)| **t >= Duration::from_millis(80))
+            .collect();
+        assert!(
+            long.len() * 100 <= times.len(),
+            "{way:?}: {} of {} echoes crossed the long link (the first not counted): {long:?}",
+            long.len(),
+            times.len()
+        );
+    }
+}
+
+/// 1-byte round trips through the chain for [`TRANSFER`], from 2 s into a
+/// bulk transfer of twice as long (`way` from the LAN's side).
+fn echoes_beside(mix: &Mix, echo_at: SocketAddr, way: Way) -> Vec<Duration> {
+    let at = SocketAddr::new(mix.rp.dest_addr().into(), DEST_PORT);
+    let times = std::thread::scope(|scope| {
+        let bulk = scope.spawn(|| {
+            mix.rp
+                .lan
+                .run(|| rates::measure(Proto::Tcp, at, way, 2 * TRANSFER))
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let echo = mix.rp.lan.run(|| std::net::TcpStream::connect(echo_at));
+        let times = echo_for(echo.unwrap(), TRANSFER);
+        let rate = bulk.join().unwrap();
+        eprintln!("  {way:?} beside the echo: {rate:.1} Mbit/s");
+        times
+    });
+    let mut sorted = times.clone();
+    sorted.sort();
+    eprintln!(
+        "  {} echoes beside {way:?}: p50 {:?}, p99 {:?}, worst {:?}",
+        times.len(),
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() * 99 / 100],
+        sorted[sorted.len() - 1],
+    );
+    times
+}
+
+/// 1-byte round trips on `s` for `length`, 10 ms apart.
+fn echo_for(mut s: std::net::TcpStream, length: Duration) -> Vec<Duration> {
+    use std::io::{Read, Write};
+    s.set_nodelay(true).unwrap();
+    let until = std::time::Instant::now() + length;
+    std::iter::from_fn(|| {
+        (std::time::Instant::now() < until).then(|| {
+            let started = std::time::Instant::now();
+            s.write_all(b"x").unwrap();
+            s.read_exact(&mut [0u8; 1]).unwrap();
+            let took = started.elapsed();
+            std::thread::sleep(Duration::from_millis(10));
+            took
+        })
+    })
+    .collect()
+}
+
 /// The port of the test's echo server on the destination.
 const ECHO_PORT: u16 = 5104;
+
+/// Starts an echo server on the destination; returns its address.
+fn serve_echo(rp: &RelayPath) -> SocketAddr {
+    let echo = rp
+        .dest
+        .run(|| std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, ECHO_PORT))))
+        .unwrap();
+    std::thread::spawn(move || {
+        for mut s in echo.incoming().flatten() {
+            let _ = std::io::copy(&mut s.try_clone().unwrap(), &mut s);
+        }
+    });
+    SocketAddr::new(rp.dest_addr().into(), ECHO_PORT)
+}
 
 /// A subflow of the relays' sessions on a long link (a least round trip
 /// of 20 ms or more), seen from `host`'s side.
@@ -544,7 +629,7 @@ impl Relays {
         rp.local
             .nft(&format!(
                 "table ip aggregation {{\n chain prerouting {{\n  type nat hook prerouting priority dstnat;\n  \
-                 iifname \"lan0\" tcp dport {DEST_PORT} redirect to :{REDIRECT_PORT}\n }}\n}}\n"
+                 iifname \"lan0\" tcp dport {{ {DEST_PORT}, {ECHO_PORT} }} redirect to :{REDIRECT_PORT}\n                  }}\n}}\n"
             ))
             .unwrap();
         Relays {
