@@ -253,6 +253,62 @@ fn echo_for(mut s: std::net::TcpStream, length: Duration) -> Vec<Duration> {
     .collect()
 }
 
+/// A new connection does not go to a session whose upload waits for room
+/// to send: during an upload through the chain on 20 + 5 Mbit/s, both
+/// links slow to 1 Mbit/s for 2.5 s, so that the local relay's session
+/// cannot take the upload's frames and sends none, and a 1-byte echo opened
+/// then does not queue behind the upload once the links are back: its
+/// median stays within 30 ms (5-6 ms; the fast link alone beside its own
+/// transfer 7). A session counted as busy only for 200 ms after a bulk
+/// frame went out; the echo then took the upload's session and waited
+/// behind the 150-480 kB in its subflows' send queues.
+#[test]
+fn a_new_connection_does_not_queue_behind_an_upload_that_waits_for_room() {
+    let mix = Mix::new(&["20", "5"]);
+    mix.congestion_control("reno");
+    let echo_at = serve_echo(&mix.rp);
+    // One worker: the upload and the echo share its sessions.
+    let _relays = Relays::start(&mix.rp, "[engine]\nworkers = 1\n");
+    let rates_to = |slow: bool| {
+        for (link, spec) in mix.rp.wan.iter().zip(&mix.specs) {
+            link.set_rate(if slow { Some(1) } else { spec.rate_mbit })
+                .unwrap();
+        }
+    };
+    let at = SocketAddr::new(mix.rp.dest_addr().into(), DEST_PORT);
+    let times = std::thread::scope(|scope| {
+        let upload = scope.spawn(|| {
+            mix.rp
+                .lan
+                .run(|| rates::measure(Proto::Tcp, at, Way::Up, 2 * TRANSFER))
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        rates_to(true);
+        std::thread::sleep(Duration::from_millis(2500));
+        let echo = mix.rp.lan.run(|| std::net::TcpStream::connect(echo_at));
+        std::thread::sleep(Duration::from_millis(300));
+        rates_to(false);
+        let times = echo_for(echo.unwrap(), Duration::from_secs(3));
+        let rate = upload.join().unwrap();
+        eprintln!("  upload beside the echo: {rate:.1} Mbit/s");
+        times
+    });
+    let mut sorted = times.clone();
+    sorted.sort();
+    let p50 = sorted[sorted.len() / 2];
+    eprintln!(
+        "  {} echoes: p50 {p50:?}, worst {:?}",
+        sorted.len(),
+        sorted[sorted.len() - 1]
+    );
+    assert!(
+        p50 < Duration::from_millis(30),
+        "the echo beside the upload took {p50:?} (median of {})",
+        sorted.len()
+    );
+}
+
 /// The port of the test's echo server on the destination.
 const ECHO_PORT: u16 = 5104;
 

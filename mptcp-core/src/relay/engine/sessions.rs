@@ -334,7 +334,8 @@ impl Sessions {
     ///
     /// An open session that is not busy with a bulk transfer comes first;
     /// then one being set up; then a new one (up to `max_sessions`); then
-    /// the busy session whose bulk transfer is oldest. A dedicated
+    /// the busy session whose bulk transfer is oldest, one that cannot take
+    /// what its connections have to send last. A dedicated
     /// session is always new.
     pub(super) fn place(&mut self, remote: usize, now: Instant) -> Option<Placement> {
         let dialer = self.dialers.get(remote)?;
@@ -350,7 +351,9 @@ impl Sessions {
         let open = || listed().filter(|(_, x)| x.accepts_streams());
         let idle = open().find(|(_, x)| !x.is_busy(now)).map(|(s, _)| s);
         let starting = listed().find(|(_, x)| x.is_starting()).map(|(s, _)| s);
-        let least_busy = open().min_by_key(|(_, x)| x.busy_until).map(|(s, _)| s);
+        let least_busy = open()
+            .min_by_key(|(_, x)| (!x.blocked.is_empty(), x.busy_until))
+            .map(|(s, _)| s);
         let room = dialer.open.len() < dialer.max_sessions;
         if let Some(s) = idle {
             return Some(Placement::Open(s));
