@@ -380,12 +380,12 @@ fn long_subflows(host: &Host) -> Vec<LongSubflow> {
     subflows
 }
 
-/// `ss -tinH state established FILTER` in `host`: each TCP socket's
-/// addresses on a line, its details (`-i`) on the next.
+/// `ss -tinmH state established FILTER` in `host`: each TCP socket's
+/// addresses on a line, its details (`-i`, `-m`) on the next.
 fn established_sockets(host: &Host, filter: &str) -> String {
     let out = host
         .command("ss")
-        .args(["-tinH", "state", "established", filter])
+        .args(["-tinmH", "state", "established", filter])
         .output()
         .unwrap();
     assert!(out.status.success(), "ss: {out:?}");
@@ -506,6 +506,7 @@ impl Mix {
         let Some(expected) = expected else {
             return rates;
         };
+        self.assert_send_buffers_fit();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             let controls = [
@@ -527,24 +528,116 @@ impl Mix {
     }
 }
 
+impl Mix {
+    /// On links whose round trips differ (the longest at least
+    /// `LONG_ROUND_TRIP` and twice the shortest), the session that carried
+    /// the download (on the remote relay) and the one that carried the
+    /// upload (on the local relay) hold one and a half times the links'
+    /// data of the longest round trip in each subflow's send buffer: the
+    /// short link's subflow must queue as long as the long one's takes to
+    /// deliver, which its own autotuning does not give it on the first mix
+    /// (540 kB at 20 Mbit/s and a 10 ms round trip, against 1.1 MB asked
+    /// for here; the relay sets about 3 MB).
+    fn assert_send_buffers_fit(&self) {
+        let round_trips: Vec<Duration> = self.specs.iter().map(|l| 2 * l.delay).collect();
+        let (Some(&shortest), Some(&longest)) =
+            (round_trips.iter().min(), round_trips.iter().max())
+        else {
+            return;
+        };
+        if longest < mptcp_core::relay::LONG_ROUND_TRIP || longest < 2 * shortest {
+            return;
+        }
+        let rates: u64 = self
+            .specs
+            .iter()
+            .filter_map(|l| l.rate_mbit)
+            .map(u64::from)
+            .sum();
+        let least = 1.5 * rates as f64 * 1e6 / 8.0 * longest.as_secs_f64();
+        for (host, filter, way) in [
+            (
+                &self.rp.remote,
+                format!("sport = :{REMOTE_PORT}"),
+                "download",
+            ),
+            (&self.rp.local, format!("dport = :{REMOTE_PORT}"), "upload"),
+        ] {
+            let buffers = bulk_send_buffers(host, &filter);
+            assert!(
+                buffers.values().any(|&b| b as f64 >= least),
+                "no session that carried the {way} holds {least:.0} bytes in each subflow's \
+                 send buffer (least by connection: {buffers:?})"
+            );
+        }
+    }
+}
+
 /// The congestion control of each established MPTCP subflow in `host` that
 /// `filter` (an `ss` filter) selects and that has sent data (a join that
 /// only received has no round trip of its own for `auto` to judge, and its
 /// sender's algorithm does not act on it), by connection (the peer's token).
 fn congestion_controls(host: &Host, filter: &str) -> BTreeMap<String, Vec<String>> {
-    // `ss -i` prints a socket's details on a line of their own: the
-    // algorithm just before the window scales, and at the end a subflow's
-    // MPTCP details, `token:LOCAL(id:N)/PEER(id:M)`.
-    let text = established_sockets(host, filter);
     let mut by_connection: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for sf in subflows_of(host, filter)
+        .into_iter()
+        .filter(|sf| sf.acked > 1)
+    {
+        by_connection
+            .entry(sf.token)
+            .or_default()
+            .push(sf.congestion_control);
+    }
+    by_connection
+}
+
+/// The least send buffer among the subflows of each MPTCP connection in
+/// `host` that `filter` selects which carried a bulk transfer (a MiB or
+/// more acknowledged), by connection (the peer's token).
+fn bulk_send_buffers(host: &Host, filter: &str) -> BTreeMap<String, u64> {
+    let mut by_connection: BTreeMap<String, u64> = BTreeMap::new();
+    for sf in subflows_of(host, filter)
+        .into_iter()
+        .filter(|sf| sf.acked >= 1 << 20)
+    {
+        let least = by_connection.entry(sf.token).or_insert(u64::MAX);
+        *least = (*least).min(sf.send_buffer);
+    }
+    by_connection
+}
+
+/// An established MPTCP subflow, from `ss -tinm`.
+struct SubflowDetails {
+    /// The peer's MPTCP token: the subflows of a connection share it.
+    token: String,
+    congestion_control: String,
+    /// Bytes acknowledged.
+    acked: u64,
+    /// The socket's send buffer (`skmem` `tb`), bytes.
+    send_buffer: u64,
+}
+
+fn subflows_of(host: &Host, filter: &str) -> Vec<SubflowDetails> {
+    // `ss -i` prints a socket's details on a line of their own:
+    // `skmem:(r0,rb…,t0,tb69120,…)`, the algorithm just before the window
+    // scales, and at the end a subflow's MPTCP details,
+    // `token:LOCAL(id:N)/PEER(id:M)`.
+    let text = established_sockets(host, filter);
+    let mut subflows = Vec::new();
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         let Some(at) = words.iter().position(|w| w.starts_with("wscale:")) else {
             continue;
         };
-        let acked: u64 = words
+        let acked = words
             .iter()
             .find_map(|w| w.strip_prefix("bytes_acked:"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let send_buffer = words
+            .iter()
+            .find_map(|w| w.strip_prefix("skmem:("))
+            .and_then(|m| m.split(',').find_map(|f| f.strip_prefix("tb")))
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
         let token = words
@@ -552,14 +645,16 @@ fn congestion_controls(host: &Host, filter: &str) -> BTreeMap<String, Vec<String
             .find_map(|w| w.strip_prefix("token:"))
             .and_then(|t| t.split('/').nth(1))
             .and_then(|peer| peer.split('(').next());
-        if let Some(token) = token.filter(|_| at > 0 && acked > 1) {
-            by_connection
-                .entry(token.to_owned())
-                .or_default()
-                .push(words[at - 1].to_owned());
+        if let Some(token) = token.filter(|_| at > 0) {
+            subflows.push(SubflowDetails {
+                token: token.to_owned(),
+                congestion_control: words[at - 1].to_owned(),
+                acked,
+                send_buffer,
+            });
         }
     }
-    by_connection
+    subflows
 }
 
 /// Measures the links alone, direct MPTCP and the chain (default relay

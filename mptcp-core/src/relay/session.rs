@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use super::outbound;
 use super::seal::{Initiator, Opened, Opener, Sealer};
 use super::splice::{self, Pipe, PipePool};
 use crate::mux::{self, Control, HEADER_LEN, Header, SessionState};
@@ -761,6 +762,8 @@ pub(crate) struct Session {
     pub busy_until: Instant,
     /// When this relay last sent a bulk frame on it (or when it was made).
     pub bulk_sent_at: Instant,
+    /// When sending bulk frames next fits the send buffer to the subflows.
+    pub send_buffer_due: Instant,
     /// When a frame last went either way (idle spare sessions retire).
     pub last_active: Instant,
     /// Since when it has fewer subflows than there are usable links.
@@ -810,6 +813,7 @@ impl Session {
             deadline,
             busy_until: Instant::now(),
             bulk_sent_at: Instant::now(),
+            send_buffer_due: Instant::now(),
             last_active: Instant::now(),
             short_since: None,
             ping_sent: None,
@@ -843,21 +847,29 @@ impl Session {
         }
     }
 
-    /// Each subflow's path (local and remote address) with its least round
-    /// trip so far, where that measures the path: not for a subflow that
-    /// has had no data acknowledged after a retransmission timeout (a join
-    /// whose handshake was sent again measured the timeout, a second or
-    /// more). Empty when the kernel does not say (plain TCP).
+    /// Each subflow's path (local and remote address) with its round trip
+    /// where it has measured it (`outbound::path_round_trip`). Empty when
+    /// the kernel does not say (plain TCP).
     pub(crate) fn subflow_round_trips(&self) -> Vec<PathRoundTrip> {
         let subflows = crate::info::subflows(self.socket.as_fd()).unwrap_or_default();
         subflows
             .iter()
             .map(|sf| {
-                let measured = sf.tcp.bytes_acked > 1 || sf.tcp.total_rto == Some(0);
-                let rtt = sf.tcp.min_rtt.filter(|_| measured);
-                ((sf.local.ip(), sf.remote.ip()), rtt)
+                (
+                    (sf.local.ip(), sf.remote.ip()),
+                    outbound::path_round_trip(sf),
+                )
             })
             .collect()
+    }
+
+    /// Grows the send buffer to what the subflows' rates and round trips
+    /// need (`outbound::send_buffer_for`); returns the new size if it grew.
+    pub(crate) fn fit_send_buffer(&self) -> Option<usize> {
+        let subflows = crate::info::subflows(self.socket.as_fd()).ok()?;
+        let loads: Vec<_> = subflows.iter().map(outbound::SubflowLoad::from).collect();
+        let bytes = outbound::send_buffer_for(&loads)?;
+        outbound::grow_send_buffer(&self.socket, bytes).then_some(bytes)
     }
 
     /// How long since the other relay's host last sent anything (data or

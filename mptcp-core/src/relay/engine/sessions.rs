@@ -76,6 +76,12 @@ const PING_INTERVAL: Duration = Duration::from_millis(500);
 /// How often `congestion_control = "auto"` looks at the sessions' round
 /// trips (a subflow that joins shows its own within a few).
 const CONGESTION_CHECK: Duration = Duration::from_secs(1);
+/// How often a session that this relay sends bulk frames on has its send
+/// buffer fitted to its subflows' rates and round trips: often enough to
+/// follow bbr's startup on a long link, which doubles the rate each round
+/// trip (a subflow short of data then would take a low rate for the
+/// link's: bbr's long-term estimate, held for 48 round trips).
+const SEND_BUFFER_CHECK: Duration = Duration::from_millis(100);
 /// How old a session must be before `congestion_control = "auto"` takes
 /// it off bbr.
 const CONGESTION_SETTLE: Duration = Duration::from_secs(3);
@@ -836,6 +842,16 @@ impl Sessions {
                     quiet_ms = u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX),
                     "relay: a session sends bulk data again: bbr starts over"
                 );
+            }
+            if now >= session.send_buffer_due {
+                session.send_buffer_due = now + SEND_BUFFER_CHECK;
+                if let Some(bytes) = session.fit_send_buffer() {
+                    tracing::debug!(
+                        peer = %session.peer,
+                        bytes,
+                        "relay: a session's send buffer follows its subflows' rates and round trips"
+                    );
+                }
             }
         }
         self.mark_busy(s, now);
