@@ -526,9 +526,7 @@ impl Mix {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-}
 
-impl Mix {
     /// On links whose round trips differ (the longest at least
     /// `LONG_ROUND_TRIP` and twice the shortest), the session that carried
     /// the download (on the remote relay) and the one that carried the
